@@ -1,0 +1,53 @@
+# Praxis: every target bootstraps its own environment (python3 >= 3.11, git and make are enough).
+PYTHON ?= python3
+TOOLS  := .tools
+UV     := $(TOOLS)/bin/uv
+UV_VERSION := 0.13.9
+export UV_PYTHON_DOWNLOADS := never
+export UV_PYTHON := $(shell command -v $(PYTHON))
+RUN    := $(UV) run --frozen --all-packages
+N      ?= 200
+ARGS   ?=
+
+.PHONY: help install run demo test lint format bench clean
+
+help:
+	@echo "make run    - the whole system on embedded NATS + PostgreSQL (Ctrl-C stops it)"
+	@echo "make demo   - run, submit the example transfer, check the liquid moved, stop"
+	@echo "make test   - the test suite against real servers"
+	@echo "make lint   - ruff + mypy"
+	@echo "make bench  - latency/throughput benchmark (N=$(N) runs)"
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+.venv/.synced: $(UV) uv.lock pyproject.toml $(wildcard libs/*/pyproject.toml services/*/pyproject.toml)
+	$(UV) sync --frozen --all-packages
+	@touch $@
+
+install: .venv/.synced
+
+run: install
+	$(RUN) python -m praxis_devstack run $(ARGS)
+
+demo: install
+	$(RUN) python -m praxis_devstack demo $(ARGS)
+
+test: install
+	$(RUN) pytest $(ARGS)
+
+lint: install
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+	$(RUN) mypy libs/contracts/src libs/runtime/src libs/sdk/src libs/plr/src
+
+format: install
+	$(RUN) ruff check --fix .
+	$(RUN) ruff format .
+
+bench: install
+	$(RUN) python -m praxis_devstack bench --runs $(N) $(ARGS)
+
+clean:
+	rm -rf .venv $(TOOLS) .praxis

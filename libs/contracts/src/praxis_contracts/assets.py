@@ -1,0 +1,238 @@
+"""Inventory and reservations (owned by the asset-manager)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, ClassVar
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from praxis_contracts.base import Command, Event, Request
+from praxis_contracts.common import AssetKind, Page, SearchFilters
+from praxis_contracts.errors import ErrorReply
+from praxis_contracts.protocols import AssetRequirementSpec
+
+
+class AssetStatus(StrEnum):
+    AVAILABLE = "available"
+    IN_USE = "in_use"
+    RESERVED = "reserved"
+    MAINTENANCE = "maintenance"
+    ERROR = "error"
+
+
+class Workcell(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    accession_id: UUID
+    name: str
+    description: str = ""
+    properties: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime
+
+
+class Asset(BaseModel):
+    """A machine, deck or piece of labware in a workcell."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    accession_id: UUID
+    workcell_id: UUID
+    kind: AssetKind
+    name: str = Field(description="Unique within the workcell; the PyLabRobot resource name.")
+    fqn: str = Field(description="Fully-qualified PyLabRobot class or factory name.")
+    type_mro: list[str] = Field(description="fqn of the class and its PyLabRobot base classes.")
+    definition: dict[str, Any] = Field(description="PyLabRobot serialize() output.")
+    backend: dict[str, Any] | None = Field(default=None, description="Machines: backend + settings.")
+    state: dict[str, Any] | None = Field(
+        default=None, description="PyLabRobot serialize_all_state() to load, e.g. well volumes."
+    )
+    parent_id: UUID | None = None
+    slot: str | None = Field(default=None, description="Location within the parent, if any.")
+    properties: dict[str, Any] = Field(default_factory=dict)
+    shareable: bool = False
+    status: AssetStatus = AssetStatus.AVAILABLE
+    created_at: datetime
+    updated_at: datetime
+
+
+class AssetDraft(BaseModel):
+    """An asset to create; the asset-manager resolves its type and ancestry."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: AssetKind
+    name: str = Field(min_length=1, max_length=200)
+    fqn: str = Field(min_length=1)
+    definition: dict[str, Any] = Field(default_factory=dict)
+    backend: dict[str, Any] | None = None
+    state: dict[str, Any] | None = None
+    parent: str | None = Field(default=None, description="Name of the parent asset, if any.")
+    slot: str | None = None
+    properties: dict[str, Any] = Field(default_factory=dict)
+    shareable: bool = False
+
+
+class WorkcellLayout(BaseModel):
+    """Everything an orchestrator needs to build a workcell's live PyLabRobot objects."""
+
+    model_config = ConfigDict(frozen=True)
+
+    workcell: Workcell
+    assets: list[Asset]
+
+
+class AssetPage(Page[Asset]):
+    pass
+
+
+class WorkcellPage(Page[Workcell]):
+    pass
+
+
+class RegisterWorkcell(Request[WorkcellLayout]):
+    """Create a workcell with its assets in one step (idempotent by name: replaces the layout)."""
+
+    subject: ClassVar[str] = "praxis.rpc.asset.register_workcell"
+    reply_type: ClassVar[type[BaseModel]] = WorkcellLayout
+
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    properties: dict[str, Any] = Field(default_factory=dict)
+    assets: list[AssetDraft] = Field(default_factory=list)
+
+
+class GetWorkcellLayout(Request[WorkcellLayout]):
+    subject: ClassVar[str] = "praxis.rpc.asset.get_layout"
+    reply_type: ClassVar[type[BaseModel]] = WorkcellLayout
+
+    workcell: str = Field(description="Workcell name or accession id.")
+
+
+class ListWorkcells(Request[WorkcellPage]):
+    subject: ClassVar[str] = "praxis.rpc.asset.list_workcells"
+    reply_type: ClassVar[type[BaseModel]] = WorkcellPage
+
+    filters: SearchFilters = Field(default_factory=SearchFilters)
+    name: str | None = None
+
+
+class ListAssets(Request[AssetPage]):
+    subject: ClassVar[str] = "praxis.rpc.asset.list_assets"
+    reply_type: ClassVar[type[BaseModel]] = AssetPage
+
+    filters: SearchFilters = Field(default_factory=SearchFilters)
+    kind: AssetKind | None = None
+    status: AssetStatus | None = None
+    fqn: str | None = None
+    name: str | None = None
+
+
+class GetAsset(Request[Asset]):
+    subject: ClassVar[str] = "praxis.rpc.asset.get_asset"
+    reply_type: ClassVar[type[BaseModel]] = Asset
+
+    accession_id: UUID
+
+
+class AssetBinding(BaseModel):
+    """One requirement bound to one concrete asset under a lease."""
+
+    model_config = ConfigDict(frozen=True)
+
+    requirement: str = Field(description="The protocol parameter the asset is injected as.")
+    asset_id: UUID
+    asset_name: str
+    kind: AssetKind
+    fqn: str
+    lease_key: str = Field(description="KV key of the lease in the lease bucket.")
+    token: int = Field(description="Fencing token: the lease's KV revision at grant time.")
+
+
+class Lease(BaseModel):
+    """A live lease as listed for operators."""
+
+    model_config = ConfigDict(frozen=True)
+
+    asset_id: UUID
+    lease_key: str
+    run_id: UUID
+    token: int
+    acquired_at: datetime
+    expires_at: datetime
+
+
+class LeaseList(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    items: list[Lease]
+
+
+class ListLeases(Request[LeaseList]):
+    subject: ClassVar[str] = "praxis.rpc.asset.list_leases"
+    reply_type: ClassVar[type[BaseModel]] = LeaseList
+
+    run_id: UUID | None = None
+
+
+class ReserveAssets(Command):
+    """Bind a run's requirements to assets on one workcell and lease them all, or none."""
+
+    subject: ClassVar[str] = "praxis.cmd.asset.reserve"
+
+    run_id: UUID
+    requirements: list[AssetRequirementSpec]
+    workcell: str | None = Field(default=None, description="Workcell name or id; any if None.")
+    pins: dict[str, str] = Field(
+        default_factory=dict, description="Requirement name -> asset name or id to use."
+    )
+    priority: int = Field(default=0, description="Higher is served first among waiters.")
+    ttl_seconds: int | None = Field(default=None, ge=1, description="Lease TTL; default from config.")
+
+
+class ReleaseAssets(Command):
+    """Release every lease a run holds (idempotent)."""
+
+    subject: ClassVar[str] = "praxis.cmd.asset.release"
+
+    run_id: UUID
+    reason: str = ""
+
+
+class AssetsReserved(Event):
+    subject: ClassVar[str] = "praxis.evt.asset.reservation.granted"
+    keyed: ClassVar[bool] = True
+
+    run_id: UUID
+    workcell_id: UUID
+    workcell_name: str
+    bindings: list[AssetBinding]
+
+    def subject_key(self) -> str:
+        return str(self.run_id)
+
+
+class ReservationFailed(Event):
+    subject: ClassVar[str] = "praxis.evt.asset.reservation.failed"
+    keyed: ClassVar[bool] = True
+
+    run_id: UUID
+    error: ErrorReply
+
+    def subject_key(self) -> str:
+        return str(self.run_id)
+
+
+class AssetsReleased(Event):
+    subject: ClassVar[str] = "praxis.evt.asset.reservation.released"
+    keyed: ClassVar[bool] = True
+
+    run_id: UUID
+    asset_ids: list[UUID]
+    reason: str = ""
+
+    def subject_key(self) -> str:
+        return str(self.run_id)
+

@@ -1,0 +1,84 @@
+"""Message base classes: every wire message is a frozen pydantic model that knows its subject.
+
+Subject grammar, broad to narrow so wildcards work:
+
+- ``praxis.cmd.<context>.<action>[.<key>]``  JetStream commands (work queue, one consumer group)
+- ``praxis.evt.<context>.<aggregate>.<action>[.<key>]``  JetStream events (audit, fan-out)
+- ``praxis.rpc.<context>.<name>``  core NATS request/reply (queries and synchronous commands)
+
+A ``<key>`` token (an entity id) is appended only where a consumer filters on it: run events are
+keyed by run id (live per-run streams), orchestrator commands by workcell id (edge routing).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+SUBJECT_ROOT = "praxis"
+
+
+class Message(BaseModel):
+    """A wire message. Readers ignore unknown fields so evolution stays additive."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    subject: ClassVar[str]
+    """Base subject of the message type; the routing subject may add a key token."""
+
+    keyed: ClassVar[bool] = False
+    """Whether the routing subject ends in an entity-id token (see ``subject_key``)."""
+
+    def subject_key(self) -> str:
+        """The entity-id token for keyed messages. Keyed subclasses override this."""
+        raise NotImplementedError(f"{type(self).__name__} is not keyed")
+
+    def routing_subject(self) -> str:
+        """The concrete subject this instance is published on."""
+        if self.keyed:
+            return f"{self.subject}.{self.subject_key()}"
+        return self.subject
+
+    @classmethod
+    def subscription_subject(cls, key: str | None = None) -> str:
+        """The subject to subscribe to: one key, or every key (``*``) for keyed types."""
+        if not cls.keyed:
+            return cls.subject
+        return f"{cls.subject}.{key or '*'}"
+
+
+class Command(Message):
+    """An imperative instruction delivered once through a JetStream work queue."""
+
+
+class Event(Message):
+    """A past-tense fact published on the events stream; any number of subscribers."""
+
+
+ReplyT = TypeVar("ReplyT", bound=BaseModel)
+
+
+class Request(Message, Generic[ReplyT]):
+    """A request/reply message (query or synchronous command) with a declared reply type."""
+
+    reply_type: ClassVar[type[BaseModel]]
+
+
+class Empty(BaseModel):
+    """A reply without content."""
+
+    model_config = ConfigDict(frozen=True)
+
+
+def all_message_types() -> list[type[Message]]:
+    """Every concrete message class defined under ``praxis_contracts`` (for snapshots/guards)."""
+    found: dict[str, type[Message]] = {}
+    stack: list[type[Any]] = [Command, Event, Request]
+    while stack:
+        cls = stack.pop()
+        for sub in cls.__subclasses__():
+            stack.append(sub)
+            if "subject" in sub.__dict__ and sub.__module__.startswith("praxis_contracts"):
+                found[f"{sub.__module__}.{sub.__qualname__}"] = sub
+    return [found[k] for k in sorted(found)]

@@ -1,0 +1,139 @@
+"""The one error hierarchy and the one error-reply shape.
+
+Domain errors carry a stable ``code`` and a ``retryable`` flag. Request handlers turn them into an
+``ErrorReply``; requesters turn an ``ErrorReply`` back into the same exception type by code; the
+gateway maps codes to HTTP statuses through one table.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ErrorCode(StrEnum):
+    """Stable error codes; values never change meaning."""
+
+    INVALID_REQUEST = "invalid_request"
+    INVALID_PARAMETERS = "invalid_parameters"
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    INVALID_TRANSITION = "invalid_transition"
+    UNKNOWN_ASSET_TYPE = "unknown_asset_type"
+    NO_MATCHING_ASSETS = "no_matching_assets"
+    PROTOCOL_LOAD_FAILED = "protocol_load_failed"
+    SOURCE_SYNC_FAILED = "source_sync_failed"
+    LEASE_LOST = "lease_lost"
+    UNAVAILABLE = "unavailable"
+    TIMEOUT = "timeout"
+    INTERNAL = "internal"
+
+
+class ErrorReply(BaseModel):
+    """The error shape on every request/reply subject and in failure events."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    code: ErrorCode = Field(description="Stable machine-readable error code.")
+    message: str = Field(description="Human-readable explanation; never a traceback.")
+    retryable: bool = Field(default=False, description="Whether the same request may succeed later.")
+    details: dict[str, Any] = Field(default_factory=dict, description="Structured context.")
+
+
+class PraxisError(Exception):
+    """Base of every domain error that crosses a service boundary."""
+
+    code: ClassVar[ErrorCode] = ErrorCode.INTERNAL
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_reply(self) -> ErrorReply:
+        return ErrorReply(
+            code=self.code, message=self.message, retryable=self.retryable, details=self.details
+        )
+
+
+class InvalidRequest(PraxisError):
+    code = ErrorCode.INVALID_REQUEST
+
+
+class InvalidParameters(PraxisError):
+    code = ErrorCode.INVALID_PARAMETERS
+
+
+class NotFound(PraxisError):
+    code = ErrorCode.NOT_FOUND
+
+
+class Conflict(PraxisError):
+    code = ErrorCode.CONFLICT
+
+
+class InvalidTransition(PraxisError):
+    code = ErrorCode.INVALID_TRANSITION
+
+
+class UnknownAssetType(PraxisError):
+    code = ErrorCode.UNKNOWN_ASSET_TYPE
+
+
+class NoMatchingAssets(PraxisError):
+    code = ErrorCode.NO_MATCHING_ASSETS
+
+
+class ProtocolLoadFailed(PraxisError):
+    code = ErrorCode.PROTOCOL_LOAD_FAILED
+
+
+class SourceSyncFailed(PraxisError):
+    code = ErrorCode.SOURCE_SYNC_FAILED
+    retryable = True
+
+
+class LeaseLost(PraxisError):
+    code = ErrorCode.LEASE_LOST
+
+
+class Unavailable(PraxisError):
+    code = ErrorCode.UNAVAILABLE
+    retryable = True
+
+
+class Timeout(PraxisError):
+    code = ErrorCode.TIMEOUT
+    retryable = True
+
+
+class InternalError(PraxisError):
+    code = ErrorCode.INTERNAL
+
+
+_BY_CODE: dict[ErrorCode, type[PraxisError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidRequest,
+        InvalidParameters,
+        NotFound,
+        Conflict,
+        InvalidTransition,
+        UnknownAssetType,
+        NoMatchingAssets,
+        ProtocolLoadFailed,
+        SourceSyncFailed,
+        LeaseLost,
+        Unavailable,
+        Timeout,
+        InternalError,
+    )
+}
+
+
+def error_from_reply(reply: ErrorReply) -> PraxisError:
+    """Rebuild the domain exception an ``ErrorReply`` stands for."""
+    return _BY_CODE.get(reply.code, InternalError)(reply.message, **reply.details)

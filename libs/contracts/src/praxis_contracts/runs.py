@@ -1,0 +1,182 @@
+"""Protocol runs: submission and queries (scheduler), execution (orchestrator)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from praxis_contracts.assets import AssetBinding
+from praxis_contracts.base import Command, Event, Request
+from praxis_contracts.common import ErrorInfo, Page, RunStatus, SearchFilters
+from praxis_contracts.protocols import ProtocolDefinition
+
+
+class RunView(BaseModel):
+    """A protocol run as the scheduler records it."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    accession_id: UUID
+    protocol_name: str
+    protocol_version: str
+    definition_id: UUID
+    source_commit: str
+    status: RunStatus
+    parameters: dict[str, Any]
+    workcell: str | None = Field(default=None, description="Requested workcell (name or id).")
+    workcell_id: UUID | None = Field(default=None, description="Workcell the run was bound to.")
+    workcell_name: str | None = None
+    bindings: list[AssetBinding] = Field(default_factory=list)
+    priority: int = 0
+    result: Any = None
+    error: ErrorInfo | None = None
+    final_state: dict[str, Any] | None = None
+    asset_states: dict[str, Any] | None = Field(
+        default=None, description="PyLabRobot state of each bound asset after the run."
+    )
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class RunPage(Page[RunView]):
+    pass
+
+
+class SubmitRun(Request[RunView]):
+    """Create a run of a discovered protocol; the reply is the queued run."""
+
+    subject: ClassVar[str] = "praxis.rpc.scheduler.submit_run"
+    reply_type: ClassVar[type[BaseModel]] = RunView
+
+    protocol_name: str | None = Field(default=None, description="Protocol function name.")
+    version: str | None = Field(default=None, description="Exact version; newest if omitted.")
+    definition_id: UUID | None = Field(default=None, description="Alternative to name+version.")
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    workcell: str | None = Field(default=None, description="Workcell name or id; any if omitted.")
+    assets: dict[str, str] = Field(
+        default_factory=dict, description="Requirement name -> asset name or id to use."
+    )
+    initial_state: dict[str, Any] = Field(default_factory=dict)
+    priority: int = Field(default=0, ge=-100, le=100)
+
+    @model_validator(mode="after")
+    def _names_a_protocol(self) -> SubmitRun:
+        if self.protocol_name is None and self.definition_id is None:
+            raise ValueError("give protocol_name or definition_id")
+        return self
+
+
+class GetRun(Request[RunView]):
+    subject: ClassVar[str] = "praxis.rpc.scheduler.get_run"
+    reply_type: ClassVar[type[BaseModel]] = RunView
+
+    run_id: UUID
+
+
+class ListRuns(Request[RunPage]):
+    subject: ClassVar[str] = "praxis.rpc.scheduler.list_runs"
+    reply_type: ClassVar[type[BaseModel]] = RunPage
+
+    filters: SearchFilters = Field(default_factory=SearchFilters)
+    status: list[RunStatus] | None = None
+    protocol_name: str | None = None
+
+
+class RunStatusChanged(Event):
+    """The scheduler recorded a new status for a run."""
+
+    subject: ClassVar[str] = "praxis.evt.scheduler.run.status_changed"
+    keyed: ClassVar[bool] = True
+
+    run_id: UUID
+    status: RunStatus
+    previous: RunStatus | None
+    reason: str = ""
+    at: datetime
+
+    def subject_key(self) -> str:
+        return str(self.run_id)
+
+
+class ExecuteRun(Command):
+    """Run a protocol on one workcell's orchestrator with leased assets."""
+
+    subject: ClassVar[str] = "praxis.cmd.orchestrator.execute"
+    keyed: ClassVar[bool] = True
+
+    run_id: UUID
+    workcell_id: UUID
+    workcell_name: str = Field(description="Routing key: orchestrators subscribe by name.")
+    definition: ProtocolDefinition
+    parameters: dict[str, Any]
+    bindings: list[AssetBinding]
+    initial_state: dict[str, Any] = Field(default_factory=dict)
+
+    def subject_key(self) -> str:
+        return self.workcell_name
+
+
+class _RunEvent(Event):
+    keyed: ClassVar[bool] = True
+
+    run_id: UUID
+    at: datetime
+
+    def subject_key(self) -> str:
+        return str(self.run_id)
+
+
+class RunPreparing(_RunEvent):
+    """The orchestrator accepted the run and is loading code and assets."""
+
+    subject: ClassVar[str] = "praxis.evt.orchestrator.run.preparing"
+
+
+class RunStarted(_RunEvent):
+    """The protocol function has been called."""
+
+    subject: ClassVar[str] = "praxis.evt.orchestrator.run.started"
+
+
+RunOutcome = Literal["completed", "failed", "cancelled"]
+
+
+class RunFinished(_RunEvent):
+    """The protocol function returned, raised, or was cancelled."""
+
+    subject: ClassVar[str] = "praxis.evt.orchestrator.run.finished"
+
+    outcome: RunOutcome
+    result: Any = None
+    error: ErrorInfo | None = None
+    final_state: dict[str, Any] = Field(default_factory=dict)
+    asset_states: dict[str, Any] = Field(
+        default_factory=dict, description="serialize_all_state() of each bound asset, by name."
+    )
+
+
+class FunctionCallRecorded(Event):
+    """A protocol-function call started or ended (nested calls point at their parent)."""
+
+    subject: ClassVar[str] = "praxis.evt.orchestrator.call.recorded"
+    keyed: ClassVar[bool] = True
+
+    run_id: UUID
+    call_id: UUID
+    parent_call_id: UUID | None
+    sequence: int
+    function: str
+    version: str
+    arguments: dict[str, Any]
+    status: Literal["running", "completed", "failed", "cancelled"]
+    started_at: datetime
+    finished_at: datetime | None = None
+    error: str | None = None
+
+    def subject_key(self) -> str:
+        return str(self.run_id)

@@ -1,0 +1,82 @@
+"""JetStream streams, KV buckets and object stores: declared once, created by the runtime."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+DAY = 24 * 3600
+
+
+class StreamSpec(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    subjects: list[str]
+    retention: Literal["limits", "workqueue", "interest"]
+    max_age_seconds: float = 0
+    duplicate_window_seconds: float = 120
+    description: str = ""
+
+
+class KeyValueSpec(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    bucket: str
+    history: int = 1
+    limit_marker_ttl_seconds: float | None = None
+    allow_msg_ttl: bool = False
+    description: str = ""
+
+
+class ObjectStoreSpec(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    bucket: str
+    description: str = ""
+
+
+EVENTS = StreamSpec(
+    name="PRAXIS_EVENTS",
+    subjects=["praxis.evt.>"],
+    retention="limits",
+    max_age_seconds=30 * DAY,
+    description="Every domain event; audit and metrics subscribers read it.",
+)
+COMMANDS = StreamSpec(
+    name="PRAXIS_COMMANDS",
+    subjects=["praxis.cmd.>"],
+    retention="workqueue",
+    max_age_seconds=7 * DAY,
+    description="Commands, each consumed once by its owning service.",
+)
+DEAD_LETTERS = StreamSpec(
+    name="PRAXIS_DEAD_LETTERS",
+    subjects=["praxis.dlq.>"],
+    retention="limits",
+    max_age_seconds=30 * DAY,
+    description="Messages a consumer could not process, with the reason in headers.",
+)
+ASSET_LEASES = KeyValueSpec(
+    bucket="praxis_asset_leases",
+    history=64,
+    limit_marker_ttl_seconds=60,
+    allow_msg_ttl=True,
+    description="One key per leased asset; value = holder; revision = fencing token.",
+)
+PROTOCOL_CODE = ObjectStoreSpec(
+    bucket="praxis_protocol_code",
+    description="Protocol source archives, one per (source, commit).",
+)
+
+STREAMS = (EVENTS, COMMANDS, DEAD_LETTERS)
+KEY_VALUES = (ASSET_LEASES,)
+OBJECT_STORES = (PROTOCOL_CODE,)
+
+DEAD_LETTER_PREFIX = "praxis.dlq"
+
+
+def dead_letter_subject(original: str) -> str:
+    """Where a message from ``original`` goes when it cannot be processed."""
+    return f"{DEAD_LETTER_PREFIX}.{original.removeprefix('praxis.')}"

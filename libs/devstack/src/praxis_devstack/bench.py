@@ -1,0 +1,135 @@
+"""``make bench``: submit->first-line latency and end-to-end throughput of no-op runs.
+
+Latency: the client notes the wall clock just before ``POST /protocols/runs``; the ``noop``
+protocol returns the wall clock of its first line (same machine, same clock). Throughput: N runs
+submitted with bounded concurrency; the clock stops when the scheduler has recorded every one as
+completed. Completion is pushed to the benchmark by NATS subscriptions, never polled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+import uuid
+from typing import Any
+
+import httpx
+import nats
+
+from praxis_devstack.stack import DEMO_WORKCELL, Stack
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {
+        "p50": round(statistics.median(values), 3),
+        "p99": round(percentile(values, 99), 3),
+        "mean": round(statistics.fmean(values), 3),
+        "max": round(max(values), 3),
+    }
+
+
+class RunWatcher:
+    """Futures resolved by pushed events: orchestrator finished, scheduler status changes."""
+
+    def __init__(self) -> None:
+        self.finished: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.completed: dict[str, asyncio.Future[str]] = {}
+
+    def expect(self, run_id: str) -> None:
+        loop = asyncio.get_running_loop()
+        self.finished.setdefault(run_id, loop.create_future())
+        self.completed.setdefault(run_id, loop.create_future())
+
+    async def on_finished(self, msg: Any) -> None:
+        data = json.loads(msg.data)
+        future = self.finished.get(data["run_id"])
+        if future is not None and not future.done():
+            future.set_result(data)
+
+    async def on_status(self, msg: Any) -> None:
+        data = json.loads(msg.data)
+        future = self.completed.get(data["run_id"])
+        if future is not None and not future.done() and data["status"] in ("completed", "failed", "cancelled"):
+            future.set_result(data["status"])
+
+
+async def _submit(client: httpx.AsyncClient, watcher: RunWatcher, pending: dict[str, int]) -> tuple[str, int, float]:
+    t0 = time.time_ns()
+    response = await client.post("/api/v1/protocols/runs", json={"protocol_name": "noop", "workcell": DEMO_WORKCELL})
+    http_ms = (time.time_ns() - t0) / 1e6
+    response.raise_for_status()
+    run_id = response.json()["accession_id"]
+    watcher.expect(run_id)
+    pending[run_id] = t0
+    return run_id, t0, http_ms
+
+
+async def measure(api: str, nats_url: str, runs: int, concurrency: int) -> dict[str, Any]:
+    nc = await nats.connect(nats_url)
+    watcher = RunWatcher()
+    await nc.subscribe("praxis.evt.orchestrator.run.finished.*", cb=watcher.on_finished)
+    await nc.subscribe("praxis.evt.scheduler.run.status_changed.*", cb=watcher.on_status)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=api, timeout=60.0, limits=limits) as client:
+        for _ in range(5):  # warm-up: code cache, connections
+            run_id, _, _ = await _submit(client, watcher, {})
+            await watcher.completed[run_id]
+
+        latencies, http_ms, pending = [], [], {}
+        for _ in range(runs):  # latency: one run at a time, nothing else in flight
+            run_id, t0, ms = await _submit(client, watcher, pending)
+            finished = await watcher.finished[run_id]
+            latencies.append((finished["result"]["started_ns"] - t0) / 1e6)
+            http_ms.append(ms)
+            await watcher.completed[run_id]
+
+        gate = asyncio.Semaphore(concurrency)
+        ids: list[str] = []
+
+        async def one() -> None:
+            async with gate:
+                run_id, _, _ = await _submit(client, watcher, pending)
+                ids.append(run_id)
+                await watcher.finished[run_id]
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(runs)))
+        statuses = await asyncio.gather(*(watcher.completed[r] for r in ids))
+        elapsed = time.perf_counter() - started
+    await nc.close()
+    return {
+        "runs": runs,
+        "concurrency": concurrency,
+        "submit_to_first_line_ms": summary(latencies),
+        "http_submit_ms": summary(http_ms),
+        "throughput_runs_per_s": round(runs / elapsed, 1),
+        "throughput_elapsed_s": round(elapsed, 3),
+        "throughput_failed": sum(1 for s in statuses if s != "completed"),
+    }
+
+
+async def bench(args: argparse.Namespace) -> int:
+    stack = Stack(fast=True)
+    try:
+        await stack.start()
+        await stack.seed()
+        assert stack.infra is not None
+        report = await measure(stack.api, stack.infra.nats_url, args.runs, args.concurrency)
+        report["id"] = str(uuid.uuid4())
+    finally:
+        await stack.stop()
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text + "\n")
+    return 0 if report["throughput_failed"] == 0 else 1

@@ -1,0 +1,205 @@
+"""pytest plugin: session-wide real NATS and PostgreSQL for integration tests.
+
+Registered through the ``pytest11`` entry point (``praxis``) when ``praxis-devstack`` is
+installed. Fixtures:
+
+* ``nats_url`` -- ``nats://...`` of a JetStream-enabled server;
+* ``database_url`` -- ``postgresql+asyncpg://...`` of the ``praxis`` database;
+* ``make_database`` -- ``make_database("prefix") -> url`` of a new, empty database on the same
+  server (dropped at the end of the session unless ``PRAXIS_TEST_KEEP_DATABASES=1``).
+
+Where the servers come from, per fixture, first match wins:
+
+1. ``NATS_URL`` / ``DATABASE_URL`` in the environment (external servers, used as they are);
+2. ``PRAXIS_TEST_DOCKER=1`` and a reachable Docker engine: testcontainers (not a dependency of
+   this package: install ``testcontainers[nats,postgres]`` yourself);
+3. embedded servers from :mod:`praxis_devstack.servers`, started once per session in a
+   temporary directory (PostgreSQL with ``fast=True``).
+
+A server that cannot be started skips the tests that need it -- except under ``CI=true`` (or
+``CI=1``), where it is an error: CI must never go green by skipping integration tests.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn, TypeVar
+
+import pytest
+
+from praxis_devstack import db
+from praxis_devstack.servers import NatsServer, PostgresServer
+
+MakeDatabase = Callable[[str], str]
+"""Type of the ``make_database`` fixture: ``make_database(name_prefix) -> SQLAlchemy URL``."""
+
+CI_TRUE_VALUES = frozenset({"true", "1"})
+DEFAULT_NATS_IMAGE = "nats:2.11"
+DEFAULT_POSTGRES_IMAGE = "postgres:18"
+_Server = TypeVar("_Server", NatsServer, PostgresServer)
+
+
+def running_in_ci() -> bool:
+    """Whether the ``CI`` environment variable says we run in CI (``true`` or ``1``)."""
+    return os.environ.get("CI", "").strip().lower() in CI_TRUE_VALUES
+
+
+def server_unavailable(reason: str) -> NoReturn:
+    """The one place deciding what a missing server means: skip locally, fail under CI."""
+    if running_in_ci():
+        pytest.fail(f"{reason} (CI is set: this is an error, not a skip)", pytrace=False)
+    pytest.skip(reason)
+
+
+# ------------------------------------------------------------------------------ source choice
+
+
+@functools.cache
+def _use_docker() -> bool:
+    """``PRAXIS_TEST_DOCKER=1`` and a Docker engine answers (testcontainers must be importable)."""
+    if os.environ.get("PRAXIS_TEST_DOCKER", "").strip() != "1":
+        return False
+    try:
+        import testcontainers  # noqa: F401
+    except ImportError:
+        pytest.fail(
+            "PRAXIS_TEST_DOCKER=1 but testcontainers is not installed: "
+            "install 'testcontainers[nats,postgres]' or unset PRAXIS_TEST_DOCKER",
+            pytrace=False,
+        )
+    return _docker_reachable()
+
+
+def _docker_reachable() -> bool:
+    try:
+        import docker
+
+        client = docker.from_env()
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except Exception:
+        return False
+    return True
+
+
+def _started(server: _Server, what: str) -> Iterator[_Server]:
+    try:
+        server.start()
+    except Exception as exc:
+        server_unavailable(f"could not start {what}: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _container_class(module: str, name: str) -> Any:
+    """``testcontainers.community.<module>.<name>`` (newer) or ``testcontainers.<module>``."""
+    for package in ("testcontainers.community", "testcontainers"):
+        try:
+            return getattr(importlib.import_module(f"{package}.{module}"), name)
+        except (ImportError, AttributeError):
+            continue
+    pytest.fail(
+        f"PRAXIS_TEST_DOCKER=1 but testcontainers lacks its {module!r} module: "
+        "install 'testcontainers[nats,postgres]'",
+        pytrace=False,
+    )
+
+
+def _container(make: Callable[[], Any], what: str) -> Iterator[Any]:
+    try:
+        container = make()  # constructing one already talks to the Docker engine
+        container.start()
+    except Exception as exc:
+        server_unavailable(f"could not start a {what} container: {exc}")
+    try:
+        yield container
+    finally:
+        container.stop()
+
+
+def _nats_container() -> Iterator[str]:
+    nats_container = _container_class("nats", "NatsContainer")
+    image = os.environ.get("PRAXIS_TEST_NATS_IMAGE", DEFAULT_NATS_IMAGE)
+    for started in _container(lambda: nats_container(image).with_command("-js"), "NATS"):
+        yield f"nats://{started.get_container_host_ip()}:{started.get_exposed_port(4222)}"
+
+
+def _postgres_container() -> Iterator[str]:
+    postgres_container = _container_class("postgres", "PostgresContainer")
+    image = os.environ.get("PRAXIS_TEST_POSTGRES_IMAGE", DEFAULT_POSTGRES_IMAGE)
+    command = "postgres -c max_connections=200 -c fsync=off -c synchronous_commit=off"
+
+    def make() -> Any:
+        credentials = {"username": "postgres", "password": "postgres", "dbname": "praxis"}
+        return postgres_container(image, **credentials).with_command(command)
+
+    for started in _container(make, "PostgreSQL"):
+        host, port = started.get_container_host_ip(), started.get_exposed_port(5432)
+        yield f"postgresql+asyncpg://postgres:postgres@{host}:{port}/praxis"
+
+
+# ----------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a JetStream-enabled NATS server for the whole session."""
+    external = os.environ.get("NATS_URL")
+    if external:
+        yield external
+    elif _use_docker():
+        yield from _nats_container()
+    else:
+        server = NatsServer(tmp_path_factory.mktemp("nats"))
+        for started in _started(server, "the embedded nats-server"):
+            yield started.url
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """SQLAlchemy URL (``postgresql+asyncpg://``) of a database for the whole session."""
+    external = os.environ.get("DATABASE_URL")
+    if external:
+        yield db.to_sqlalchemy_url(external)
+    elif _use_docker():
+        yield from _postgres_container()
+    else:
+        server = PostgresServer(tmp_path_factory.mktemp("postgres"), fast=True)
+        for started in _started(server, "the embedded PostgreSQL"):
+            yield started.url
+
+
+@pytest.fixture(scope="session")
+def make_database(database_url: str) -> Iterator[MakeDatabase]:
+    """Factory: ``make_database("orders") -> url`` of a new empty database on the server.
+
+    Synchronous (asyncpg runs on a private thread), so it is callable from sync and async
+    fixtures alike. Databases are dropped at session end unless PRAXIS_TEST_KEEP_DATABASES=1.
+    """
+    created: list[str] = []
+
+    def make(name_prefix: str = "test") -> str:
+        name = db.unique_database_name(name_prefix)
+        db.create_database(database_url, name)
+        created.append(name)
+        return db.with_database(db.to_sqlalchemy_url(database_url), name)
+
+    yield make
+    if os.environ.get("PRAXIS_TEST_KEEP_DATABASES", "").strip() != "1":
+        _drop_all(database_url, created)
+
+
+def _drop_all(database_url: str, names: list[str]) -> None:
+    for name in names:
+        try:
+            db.drop_database(database_url, name)
+        except Exception as exc:
+            warnings.warn(f"could not drop test database {name!r}: {exc}", stacklevel=1)

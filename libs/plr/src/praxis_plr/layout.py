@@ -1,0 +1,189 @@
+"""Live PyLabRobot object trees -> ``AssetDraft`` lists, and the demo workcell."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from praxis_contracts.assets import AssetDraft
+from praxis_contracts.common import AssetKind
+from praxis_contracts.errors import UnknownAssetType
+from pylabrobot.liquid_handling import LiquidHandler
+from pylabrobot.liquid_handling.backends import LiquidHandlerChatterboxBackend
+from pylabrobot.machines.machine import Machine
+from pylabrobot.plate_reading import PlateReader, PlateReaderChatterboxBackend
+from pylabrobot.resources import (
+    PLT_CAR_L5AC_A00,
+    TIP_CAR_480_A00,
+    Carrier,
+    Container,
+    Deck,
+    ItemizedResource,
+    Lid,
+    PetriDishHolder,
+    PlateAdapter,
+    Resource,
+    ResourceHolder,
+    ResourceStack,
+    STARLetDeck,
+    Trash,
+    cor_96_wellplate_360uL_Fb,
+    hamilton_96_tiprack_1000uL,
+)
+
+from praxis_plr._state import state_to_json
+from praxis_plr.types import asset_kind, fqn
+
+# Labware a protocol may request: plates, tip racks, tube racks (itemized), troughs, tubes, petri
+# dishes (containers), lids. Trash is a container too, but it is a deck fixture.
+_LABWARE: tuple[type[Resource], ...] = (ItemizedResource, Container, Lid)
+_FIXTURES: tuple[type[Resource], ...] = (Trash,)
+# Structure that holds labware: looked through, never emitted (carrier sites are slots).
+_HOLDERS: tuple[type[Resource], ...] = (
+    Carrier,
+    ResourceHolder,
+    ResourceStack,
+    PlateAdapter,
+    PetriDishHolder,
+)
+
+
+def drafts_for_tree(
+    root: Resource,
+    *,
+    root_kind: AssetKind | None = None,
+    shareable: Collection[str] = frozenset(),
+    states: bool = True,
+) -> list[AssetDraft]:
+    """Turn a live PyLabRobot tree into ``AssetDraft``s, root first.
+
+    * the root (``root_kind`` defaults to ``asset_kind(type(root))``): ``definition`` is
+      ``root.serialize()``; for machines ``backend`` is ``root.backend.serialize()``;
+    * a deck inside it (kind ``deck``, parent = the root);
+    * each labware item a protocol might request (plates, tip racks, troughs, tubes, tube racks,
+      lids; kind ``resource``), parent = the nearest emitted asset (deck or machine), ``slot`` =
+      the name of the resource it sits in (e.g. the carrier site), ``definition`` its own
+      ``serialize()`` and, if ``states``, ``state`` its ``serialize_all_state()`` (well volumes,
+      tips present) as strict JSON;
+    * machines mounted inside the tree (e.g. a heater-shaker on the deck), as machines.
+
+    Carriers, carrier sites, wells and tip spots are not emitted: they are part of the parent's or
+    the labware's definition. Deck fixtures (trash, the waste block and its teaching rack) are
+    skipped: they do not sit in a carrier / holder and are not labware a protocol asks for.
+
+    Args:
+        root: The tree's root: a machine (``LiquidHandler``, ``PlateReader``, …), a deck, a
+            carrier or a labware item.
+        root_kind: Overrides the kind derived from the root's class.
+        shareable: Names of assets to mark ``shareable``.
+        states: Whether labware drafts carry ``state``.
+
+    Raises:
+        UnknownAssetType: if the root is not a PyLabRobot resource.
+        ValueError: if two emitted assets share a name.
+    """
+    kind = root_kind or asset_kind(type(root))
+    if kind is None or not isinstance(root, Resource):
+        raise UnknownAssetType(f"{fqn(type(root))} is not a PyLabRobot resource.")
+    drafts = [_draft(root, kind, parent=None, slot=None, shareable=shareable, states=states)]
+    if not isinstance(root, _LABWARE):  # labware's children (wells, tip spots) are its definition
+        _walk(root, root.name, drafts, shareable=shareable, states=states)
+    names = [draft.name for draft in drafts]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"Asset names must be unique within a workcell: {duplicates}")
+    return drafts
+
+
+def _walk(
+    node: Resource,
+    owner: str,
+    drafts: list[AssetDraft],
+    *,
+    shareable: Collection[str],
+    states: bool,
+) -> None:
+    """Emit the assets below ``node``; ``owner`` is the name of the nearest emitted ancestor."""
+    for child in node.children:
+        slot = node.name
+        if isinstance(child, Machine):
+            drafts.append(_draft(child, "machine", owner, slot, shareable=shareable, states=states))
+            _walk(child, child.name, drafts, shareable=shareable, states=states)
+        elif isinstance(child, Deck):
+            drafts.append(_draft(child, "deck", owner, None, shareable=shareable, states=states))
+            _walk(child, child.name, drafts, shareable=shareable, states=states)
+        elif isinstance(child, _LABWARE) and not isinstance(child, _FIXTURES):
+            drafts.append(
+                _draft(child, "resource", owner, slot, shareable=shareable, states=states)
+            )
+        elif isinstance(child, _HOLDERS):
+            _walk(child, owner, drafts, shareable=shareable, states=states)
+
+
+def _draft(
+    resource: Resource,
+    kind: AssetKind,
+    parent: str | None,
+    slot: str | None,
+    *,
+    shareable: Collection[str],
+    states: bool,
+) -> AssetDraft:
+    backend = resource.backend.serialize() if isinstance(resource, Machine) else None
+    state = state_to_json(resource.serialize_all_state()) if states and kind == "resource" else None
+    return AssetDraft(
+        kind=kind,
+        name=resource.name,
+        fqn=fqn(type(resource)),
+        definition=resource.serialize(),
+        backend=backend,
+        state=state,
+        parent=parent,
+        slot=slot,
+        shareable=resource.name in shareable,
+    )
+
+
+def demo_liquid_handler() -> LiquidHandler:
+    """The demo liquid handler (not set up): chatterbox backend, STARLet deck, tips and plates.
+
+    ``tip_rack`` (Hamilton 1000 uL) on a ``TIP_CAR_480_A00``; ``source_plate`` (every well 200 uL)
+    and ``dest_plate`` (Corning 96, 360 uL) on a ``PLT_CAR_L5AC_A00``.
+    """
+    deck = STARLetDeck()  # a factory: the deck is a HamiltonSTARDeck named "deck"
+    handler = LiquidHandler(
+        backend=LiquidHandlerChatterboxBackend(num_channels=8), deck=deck, name="liquid_handler"
+    )
+    tip_carrier = TIP_CAR_480_A00(name="tip_carrier")
+    tip_carrier[0] = hamilton_96_tiprack_1000uL(name="tip_rack")
+    plate_carrier = PLT_CAR_L5AC_A00(name="plate_carrier")
+    source = cor_96_wellplate_360uL_Fb(name="source_plate")
+    plate_carrier[0] = source
+    plate_carrier[1] = cor_96_wellplate_360uL_Fb(name="dest_plate")
+    deck.assign_child_resource(tip_carrier, rails=1)
+    deck.assign_child_resource(plate_carrier, rails=9)
+    # Setting a volume does not need the global volume-tracking switch (only liquid operations
+    # consult it), so nothing global is flipped here.
+    for well in source.get_all_items():
+        well.tracker.set_volume(200)
+    return handler
+
+
+def demo_plate_reader() -> PlateReader:
+    """The demo plate reader (not set up, empty): chatterbox backend."""
+    return PlateReader(
+        name="plate_reader",
+        size_x=200.0,
+        size_y=300.0,
+        size_z=150.0,
+        backend=PlateReaderChatterboxBackend(),
+    )
+
+
+def demo_workcell() -> list[AssetDraft]:
+    """Drafts of the demo workcell.
+
+    ``liquid_handler`` (machine), ``deck`` (deck), ``tip_rack``, ``source_plate``, ``dest_plate``
+    (resources) and a standalone ``plate_reader`` (machine). ``source_plate``'s state carries
+    200 uL in every well.
+    """
+    return [*drafts_for_tree(demo_liquid_handler()), *drafts_for_tree(demo_plate_reader())]

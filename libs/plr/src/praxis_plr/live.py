@@ -1,0 +1,349 @@
+"""The live PyLabRobot objects of one workcell, built from a ``WorkcellLayout``.
+
+Threading model: PyLabRobot machines do their I/O on their own threads, but every operation must
+come from one long-lived event loop. A ``LiveWorkcell`` belongs to the loop (and thread) that built
+it; its async methods refuse to run elsewhere. It starts no threads of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import importlib
+import inspect
+import logging
+import threading
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Any
+from uuid import UUID
+
+from praxis_contracts.assets import Asset, WorkcellLayout
+from praxis_contracts.errors import InvalidRequest, UnknownAssetType
+from pylabrobot.machines.backend import MachineBackend
+from pylabrobot.machines.machine import Machine
+from pylabrobot.resources import Resource, set_tip_tracking, set_volume_tracking
+from pylabrobot.resources.errors import ResourceNotFoundError
+from pylabrobot.utils.object_parsing import find_subclass
+
+from praxis_plr._state import state_from_json, state_to_json
+from praxis_plr.types import import_type
+
+log = logging.getLogger(__name__)
+
+# PyLabRobot finds backend classes by *class name* among already-imported subclasses. These
+# packages import their backends (chatterboxes included); they are imported on demand.
+_MACHINE_PACKAGES = (
+    "liquid_handling",
+    "plate_reading",
+    "heating_shaking",
+    "temperature_controlling",
+    "shaking",
+    "thermocycling",
+    "centrifuge",
+    "scales",
+    "storage",
+    "tilting",
+    "sealing",
+    "peeling",
+    "pumps",
+    "plate_washing",
+    "powder_dispensing",
+    "arms",
+    "barcode_scanners",
+    "only_fans",
+)
+
+
+def enable_tracking() -> None:
+    """Turn on PyLabRobot's tip and volume tracking.
+
+    They are process-wide switches, off by default, consulted at operation time. Praxis needs them
+    on: the tip and well-volume state is what assets carry, what ``snapshot``/``restore`` move,
+    and what makes a liquid handler refuse to pick up a missing tip or aspirate from an empty well.
+    One orchestrator process owns all live workcells and they all want tracking, so the switches
+    are turned on and never turned off again.
+    """
+    set_tip_tracking(True)
+    set_volume_tracking(True)
+
+
+class LiveWorkcell:
+    """The live PyLabRobot objects of one workcell, by asset name.
+
+    Build it with ``await LiveWorkcell.build(layout)``: root assets (``parent_id`` None) are
+    deserialized from their ``definition`` (machines with their ``backend``), every machine is set
+    up, then each asset's ``state`` is loaded. Non-root assets are found by name inside their
+    root's tree: their own ``definition`` is not used to build anything. Usable as an async
+    context manager that stops the machines on exit.
+    """
+
+    def __init__(
+        self, layout: WorkcellLayout, objects: dict[str, Resource], machines: list[str]
+    ) -> None:
+        """Wrap already-built objects; use :meth:`build` instead."""
+        self._layout = layout
+        self._objects = objects
+        self._machines = machines
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.get_ident()
+
+    @classmethod
+    async def build(cls, layout: WorkcellLayout) -> LiveWorkcell:
+        """Build, set up and load the state of a workcell's live objects.
+
+        Raises:
+            UnknownAssetType: an asset's ``fqn`` or a machine's backend type is unknown.
+            InvalidRequest: the layout is inconsistent (duplicate names, missing parents, an asset
+                not in its root's tree, a definition PyLabRobot cannot deserialize).
+        """
+        enable_tracking()
+        assets = layout.assets
+        by_id = _index(assets)
+        for asset in assets:
+            import_type(asset.fqn)  # validates it and makes PLR's find-by-class-name see the class
+            if asset.backend is not None:
+                _ensure_backend_class(asset.backend)
+            backend_def = asset.definition.get("backend")
+            if isinstance(backend_def, dict):
+                _ensure_backend_class(backend_def)
+
+        depth = {asset.name: len(_ancestors(asset, by_id)) for asset in assets}
+        ordered = sorted(assets, key=lambda asset: depth[asset.name])  # stable: layout order
+        objects: dict[str, Resource] = {}
+        for asset in ordered:
+            if asset.parent_id is None:
+                objects[asset.name] = _deserialize_root(asset)
+            else:
+                root = _ancestors(asset, by_id)[-1]
+                objects[asset.name] = _find_in_tree(objects[root.name], asset, root)
+            if asset.kind == "machine" and not isinstance(objects[asset.name], Machine):
+                raise InvalidRequest(
+                    f"Asset {asset.name!r} has kind 'machine' but is a "
+                    f"{type(objects[asset.name]).__name__}.",
+                    asset=asset.name,
+                )
+
+        machines = [asset.name for asset in ordered if isinstance(objects[asset.name], Machine)]
+        workcell = cls(layout, objects, machines)
+        workcell._loop = asyncio.get_running_loop()
+        try:
+            for name in machines:
+                machine = objects[name]
+                assert isinstance(machine, Machine)
+                if not machine.setup_finished:
+                    await machine.setup()
+            # After setup: LiquidHandler.setup() replaces its head trackers, dropping head state.
+            for asset in ordered:
+                if asset.state is not None:
+                    objects[asset.name].load_all_state(state_from_json(asset.state))
+        except BaseException:
+            try:
+                await workcell.stop()
+            except Exception:
+                log.exception("Stopping machines after a failed build failed too")
+            raise
+        return workcell
+
+    @property
+    def layout(self) -> WorkcellLayout:
+        """The layout this workcell was built from."""
+        return self._layout
+
+    def get(self, name: str) -> Any:
+        """The live PyLabRobot object of the asset ``name``.
+
+        Raises:
+            KeyError: no asset of that name in this workcell.
+        """
+        try:
+            return self._objects[name]
+        except KeyError:
+            raise KeyError(
+                f"No asset named {name!r} in workcell {self._layout.workcell.name!r}; "
+                f"known: {sorted(self._objects)}"
+            ) from None
+
+    def names(self) -> list[str]:
+        """Asset names, in layout order."""
+        return [asset.name for asset in self._layout.assets]
+
+    def machine_names(self) -> list[str]:
+        """Names of the machine assets, in setup order."""
+        return list(self._machines)
+
+    async def stop(self) -> None:
+        """Stop every set-up machine (reverse setup order), trying all before raising."""
+        self._check_owner()
+        errors: list[Exception] = []
+        for name in reversed(self._machines):
+            machine = self._objects[name]
+            assert isinstance(machine, Machine)
+            if not machine.setup_finished:
+                continue
+            try:
+                await machine.stop()
+            except Exception as exc:
+                log.exception("Stopping machine %r failed", name)
+                errors.append(exc)
+        if len(errors) == 1:
+            raise errors[0]
+        if errors:
+            raise ExceptionGroup("Stopping machines failed", errors)
+
+    def snapshot(self, names: Iterable[str]) -> dict[str, Any]:
+        """``serialize_all_state()`` of each named asset, as detached strict JSON.
+
+        A machine's or deck's snapshot includes everything below it.
+        """
+        self._check_owner()
+        return {name: state_to_json(self.get(name).serialize_all_state()) for name in names}
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """Load a :meth:`snapshot` back (e.g. to roll back a failed step).
+
+        PyLabRobot limit: restored tips forget which tip spot they came from.
+        """
+        self._check_owner()
+        targets = [(self.get(name), state_from_json(state)) for name, state in snapshot.items()]
+        for target, state in targets:
+            target.load_all_state(state)
+
+    async def __aenter__(self) -> LiveWorkcell:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def _check_owner(self) -> None:
+        """Refuse use from another thread or event loop than the one that built the workcell."""
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if threading.get_ident() != self._thread or (
+            loop is not None and self._loop is not None and loop is not self._loop
+        ):
+            raise RuntimeError(
+                "A LiveWorkcell must be used from the thread and event loop that built it."
+            )
+
+
+def _index(assets: list[Asset]) -> dict[UUID, Asset]:
+    names = [asset.name for asset in assets]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise InvalidRequest(f"Duplicate asset names in layout: {duplicates}", names=duplicates)
+    by_id = {asset.accession_id: asset for asset in assets}
+    for asset in assets:
+        if asset.parent_id is not None and asset.parent_id not in by_id:
+            raise InvalidRequest(
+                f"Asset {asset.name!r} has parent {asset.parent_id} which is not in the layout.",
+                asset=asset.name,
+            )
+    return by_id
+
+
+def _ancestors(asset: Asset, by_id: dict[UUID, Asset]) -> list[Asset]:
+    """Parent, grandparent, …, root (empty for a root)."""
+    chain: list[Asset] = []
+    current = asset
+    while current.parent_id is not None:
+        current = by_id[current.parent_id]
+        if current is asset or current in chain:
+            raise InvalidRequest(f"Asset {asset.name!r} is in a parent cycle.", asset=asset.name)
+        chain.append(current)
+    return chain
+
+
+def _find_backend_class(type_name: str) -> type[MachineBackend] | None:
+    found = find_subclass(type_name, cls=MachineBackend)
+    return None if found is None or inspect.isabstract(found) else found
+
+
+def _ensure_backend_class(backend: dict[str, Any]) -> None:
+    """Make sure PyLabRobot can find the backend class by name, importing its package if needed."""
+    type_name = backend.get("type")
+    if not isinstance(type_name, str):
+        raise UnknownAssetType(f"Machine backend without a 'type': {backend!r}")
+    if _find_backend_class(type_name) is not None:
+        return
+    for package in _MACHINE_PACKAGES:
+        try:
+            importlib.import_module(f"pylabrobot.{package}")
+        except Exception:  # an optional hardware dependency may be missing: not our backend
+            log.debug("Could not import pylabrobot.%s", package, exc_info=True)
+    if _find_backend_class(type_name) is None:
+        raise UnknownAssetType(
+            f"Unknown machine backend {type_name!r}: no concrete PyLabRobot backend of that name.",
+            backend=type_name,
+        )
+
+
+def _deserialize_root(asset: Asset) -> Resource:
+    """Deserialize a root asset with PyLabRobot's own deserializer for its class.
+
+    Traps handled: deserializers mutate their input (``MachineBackend.deserialize`` pops
+    ``"type"``), so they get a deep copy; ``LiquidHandler.deserialize`` drops the handler's name,
+    so it is set back (allowed: a root has no parent); the asset's ``backend`` wins over the one
+    inside ``definition`` (``Machine.serialize()`` includes it).
+    """
+    cls = import_type(asset.fqn)
+    data = restore_orderings(copy.deepcopy(asset.definition))
+    if issubclass(cls, Machine):
+        backend = asset.backend if asset.backend is not None else data.get("backend")
+        if not isinstance(backend, dict):
+            raise InvalidRequest(f"Machine asset {asset.name!r} has no backend.", asset=asset.name)
+        data["backend"] = copy.deepcopy(backend)
+    try:
+        obj = cls.deserialize(data)  # no allow_marshal: never run code that came over the wire
+    except (ValueError, TypeError, KeyError, AssertionError) as exc:
+        raise InvalidRequest(
+            f"PyLabRobot cannot deserialize asset {asset.name!r} ({asset.fqn}): {exc!r}",
+            asset=asset.name,
+        ) from exc
+    if not isinstance(obj, cls):
+        raise InvalidRequest(
+            f"Asset {asset.name!r} deserialized to {type(obj).__name__}, not {cls.__name__}.",
+            asset=asset.name,
+        )
+    if obj.name != asset.name:
+        obj.name = asset.name
+    return obj
+
+
+def restore_orderings(definition: Any) -> Any:
+    """Put every itemized resource's ``ordering`` back in the order of its ``children``.
+
+    PyLabRobot maps an identifier such as ``"B1"`` to a child by the identifier's position in
+    ``ordering``, which must follow ``children`` (column-major). Stores that do not keep JSON key
+    order (PostgreSQL JSONB sorts keys) turn ``A1, B1, C1`` into ``A1, A10, A11``: wells resolve
+    transposed. Rebuilding the order from ``children`` makes any such round trip safe.
+    """
+    if isinstance(definition, list):
+        return [restore_orderings(item) for item in definition]
+    if not isinstance(definition, dict):
+        return definition
+    fixed = {key: restore_orderings(value) for key, value in definition.items()}
+    ordering, children = fixed.get("ordering"), fixed.get("children")
+    if isinstance(ordering, dict) and isinstance(children, list):
+        position = {child.get("name"): i for i, child in enumerate(children) if isinstance(child, dict)}
+        fixed["ordering"] = dict(
+            sorted(ordering.items(), key=lambda item: position.get(item[1], len(position)))
+        )
+    return fixed
+
+
+def _find_in_tree(root_obj: Resource, asset: Asset, root: Asset) -> Resource:
+    try:
+        return root_obj.get_resource(asset.name)
+    except ResourceNotFoundError:
+        raise InvalidRequest(
+            f"Asset {asset.name!r} is not in the definition of its root {root.name!r}.",
+            asset=asset.name,
+        ) from None

@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from praxis_contracts.assets import AssetDraft, WorkcellLayout
+from praxis_contracts.errors import InvalidRequest, UnknownAssetType
+from praxis_plr import LiveWorkcell, demo_liquid_handler, demo_workcell, drafts_for_tree
+from pylabrobot.heating_shaking import HeaterShaker, HeaterShakerChatterboxBackend
+from pylabrobot.liquid_handling import LiquidHandler
+from pylabrobot.plate_reading import PlateReader
+from pylabrobot.resources import (
+    Coordinate,
+    Plate,
+    cor_96_wellplate_360uL_Fb,
+    does_tip_tracking,
+    does_volume_tracking,
+)
+
+LayoutFactory = Callable[[list[AssetDraft]], WorkcellLayout]
+
+
+def volume(snapshot: dict[str, Any], plate: str, well: str) -> float:
+    return float(snapshot[plate][f"{plate}_well_{well}"]["volume"])
+
+
+async def test_build_transfer_snapshot_restore(layout_from_drafts: LayoutFactory) -> None:
+    layout = layout_from_drafts(demo_workcell())
+    async with await LiveWorkcell.build(layout) as workcell:
+        assert does_tip_tracking() and does_volume_tracking()
+        assert workcell.names() == [
+            "liquid_handler",
+            "deck",
+            "tip_rack",
+            "source_plate",
+            "dest_plate",
+            "plate_reader",
+        ]
+        assert workcell.machine_names() == ["liquid_handler", "plate_reader"]
+        lh = workcell.get("liquid_handler")
+        assert isinstance(lh, LiquidHandler)
+        assert lh.name == "liquid_handler"  # LiquidHandler.deserialize alone would say "lh_deck"
+        assert lh.setup_finished and len(lh.head) == 8
+        assert workcell.get("deck") is lh.deck
+        source, dest, tips = (workcell.get(n) for n in ("source_plate", "dest_plate", "tip_rack"))
+        assert source.parent.name == "plate_carrier-0"
+        assert source.get_well("A1").tracker.get_used_volume() == 200  # state was loaded
+        assert tips.get_item("A1").has_tip()  # tips exist only thanks to the loaded state
+
+        before = workcell.snapshot(["source_plate", "dest_plate", "tip_rack", "liquid_handler"])
+        json.dumps(before, allow_nan=False)
+
+        await lh.pick_up_tips(tips["A1"])
+        assert not tips.get_item("A1").has_tip()
+        await lh.aspirate(source["A1"], vols=[50])
+        await lh.dispense(dest["A1"], vols=[50])
+        mid = workcell.snapshot(["liquid_handler"])  # tip on channel 0, still JSON
+        json.dumps(mid, allow_nan=False)
+        await lh.drop_tips(tips["A1"])
+
+        assert source.get_well("A1").tracker.get_used_volume() == 150
+        assert dest.get_well("A1").tracker.get_used_volume() == 50
+        assert source.get_well("B1").tracker.get_used_volume() == 200
+        after = workcell.snapshot(["source_plate", "dest_plate"])
+        json.dumps(after, allow_nan=False)
+        assert volume(after, "source_plate", "A1") == 150
+        assert volume(after, "dest_plate", "A1") == 50
+
+        workcell.restore(before)
+        assert source.get_well("A1").tracker.get_used_volume() == 200
+        assert dest.get_well("A1").tracker.get_used_volume() == 0
+        assert workcell.snapshot(["source_plate", "dest_plate"]) == {
+            k: before[k] for k in ("source_plate", "dest_plate")
+        }
+
+        # Restoring a liquid-handler snapshot (string channel keys after JSON) puts the tip back on.
+        workcell.restore(json.loads(json.dumps(mid)))
+        assert lh.head[0].has_tip
+        workcell.restore(before)
+        assert not lh.head[0].has_tip
+
+        # The restored state is usable: the same transfer works again.
+        await lh.pick_up_tips(tips["A1"])
+        await lh.aspirate(source["A1"], vols=[50])
+        await lh.dispense(dest["A1"], vols=[50])
+        await lh.drop_tips(tips["A1"])
+        assert volume(workcell.snapshot(["source_plate"]), "source_plate", "A1") == 150
+
+        with pytest.raises(KeyError, match="nope"):
+            workcell.get("nope")
+        with pytest.raises(KeyError):
+            workcell.restore({"nope": {}})
+    assert not lh.setup_finished
+    assert not workcell.get("plate_reader").setup_finished
+
+
+async def test_plate_reader_reads_absorbance(layout_from_drafts: LayoutFactory) -> None:
+    async with await LiveWorkcell.build(layout_from_drafts(demo_workcell())) as workcell:
+        reader = workcell.get("plate_reader")
+        assert isinstance(reader, PlateReader) and reader.setup_finished
+        # Reading needs a plate in the reader (else NoPlateError): put one in for the test.
+        plate = cor_96_wellplate_360uL_Fb(name="reader_plate")
+        reader.assign_child_resource(plate)
+        result = await reader.read_absorbance(wavelength=450, use_new_return_type=True)
+        assert result[0]["wavelength"] == 450
+        assert len(result[0]["data"]) == 8 and len(result[0]["data"][0]) == 12
+        reader.unassign_child_resource(plate)
+
+
+async def test_plate_in_reader_and_machine_on_deck(layout_from_drafts: LayoutFactory) -> None:
+    handler = demo_liquid_handler()
+    shaker = HeaterShaker(
+        name="heater_shaker",
+        size_x=150,
+        size_y=100,
+        size_z=100,
+        backend=HeaterShakerChatterboxBackend(),
+        child_location=Coordinate(10, 10, 50),
+    )
+    handler.deck.assign_child_resource(shaker, location=Coordinate(600, 100, 100))
+    shaker.assign_child_resource(cor_96_wellplate_360uL_Fb(name="shaken_plate"))
+    drafts = drafts_for_tree(handler)
+    kinds = {d.name: (d.kind, d.parent, d.slot) for d in drafts}
+    assert kinds["heater_shaker"] == ("machine", "deck", "deck")
+    assert kinds["shaken_plate"] == ("resource", "heater_shaker", "heater_shaker")
+    async with await LiveWorkcell.build(layout_from_drafts(drafts)) as workcell:
+        live_shaker = workcell.get("heater_shaker")
+        assert isinstance(live_shaker, HeaterShaker) and live_shaker.setup_finished
+        assert isinstance(live_shaker.backend, HeaterShakerChatterboxBackend)
+        assert isinstance(workcell.get("shaken_plate"), Plate)
+        await live_shaker.set_temperature(37)
+    assert not live_shaker.setup_finished
+
+
+async def test_unknown_backend_is_rejected(layout_from_drafts: LayoutFactory) -> None:
+    drafts = [
+        d.model_copy(update={"backend": {"type": "NoSuchBackend"}})
+        if d.name == "plate_reader"
+        else d
+        for d in demo_workcell()
+    ]
+    with pytest.raises(UnknownAssetType, match="NoSuchBackend"):
+        await LiveWorkcell.build(layout_from_drafts(drafts))
+
+
+async def test_asset_missing_from_root_tree_is_rejected(layout_from_drafts: LayoutFactory) -> None:
+    drafts = demo_workcell()
+    reader_plate = drafts_for_tree(cor_96_wellplate_360uL_Fb(name="ghost_plate"))[0]
+    drafts.append(reader_plate.model_copy(update={"parent": "deck", "slot": "plate_carrier-2"}))
+    with pytest.raises(InvalidRequest, match="ghost_plate"):
+        await LiveWorkcell.build(layout_from_drafts(drafts))

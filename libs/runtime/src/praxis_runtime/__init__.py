@@ -1,0 +1,1 @@
+"""Praxis service plumbing shared by every service (written once, imported everywhere)."""

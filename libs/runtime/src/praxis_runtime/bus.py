@@ -1,0 +1,324 @@
+"""The message bus: typed publish/request, and handler wiring with one error policy.
+
+Services declare handlers in ``Handlers`` groups; the bus turns them into FastStream subscribers:
+
+- request/reply (``Handlers.rpc``): core NATS with a queue group. Domain errors become an
+  ``ErrorReply`` with the ``Praxis-Error`` header; requesters re-raise them by code.
+- JetStream consumers (``Handlers.consume``): durable, load-balanced, manual acks. Malformed or
+  non-retryable messages are dead-lettered and terminated; retryable failures are redelivered with
+  backoff until ``max_deliver`` attempts, then dead-lettered. One bad message never blocks others.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar, cast
+
+import nats.errors
+from faststream import AckPolicy
+from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsResponse
+from faststream.nats.annotations import NatsMessage
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from prometheus_client import Counter, Histogram
+from pydantic import BaseModel, ValidationError
+
+from praxis_contracts import headers as h
+from praxis_contracts.base import Command, Event, Message, Request
+from praxis_contracts.errors import (
+    ErrorReply,
+    InternalError,
+    InvalidRequest,
+    PraxisError,
+    Timeout,
+    Unavailable,
+    error_from_reply,
+)
+from praxis_contracts.topology import COMMANDS, EVENTS, dead_letter_subject
+from praxis_runtime.logging import correlation_id_var, log_context
+
+log = logging.getLogger(__name__)
+
+MESSAGES = Counter(
+    "praxis_messages_total", "Messages handled", ["service", "subject", "outcome"]
+)
+HANDLER_SECONDS = Histogram(
+    "praxis_handler_seconds",
+    "Handler latency",
+    ["service", "subject"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5),
+)
+
+DepsT = TypeVar("DepsT")
+M = TypeVar("M", bound=Message)
+R = TypeVar("R", bound=BaseModel)
+
+RpcFn = Callable[[Any, DepsT], Awaitable[BaseModel]]
+ConsumeFn = Callable[[Any, DepsT], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class RpcRoute(Generic[DepsT]):
+    request_type: type[Request[Any]]
+    fn: RpcFn[DepsT]
+
+
+@dataclass(frozen=True)
+class ConsumeRoute(Generic[DepsT]):
+    message_type: type[Message]
+    fn: ConsumeFn[DepsT]
+    durable: str
+    key: str | None
+    max_workers: int
+    ack_wait_seconds: float
+
+
+@dataclass
+class Handlers(Generic[DepsT]):
+    """A group of handlers sharing one dependency object (a service's router)."""
+
+    rpcs: list[RpcRoute[DepsT]] = field(default_factory=list)
+    consumers: list[ConsumeRoute[DepsT]] = field(default_factory=list)
+
+    def rpc(
+        self, request_type: type[Request[R]]
+    ) -> Callable[[Callable[[Any, DepsT], Awaitable[R]]], Callable[[Any, DepsT], Awaitable[R]]]:
+        def register(fn: Callable[[Any, DepsT], Awaitable[R]]) -> Callable[[Any, DepsT], Awaitable[R]]:
+            self.rpcs.append(RpcRoute(request_type, cast(RpcFn[DepsT], fn)))
+            return fn
+
+        return register
+
+    def consume(
+        self,
+        message_type: type[M],
+        *,
+        durable: str,
+        key: str | None = None,
+        max_workers: int = 1,
+        ack_wait_seconds: float = 30.0,
+    ) -> Callable[[Callable[[M, DepsT], Awaitable[None]]], Callable[[M, DepsT], Awaitable[None]]]:
+        def register(fn: Callable[[M, DepsT], Awaitable[None]]) -> Callable[[M, DepsT], Awaitable[None]]:
+            route = ConsumeRoute(
+                message_type, cast(ConsumeFn[DepsT], fn), durable, key, max_workers, ack_wait_seconds
+            )
+            self.consumers.append(route)
+            return fn
+
+        return register
+
+
+def _stream_for(message_type: type[Message]) -> str:
+    if issubclass(message_type, Command):
+        return COMMANDS.name
+    if issubclass(message_type, Event):
+        return EVENTS.name
+    raise TypeError(f"{message_type.__name__} is not a JetStream message")
+
+
+def retry_delay(attempt: int) -> float:
+    """Backoff between redeliveries: 0.2 s, 0.4 s, 0.8 s ... capped at 10 s."""
+    return float(min(10.0, 0.2 * 2 ** max(0, attempt - 1)))
+
+
+class Bus:
+    """One NATS connection per service: FastStream subscribers plus raw JetStream access."""
+
+    def __init__(
+        self,
+        nats_url: str,
+        service: str,
+        *,
+        request_timeout: float = 5.0,
+        graceful_timeout: float = 20.0,
+        max_deliver: int = 5,
+    ) -> None:
+        self.service = service
+        self.request_timeout = request_timeout
+        self.max_deliver = max_deliver
+        self.broker = NatsBroker(
+            nats_url,
+            name=service,
+            graceful_timeout=graceful_timeout,
+            logger=logging.getLogger(f"faststream.{service}"),
+            max_reconnect_attempts=-1,
+        )
+        self._js: JetStreamContext | None = None
+
+    # -- connection ---------------------------------------------------------------------------
+    async def connect(self) -> None:
+        await self.broker.connect()
+        self._js = self.nc.jetstream()
+
+    @property
+    def nc(self) -> Client:
+        return self.broker.connection
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            raise RuntimeError("bus is not connected")
+        return self._js
+
+    @property
+    def connected(self) -> bool:
+        try:
+            return bool(self.nc.is_connected)
+        except Exception:
+            return False
+
+    async def start(self) -> None:
+        await self.broker.start()
+
+    async def stop(self) -> None:
+        await self.broker.stop()
+
+    # -- outgoing -----------------------------------------------------------------------------
+    def _headers(self, msg_id: str | None) -> dict[str, str]:
+        headers = {h.CORRELATION_ID: correlation_id_var.get() or uuid.uuid4().hex}
+        if msg_id is not None:
+            headers[h.MSG_ID] = msg_id
+        return headers
+
+    async def publish(self, message: Command | Event, *, msg_id: str | None = None) -> int:
+        """Publish to JetStream; ``msg_id`` de-duplicates retries. Returns the stream sequence."""
+        ack = await self.js.publish(
+            message.routing_subject(),
+            message.model_dump_json().encode(),
+            headers=self._headers(msg_id),
+        )
+        return int(ack.seq)
+
+    async def request(self, request: Request[R], *, timeout: float | None = None) -> R:
+        """Send a request and return its typed reply, re-raising a remote domain error."""
+        try:
+            response = await self.nc.request(
+                request.subject,
+                request.model_dump_json().encode(),
+                timeout=timeout or self.request_timeout,
+                headers=self._headers(None),
+            )
+        except nats.errors.NoRespondersError as exc:
+            raise Unavailable(f"no service answers {request.subject}") from exc
+        except nats.errors.TimeoutError as exc:
+            raise Timeout(f"{request.subject} did not answer in time") from exc
+        if response.headers and response.headers.get(h.ERROR):
+            raise error_from_reply(ErrorReply.model_validate_json(response.data))
+        return cast(R, request.reply_type.model_validate_json(response.data))
+
+    # -- incoming -----------------------------------------------------------------------------
+    def include(self, handlers: Handlers[DepsT], deps: DepsT) -> None:
+        """Register a handler group's subscribers; call before ``start``."""
+        for rpc in handlers.rpcs:
+            self._subscribe_rpc(rpc, deps)
+        for route in handlers.consumers:
+            self._subscribe_consumer(route, deps)
+
+    def _subscribe_rpc(self, route: RpcRoute[DepsT], deps: DepsT) -> None:
+        subject = route.request_type.subject
+
+        async def serve(msg: NatsMessage) -> NatsResponse:
+            started = time.perf_counter()
+            correlation = (msg.headers or {}).get(h.CORRELATION_ID) or uuid.uuid4().hex
+            with log_context(correlation_id=correlation):
+                body, error = await self._answer(route, deps, msg.body)
+            outcome = "error" if error else "ok"
+            MESSAGES.labels(self.service, subject, outcome).inc()
+            HANDLER_SECONDS.labels(self.service, subject).observe(time.perf_counter() - started)
+            headers = {h.CORRELATION_ID: correlation}
+            if error:
+                headers[h.ERROR] = "1"
+            return NatsResponse(body, headers=headers)
+
+        self.broker.subscriber(subject, queue=self.service)(serve)
+
+    async def _answer(self, route: RpcRoute[DepsT], deps: DepsT, raw: bytes) -> tuple[bytes, bool]:
+        try:
+            request = route.request_type.model_validate_json(raw)
+            reply = await route.fn(request, deps)
+            return reply.model_dump_json().encode(), False
+        except ValidationError as exc:
+            error: PraxisError = InvalidRequest(
+                f"malformed {route.request_type.__name__}", errors=_errors(exc)
+            )
+        except PraxisError as exc:
+            error = exc
+        except Exception as exc:
+            log.exception("unhandled error in %s", route.request_type.__name__)
+            error = InternalError(f"{type(exc).__name__} while handling the request")
+        return error.to_reply().model_dump_json().encode(), True
+
+    def _subscribe_consumer(self, route: ConsumeRoute[DepsT], deps: DepsT) -> None:
+        subject = route.message_type.subscription_subject(route.key)
+
+        async def consume(msg: NatsMessage) -> None:
+            started = time.perf_counter()
+            correlation = (msg.headers or {}).get(h.CORRELATION_ID) or uuid.uuid4().hex
+            with log_context(correlation_id=correlation):
+                outcome = await self._process(route, deps, msg)
+            MESSAGES.labels(self.service, route.message_type.subject, outcome).inc()
+            HANDLER_SECONDS.labels(self.service, route.message_type.subject).observe(
+                time.perf_counter() - started
+            )
+
+        self.broker.subscriber(
+            subject,
+            stream=JStream(_stream_for(route.message_type), declare=False),
+            durable=route.durable,
+            queue=route.durable,
+            config=ConsumerConfig(
+                ack_wait=route.ack_wait_seconds, max_ack_pending=1000, max_deliver=-1
+            ),
+            ack_policy=AckPolicy.MANUAL,
+            max_workers=route.max_workers,
+        )(consume)
+
+    async def _process(self, route: ConsumeRoute[DepsT], deps: DepsT, msg: Any) -> str:
+        name = route.message_type.__name__
+        try:
+            message = route.message_type.model_validate_json(msg.body)
+        except ValidationError as exc:
+            await self._dead_letter(msg, f"malformed {name}: {_errors(exc)}")
+            return "dead_lettered"
+        try:
+            await route.fn(message, deps)
+        except PraxisError as exc:
+            if exc.retryable:
+                return await self._retry_or_dead_letter(msg, f"{exc.code}: {exc.message}")
+            log.warning("%s rejected: %s", name, exc.message)
+            await self._dead_letter(msg, f"{exc.code}: {exc.message}")
+            return "dead_lettered"
+        except Exception as exc:
+            log.exception("unhandled error in %s", name)
+            return await self._retry_or_dead_letter(msg, f"{type(exc).__name__}: {exc}")
+        await msg.ack()
+        return "ok"
+
+    async def _retry_or_dead_letter(self, msg: Any, reason: str) -> str:
+        attempt = int(msg.raw_message.metadata.num_delivered)
+        if attempt >= self.max_deliver:
+            await self._dead_letter(msg, f"gave up after {attempt} attempts: {reason}")
+            return "dead_lettered"
+        await msg.nack(delay=retry_delay(attempt))
+        return "retried"
+
+    async def _dead_letter(self, msg: Any, reason: str) -> None:
+        raw = msg.raw_message
+        headers = dict(raw.headers or {})
+        headers.pop(h.MSG_ID, None)
+        headers[h.DEAD_LETTER_REASON] = reason[:2000]
+        headers[h.DEAD_LETTER_SUBJECT] = raw.subject
+        await self.js.publish(dead_letter_subject(raw.subject), raw.data, headers=headers)
+        await msg.reject()
+        log.error("dead-lettered %s: %s", raw.subject, reason)
+
+
+def _errors(exc: ValidationError) -> list[dict[str, Any]]:
+    return [
+        {"loc": ".".join(map(str, e["loc"])), "msg": e["msg"], "type": e["type"]}
+        for e in exc.errors(include_url=False, include_input=False)
+    ]

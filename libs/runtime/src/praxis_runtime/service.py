@@ -1,0 +1,126 @@
+"""One lifecycle for every service: connect, ensure topology, migrate, serve, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import MetaData
+
+from praxis_runtime.bus import Bus, Handlers
+from praxis_runtime.db import Database
+from praxis_runtime.health import HealthServer, ReadinessCheck
+from praxis_runtime.logging import configure_logging
+from praxis_runtime.settings import DatabaseSettings, ServiceSettings
+from praxis_runtime.topology import ensure_topology
+
+log = logging.getLogger(__name__)
+
+Hook = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class Migrations:
+    path: Path
+    metadata: MetaData | None = None
+
+
+@dataclass
+class Service:
+    """What a service is made of; ``build_app(settings)`` in each service returns one."""
+
+    name: str
+    settings: ServiceSettings
+    bus: Bus
+    database: Database | None = None
+    migrations: Migrations | None = None
+    handlers: list[tuple[Handlers[Any], Any]] = field(default_factory=list)
+    on_start: list[Hook] = field(default_factory=list)
+    on_started: list[Hook] = field(default_factory=list)
+    on_stop: list[Hook] = field(default_factory=list)
+    checks: dict[str, ReadinessCheck] = field(default_factory=dict)
+    health: HealthServer | None = None
+
+    def include(self, handlers: Handlers[Any], deps: Any) -> None:
+        self.handlers.append((handlers, deps))
+
+    async def start(self) -> None:
+        """Bring the service up; returns once it is serving."""
+        await self.bus.connect()
+        await ensure_topology(self.bus.js)
+        if self.database is not None and self.migrations is not None:
+            await self.database.migrate(self.migrations.path, self.migrations.metadata)
+        for hook in self.on_start:
+            await hook()
+        for group, deps in self.handlers:
+            self.bus.include(group, deps)
+        await self.bus.start()
+        for hook in self.on_started:
+            await hook()
+        await self._start_health()
+        log.info("%s ready", self.name)
+
+    async def _start_health(self) -> None:
+        if self.settings.health_port is None:
+            return
+        checks: dict[str, ReadinessCheck] = {"nats": self._nats_ready, **self.checks}
+        if self.database is not None:
+            checks["database"] = self.database.ping
+        self.health = HealthServer(self.settings.health_host, self.settings.health_port, checks)
+        port = await self.health.start()
+        log.info("health endpoints on port %d", port)
+
+    async def _nats_ready(self) -> bool:
+        return self.bus.connected
+
+    async def stop(self) -> None:
+        """Stop taking messages, let in-flight handlers finish, then release resources."""
+        if self.health is not None:
+            await self.health.stop()
+        for hook in reversed(self.on_stop):
+            await hook()  # before the bus closes: hooks may still publish (e.g. drained runs)
+        await self.bus.stop()
+        if self.database is not None:
+            await self.database.dispose()
+        log.info("%s stopped", self.name)
+
+
+def database_for(settings: DatabaseSettings, schema: str) -> Database:
+    return Database(
+        settings.database_url.get_secret_value(), schema, pool_size=settings.database_pool_size
+    )
+
+
+def bus_for(settings: ServiceSettings) -> Bus:
+    return Bus(
+        settings.nats_url,
+        settings.service_name,
+        request_timeout=settings.request_timeout_seconds,
+        graceful_timeout=settings.graceful_timeout_seconds,
+        max_deliver=settings.max_deliver,
+    )
+
+
+async def serve(service: Service) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await service.start()
+    try:
+        await stop.wait()
+    finally:
+        log.info("%s shutting down", service.name)
+        await service.stop()
+
+
+def run(build: Callable[[Any], Service], settings: ServiceSettings) -> None:
+    """Entry point used by every service's ``__main__``."""
+    configure_logging(settings.service_name, settings.log_level, settings.log_format)
+    asyncio.run(serve(build(settings)))

@@ -1,0 +1,34 @@
+"""Settings from environment variables (the seed's names where they apply)."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """Settings every service shares. Services subclass it to add their own."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
+
+    service_name: str = Field(default="praxis", description="Used in logs and as queue group.")
+    nats_url: str = Field(default="nats://127.0.0.1:4222", description="NATS_URL")
+    log_level: str = Field(default="INFO", description="LOG_LEVEL")
+    log_format: str = Field(default="json", description="LOG_FORMAT: json or text")
+    health_host: str = Field(default="0.0.0.0", description="HEALTH_HOST")
+    health_port: int | None = Field(
+        default=None, description="HEALTH_PORT: /healthz, /readyz, /metrics; 0 = any free port."
+    )
+    request_timeout_seconds: float = Field(default=5.0, gt=0, description="REQUEST_TIMEOUT_SECONDS")
+    graceful_timeout_seconds: float = Field(default=20.0, gt=0, description="GRACEFUL_TIMEOUT_SECONDS")
+    max_deliver: int = Field(default=5, ge=1, description="MAX_DELIVER: JetStream attempts")
+
+
+class DatabaseSettings(ServiceSettings):
+    """Settings of a service that owns a PostgreSQL schema."""
+
+    database_url: SecretStr = Field(
+        default=SecretStr("postgresql+asyncpg://postgres@127.0.0.1:5432/praxis"),
+        description="DATABASE_URL",
+    )
+    database_pool_size: int = Field(default=10, ge=1, description="DATABASE_POOL_SIZE")

@@ -1,0 +1,105 @@
+"""The run context: who is running, the run's state, call logging and run control."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from praxis_sdk.state import PraxisState
+
+CallStatus = Literal["running", "completed", "failed", "cancelled"]
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One protocol-function call of a run, nested calls pointing at their parent."""
+
+    call_id: uuid.UUID
+    run_id: uuid.UUID
+    parent_call_id: uuid.UUID | None
+    sequence: int
+    function: str
+    version: str
+    arguments: dict[str, Any]
+    status: CallStatus
+    started_at: datetime
+    finished_at: datetime | None = None
+    error: str | None = None
+
+
+class CallSink(Protocol):
+    """Where call records go (the orchestrator publishes them)."""
+
+    async def record(self, call: CallRecord) -> None: ...
+
+
+class RunCancelled(Exception):
+    """Raised at a checkpoint when an operator cancelled the run."""
+
+
+class RunControl:
+    """Pause/resume/cancel signals, observed at every protocol-function boundary."""
+
+    def __init__(self) -> None:
+        self._running = asyncio.Event()
+        self._running.set()
+        self.cancelled = False
+
+    def pause(self) -> None:
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self._running.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    async def checkpoint(self) -> None:
+        """Wait while paused; raise ``RunCancelled`` once cancelled."""
+        if self.cancelled:
+            raise RunCancelled("run cancelled")
+        await self._running.wait()
+        if self.cancelled:
+            raise RunCancelled("run cancelled")
+
+
+@dataclass
+class RunContext:
+    """Context of one run, propagated to nested protocol-function calls."""
+
+    run_id: uuid.UUID
+    state: PraxisState
+    sink: CallSink | None = None
+    control: RunControl = field(default_factory=RunControl)
+    on_checkpoint: Callable[[], Awaitable[None]] | None = None
+    parent_call_id: uuid.UUID | None = None
+    _sequence: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def next_sequence(self) -> int:
+        return next(self._sequence)
+
+    def nested(self, call_id: uuid.UUID) -> RunContext:
+        """The context for calls made inside the call ``call_id``."""
+        return RunContext(
+            run_id=self.run_id,
+            state=self.state,
+            sink=self.sink,
+            control=self.control,
+            on_checkpoint=self.on_checkpoint,
+            parent_call_id=call_id,
+            _sequence=self._sequence,
+        )
+
+
+current_run: ContextVar[RunContext | None] = ContextVar("praxis_current_run", default=None)

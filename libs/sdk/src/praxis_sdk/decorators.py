@@ -1,0 +1,244 @@
+"""``@protocol_function``: declare a protocol function; parameters and assets come from type hints.
+
+PyLabRobot machine and resource types become asset requirements (the orchestrator injects the live
+objects); ``PraxisState`` and ``RunContext`` are injected; every other parameter is validated by
+pydantic. Inside a run each call is logged (nested calls point at their parent) and is a
+pause/cancel checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import typing
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, ParamSpec, TypeVar, overload
+
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
+
+from praxis_contracts.errors import InvalidParameters
+from praxis_contracts.protocols import AssetRequirementSpec, ParameterSpec, ProtocolFunctionSpec
+from praxis_plr.types import asset_kind, fqn, unwrap_optional
+from praxis_sdk.context import CallRecord, CallStatus, RunCancelled, RunContext, current_run
+from praxis_sdk.state import PraxisState
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+SPEC_ATTR = "__praxis_spec__"
+INJECTED = (PraxisState, RunContext)
+
+
+@overload
+def protocol_function(fn: Callable[P, Awaitable[T]], /) -> Callable[P, Awaitable[T]]: ...
+
+
+@overload
+def protocol_function(
+    *,
+    name: str | None = None,
+    version: str = "0.1.0",
+    description: str | None = None,
+    top_level: bool = True,
+) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]: ...
+
+
+def protocol_function(
+    fn: Callable[P, Awaitable[T]] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    version: str = "0.1.0",
+    description: str | None = None,
+    top_level: bool = True,
+) -> Any:
+    """Mark an async function as a protocol function (usable bare or with arguments)."""
+
+    def decorate(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+        if not inspect.iscoroutinefunction(func):
+            raise TypeError(f"protocol function {func.__qualname__} must be async")
+        spec = inspect_function(func, name, version, description, top_level)
+        wrapper = _logged(func, spec)
+        setattr(wrapper, SPEC_ATTR, spec)
+        return wrapper
+
+    return decorate(fn) if fn is not None else decorate
+
+
+def spec_of(obj: object) -> ProtocolFunctionSpec | None:
+    spec = getattr(obj, SPEC_ATTR, None)
+    return spec if isinstance(spec, ProtocolFunctionSpec) else None
+
+
+def inspect_function(
+    func: Callable[..., Any],
+    name: str | None = None,
+    version: str = "0.1.0",
+    description: str | None = None,
+    top_level: bool = True,
+) -> ProtocolFunctionSpec:
+    """Build the spec of ``func`` from its signature and type hints."""
+    hints = typing.get_type_hints(func)
+    parameters: list[ParameterSpec] = []
+    assets: list[AssetRequirementSpec] = []
+    for param in inspect.signature(func).parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise TypeError(f"{func.__qualname__}: *args/**kwargs are not allowed")
+        hint = hints.get(param.name, Any)
+        inner, optional = unwrap_optional(hint)
+        has_default = param.default is not inspect.Parameter.empty
+        if inner in INJECTED:
+            continue
+        kind = asset_kind(inner) if isinstance(inner, type) else None
+        if kind is not None:
+            assets.append(
+                AssetRequirementSpec(
+                    name=param.name,
+                    type_fqn=fqn(inner),  # type: ignore[arg-type]
+                    kind=kind,
+                    optional=optional or has_default,
+                )
+            )
+            continue
+        parameters.append(
+            ParameterSpec(
+                name=param.name,
+                type_hint=_hint_text(hint),
+                json_schema=_json_schema(hint),
+                optional=has_default,
+                default=_json_default(param.default) if has_default else None,
+            )
+        )
+    return ProtocolFunctionSpec(
+        name=name or func.__name__,
+        version=version,
+        description=description or inspect.getdoc(func) or "",
+        module=func.__module__,
+        qualname=func.__qualname__,
+        parameters=parameters,
+        assets=assets,
+        top_level=top_level,
+    )
+
+
+def parameters_model(func: Callable[..., Any]) -> type[BaseModel]:
+    """A pydantic model of the function's non-asset, non-injected parameters."""
+    spec = spec_of(func) or inspect_function(func)
+    hints = typing.get_type_hints(func)
+    signature = inspect.signature(func)
+    fields: dict[str, Any] = {}
+    for p in spec.parameters:
+        default = signature.parameters[p.name].default
+        fields[p.name] = (hints.get(p.name, Any), ... if default is inspect.Parameter.empty else default)
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        f"{spec.name}_parameters", __config__=ConfigDict(extra="forbid"), **fields
+    )
+
+
+def validate_parameters(func: Callable[..., Any], values: dict[str, Any]) -> dict[str, Any]:
+    """Validate and coerce run parameters; raises ``InvalidParameters`` listing every problem."""
+    try:
+        model = parameters_model(func).model_validate(values)
+    except ValidationError as exc:
+        problems = [
+            {"loc": ".".join(map(str, e["loc"])), "msg": e["msg"]}
+            for e in exc.errors(include_url=False, include_input=False)
+        ]
+        raise InvalidParameters("parameters do not match the protocol", errors=problems) from exc
+    dumped: dict[str, Any] = model.model_dump(mode="json")
+    return dumped
+
+
+def _logged(func: Callable[P, Awaitable[T]], spec: ProtocolFunctionSpec) -> Callable[P, Awaitable[T]]:
+    @functools.wraps(func)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        ctx = current_run.get()
+        if ctx is None:
+            return await func(*args, **kwargs)
+        await ctx.control.checkpoint()
+        if ctx.on_checkpoint is not None:
+            await ctx.on_checkpoint()
+        call = CallRecord(
+            call_id=uuid.uuid4(),
+            run_id=ctx.run_id,
+            parent_call_id=ctx.parent_call_id,
+            sequence=ctx.next_sequence(),
+            function=spec.name,
+            version=spec.version,
+            arguments=_summarise(func, args, kwargs),
+            status="running",
+            started_at=datetime.now(UTC),
+        )
+        await _record(ctx, call)
+        token = current_run.set(ctx.nested(call.call_id))
+        try:
+            result = await func(*args, **kwargs)
+        except RunCancelled:
+            await _finish(ctx, call, "cancelled", "cancelled")
+            raise
+        except BaseException as exc:
+            await _finish(ctx, call, "failed", f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            current_run.reset(token)
+        await _finish(ctx, call, "completed", None)
+        return result
+
+    return wrapper
+
+
+async def _record(ctx: RunContext, call: CallRecord) -> None:
+    if ctx.sink is not None:
+        await ctx.sink.record(call)
+
+
+async def _finish(ctx: RunContext, call: CallRecord, status: CallStatus, error: str | None) -> None:
+    await _record(
+        ctx,
+        CallRecord(
+            **{**call.__dict__, "status": status, "finished_at": datetime.now(UTC), "error": error}
+        ),
+    )
+
+
+def _summarise(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Arguments as JSON-friendly values: live objects by name, others by value or repr."""
+    try:
+        bound = inspect.signature(func).bind_partial(*args, **kwargs).arguments
+    except TypeError:
+        bound = dict(kwargs)
+    return {k: _describe(v) for k, v in bound.items() if not isinstance(v, INJECTED)}
+
+
+def _describe(value: Any) -> Any:
+    if asset_kind(type(value)) is not None:
+        return {"asset": getattr(value, "name", repr(value)), "type": type(value).__name__}
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return repr(value)[:200]
+
+
+def _hint_text(hint: Any) -> str:
+    if isinstance(hint, type):
+        return hint.__name__
+    return str(hint).replace("typing.", "")
+
+
+def _json_schema(hint: Any) -> dict[str, Any]:
+    try:
+        return TypeAdapter(hint).json_schema()
+    except Exception:
+        return {}
+
+
+def _json_default(value: Any) -> Any:
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return repr(value)

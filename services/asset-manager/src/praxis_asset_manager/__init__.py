@@ -1,0 +1,1 @@
+"""Asset-manager service: inventory and leased reservations."""

@@ -1,0 +1,67 @@
+"""Asset-manager handlers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from praxis_asset_manager.inventory import Inventory
+from praxis_asset_manager.reservations import Reservations
+from praxis_contracts.assets import (
+    Asset,
+    AssetPage,
+    GetAsset,
+    GetWorkcellLayout,
+    ListAssets,
+    ListWorkcells,
+    RegisterWorkcell,
+    ReleaseAssets,
+    ReserveAssets,
+    WorkcellLayout,
+    WorkcellPage,
+)
+from praxis_runtime.bus import Handlers
+
+
+@dataclass(frozen=True)
+class Deps:
+    inventory: Inventory
+    reservations: Reservations
+
+
+handlers: Handlers[Deps] = Handlers()
+
+
+@handlers.rpc(RegisterWorkcell)
+async def register_workcell(cmd: RegisterWorkcell, deps: Deps) -> WorkcellLayout:
+    return await deps.inventory.register(cmd)
+
+
+@handlers.rpc(GetWorkcellLayout)
+async def get_layout(query: GetWorkcellLayout, deps: Deps) -> WorkcellLayout:
+    return await deps.inventory.layout(query.workcell)
+
+
+@handlers.rpc(ListWorkcells)
+async def list_workcells(query: ListWorkcells, deps: Deps) -> WorkcellPage:
+    return await deps.inventory.list_workcells(query)
+
+
+@handlers.rpc(ListAssets)
+async def list_assets(query: ListAssets, deps: Deps) -> AssetPage:
+    return await deps.inventory.list_assets(query)
+
+
+@handlers.rpc(GetAsset)
+async def get_asset(query: GetAsset, deps: Deps) -> Asset:
+    return await deps.inventory.get_asset(query.accession_id)
+
+
+@handlers.consume(ReserveAssets, durable="asset-manager-reserve", max_workers=8)
+async def reserve(cmd: ReserveAssets, deps: Deps) -> None:
+    await deps.reservations.request(cmd)
+
+
+@handlers.consume(ReleaseAssets, durable="asset-manager-release", max_workers=8)
+async def release(cmd: ReleaseAssets, deps: Deps) -> None:
+    await deps.reservations.release(cmd)
+    await deps.reservations.serve_waiters()

@@ -1,0 +1,178 @@
+"""Inventory: workcells and their machines, decks and labware."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from sqlalchemy import delete, or_, select
+
+from praxis_asset_manager.orm import AssetRow, WorkcellRow
+from praxis_contracts.assets import (
+    Asset,
+    AssetPage,
+    AssetStatus,
+    ListAssets,
+    ListWorkcells,
+    RegisterWorkcell,
+    Workcell,
+    WorkcellLayout,
+    WorkcellPage,
+)
+from praxis_contracts.errors import InvalidRequest, NotFound
+from praxis_plr.types import import_type, type_ancestry
+from praxis_runtime.db import Database
+from praxis_runtime.query import apply_filters, fetch_page, where_all
+
+
+class Inventory:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._layouts: list[WorkcellLayout] | None = None
+
+    async def register(self, cmd: RegisterWorkcell) -> WorkcellLayout:
+        """Create the workcell, or replace the layout of the one with that name."""
+        rows = _asset_rows(cmd)  # validates types and parents before touching the database
+        now = datetime.now(UTC)
+        async with self.db.transaction() as session:
+            workcell = await session.scalar(select(WorkcellRow).where(WorkcellRow.name == cmd.name))
+            if workcell is None:
+                workcell = WorkcellRow(accession_id=uuid.uuid4(), name=cmd.name, created_at=now)
+                session.add(workcell)
+            workcell.description, workcell.properties = cmd.description, cmd.properties
+            await session.execute(delete(AssetRow).where(AssetRow.workcell_id == workcell.accession_id))
+            for row in rows:
+                row.workcell_id, row.created_at, row.updated_at = workcell.accession_id, now, now
+                session.add(row)
+            layout = WorkcellLayout(workcell=_workcell(workcell), assets=[_asset(r) for r in rows])
+        self._layouts = None
+        return layout
+
+    async def layouts(self) -> list[WorkcellLayout]:
+        """Every workcell with its assets (cached until the inventory changes)."""
+        if self._layouts is None:
+            async with self.db.transaction() as session:
+                workcells = (await session.scalars(select(WorkcellRow).order_by(WorkcellRow.name))).all()
+                assets = (await session.scalars(select(AssetRow))).all()
+            self._layouts = [
+                WorkcellLayout(
+                    workcell=_workcell(w),
+                    assets=[_asset(a) for a in assets if a.workcell_id == w.accession_id],
+                )
+                for w in workcells
+            ]
+        return self._layouts
+
+    async def layout(self, ref: str) -> WorkcellLayout:
+        for layout in await self.layouts():
+            if ref in (layout.workcell.name, str(layout.workcell.accession_id)):
+                return layout
+        raise NotFound(f"workcell {ref!r} not found", workcell=ref)
+
+    async def list_workcells(self, query: ListWorkcells) -> WorkcellPage:
+        stmt = where_all(select(WorkcellRow), WorkcellRow.name == query.name if query.name else None)
+        stmt = apply_filters(
+            stmt,
+            query.filters,
+            created_at=WorkcellRow.created_at,
+            sortable={"name": WorkcellRow.name, "created_at": WorkcellRow.created_at},
+            properties=WorkcellRow.properties,
+            relations={"workcell_accession_id": WorkcellRow.accession_id},
+        )
+        async with self.db.transaction() as session:
+            rows, total = await fetch_page(session, stmt, query.filters)
+        f = query.filters
+        return WorkcellPage(items=[_workcell(r) for r in rows], total=total, limit=f.limit, offset=f.offset)
+
+    async def list_assets(self, query: ListAssets) -> AssetPage:
+        stmt = where_all(
+            select(AssetRow),
+            AssetRow.kind == query.kind if query.kind else None,
+            AssetRow.status == query.status if query.status else None,
+            AssetRow.name == query.name if query.name else None,
+            or_(AssetRow.fqn == query.fqn, AssetRow.type_mro.contains([query.fqn])) if query.fqn else None,
+        )
+        stmt = apply_filters(
+            stmt,
+            query.filters,
+            created_at=AssetRow.created_at,
+            sortable={"name": AssetRow.name, "created_at": AssetRow.created_at, "kind": AssetRow.kind},
+            properties=AssetRow.properties,
+            relations={
+                "workcell_accession_id": AssetRow.workcell_id,
+                "parent_accession_id": AssetRow.parent_id,
+                "machine_accession_id": AssetRow.accession_id,
+                "resource_accession_id": AssetRow.accession_id,
+            },
+        )
+        async with self.db.transaction() as session:
+            rows, total = await fetch_page(session, stmt, query.filters)
+        f = query.filters
+        return AssetPage(items=[_asset(r) for r in rows], total=total, limit=f.limit, offset=f.offset)
+
+    async def get_asset(self, asset_id: uuid.UUID) -> Asset:
+        async with self.db.transaction() as session:
+            row = await session.get(AssetRow, asset_id)
+        if row is None:
+            raise NotFound(f"asset {asset_id} not found")
+        return _asset(row)
+
+
+def _asset_rows(cmd: RegisterWorkcell) -> list[AssetRow]:
+    ids = {draft.name: uuid.uuid4() for draft in cmd.assets}
+    if len(ids) != len(cmd.assets):
+        raise InvalidRequest("asset names must be unique within a workcell")
+    rows = []
+    for draft in cmd.assets:
+        cls = import_type(draft.fqn)
+        if draft.parent is not None and draft.parent not in ids:
+            raise InvalidRequest(f"asset {draft.name!r} names unknown parent {draft.parent!r}")
+        rows.append(
+            AssetRow(
+                accession_id=ids[draft.name],
+                kind=draft.kind,
+                name=draft.name,
+                fqn=draft.fqn,
+                type_mro=type_ancestry(cls),
+                definition=draft.definition,
+                backend=draft.backend,
+                state=draft.state,
+                parent_id=ids[draft.parent] if draft.parent else None,
+                slot=draft.slot,
+                properties=draft.properties,
+                shareable=draft.shareable,
+                status=AssetStatus.AVAILABLE,
+            )
+        )
+    return rows
+
+
+def _workcell(row: WorkcellRow) -> Workcell:
+    return Workcell(
+        accession_id=row.accession_id,
+        name=row.name,
+        description=row.description,
+        properties=row.properties,
+        created_at=row.created_at,
+    )
+
+
+def _asset(row: AssetRow) -> Asset:
+    return Asset(
+        accession_id=row.accession_id,
+        workcell_id=row.workcell_id,
+        kind=row.kind,  # type: ignore[arg-type]
+        name=row.name,
+        fqn=row.fqn,
+        type_mro=row.type_mro,
+        definition=row.definition,
+        backend=row.backend,
+        state=row.state,
+        parent_id=row.parent_id,
+        slot=row.slot,
+        properties=row.properties,
+        shareable=row.shareable,
+        status=AssetStatus(row.status),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )

@@ -1,0 +1,78 @@
+"""Bind a run's asset requirements to concrete assets of one workcell (pure, no I/O).
+
+A requirement matches an asset whose type ancestry contains the requirement's type (a ``Plate``
+requirement matches any plate class). Two requirements never bind the same asset unless it is
+shareable. Pins name the asset a requirement must use; otherwise an asset named like the
+requirement is preferred, then assets in name order.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from praxis_contracts.assets import Asset, AssetStatus
+from praxis_contracts.errors import NoMatchingAssets
+from praxis_contracts.protocols import AssetRequirementSpec
+
+UNUSABLE = frozenset({AssetStatus.MAINTENANCE, AssetStatus.ERROR})
+
+
+@dataclass(frozen=True)
+class Binding:
+    requirement: AssetRequirementSpec
+    asset: Asset
+
+
+def candidates(req: AssetRequirementSpec, assets: Iterable[Asset], pin: str | None) -> list[Asset]:
+    found = [a for a in assets if req.type_fqn in a.type_mro and a.status not in UNUSABLE]
+    if pin is not None:
+        found = [a for a in found if pin in (a.name, str(a.accession_id))]
+    return sorted(found, key=lambda a: (a.name != req.name, a.name))  # same name first
+
+
+def bind(
+    requirements: list[AssetRequirementSpec],
+    assets: list[Asset],
+    pins: Mapping[str, str],
+    busy: set[uuid.UUID],
+) -> list[Binding] | None:
+    """Bindings using only assets not in ``busy``, or None if the run must wait.
+
+    Raises ``NoMatchingAssets`` if no assignment exists even with every asset free.
+    """
+    options = {r.name: candidates(r, assets, pins.get(r.name)) for r in requirements}
+    missing = [r for r in requirements if not r.optional and not options[r.name]]
+    if missing:
+        raise NoMatchingAssets(
+            "no asset matches " + ", ".join(f"{r.name} ({r.type_fqn})" for r in missing),
+            requirements=[r.name for r in missing],
+        )
+    if _assign(requirements, options, set()) is None:
+        raise NoMatchingAssets("the requirements cannot all be bound to distinct assets")
+    return _assign(requirements, options, busy)
+
+
+def _assign(
+    requirements: list[AssetRequirementSpec],
+    options: Mapping[str, list[Asset]],
+    busy: set[uuid.UUID],
+) -> list[Binding] | None:
+    order = sorted(requirements, key=lambda r: (r.optional, len(options[r.name])))
+    chosen: list[Binding] = []
+
+    def search(i: int, used: set[uuid.UUID]) -> bool:
+        if i == len(order):
+            return True
+        req = order[i]
+        for asset in options[req.name]:
+            if asset.accession_id in busy or (asset.accession_id in used and not asset.shareable):
+                continue
+            chosen.append(Binding(req, asset))
+            if search(i + 1, used | {asset.accession_id}):
+                return True
+            chosen.pop()
+        return req.optional and search(i + 1, used)
+
+    return chosen if search(0, set()) else None

@@ -1,0 +1,66 @@
+"""Tables of the asset_manager schema."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, MetaData, String, UniqueConstraint
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+SCHEMA = "asset_manager"
+JsonB = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(schema=SCHEMA)
+
+
+class WorkcellRow(Base):
+    __tablename__ = "workcells"
+
+    accession_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    description: Mapped[str] = mapped_column(String(2000))
+    properties: Mapped[dict[str, Any]] = mapped_column(JsonB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class AssetRow(Base):
+    __tablename__ = "assets"
+    __table_args__ = (UniqueConstraint("workcell_id", "name"),)
+
+    accession_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    workcell_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey(f"{SCHEMA}.workcells.accession_id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(20), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    fqn: Mapped[str] = mapped_column(String(300))
+    type_mro: Mapped[list[str]] = mapped_column(JsonB)
+    # PyLabRobot documents keep their key order (JSONB would sort keys; see praxis_plr.live).
+    definition: Mapped[dict[str, Any]] = mapped_column(JSON)
+    backend: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    state: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    parent_id: Mapped[uuid.UUID | None] = mapped_column(index=True)
+    slot: Mapped[str | None] = mapped_column(String(200))
+    properties: Mapped[dict[str, Any]] = mapped_column(JsonB)
+    shareable: Mapped[bool] = mapped_column(Boolean)
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ReservationRow(Base):
+    """A run's reservation request: waiting until granted, kept while its leases are held."""
+
+    __tablename__ = "reservations"
+
+    run_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    request: Mapped[dict[str, Any]] = mapped_column(JsonB)
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    priority: Mapped[int] = mapped_column(Integer)
+    bindings: Mapped[list[dict[str, Any]]] = mapped_column(JsonB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

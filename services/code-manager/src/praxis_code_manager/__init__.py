@@ -1,0 +1,1 @@
+"""Code-manager service: protocol sources, git, discovery, code bundles."""

@@ -1,0 +1,57 @@
+"""Code-manager handlers: typed message in, service call, events out, typed reply."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from praxis_code_manager.service import CodeService
+from praxis_contracts.protocols import (
+    ListProtocolDefinitions,
+    ListProtocolSources,
+    ProtocolDefinitionPage,
+    ProtocolSource,
+    ProtocolSourcePage,
+    ProtocolSourceSynced,
+    RegisterProtocolSource,
+    ResolvedProtocol,
+    ResolveProtocol,
+    SyncProtocolSource,
+)
+from praxis_runtime.bus import Bus, Handlers
+
+
+@dataclass(frozen=True)
+class Deps:
+    service: CodeService
+    bus: Bus
+
+
+handlers: Handlers[Deps] = Handlers()
+
+
+@handlers.rpc(RegisterProtocolSource)
+async def register_source(cmd: RegisterProtocolSource, deps: Deps) -> ProtocolSource:
+    source_id = await deps.service.register(cmd)
+    return await sync_source(SyncProtocolSource(source_id=source_id, commit=cmd.commit), deps)
+
+
+@handlers.rpc(SyncProtocolSource)
+async def sync_source(cmd: SyncProtocolSource, deps: Deps) -> ProtocolSource:
+    source, definitions = await deps.service.sync(cmd.source_id, cmd.commit)
+    await deps.bus.publish(ProtocolSourceSynced(source=source, definitions=definitions))
+    return source
+
+
+@handlers.rpc(ListProtocolSources)
+async def list_sources(query: ListProtocolSources, deps: Deps) -> ProtocolSourcePage:
+    return await deps.service.list_sources(query)
+
+
+@handlers.rpc(ListProtocolDefinitions)
+async def list_definitions(query: ListProtocolDefinitions, deps: Deps) -> ProtocolDefinitionPage:
+    return await deps.service.list_definitions(query)
+
+
+@handlers.rpc(ResolveProtocol)
+async def resolve(query: ResolveProtocol, deps: Deps) -> ResolvedProtocol:
+    return await deps.service.resolve(query)

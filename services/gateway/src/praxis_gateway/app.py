@@ -1,0 +1,102 @@
+"""Gateway wiring: a FastAPI app over the bus; health, readiness and metrics included."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import uvicorn
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from pydantic import Field
+
+from praxis_contracts.errors import PraxisError
+from praxis_gateway.errors import on_praxis_error, on_validation_error
+from praxis_gateway.routes import router
+from praxis_runtime.logging import configure_logging, correlation_id_var
+from praxis_runtime.service import bus_for
+from praxis_runtime.settings import ServiceSettings
+from praxis_runtime.topology import ensure_topology
+
+REQUESTS = Counter("praxis_http_requests_total", "HTTP requests", ["method", "route", "status"])
+LATENCY = Histogram("praxis_http_request_seconds", "HTTP latency", ["method", "route"])
+
+
+class Settings(ServiceSettings):
+    service_name: str = "gateway"
+    gateway_host: str = Field(default="127.0.0.1", description="GATEWAY_HOST")
+    gateway_port: int = Field(default=8000, ge=0, description="GATEWAY_PORT (0 = any free port)")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        bus = bus_for(settings)
+        await bus.connect()
+        await ensure_topology(bus.js)
+        app.state.bus = bus
+        yield
+        await bus.stop()
+
+    app = FastAPI(
+        title="Praxis",
+        version="0.1.0",
+        description="Protocol execution for lab automation.",
+        lifespan=lifespan,
+    )
+    app.include_router(router)
+    app.add_exception_handler(PraxisError, on_praxis_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.middleware("http")(_correlate)
+    _add_probes(app)
+    return app
+
+
+async def _correlate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    correlation = request.headers.get("x-correlation-id") or uuid.uuid4().hex
+    token = correlation_id_var.set(correlation)
+    started = time.perf_counter()
+    try:
+        response = await call_next(request)
+    finally:
+        correlation_id_var.reset(token)
+    route = getattr(request.scope.get("route"), "path", "unmatched")
+    REQUESTS.labels(request.method, route, response.status_code).inc()
+    LATENCY.labels(request.method, route).observe(time.perf_counter() - started)
+    response.headers["X-Correlation-Id"] = correlation
+    return response
+
+
+def _add_probes(app: FastAPI) -> None:
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> PlainTextResponse:
+        bus = getattr(request.app.state, "bus", None)
+        ready = bus is not None and bus.connected
+        return PlainTextResponse("ok" if ready else "nats: failing", status_code=200 if ready else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def serve(settings: Settings) -> None:
+    configure_logging(settings.service_name, settings.log_level, settings.log_format)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.gateway_host,
+        port=settings.gateway_port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.graceful_timeout_seconds),
+    )
+
+
+__all__ = ["Settings", "create_app", "serve"]

@@ -1,0 +1,202 @@
+"""HTTP routes: each builds one typed request and returns its typed reply."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, Query, Request, status
+from fastapi.responses import StreamingResponse
+from nats.js import api
+from pydantic import BaseModel, Field
+
+from praxis_contracts.assets import (
+    Asset,
+    AssetDraft,
+    AssetPage,
+    AssetStatus,
+    GetAsset,
+    GetWorkcellLayout,
+    ListAssets,
+    ListWorkcells,
+    RegisterWorkcell,
+    WorkcellLayout,
+    WorkcellPage,
+)
+from praxis_contracts.common import AssetKind, RunStatus, SearchFilters
+from praxis_contracts.errors import NotFound
+from praxis_contracts.protocols import (
+    ListProtocolDefinitions,
+    ListProtocolSources,
+    ProtocolDefinitionPage,
+    ProtocolSource,
+    ProtocolSourcePage,
+    RegisterProtocolSource,
+    SourceKind,
+    SyncProtocolSource,
+)
+from praxis_contracts.runs import GetRun, ListRuns, RunPage, RunView, SubmitRun
+from praxis_contracts.topology import EVENTS
+from praxis_gateway.filters import search_filters
+from praxis_runtime.bus import Bus
+
+router = APIRouter(prefix="/api/v1")
+Filters = Annotated[SearchFilters, Depends(search_filters)]
+
+
+def bus(request: Request) -> Bus:
+    return request.app.state.bus  # type: ignore[no-any-return]
+
+
+BusDep = Annotated[Bus, Depends(bus)]
+
+
+# -- protocols ----------------------------------------------------------------------------------
+class SourceIn(BaseModel):
+    name: str
+    kind: SourceKind = "git"
+    url: str
+    ref: str = "HEAD"
+    commit: str | None = None
+
+
+class SyncIn(BaseModel):
+    commit: str | None = None
+
+
+@router.post("/protocols/sources", status_code=status.HTTP_201_CREATED, tags=["protocols"])
+async def register_source(body: SourceIn, b: BusDep) -> ProtocolSource:
+    return await b.request(RegisterProtocolSource(**body.model_dump()), timeout=_SYNC_TIMEOUT)
+
+
+@router.get("/protocols/sources", tags=["protocols"])
+async def list_sources(b: BusDep, filters: Filters, kind: SourceKind | None = None) -> ProtocolSourcePage:
+    return await b.request(ListProtocolSources(filters=filters, kind=kind))
+
+
+@router.post("/protocols/sources/{source_id}/sync", tags=["protocols"])
+async def sync_source(source_id: UUID, b: BusDep, body: SyncIn | None = None) -> ProtocolSource:
+    commit = body.commit if body else None
+    return await b.request(SyncProtocolSource(source_id=source_id, commit=commit), timeout=_SYNC_TIMEOUT)
+
+
+@router.get("/protocols/definitions", tags=["protocols"])
+async def list_definitions(
+    b: BusDep, filters: Filters, name: str | None = None, source_id: UUID | None = None
+) -> ProtocolDefinitionPage:
+    return await b.request(ListProtocolDefinitions(filters=filters, name=name, source_id=source_id))
+
+
+# -- runs ---------------------------------------------------------------------------------------
+class RunIn(BaseModel):
+    protocol_name: str | None = None
+    version: str | None = None
+    definition_id: UUID | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    workcell: str | None = None
+    assets: dict[str, str] = Field(default_factory=dict)
+    initial_state: dict[str, Any] = Field(default_factory=dict)
+    priority: int = Field(default=0, ge=-100, le=100)
+
+
+@router.post("/protocols/runs", status_code=status.HTTP_201_CREATED, tags=["runs"])
+async def submit_run(body: RunIn, b: BusDep) -> RunView:
+    return await b.request(SubmitRun.model_validate(body.model_dump()))
+
+
+@router.get("/protocols/runs", tags=["runs"])
+async def list_runs(
+    b: BusDep,
+    filters: Filters,
+    status_: Annotated[list[RunStatus] | None, Query(alias="status")] = None,
+    protocol_name: str | None = None,
+) -> RunPage:
+    return await b.request(ListRuns(filters=filters, status=status_, protocol_name=protocol_name))
+
+
+@router.get("/protocols/runs/{run_id}", tags=["runs"])
+async def get_run(run_id: UUID, b: BusDep) -> RunView:
+    return await b.request(GetRun(run_id=run_id))
+
+
+@router.get("/protocols/runs/{run_id}/events", tags=["runs"])
+async def run_events(run_id: UUID, b: BusDep) -> StreamingResponse:
+    """Server-sent events: the run's history so far, then live events until it ends."""
+    await b.request(GetRun(run_id=run_id))  # 404 for an unknown run
+    return StreamingResponse(_event_stream(b, run_id), media_type="text/event-stream")
+
+
+async def _event_stream(b: Bus, run_id: UUID) -> AsyncIterator[bytes]:
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    sub = await b.js.subscribe(
+        f"praxis.evt.*.*.*.{run_id}",
+        stream=EVENTS.name,
+        ordered_consumer=True,
+        deliver_policy=api.DeliverPolicy.ALL,
+        cb=queue.put,
+    )
+    try:
+        while True:
+            msg = await queue.get()
+            name = msg.subject.rsplit(".", 1)[0].removeprefix("praxis.evt.")
+            yield f"event: {name}\ndata: {msg.data.decode()}\n\n".encode()
+            if name == "scheduler.run.status_changed" and RunStatus(
+                json.loads(msg.data)["status"]
+            ).is_terminal:
+                return
+    finally:
+        await sub.unsubscribe()
+
+
+# -- inventory ----------------------------------------------------------------------------------
+class WorkcellIn(BaseModel):
+    name: str
+    description: str = ""
+    properties: dict[str, Any] = Field(default_factory=dict)
+    assets: list[AssetDraft] = Field(default_factory=list)
+
+
+@router.post("/workcells", status_code=status.HTTP_201_CREATED, tags=["inventory"])
+async def register_workcell(body: WorkcellIn, b: BusDep) -> WorkcellLayout:
+    return await b.request(RegisterWorkcell(**body.model_dump()))
+
+
+@router.get("/workcells", tags=["inventory"])
+async def list_workcells(b: BusDep, filters: Filters, name: str | None = None) -> WorkcellPage:
+    return await b.request(ListWorkcells(filters=filters, name=name))
+
+
+@router.get("/workcells/{workcell}", tags=["inventory"])
+async def get_workcell(workcell: str, b: BusDep) -> WorkcellLayout:
+    return await b.request(GetWorkcellLayout(workcell=workcell))
+
+
+def _asset_routes(path: str, kind: AssetKind) -> None:
+    async def list_kind(
+        b: BusDep,
+        filters: Filters,
+        status_: Annotated[AssetStatus | None, Query(alias="status")] = None,
+        fqn: str | None = None,
+        name: str | None = None,
+    ) -> AssetPage:
+        return await b.request(ListAssets(filters=filters, kind=kind, status=status_, fqn=fqn, name=name))
+
+    async def get_kind(accession_id: UUID, b: BusDep) -> Asset:
+        asset = await b.request(GetAsset(accession_id=accession_id))
+        if asset.kind != kind:
+            raise NotFound(f"{kind} {accession_id} not found")
+        return asset
+
+    router.add_api_route(f"/{path}", list_kind, methods=["GET"], tags=["inventory"], name=f"list_{path}")
+    router.add_api_route(
+        f"/{path}/{{accession_id}}", get_kind, methods=["GET"], tags=["inventory"], name=f"get_{path}"
+    )
+
+
+for _path, _kind in (("machines", "machine"), ("resources", "resource"), ("decks", "deck")):
+    _asset_routes(_path, _kind)  # type: ignore[arg-type]
+
+_SYNC_TIMEOUT = 300.0

@@ -1,0 +1,1 @@
+"""Orchestrator service: runs protocols on one workcell against live PyLabRobot objects."""

@@ -1,0 +1,20 @@
+"""Orchestrator handlers."""
+
+from __future__ import annotations
+
+from praxis_contracts.runs import ExecuteRun
+from praxis_orchestrator.executor import Executor
+from praxis_runtime.bus import Handlers
+
+
+def handlers_for(workcell: str, max_concurrent_runs: int) -> Handlers[Executor]:
+    """Handlers bound to this orchestrator's workcell (its commands carry the name as key)."""
+    group: Handlers[Executor] = Handlers()
+
+    @group.consume(
+        ExecuteRun, durable=f"orchestrator-{workcell}", key=workcell, max_workers=max_concurrent_runs
+    )
+    async def execute(cmd: ExecuteRun, executor: Executor) -> None:
+        await executor.accept(cmd)
+
+    return group

@@ -1,0 +1,46 @@
+"""The workcell this orchestrator owns: live PyLabRobot objects built from the inventory."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from praxis_contracts.assets import GetWorkcellLayout, WorkcellLayout
+from praxis_plr.live import LiveWorkcell
+
+log = logging.getLogger(__name__)
+
+
+class WorkcellHost:
+    """Builds the live workcell on first use and rebuilds it when the layout gains assets."""
+
+    def __init__(self, name: str, fetch: Callable[[GetWorkcellLayout], Awaitable[WorkcellLayout]]) -> None:
+        self.name = name
+        self._fetch = fetch
+        self.live: LiveWorkcell | None = None
+        self._lock = asyncio.Lock()
+
+    async def ensure(self, names: Iterable[str]) -> LiveWorkcell:
+        wanted = set(names)
+        if self.live is not None and wanted <= set(self.live.names()):
+            return self.live
+        async with self._lock:
+            if self.live is None or not wanted <= set(self.live.names()):
+                if self.live is not None:
+                    await self.live.stop()
+                layout = await self._fetch(GetWorkcellLayout(workcell=self.name))
+                self.live = await LiveWorkcell.build(layout)
+                log.info("workcell %s live with %d assets", self.name, len(self.live.names()))
+        return self.live
+
+    def snapshot(self, names: list[str]) -> dict[str, Any]:
+        if self.live is None or not names:
+            return {}
+        return self.live.snapshot(names)
+
+    async def stop(self) -> None:
+        if self.live is not None:
+            await self.live.stop()
+            self.live = None

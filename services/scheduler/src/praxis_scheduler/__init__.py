@@ -1,0 +1,1 @@
+"""Scheduler service: run records, reservation and dispatch, outcomes."""

@@ -1,0 +1,43 @@
+"""The run lifecycle as a pure state machine.
+
+Events reach the scheduler at least once and, across consumers, in any order: a late
+``RunStarted`` may arrive after ``RunFinished``. Transitions therefore only move a run forward;
+anything else is ignored (and reported), which makes every event handler idempotent.
+"""
+
+from __future__ import annotations
+
+from praxis_contracts.common import RunStatus
+
+S = RunStatus
+
+_STAGE = {
+    S.QUEUED: 0,
+    S.PENDING: 1,
+    S.PREPARING: 2,
+    S.RUNNING: 3,
+    S.PAUSING: 3,
+    S.PAUSED: 3,
+    S.RESUMING: 3,
+    S.CANCELING: 4,
+    S.REQUIRES_INTERVENTION: 5,
+    S.COMPLETED: 9,
+    S.FAILED: 9,
+    S.CANCELLED: 9,
+}
+
+_WITHIN_RUNNING = {
+    S.RUNNING: {S.PAUSING, S.PAUSED, S.CANCELING},
+    S.PAUSING: {S.PAUSED, S.RESUMING, S.RUNNING, S.CANCELING},
+    S.PAUSED: {S.RESUMING, S.RUNNING, S.CANCELING},
+    S.RESUMING: {S.RUNNING, S.PAUSING, S.CANCELING},
+}
+
+
+def can_transition(current: RunStatus, new: RunStatus) -> bool:
+    """Whether a run in ``current`` may move to ``new``."""
+    if current.is_terminal or current == new:
+        return False
+    if new in _WITHIN_RUNNING.get(current, set()):
+        return True
+    return _STAGE[new] > _STAGE[current]

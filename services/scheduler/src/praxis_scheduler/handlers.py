@@ -1,0 +1,98 @@
+"""Scheduler handlers: each calls the service layer, then publishes what it committed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from praxis_contracts.assets import AssetsReserved, ReservationFailed
+from praxis_contracts.common import ErrorInfo, RunStatus
+from praxis_contracts.protocols import ResolveProtocol
+from praxis_contracts.runs import (
+    GetRun,
+    ListRuns,
+    RunFinished,
+    RunPage,
+    RunPreparing,
+    RunStarted,
+    RunView,
+    SubmitRun,
+)
+from praxis_runtime.bus import Bus, Handlers
+from praxis_scheduler.service import Outbox, RunService
+
+WORKERS = 8
+
+
+@dataclass(frozen=True)
+class Deps:
+    runs: RunService
+    bus: Bus
+
+    async def flush(self, outbox: Outbox) -> None:
+        for message, msg_id in outbox.messages:
+            await self.bus.publish(message, msg_id=msg_id)
+
+
+handlers: Handlers[Deps] = Handlers()
+
+
+@handlers.rpc(SubmitRun)
+async def submit_run(cmd: SubmitRun, deps: Deps) -> RunView:
+    resolved = await deps.bus.request(
+        ResolveProtocol(
+            protocol_name=cmd.protocol_name,
+            version=cmd.version,
+            definition_id=cmd.definition_id,
+            parameters=cmd.parameters,
+        )
+    )
+    outbox = Outbox()
+    run = await deps.runs.create(cmd, resolved, outbox)
+    await deps.flush(outbox)
+    return run
+
+
+@handlers.rpc(GetRun)
+async def get_run(query: GetRun, deps: Deps) -> RunView:
+    return await deps.runs.get(query.run_id)
+
+
+@handlers.rpc(ListRuns)
+async def list_runs(query: ListRuns, deps: Deps) -> RunPage:
+    return await deps.runs.list(query)
+
+
+@handlers.consume(AssetsReserved, durable="scheduler-reserved", max_workers=WORKERS)
+async def assets_reserved(event: AssetsReserved, deps: Deps) -> None:
+    outbox = Outbox()
+    await deps.runs.on_reserved(event, outbox)
+    await deps.flush(outbox)
+
+
+@handlers.consume(ReservationFailed, durable="scheduler-reservation-failed", max_workers=WORKERS)
+async def reservation_failed(event: ReservationFailed, deps: Deps) -> None:
+    outbox = Outbox()
+    error = ErrorInfo(type="ReservationFailed", message=event.error.message, code=event.error.code)
+    await deps.runs.on_failed_before_start(event.run_id, error, outbox)
+    await deps.flush(outbox)
+
+
+@handlers.consume(RunPreparing, durable="scheduler-run-preparing", max_workers=WORKERS)
+async def run_preparing(event: RunPreparing, deps: Deps) -> None:
+    outbox = Outbox()
+    await deps.runs.on_progress(event.run_id, RunStatus.PREPARING, event.at, outbox)
+    await deps.flush(outbox)
+
+
+@handlers.consume(RunStarted, durable="scheduler-run-started", max_workers=WORKERS)
+async def run_started(event: RunStarted, deps: Deps) -> None:
+    outbox = Outbox()
+    await deps.runs.on_progress(event.run_id, RunStatus.RUNNING, event.at, outbox)
+    await deps.flush(outbox)
+
+
+@handlers.consume(RunFinished, durable="scheduler-run-finished", max_workers=WORKERS)
+async def run_finished(event: RunFinished, deps: Deps) -> None:
+    outbox = Outbox()
+    await deps.runs.on_finished(event, outbox)
+    await deps.flush(outbox)

@@ -1,0 +1,59 @@
+"""Tables of the scheduler schema."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, MetaData, String, Text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+SCHEMA = "scheduler"
+JsonB = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(schema=SCHEMA)
+
+
+class RunRow(Base):
+    __tablename__ = "protocol_runs"
+
+    accession_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    protocol_name: Mapped[str] = mapped_column(String(200), index=True)
+    protocol_version: Mapped[str] = mapped_column(String(50))
+    definition_id: Mapped[uuid.UUID]
+    source_commit: Mapped[str] = mapped_column(String(64))
+    definition: Mapped[dict[str, Any]] = mapped_column(JsonB)
+    status: Mapped[str] = mapped_column(String(30), index=True)
+    parameters: Mapped[dict[str, Any]] = mapped_column(JsonB)
+    initial_state: Mapped[dict[str, Any]] = mapped_column(JsonB)
+    workcell: Mapped[str | None] = mapped_column(String(200))
+    workcell_id: Mapped[uuid.UUID | None] = mapped_column(index=True)
+    workcell_name: Mapped[str | None] = mapped_column(String(200))
+    pins: Mapped[dict[str, str]] = mapped_column(JsonB)
+    priority: Mapped[int] = mapped_column(Integer)
+    bindings: Mapped[list[dict[str, Any]]] = mapped_column(JsonB)
+    result: Mapped[Any] = mapped_column(JsonB, nullable=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JsonB)
+    final_state: Mapped[dict[str, Any] | None] = mapped_column(JsonB)
+    asset_states: Mapped[dict[str, Any] | None] = mapped_column(JsonB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class StatusHistoryRow(Base):
+    __tablename__ = "run_status_history"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    run_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey(f"{SCHEMA}.protocol_runs.accession_id", ondelete="CASCADE"), index=True
+    )
+    status: Mapped[str] = mapped_column(String(30))
+    previous: Mapped[str | None] = mapped_column(String(30))
+    reason: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
