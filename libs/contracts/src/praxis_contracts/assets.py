@@ -45,7 +45,9 @@ class Asset(BaseModel):
     fqn: str = Field(description="Fully-qualified PyLabRobot class or factory name.")
     type_mro: list[str] = Field(description="fqn of the class and its PyLabRobot base classes.")
     definition: dict[str, Any] = Field(description="PyLabRobot serialize() output.")
-    backend: dict[str, Any] | None = Field(default=None, description="Machines: backend + settings.")
+    backend: dict[str, Any] | None = Field(
+        default=None, description="Machines: backend + settings."
+    )
     state: dict[str, Any] | None = Field(
         default=None, description="PyLabRobot serialize_all_state() to load, e.g. well volumes."
     )
@@ -189,7 +191,9 @@ class ReserveAssets(Command):
         default_factory=dict, description="Requirement name -> asset name or id to use."
     )
     priority: int = Field(default=0, description="Higher is served first among waiters.")
-    ttl_seconds: int | None = Field(default=None, ge=1, description="Lease TTL; default from config.")
+    ttl_seconds: int | None = Field(
+        default=None, ge=1, description="Lease TTL; default from config."
+    )
 
 
 class ReleaseAssets(Command):
@@ -235,4 +239,3 @@ class AssetsReleased(Event):
 
     def subject_key(self) -> str:
         return str(self.run_id)
-

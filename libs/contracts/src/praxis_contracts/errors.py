@@ -38,7 +38,9 @@ class ErrorReply(BaseModel):
 
     code: ErrorCode = Field(description="Stable machine-readable error code.")
     message: str = Field(description="Human-readable explanation; never a traceback.")
-    retryable: bool = Field(default=False, description="Whether the same request may succeed later.")
+    retryable: bool = Field(
+        default=False, description="Whether the same request may succeed later."
+    )
     details: dict[str, Any] = Field(default_factory=dict, description="Structured context.")
 
 

@@ -33,10 +33,11 @@ async def run(_: argparse.Namespace) -> int:
             f"  NATS         {stack.infra.nats_url}\n"
             f"  PostgreSQL   {stack.infra.database_url}\n"
             f"  logs         {stack.base_dir}/logs/\n"
-            f"  workcell     {DEMO_WORKCELL} (liquid handler, deck, tip rack, 2 plates, plate reader)\n"
+            f"  workcell     {DEMO_WORKCELL}: liquid handler, deck, tip rack, 2 plates, reader\n"
             f"  protocols    {source['name']} @ {source['commit'][:12]} (git: {source['url']})\n\n"
-            f"Try: curl -s -XPOST {stack.api}/api/v1/protocols/runs -H 'content-type: application/json' "
-            f"-d '{{\"protocol_name\": \"transfer\", \"parameters\": {{\"volume\": 25}}}}'\n"
+            f"Try: curl -s -XPOST {stack.api}/api/v1/protocols/runs "
+            f"-H 'content-type: application/json' "
+            f'-d \'{{"protocol_name": "transfer", "parameters": {{"volume": 25}}}}\'\n'
             f"Ctrl-C stops everything.",
             flush=True,
         )
@@ -63,7 +64,10 @@ async def demo(args: argparse.Namespace) -> int:
             response = await client.post("/api/v1/protocols/runs", json=body)
             response.raise_for_status()
             run_id = response.json()["accession_id"]
-            print(f"submitted run {run_id}: transfer {args.volume} uL from source_plate to dest_plate (A1, B1)")
+            print(
+                f"submitted run {run_id}: transfer {args.volume} uL per well, A1 and B1, "
+                "source_plate -> dest_plate"
+            )
             async with client.stream("GET", f"/api/v1/protocols/runs/{run_id}/events") as events:
                 async for line in events.aiter_lines():
                     _print_event(line)

@@ -14,6 +14,7 @@ import json
 import statistics
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -58,13 +59,21 @@ class RunWatcher:
     async def on_status(self, msg: Any) -> None:
         data = json.loads(msg.data)
         future = self.completed.get(data["run_id"])
-        if future is not None and not future.done() and data["status"] in ("completed", "failed", "cancelled"):
+        if (
+            future is not None
+            and not future.done()
+            and data["status"] in ("completed", "failed", "cancelled")
+        ):
             future.set_result(data["status"])
 
 
-async def _submit(client: httpx.AsyncClient, watcher: RunWatcher, pending: dict[str, int]) -> tuple[str, int, float]:
+async def _submit(
+    client: httpx.AsyncClient, watcher: RunWatcher, pending: dict[str, int]
+) -> tuple[str, int, float]:
     t0 = time.time_ns()
-    response = await client.post("/api/v1/protocols/runs", json={"protocol_name": "noop", "workcell": DEMO_WORKCELL})
+    response = await client.post(
+        "/api/v1/protocols/runs", json={"protocol_name": "noop", "workcell": DEMO_WORKCELL}
+    )
     http_ms = (time.time_ns() - t0) / 1e6
     response.raise_for_status()
     run_id = response.json()["accession_id"]
@@ -130,6 +139,5 @@ async def bench(args: argparse.Namespace) -> int:
     text = json.dumps(report, indent=2)
     print(text)
     if args.output:
-        with open(args.output, "w") as f:
-            f.write(text + "\n")
+        await asyncio.to_thread(Path(args.output).write_text, text + "\n")
     return 0 if report["throughput_failed"] == 0 else 1

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
+from praxis_plr.layout import demo_workcell
 
 from praxis_devstack.servers import LocalInfra, default_base_dir, free_port
-from praxis_plr.layout import demo_workcell
 
 SERVICES = ("scheduler", "code-manager", "asset-manager", "orchestrator", "gateway")
 DEMO_WORKCELL = "demo"
@@ -93,7 +93,9 @@ class Stack:
         async with httpx.AsyncClient(timeout=2.0) as client:
             while True:
                 if service.process.poll() is not None:
-                    raise RuntimeError(f"{service.name} exited: see {self.base_dir}/logs/{service.name}.log")
+                    raise RuntimeError(
+                        f"{service.name} exited: see {self.base_dir}/logs/{service.name}.log"
+                    )
                 try:
                     if (await client.get(service.health_url)).status_code == 200:
                         return
@@ -108,17 +110,22 @@ class Stack:
         """Register the demo workcell and the bundled example protocols (a real git repo)."""
         async with httpx.AsyncClient(base_url=self.api, timeout=300.0) as client:
             drafts = [d.model_dump(mode="json") for d in demo_workcell()]
-            response = await client.post("/api/v1/workcells", json={"name": DEMO_WORKCELL, "assets": drafts})
+            response = await client.post(
+                "/api/v1/workcells", json={"name": DEMO_WORKCELL, "assets": drafts}
+            )
             response.raise_for_status()
             existing = (await client.get("/api/v1/protocols/sources", params={"limit": 100})).json()
             source = next((s for s in existing["items"] if s["name"] == EXAMPLES_SOURCE), None)
             repo = await asyncio.to_thread(make_example_repo, self.base_dir / "example-protocols")
             if source is None:
                 response = await client.post(
-                    "/api/v1/protocols/sources", json={"name": EXAMPLES_SOURCE, "kind": "git", "url": str(repo)}
+                    "/api/v1/protocols/sources",
+                    json={"name": EXAMPLES_SOURCE, "kind": "git", "url": str(repo)},
                 )
             else:
-                response = await client.post(f"/api/v1/protocols/sources/{source['accession_id']}/sync")
+                response = await client.post(
+                    f"/api/v1/protocols/sources/{source['accession_id']}/sync"
+                )
             response.raise_for_status()
             return dict(response.json())
 
@@ -153,7 +160,10 @@ def make_example_repo(target: Path) -> Path:
         shutil.copy2(path, dest)
     subprocess.run([*git, "add", "-A"], check=True)
     changed = subprocess.run([*git, "diff", "--cached", "--quiet"], check=False).returncode != 0
-    has_head = subprocess.run([*git, "rev-parse", "-q", "--verify", "HEAD"], capture_output=True).returncode == 0
+    head = subprocess.run(
+        [*git, "rev-parse", "-q", "--verify", "HEAD"], check=False, capture_output=True
+    )
+    has_head = head.returncode == 0
     if changed or not has_head:
         subprocess.run([*git, "commit", "-q", "-m", "Example protocols"], check=True)
     return target

@@ -332,7 +332,9 @@ def restore_orderings(definition: Any) -> Any:
     fixed = {key: restore_orderings(value) for key, value in definition.items()}
     ordering, children = fixed.get("ordering"), fixed.get("children")
     if isinstance(ordering, dict) and isinstance(children, list):
-        position = {child.get("name"): i for i, child in enumerate(children) if isinstance(child, dict)}
+        position = {
+            child.get("name"): i for i, child in enumerate(children) if isinstance(child, dict)
+        }
         fixed["ordering"] = dict(
             sorted(ordering.items(), key=lambda item: position.get(item[1], len(position)))
         )

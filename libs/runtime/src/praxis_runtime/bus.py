@@ -24,9 +24,6 @@ from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsResponse
 from faststream.nats.annotations import NatsMessage
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from prometheus_client import Counter, Histogram
-from pydantic import BaseModel, ValidationError
-
 from praxis_contracts import headers as h
 from praxis_contracts.base import Command, Event, Message, Request
 from praxis_contracts.errors import (
@@ -39,13 +36,14 @@ from praxis_contracts.errors import (
     error_from_reply,
 )
 from praxis_contracts.topology import COMMANDS, EVENTS, dead_letter_subject
+from prometheus_client import Counter, Histogram
+from pydantic import BaseModel, ValidationError
+
 from praxis_runtime.logging import correlation_id_var, log_context
 
 log = logging.getLogger(__name__)
 
-MESSAGES = Counter(
-    "praxis_messages_total", "Messages handled", ["service", "subject", "outcome"]
-)
+MESSAGES = Counter("praxis_messages_total", "Messages handled", ["service", "subject", "outcome"])
 HANDLER_SECONDS = Histogram(
     "praxis_handler_seconds",
     "Handler latency",
@@ -87,7 +85,9 @@ class Handlers(Generic[DepsT]):
     def rpc(
         self, request_type: type[Request[R]]
     ) -> Callable[[Callable[[Any, DepsT], Awaitable[R]]], Callable[[Any, DepsT], Awaitable[R]]]:
-        def register(fn: Callable[[Any, DepsT], Awaitable[R]]) -> Callable[[Any, DepsT], Awaitable[R]]:
+        def register(
+            fn: Callable[[Any, DepsT], Awaitable[R]],
+        ) -> Callable[[Any, DepsT], Awaitable[R]]:
             self.rpcs.append(RpcRoute(request_type, cast(RpcFn[DepsT], fn)))
             return fn
 
@@ -102,9 +102,16 @@ class Handlers(Generic[DepsT]):
         max_workers: int = 1,
         ack_wait_seconds: float = 30.0,
     ) -> Callable[[Callable[[M, DepsT], Awaitable[None]]], Callable[[M, DepsT], Awaitable[None]]]:
-        def register(fn: Callable[[M, DepsT], Awaitable[None]]) -> Callable[[M, DepsT], Awaitable[None]]:
+        def register(
+            fn: Callable[[M, DepsT], Awaitable[None]],
+        ) -> Callable[[M, DepsT], Awaitable[None]]:
             route = ConsumeRoute(
-                message_type, cast(ConsumeFn[DepsT], fn), durable, key, max_workers, ack_wait_seconds
+                message_type,
+                cast(ConsumeFn[DepsT], fn),
+                durable,
+                key,
+                max_workers,
+                ack_wait_seconds,
             )
             self.consumers.append(route)
             return fn

@@ -16,7 +16,12 @@ from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, MetaData, text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 
 class Database:
@@ -46,7 +51,9 @@ class Database:
     async def migrate(self, migrations: Path, metadata: MetaData | None = None) -> None:
         """Create the schema if needed and upgrade it to the newest revision."""
         async with self.engine.begin() as conn:
-            await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(self.schema)})
+            await conn.execute(
+                text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(self.schema)}
+            )
             await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
             await conn.run_sync(_upgrade, migrations, self.schema, metadata)
 

@@ -69,7 +69,9 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> N
 
 
 @contextmanager
-def log_context(*, run_id: object | None = None, correlation_id: str | None = None) -> Iterator[None]:
+def log_context(
+    *, run_id: object | None = None, correlation_id: str | None = None
+) -> Iterator[None]:
     """Bind ids to every log line written inside the block."""
     tokens = []
     if run_id is not None:

@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from praxis_contracts.common import SearchFilters
+from praxis_contracts.errors import InvalidRequest
 from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
-
-from praxis_contracts.common import SearchFilters
-from praxis_contracts.errors import InvalidRequest
 
 Column = InstrumentedAttribute[Any]
 
@@ -63,9 +62,7 @@ def _ordering(sort_by: str | None, sortable: Mapping[str, Column], default: Colu
     key = sort_by.lstrip("-+")
     column = sortable.get(key)
     if column is None:
-        raise InvalidRequest(
-            f"cannot sort by {key!r}", allowed=sorted(sortable), field="sort_by"
-        )
+        raise InvalidRequest(f"cannot sort by {key!r}", allowed=sorted(sortable), field="sort_by")
     return [column.desc() if descending else column.asc()]
 
 

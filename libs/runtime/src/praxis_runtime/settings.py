@@ -20,7 +20,9 @@ class ServiceSettings(BaseSettings):
         default=None, description="HEALTH_PORT: /healthz, /readyz, /metrics; 0 = any free port."
     )
     request_timeout_seconds: float = Field(default=5.0, gt=0, description="REQUEST_TIMEOUT_SECONDS")
-    graceful_timeout_seconds: float = Field(default=20.0, gt=0, description="GRACEFUL_TIMEOUT_SECONDS")
+    graceful_timeout_seconds: float = Field(
+        default=20.0, gt=0, description="GRACEFUL_TIMEOUT_SECONDS"
+    )
     max_deliver: int = Field(default=5, ge=1, description="MAX_DELIVER: JetStream attempts")
 
 

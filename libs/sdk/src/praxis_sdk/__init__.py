@@ -1,11 +1,11 @@
 """The Praxis protocol SDK: what protocol authors import.
 
-    from praxis_sdk import protocol_function, PraxisState
-    from pylabrobot.liquid_handling import LiquidHandler
-    from pylabrobot.resources import Plate
+from praxis_sdk import protocol_function, PraxisState
+from pylabrobot.liquid_handling import LiquidHandler
+from pylabrobot.resources import Plate
 
-    @protocol_function(version="1.0.0")
-    async def transfer(lh: LiquidHandler, source: Plate, dest: Plate, volume: float = 50.0): ...
+@protocol_function(version="1.0.0")
+async def transfer(lh: LiquidHandler, source: Plate, dest: Plate, volume: float = 50.0): ...
 """
 
 from praxis_sdk.context import CallRecord, RunCancelled, RunContext, RunControl, current_run

@@ -17,11 +17,11 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar, overload
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
-
 from praxis_contracts.errors import InvalidParameters
 from praxis_contracts.protocols import AssetRequirementSpec, ParameterSpec, ProtocolFunctionSpec
 from praxis_plr.types import asset_kind, fqn, unwrap_optional
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
+
 from praxis_sdk.context import CallRecord, CallStatus, RunCancelled, RunContext, current_run
 from praxis_sdk.state import PraxisState
 
@@ -132,10 +132,11 @@ def parameters_model(func: Callable[..., Any]) -> type[BaseModel]:
     fields: dict[str, Any] = {}
     for p in spec.parameters:
         default = signature.parameters[p.name].default
-        fields[p.name] = (hints.get(p.name, Any), ... if default is inspect.Parameter.empty else default)
-    return create_model(  # type: ignore[call-overload,no-any-return]
-        f"{spec.name}_parameters", __config__=ConfigDict(extra="forbid"), **fields
-    )
+        fields[p.name] = (
+            hints.get(p.name, Any),
+            ... if default is inspect.Parameter.empty else default,
+        )
+    return create_model(f"{spec.name}_parameters", __config__=ConfigDict(extra="forbid"), **fields)
 
 
 def validate_parameters(func: Callable[..., Any], values: dict[str, Any]) -> dict[str, Any]:
@@ -152,7 +153,9 @@ def validate_parameters(func: Callable[..., Any], values: dict[str, Any]) -> dic
     return dumped
 
 
-def _logged(func: Callable[P, Awaitable[T]], spec: ProtocolFunctionSpec) -> Callable[P, Awaitable[T]]:
+def _logged(
+    func: Callable[P, Awaitable[T]], spec: ProtocolFunctionSpec
+) -> Callable[P, Awaitable[T]]:
     @functools.wraps(func)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         ctx = current_run.get()
@@ -204,7 +207,9 @@ async def _finish(ctx: RunContext, call: CallRecord, status: CallStatus, error: 
     )
 
 
-def _summarise(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+def _summarise(
+    func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Any]:
     """Arguments as JSON-friendly values: live objects by name, others by value or repr."""
     try:
         bound = inspect.signature(func).bind_partial(*args, **kwargs).arguments

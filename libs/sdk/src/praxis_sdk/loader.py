@@ -20,6 +20,7 @@ from typing import Any
 
 from praxis_contracts.errors import ProtocolLoadFailed
 from praxis_contracts.protocols import ProtocolFunctionSpec
+
 from praxis_sdk.decorators import spec_of
 
 SKIP_DIRS = frozenset({"tests", "test", "__pycache__", "build", "dist", "docs"})
@@ -110,5 +111,7 @@ class SourceTree:
 
     def unload(self) -> None:
         """Forget every module imported from this tree."""
-        for name in [n for n in sys.modules if n == self.package or n.startswith(f"{self.package}.")]:
+        for name in [
+            n for n in sys.modules if n == self.package or n.startswith(f"{self.package}.")
+        ]:
             del sys.modules[name]

@@ -38,7 +38,8 @@ class PraxisState(MutableMapping[str, Any]):
         return len(self._data)
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(self._data))
+        copied: dict[str, Any] = json.loads(json.dumps(self._data))
+        return copied
 
     def __repr__(self) -> str:
         return f"PraxisState({self._data!r})"

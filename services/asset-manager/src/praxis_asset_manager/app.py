@@ -7,23 +7,25 @@ import contextlib
 import logging
 from pathlib import Path
 
+from praxis_contracts.topology import ASSET_LEASES
+from praxis_runtime.leases import LeaseStore
+from praxis_runtime.service import Migrations, Service, bus_for, database_for
+from praxis_runtime.settings import DatabaseSettings
 from pydantic import Field
 
 from praxis_asset_manager.handlers import Deps, handlers
 from praxis_asset_manager.inventory import Inventory
-from praxis_runtime.leases import LeaseStore
 from praxis_asset_manager.orm import SCHEMA, Base
 from praxis_asset_manager.reservations import Reservations
-from praxis_contracts.topology import ASSET_LEASES
-from praxis_runtime.service import Migrations, Service, bus_for, database_for
-from praxis_runtime.settings import DatabaseSettings
 
 log = logging.getLogger(__name__)
 
 
 class Settings(DatabaseSettings):
     service_name: str = "asset-manager"
-    asset_lock_timeout_seconds: int = Field(default=3600, ge=1, description="ASSET_LOCK_TIMEOUT_SECONDS")
+    asset_lock_timeout_seconds: int = Field(
+        default=3600, ge=1, description="ASSET_LOCK_TIMEOUT_SECONDS"
+    )
 
 
 def build_app(settings: Settings) -> Service:
@@ -42,7 +44,9 @@ def build_app(settings: Settings) -> Service:
 
     async def start_reservations() -> None:
         leases = LeaseStore(bus.js, ASSET_LEASES.bucket)
-        reservations = Reservations(db, inventory, leases, settings.asset_lock_timeout_seconds, bus.publish)
+        reservations = Reservations(
+            db, inventory, leases, settings.asset_lock_timeout_seconds, bus.publish
+        )
         holder["r"] = reservations
         ready = asyncio.Event()
         tasks.append(asyncio.create_task(_watch(bus.js, reservations, ready)))

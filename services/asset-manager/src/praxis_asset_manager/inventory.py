@@ -5,9 +5,6 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, or_, select
-
-from praxis_asset_manager.orm import AssetRow, WorkcellRow
 from praxis_contracts.assets import (
     Asset,
     AssetPage,
@@ -23,6 +20,9 @@ from praxis_contracts.errors import InvalidRequest, NotFound
 from praxis_plr.types import import_type, type_ancestry
 from praxis_runtime.db import Database
 from praxis_runtime.query import apply_filters, fetch_page, where_all
+from sqlalchemy import delete, or_, select
+
+from praxis_asset_manager.orm import AssetRow, WorkcellRow
 
 
 class Inventory:
@@ -40,7 +40,9 @@ class Inventory:
                 workcell = WorkcellRow(accession_id=uuid.uuid4(), name=cmd.name, created_at=now)
                 session.add(workcell)
             workcell.description, workcell.properties = cmd.description, cmd.properties
-            await session.execute(delete(AssetRow).where(AssetRow.workcell_id == workcell.accession_id))
+            await session.execute(
+                delete(AssetRow).where(AssetRow.workcell_id == workcell.accession_id)
+            )
             for row in rows:
                 row.workcell_id, row.created_at, row.updated_at = workcell.accession_id, now, now
                 session.add(row)
@@ -52,7 +54,9 @@ class Inventory:
         """Every workcell with its assets (cached until the inventory changes)."""
         if self._layouts is None:
             async with self.db.transaction() as session:
-                workcells = (await session.scalars(select(WorkcellRow).order_by(WorkcellRow.name))).all()
+                workcells = (
+                    await session.scalars(select(WorkcellRow).order_by(WorkcellRow.name))
+                ).all()
                 assets = (await session.scalars(select(AssetRow))).all()
             self._layouts = [
                 WorkcellLayout(
@@ -70,7 +74,9 @@ class Inventory:
         raise NotFound(f"workcell {ref!r} not found", workcell=ref)
 
     async def list_workcells(self, query: ListWorkcells) -> WorkcellPage:
-        stmt = where_all(select(WorkcellRow), WorkcellRow.name == query.name if query.name else None)
+        stmt = where_all(
+            select(WorkcellRow), WorkcellRow.name == query.name if query.name else None
+        )
         stmt = apply_filters(
             stmt,
             query.filters,
@@ -82,7 +88,9 @@ class Inventory:
         async with self.db.transaction() as session:
             rows, total = await fetch_page(session, stmt, query.filters)
         f = query.filters
-        return WorkcellPage(items=[_workcell(r) for r in rows], total=total, limit=f.limit, offset=f.offset)
+        return WorkcellPage(
+            items=[_workcell(r) for r in rows], total=total, limit=f.limit, offset=f.offset
+        )
 
     async def list_assets(self, query: ListAssets) -> AssetPage:
         stmt = where_all(
@@ -90,13 +98,19 @@ class Inventory:
             AssetRow.kind == query.kind if query.kind else None,
             AssetRow.status == query.status if query.status else None,
             AssetRow.name == query.name if query.name else None,
-            or_(AssetRow.fqn == query.fqn, AssetRow.type_mro.contains([query.fqn])) if query.fqn else None,
+            or_(AssetRow.fqn == query.fqn, AssetRow.type_mro.contains([query.fqn]))
+            if query.fqn
+            else None,
         )
         stmt = apply_filters(
             stmt,
             query.filters,
             created_at=AssetRow.created_at,
-            sortable={"name": AssetRow.name, "created_at": AssetRow.created_at, "kind": AssetRow.kind},
+            sortable={
+                "name": AssetRow.name,
+                "created_at": AssetRow.created_at,
+                "kind": AssetRow.kind,
+            },
             properties=AssetRow.properties,
             relations={
                 "workcell_accession_id": AssetRow.workcell_id,
@@ -108,7 +122,9 @@ class Inventory:
         async with self.db.transaction() as session:
             rows, total = await fetch_page(session, stmt, query.filters)
         f = query.filters
-        return AssetPage(items=[_asset(r) for r in rows], total=total, limit=f.limit, offset=f.offset)
+        return AssetPage(
+            items=[_asset(r) for r in rows], total=total, limit=f.limit, offset=f.offset
+        )
 
     async def get_asset(self, asset_id: uuid.UUID) -> Asset:
         async with self.db.transaction() as session:

@@ -14,12 +14,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
-from sqlalchemy import select
-
-from praxis_asset_manager.inventory import Inventory
-from praxis_runtime.leases import LeaseConflict, LeaseStore, decode_holder, lease_key
-from praxis_asset_manager.matching import Binding, bind
-from praxis_asset_manager.orm import ReservationRow
 from praxis_contracts.assets import (
     AssetBinding,
     AssetsReleased,
@@ -32,6 +26,12 @@ from praxis_contracts.assets import (
 from praxis_contracts.base import Event
 from praxis_contracts.errors import NoMatchingAssets, PraxisError
 from praxis_runtime.db import Database
+from praxis_runtime.leases import LeaseConflict, LeaseStore, decode_holder, lease_key
+from sqlalchemy import select
+
+from praxis_asset_manager.inventory import Inventory
+from praxis_asset_manager.matching import Binding, bind
+from praxis_asset_manager.orm import ReservationRow
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,12 @@ Plan = tuple[WorkcellLayout, list[Binding]]
 
 class Reservations:
     def __init__(
-        self, db: Database, inventory: Inventory, leases: LeaseStore, default_ttl: int, publish: Publish
+        self,
+        db: Database,
+        inventory: Inventory,
+        leases: LeaseStore,
+        default_ttl: int,
+        publish: Publish,
     ) -> None:
         self.db = db
         self.inventory = inventory
@@ -77,7 +82,11 @@ class Reservations:
     async def resume(self) -> int:
         """Reload stored waiters after a restart."""
         async with self.db.transaction() as session:
-            rows = (await session.scalars(select(ReservationRow).where(ReservationRow.status == "waiting"))).all()
+            rows = (
+                await session.scalars(
+                    select(ReservationRow).where(ReservationRow.status == "waiting")
+                )
+            ).all()
         for row in rows:
             self.waiting[row.run_id] = (ReserveAssets.model_validate(row.request), row.created_at)
         return len(rows)
@@ -85,7 +94,9 @@ class Reservations:
     async def serve_waiters(self) -> None:
         async with self._serving:
             blocked: set[uuid.UUID] = set()
-            for run_id, (cmd, _) in sorted(self.waiting.items(), key=lambda kv: (-kv[1][0].priority, kv[1][1])):
+            for run_id, (cmd, _) in sorted(
+                self.waiting.items(), key=lambda kv: (-kv[1][0].priority, kv[1][1])
+            ):
                 if run_id not in self.waiting:
                     continue
                 try:
@@ -96,10 +107,13 @@ class Reservations:
                 wanted = {b.asset.accession_id for b in plan[1]} if plan else set()
                 if plan is None or wanted & blocked or not await self._grant(cmd, plan):
                     blocked |= wanted or await self._wanted(cmd)
-        return None
 
     async def _plan(self, cmd: ReserveAssets) -> Plan | None:
-        layouts = [await self.inventory.layout(cmd.workcell)] if cmd.workcell else await self.inventory.layouts()
+        layouts = (
+            [await self.inventory.layout(cmd.workcell)]
+            if cmd.workcell
+            else await self.inventory.layouts()
+        )
         if not layouts:
             raise NoMatchingAssets("there is no workcell to run on")
         possible: list[WorkcellLayout] = []
@@ -120,11 +134,18 @@ class Reservations:
         return None
 
     async def _wanted(self, cmd: ReserveAssets) -> set[uuid.UUID]:
-        layouts = [await self.inventory.layout(cmd.workcell)] if cmd.workcell else await self.inventory.layouts()
+        layouts = (
+            [await self.inventory.layout(cmd.workcell)]
+            if cmd.workcell
+            else await self.inventory.layouts()
+        )
         ids: set[uuid.UUID] = set()
         for layout in layouts:
             try:
-                ids |= {b.asset.accession_id for b in bind(cmd.requirements, layout.assets, cmd.pins, set()) or []}
+                ids |= {
+                    b.asset.accession_id
+                    for b in bind(cmd.requirements, layout.assets, cmd.pins, set()) or []
+                }
             except NoMatchingAssets:
                 continue
         return ids
@@ -133,7 +154,9 @@ class Reservations:
         layout, bindings = plan
         ttl = cmd.ttl_seconds or self.default_ttl
         try:
-            tokens = await self.leases.acquire_all(cmd.run_id, [b.asset.accession_id for b in bindings], ttl)
+            tokens = await self.leases.acquire_all(
+                cmd.run_id, [b.asset.accession_id for b in bindings], ttl
+            )
         except LeaseConflict as exc:
             log.debug("run %s waits: %s is held", cmd.run_id, exc.key)
             return False
@@ -218,4 +241,3 @@ class Reservations:
             return self.held.pop(asset_id, None) is not None or bool(self.waiting)
         self.held[asset_id] = decode_holder(value).run_id
         return False
-

@@ -5,20 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 
 from nats.js.object_store import ObjectStore
+from praxis_contracts.topology import PROTOCOL_CODE
+from praxis_runtime.service import Migrations, Service, bus_for, database_for
+from praxis_runtime.settings import DatabaseSettings
 from pydantic import Field
 
 from praxis_code_manager.handlers import Deps, handlers
 from praxis_code_manager.orm import SCHEMA, Base
 from praxis_code_manager.service import CodeService
-from praxis_contracts.topology import PROTOCOL_CODE
-from praxis_runtime.service import Migrations, Service, bus_for, database_for
-from praxis_runtime.settings import DatabaseSettings
 
 
 class Settings(DatabaseSettings):
     service_name: str = "code-manager"
-    protocol_git_timeout_seconds: float = Field(default=300, gt=0, description="PROTOCOL_GIT_TIMEOUT_SECONDS")
-    protocol_repo_dir: Path = Field(default=Path(".praxis/code-manager"), description="PROTOCOL_REPO_DIR")
+    protocol_git_timeout_seconds: float = Field(
+        default=300, gt=0, description="PROTOCOL_GIT_TIMEOUT_SECONDS"
+    )
+    protocol_repo_dir: Path = Field(
+        default=Path(".praxis/code-manager"), description="PROTOCOL_REPO_DIR"
+    )
 
 
 def build_app(settings: Settings) -> Service:

@@ -10,7 +10,6 @@ import tarfile
 from pathlib import Path
 
 import git
-
 from praxis_contracts.errors import SourceSyncFailed
 
 

@@ -11,10 +11,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from nats.js.object_store import ObjectStore
-from sqlalchemy import select
-
-from praxis_code_manager.git import GitMirror, archive_folder, extract
-from praxis_code_manager.orm import DefinitionRow, SourceRow
 from praxis_contracts.errors import Conflict, InvalidRequest, NotFound, SourceSyncFailed
 from praxis_contracts.protocols import (
     ListProtocolDefinitions,
@@ -32,6 +28,10 @@ from praxis_runtime.db import Database
 from praxis_runtime.query import apply_filters, fetch_page, where_all
 from praxis_sdk.decorators import validate_parameters
 from praxis_sdk.loader import SourceTree
+from sqlalchemy import select
+
+from praxis_code_manager.git import GitMirror, archive_folder, extract
+from praxis_code_manager.orm import DefinitionRow, SourceRow
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,9 @@ class CodeService:
     async def register(self, cmd: RegisterProtocolSource) -> uuid.UUID:
         source_id = uuid.uuid4()
         async with self.db.transaction() as session:
-            if await session.scalar(select(SourceRow.accession_id).where(SourceRow.name == cmd.name)):
+            if await session.scalar(
+                select(SourceRow.accession_id).where(SourceRow.name == cmd.name)
+            ):
                 raise Conflict(f"a protocol source named {cmd.name!r} exists", name=cmd.name)
             session.add(
                 SourceRow(
@@ -73,7 +75,9 @@ class CodeService:
             )
         return source_id
 
-    async def sync(self, source_id: uuid.UUID, commit: str | None = None) -> tuple[ProtocolSource, list[uuid.UUID]]:
+    async def sync(
+        self, source_id: uuid.UUID, commit: str | None = None
+    ) -> tuple[ProtocolSource, list[uuid.UUID]]:
         """Fetch the source, archive it at the commit, discover and record its protocols."""
         lock = self._sync_locks.setdefault(source_id, asyncio.Lock())
         async with lock:
@@ -93,7 +97,9 @@ class CodeService:
         if row.kind == "filesystem":
             commit, archive = archive_folder(Path(row.url))
             return Fetched(commit, archive)
-        mirror = GitMirror(self.work_dir / "mirrors" / f"{row.accession_id}.git", row.url, self.git_timeout)
+        mirror = GitMirror(
+            self.work_dir / "mirrors" / f"{row.accession_id}.git", row.url, self.git_timeout
+        )
         repo = mirror.fetch()
         commit = mirror.resolve(repo, rev or row.ref)
         return Fetched(commit, mirror.archive(repo, commit))
@@ -152,7 +158,12 @@ class CodeService:
                 session.add(row)
                 ids.append(row.accession_id)
             source = await session.get_one(SourceRow, source_id)
-            source.commit, source.status, source.error, source.last_synced_at = commit, "synced", None, now
+            source.commit, source.status, source.error, source.last_synced_at = (
+                commit,
+                "synced",
+                None,
+                now,
+            )
         return ids
 
     async def _mark_failed(self, source_id: uuid.UUID, error: str) -> None:
@@ -171,7 +182,11 @@ class CodeService:
         return _source_view(await self._source_row(source_id))
 
     async def list_sources(self, query: ListProtocolSources) -> ProtocolSourcePage:
-        cols = {"name": SourceRow.name, "created_at": SourceRow.created_at, "status": SourceRow.status}
+        cols = {
+            "name": SourceRow.name,
+            "created_at": SourceRow.created_at,
+            "status": SourceRow.status,
+        }
         stmt = apply_filters(
             where_all(select(SourceRow), SourceRow.kind == query.kind if query.kind else None),
             query.filters,
@@ -181,22 +196,32 @@ class CodeService:
         async with self.db.transaction() as session:
             rows, total = await fetch_page(session, stmt, query.filters)
             items = [_source_view(r) for r in rows]
-        return ProtocolSourcePage(items=items, total=total, limit=query.filters.limit, offset=query.filters.offset)
+        return ProtocolSourcePage(
+            items=items, total=total, limit=query.filters.limit, offset=query.filters.offset
+        )
 
     # -- definitions --------------------------------------------------------------------------
     async def list_definitions(self, query: ListProtocolDefinitions) -> ProtocolDefinitionPage:
-        cols = {"name": DefinitionRow.name, "version": DefinitionRow.version, "created_at": DefinitionRow.created_at}
+        cols = {
+            "name": DefinitionRow.name,
+            "version": DefinitionRow.version,
+            "created_at": DefinitionRow.created_at,
+        }
         base = select(DefinitionRow, SourceRow.name).join(SourceRow)
         base = where_all(
             base,
             DefinitionRow.name == query.name if query.name else None,
             DefinitionRow.source_id == query.source_id if query.source_id else None,
         )
-        stmt = apply_filters(base, query.filters, created_at=DefinitionRow.created_at, sortable=cols)
+        stmt = apply_filters(
+            base, query.filters, created_at=DefinitionRow.created_at, sortable=cols
+        )
         async with self.db.transaction() as session:
             rows, total = await fetch_page(session, stmt, query.filters, scalars=False)
         items = [_definition_view(d, name) for d, name in rows]
-        return ProtocolDefinitionPage(items=items, total=total, limit=query.filters.limit, offset=query.filters.offset)
+        return ProtocolDefinitionPage(
+            items=items, total=total, limit=query.filters.limit, offset=query.filters.offset
+        )
 
     async def resolve(self, query: ResolveProtocol) -> ResolvedProtocol:
         definition = await self._find_definition(query)
@@ -205,7 +230,9 @@ class CodeService:
         if tree is None:
             archive = await self._bundle(definition.code_bundle)
             tree = await asyncio.to_thread(self._tree, source_id, commit, archive)
-        fn = await asyncio.to_thread(tree.function, definition.spec.module, definition.spec.qualname)
+        fn = await asyncio.to_thread(
+            tree.function, definition.spec.module, definition.spec.qualname
+        )
         parameters = validate_parameters(fn, query.parameters)
         return ResolvedProtocol(definition=definition, parameters=parameters)
 
@@ -238,7 +265,9 @@ class CodeService:
 
 
 def _version_key(version: str) -> tuple[tuple[int, str], ...]:
-    return tuple((int(p), "") if p.isdigit() else (-1, p) for p in version.replace("-", ".").split("."))
+    return tuple(
+        (int(p), "") if p.isdigit() else (-1, p) for p in version.replace("-", ".").split(".")
+    )
 
 
 def _source_view(row: SourceRow) -> ProtocolSource:
@@ -266,4 +295,3 @@ def _definition_view(row: DefinitionRow, source_name: str) -> ProtocolDefinition
         code_bundle=row.code_bundle,
         created_at=row.created_at,
     )
-

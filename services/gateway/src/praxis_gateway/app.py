@@ -11,16 +11,16 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
-from pydantic import Field
-
 from praxis_contracts.errors import PraxisError
-from praxis_gateway.errors import on_praxis_error, on_validation_error
-from praxis_gateway.routes import router
 from praxis_runtime.logging import configure_logging, correlation_id_var
 from praxis_runtime.service import bus_for
 from praxis_runtime.settings import ServiceSettings
 from praxis_runtime.topology import ensure_topology
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from pydantic import Field
+
+from praxis_gateway.errors import on_praxis_error, on_validation_error
+from praxis_gateway.routes import router
 
 REQUESTS = Counter("praxis_http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram("praxis_http_request_seconds", "HTTP latency", ["method", "route"])
@@ -56,7 +56,9 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-async def _correlate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+async def _correlate(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
     correlation = request.headers.get("x-correlation-id") or uuid.uuid4().hex
     token = correlation_id_var.set(correlation)
     started = time.perf_counter()
@@ -80,7 +82,9 @@ def _add_probes(app: FastAPI) -> None:
     async def readyz(request: Request) -> PlainTextResponse:
         bus = getattr(request.app.state, "bus", None)
         ready = bus is not None and bus.connected
-        return PlainTextResponse("ok" if ready else "nats: failing", status_code=200 if ready else 503)
+        return PlainTextResponse(
+            "ok" if ready else "nats: failing", status_code=200 if ready else 503
+        )
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-
 from praxis_contracts.errors import ErrorCode, ErrorReply, PraxisError
 from praxis_runtime.logging import correlation_id_var
 

@@ -11,8 +11,6 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Query, Request, status
 from fastapi.responses import StreamingResponse
 from nats.js import api
-from pydantic import BaseModel, Field
-
 from praxis_contracts.assets import (
     Asset,
     AssetDraft,
@@ -40,8 +38,10 @@ from praxis_contracts.protocols import (
 )
 from praxis_contracts.runs import GetRun, ListRuns, RunPage, RunView, SubmitRun
 from praxis_contracts.topology import EVENTS
-from praxis_gateway.filters import search_filters
 from praxis_runtime.bus import Bus
+from pydantic import BaseModel, Field
+
+from praxis_gateway.filters import search_filters
 
 router = APIRouter(prefix="/api/v1")
 Filters = Annotated[SearchFilters, Depends(search_filters)]
@@ -73,14 +73,18 @@ async def register_source(body: SourceIn, b: BusDep) -> ProtocolSource:
 
 
 @router.get("/protocols/sources", tags=["protocols"])
-async def list_sources(b: BusDep, filters: Filters, kind: SourceKind | None = None) -> ProtocolSourcePage:
+async def list_sources(
+    b: BusDep, filters: Filters, kind: SourceKind | None = None
+) -> ProtocolSourcePage:
     return await b.request(ListProtocolSources(filters=filters, kind=kind))
 
 
 @router.post("/protocols/sources/{source_id}/sync", tags=["protocols"])
 async def sync_source(source_id: UUID, b: BusDep, body: SyncIn | None = None) -> ProtocolSource:
     commit = body.commit if body else None
-    return await b.request(SyncProtocolSource(source_id=source_id, commit=commit), timeout=_SYNC_TIMEOUT)
+    return await b.request(
+        SyncProtocolSource(source_id=source_id, commit=commit), timeout=_SYNC_TIMEOUT
+    )
 
 
 @router.get("/protocols/definitions", tags=["protocols"])
@@ -143,9 +147,10 @@ async def _event_stream(b: Bus, run_id: UUID) -> AsyncIterator[bytes]:
             msg = await queue.get()
             name = msg.subject.rsplit(".", 1)[0].removeprefix("praxis.evt.")
             yield f"event: {name}\ndata: {msg.data.decode()}\n\n".encode()
-            if name == "scheduler.run.status_changed" and RunStatus(
-                json.loads(msg.data)["status"]
-            ).is_terminal:
+            if (
+                name == "scheduler.run.status_changed"
+                and RunStatus(json.loads(msg.data)["status"]).is_terminal
+            ):
                 return
     finally:
         await sub.unsubscribe()
@@ -182,7 +187,9 @@ def _asset_routes(path: str, kind: AssetKind) -> None:
         fqn: str | None = None,
         name: str | None = None,
     ) -> AssetPage:
-        return await b.request(ListAssets(filters=filters, kind=kind, status=status_, fqn=fqn, name=name))
+        return await b.request(
+            ListAssets(filters=filters, kind=kind, status=status_, fqn=fqn, name=name)
+        )
 
     async def get_kind(accession_id: UUID, b: BusDep) -> Asset:
         asset = await b.request(GetAsset(accession_id=accession_id))
@@ -190,9 +197,15 @@ def _asset_routes(path: str, kind: AssetKind) -> None:
             raise NotFound(f"{kind} {accession_id} not found")
         return asset
 
-    router.add_api_route(f"/{path}", list_kind, methods=["GET"], tags=["inventory"], name=f"list_{path}")
     router.add_api_route(
-        f"/{path}/{{accession_id}}", get_kind, methods=["GET"], tags=["inventory"], name=f"get_{path}"
+        f"/{path}", list_kind, methods=["GET"], tags=["inventory"], name=f"list_{path}"
+    )
+    router.add_api_route(
+        f"/{path}/{{accession_id}}",
+        get_kind,
+        methods=["GET"],
+        tags=["inventory"],
+        name=f"get_{path}",
     )
 
 

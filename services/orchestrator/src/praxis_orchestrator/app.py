@@ -5,22 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 
 from nats.js.object_store import ObjectStore
-from pydantic import Field
-
 from praxis_contracts.assets import GetWorkcellLayout, WorkcellLayout
 from praxis_contracts.topology import ASSET_LEASES, PROTOCOL_CODE
+from praxis_runtime.leases import LeaseStore
+from praxis_runtime.service import Service, bus_for
+from praxis_runtime.settings import ServiceSettings
+from pydantic import Field
+
 from praxis_orchestrator.code import CodeCache
 from praxis_orchestrator.executor import Executor
 from praxis_orchestrator.handlers import handlers_for
 from praxis_orchestrator.workcell import WorkcellHost
-from praxis_runtime.leases import LeaseStore
-from praxis_runtime.service import Service, bus_for
-from praxis_runtime.settings import ServiceSettings
 
 
 class Settings(ServiceSettings):
     service_name: str = "orchestrator"
-    praxis_workcell: str = Field(default="demo", pattern=r"^[A-Za-z0-9_-]+$", description="PRAXIS_WORKCELL")
+    praxis_workcell: str = Field(
+        default="demo", pattern=r"^[A-Za-z0-9_-]+$", description="PRAXIS_WORKCELL"
+    )
     protocol_code_cache_dir: Path = Field(
         default=Path(".praxis/orchestrator/code"), description="PROTOCOL_CODE_CACHE_DIR"
     )
@@ -43,7 +45,9 @@ def build_app(settings: Settings) -> Service:
         stores[PROTOCOL_CODE.bucket] = await bus.js.object_store(PROTOCOL_CODE.bucket)
         executor = Executor(workcell, code, LeaseStore(bus.js, ASSET_LEASES.bucket), bus.publish)
         executors.append(executor)
-        service.include(handlers_for(settings.praxis_workcell, settings.max_concurrent_runs), executor)
+        service.include(
+            handlers_for(settings.praxis_workcell, settings.max_concurrent_runs), executor
+        )
 
     async def drain() -> None:
         for executor in executors:

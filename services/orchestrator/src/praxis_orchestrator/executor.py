@@ -28,14 +28,15 @@ from praxis_contracts.runs import (
     RunPreparing,
     RunStarted,
 )
-from praxis_orchestrator.code import CodeCache
-from praxis_orchestrator.workcell import WorkcellHost
 from praxis_plr.types import unwrap_optional
 from praxis_runtime.leases import LeaseStore
 from praxis_runtime.logging import log_context
 from praxis_sdk.context import CallRecord, RunCancelled, RunContext, current_run
 from praxis_sdk.decorators import validate_parameters
 from praxis_sdk.state import PraxisState
+
+from praxis_orchestrator.code import CodeCache
+from praxis_orchestrator.workcell import WorkcellHost
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,9 @@ class EventSink:
 
 
 class Executor:
-    def __init__(self, workcell: WorkcellHost, code: CodeCache, leases: LeaseStore, publish: Publish) -> None:
+    def __init__(
+        self, workcell: WorkcellHost, code: CodeCache, leases: LeaseStore, publish: Publish
+    ) -> None:
         self.workcell = workcell
         self.code = code
         self.leases = leases
@@ -92,7 +95,9 @@ class Executor:
         kwargs: dict[str, Any] = validate_parameters(fn, cmd.parameters)
         for binding in cmd.bindings:
             kwargs[binding.requirement] = live.get(binding.asset_name)
-        ctx = RunContext(run_id=cmd.run_id, state=PraxisState(cmd.initial_state), sink=EventSink(self._emit))
+        ctx = RunContext(
+            run_id=cmd.run_id, state=PraxisState(cmd.initial_state), sink=EventSink(self._emit)
+        )
         for name, hint in typing.get_type_hints(fn).items():
             inner, _ = unwrap_optional(hint)
             if inner is PraxisState:
@@ -108,7 +113,11 @@ class Executor:
         """Refuse to drive hardware unless every lease is still this run's, at its token."""
         for binding in cmd.bindings:
             state = await self.leases.read(binding.lease_key)
-            if state.holder is None or state.holder.run_id != cmd.run_id or state.revision != binding.token:
+            if (
+                state.holder is None
+                or state.holder.run_id != cmd.run_id
+                or state.revision != binding.token
+            ):
                 raise LeaseLost(
                     f"lease on {binding.asset_name} is no longer held at token {binding.token}",
                     asset=binding.asset_name,
@@ -126,9 +135,13 @@ class Executor:
                 await self._finish(cmd, "cancelled", state=call.ctx.state.to_dict())
             except Exception as exc:
                 log.warning("run failed: %s: %s", type(exc).__name__, exc)
-                await self._finish(cmd, "failed", error=_error_info(exc), state=call.ctx.state.to_dict())
+                await self._finish(
+                    cmd, "failed", error=_error_info(exc), state=call.ctx.state.to_dict()
+                )
             else:
-                await self._finish(cmd, "completed", result=_json_safe(result), state=call.ctx.state.to_dict())
+                await self._finish(
+                    cmd, "completed", result=_json_safe(result), state=call.ctx.state.to_dict()
+                )
             finally:
                 started.set()
                 current_run.reset(token)

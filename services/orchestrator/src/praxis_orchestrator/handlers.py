@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from praxis_contracts.runs import ExecuteRun
-from praxis_orchestrator.executor import Executor
 from praxis_runtime.bus import Handlers
+
+from praxis_orchestrator.executor import Executor
 
 
 def handlers_for(workcell: str, max_concurrent_runs: int) -> Handlers[Executor]:
@@ -12,7 +13,10 @@ def handlers_for(workcell: str, max_concurrent_runs: int) -> Handlers[Executor]:
     group: Handlers[Executor] = Handlers()
 
     @group.consume(
-        ExecuteRun, durable=f"orchestrator-{workcell}", key=workcell, max_workers=max_concurrent_runs
+        ExecuteRun,
+        durable=f"orchestrator-{workcell}",
+        key=workcell,
+        max_workers=max_concurrent_runs,
     )
     async def execute(cmd: ExecuteRun, executor: Executor) -> None:
         await executor.accept(cmd)

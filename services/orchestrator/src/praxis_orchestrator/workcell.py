@@ -16,7 +16,9 @@ log = logging.getLogger(__name__)
 class WorkcellHost:
     """Builds the live workcell on first use and rebuilds it when the layout gains assets."""
 
-    def __init__(self, name: str, fetch: Callable[[GetWorkcellLayout], Awaitable[WorkcellLayout]]) -> None:
+    def __init__(
+        self, name: str, fetch: Callable[[GetWorkcellLayout], Awaitable[WorkcellLayout]]
+    ) -> None:
         self.name = name
         self._fetch = fetch
         self.live: LiveWorkcell | None = None

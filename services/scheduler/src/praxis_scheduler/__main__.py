@@ -1,4 +1,5 @@
 from praxis_runtime.service import run
+
 from praxis_scheduler.app import Settings, build_app
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from praxis_contracts.runs import (
     SubmitRun,
 )
 from praxis_runtime.bus import Bus, Handlers
+
 from praxis_scheduler.service import Outbox, RunService
 
 WORKERS = 8

@@ -9,8 +9,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
-
 from praxis_contracts.assets import AssetBinding, AssetsReserved, ReleaseAssets, ReserveAssets
 from praxis_contracts.base import Command, Event
 from praxis_contracts.common import ErrorInfo, RunStatus
@@ -27,9 +25,11 @@ from praxis_contracts.runs import (
 )
 from praxis_runtime.db import Database
 from praxis_runtime.query import apply_filters, fetch_page, where_all
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from praxis_scheduler.domain import can_transition
 from praxis_scheduler.orm import RunRow, StatusHistoryRow
-from sqlalchemy.ext.asyncio import AsyncSession
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,9 @@ class Outbox:
 
 
 class RunService:
-    def __init__(self, db: Database, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self, db: Database, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    ) -> None:
         self.db = db
         self.clock = clock
 
@@ -86,14 +88,18 @@ class RunService:
             row.bindings = [b.model_dump(mode="json") for b in event.bindings]
             outbox.add(self._execute_command(row), f"execute:{row.accession_id}")
 
-    async def on_progress(self, run_id: uuid.UUID, status: RunStatus, at: datetime, outbox: Outbox) -> None:
+    async def on_progress(
+        self, run_id: uuid.UUID, status: RunStatus, at: datetime, outbox: Outbox
+    ) -> None:
         async with self.db.transaction() as session:
             row = await self._locked(session, run_id)
             if status == RunStatus.RUNNING and row.started_at is None:
                 row.started_at = at
             self._advance(session, row, status, "reported by orchestrator", outbox)
 
-    async def on_failed_before_start(self, run_id: uuid.UUID, error: ErrorInfo, outbox: Outbox) -> None:
+    async def on_failed_before_start(
+        self, run_id: uuid.UUID, error: ErrorInfo, outbox: Outbox
+    ) -> None:
         async with self.db.transaction() as session:
             row = await self._locked(session, run_id)
             if self._advance(session, row, RunStatus.FAILED, error.message, outbox):
@@ -104,14 +110,18 @@ class RunService:
         status = RunStatus(event.outcome)
         async with self.db.transaction() as session:
             row = await self._locked(session, event.run_id)
-            if not self._advance(session, row, status, event.error.message if event.error else "", outbox):
+            if not self._advance(
+                session, row, status, event.error.message if event.error else "", outbox
+            ):
                 return
             row.result = event.result
             row.error = event.error.model_dump(mode="json") if event.error else None
             row.final_state = event.final_state
             row.asset_states = event.asset_states
             row.finished_at = event.at
-        outbox.add(ReleaseAssets(run_id=event.run_id, reason=f"run {status}"), f"release:{event.run_id}")
+        outbox.add(
+            ReleaseAssets(run_id=event.run_id, reason=f"run {status}"), f"release:{event.run_id}"
+        )
 
     async def recover(self, outbox: Outbox) -> int:
         """Re-drive runs a crash may have stranded between commit and publish (idempotent)."""
@@ -188,10 +198,14 @@ class RunService:
     ) -> None:
         at = self.clock()
         session.add(
-            StatusHistoryRow(run_id=row.accession_id, status=status, previous=previous, reason=reason, at=at)
+            StatusHistoryRow(
+                run_id=row.accession_id, status=status, previous=previous, reason=reason, at=at
+            )
         )
         outbox.add(
-            RunStatusChanged(run_id=row.accession_id, status=status, previous=previous, reason=reason, at=at)
+            RunStatusChanged(
+                run_id=row.accession_id, status=status, previous=previous, reason=reason, at=at
+            )
         )
 
     def _reserve_command(self, row: RunRow) -> ReserveAssets:
