@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 
-from praxis_sdk import PraxisState, protocol_function
 from pylabrobot.liquid_handling import LiquidHandler
 from pylabrobot.resources import Plate, TipRack
+
+from praxis_sdk import PraxisState, protocol_function
 
 
 @protocol_function(version="1.0.0", top_level=False)

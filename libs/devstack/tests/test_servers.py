@@ -15,8 +15,9 @@ from pathlib import Path
 
 import asyncpg
 import nats
-import praxis_devstack
 import pytest
+
+import praxis_devstack
 from praxis_devstack import db
 from praxis_devstack.servers import (
     LocalInfra,

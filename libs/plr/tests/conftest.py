@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from uuid import uuid4
 
 import pytest
+
 from praxis_contracts.assets import Asset, AssetDraft, Workcell, WorkcellLayout
 from praxis_plr import import_type, type_ancestry
 

@@ -3,11 +3,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from pylabrobot.resources import Coordinate, cor_96_wellplate_360uL_Fb
+
 from praxis_contracts.assets import AssetDraft
 from praxis_contracts.errors import UnknownAssetType
 from praxis_plr import demo_liquid_handler, demo_workcell, drafts_for_tree, fqn
 from praxis_plr.types import import_type
-from pylabrobot.resources import Coordinate, cor_96_wellplate_360uL_Fb
 
 
 def by_name(drafts: list[AssetDraft]) -> dict[str, AssetDraft]:

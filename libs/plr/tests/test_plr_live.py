@@ -5,9 +5,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from praxis_contracts.assets import AssetDraft, WorkcellLayout
-from praxis_contracts.errors import InvalidRequest, UnknownAssetType
-from praxis_plr import LiveWorkcell, demo_liquid_handler, demo_workcell, drafts_for_tree
 from pylabrobot.heating_shaking import HeaterShaker, HeaterShakerChatterboxBackend
 from pylabrobot.liquid_handling import LiquidHandler
 from pylabrobot.plate_reading import PlateReader
@@ -18,6 +15,10 @@ from pylabrobot.resources import (
     does_tip_tracking,
     does_volume_tracking,
 )
+
+from praxis_contracts.assets import AssetDraft, WorkcellLayout
+from praxis_contracts.errors import InvalidRequest, UnknownAssetType
+from praxis_plr import LiveWorkcell, demo_liquid_handler, demo_workcell, drafts_for_tree
 
 LayoutFactory = Callable[[list[AssetDraft]], WorkcellLayout]
 

@@ -5,8 +5,6 @@ import sys
 from typing import Optional, Union
 
 import pytest
-from praxis_contracts.errors import ErrorCode, UnknownAssetType
-from praxis_plr import asset_kind, fqn, import_type, type_ancestry, unwrap_optional
 from pylabrobot.liquid_handling import LiquidHandler
 from pylabrobot.machines.machine import Machine
 from pylabrobot.plate_reading import PlateReader
@@ -20,6 +18,9 @@ from pylabrobot.resources import (
     cor_96_wellplate_360uL_Fb,
 )
 from pylabrobot.resources.hamilton.hamilton_decks import HamiltonSTARDeck
+
+from praxis_contracts.errors import ErrorCode, UnknownAssetType
+from praxis_plr import asset_kind, fqn, import_type, type_ancestry, unwrap_optional
 
 
 @pytest.mark.parametrize("cls", [LiquidHandler, PlateReader, HamiltonSTARDeck, Plate, TipRack])

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
-from praxis_plr.layout import demo_workcell
 
 from praxis_devstack.servers import LocalInfra, default_base_dir, free_port
+from praxis_plr.layout import demo_workcell
 
 SERVICES = ("scheduler", "code-manager", "asset-manager", "orchestrator", "gateway")
 DEMO_WORKCELL = "demo"
@@ -23,7 +23,8 @@ EXAMPLES_SOURCE = "examples"
 
 
 def repo_root() -> Path:
-    return default_base_dir().parent
+    """The workspace root (where ``examples/`` lives), found from this file, not the cwd."""
+    return default_base_dir(Path(__file__).resolve()).parent
 
 
 @dataclass
@@ -40,14 +41,15 @@ class Stack:
 
     base_dir: Path = field(default_factory=default_base_dir)
     fast: bool = False
-    quiet_logs: bool = True
+    environ: dict[str, str] | None = None  # NATS_URL / DATABASE_URL overrides; default os.environ
     infra: LocalInfra | None = None
     processes: list[ServiceProcess] = field(default_factory=list)
     api: str = ""
 
     async def start(self) -> None:
         self.base_dir.mkdir(parents=True, exist_ok=True)
-        self.infra = await asyncio.to_thread(LocalInfra(self.base_dir, fast=self.fast).start)
+        infra = LocalInfra(self.base_dir, fast=self.fast, environ=self.environ)
+        self.infra = await asyncio.to_thread(infra.start)
         gateway_port = int(os.environ.get("GATEWAY_PORT") or free_port())
         self.api = f"http://127.0.0.1:{gateway_port}"
         for name in SERVICES:

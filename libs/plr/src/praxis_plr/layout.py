@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from praxis_contracts.assets import AssetDraft
-from praxis_contracts.common import AssetKind
-from praxis_contracts.errors import UnknownAssetType
 from pylabrobot.liquid_handling import LiquidHandler
 from pylabrobot.liquid_handling.backends import LiquidHandlerChatterboxBackend
 from pylabrobot.machines.machine import Machine
@@ -30,6 +27,9 @@ from pylabrobot.resources import (
     hamilton_96_tiprack_1000uL,
 )
 
+from praxis_contracts.assets import AssetDraft
+from praxis_contracts.common import AssetKind
+from praxis_contracts.errors import UnknownAssetType
 from praxis_plr._state import state_to_json
 from praxis_plr.types import asset_kind, fqn
 

@@ -18,14 +18,14 @@ from types import TracebackType
 from typing import Any
 from uuid import UUID
 
-from praxis_contracts.assets import Asset, WorkcellLayout
-from praxis_contracts.errors import InvalidRequest, UnknownAssetType
 from pylabrobot.machines.backend import MachineBackend
 from pylabrobot.machines.machine import Machine
 from pylabrobot.resources import Resource, set_tip_tracking, set_volume_tracking
 from pylabrobot.resources.errors import ResourceNotFoundError
 from pylabrobot.utils.object_parsing import find_subclass
 
+from praxis_contracts.assets import Asset, WorkcellLayout
+from praxis_contracts.errors import InvalidRequest, UnknownAssetType
 from praxis_plr._state import state_from_json, state_to_json
 from praxis_plr.types import import_type
 

@@ -7,10 +7,11 @@ import types
 import typing
 from typing import Any
 
-from praxis_contracts.common import AssetKind
-from praxis_contracts.errors import UnknownAssetType
 from pylabrobot.machines.machine import Machine
 from pylabrobot.resources import Deck, Resource
+
+from praxis_contracts.common import AssetKind
+from praxis_contracts.errors import UnknownAssetType
 
 _PLR_PREFIX = "pylabrobot."
 

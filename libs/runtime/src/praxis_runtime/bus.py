@@ -24,6 +24,9 @@ from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsResponse
 from faststream.nats.annotations import NatsMessage
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from prometheus_client import Counter, Histogram
+from pydantic import BaseModel, ValidationError
+
 from praxis_contracts import headers as h
 from praxis_contracts.base import Command, Event, Message, Request
 from praxis_contracts.errors import (
@@ -36,9 +39,6 @@ from praxis_contracts.errors import (
     error_from_reply,
 )
 from praxis_contracts.topology import COMMANDS, EVENTS, dead_letter_subject
-from prometheus_client import Counter, Histogram
-from pydantic import BaseModel, ValidationError
-
 from praxis_runtime.logging import correlation_id_var, log_context
 
 log = logging.getLogger(__name__)

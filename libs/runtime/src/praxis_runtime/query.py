@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from praxis_contracts.common import SearchFilters
-from praxis_contracts.errors import InvalidRequest
 from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
+
+from praxis_contracts.common import SearchFilters
+from praxis_contracts.errors import InvalidRequest
 
 Column = InstrumentedAttribute[Any]
 

@@ -10,6 +10,7 @@ import logging
 
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, NotFoundError
+
 from praxis_contracts.topology import (
     KEY_VALUES,
     OBJECT_STORES,

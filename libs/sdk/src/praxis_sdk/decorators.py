@@ -17,11 +17,11 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar, overload
 
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
+
 from praxis_contracts.errors import InvalidParameters
 from praxis_contracts.protocols import AssetRequirementSpec, ParameterSpec, ProtocolFunctionSpec
 from praxis_plr.types import asset_kind, fqn, unwrap_optional
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
-
 from praxis_sdk.context import CallRecord, CallStatus, RunCancelled, RunContext, current_run
 from praxis_sdk.state import PraxisState
 

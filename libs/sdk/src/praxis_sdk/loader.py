@@ -20,7 +20,6 @@ from typing import Any
 
 from praxis_contracts.errors import ProtocolLoadFailed
 from praxis_contracts.protocols import ProtocolFunctionSpec
-
 from praxis_sdk.decorators import spec_of
 
 SKIP_DIRS = frozenset({"tests", "test", "__pycache__", "build", "dist", "docs"})

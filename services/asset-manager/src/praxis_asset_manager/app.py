@@ -7,16 +7,16 @@ import contextlib
 import logging
 from pathlib import Path
 
-from praxis_contracts.topology import ASSET_LEASES
-from praxis_runtime.leases import LeaseStore
-from praxis_runtime.service import Migrations, Service, bus_for, database_for
-from praxis_runtime.settings import DatabaseSettings
 from pydantic import Field
 
 from praxis_asset_manager.handlers import Deps, handlers
 from praxis_asset_manager.inventory import Inventory
 from praxis_asset_manager.orm import SCHEMA, Base
 from praxis_asset_manager.reservations import Reservations
+from praxis_contracts.topology import ASSET_LEASES
+from praxis_runtime.leases import LeaseStore
+from praxis_runtime.service import Migrations, Service, bus_for, database_for
+from praxis_runtime.settings import DatabaseSettings
 
 log = logging.getLogger(__name__)
 

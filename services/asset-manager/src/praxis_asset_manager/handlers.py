@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from praxis_asset_manager.inventory import Inventory
+from praxis_asset_manager.reservations import Reservations
 from praxis_contracts.assets import (
     Asset,
     AssetPage,
@@ -18,9 +20,6 @@ from praxis_contracts.assets import (
     WorkcellPage,
 )
 from praxis_runtime.bus import Handlers
-
-from praxis_asset_manager.inventory import Inventory
-from praxis_asset_manager.reservations import Reservations
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
+from sqlalchemy import delete, or_, select
+
+from praxis_asset_manager.orm import AssetRow, WorkcellRow
 from praxis_contracts.assets import (
     Asset,
     AssetPage,
@@ -20,9 +23,6 @@ from praxis_contracts.errors import InvalidRequest, NotFound
 from praxis_plr.types import import_type, type_ancestry
 from praxis_runtime.db import Database
 from praxis_runtime.query import apply_filters, fetch_page, where_all
-from sqlalchemy import delete, or_, select
-
-from praxis_asset_manager.orm import AssetRow, WorkcellRow
 
 
 class Inventory:

@@ -20,7 +20,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 SCHEMA = "asset_manager"
-JsonB = JSON().with_variant(JSONB(), "postgresql")
+JsonB = JSONB  # PostgreSQL only: containment (@>) for property and type filters
 
 
 class Base(DeclarativeBase):

@@ -14,6 +14,11 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
+from sqlalchemy import select
+
+from praxis_asset_manager.inventory import Inventory
+from praxis_asset_manager.matching import Binding, bind
+from praxis_asset_manager.orm import ReservationRow
 from praxis_contracts.assets import (
     AssetBinding,
     AssetsReleased,
@@ -27,11 +32,6 @@ from praxis_contracts.base import Event
 from praxis_contracts.errors import NoMatchingAssets, PraxisError
 from praxis_runtime.db import Database
 from praxis_runtime.leases import LeaseConflict, LeaseStore, decode_holder, lease_key
-from sqlalchemy import select
-
-from praxis_asset_manager.inventory import Inventory
-from praxis_asset_manager.matching import Binding, bind
-from praxis_asset_manager.orm import ReservationRow
 
 log = logging.getLogger(__name__)
 

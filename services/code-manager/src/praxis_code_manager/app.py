@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from nats.js.object_store import ObjectStore
-from praxis_contracts.topology import PROTOCOL_CODE
-from praxis_runtime.service import Migrations, Service, bus_for, database_for
-from praxis_runtime.settings import DatabaseSettings
 from pydantic import Field
 
 from praxis_code_manager.handlers import Deps, handlers
 from praxis_code_manager.orm import SCHEMA, Base
 from praxis_code_manager.service import CodeService
+from praxis_contracts.topology import PROTOCOL_CODE
+from praxis_runtime.service import Migrations, Service, bus_for, database_for
+from praxis_runtime.settings import DatabaseSettings
 
 
 class Settings(DatabaseSettings):

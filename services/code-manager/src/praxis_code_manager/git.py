@@ -10,6 +10,7 @@ import tarfile
 from pathlib import Path
 
 import git
+
 from praxis_contracts.errors import SourceSyncFailed
 
 

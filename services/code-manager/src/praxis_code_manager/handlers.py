@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from praxis_code_manager.service import CodeService
 from praxis_contracts.protocols import (
     ListProtocolDefinitions,
     ListProtocolSources,
@@ -17,8 +18,6 @@ from praxis_contracts.protocols import (
     SyncProtocolSource,
 )
 from praxis_runtime.bus import Bus, Handlers
-
-from praxis_code_manager.service import CodeService
 
 
 @dataclass(frozen=True)

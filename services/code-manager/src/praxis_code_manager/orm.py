@@ -6,12 +6,12 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import DateTime, ForeignKey, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 SCHEMA = "code_manager"
-JsonB = JSON().with_variant(JSONB(), "postgresql")
+JsonB = JSONB  # PostgreSQL only: containment (@>) for property and type filters
 
 
 class Base(DeclarativeBase):

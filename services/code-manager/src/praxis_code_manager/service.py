@@ -11,6 +11,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from nats.js.object_store import ObjectStore
+from sqlalchemy import select
+
+from praxis_code_manager.git import GitMirror, archive_folder, extract
+from praxis_code_manager.orm import DefinitionRow, SourceRow
 from praxis_contracts.errors import Conflict, InvalidRequest, NotFound, SourceSyncFailed
 from praxis_contracts.protocols import (
     ListProtocolDefinitions,
@@ -28,10 +32,6 @@ from praxis_runtime.db import Database
 from praxis_runtime.query import apply_filters, fetch_page, where_all
 from praxis_sdk.decorators import validate_parameters
 from praxis_sdk.loader import SourceTree
-from sqlalchemy import select
-
-from praxis_code_manager.git import GitMirror, archive_folder, extract
-from praxis_code_manager.orm import DefinitionRow, SourceRow
 
 log = logging.getLogger(__name__)
 

@@ -11,16 +11,16 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from pydantic import Field, ValidationError
+
 from praxis_contracts.errors import PraxisError
+from praxis_gateway.errors import on_praxis_error, on_validation_error
+from praxis_gateway.routes import router
 from praxis_runtime.logging import configure_logging, correlation_id_var
 from praxis_runtime.service import bus_for
 from praxis_runtime.settings import ServiceSettings
 from praxis_runtime.topology import ensure_topology
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
-from pydantic import Field
-
-from praxis_gateway.errors import on_praxis_error, on_validation_error
-from praxis_gateway.routes import router
 
 REQUESTS = Counter("praxis_http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram("praxis_http_request_seconds", "HTTP latency", ["method", "route"])
@@ -51,6 +51,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(router)
     app.add_exception_handler(PraxisError, on_praxis_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(ValidationError, on_validation_error)
     app.middleware("http")(_correlate)
     _add_probes(app)
     return app

@@ -5,6 +5,8 @@ from __future__ import annotations
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
 from praxis_contracts.errors import ErrorCode, ErrorReply, PraxisError
 from praxis_runtime.logging import correlation_id_var
 
@@ -37,9 +39,11 @@ async def on_praxis_error(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
+    """Malformed HTTP input, or input that a contract model rejects, is a 400 with the reasons."""
+    assert isinstance(exc, RequestValidationError | ValidationError)
+    errors = exc.errors(include_url=False) if isinstance(exc, ValidationError) else exc.errors()
     problems = [
-        {"loc": ".".join(map(str, e.get("loc", ()))), "msg": e.get("msg", "")} for e in exc.errors()
+        {"loc": ".".join(map(str, e.get("loc", ()))), "msg": e.get("msg", "")} for e in errors
     ]
     summary = "; ".join(f"{p['loc']}: {p['msg']}" for p in problems[:5])
     return error_response(

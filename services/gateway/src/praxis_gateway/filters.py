@@ -8,9 +8,10 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import Query
+from pydantic import ValidationError
+
 from praxis_contracts.common import SearchFilters
 from praxis_contracts.errors import InvalidRequest
-from pydantic import ValidationError
 
 
 def search_filters(

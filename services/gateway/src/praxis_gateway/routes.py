@@ -11,6 +11,8 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Query, Request, status
 from fastapi.responses import StreamingResponse
 from nats.js import api
+from pydantic import BaseModel, Field
+
 from praxis_contracts.assets import (
     Asset,
     AssetDraft,
@@ -38,10 +40,8 @@ from praxis_contracts.protocols import (
 )
 from praxis_contracts.runs import GetRun, ListRuns, RunPage, RunView, SubmitRun
 from praxis_contracts.topology import EVENTS
-from praxis_runtime.bus import Bus
-from pydantic import BaseModel, Field
-
 from praxis_gateway.filters import search_filters
+from praxis_runtime.bus import Bus
 
 router = APIRouter(prefix="/api/v1")
 Filters = Annotated[SearchFilters, Depends(search_filters)]

@@ -5,17 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from nats.js.object_store import ObjectStore
-from praxis_contracts.assets import GetWorkcellLayout, WorkcellLayout
-from praxis_contracts.topology import ASSET_LEASES, PROTOCOL_CODE
-from praxis_runtime.leases import LeaseStore
-from praxis_runtime.service import Service, bus_for
-from praxis_runtime.settings import ServiceSettings
 from pydantic import Field
 
+from praxis_contracts.assets import GetWorkcellLayout, WorkcellLayout
+from praxis_contracts.topology import ASSET_LEASES, PROTOCOL_CODE
 from praxis_orchestrator.code import CodeCache
 from praxis_orchestrator.executor import Executor
 from praxis_orchestrator.handlers import handlers_for
 from praxis_orchestrator.workcell import WorkcellHost
+from praxis_runtime.leases import LeaseStore
+from praxis_runtime.service import Service, bus_for
+from praxis_runtime.settings import ServiceSettings
 
 
 class Settings(ServiceSettings):

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from nats.js.object_store import ObjectStore
+
 from praxis_contracts.errors import ProtocolLoadFailed
 from praxis_contracts.protocols import ProtocolDefinition
 from praxis_sdk.loader import SourceTree

@@ -28,15 +28,14 @@ from praxis_contracts.runs import (
     RunPreparing,
     RunStarted,
 )
+from praxis_orchestrator.code import CodeCache
+from praxis_orchestrator.workcell import WorkcellHost
 from praxis_plr.types import unwrap_optional
 from praxis_runtime.leases import LeaseStore
 from praxis_runtime.logging import log_context
 from praxis_sdk.context import CallRecord, RunCancelled, RunContext, current_run
 from praxis_sdk.decorators import validate_parameters
 from praxis_sdk.state import PraxisState
-
-from praxis_orchestrator.code import CodeCache
-from praxis_orchestrator.workcell import WorkcellHost
 
 log = logging.getLogger(__name__)
 

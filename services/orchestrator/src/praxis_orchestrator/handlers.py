@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from praxis_contracts.runs import ExecuteRun
-from praxis_runtime.bus import Handlers
-
 from praxis_orchestrator.executor import Executor
+from praxis_runtime.bus import Handlers
 
 
 def handlers_for(workcell: str, max_concurrent_runs: int) -> Handlers[Executor]:

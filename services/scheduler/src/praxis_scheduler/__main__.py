@@ -1,5 +1,4 @@
 from praxis_runtime.service import run
-
 from praxis_scheduler.app import Settings, build_app
 
 if __name__ == "__main__":

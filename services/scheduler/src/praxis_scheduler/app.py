@@ -7,7 +7,6 @@ from pathlib import Path
 
 from praxis_runtime.service import Migrations, Service, bus_for, database_for
 from praxis_runtime.settings import DatabaseSettings
-
 from praxis_scheduler.handlers import Deps, handlers
 from praxis_scheduler.orm import SCHEMA, Base
 from praxis_scheduler.service import Outbox, RunService

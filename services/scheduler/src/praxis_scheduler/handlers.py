@@ -18,7 +18,6 @@ from praxis_contracts.runs import (
     SubmitRun,
 )
 from praxis_runtime.bus import Bus, Handlers
-
 from praxis_scheduler.service import Outbox, RunService
 
 WORKERS = 8

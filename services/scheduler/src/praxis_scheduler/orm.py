@@ -6,12 +6,12 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, MetaData, String, Text
+from sqlalchemy import DateTime, ForeignKey, Integer, MetaData, String, Text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 SCHEMA = "scheduler"
-JsonB = JSON().with_variant(JSONB(), "postgresql")
+JsonB = JSONB  # PostgreSQL only: containment (@>) for property and type filters
 
 
 class Base(DeclarativeBase):

@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from praxis_contracts.assets import AssetBinding, AssetsReserved, ReleaseAssets, ReserveAssets
 from praxis_contracts.base import Command, Event
 from praxis_contracts.common import ErrorInfo, RunStatus
@@ -25,9 +28,6 @@ from praxis_contracts.runs import (
 )
 from praxis_runtime.db import Database
 from praxis_runtime.query import apply_filters, fetch_page, where_all
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from praxis_scheduler.domain import can_transition
 from praxis_scheduler.orm import RunRow, StatusHistoryRow
 

@@ -1,0 +1,195 @@
+"""End to end through HTTP: the whole stack as five processes on real NATS and PostgreSQL.
+
+The stack gets its own nats-server (durable consumers are not shared with in-process service
+tests) and a fresh database on the session's PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from praxis_devstack.pytest_plugin import MakeDatabase
+from praxis_devstack.stack import DEMO_WORKCELL, Stack
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+PLATES = {"source_plate": "source_plate", "dest_plate": "dest_plate"}
+
+
+@pytest.fixture(scope="module")
+async def stack(
+    tmp_path_factory: pytest.TempPathFactory, make_database: MakeDatabase
+) -> AsyncIterator[Stack]:
+    base: Path = tmp_path_factory.mktemp("stack")
+    running = Stack(base_dir=base, fast=True, environ={"DATABASE_URL": make_database("e2e")})
+    try:
+        await running.start()
+        await running.seed()
+        yield running
+    finally:
+        await running.stop()
+
+
+@pytest.fixture
+async def api(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=stack.api, timeout=60.0) as client:
+        yield client
+
+
+async def finished(api: httpx.AsyncClient, run_id: str) -> tuple[list[str], dict[str, Any]]:
+    """Follow the run's live event stream until it ends; return event names and the final run."""
+    names: list[str] = []
+    async with api.stream("GET", f"/api/v1/protocols/runs/{run_id}/events") as events:
+        assert events.status_code == 200
+        async for line in events.aiter_lines():
+            if line.startswith("event: "):
+                names.append(line.removeprefix("event: "))
+    run = (await api.get(f"/api/v1/protocols/runs/{run_id}")).json()
+    return names, run
+
+
+async def submit(api: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
+    response = await api.post("/api/v1/protocols/runs", json=body)
+    assert response.status_code == 201, response.text
+    run: dict[str, Any] = response.json()
+    assert run["status"] == "queued"
+    return run
+
+
+async def test_transfer_moves_liquid(api: httpx.AsyncClient) -> None:
+    run = await submit(
+        api,
+        protocol_name="transfer",
+        workcell=DEMO_WORKCELL,
+        parameters={"volume": 30, "wells": ["C3"]},
+        assets=PLATES,
+    )
+    events, done = await finished(api, run["accession_id"])
+
+    assert done["status"] == "completed", done["error"]
+    assert done["result"] == {"C3": 30.0}
+    assert done["final_state"] == {"transferred_ul": 30.0}
+    source = done["asset_states"]["source_plate"]["source_plate_well_C3"]["volume"]
+    dest = done["asset_states"]["dest_plate"]["dest_plate_well_C3"]["volume"]
+    assert (source, dest) == (170.0, 30.0)
+    assert {b["requirement"]: b["asset_name"] for b in done["bindings"]}[
+        "source_plate"
+    ] == "source_plate"
+    assert events[0] == "scheduler.run.status_changed"
+    assert "orchestrator.run.started" in events
+    assert events.count("orchestrator.call.recorded") == 4  # transfer + nested move_liquid
+    assert events[-1] == "scheduler.run.status_changed"
+
+
+async def test_protocol_error_fails_the_run_and_releases_assets(api: httpx.AsyncClient) -> None:
+    run = await submit(api, protocol_name="transfer", parameters={"wells": ["Z99"]}, assets=PLATES)
+    _, done = await finished(api, run["accession_id"])
+    assert done["status"] == "failed"
+    assert done["error"]["type"] == "IndexError"
+    assert "Z99" in done["error"]["message"]
+
+    # The failed run's leases were released: the same assets can be reserved again at once.
+    again = await submit(api, protocol_name="transfer", parameters={"volume": 1}, assets=PLATES)
+    _, done_again = await finished(api, again["accession_id"])
+    assert done_again["status"] == "completed"
+
+
+async def test_run_without_assets(api: httpx.AsyncClient) -> None:
+    run = await submit(api, protocol_name="noop")
+    _, done = await finished(api, run["accession_id"])
+    assert done["status"] == "completed"
+    assert done["workcell_name"] == DEMO_WORKCELL
+    assert done["started_at"] is not None and done["finished_at"] is not None
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({}, 400, "invalid_request"),
+        ({"protocol_name": "no_such_protocol"}, 404, "not_found"),
+        (
+            {"protocol_name": "transfer", "parameters": {"volume": "lots"}},
+            422,
+            "invalid_parameters",
+        ),
+        ({"protocol_name": "transfer", "parameters": {"nope": 1}}, 422, "invalid_parameters"),
+        ({"protocol_name": "noop", "priority": 1000}, 400, "invalid_request"),
+    ],
+)
+async def test_bad_submissions_get_typed_errors(
+    api: httpx.AsyncClient, body: dict[str, Any], status: int, code: str
+) -> None:
+    response = await api.post("/api/v1/protocols/runs", json=body)
+    assert response.status_code == status, response.text
+    error = response.json()
+    assert error["code"] == code
+    assert error["message"]
+    assert error["correlation_id"] == response.headers["x-correlation-id"]
+    assert "Traceback" not in response.text
+
+
+async def test_malformed_http_is_rejected(api: httpx.AsyncClient) -> None:
+    response = await api.post(
+        "/api/v1/protocols/runs", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_request"
+    response = await api.get("/api/v1/protocols/runs/not-a-uuid")
+    assert response.status_code == 400
+    response = await api.get("/api/v1/protocols/runs/00000000-0000-0000-0000-000000000000")
+    assert response.status_code == 404
+    response = await api.get("/api/v1/machines", params={"property_filters": "[1, 2"})
+    assert response.status_code == 400
+    assert "property_filters" in response.json()["message"]
+    response = await api.get("/api/v1/protocols/runs", params={"sort_by": "password"})
+    assert response.status_code == 400
+
+
+async def test_lists_with_standard_filters(api: httpx.AsyncClient) -> None:
+    run = await submit(api, protocol_name="noop")
+    await finished(api, run["accession_id"])
+    page = (
+        await api.get("/api/v1/protocols/runs", params={"limit": 1, "sort_by": "-created_at"})
+    ).json()
+    assert page["limit"] == 1 and len(page["items"]) == 1 and page["total"] >= 1
+    assert page["items"][0]["accession_id"] == run["accession_id"]
+    only = await api.get(
+        "/api/v1/protocols/runs",
+        params={"protocol_run_accession_id": run["accession_id"], "status": "completed"},
+    )
+    assert [r["accession_id"] for r in only.json()["items"]] == [run["accession_id"]]
+
+    workcell = (await api.get(f"/api/v1/workcells/{DEMO_WORKCELL}")).json()["workcell"]
+    machines = (
+        await api.get(
+            "/api/v1/machines", params={"workcell_accession_id": workcell["accession_id"]}
+        )
+    ).json()
+    assert sorted(m["name"] for m in machines["items"]) == ["liquid_handler", "plate_reader"]
+    plates = (
+        await api.get("/api/v1/resources", params={"fqn": "pylabrobot.resources.plate.Plate"})
+    ).json()
+    assert {"source_plate", "dest_plate"} <= {p["name"] for p in plates["items"]}
+    decks = (await api.get("/api/v1/decks")).json()
+    assert [d["name"] for d in decks["items"]] == ["deck"]
+    definitions = (
+        await api.get("/api/v1/protocols/definitions", params={"name": "transfer"})
+    ).json()
+    spec = definitions["items"][0]["spec"]
+    assert {a["name"] for a in spec["assets"]} == {"lh", "tips", "source_plate", "dest_plate"}
+
+
+async def test_operations_endpoints(api: httpx.AsyncClient) -> None:
+    assert (await api.get("/healthz")).status_code == 200
+    assert (await api.get("/readyz")).status_code == 200
+    metrics = (await api.get("/metrics")).text
+    assert "praxis_http_requests_total" in metrics
+    openapi = (await api.get("/openapi.json")).json()
+    assert "/api/v1/protocols/runs/{run_id}/events" in openapi["paths"]
+    assert json.dumps(openapi)  # the document serialises
