@@ -12,6 +12,7 @@ keyed by run id (live per-run streams), orchestrator commands by workcell id (ed
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
@@ -73,6 +74,8 @@ class Empty(BaseModel):
 
 def all_message_types() -> list[type[Message]]:
     """Every concrete message class defined under ``praxis_contracts`` (for snapshots/guards)."""
+    for module in ("assets", "protocols", "runs"):  # at call time: no import cycle
+        importlib.import_module(f"praxis_contracts.{module}")
     found: dict[str, type[Message]] = {}
     stack: list[type[Any]] = [Command, Event, Request]
     while stack:

@@ -7,6 +7,7 @@ import asyncio
 import json
 import signal
 import sys
+from collections.abc import Coroutine
 from typing import Any
 
 import httpx
@@ -116,7 +117,17 @@ def main(argv: list[str] | None = None) -> int:
     p_bench.add_argument("--output", default=None, help="also write the JSON report here")
     args = parser.parse_args(argv)
     command = {"run": run, "demo": demo, "bench": bench}[args.command]
-    return asyncio.run(command(args))
+    try:
+        return asyncio.run(_stoppable(command(args)))
+    except asyncio.CancelledError:
+        return 143
+
+
+async def _stoppable(work: Coroutine[Any, Any, int]) -> int:
+    """SIGTERM cancels the command, so its ``finally`` stops every process it started."""
+    task = asyncio.ensure_future(work)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    return await task
 
 
 if __name__ == "__main__":

@@ -15,12 +15,14 @@ import statistics
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import nats
 
 from praxis_devstack.stack import DEMO_WORKCELL, Stack
+
+T = TypeVar("T")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -39,37 +41,48 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 class RunWatcher:
-    """Futures resolved by pushed events: orchestrator finished, scheduler status changes."""
+    """Futures resolved by pushed events: orchestrator finished, scheduler status changes.
+
+    An event may arrive before the client has read the run id from the HTTP reply, so futures
+    are created by whichever side comes first.
+    """
 
     def __init__(self) -> None:
         self.finished: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.completed: dict[str, asyncio.Future[str]] = {}
 
-    def expect(self, run_id: str) -> None:
-        loop = asyncio.get_running_loop()
-        self.finished.setdefault(run_id, loop.create_future())
-        self.completed.setdefault(run_id, loop.create_future())
+    @staticmethod
+    def _future(table: dict[str, asyncio.Future[Any]], run_id: str) -> asyncio.Future[Any]:
+        if run_id not in table:
+            table[run_id] = asyncio.get_running_loop().create_future()
+        return table[run_id]
+
+    def run_finished(self, run_id: str) -> asyncio.Future[dict[str, Any]]:
+        return self._future(self.finished, run_id)
+
+    def run_completed(self, run_id: str) -> asyncio.Future[str]:
+        return self._future(self.completed, run_id)
 
     async def on_finished(self, msg: Any) -> None:
         data = json.loads(msg.data)
-        future = self.finished.get(data["run_id"])
-        if future is not None and not future.done():
+        future = self.run_finished(data["run_id"])
+        if not future.done():
             future.set_result(data)
 
     async def on_status(self, msg: Any) -> None:
         data = json.loads(msg.data)
-        future = self.completed.get(data["run_id"])
-        if (
-            future is not None
-            and not future.done()
-            and data["status"] in ("completed", "failed", "cancelled")
-        ):
-            future.set_result(data["status"])
+        if data["status"] in ("completed", "failed", "cancelled"):
+            future = self.run_completed(data["run_id"])
+            if not future.done():
+                future.set_result(data["status"])
 
 
-async def _submit(
-    client: httpx.AsyncClient, watcher: RunWatcher, pending: dict[str, int]
-) -> tuple[str, int, float]:
+async def _within(future: asyncio.Future[T], seconds: float = 60.0) -> T:
+    """A run that does not finish within a minute is a failure of the benchmark, not a hang."""
+    return await asyncio.wait_for(future, seconds)
+
+
+async def _submit(client: httpx.AsyncClient) -> tuple[str, int, float]:
     t0 = time.time_ns()
     response = await client.post(
         "/api/v1/protocols/runs", json={"protocol_name": "noop", "workcell": DEMO_WORKCELL}
@@ -77,8 +90,6 @@ async def _submit(
     http_ms = (time.time_ns() - t0) / 1e6
     response.raise_for_status()
     run_id = response.json()["accession_id"]
-    watcher.expect(run_id)
-    pending[run_id] = t0
     return run_id, t0, http_ms
 
 
@@ -90,29 +101,30 @@ async def measure(api: str, nats_url: str, runs: int, concurrency: int) -> dict[
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=api, timeout=60.0, limits=limits) as client:
         for _ in range(5):  # warm-up: code cache, connections
-            run_id, _, _ = await _submit(client, watcher, {})
-            await watcher.completed[run_id]
+            run_id, _, _ = await _submit(client)
+            await _within(watcher.run_completed(run_id))
 
-        latencies, http_ms, pending = [], [], {}
+        latencies: list[float] = []
+        http_ms: list[float] = []
         for _ in range(runs):  # latency: one run at a time, nothing else in flight
-            run_id, t0, ms = await _submit(client, watcher, pending)
-            finished = await watcher.finished[run_id]
+            run_id, t0, ms = await _submit(client)
+            finished = await _within(watcher.run_finished(run_id))
             latencies.append((finished["result"]["started_ns"] - t0) / 1e6)
             http_ms.append(ms)
-            await watcher.completed[run_id]
+            await _within(watcher.run_completed(run_id))
 
         gate = asyncio.Semaphore(concurrency)
         ids: list[str] = []
 
         async def one() -> None:
             async with gate:
-                run_id, _, _ = await _submit(client, watcher, pending)
+                run_id, _, _ = await _submit(client)
                 ids.append(run_id)
-                await watcher.finished[run_id]
+                await _within(watcher.run_finished(run_id))
 
         started = time.perf_counter()
         await asyncio.gather(*(one() for _ in range(runs)))
-        statuses = await asyncio.gather(*(watcher.completed[r] for r in ids))
+        statuses = await asyncio.gather(*(_within(watcher.run_completed(r)) for r in ids))
         elapsed = time.perf_counter() - started
     await nc.close()
     return {

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
@@ -129,7 +130,7 @@ def _stream_for(message_type: type[Message]) -> str:
 
 def retry_delay(attempt: int) -> float:
     """Backoff between redeliveries: 0.2 s, 0.4 s, 0.8 s ... capped at 10 s."""
-    return float(min(10.0, 0.2 * 2 ** max(0, attempt - 1)))
+    return min(10.0, 0.2 * 2.0 ** min(max(0, attempt - 1), 10))
 
 
 class Bus:
@@ -272,17 +273,22 @@ class Bus:
                 time.perf_counter() - started
             )
 
-        self.broker.subscriber(
-            subject,
-            stream=JStream(_stream_for(route.message_type), declare=False),
-            durable=route.durable,
-            queue=route.durable,
-            config=ConsumerConfig(
-                ack_wait=route.ack_wait_seconds, max_ack_pending=1000, max_deliver=-1
-            ),
-            ack_policy=AckPolicy.MANUAL,
-            max_workers=route.max_workers,
-        )(consume)
+        with warnings.catch_warnings():
+            # FastStream warns on every durable push consumer, but with a deliver group (queue)
+            # it does scale across instances: JetStream load-balances the group.
+            warnings.filterwarnings("ignore", message=".*can't be scaled horizontally.*")
+            subscriber = self.broker.subscriber(
+                subject,
+                stream=JStream(_stream_for(route.message_type), declare=False),
+                durable=route.durable,
+                queue=route.durable,
+                config=ConsumerConfig(
+                    ack_wait=route.ack_wait_seconds, max_ack_pending=1000, max_deliver=-1
+                ),
+                ack_policy=AckPolicy.MANUAL,
+                max_workers=route.max_workers,
+            )
+        subscriber(consume)
 
     async def _process(self, route: ConsumeRoute[DepsT], deps: DepsT, msg: Any) -> str:
         name = route.message_type.__name__

@@ -23,7 +23,7 @@ class PraxisState(MutableMapping[str, Any]):
 
     def __setitem__(self, key: str, value: Any) -> None:
         try:
-            json.dumps(value)
+            json.dumps(value, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"state value for {key!r} is not JSON-serialisable: {exc}") from exc
         self._data[key] = value

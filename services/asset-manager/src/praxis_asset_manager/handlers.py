@@ -11,7 +11,9 @@ from praxis_contracts.assets import (
     AssetPage,
     GetAsset,
     GetWorkcellLayout,
+    LeaseList,
     ListAssets,
+    ListLeases,
     ListWorkcells,
     RegisterWorkcell,
     ReleaseAssets,
@@ -54,6 +56,11 @@ async def list_assets(query: ListAssets, deps: Deps) -> AssetPage:
 @handlers.rpc(GetAsset)
 async def get_asset(query: GetAsset, deps: Deps) -> Asset:
     return await deps.inventory.get_asset(query.accession_id)
+
+
+@handlers.rpc(ListLeases)
+async def list_leases(query: ListLeases, deps: Deps) -> LeaseList:
+    return await deps.reservations.list_leases(query.run_id)
 
 
 @handlers.consume(ReserveAssets, durable="asset-manager-reserve", max_workers=8)

@@ -43,7 +43,9 @@ def bind(
     Raises ``NoMatchingAssets`` if no assignment exists even with every asset free.
     """
     options = {r.name: candidates(r, assets, pins.get(r.name)) for r in requirements}
-    missing = [r for r in requirements if not r.optional and not options[r.name]]
+    missing = [
+        r for r in requirements if not options[r.name] and (not r.optional or r.name in pins)
+    ]
     if missing:
         raise NoMatchingAssets(
             "no asset matches " + ", ".join(f"{r.name} ({r.type_fqn})" for r in missing),

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
@@ -23,6 +23,8 @@ from praxis_contracts.assets import (
     AssetBinding,
     AssetsReleased,
     AssetsReserved,
+    Lease,
+    LeaseList,
     ReleaseAssets,
     ReservationFailed,
     ReserveAssets,
@@ -226,6 +228,29 @@ class Reservations:
             stored = await session.get_one(ReservationRow, cmd.run_id)
             stored.status = "released"
         await self.publish(AssetsReleased(run_id=cmd.run_id, asset_ids=released, reason=cmd.reason))
+
+    async def list_leases(self, run_id: uuid.UUID | None) -> LeaseList:
+        """Live leases, read from the bucket (the source of truth), optionally for one run."""
+        items = []
+        for asset_id, holder in list(self.held.items()):
+            if run_id is not None and holder != run_id:
+                continue
+            key = lease_key(asset_id)
+            state = await self.leases.read(key)
+            if state.holder is None:
+                continue
+            acquired = state.holder.acquired_at
+            items.append(
+                Lease(
+                    asset_id=asset_id,
+                    lease_key=key,
+                    run_id=state.holder.run_id,
+                    token=state.revision,
+                    acquired_at=acquired,
+                    expires_at=acquired + timedelta(seconds=state.holder.ttl_seconds),
+                )
+            )
+        return LeaseList(items=sorted(items, key=lambda lease: lease.acquired_at))
 
     async def _row(self, run_id: uuid.UUID) -> ReservationRow | None:
         async with self.db.transaction() as session:

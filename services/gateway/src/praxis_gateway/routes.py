@@ -20,7 +20,9 @@ from praxis_contracts.assets import (
     AssetStatus,
     GetAsset,
     GetWorkcellLayout,
+    LeaseList,
     ListAssets,
+    ListLeases,
     ListWorkcells,
     RegisterWorkcell,
     WorkcellLayout,
@@ -177,6 +179,12 @@ async def list_workcells(b: BusDep, filters: Filters, name: str | None = None) -
 @router.get("/workcells/{workcell}", tags=["inventory"])
 async def get_workcell(workcell: str, b: BusDep) -> WorkcellLayout:
     return await b.request(GetWorkcellLayout(workcell=workcell))
+
+
+@router.get("/locks", tags=["inventory"])
+async def list_locks(b: BusDep, protocol_run_accession_id: UUID | None = None) -> LeaseList:
+    """Live asset leases: asset, holder run, fencing token, when acquired and when it expires."""
+    return await b.request(ListLeases(run_id=protocol_run_accession_id))
 
 
 def _asset_routes(path: str, kind: AssetKind) -> None:

@@ -1,0 +1,312 @@
+"""The bus against a real nats-server: typed request/reply and the JetStream error policy.
+
+Every name this module creates (service, durable, command key) is unique to the run, because
+the streams are shared by the whole test session. The consumer listens on a keyed command subject
+(``praxis.cmd.orchestrator.execute.<unique key>``) so its filter never overlaps a service's on
+the work-queue stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import ClassVar
+
+import nats
+import pytest
+from nats.aio.msg import Msg
+from pydantic import BaseModel
+
+from praxis_contracts import headers as h
+from praxis_contracts.base import Request
+from praxis_contracts.common import RunStatus
+from praxis_contracts.errors import (
+    ErrorCode,
+    ErrorReply,
+    InternalError,
+    InvalidRequest,
+    NotFound,
+    Unavailable,
+)
+from praxis_contracts.protocols import ProtocolDefinition, ProtocolFunctionSpec
+from praxis_contracts.runs import ExecuteRun, GetRun, RunView
+from praxis_contracts.topology import COMMANDS, dead_letter_subject
+from praxis_runtime.bus import Bus, Handlers
+from praxis_runtime.topology import ensure_topology
+
+pytestmark = pytest.mark.integration
+
+SUFFIX = uuid.uuid4().hex[:10]
+KEY = f"bus-test-{SUFFIX}"
+DURABLE = f"bus-test-{SUFFIX}"
+COMMAND_SUBJECT = ExecuteRun.subscription_subject(KEY)
+BROKEN_RUN = uuid.uuid4()
+WAIT = 10.0
+FINAL = {"+ACK", "+TERM"}
+
+
+class Unanswered(Request[RunView]):
+    """A request type nobody serves (defined here, so it is no contract)."""
+
+    subject: ClassVar[str] = f"praxis.rpc.bus_test.unanswered_{SUFFIX}"
+    reply_type: ClassVar[type[BaseModel]] = RunView
+
+
+@dataclass
+class Recorder:
+    """Handler dependencies: what to answer, how to behave, and what happened."""
+
+    runs: dict[uuid.UUID, RunView] = field(default_factory=dict)
+    behaviour: dict[uuid.UUID, str] = field(default_factory=dict)
+    attempts: Counter[uuid.UUID] = field(default_factory=Counter)
+    done: dict[uuid.UUID, asyncio.Future[int]] = field(default_factory=dict)
+    dead_letters: asyncio.Queue[Msg] = field(default_factory=asyncio.Queue)
+    acks: dict[int, list[str]] = field(default_factory=dict)
+    ack_seen: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def expect(self, run_id: uuid.UUID, behaviour: str = "ok") -> asyncio.Future[int]:
+        self.behaviour[run_id] = behaviour
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.done[run_id] = future
+        return future
+
+    async def on_ack(self, msg: Msg) -> None:
+        """``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>...``: record our consumer's."""
+        tokens = msg.subject.split(".")
+        if DURABLE in tokens:
+            seq = int(tokens[tokens.index(DURABLE) + 2])
+            kind = msg.data.split(b" ")[0].decode() or "+ACK"  # an empty body acknowledges
+            self.acks.setdefault(seq, []).append(kind)
+            self.ack_seen.set()
+
+    async def settled(self, seq: int) -> list[str]:
+        """Every acknowledgement sent for stream sequence ``seq``, once one is final."""
+        async with asyncio.timeout(WAIT):
+            while not FINAL & set(self.acks.get(seq, [])):
+                self.ack_seen.clear()
+                await self.ack_seen.wait()
+        return self.acks[seq]
+
+    async def dead_letter(self, contains: bytes) -> Msg:
+        """The next dead letter from this module whose body contains ``contains``."""
+        async with asyncio.timeout(WAIT):
+            while True:
+                msg = await self.dead_letters.get()
+                if contains in msg.data:
+                    return msg
+
+
+def handlers() -> Handlers[Recorder]:
+    group: Handlers[Recorder] = Handlers()
+
+    @group.rpc(GetRun)
+    async def get_run(query: GetRun, rec: Recorder) -> RunView:
+        if query.run_id == BROKEN_RUN:
+            raise RuntimeError("database password is hunter2")
+        if query.run_id not in rec.runs:
+            raise NotFound(f"protocol run {query.run_id} not found", run_id=str(query.run_id))
+        return rec.runs[query.run_id]
+
+    @group.consume(ExecuteRun, durable=DURABLE, key=KEY, ack_wait_seconds=10)
+    async def execute(cmd: ExecuteRun, rec: Recorder) -> None:
+        rec.attempts[cmd.run_id] += 1
+        attempt = rec.attempts[cmd.run_id]
+        behaviour = rec.behaviour.get(cmd.run_id, "ok")
+        if behaviour == "flaky" and attempt == 1:
+            raise Unavailable("warming up")
+        if behaviour == "invalid":
+            raise InvalidRequest("no such workcell")
+        if behaviour == "down":
+            raise Unavailable("still down")
+        future = rec.done.get(cmd.run_id)
+        if future is not None and not future.done():
+            future.set_result(attempt)
+
+    return group
+
+
+@dataclass
+class Harness:
+    bus: Bus
+    rec: Recorder
+
+
+@pytest.fixture(scope="module")
+async def harness(nats_url: str) -> AsyncIterator[Harness]:
+    rec = Recorder()
+    bus = Bus(nats_url, f"bus-test-{SUFFIX}", request_timeout=5.0, max_deliver=3)
+    await bus.connect()
+    await ensure_topology(bus.js)
+    dead_letters = await bus.nc.subscribe("praxis.dlq.>", cb=rec.dead_letters.put)
+    acks = await bus.nc.subscribe("$JS.ACK.>", cb=rec.on_ack)
+    bus.include(handlers(), rec)
+    await bus.start()
+    yield Harness(bus, rec)
+    await dead_letters.unsubscribe()
+    await acks.unsubscribe()
+    await bus.stop()
+    await _forget_consumer(nats_url)
+
+
+async def _forget_consumer(nats_url: str) -> None:
+    """Durable consumers outlive the bus: remove ours and anything left on our subject."""
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        await js.delete_consumer(COMMANDS.name, DURABLE)
+        await js.purge_stream(COMMANDS.name, subject=COMMAND_SUBJECT)
+    finally:
+        await nc.close()
+
+
+def run_view(run_id: uuid.UUID) -> RunView:
+    now = datetime.now(UTC)
+    return RunView(
+        accession_id=run_id,
+        protocol_name="transfer",
+        protocol_version="1.0.0",
+        definition_id=uuid.uuid4(),
+        source_commit="0" * 40,
+        status=RunStatus.RUNNING,
+        parameters={"volume": 5.0},
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def execute_run(run_id: uuid.UUID) -> ExecuteRun:
+    spec = ProtocolFunctionSpec(name="transfer", version="1.0.0", module="mod", qualname="transfer")
+    definition = ProtocolDefinition(
+        accession_id=uuid.uuid4(),
+        source_id=uuid.uuid4(),
+        source_name="examples",
+        commit="0" * 40,
+        spec=spec,
+        code_bundle="bundle",
+        created_at=datetime.now(UTC),
+    )
+    return ExecuteRun(
+        run_id=run_id,
+        workcell_id=uuid.uuid4(),
+        workcell_name=KEY,
+        definition=definition,
+        parameters={},
+        bindings=[],
+    )
+
+
+# -- request/reply ---------------------------------------------------------------------------
+
+
+async def test_request_returns_the_typed_reply(harness: Harness) -> None:
+    view = run_view(uuid.uuid4())
+    harness.rec.runs[view.accession_id] = view
+    reply = await harness.bus.request(GetRun(run_id=view.accession_id))
+    assert isinstance(reply, RunView)
+    assert reply == view
+
+
+async def test_a_domain_error_is_re_raised_by_type(harness: Harness) -> None:
+    missing = uuid.uuid4()
+    with pytest.raises(NotFound) as caught:
+        await harness.bus.request(GetRun(run_id=missing))
+    assert caught.value.message == f"protocol run {missing} not found"
+    assert caught.value.details == {"run_id": str(missing)}
+
+
+async def test_an_unexpected_error_is_internal_and_leaks_nothing(harness: Harness) -> None:
+    with pytest.raises(InternalError) as caught:
+        await harness.bus.request(GetRun(run_id=BROKEN_RUN))
+    assert caught.value.message == "RuntimeError while handling the request"
+    assert "hunter2" not in caught.value.message
+
+
+async def test_a_malformed_request_gets_an_invalid_request_reply(harness: Harness) -> None:
+    response = await harness.bus.nc.request(
+        GetRun.subject, b"{not json", timeout=WAIT, headers={h.CORRELATION_ID: f"c-{SUFFIX}"}
+    )
+    assert response.headers is not None
+    assert response.headers.get(h.ERROR) == "1"
+    assert response.headers.get(h.CORRELATION_ID) == f"c-{SUFFIX}"
+    error = ErrorReply.model_validate_json(response.data)
+    assert error.code is ErrorCode.INVALID_REQUEST
+    assert error.message == "malformed GetRun"
+    assert error.details["errors"]
+
+
+async def test_a_request_without_responders_is_unavailable_at_once(harness: Harness) -> None:
+    started = time.monotonic()
+    with pytest.raises(Unavailable, match="no service answers"):
+        await harness.bus.request(Unanswered())
+    assert time.monotonic() - started < harness.bus.request_timeout / 2
+
+
+# -- JetStream consumers ---------------------------------------------------------------------
+
+
+async def test_a_good_command_is_processed_and_acked_once(harness: Harness) -> None:
+    run_id = uuid.uuid4()
+    done = harness.rec.expect(run_id)
+    seq = await harness.bus.publish(execute_run(run_id))
+    assert await asyncio.wait_for(done, WAIT) == 1
+    assert await harness.rec.settled(seq) == ["+ACK"]
+
+
+async def test_a_retryable_failure_is_redelivered(harness: Harness) -> None:
+    run_id = uuid.uuid4()
+    done = harness.rec.expect(run_id, "flaky")
+    seq = await harness.bus.publish(execute_run(run_id))
+    assert await asyncio.wait_for(done, WAIT) == 2
+    assert await harness.rec.settled(seq) == ["-NAK", "+ACK"]
+
+
+async def test_retries_are_bounded_then_dead_lettered(harness: Harness) -> None:
+    run_id = uuid.uuid4()
+    harness.rec.expect(run_id, "down")
+    seq = await harness.bus.publish(execute_run(run_id))
+    letter = await harness.rec.dead_letter(str(run_id).encode())
+    assert letter.headers is not None
+    reason = letter.headers[h.DEAD_LETTER_REASON]
+    assert reason == "gave up after 3 attempts: unavailable: still down"
+    assert await harness.rec.settled(seq) == ["-NAK", "-NAK", "+TERM"]
+    assert harness.rec.attempts[run_id] == 3
+
+
+async def test_a_non_retryable_failure_is_dead_lettered_not_redelivered(
+    harness: Harness,
+) -> None:
+    bad, later = uuid.uuid4(), uuid.uuid4()
+    harness.rec.expect(bad, "invalid")
+    command = execute_run(bad)
+    seq = await harness.bus.publish(command)
+    letter = await harness.rec.dead_letter(str(bad).encode())
+    assert letter.subject == dead_letter_subject(command.routing_subject())
+    assert letter.headers is not None
+    assert letter.headers[h.DEAD_LETTER_REASON] == "invalid_request: no such workcell"
+    assert letter.headers[h.DEAD_LETTER_SUBJECT] == command.routing_subject()
+    assert ExecuteRun.model_validate_json(letter.data) == command
+    assert await harness.rec.settled(seq) == ["+TERM"]  # terminated: never redelivered
+    done = harness.rec.expect(later)
+    await harness.bus.publish(execute_run(later))
+    await asyncio.wait_for(done, WAIT)
+    assert harness.rec.attempts[bad] == 1
+
+
+async def test_a_malformed_command_is_dead_lettered_and_processing_goes_on(
+    harness: Harness,
+) -> None:
+    garbage = f"{{not json {SUFFIX}".encode()
+    ack = await harness.bus.js.publish(COMMAND_SUBJECT, garbage)
+    letter = await harness.rec.dead_letter(garbage)
+    assert letter.headers is not None
+    assert letter.headers[h.DEAD_LETTER_REASON].startswith("malformed ExecuteRun")
+    assert await harness.rec.settled(ack.seq) == ["+TERM"]
+    run_id = uuid.uuid4()
+    done = harness.rec.expect(run_id)
+    await harness.bus.publish(execute_run(run_id))
+    assert await asyncio.wait_for(done, WAIT) == 1

@@ -1,0 +1,189 @@
+"""Cross-cutting guard rails: service boundaries, entry points and handler coverage."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import pkgutil
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import praxis_contracts
+from praxis_contracts.base import Command, Request, all_message_types
+from praxis_runtime.bus import Handlers
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVICES = ROOT / "services"
+
+
+def service_packages() -> dict[str, Path]:
+    """``{package name: package dir}`` for every ``services/<name>/src/<package>``."""
+    found = {pkg.name: pkg for pkg in SERVICES.glob("*/src/*") if (pkg / "__init__.py").is_file()}
+    assert len(found) == 5, found
+    return found
+
+
+PACKAGES = service_packages()
+
+
+def package_of(service_dir: str) -> Path:
+    (pkg,) = (SERVICES / service_dir / "src").glob("*/__init__.py")
+    return pkg.parent
+
+
+def imported_modules(source: str) -> Iterator[str]:
+    """Absolute module names imported; ``from a import b`` yields ``a`` and ``a.b``."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.module
+            yield from (f"{node.module}.{alias.name}" for alias in node.names)
+
+
+def imports_of(package: Path) -> dict[str, set[str]]:
+    return {
+        str(path.relative_to(package.parent)): set(imported_modules(path.read_text()))
+        for path in sorted(package.rglob("*.py"))
+    }
+
+
+def violations(package: Path, forbidden: set[str]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for file, modules in imports_of(package).items():
+        bad = sorted(m for m in modules if any(m == f or m.startswith(f"{f}.") for f in forbidden))
+        if bad:
+            found[file] = bad
+    return found
+
+
+def test_import_scanner_sees_from_imports_of_submodules() -> None:
+    source = "from praxis_runtime import db\nimport sqlalchemy.orm as orm\nfrom . import x\n"
+    assert set(imported_modules(source)) == {
+        "praxis_runtime",
+        "praxis_runtime.db",
+        "sqlalchemy.orm",
+    }
+
+
+@pytest.mark.parametrize("package", sorted(PACKAGES))
+def test_services_never_import_each_other(package: str) -> None:
+    others = set(PACKAGES) - {package}
+    assert violations(PACKAGES[package], others) == {}
+
+
+@pytest.mark.parametrize("service", ["scheduler", "gateway"])
+def test_scheduler_and_gateway_never_touch_protocol_code(service: str) -> None:
+    forbidden = {"pylabrobot", "praxis_sdk", "praxis_plr"}
+    assert violations(package_of(service), forbidden) == {}
+
+
+def test_orchestrator_never_touches_the_database() -> None:
+    forbidden = {"sqlalchemy", "asyncpg", "alembic", "praxis_runtime.db", "praxis_runtime.query"}
+    assert violations(package_of("orchestrator"), forbidden) == {}
+
+
+# -- entry points ----------------------------------------------------------------------------
+
+
+def is_main_guard(node: ast.stmt) -> bool:
+    if not isinstance(node, ast.If) or not isinstance(node.test, ast.Compare):
+        return False
+    test = node.test
+    return (
+        isinstance(test.left, ast.Name)
+        and test.left.id == "__name__"
+        and isinstance(test.ops[0], ast.Eq)
+        and isinstance(test.comparators[0], ast.Constant)
+        and test.comparators[0].value == "__main__"
+    )
+
+
+def call_names(node: ast.AST) -> set[str]:
+    return {
+        n.func.id
+        for n in ast.walk(node)
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+    }
+
+
+@pytest.mark.parametrize("package", sorted(PACKAGES))
+def test_main_only_builds_settings_and_runs(package: str) -> None:
+    path = PACKAGES[package] / "__main__.py"
+    assert path.is_file(), f"{package} has no __main__.py"
+    body = ast.parse(path.read_text()).body
+    statements = [
+        s
+        for s in body
+        if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))  # docstring
+    ]
+    guards = [s for s in statements if isinstance(s, ast.If) and is_main_guard(s)]
+    others = [s for s in statements if not isinstance(s, (ast.Import, ast.ImportFrom))]
+    assert len(guards) == 1 and others == guards, "only imports and one __main__ guard"
+    (guard,) = guards
+    assert len(guard.body) == 1 and isinstance(guard.body[0], ast.Expr)
+    call = guard.body[0].value
+    assert isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
+    assert call.func.id in {"run", "serve"}
+    assert "Settings" in call_names(call), "settings are built in __main__ and passed down"
+
+
+def test_importing_a_main_module_does_not_start_the_service() -> None:
+    for package in PACKAGES:
+        module = importlib.import_module(f"{package}.__main__")
+        assert module.__name__ == f"{package}.__main__"
+
+
+# -- handler coverage ------------------------------------------------------------------------
+
+
+def handler_groups() -> dict[str, Handlers[Any]]:
+    from praxis_orchestrator.handlers import handlers_for
+
+    groups: dict[str, Handlers[Any]] = {
+        name: importlib.import_module(f"{name}.handlers").handlers
+        for name in ("praxis_scheduler", "praxis_code_manager", "praxis_asset_manager")
+    }
+    groups["praxis_orchestrator"] = handlers_for("demo", 1)
+    return groups
+
+
+def contract_types(kind: type) -> set[type]:
+    for info in pkgutil.iter_modules(praxis_contracts.__path__, "praxis_contracts."):
+        importlib.import_module(info.name)
+    return {t for t in all_message_types() if issubclass(t, kind)}
+
+
+def test_every_request_type_has_exactly_one_rpc_handler() -> None:
+    served = Counter(
+        route.request_type for group in handler_groups().values() for route in group.rpcs
+    )
+    requests = contract_types(Request)
+    missing = sorted(t.__name__ for t in requests - served.keys())
+    assert not missing, f"requests nobody answers: {missing}"
+    assert {t.__name__: n for t, n in served.items() if n > 1} == {}
+    assert set(served) == requests
+
+
+def test_every_command_type_is_consumed_by_exactly_one_service() -> None:
+    consumed: Counter[type] = Counter()
+    for group in handler_groups().values():
+        consumed.update(
+            {r.message_type for r in group.consumers if issubclass(r.message_type, Command)}
+        )
+    commands = contract_types(Command)
+    missing = sorted(t.__name__ for t in commands - consumed.keys())
+    assert not missing, f"commands nobody consumes: {missing}"
+    assert {t.__name__: n for t, n in consumed.items() if n > 1} == {}
+    assert set(consumed) == commands
+
+
+def test_durable_consumer_names_are_unique_across_services() -> None:
+    durables = Counter(
+        route.durable for group in handler_groups().values() for route in group.consumers
+    )
+    assert {d: n for d, n in durables.items() if n > 1} == {}
