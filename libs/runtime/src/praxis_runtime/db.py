@@ -29,8 +29,10 @@ class Database:
 
     def __init__(self, url: str, schema: str, *, pool_size: int = 10) -> None:
         self.schema = schema
+        # No pre-ping: it costs a round trip per transaction. A connection that died with the
+        # server fails its transaction, and the message is retried (bus retry policy).
         self.engine: AsyncEngine = create_async_engine(
-            url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+            url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800
         )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 

@@ -124,8 +124,9 @@ def inspect_function(
     )
 
 
+@functools.cache
 def parameters_model(func: Callable[..., Any]) -> type[BaseModel]:
-    """A pydantic model of the function's non-asset, non-injected parameters."""
+    """A pydantic model of the function's non-asset, non-injected parameters (built once)."""
     spec = spec_of(func) or inspect_function(func)
     hints = typing.get_type_hints(func)
     signature = inspect.signature(func)

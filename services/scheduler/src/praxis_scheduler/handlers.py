@@ -29,6 +29,7 @@ class Deps:
     bus: Bus
 
     async def flush(self, outbox: Outbox) -> None:
+        """Publish what the committed transaction produced, in order (live streams rely on it)."""
         for message, msg_id in outbox.messages:
             await self.bus.publish(message, msg_id=msg_id)
 
