@@ -193,3 +193,59 @@ async def test_operations_endpoints(api: httpx.AsyncClient) -> None:
     openapi = (await api.get("/openapi.json")).json()
     assert "/api/v1/protocols/runs/{run_id}/events" in openapi["paths"]
     assert json.dumps(openapi)  # the document serialises
+
+
+async def _status_events(api: httpx.AsyncClient, run_id: str) -> AsyncIterator[str]:
+    async with api.stream("GET", f"/api/v1/protocols/runs/{run_id}/events") as events:
+        name = ""
+        async for line in events.aiter_lines():
+            if line.startswith("event: "):
+                name = line.removeprefix("event: ")
+            elif line.startswith("data: ") and name == "scheduler.run.status_changed":
+                yield json.loads(line.removeprefix("data: "))["status"]
+
+
+async def test_pause_resume_cancel_and_the_call_log(api: httpx.AsyncClient) -> None:
+    run = await submit(
+        api, protocol_name="incubate", parameters={"steps": 400, "step_seconds": 0.05}
+    )
+    run_id = run["accession_id"]
+    # The operator pauses once running, resumes once paused, cancels once running again.
+    seen: list[str] = []
+    async for status in _status_events(api, run_id):
+        seen.append(status)
+        resumed = "resuming" in seen
+        action = {"running": "cancel" if resumed else "pause", "paused": "resume"}.get(status)
+        if action is not None:
+            response = await api.post(
+                f"/api/v1/protocols/runs/{run_id}/actions", json={"action": action}
+            )
+            assert response.status_code == 200, response.text
+    assert seen[-1] == "cancelled"
+    lifecycle = [s for s in seen if s not in ("queued", "pending", "preparing")]
+    assert lifecycle == [
+        "running",
+        "pausing",
+        "paused",
+        "resuming",
+        "running",
+        "canceling",
+        "cancelled",
+    ]
+    done = (await api.get(f"/api/v1/protocols/runs/{run_id}")).json()
+    assert 0 < done["final_state"]["completed_steps"] < 400
+
+    calls = (await api.get(f"/api/v1/protocols/runs/{run_id}/calls", params={"limit": 1000})).json()
+    top = calls["items"][0]
+    assert top["function"] == "incubate" and top["parent_call_id"] is None
+    assert top["status"] == "cancelled"
+    steps = calls["items"][1:]
+    assert steps and all(c["parent_call_id"] == top["call_id"] for c in steps)
+    assert [c["sequence"] for c in calls["items"]] == sorted(c["sequence"] for c in calls["items"])
+    assert sum(c["status"] == "completed" for c in steps) == done["final_state"]["completed_steps"]
+
+    again = await api.post(f"/api/v1/protocols/runs/{run_id}/actions", json={"action": "resume"})
+    assert again.status_code == 409
+    assert again.json()["code"] == "invalid_transition"
+    wrong = await api.post(f"/api/v1/protocols/runs/{run_id}/actions", json={"action": "explode"})
+    assert wrong.status_code == 400

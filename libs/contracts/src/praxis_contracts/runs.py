@@ -180,3 +180,76 @@ class FunctionCallRecorded(Event):
 
     def subject_key(self) -> str:
         return str(self.run_id)
+
+
+RunAction = Literal["pause", "resume", "cancel"]
+
+
+class ControlRun(Request[RunView]):
+    """An operator's pause, resume or cancel; the reply is the run with its new status."""
+
+    subject: ClassVar[str] = "praxis.rpc.scheduler.control_run"
+    reply_type: ClassVar[type[BaseModel]] = RunView
+
+    run_id: UUID
+    action: RunAction
+    reason: str = Field(default="", max_length=2000)
+
+
+class ControlRunExecution(Command):
+    """Apply an operator action to a run executing on a workcell (at its next checkpoint)."""
+
+    subject: ClassVar[str] = "praxis.cmd.orchestrator.control"
+    keyed: ClassVar[bool] = True
+
+    run_id: UUID
+    workcell_name: str
+    action: RunAction
+
+    def subject_key(self) -> str:
+        return self.workcell_name
+
+
+class RunPaused(_RunEvent):
+    """The protocol is waiting at a checkpoint (a protocol-function boundary)."""
+
+    subject: ClassVar[str] = "praxis.evt.orchestrator.run.paused"
+
+
+class RunResumed(_RunEvent):
+    """The protocol continued after a pause."""
+
+    subject: ClassVar[str] = "praxis.evt.orchestrator.run.resumed"
+
+
+class FunctionCall(BaseModel):
+    """One recorded protocol-function call of a run."""
+
+    model_config = ConfigDict(frozen=True)
+
+    call_id: UUID
+    run_id: UUID
+    parent_call_id: UUID | None
+    sequence: int
+    function: str
+    version: str
+    arguments: dict[str, Any]
+    status: Literal["running", "completed", "failed", "cancelled"]
+    started_at: datetime
+    finished_at: datetime | None = None
+    error: str | None = None
+
+
+class FunctionCallPage(Page[FunctionCall]):
+    pass
+
+
+class ListRunCalls(Request[FunctionCallPage]):
+    """The calls of one run in call order (nested calls name their parent)."""
+
+    subject: ClassVar[str] = "praxis.rpc.scheduler.list_calls"
+    reply_type: ClassVar[type[BaseModel]] = FunctionCallPage
+
+    run_id: UUID
+    filters: SearchFilters = Field(default_factory=SearchFilters)
+    function: str | None = None

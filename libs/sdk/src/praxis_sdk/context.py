@@ -44,12 +44,23 @@ class RunCancelled(Exception):
 
 
 class RunControl:
-    """Pause/resume/cancel signals, observed at every protocol-function boundary."""
+    """Pause/resume/cancel signals, observed at every protocol-function boundary.
 
-    def __init__(self) -> None:
+    A pause takes effect when the protocol reaches its next checkpoint (never in the middle of
+    an instrument operation); ``on_pause`` / ``on_resume`` report when it really waits.
+    """
+
+    def __init__(
+        self,
+        on_pause: Callable[[], Awaitable[None]] | None = None,
+        on_resume: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self._running = asyncio.Event()
         self._running.set()
         self.cancelled = False
+        self.blocked = False
+        self.on_pause = on_pause
+        self.on_resume = on_resume
 
     def pause(self) -> None:
         self._running.clear()
@@ -69,9 +80,19 @@ class RunControl:
         """Wait while paused; raise ``RunCancelled`` once cancelled."""
         if self.cancelled:
             raise RunCancelled("run cancelled")
-        await self._running.wait()
+        if self._running.is_set():
+            return
+        self.blocked = True
+        try:
+            if self.on_pause is not None:
+                await self.on_pause()
+            await self._running.wait()
+        finally:
+            self.blocked = False
         if self.cancelled:
             raise RunCancelled("run cancelled")
+        if self.on_resume is not None:
+            await self.on_resume()
 
 
 @dataclass

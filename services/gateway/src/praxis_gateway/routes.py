@@ -40,7 +40,17 @@ from praxis_contracts.protocols import (
     SourceKind,
     SyncProtocolSource,
 )
-from praxis_contracts.runs import GetRun, ListRuns, RunPage, RunView, SubmitRun
+from praxis_contracts.runs import (
+    ControlRun,
+    FunctionCallPage,
+    GetRun,
+    ListRunCalls,
+    ListRuns,
+    RunAction,
+    RunPage,
+    RunView,
+    SubmitRun,
+)
 from praxis_contracts.topology import EVENTS
 from praxis_gateway.filters import search_filters
 from praxis_runtime.bus import Bus
@@ -126,6 +136,27 @@ async def list_runs(
 @router.get("/protocols/runs/{run_id}", tags=["runs"])
 async def get_run(run_id: UUID, b: BusDep) -> RunView:
     return await b.request(GetRun(run_id=run_id))
+
+
+class ActionIn(BaseModel):
+    action: RunAction
+    reason: str = Field(default="", max_length=2000)
+
+
+@router.post("/protocols/runs/{run_id}/actions", tags=["runs"])
+async def run_action(run_id: UUID, body: ActionIn, b: BusDep) -> RunView:
+    """Pause, resume or cancel. Pause and cancel take effect at the protocol's next
+    protocol-function call (never in the middle of an instrument operation); the run shows
+    pausing/canceling until then."""
+    return await b.request(ControlRun(run_id=run_id, action=body.action, reason=body.reason))
+
+
+@router.get("/protocols/runs/{run_id}/calls", tags=["runs"])
+async def run_calls(
+    run_id: UUID, b: BusDep, filters: Filters, function: str | None = None
+) -> FunctionCallPage:
+    """Every protocol-function call of the run in call order; nested calls name their parent."""
+    return await b.request(ListRunCalls(run_id=run_id, filters=filters, function=function))
 
 
 @router.get("/protocols/runs/{run_id}/events", tags=["runs"])

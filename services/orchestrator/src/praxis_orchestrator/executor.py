@@ -21,11 +21,14 @@ from praxis_contracts.base import Event
 from praxis_contracts.common import ErrorInfo
 from praxis_contracts.errors import LeaseLost, PraxisError
 from praxis_contracts.runs import (
+    ControlRunExecution,
     ExecuteRun,
     FunctionCallRecorded,
     RunFinished,
     RunOutcome,
+    RunPaused,
     RunPreparing,
+    RunResumed,
     RunStarted,
 )
 from praxis_orchestrator.code import CodeCache
@@ -33,7 +36,7 @@ from praxis_orchestrator.workcell import WorkcellHost
 from praxis_plr.types import unwrap_optional
 from praxis_runtime.leases import LeaseStore
 from praxis_runtime.logging import log_context
-from praxis_sdk.context import CallRecord, RunCancelled, RunContext, current_run
+from praxis_sdk.context import CallRecord, RunCancelled, RunContext, RunControl, current_run
 from praxis_sdk.decorators import validate_parameters
 from praxis_sdk.state import PraxisState
 
@@ -66,6 +69,7 @@ class Executor:
         self.publish = publish
         self.active: dict[uuid.UUID, tuple[asyncio.Task[None], RunContext]] = {}
         self.seen: set[uuid.UUID] = set()
+        self.cancelled_early: set[uuid.UUID] = set()
 
     async def accept(self, cmd: ExecuteRun) -> None:
         """Prepare the run and start it; returns once the protocol function has been called."""
@@ -74,6 +78,9 @@ class Executor:
             return
         self.seen.add(cmd.run_id)
         with log_context(run_id=cmd.run_id):
+            if cmd.run_id in self.cancelled_early:
+                await self._finish(cmd, "cancelled", state=cmd.initial_state)
+                return
             await self._emit(RunPreparing(run_id=cmd.run_id, at=now()))
             try:
                 call = await self._prepare(cmd)
@@ -95,7 +102,13 @@ class Executor:
         for binding in cmd.bindings:
             kwargs[binding.requirement] = live.get(binding.asset_name)
         ctx = RunContext(
-            run_id=cmd.run_id, state=PraxisState(cmd.initial_state), sink=EventSink(self._emit)
+            run_id=cmd.run_id,
+            state=PraxisState(cmd.initial_state),
+            sink=EventSink(self._emit),
+            control=RunControl(
+                on_pause=lambda: self._emit(RunPaused(run_id=cmd.run_id, at=now())),
+                on_resume=lambda: self._emit(RunResumed(run_id=cmd.run_id, at=now())),
+            ),
         )
         for name, hint in typing.get_type_hints(fn).items():
             inner, _ = unwrap_optional(hint)
@@ -168,6 +181,25 @@ class Executor:
 
     async def _emit(self, event: Event) -> None:
         await self.publish(event)
+
+    async def control(self, cmd: ControlRunExecution) -> None:
+        """Apply an operator action; a cancel may arrive before the run itself."""
+        active = self.active.get(cmd.run_id)
+        if active is None:
+            if cmd.action == "cancel" and cmd.run_id not in self.seen:
+                self.cancelled_early.add(cmd.run_id)
+            log.info("run %s is not executing here; %s noted", cmd.run_id, cmd.action)
+            return
+        control = active[1].control
+        if cmd.action == "pause":
+            control.pause()
+        elif cmd.action == "cancel":
+            control.cancel()
+        else:
+            was_waiting = control.blocked
+            control.resume()
+            if not was_waiting:  # paused before any checkpoint was reached: nothing waited
+                await self._emit(RunResumed(run_id=cmd.run_id, at=now()))
 
     async def drain(self, timeout: float) -> None:
         """On shutdown: let running protocols finish, cancel what is left after ``timeout``."""

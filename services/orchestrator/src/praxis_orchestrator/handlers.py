@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from praxis_contracts.runs import ExecuteRun
+from praxis_contracts.runs import ControlRunExecution, ExecuteRun
 from praxis_orchestrator.executor import Executor
 from praxis_runtime.bus import Handlers
 
@@ -19,5 +19,9 @@ def handlers_for(workcell: str, max_concurrent_runs: int) -> Handlers[Executor]:
     )
     async def execute(cmd: ExecuteRun, executor: Executor) -> None:
         await executor.accept(cmd)
+
+    @group.consume(ControlRunExecution, durable=f"orchestrator-control-{workcell}", key=workcell)
+    async def control(cmd: ControlRunExecution, executor: Executor) -> None:
+        await executor.control(cmd)
 
     return group

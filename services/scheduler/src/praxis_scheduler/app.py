@@ -7,6 +7,7 @@ from pathlib import Path
 
 from praxis_runtime.service import Migrations, Service, bus_for, database_for
 from praxis_runtime.settings import DatabaseSettings
+from praxis_scheduler.calls import CallLog
 from praxis_scheduler.handlers import Deps, handlers
 from praxis_scheduler.orm import SCHEMA, Base
 from praxis_scheduler.service import Outbox, RunService
@@ -21,7 +22,7 @@ class Settings(DatabaseSettings):
 def build_app(settings: Settings) -> Service:
     bus = bus_for(settings)
     db = database_for(settings, SCHEMA)
-    deps = Deps(runs=RunService(db), bus=bus)
+    deps = Deps(runs=RunService(db), calls=CallLog(db), bus=bus)
     service = Service(
         name=settings.service_name,
         settings=settings,

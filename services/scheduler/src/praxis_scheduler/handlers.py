@@ -8,16 +8,23 @@ from praxis_contracts.assets import AssetsReserved, ReservationFailed
 from praxis_contracts.common import ErrorInfo, RunStatus
 from praxis_contracts.protocols import ResolveProtocol
 from praxis_contracts.runs import (
+    ControlRun,
+    FunctionCallPage,
+    FunctionCallRecorded,
     GetRun,
+    ListRunCalls,
     ListRuns,
     RunFinished,
     RunPage,
+    RunPaused,
     RunPreparing,
+    RunResumed,
     RunStarted,
     RunView,
     SubmitRun,
 )
 from praxis_runtime.bus import Bus, Handlers
+from praxis_scheduler.calls import CallLog
 from praxis_scheduler.service import Outbox, RunService
 
 WORKERS = 8
@@ -26,6 +33,7 @@ WORKERS = 8
 @dataclass(frozen=True)
 class Deps:
     runs: RunService
+    calls: CallLog
     bus: Bus
 
     async def flush(self, outbox: Outbox) -> None:
@@ -63,6 +71,20 @@ async def list_runs(query: ListRuns, deps: Deps) -> RunPage:
     return await deps.runs.list(query)
 
 
+@handlers.rpc(ControlRun)
+async def control_run(cmd: ControlRun, deps: Deps) -> RunView:
+    outbox = Outbox()
+    run = await deps.runs.control(cmd, outbox)
+    await deps.flush(outbox)
+    return run
+
+
+@handlers.rpc(ListRunCalls)
+async def list_calls(query: ListRunCalls, deps: Deps) -> FunctionCallPage:
+    await deps.runs.get(query.run_id)  # not_found for an unknown run
+    return await deps.calls.list(query)
+
+
 @handlers.consume(AssetsReserved, durable="scheduler-reserved", max_workers=WORKERS)
 async def assets_reserved(event: AssetsReserved, deps: Deps) -> None:
     outbox = Outbox()
@@ -90,6 +112,25 @@ async def run_started(event: RunStarted, deps: Deps) -> None:
     outbox = Outbox()
     await deps.runs.on_progress(event.run_id, RunStatus.RUNNING, event.at, outbox)
     await deps.flush(outbox)
+
+
+@handlers.consume(RunPaused, durable="scheduler-run-paused", max_workers=WORKERS)
+async def run_paused(event: RunPaused, deps: Deps) -> None:
+    outbox = Outbox()
+    await deps.runs.on_progress(event.run_id, RunStatus.PAUSED, event.at, outbox)
+    await deps.flush(outbox)
+
+
+@handlers.consume(RunResumed, durable="scheduler-run-resumed", max_workers=WORKERS)
+async def run_resumed(event: RunResumed, deps: Deps) -> None:
+    outbox = Outbox()
+    await deps.runs.on_progress(event.run_id, RunStatus.RUNNING, event.at, outbox)
+    await deps.flush(outbox)
+
+
+@handlers.consume(FunctionCallRecorded, durable="scheduler-calls", max_workers=WORKERS)
+async def call_recorded(event: FunctionCallRecorded, deps: Deps) -> None:
+    await deps.calls.record(event)
 
 
 @handlers.consume(RunFinished, durable="scheduler-run-finished", max_workers=WORKERS)

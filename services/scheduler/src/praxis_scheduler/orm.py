@@ -57,3 +57,23 @@ class StatusHistoryRow(Base):
     previous: Mapped[str | None] = mapped_column(String(30))
     reason: Mapped[str] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class CallRow(Base):
+    """A protocol-function call as the orchestrator reported it."""
+
+    __tablename__ = "function_calls"
+
+    call_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    run_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey(f"{SCHEMA}.protocol_runs.accession_id", ondelete="CASCADE"), index=True
+    )
+    parent_call_id: Mapped[uuid.UUID | None]
+    sequence: Mapped[int] = mapped_column(Integer)
+    function: Mapped[str] = mapped_column(String(200))
+    version: Mapped[str] = mapped_column(String(50))
+    arguments: Mapped[dict[str, Any]] = mapped_column(JsonB)
+    status: Mapped[str] = mapped_column(String(20))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    error: Mapped[str | None] = mapped_column(Text)

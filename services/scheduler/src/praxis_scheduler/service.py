@@ -15,11 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from praxis_contracts.assets import AssetBinding, AssetsReserved, ReleaseAssets, ReserveAssets
 from praxis_contracts.base import Command, Event
 from praxis_contracts.common import ErrorInfo, RunStatus
-from praxis_contracts.errors import NotFound
+from praxis_contracts.errors import InvalidTransition, NotFound
 from praxis_contracts.protocols import ProtocolDefinition, ResolvedProtocol
 from praxis_contracts.runs import (
+    ControlRun,
+    ControlRunExecution,
     ExecuteRun,
     ListRuns,
+    RunAction,
     RunFinished,
     RunPage,
     RunStatusChanged,
@@ -122,6 +125,25 @@ class RunService:
         outbox.add(
             ReleaseAssets(run_id=event.run_id, reason=f"run {status}"), f"release:{event.run_id}"
         )
+
+    async def control(self, cmd: ControlRun, outbox: Outbox) -> RunView:
+        """Validate an operator action against the run's state and pass it to the edge."""
+        async with self.db.transaction() as session:
+            row = await self._locked(session, cmd.run_id)
+            current = RunStatus(row.status)
+            target = _control_target(cmd.action, current)
+            reason = cmd.reason or f"{cmd.action} requested"
+            self._advance(session, row, target, reason, outbox)
+            if target == RunStatus.CANCELLED:  # never dispatched: withdraw the reservation
+                row.finished_at = self.clock()
+                outbox.add(ReleaseAssets(run_id=row.accession_id, reason="cancelled"))
+            elif row.workcell_name is not None:
+                outbox.add(
+                    ControlRunExecution(
+                        run_id=row.accession_id, workcell_name=row.workcell_name, action=cmd.action
+                    )
+                )
+            return run_view(row)
 
     async def recover(self, outbox: Outbox) -> int:
         """Re-drive runs a crash may have stranded between commit and publish (idempotent)."""
@@ -229,6 +251,32 @@ class RunService:
             bindings=[AssetBinding.model_validate(b) for b in row.bindings],
             initial_state=row.initial_state,
         )
+
+
+_CONTROL_FROM = {
+    "pause": {RunStatus.RUNNING, RunStatus.RESUMING},
+    "resume": {RunStatus.PAUSED, RunStatus.PAUSING},
+    "cancel": {
+        RunStatus.QUEUED,
+        RunStatus.PENDING,
+        RunStatus.PREPARING,
+        RunStatus.RUNNING,
+        RunStatus.PAUSING,
+        RunStatus.PAUSED,
+        RunStatus.RESUMING,
+        RunStatus.REQUIRES_INTERVENTION,
+    },
+}
+
+
+def _control_target(action: RunAction, current: RunStatus) -> RunStatus:
+    if current not in _CONTROL_FROM[action]:
+        raise InvalidTransition(f"cannot {action} a run that is {current}", status=current.value)
+    if action == "pause":
+        return RunStatus.PAUSING
+    if action == "resume":
+        return RunStatus.RESUMING
+    return RunStatus.CANCELLED if current == RunStatus.QUEUED else RunStatus.CANCELING
 
 
 _SORTABLE: dict[str, Any] = {
