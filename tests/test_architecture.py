@@ -149,6 +149,9 @@ def handler_groups() -> dict[str, Handlers[Any]]:
         for name in ("praxis_scheduler", "praxis_code_manager", "praxis_asset_manager")
     }
     groups["praxis_orchestrator"] = handlers_for("demo", 1)
+    groups["praxis_asset_manager.inventory"] = importlib.import_module(
+        "praxis_asset_manager.inventory_handlers"
+    ).handlers
     return groups
 
 

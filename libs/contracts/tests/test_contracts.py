@@ -64,7 +64,9 @@ def nats_match(pattern: str, subject: str) -> bool:
 
 def sample_key_instance(cls: type[Message]) -> Message:
     """An instance carrying only the fields a keyed message derives its key from."""
-    return cls.model_construct(run_id=uuid.UUID(int=7), workcell_name="wc-key")
+    return cls.model_construct(
+        run_id=uuid.UUID(int=7), workcell_name="wc-key", asset_id=uuid.UUID(int=7)
+    )
 
 
 # -- schema snapshot -------------------------------------------------------------------------

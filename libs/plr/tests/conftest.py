@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from uuid import uuid4
@@ -9,7 +10,18 @@ from uuid import uuid4
 import pytest
 
 from praxis_contracts.assets import Asset, AssetDraft, Workcell, WorkcellLayout
+from praxis_contracts.errors import UnknownAssetType
 from praxis_plr import import_type, type_ancestry
+
+
+def _ancestry(name: str) -> list[str]:
+    """Type ancestry of a class name, or of what a factory name builds (as the catalog does)."""
+    try:
+        return type_ancestry(import_type(name))
+    except UnknownAssetType:
+        module, _, attr = name.rpartition(".")
+        factory = getattr(importlib.import_module(module), attr)
+        return type_ancestry(type(factory(name="probe")))
 
 
 def _layout_from_drafts(drafts: list[AssetDraft], name: str = "demo") -> WorkcellLayout:
@@ -24,7 +36,7 @@ def _layout_from_drafts(drafts: list[AssetDraft], name: str = "demo") -> Workcel
             kind=draft.kind,
             name=draft.name,
             fqn=draft.fqn,
-            type_mro=type_ancestry(import_type(draft.fqn)),
+            type_mro=_ancestry(draft.fqn),
             definition=draft.definition,
             backend=draft.backend,
             state=draft.state,

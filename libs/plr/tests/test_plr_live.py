@@ -146,9 +146,9 @@ async def test_unknown_backend_is_rejected(layout_from_drafts: LayoutFactory) ->
         await LiveWorkcell.build(layout_from_drafts(drafts))
 
 
-async def test_asset_missing_from_root_tree_is_rejected(layout_from_drafts: LayoutFactory) -> None:
+async def test_asset_that_cannot_be_placed_is_rejected(layout_from_drafts: LayoutFactory) -> None:
     drafts = demo_workcell()
     reader_plate = drafts_for_tree(cor_96_wellplate_360uL_Fb(name="ghost_plate"))[0]
-    drafts.append(reader_plate.model_copy(update={"parent": "deck", "slot": "plate_carrier-2"}))
+    drafts.append(reader_plate.model_copy(update={"parent": "deck", "slot": "no_such_site"}))
     with pytest.raises(InvalidRequest, match="ghost_plate"):
         await LiveWorkcell.build(layout_from_drafts(drafts))

@@ -159,11 +159,15 @@ class Lease(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     asset_id: UUID
+    asset_name: str
     lease_key: str
     run_id: UUID
-    token: int
+    token: int = Field(description="Current revision: the fencing token the holder presents.")
     acquired_at: datetime
+    renewed_at: datetime
     expires_at: datetime
+    age_seconds: float
+    seconds_left: float
 
 
 class LeaseList(BaseModel):
@@ -190,9 +194,16 @@ class ReserveAssets(Command):
     pins: dict[str, str] = Field(
         default_factory=dict, description="Requirement name -> asset name or id to use."
     )
+    properties: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Requirement name -> properties the bound asset must have (containment).",
+    )
     priority: int = Field(default=0, description="Higher is served first among waiters.")
     ttl_seconds: int | None = Field(
         default=None, ge=1, description="Lease TTL; default from config."
+    )
+    wait_timeout_seconds: float | None = Field(
+        default=None, gt=0, description="Give up (ReservationFailed, timeout) after this long."
     )
 
 
@@ -239,3 +250,59 @@ class AssetsReleased(Event):
 
     def subject_key(self) -> str:
         return str(self.run_id)
+
+
+class ReservationWaiting(Event):
+    """The run's assets are held by others; it waits (by priority, then submission order)."""
+
+    subject: ClassVar[str] = "praxis.evt.asset.reservation.waiting"
+    keyed: ClassVar[bool] = True
+
+    run_id: UUID
+    blocked_by: list[UUID] = Field(description="Runs holding or queued for the wanted assets.")
+
+    def subject_key(self) -> str:
+        return str(self.run_id)
+
+
+class LeaseExpired(Event):
+    """A lease reached its TTL without renewal; the asset is available again."""
+
+    subject: ClassVar[str] = "praxis.evt.asset.lease.expired"
+    keyed: ClassVar[bool] = True
+
+    asset_id: UUID
+    run_id: UUID | None
+    lease_key: str
+    token: int = Field(description="The expired lease's last revision.")
+    at: datetime
+
+    def subject_key(self) -> str:
+        return str(self.asset_id)
+
+
+class LeaseForceReleased(Event):
+    """An operator released a lease; the holder can no longer renew it or act on the asset."""
+
+    subject: ClassVar[str] = "praxis.evt.asset.lease.force_released"
+    keyed: ClassVar[bool] = True
+
+    asset_id: UUID
+    run_id: UUID
+    lease_key: str
+    token: int
+    reason: str
+    at: datetime
+
+    def subject_key(self) -> str:
+        return str(self.asset_id)
+
+
+class ForceReleaseLease(Request[Lease]):
+    """Release a lease whoever holds it (operations; audited as LeaseForceReleased)."""
+
+    subject: ClassVar[str] = "praxis.rpc.asset.force_release"
+    reply_type: ClassVar[type[BaseModel]] = Lease
+
+    asset_id: UUID
+    reason: str = Field(min_length=1, max_length=2000)

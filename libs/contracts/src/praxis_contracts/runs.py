@@ -61,6 +61,10 @@ class SubmitRun(Request[RunView]):
     assets: dict[str, str] = Field(
         default_factory=dict, description="Requirement name -> asset name or id to use."
     )
+    asset_properties: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Requirement name -> properties the bound asset must have.",
+    )
     initial_state: dict[str, Any] = Field(default_factory=dict)
     priority: int = Field(default=0, ge=-100, le=100)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import time
 import uuid
 from pathlib import Path
@@ -20,24 +19,11 @@ from typing import Any, TypeVar
 import httpx
 import nats
 
+from praxis_devstack.bench_reservations import measure_reservations
 from praxis_devstack.stack import DEMO_WORKCELL, Stack
+from praxis_devstack.stats import summary
 
 T = TypeVar("T")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {
-        "p50": round(statistics.median(values), 3),
-        "p99": round(percentile(values, 99), 3),
-        "mean": round(statistics.fmean(values), 3),
-        "max": round(max(values), 3),
-    }
 
 
 class RunWatcher:
@@ -145,6 +131,7 @@ async def bench(args: argparse.Namespace) -> int:
         await stack.seed()
         assert stack.infra is not None
         report = await measure(stack.api, stack.infra.nats_url, args.runs, args.concurrency)
+        report["reservations"] = await measure_reservations(stack.infra.nats_url, args.runs)
         report["id"] = str(uuid.uuid4())
     finally:
         await stack.stop()

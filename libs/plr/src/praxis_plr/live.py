@@ -20,7 +20,7 @@ from uuid import UUID
 
 from pylabrobot.machines.backend import MachineBackend
 from pylabrobot.machines.machine import Machine
-from pylabrobot.resources import Resource, set_tip_tracking, set_volume_tracking
+from pylabrobot.resources import Resource, ResourceHolder, set_tip_tracking, set_volume_tracking
 from pylabrobot.resources.errors import ResourceNotFoundError
 from pylabrobot.utils.object_parsing import find_subclass
 
@@ -101,7 +101,7 @@ class LiveWorkcell:
         assets = layout.assets
         by_id = _index(assets)
         for asset in assets:
-            import_type(asset.fqn)  # validates it and makes PLR's find-by-class-name see the class
+            import_type(class_name(asset))  # validates it; PLR's find-by-class-name needs it
             if asset.backend is not None:
                 _ensure_backend_class(asset.backend)
             backend_def = asset.definition.get("backend")
@@ -116,7 +116,9 @@ class LiveWorkcell:
                 objects[asset.name] = _deserialize_root(asset)
             else:
                 root = _ancestors(asset, by_id)[-1]
-                objects[asset.name] = _find_in_tree(objects[root.name], asset, root)
+                found = _find_in_tree(objects[root.name], asset)
+                parent = objects[by_id[asset.parent_id].name]
+                objects[asset.name] = found or _attach(asset, parent)
             if asset.kind == "machine" and not isinstance(objects[asset.name], Machine):
                 raise InvalidRequest(
                     f"Asset {asset.name!r} has kind 'machine' but is a "
@@ -293,7 +295,7 @@ def _deserialize_root(asset: Asset) -> Resource:
     so it is set back (allowed: a root has no parent); the asset's ``backend`` wins over the one
     inside ``definition`` (``Machine.serialize()`` includes it).
     """
-    cls = import_type(asset.fqn)
+    cls = import_type(class_name(asset))
     data = restore_orderings(copy.deepcopy(asset.definition))
     if issubclass(cls, Machine):
         backend = asset.backend if asset.backend is not None else data.get("backend")
@@ -341,11 +343,32 @@ def restore_orderings(definition: Any) -> Any:
     return fixed
 
 
-def _find_in_tree(root_obj: Resource, asset: Asset, root: Asset) -> Resource:
+def class_name(asset: Asset) -> str:
+    """The class to build an asset with: its own class even when created from a factory."""
+    return asset.type_mro[0] if asset.type_mro else asset.fqn
+
+
+def _find_in_tree(root_obj: Resource, asset: Asset) -> Resource | None:
     try:
-        return root_obj.get_resource(asset.name)
+        found: Resource = root_obj.get_resource(asset.name)
     except ResourceNotFoundError:
+        return None
+    return found
+
+
+def _attach(asset: Asset, parent: Resource) -> Resource:
+    """An asset added after its root was defined: built from its own definition and placed in
+    the resource its ``slot`` names inside its parent (a carrier site, say), or in the parent."""
+    obj = _deserialize_root(asset)
+    try:
+        holder = parent.get_resource(asset.slot) if asset.slot else parent
+        if isinstance(holder, ResourceHolder) and holder.resource is not None:
+            raise ValueError(f"it already holds {holder.resource.name!r}")
+        holder.assign_child_resource(obj)
+    except Exception as exc:
         raise InvalidRequest(
-            f"Asset {asset.name!r} is not in the definition of its root {root.name!r}.",
+            f"Cannot place asset {asset.name!r} in {asset.slot or parent.name!r}: {exc}. "
+            "Name a free slot that holds one resource (e.g. a carrier site) as its slot.",
             asset=asset.name,
-        ) from None
+        ) from exc
+    return obj

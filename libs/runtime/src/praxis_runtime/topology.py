@@ -61,6 +61,7 @@ async def ensure_stream(js: JetStreamContext, spec: StreamSpec) -> None:
 async def ensure_key_value(js: JetStreamContext, spec: KeyValueSpec) -> None:
     try:
         await js.key_value(spec.bucket)
+        await _align_marker_ttl(js, spec)
         return
     except (NotFoundError, Exception) as exc:
         if not _is_missing(exc):
@@ -78,6 +79,18 @@ async def ensure_key_value(js: JetStreamContext, spec: KeyValueSpec) -> None:
         log.info("created key-value bucket %s", spec.bucket)
     except BadRequestError:
         await js.key_value(spec.bucket)
+
+
+async def _align_marker_ttl(js: JetStreamContext, spec: KeyValueSpec) -> None:
+    """An existing bucket keeps its expiry-marker TTL unless told: bring it to the spec's."""
+    if not spec.limit_marker_ttl_seconds:
+        return
+    info = await js.stream_info(f"KV_{spec.bucket}")
+    if info.config.subject_delete_marker_ttl != spec.limit_marker_ttl_seconds:
+        config = info.config
+        config.subject_delete_marker_ttl = spec.limit_marker_ttl_seconds
+        await js.update_stream(config)
+        log.info("set %s expiry-marker TTL to %ss", spec.bucket, spec.limit_marker_ttl_seconds)
 
 
 async def ensure_object_store(js: JetStreamContext, spec: ObjectStoreSpec) -> None:

@@ -7,12 +7,18 @@ import contextlib
 import logging
 from pathlib import Path
 
+from nats.js.kv import KeyValue
 from pydantic import Field
 
+from praxis_asset_manager.catalog import Catalog
 from praxis_asset_manager.handlers import Deps, handlers
 from praxis_asset_manager.inventory import Inventory
+from praxis_asset_manager.inventory_commands import InventoryCommands
+from praxis_asset_manager.inventory_handlers import InventoryDeps
+from praxis_asset_manager.inventory_handlers import handlers as inventory_handlers
 from praxis_asset_manager.orm import SCHEMA, Base
-from praxis_asset_manager.reservations import Reservations
+from praxis_asset_manager.reservations import Reservations, StatusUpdate
+from praxis_asset_manager.status import StatusChange, StatusQueue, StatusRecorder, publish_status
 from praxis_contracts.topology import ASSET_LEASES
 from praxis_runtime.leases import LeaseStore
 from praxis_runtime.service import Migrations, Service, bus_for, database_for
@@ -39,29 +45,57 @@ def build_app(settings: Settings) -> Service:
         database=db,
         migrations=Migrations(Path(__file__).parent / "migrations", Base.metadata),
     )
+    catalog, status = Catalog(db), StatusRecorder(db, inventory.apply_statuses)
+    statuses = StatusQueue(status, bus.publish)
+    commands = InventoryCommands(db, inventory, catalog)
+    service.on_start.append(catalog.sync)
+    service.include(inventory_handlers, InventoryDeps(commands, catalog, status, bus.publish))
+
+    def record_statuses(updates: list[StatusUpdate]) -> None:
+        statuses.submit(StatusChange(*update) for update in updates)
+
     holder: dict[str, Reservations] = {}
     tasks: list[asyncio.Task[None]] = []
+    watchers: list[KeyValue.KeyWatcher] = []
 
     async def start_reservations() -> None:
         leases = LeaseStore(bus.js, ASSET_LEASES.bucket)
         reservations = Reservations(
-            db, inventory, leases, settings.asset_lock_timeout_seconds, bus.publish
+            db,
+            inventory,
+            leases,
+            settings.asset_lock_timeout_seconds,
+            bus.publish,
+            status=record_statuses,
         )
+        statuses.start()
         holder["r"] = reservations
         ready = asyncio.Event()
-        tasks.append(asyncio.create_task(_watch(bus.js, reservations, ready)))
+        watcher = await (await bus.js.key_value(ASSET_LEASES.bucket)).watchall()
+        watchers.append(watcher)
+        tasks.append(asyncio.create_task(_watch(watcher, reservations, ready)))
         await ready.wait()
+        held = {asset: h.run_id for asset, h in reservations.index.live().items()}
+        await publish_status(bus.publish, await status.reconcile(held))
         log.info("resumed %d waiting reservations", await reservations.resume())
         service.include(handlers, Deps(inventory=inventory, reservations=reservations))
 
     async def serve_resumed() -> None:
-        await holder["r"].serve_waiters()
+        await holder["r"].serve_all()
 
     async def stop_watch() -> None:
+        await statuses.stop()
+        # Stopping the watcher ends its iterator; cancelling alone is not enough, since
+        # CPython 3.11's wait_for (inside nats-py requests) can swallow a cancellation.
+        for watcher in watchers:
+            with contextlib.suppress(Exception):
+                await watcher.stop()
         for task in tasks:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=settings.graceful_timeout_seconds)
+            for task in stuck:
+                log.warning("lease watcher did not stop in time: %s", task)
 
     service.on_start.append(start_reservations)
     service.on_started.append(serve_resumed)
@@ -69,17 +103,18 @@ def build_app(settings: Settings) -> Service:
     return service
 
 
-async def _watch(js: object, reservations: Reservations, ready: asyncio.Event) -> None:
-    """Follow the lease bucket; wake waiters whenever a lease is released or expires."""
-    kv = await js.key_value(ASSET_LEASES.bucket)  # type: ignore[attr-defined]
-    watcher = await kv.watchall()
+async def _watch(
+    watcher: KeyValue.KeyWatcher, reservations: Reservations, ready: asyncio.Event
+) -> None:
+    """Mirror the lease bucket; wake waiters when a lease is released, expires or is forced."""
     async for entry in watcher:
-        if entry is None:
+        if entry is None:  # the initial replay is done: the mirror is current
             ready.set()
             continue
-        freed = reservations.observe(entry.key, entry.value, entry.operation in ("DEL", "PURGE"))
-        if freed and ready.is_set():
-            try:
-                await reservations.serve_waiters()
-            except Exception:
-                log.exception("serving waiters failed")
+        change = reservations.observe(entry.key, entry.revision, entry.value, entry.operation)
+        if change is None or not ready.is_set():
+            continue
+        try:
+            await reservations.on_change(change, entry.operation)
+        except Exception:
+            log.exception("reacting to a lease change failed")

@@ -9,8 +9,10 @@ from praxis_asset_manager.reservations import Reservations
 from praxis_contracts.assets import (
     Asset,
     AssetPage,
+    ForceReleaseLease,
     GetAsset,
     GetWorkcellLayout,
+    Lease,
     LeaseList,
     ListAssets,
     ListLeases,
@@ -21,6 +23,7 @@ from praxis_contracts.assets import (
     WorkcellLayout,
     WorkcellPage,
 )
+from praxis_contracts.runs import RunStarted
 from praxis_runtime.bus import Handlers
 
 
@@ -63,12 +66,21 @@ async def list_leases(query: ListLeases, deps: Deps) -> LeaseList:
     return await deps.reservations.list_leases(query.run_id)
 
 
-@handlers.consume(ReserveAssets, durable="asset-manager-reserve", max_workers=8)
+@handlers.rpc(ForceReleaseLease)
+async def force_release(cmd: ForceReleaseLease, deps: Deps) -> Lease:
+    return await deps.reservations.force_release(cmd.asset_id, cmd.reason)
+
+
+@handlers.consume(ReserveAssets, durable="asset-manager-reserve", max_workers=16)
 async def reserve(cmd: ReserveAssets, deps: Deps) -> None:
     await deps.reservations.request(cmd)
 
 
-@handlers.consume(ReleaseAssets, durable="asset-manager-release", max_workers=8)
+@handlers.consume(ReleaseAssets, durable="asset-manager-release", max_workers=16)
 async def release(cmd: ReleaseAssets, deps: Deps) -> None:
     await deps.reservations.release(cmd)
-    await deps.reservations.serve_waiters()
+
+
+@handlers.consume(RunStarted, durable="asset-manager-run-started", max_workers=8)
+async def run_started(event: RunStarted, deps: Deps) -> None:
+    deps.reservations.mark_in_use(event.run_id)

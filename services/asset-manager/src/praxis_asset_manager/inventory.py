@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from sqlalchemy import delete, or_, select
@@ -20,6 +21,7 @@ from praxis_contracts.assets import (
     WorkcellPage,
 )
 from praxis_contracts.errors import InvalidRequest, NotFound
+from praxis_contracts.inventory import AssetStatusChanged
 from praxis_plr.types import import_type, type_ancestry
 from praxis_runtime.db import Database
 from praxis_runtime.query import apply_filters, fetch_page, where_all
@@ -46,9 +48,29 @@ class Inventory:
             for row in rows:
                 row.workcell_id, row.created_at, row.updated_at = workcell.accession_id, now, now
                 session.add(row)
-            layout = WorkcellLayout(workcell=_workcell(workcell), assets=[_asset(r) for r in rows])
+            layout = WorkcellLayout(
+                workcell=workcell_view(workcell), assets=[asset_view(r) for r in rows]
+            )
         self._layouts = None
         return layout
+
+    def invalidate(self) -> None:
+        """Forget the cached layouts: workcells or assets were created, changed or deleted."""
+        self._layouts = None
+
+    def apply_statuses(self, events: Iterable[AssetStatusChanged]) -> None:
+        """Patch committed status changes into the cached layouts (cheaper than reloading)."""
+        if self._layouts is None:
+            return
+        changed = {event.asset_id: event for event in events}
+        self._layouts = [
+            layout.model_copy(
+                update={"assets": [_with_status(asset, changed) for asset in layout.assets]}
+            )
+            if any(asset.accession_id in changed for asset in layout.assets)
+            else layout
+            for layout in self._layouts
+        ]
 
     async def layouts(self) -> list[WorkcellLayout]:
         """Every workcell with its assets (cached until the inventory changes)."""
@@ -60,8 +82,8 @@ class Inventory:
                 assets = (await session.scalars(select(AssetRow))).all()
             self._layouts = [
                 WorkcellLayout(
-                    workcell=_workcell(w),
-                    assets=[_asset(a) for a in assets if a.workcell_id == w.accession_id],
+                    workcell=workcell_view(w),
+                    assets=[asset_view(a) for a in assets if a.workcell_id == w.accession_id],
                 )
                 for w in workcells
             ]
@@ -84,12 +106,12 @@ class Inventory:
             sortable={"name": WorkcellRow.name, "created_at": WorkcellRow.created_at},
             properties=WorkcellRow.properties,
             relations={"workcell_accession_id": WorkcellRow.accession_id},
-        )
+        ).order_by(WorkcellRow.name)  # a stable order within equal sort keys
         async with self.db.transaction() as session:
             rows, total = await fetch_page(session, stmt, query.filters)
         f = query.filters
         return WorkcellPage(
-            items=[_workcell(r) for r in rows], total=total, limit=f.limit, offset=f.offset
+            items=[workcell_view(r) for r in rows], total=total, limit=f.limit, offset=f.offset
         )
 
     async def list_assets(self, query: ListAssets) -> AssetPage:
@@ -118,12 +140,12 @@ class Inventory:
                 "machine_accession_id": AssetRow.accession_id,
                 "resource_accession_id": AssetRow.accession_id,
             },
-        )
+        ).order_by(AssetRow.name, AssetRow.accession_id)  # stable within equal sort keys
         async with self.db.transaction() as session:
             rows, total = await fetch_page(session, stmt, query.filters)
         f = query.filters
         return AssetPage(
-            items=[_asset(r) for r in rows], total=total, limit=f.limit, offset=f.offset
+            items=[asset_view(r) for r in rows], total=total, limit=f.limit, offset=f.offset
         )
 
     async def get_asset(self, asset_id: uuid.UUID) -> Asset:
@@ -131,7 +153,14 @@ class Inventory:
             row = await session.get(AssetRow, asset_id)
         if row is None:
             raise NotFound(f"asset {asset_id} not found")
-        return _asset(row)
+        return asset_view(row)
+
+
+def _with_status(asset: Asset, changed: dict[uuid.UUID, AssetStatusChanged]) -> Asset:
+    event = changed.get(asset.accession_id)
+    if event is None:
+        return asset
+    return asset.model_copy(update={"status": event.status, "updated_at": event.at})
 
 
 def _asset_rows(cmd: RegisterWorkcell) -> list[AssetRow]:
@@ -163,7 +192,7 @@ def _asset_rows(cmd: RegisterWorkcell) -> list[AssetRow]:
     return rows
 
 
-def _workcell(row: WorkcellRow) -> Workcell:
+def workcell_view(row: WorkcellRow) -> Workcell:
     return Workcell(
         accession_id=row.accession_id,
         name=row.name,
@@ -173,7 +202,7 @@ def _workcell(row: WorkcellRow) -> Workcell:
     )
 
 
-def _asset(row: AssetRow) -> Asset:
+def asset_view(row: AssetRow) -> Asset:
     return Asset(
         accession_id=row.accession_id,
         workcell_id=row.workcell_id,

@@ -2,8 +2,9 @@
 
 A requirement matches an asset whose type ancestry contains the requirement's type (a ``Plate``
 requirement matches any plate class). Two requirements never bind the same asset unless it is
-shareable. Pins name the asset a requirement must use; otherwise an asset named like the
-requirement is preferred, then assets in name order.
+shareable. Pins name the asset a requirement must use; required properties must be present with
+equal values; otherwise an asset named like the requirement is preferred, then assets in name
+order.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from praxis_contracts.assets import Asset, AssetStatus
 from praxis_contracts.errors import NoMatchingAssets
@@ -25,8 +27,20 @@ class Binding:
     asset: Asset
 
 
-def candidates(req: AssetRequirementSpec, assets: Iterable[Asset], pin: str | None) -> list[Asset]:
-    found = [a for a in assets if req.type_fqn in a.type_mro and a.status not in UNUSABLE]
+def candidates(
+    req: AssetRequirementSpec,
+    assets: Iterable[Asset],
+    pin: str | None,
+    properties: Mapping[str, Any] | None = None,
+) -> list[Asset]:
+    """Usable assets of the requirement's type (or a subclass) with the required properties."""
+    found = [
+        a
+        for a in assets
+        if req.type_fqn in a.type_mro
+        and a.status not in UNUSABLE
+        and all(a.properties.get(k) == v for k, v in (properties or {}).items())
+    ]
     if pin is not None:
         found = [a for a in found if pin in (a.name, str(a.accession_id))]
     return sorted(found, key=lambda a: (a.name != req.name, a.name))  # same name first
@@ -37,12 +51,16 @@ def bind(
     assets: list[Asset],
     pins: Mapping[str, str],
     busy: set[uuid.UUID],
+    properties: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[Binding] | None:
     """Bindings using only assets not in ``busy``, or None if the run must wait.
 
     Raises ``NoMatchingAssets`` if no assignment exists even with every asset free.
     """
-    options = {r.name: candidates(r, assets, pins.get(r.name)) for r in requirements}
+    required = properties or {}
+    options = {
+        r.name: candidates(r, assets, pins.get(r.name), required.get(r.name)) for r in requirements
+    }
     missing = [
         r for r in requirements if not options[r.name] and (not r.optional or r.name in pins)
     ]

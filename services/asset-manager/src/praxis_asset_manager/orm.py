@@ -8,9 +8,12 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
+    Identity,
+    Index,
     Integer,
     MetaData,
     String,
@@ -73,3 +76,37 @@ class ReservationRow(Base):
     priority: Mapped[int] = mapped_column(Integer)
     bindings: Mapped[list[dict[str, Any]]] = mapped_column(JsonB)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class CatalogRow(Base):
+    """A PyLabRobot type installed with the service (replaced when PyLabRobot's version changes)."""
+
+    __tablename__ = "catalog"
+
+    fqn: Mapped[str] = mapped_column(String(300), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), index=True)
+    kind: Mapped[str] = mapped_column(String(20), index=True)
+    is_factory: Mapped[bool] = mapped_column(Boolean)
+    instantiable: Mapped[bool] = mapped_column(Boolean)
+    category: Mapped[str | None] = mapped_column(String(100))
+    module: Mapped[str] = mapped_column(String(300))
+    bases: Mapped[list[str]] = mapped_column(JsonB)
+    pylabrobot_version: Mapped[str] = mapped_column(String(50))
+    synced_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class StatusHistoryRow(Base):
+    """One status change of an asset; ``previous`` is None for the status it was created with."""
+
+    __tablename__ = "asset_status_history"
+    __table_args__ = (Index("ix_asset_status_history_asset_at", "asset_id", "at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    asset_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey(f"{SCHEMA}.assets.accession_id", ondelete="CASCADE")
+    )
+    status: Mapped[str] = mapped_column(String(20))
+    previous: Mapped[str | None] = mapped_column(String(20))
+    reason: Mapped[str] = mapped_column(String(2000))
+    run_id: Mapped[uuid.UUID | None] = mapped_column(index=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

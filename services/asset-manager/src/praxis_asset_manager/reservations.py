@@ -1,44 +1,70 @@
 """Reservations: bind a run's requirements, lease them all or none, wait without polling.
 
-A request that cannot be granted now is stored (so a restarted asset-manager resumes serving it)
-and retried when the lease bucket's watcher reports a key deleted, purged or expired. Waiters are
-served by priority, then submission order; a lower-priority waiter may go first only if it wants
-none of the assets a higher-priority waiter is waiting for.
+Fast path: a request that can be granted now costs one concurrent round of compare-and-set
+writes to the lease bucket and one event; nothing is written to PostgreSQL (the bucket is the
+source of truth for who holds what, and each lease records its requirement, so bindings can be
+rebuilt from it). A request that must wait is stored, so a restarted asset-manager resumes it,
+and is retried when the bucket's watcher reports one of the assets it wants released, expired or
+force-released, or when a waiter ahead of it leaves the queue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import uuid
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert
 
 from praxis_asset_manager.inventory import Inventory
-from praxis_asset_manager.matching import Binding, bind
+from praxis_asset_manager.lease_index import Change, LeaseIndex
+from praxis_asset_manager.matching import Binding, bind, candidates
 from praxis_asset_manager.orm import ReservationRow
+from praxis_asset_manager.waiters import Waiter, WaitQueue
 from praxis_contracts.assets import (
+    Asset,
     AssetBinding,
     AssetsReleased,
     AssetsReserved,
+    AssetStatus,
     Lease,
+    LeaseExpired,
+    LeaseForceReleased,
     LeaseList,
     ReleaseAssets,
     ReservationFailed,
+    ReservationWaiting,
     ReserveAssets,
     WorkcellLayout,
 )
-from praxis_contracts.base import Event
-from praxis_contracts.errors import NoMatchingAssets, PraxisError
+from praxis_contracts.errors import NoMatchingAssets, NotFound, PraxisError, Timeout
 from praxis_runtime.db import Database
-from praxis_runtime.leases import LeaseConflict, LeaseStore, decode_holder, lease_key
+from praxis_runtime.leases import (
+    Claim,
+    Holder,
+    KeyState,
+    LeaseConflict,
+    LeaseStore,
+    decode_holder,
+    lease_key,
+)
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[[Event], Awaitable[object]]
+Publish = Callable[..., Awaitable[object]]
+StatusUpdate = tuple[uuid.UUID, AssetStatus, str, uuid.UUID | None]
+StatusSink = Callable[[list[StatusUpdate]], None]
 Plan = tuple[WorkcellLayout, list[Binding]]
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
 
 
 class Reservations:
@@ -49,139 +75,86 @@ class Reservations:
         leases: LeaseStore,
         default_ttl: int,
         publish: Publish,
+        status: StatusSink | None = None,
     ) -> None:
         self.db = db
         self.inventory = inventory
         self.leases = leases
         self.default_ttl = default_ttl
         self.publish = publish
-        self.waiting: dict[uuid.UUID, tuple[ReserveAssets, datetime]] = {}
-        self.held: dict[uuid.UUID, uuid.UUID] = {}  # asset id -> run id, from the watcher
+        self.status: StatusSink = status or (lambda _: None)
+        self.index = LeaseIndex()
+        self.queue = WaitQueue()
         self._serving = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        # Runs released in this process's lifetime: a late duplicate ReserveAssets (a
+        # redelivery) must not lease again. After a restart the scheduler covers the gap: it
+        # releases any grant to a run that is no longer queued.
+        self._released: OrderedDict[uuid.UUID, None] = OrderedDict()
 
     # -- requests -----------------------------------------------------------------------------
     async def request(self, cmd: ReserveAssets) -> None:
-        """Grant now, fail (no match at all), or store the request as a waiter."""
-        existing = await self._row(cmd.run_id)
-        if existing is not None and existing.status == "granted":
-            await self._announce_granted(cmd, existing)  # redelivered command: same answer
+        """Grant now, fail (nothing could ever match), or queue the request as a waiter."""
+        if cmd.run_id in self.queue or cmd.run_id in self._released:
+            return  # a redelivered command for a run that already waits, or already ended
+        held = self.index.held_by(cmd.run_id)
+        if held and await self._reannounce(cmd, held):
+            return  # a redelivered command for a granted run: the same answer again
+        if held:  # a partial set left by an interrupted attempt: never hold while waiting
+            await self._release_keys(cmd.run_id, held)
+        try:
+            plan, wanted = await self._plan(cmd)
+        except PraxisError as exc:
+            await self._fail(cmd, exc)
             return
-        if existing is None:
-            async with self.db.transaction() as session:
-                session.add(
-                    ReservationRow(
-                        run_id=cmd.run_id,
-                        request=cmd.model_dump(mode="json"),
-                        status="waiting",
-                        priority=cmd.priority,
-                        bindings=[],
-                        created_at=datetime.now(UTC),
-                    )
-                )
-        self.waiting[cmd.run_id] = (cmd, existing.created_at if existing else datetime.now(UTC))
-        await self.serve_waiters()
+        ahead = self.queue.ahead_of((-cmd.priority, sys.maxsize), wanted)  # queued after all
+        if plan is not None and not ahead and await self._grant(cmd, plan):
+            return
+        await self._wait(cmd, wanted, now(), persist=True)
 
-    async def resume(self) -> int:
-        """Reload stored waiters after a restart."""
-        async with self.db.transaction() as session:
-            rows = (
-                await session.scalars(
-                    select(ReservationRow).where(ReservationRow.status == "waiting")
-                )
-            ).all()
-        for row in rows:
-            self.waiting[row.run_id] = (ReserveAssets.model_validate(row.request), row.created_at)
-        return len(rows)
-
-    async def serve_waiters(self) -> None:
-        async with self._serving:
-            blocked: set[uuid.UUID] = set()
-            for run_id, (cmd, _) in sorted(
-                self.waiting.items(), key=lambda kv: (-kv[1][0].priority, kv[1][1])
-            ):
-                if run_id not in self.waiting:
-                    continue
-                try:
-                    plan = await self._plan(cmd)
-                except PraxisError as exc:
-                    await self._fail(cmd, exc)
-                    continue
-                wanted = {b.asset.accession_id for b in plan[1]} if plan else set()
-                if plan is None or wanted & blocked or not await self._grant(cmd, plan):
-                    blocked |= wanted or await self._wanted(cmd)
-
-    async def _plan(self, cmd: ReserveAssets) -> Plan | None:
-        layouts = (
-            [await self.inventory.layout(cmd.workcell)]
-            if cmd.workcell
-            else await self.inventory.layouts()
-        )
-        if not layouts:
-            raise NoMatchingAssets("there is no workcell to run on")
-        possible: list[WorkcellLayout] = []
-        error: PraxisError | None = None
+    async def _plan(self, cmd: ReserveAssets) -> tuple[Plan | None, frozenset[uuid.UUID]]:
+        """A grantable binding now (or None), and every asset the request could use."""
+        if cmd.workcell:
+            layouts = [await self.inventory.layout(cmd.workcell)]
+        else:
+            layouts = await self.inventory.layouts()
+        busy = self.index.busy(cmd.run_id)
+        plan: Plan | None = None
+        wanted: set[uuid.UUID] = set()
+        error: PraxisError | None = NoMatchingAssets("there is no workcell to run on")
         for layout in layouts:
+            args = (cmd.requirements, layout.assets, cmd.pins)
             try:
-                busy = {a for a, holder in self.held.items() if holder != cmd.run_id}
-                bindings = bind(cmd.requirements, layout.assets, cmd.pins, busy)
+                possible = bind(*args, set(), cmd.properties)
             except NoMatchingAssets as exc:
-                error = error or exc
+                error = exc
                 continue
-            possible.append(layout)
-            if bindings is not None:
-                return layout, bindings
-        if not possible:
-            assert error is not None
+            error = None
+            wanted |= _candidates(cmd, layout)
+            if plan is None and possible is not None:
+                now_free = bind(*args, busy, cmd.properties) if busy else possible
+                plan = (layout, now_free) if now_free is not None else None
+        if error is not None and not wanted:
             raise error
-        return None
-
-    async def _wanted(self, cmd: ReserveAssets) -> set[uuid.UUID]:
-        layouts = (
-            [await self.inventory.layout(cmd.workcell)]
-            if cmd.workcell
-            else await self.inventory.layouts()
-        )
-        ids: set[uuid.UUID] = set()
-        for layout in layouts:
-            try:
-                ids |= {
-                    b.asset.accession_id
-                    for b in bind(cmd.requirements, layout.assets, cmd.pins, set()) or []
-                }
-            except NoMatchingAssets:
-                continue
-        return ids
+        return plan, frozenset(wanted)
 
     async def _grant(self, cmd: ReserveAssets, plan: Plan) -> bool:
         layout, bindings = plan
-        ttl = cmd.ttl_seconds or self.default_ttl
+        claims = [Claim(b.asset.accession_id, b.requirement.name) for b in bindings]
         try:
-            tokens = await self.leases.acquire_all(
-                cmd.run_id, [b.asset.accession_id for b in bindings], ttl
+            states = await self.leases.acquire_all(
+                cmd.run_id,
+                claims,
+                cmd.ttl_seconds or self.default_ttl,
+                workcell_id=layout.workcell.accession_id,
+                known=self.index.states,
             )
         except LeaseConflict as exc:
-            log.debug("run %s waits: %s is held", cmd.run_id, exc.key)
+            log.debug("run %s must wait: %s taken", cmd.run_id, exc)
             return False
-        granted = [
-            AssetBinding(
-                requirement=b.requirement.name,
-                asset_id=b.asset.accession_id,
-                asset_name=b.asset.name,
-                kind=b.asset.kind,
-                fqn=b.asset.fqn,
-                lease_key=lease_key(b.asset.accession_id),
-                token=tokens[b.asset.accession_id],
-            )
-            for b in bindings
-        ]
-        for b in granted:
-            self.held[b.asset_id] = cmd.run_id
-        async with self.db.transaction() as session:
-            row = await session.get_one(ReservationRow, cmd.run_id)
-            row.status = "granted"
-            row.bindings = [b.model_dump(mode="json") for b in granted]
-            row.request = {**row.request, "workcell_id": str(layout.workcell.accession_id)}
-        self.waiting.pop(cmd.run_id, None)
+        for asset_id, state in states.items():
+            self.index.apply(lease_key(asset_id), state)
+        granted = [_binding(b, states[b.asset.accession_id]) for b in bindings]
         await self.publish(
             AssetsReserved(
                 run_id=cmd.run_id,
@@ -190,79 +163,268 @@ class Reservations:
                 bindings=granted,
             )
         )
+        reason = f"reserved for run {cmd.run_id}"
+        self.status([(b.asset_id, AssetStatus.RESERVED, reason, cmd.run_id) for b in granted])
         return True
 
-    async def _announce_granted(self, cmd: ReserveAssets, row: ReservationRow) -> None:
-        workcell_id = uuid.UUID(row.request["workcell_id"])
+    async def _reannounce(self, cmd: ReserveAssets, held: dict[str, KeyState]) -> bool:
+        holders = [s.holder for s in held.values() if s.holder is not None]
+        needed = {r.name for r in cmd.requirements if not r.optional}
+        if not needed <= {h.requirement for h in holders} or not holders:
+            return False
+        workcell_id = holders[0].workcell_id
         layout = await self.inventory.layout(str(workcell_id))
+        assets = {a.accession_id: a for a in layout.assets}
+        bindings = [
+            _binding(Binding(_requirement(cmd, h.requirement), assets[h.asset_id]), state)
+            for state in held.values()
+            if (h := state.holder) is not None
+        ]
         await self.publish(
             AssetsReserved(
                 run_id=cmd.run_id,
-                workcell_id=workcell_id,
+                workcell_id=layout.workcell.accession_id,
                 workcell_name=layout.workcell.name,
-                bindings=[AssetBinding.model_validate(b) for b in row.bindings],
+                bindings=bindings,
             )
         )
+        return True
+
+    # -- waiting ------------------------------------------------------------------------------
+    async def _wait(
+        self, cmd: ReserveAssets, wanted: frozenset[uuid.UUID], since: datetime, *, persist: bool
+    ) -> Waiter:
+        waiter = self.queue.add(cmd, since, wanted)
+        if persist:
+            async with self.db.transaction() as session:
+                row = {
+                    "run_id": cmd.run_id,
+                    "request": cmd.model_dump(mode="json"),
+                    "status": "waiting",
+                    "priority": cmd.priority,
+                    "bindings": [],
+                    "created_at": since,
+                }
+                await session.execute(insert(ReservationRow).values(**row).on_conflict_do_nothing())
+        if cmd.wait_timeout_seconds is not None:
+            left = cmd.wait_timeout_seconds - (now() - since).total_seconds()
+            loop = asyncio.get_running_loop()
+            waiter.timer = loop.call_later(max(0.0, left), self._spawn, self._time_out(cmd.run_id))
+        holders = {h.run_id for a in wanted if (h := self.index.holder(a)) is not None}
+        blocked_by = sorted(holders | set(self.queue.ahead_of(waiter.order, wanted)), key=str)
+        await self.publish(ReservationWaiting(run_id=cmd.run_id, blocked_by=blocked_by))
+        return waiter
+
+    async def serve(self, freed: Iterable[uuid.UUID]) -> None:
+        """Try the waiters that want any of ``freed``, in service order."""
+        async with self._serving:
+            for waiter in self.queue.wanting(freed):
+                run_id = waiter.cmd.run_id
+                if run_id not in self.queue or self.queue.ahead_of(waiter.order, waiter.wanted):
+                    continue
+                try:
+                    plan, _ = await self._plan(waiter.cmd)
+                except PraxisError as exc:
+                    await self._fail(waiter.cmd, exc)
+                    continue
+                if plan is not None and await self._grant(waiter.cmd, plan):
+                    self.queue.remove(run_id)
+                    await self._settle(run_id, "granted")
+
+    async def _time_out(self, run_id: uuid.UUID) -> None:
+        waiter = self.queue.get(run_id)
+        if waiter is not None:
+            seconds = waiter.cmd.wait_timeout_seconds
+            await self._fail(waiter.cmd, Timeout(f"assets not available within {seconds} s"))
 
     async def _fail(self, cmd: ReserveAssets, error: PraxisError) -> None:
-        self.waiting.pop(cmd.run_id, None)
-        async with self.db.transaction() as session:
-            row = await session.get(ReservationRow, cmd.run_id)
-            if row is not None:
-                row.status = "failed"
+        waiter = self.queue.remove(cmd.run_id)
+        if waiter is not None:
+            await self._settle(cmd.run_id, "failed")
+            self._spawn(self.serve(waiter.wanted))  # whoever queued behind it may go now
         await self.publish(ReservationFailed(run_id=cmd.run_id, error=error.to_reply()))
+
+    async def _settle(self, run_id: uuid.UUID, status: str) -> None:
+        async with self.db.transaction() as session:
+            stmt = update(ReservationRow).where(ReservationRow.run_id == run_id)
+            await session.execute(stmt.values(status=status))
+
+    async def resume(self) -> int:
+        """Reload stored waiters after a restart (call once the lease index is current)."""
+        waiting = (
+            select(ReservationRow)
+            .where(ReservationRow.status == "waiting")
+            .order_by(ReservationRow.created_at)
+        )
+        async with self.db.transaction() as session:
+            rows = (await session.scalars(waiting)).all()
+        stored = [(ReserveAssets.model_validate(r.request), r.created_at) for r in rows]
+        for cmd, since in stored:
+            try:
+                _, wanted = await self._plan(cmd)
+            except PraxisError as exc:
+                await self._fail(cmd, exc)
+                continue
+            await self._wait(cmd, wanted, since, persist=False)
+        return len(stored)
+
+    async def serve_all(self) -> None:
+        await self.serve({a for w in self.queue.all() for a in w.wanted})
 
     # -- release ------------------------------------------------------------------------------
     async def release(self, cmd: ReleaseAssets) -> None:
         """Release every lease of the run (idempotent); a waiting request is withdrawn."""
-        self.waiting.pop(cmd.run_id, None)
-        row = await self._row(cmd.run_id)
-        if row is None or row.status == "released":
-            return
-        released = []
-        for raw in row.bindings:
-            binding = AssetBinding.model_validate(raw)
-            if await self.leases.release(binding.lease_key, binding.token):
-                released.append(binding.asset_id)
-        async with self.db.transaction() as session:
-            stored = await session.get_one(ReservationRow, cmd.run_id)
-            stored.status = "released"
-        await self.publish(AssetsReleased(run_id=cmd.run_id, asset_ids=released, reason=cmd.reason))
+        self._remember_released(cmd.run_id)
+        waiter = self.queue.remove(cmd.run_id)
+        if waiter is not None:
+            await self._settle(cmd.run_id, "cancelled")
+        released = await self._release_keys(cmd.run_id, self.index.held_by(cmd.run_id))
+        if not released and waiter is None:
+            return  # nothing held, nothing waiting: a duplicate release changes nothing
+        event = AssetsReleased(run_id=cmd.run_id, asset_ids=released, reason=cmd.reason)
+        await self.publish(event)
+        reason = cmd.reason or f"released by run {cmd.run_id}"
+        self.status([(a, AssetStatus.AVAILABLE, reason, cmd.run_id) for a in released])
+        await self.serve(set(released) | (waiter.wanted if waiter else set()))
 
-    async def list_leases(self, run_id: uuid.UUID | None) -> LeaseList:
-        """Live leases, read from the bucket (the source of truth), optionally for one run."""
-        items = []
-        for asset_id, holder in list(self.held.items()):
-            if run_id is not None and holder != run_id:
-                continue
-            key = lease_key(asset_id)
-            state = await self.leases.read(key)
-            if state.holder is None:
-                continue
-            acquired = state.holder.acquired_at
-            items.append(
-                Lease(
-                    asset_id=asset_id,
-                    lease_key=key,
-                    run_id=state.holder.run_id,
-                    token=state.revision,
-                    acquired_at=acquired,
-                    expires_at=acquired + timedelta(seconds=state.holder.ttl_seconds),
-                )
+    def _remember_released(self, run_id: uuid.UUID, limit: int = 100_000) -> None:
+        self._released[run_id] = None
+        if len(self._released) > limit:
+            self._released.popitem(last=False)
+
+    async def _release_keys(self, run_id: uuid.UUID, held: dict[str, KeyState]) -> list[uuid.UUID]:
+        results = await asyncio.gather(*(self.leases.release_holder(k, run_id) for k in held))
+        released = []
+        for key, result in zip(held, results, strict=True):
+            if result is not None:
+                state, tombstone = result
+                self.index.apply(key, KeyState(tombstone, None))
+                assert state.holder is not None
+                released.append(state.holder.asset_id)
+        return released
+
+    async def force_release(self, asset_id: uuid.UUID, reason: str) -> Lease:
+        """Release a lease whoever holds it; audited as ``LeaseForceReleased``."""
+        key = lease_key(asset_id)
+        result = await self.leases.force_release(key, reason)
+        if result is None or result[0].holder is None:
+            raise NotFound(f"asset {asset_id} has no live lease", asset_id=str(asset_id))
+        state, tombstone = result
+        holder = result[0].holder
+        self.index.apply(key, KeyState(tombstone, None))
+        view = await self._lease_view(key, KeyState(state.revision, holder))
+        await self.publish(
+            LeaseForceReleased(
+                asset_id=asset_id,
+                run_id=holder.run_id,
+                lease_key=key,
+                token=state.revision,
+                reason=reason,
+                at=now(),
             )
+        )
+        self.status([(asset_id, AssetStatus.AVAILABLE, f"force-released: {reason}", None)])
+        await self.serve([asset_id])
+        return view
+
+    def mark_in_use(self, run_id: uuid.UUID) -> None:
+        """The run's protocol started: its leased assets are in use."""
+        reason = f"in use by run {run_id}"
+        held = self.index.held_by(run_id).values()
+        self.status(
+            [(s.holder.asset_id, AssetStatus.IN_USE, reason, run_id) for s in held if s.holder]
+        )
+
+    # -- the bucket's watcher -----------------------------------------------------------------
+    def observe(
+        self, key: str, revision: int, value: bytes | None, operation: str | None
+    ) -> Change | None:
+        """Mirror one watcher entry; returns the change if it was news to us."""
+        deleted = operation in ("DEL", "PURGE") or not value
+        holder = None if deleted or value is None else decode_holder(value)
+        return self.index.apply(key, KeyState(revision, holder))
+
+    async def on_change(self, change: Change, operation: str | None) -> None:
+        """React to a lease freed by someone else: expiry (PURGE marker), another replica."""
+        previous = change.previous.holder if change.previous else None
+        if previous is None or change.current.holder is not None:
+            return
+        if operation == "PURGE":  # only the server's TTL marker purges lease keys
+            key = lease_key(change.asset_id)
+            await self.publish(
+                LeaseExpired(
+                    asset_id=change.asset_id,
+                    run_id=previous.run_id,
+                    lease_key=key,
+                    token=change.previous.revision if change.previous else 0,
+                    at=now(),
+                ),
+                msg_id=f"expired:{key}:{change.current.revision}",
+            )
+            reason = f"lease of run {previous.run_id} expired"
+            self.status([(change.asset_id, AssetStatus.AVAILABLE, reason, previous.run_id)])
+        await self.serve([change.asset_id])
+
+    # -- operations ---------------------------------------------------------------------------
+    async def list_leases(self, run_id: uuid.UUID | None) -> LeaseList:
+        items = [
+            await self._lease_view(lease_key(asset_id), self.index.states[lease_key(asset_id)])
+            for asset_id, holder in self.index.live().items()
+            if run_id is None or holder.run_id == run_id
+        ]
         return LeaseList(items=sorted(items, key=lambda lease: lease.acquired_at))
 
-    async def _row(self, run_id: uuid.UUID) -> ReservationRow | None:
-        async with self.db.transaction() as session:
-            return await session.get(ReservationRow, run_id)
+    async def _lease_view(self, key: str, state: KeyState) -> Lease:
+        holder: Holder | None = state.holder
+        assert holder is not None
+        asset = await self._asset(holder.asset_id)
+        at = now()
+        return Lease(
+            asset_id=holder.asset_id,
+            asset_name=asset.name if asset else "",
+            lease_key=key,
+            run_id=holder.run_id,
+            token=state.revision,
+            acquired_at=holder.acquired_at,
+            renewed_at=holder.renewed_at,
+            expires_at=holder.expires_at,
+            age_seconds=round((at - holder.acquired_at).total_seconds(), 3),
+            seconds_left=round(max(0.0, (holder.expires_at - at).total_seconds()), 3),
+        )
 
-    # -- lease bucket watcher -----------------------------------------------------------------
-    def observe(self, key: str, value: bytes | None, deleted: bool) -> bool:
-        """Track who holds what; True when an asset became free (waiters should retry)."""
-        if not key.startswith("asset."):
-            return False
-        asset_id = uuid.UUID(key.removeprefix("asset."))
-        if deleted or not value:
-            return self.held.pop(asset_id, None) is not None or bool(self.waiting)
-        self.held[asset_id] = decode_holder(value).run_id
-        return False
+    async def _asset(self, asset_id: uuid.UUID) -> Asset | None:
+        for layout in await self.inventory.layouts():
+            for asset in layout.assets:
+                if asset.accession_id == asset_id:
+                    return asset
+        return None
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _candidates(cmd: ReserveAssets, layout: WorkcellLayout) -> set[uuid.UUID]:
+    return {
+        a.accession_id
+        for r in cmd.requirements
+        for a in candidates(r, layout.assets, cmd.pins.get(r.name), cmd.properties.get(r.name))
+    }
+
+
+def _requirement(cmd: ReserveAssets, name: str) -> Any:
+    return next(r for r in cmd.requirements if r.name == name)
+
+
+def _binding(binding: Binding, state: KeyState) -> AssetBinding:
+    asset = binding.asset
+    return AssetBinding(
+        requirement=binding.requirement.name,
+        asset_id=asset.accession_id,
+        asset_name=asset.name,
+        kind=asset.kind,
+        fqn=asset.fqn,
+        lease_key=lease_key(asset.accession_id),
+        token=state.revision,
+    )

@@ -37,14 +37,18 @@ class GitMirror:
             raise SourceSyncFailed(f"git fetch of {self.url} failed: {exc.stderr.strip()}") from exc
 
     def resolve(self, repo: git.Repo, rev: str) -> str:
+        """The full sha of ``rev``; a full sha is not trusted until git has the commit."""
         try:
-            return str(repo.commit(rev).hexsha)
-        except (git.BadName, ValueError, git.GitCommandError) as exc:
+            return str(repo.git.rev_parse("--verify", "--quiet", f"{rev}^{{commit}}"))
+        except git.GitCommandError as exc:
             raise SourceSyncFailed(f"{self.url} has no commit or ref {rev!r}") from exc
 
     def archive(self, repo: git.Repo, commit: str) -> bytes:
         buffer = io.BytesIO()
-        repo.archive(buffer, commit, format="tar")
+        try:
+            repo.archive(buffer, commit, format="tar")
+        except git.GitCommandError as exc:
+            raise SourceSyncFailed(f"cannot archive {self.url} at {commit}: {exc.stderr}") from exc
         return buffer.getvalue()
 
 

@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError
 
 from praxis_contracts.errors import PraxisError
 from praxis_gateway.errors import on_praxis_error, on_validation_error
+from praxis_gateway.inventory_routes import router as inventory_router
 from praxis_gateway.routes import router
 from praxis_runtime.logging import configure_logging, correlation_id_var
 from praxis_runtime.service import bus_for
@@ -49,6 +50,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(router)
+    app.include_router(inventory_router)
     app.add_exception_handler(PraxisError, on_praxis_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(ValidationError, on_validation_error)

@@ -114,6 +114,7 @@ class RunIn(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
     workcell: str | None = None
     assets: dict[str, str] = Field(default_factory=dict)
+    asset_properties: dict[str, dict[str, Any]] = Field(default_factory=dict)
     initial_state: dict[str, Any] = Field(default_factory=dict)
     priority: int = Field(default=0, ge=-100, le=100)
 

@@ -32,6 +32,7 @@ from praxis_contracts.runs import (
     RunStarted,
 )
 from praxis_orchestrator.code import CodeCache
+from praxis_orchestrator.keeper import LeaseKeeper
 from praxis_orchestrator.workcell import WorkcellHost
 from praxis_plr.types import unwrap_optional
 from praxis_runtime.leases import LeaseStore
@@ -96,7 +97,7 @@ class Executor:
 
     async def _prepare(self, cmd: ExecuteRun) -> PreparedCall:
         live = await self.workcell.ensure([b.asset_name for b in cmd.bindings])
-        await self.check_fence(cmd)
+        keeper = LeaseKeeper(self.leases, cmd.run_id, cmd.bindings, await self.check_fence(cmd))
         fn = await self.code.function(cmd.definition)
         kwargs: dict[str, Any] = validate_parameters(fn, cmd.parameters)
         for binding in cmd.bindings:
@@ -109,6 +110,7 @@ class Executor:
                 on_pause=lambda: self._emit(RunPaused(run_id=cmd.run_id, at=now())),
                 on_resume=lambda: self._emit(RunResumed(run_id=cmd.run_id, at=now())),
             ),
+            on_checkpoint=keeper.check,
         )
         for name, hint in typing.get_type_hints(fn).items():
             inner, _ = unwrap_optional(hint)
@@ -119,10 +121,13 @@ class Executor:
         for name, param in inspect.signature(fn).parameters.items():
             if name not in kwargs and param.default is inspect.Parameter.empty:
                 kwargs[name] = None  # an optional asset left unbound
-        return PreparedCall(fn, kwargs, ctx)
+        return PreparedCall(fn, kwargs, ctx, keeper)
 
-    async def check_fence(self, cmd: ExecuteRun) -> None:
-        """Refuse to drive hardware unless every lease is still this run's, at its token."""
+    async def check_fence(self, cmd: ExecuteRun) -> int:
+        """Refuse to drive hardware unless every lease is still this run's, at its token.
+
+        Returns the shortest lease TTL (the renewal heartbeat follows it)."""
+        ttls = []
         for binding in cmd.bindings:
             state = await self.leases.read(binding.lease_key)
             if (
@@ -134,10 +139,13 @@ class Executor:
                     f"lease on {binding.asset_name} is no longer held at token {binding.token}",
                     asset=binding.asset_name,
                 )
+            ttls.append(state.holder.ttl_seconds)
+        return min(ttls, default=0)
 
     async def _run(self, cmd: ExecuteRun, call: PreparedCall, started: asyncio.Event) -> None:
         with log_context(run_id=cmd.run_id):
             token = current_run.set(call.ctx)
+            call.keeper.start()
             try:
                 await self._emit(RunStarted(run_id=cmd.run_id, at=now()))
                 coroutine = call.fn(**call.kwargs)
@@ -157,6 +165,7 @@ class Executor:
             finally:
                 started.set()
                 current_run.reset(token)
+                await call.keeper.stop()
 
     async def _finish(
         self,
@@ -214,9 +223,16 @@ class Executor:
 
 
 class PreparedCall:
-    def __init__(self, fn: Callable[..., Any], kwargs: dict[str, Any], ctx: RunContext) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        kwargs: dict[str, Any],
+        ctx: RunContext,
+        keeper: LeaseKeeper,
+    ) -> None:
         self.fn = fn
         self.kwargs = kwargs
+        self.keeper = keeper
         self.ctx = ctx
 
 

@@ -34,6 +34,7 @@ class RunRow(Base):
     workcell_id: Mapped[uuid.UUID | None] = mapped_column(index=True)
     workcell_name: Mapped[str | None] = mapped_column(String(200))
     pins: Mapped[dict[str, str]] = mapped_column(JsonB)
+    asset_properties: Mapped[dict[str, dict[str, Any]]] = mapped_column(JsonB, default=dict)
     priority: Mapped[int] = mapped_column(Integer)
     bindings: Mapped[list[dict[str, Any]]] = mapped_column(JsonB)
     result: Mapped[Any] = mapped_column(JsonB, nullable=True)

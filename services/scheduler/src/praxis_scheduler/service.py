@@ -69,6 +69,7 @@ class RunService:
             initial_state=cmd.initial_state,
             workcell=cmd.workcell,
             pins=cmd.assets,
+            asset_properties=cmd.asset_properties,
             priority=cmd.priority,
             bindings=[],
             created_at=now,
@@ -237,6 +238,7 @@ class RunService:
             requirements=definition.spec.assets,
             workcell=row.workcell,
             pins=row.pins,
+            properties=row.asset_properties,
             priority=row.priority,
         )
 

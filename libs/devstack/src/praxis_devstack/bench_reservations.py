@@ -1,0 +1,164 @@
+"""Reservation figures for ``make bench``, through the asset-manager's API (commands, events).
+
+- 4-asset reservations per second (reserve, granted, release, released), 1 and 16 concurrent
+  requesters on disjoint asset sets, with the latency from command to grant (p50/p99);
+- wake-up latency: a run waits for a held set; from the release command to its grant.
+Events are pushed by core NATS subscriptions; nothing polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+from praxis_contracts.assets import (
+    AssetDraft,
+    AssetsReleased,
+    AssetsReserved,
+    RegisterWorkcell,
+    ReleaseAssets,
+    ReservationFailed,
+    ReservationWaiting,
+    ReserveAssets,
+)
+from praxis_contracts.base import Event
+from praxis_contracts.protocols import AssetRequirementSpec
+from praxis_devstack.stats import summary
+from praxis_runtime.bus import Bus
+
+PLATE = "pylabrobot.resources.plate.Plate"
+SET_SIZE = 4
+KINDS: dict[str, type[Event]] = {
+    "granted": AssetsReserved,
+    "released": AssetsReleased,
+    "waiting": ReservationWaiting,
+    "failed": ReservationFailed,
+}
+
+
+class Events:
+    def __init__(self) -> None:
+        self.futures: dict[tuple[str, uuid.UUID], asyncio.Future[Any]] = {}
+
+    def future(self, kind: str, run_id: uuid.UUID) -> asyncio.Future[Any]:
+        key = (kind, run_id)
+        if key not in self.futures:
+            self.futures[key] = asyncio.get_running_loop().create_future()
+        return self.futures[key]
+
+    async def subscribe(self, bus: Bus) -> None:
+        for kind, event_type in KINDS.items():
+            await bus.nc.subscribe(event_type.subscription_subject(), cb=self._handler(kind))
+        await bus.nc.flush()
+
+    def _handler(self, kind: str) -> Any:
+        event_type = KINDS[kind]
+
+        async def on_message(msg: Any) -> None:
+            event = event_type.model_validate_json(msg.data)
+            future = self.future(kind, event.run_id)  # type: ignore[attr-defined]
+            if not future.done():
+                future.set_result(event)
+
+        return on_message
+
+    async def wait(self, kind: str, run_id: uuid.UUID) -> Any:
+        result = await asyncio.wait_for(self.future(kind, run_id), 30)
+        if kind == "granted" and (run_id, "failed") in self.futures:
+            raise RuntimeError(f"reservation {run_id} failed")
+        return result
+
+
+class ReservationBench:
+    def __init__(self, bus: Bus, workcell: str, plates: list[str]) -> None:
+        self.bus = bus
+        self.workcell = workcell
+        self.plates = plates
+        self.events = Events()
+
+    def command(self, run_id: uuid.UUID, plates: list[str]) -> ReserveAssets:
+        requirements = [
+            AssetRequirementSpec(name=f"p{i}", type_fqn=PLATE, kind="resource")
+            for i in range(len(plates))
+        ]
+        pins = {f"p{i}": name for i, name in enumerate(plates)}
+        return ReserveAssets(
+            run_id=run_id, requirements=requirements, pins=pins, workcell=self.workcell
+        )
+
+    async def cycle(self, plates: list[str]) -> float:
+        """Reserve, wait for the grant, release, wait for the release; returns grant ms."""
+        run_id = uuid.uuid4()
+        started = time.perf_counter()
+        await self.bus.publish(self.command(run_id, plates))
+        await self.events.wait("granted", run_id)
+        latency = (time.perf_counter() - started) * 1000
+        await self.bus.publish(ReleaseAssets(run_id=run_id))
+        await self.events.wait("released", run_id)
+        return latency
+
+    async def throughput(self, requesters: int, cycles: int) -> dict[str, Any]:
+        sets = [self.plates[i * SET_SIZE : (i + 1) * SET_SIZE] for i in range(requesters)]
+        latencies: list[float] = []
+
+        async def requester(plates: list[str]) -> None:
+            for _ in range(cycles):
+                latencies.append(await self.cycle(plates))
+
+        started = time.perf_counter()
+        await asyncio.gather(*(requester(s) for s in sets))
+        elapsed = time.perf_counter() - started
+        return {
+            "requesters": requesters,
+            "reservations": requesters * cycles,
+            "reservations_per_s": round(requesters * cycles / elapsed, 1),
+            "grant_latency_ms": latencies,
+        }
+
+    async def wake_up(self, rounds: int) -> list[float]:
+        plates = self.plates[:SET_SIZE]
+        wake: list[float] = []
+        for _ in range(rounds):
+            holder, waiter = uuid.uuid4(), uuid.uuid4()
+            await self.bus.publish(self.command(holder, plates))
+            await self.events.wait("granted", holder)
+            await self.bus.publish(self.command(waiter, plates))
+            await self.events.wait("waiting", waiter)
+            started = time.perf_counter()
+            await self.bus.publish(ReleaseAssets(run_id=holder))
+            await self.events.wait("granted", waiter)
+            wake.append((time.perf_counter() - started) * 1000)
+            await self.bus.publish(ReleaseAssets(run_id=waiter))
+            await self.events.wait("released", waiter)
+        return wake
+
+
+async def measure_reservations(nats_url: str, cycles: int) -> dict[str, Any]:
+    bus = Bus(nats_url, "bench-reservations")
+    await bus.connect()
+    try:
+        name = f"bench-{uuid.uuid4().hex[:6]}"
+        drafts = [
+            AssetDraft(kind="resource", name=f"plate_{i:02d}", fqn=PLATE, definition={})
+            for i in range(16 * SET_SIZE)
+        ]
+        await bus.request(RegisterWorkcell(name=name, assets=drafts), timeout=60)
+        bench = ReservationBench(bus, name, [d.name for d in drafts])
+        await bench.events.subscribe(bus)
+        await bench.throughput(1, 20)  # warm-up
+        one = await bench.throughput(1, cycles)
+        sixteen = await bench.throughput(16, max(1, cycles // 4))
+        wake = await bench.wake_up(max(10, cycles // 4))
+    finally:
+        await bus.stop()
+    return {
+        "assets_per_reservation": SET_SIZE,
+        "one_requester": {**one, "grant_latency_ms": summary(one["grant_latency_ms"])},
+        "sixteen_requesters": {
+            **sixteen,
+            "grant_latency_ms": summary(sixteen["grant_latency_ms"]),
+        },
+        "wake_up_after_release_ms": summary(wake),
+    }

@@ -1,0 +1,44 @@
+"""Assets added to a workcell after its root was defined (created by type or factory name)."""
+
+from __future__ import annotations
+
+import pytest
+from pylabrobot.resources import Plate, cor_96_wellplate_360uL_Fb
+
+from praxis_contracts.assets import AssetDraft
+from praxis_contracts.errors import InvalidRequest
+from praxis_plr.layout import demo_workcell
+from praxis_plr.live import LiveWorkcell
+
+FACTORY = "pylabrobot.resources.corning.plates.cor_96_wellplate_360uL_Fb"
+
+
+def extra_plate(slot: str) -> AssetDraft:
+    return AssetDraft(
+        kind="resource",
+        name="extra_plate",
+        fqn=FACTORY,  # a factory name, as the catalog lets users create labware
+        definition=cor_96_wellplate_360uL_Fb("extra_plate").serialize(),
+        parent="deck",
+        slot=slot,
+    )
+
+
+async def test_a_factory_made_plate_is_placed_in_its_slot(layout_from_drafts) -> None:  # type: ignore[no-untyped-def]
+    layout = layout_from_drafts([*demo_workcell(), extra_plate("plate_carrier-2")])
+    workcell = await LiveWorkcell.build(layout)
+    try:
+        plate = workcell.get("extra_plate")
+        assert isinstance(plate, Plate)
+        assert plate.parent is not None and plate.parent.name == "plate_carrier-2"
+        deck = workcell.get("deck")
+        assert deck.get_resource("extra_plate") is plate
+        assert plate.get_well("B1").name == "extra_plate_well_B1"
+    finally:
+        await workcell.stop()
+
+
+async def test_a_slot_that_cannot_hold_it_is_a_clear_error(layout_from_drafts) -> None:  # type: ignore[no-untyped-def]
+    layout = layout_from_drafts([*demo_workcell(), extra_plate("plate_carrier-0")])  # taken
+    with pytest.raises(InvalidRequest, match="plate_carrier-0"):
+        await LiveWorkcell.build(layout)

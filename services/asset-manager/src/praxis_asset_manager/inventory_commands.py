@@ -1,0 +1,330 @@
+"""Inventory commands: create, update and delete workcells and assets, one transaction each.
+
+Assets are created by catalog type name; without a definition the type is instantiated. Assets a
+run holds (``reserved``, ``in_use``) cannot be deleted, moved, renamed or have their status set.
+Status changes are returned as events for the caller to publish after the commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, insert, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from praxis_asset_manager import discovery
+from praxis_asset_manager.catalog import Catalog
+from praxis_asset_manager.inventory import Inventory, asset_view, workcell_view
+from praxis_asset_manager.orm import AssetRow, StatusHistoryRow, WorkcellRow
+from praxis_asset_manager.status import BUSY, history_values
+from praxis_contracts.assets import Asset, AssetStatus, Workcell
+from praxis_contracts.errors import Conflict, InvalidRequest, NotFound
+from praxis_contracts.inventory import (
+    USER_SETTABLE_STATUSES,
+    AssetStatusChanged,
+    CatalogEntry,
+    CreateAsset,
+    CreateWorkcell,
+    DeleteAsset,
+    DeleteWorkcell,
+    UpdateAsset,
+    UpdateWorkcell,
+)
+from praxis_runtime.db import Database
+
+Changed = tuple[Asset, list[AssetStatusChanged]]
+
+
+class InventoryCommands:
+    def __init__(self, db: Database, inventory: Inventory, catalog: Catalog) -> None:
+        self.db = db
+        self.inventory = inventory
+        self.catalog = catalog
+
+    # -- workcells ----------------------------------------------------------------------------
+    async def create_workcell(self, cmd: CreateWorkcell) -> Workcell:
+        row = WorkcellRow(
+            accession_id=uuid.uuid4(),
+            name=cmd.name,
+            description=cmd.description,
+            properties=cmd.properties,
+            created_at=datetime.now(UTC),
+        )
+        taken = Conflict(f"workcell {cmd.name!r} already exists", workcell=cmd.name)
+        async with self._changing(taken), self.db.transaction() as session:
+            if await _find_workcell(session, cmd.name) is not None:
+                raise taken
+            session.add(row)
+        return workcell_view(row)
+
+    async def update_workcell(self, cmd: UpdateWorkcell) -> Workcell:
+        async with self._changing(), self.db.transaction() as session:
+            row = await _workcell(session, cmd.workcell)
+            if cmd.description is not None:
+                row.description = cmd.description
+            if cmd.properties is not None:
+                row.properties = cmd.properties
+        return workcell_view(row)
+
+    async def delete_workcell(self, cmd: DeleteWorkcell) -> None:
+        async with self._changing(), self.db.transaction() as session:
+            row = await _workcell(session, cmd.workcell)
+            assets = (
+                await session.execute(
+                    select(AssetRow.name, AssetRow.status)
+                    .where(AssetRow.workcell_id == row.accession_id)
+                    .order_by(AssetRow.accession_id)
+                    .with_for_update()
+                )
+            ).all()
+            held = sorted(name for name, status in assets if status in BUSY)
+            if held:
+                raise Conflict(
+                    f"workcell {row.name!r} cannot be deleted while runs hold its assets "
+                    f"{', '.join(held)}",
+                    workcell=row.name,
+                    assets=held,
+                )
+            await session.execute(
+                delete(WorkcellRow).where(WorkcellRow.accession_id == row.accession_id)
+            )
+
+    # -- assets -------------------------------------------------------------------------------
+    async def create_asset(self, cmd: CreateAsset) -> Changed:
+        entry = await self.catalog.resolve(cmd.fqn)
+        if entry.kind != cmd.kind:
+            raise InvalidRequest(
+                f"{entry.fqn} is a {entry.kind}, not a {cmd.kind}", fqn=entry.fqn, kind=entry.kind
+            )
+        if cmd.slot is not None and cmd.parent is None:
+            raise InvalidRequest("a slot needs a parent", field="slot")
+        shape = await _shape(entry, cmd)
+        now = datetime.now(UTC)
+        taken = Conflict(f"asset {cmd.name!r} already exists in workcell {cmd.workcell!r}")
+        async with self._changing(taken), self.db.transaction() as session:
+            workcell = await _workcell(session, cmd.workcell)
+            if await _asset_named(session, workcell.accession_id, cmd.name) is not None:
+                raise taken
+            parent = await _parent(session, workcell.accession_id, cmd.parent)
+            row = AssetRow(
+                accession_id=uuid.uuid4(),
+                workcell_id=workcell.accession_id,
+                kind=entry.kind,
+                name=cmd.name,
+                fqn=entry.fqn,
+                type_mro=shape.type_mro,
+                definition=shape.definition,
+                backend=shape.backend,
+                state=shape.state,
+                parent_id=parent.accession_id if parent else None,
+                slot=cmd.slot,
+                properties=cmd.properties,
+                shareable=cmd.shareable,
+                status=AssetStatus.AVAILABLE.value,
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(row)
+            event = _status_event(row, AssetStatus.AVAILABLE, None, "created", now)
+            await _record(session, [event])
+        return asset_view(row), [event]
+
+    async def update_asset(self, cmd: UpdateAsset) -> Changed:
+        if cmd.status is not None and cmd.status not in USER_SETTABLE_STATUSES:
+            raise InvalidRequest(
+                f"status {cmd.status.value!r} is set by reservations, not by users",
+                allowed=sorted(s.value for s in USER_SETTABLE_STATUSES),
+            )
+        if cmd.detach and (cmd.parent is not None or cmd.slot is not None):
+            raise InvalidRequest("detach cannot be combined with parent or slot")
+        now = datetime.now(UTC)
+        events: list[AssetStatusChanged] = []
+        taken = Conflict(f"asset {cmd.name!r} already exists in its workcell")
+        async with self._changing(taken), self.db.transaction() as session:
+            row = await _asset(session, cmd.accession_id, cmd.kind)
+            if moves := _moves(row, cmd):
+                _refuse_if_held(row, f"its {', '.join(moves)} cannot change")
+            if cmd.name is not None and cmd.name != row.name:
+                if await _asset_named(session, row.workcell_id, cmd.name) is not None:
+                    raise taken
+                row.name, row.definition = cmd.name, {**row.definition, "name": cmd.name}
+            await _relocate(session, row, cmd)
+            if cmd.properties is not None:
+                row.properties = cmd.properties
+            if cmd.shareable is not None:
+                row.shareable = cmd.shareable
+            if cmd.status is not None and cmd.status.value != row.status:
+                events.append(_status_event(row, cmd.status, row.status, cmd.reason, now))
+                row.status = cmd.status.value
+            row.updated_at = now
+            await _record(session, events)
+        return asset_view(row), events
+
+    async def delete_asset(self, cmd: DeleteAsset) -> None:
+        async with self._changing(), self.db.transaction() as session:
+            row = await _asset(session, cmd.accession_id, cmd.kind)
+            _refuse_if_held(row, "it cannot be deleted")
+            children = (
+                await session.scalars(
+                    select(AssetRow.name).where(AssetRow.parent_id == row.accession_id)
+                )
+            ).all()
+            if children:
+                raise Conflict(
+                    f"asset {row.name!r} holds {', '.join(sorted(children))}: "
+                    "move or delete them first",
+                    children=sorted(children),
+                )
+            await session.delete(row)
+
+    @asynccontextmanager
+    async def _changing(self, taken: Conflict | None = None) -> AsyncIterator[None]:
+        """Around a transaction: a lost uniqueness race is a conflict; success drops the cache."""
+        try:
+            yield
+        except IntegrityError as exc:
+            raise taken or Conflict("the inventory changed concurrently; try again") from exc
+        self.inventory.invalidate()
+
+
+@dataclass(frozen=True)
+class _Shape:
+    definition: dict[str, Any]
+    backend: dict[str, Any] | None
+    state: dict[str, Any] | None
+    type_mro: list[str]
+
+
+async def _shape(entry: CatalogEntry, cmd: CreateAsset) -> _Shape:
+    """The asset's definition: given, or built by instantiating the type (on a thread)."""
+    if cmd.definition is not None:
+        shape = _Shape(cmd.definition, cmd.backend, cmd.state, entry.bases)
+    else:
+        built = await asyncio.to_thread(discovery.instantiate, entry, cmd.name)
+        shape = _Shape(
+            built.definition,
+            cmd.backend if cmd.backend is not None else built.backend,
+            cmd.state if cmd.state is not None else built.state,
+            built.type_mro,
+        )
+    has_backend = shape.backend is not None or isinstance(shape.definition.get("backend"), dict)
+    if entry.kind == "machine" and not has_backend:
+        raise InvalidRequest(f"machine {cmd.name!r} needs a backend", field="backend")
+    return shape
+
+
+def _moves(row: AssetRow, cmd: UpdateAsset) -> list[str]:
+    """The fields ``cmd`` changes that a run holding the asset depends on."""
+    moves = {
+        "name": cmd.name is not None and cmd.name != row.name,
+        "parent": cmd.parent is not None or (cmd.detach and row.parent_id is not None),
+        "slot": cmd.slot is not None and cmd.slot != row.slot,
+        "status": cmd.status is not None and cmd.status.value != row.status,
+    }
+    return [field for field, changes in moves.items() if changes]
+
+
+def _refuse_if_held(row: AssetRow, refused: str) -> None:
+    if row.status in BUSY:
+        raise Conflict(
+            f"asset {row.name!r} is {row.status}: {refused} until the run holding it releases it",
+            status=row.status,
+        )
+
+
+async def _relocate(session: AsyncSession, row: AssetRow, cmd: UpdateAsset) -> None:
+    if cmd.detach:
+        row.parent_id, row.slot = None, None
+    if cmd.parent is not None:
+        parent = await _parent(session, row.workcell_id, cmd.parent)
+        assert parent is not None
+        await _refuse_cycle(session, row, parent)
+        if parent.accession_id != row.parent_id:
+            row.parent_id, row.slot = parent.accession_id, None  # the old slot was the old parent's
+    if cmd.slot is not None:
+        if row.parent_id is None:
+            raise InvalidRequest("a slot needs a parent", field="slot")
+        row.slot = cmd.slot
+
+
+async def _refuse_cycle(session: AsyncSession, row: AssetRow, parent: AssetRow) -> None:
+    current: AssetRow | None = parent
+    while current is not None:
+        if current.accession_id == row.accession_id:
+            raise InvalidRequest(f"asset {row.name!r} cannot be inside itself", parent=parent.name)
+        current = await session.get(AssetRow, current.parent_id) if current.parent_id else None
+
+
+async def _record(session: AsyncSession, events: list[AssetStatusChanged]) -> None:
+    if events:
+        await session.flush()  # the asset rows exist before their history rows
+        await session.execute(insert(StatusHistoryRow), [history_values(e) for e in events])
+
+
+def _status_event(
+    row: AssetRow, status: AssetStatus, previous: str | None, reason: str, at: datetime
+) -> AssetStatusChanged:
+    return AssetStatusChanged(
+        asset_id=row.accession_id,
+        workcell_id=row.workcell_id,
+        name=row.name,
+        status=status,
+        previous=AssetStatus(previous) if previous else None,
+        reason=reason,
+        at=at,
+    )
+
+
+def _by_name_or_id(name: Any, accession_id: Any, ref: str) -> Any:
+    try:
+        return or_(name == ref, accession_id == uuid.UUID(ref))
+    except ValueError:
+        return name == ref
+
+
+async def _find_workcell(session: AsyncSession, ref: str) -> WorkcellRow | None:
+    match = _by_name_or_id(WorkcellRow.name, WorkcellRow.accession_id, ref)
+    return await session.scalar(select(WorkcellRow).where(match))
+
+
+async def _workcell(session: AsyncSession, ref: str) -> WorkcellRow:
+    row = await _find_workcell(session, ref)
+    if row is None:
+        raise NotFound(f"workcell {ref!r} not found", workcell=ref)
+    return row
+
+
+async def _asset(session: AsyncSession, asset_id: uuid.UUID, kind: str | None) -> AssetRow:
+    row = await session.get(AssetRow, asset_id, with_for_update=True)
+    if row is None or (kind is not None and row.kind != kind):
+        raise NotFound(f"{kind or 'asset'} {asset_id} not found", accession_id=str(asset_id))
+    return row
+
+
+async def _asset_named(
+    session: AsyncSession, workcell_id: uuid.UUID, name: str
+) -> uuid.UUID | None:
+    return await session.scalar(
+        select(AssetRow.accession_id).where(
+            AssetRow.workcell_id == workcell_id, AssetRow.name == name
+        )
+    )
+
+
+async def _parent(
+    session: AsyncSession, workcell_id: uuid.UUID, ref: str | None
+) -> AssetRow | None:
+    if ref is None:
+        return None
+    match = _by_name_or_id(AssetRow.name, AssetRow.accession_id, ref)
+    row = await session.scalar(select(AssetRow).where(AssetRow.workcell_id == workcell_id, match))
+    if row is None:
+        raise InvalidRequest(f"parent {ref!r} is not an asset of this workcell", parent=ref)
+    return row

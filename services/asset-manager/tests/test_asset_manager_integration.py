@@ -1,0 +1,431 @@
+"""Asset-manager against real NATS (requests, commands, events, the KV lease bucket) and Postgres.
+
+One asset-manager runs for the module (its durable consumers have fixed names: never two at
+once). Every test registers its own workcell, so lease keys (one per asset id) never collide with
+another test's, and every run id is fresh.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from pylabrobot.liquid_handling import LiquidHandler
+from pylabrobot.resources import Plate, TipRack, Trough
+
+from praxis_asset_manager.app import Settings, build_app
+from praxis_contracts.assets import (
+    AssetsReleased,
+    AssetsReserved,
+    GetWorkcellLayout,
+    ListAssets,
+    RegisterWorkcell,
+    ReleaseAssets,
+    ReservationFailed,
+    ReservationWaiting,
+    ReserveAssets,
+    WorkcellLayout,
+)
+from praxis_contracts.errors import ErrorCode, NotFound, UnknownAssetType
+from praxis_contracts.protocols import AssetRequirementSpec
+from praxis_contracts.topology import ASSET_LEASES
+from praxis_devstack.pytest_plugin import MakeDatabase
+from praxis_plr.layout import demo_workcell
+from praxis_plr.types import fqn
+from praxis_runtime.bus import Bus
+from praxis_runtime.leases import LeaseStore, lease_key
+
+pytestmark = pytest.mark.integration
+
+PLATE = fqn(Plate)
+STOP_TIMEOUT = 3.0
+STOP_ATTEMPTS = 8
+
+
+@pytest.fixture(scope="module")
+async def asset_manager(nats_url: str, make_database: MakeDatabase, services: Any) -> Any:
+    settings = Settings(
+        nats_url=nats_url,
+        database_url=make_database("am"),
+        health_port=None,
+        graceful_timeout_seconds=5,
+    )
+    return await services(build_app, settings)
+
+
+@pytest.fixture
+async def am(asset_manager: Any, client: Bus) -> Bus:
+    """The client bus, once the asset-manager is serving."""
+    return client
+
+
+@pytest.fixture
+async def workcell(am: Bus) -> WorkcellLayout:
+    """A fresh demo workcell (new asset ids, so new lease keys) under a unique name."""
+    name = f"wc-{uuid.uuid4().hex[:10]}"
+    return await am.request(RegisterWorkcell(name=name, assets=demo_workcell()), timeout=30)
+
+
+@pytest.fixture
+def leases(client: Bus) -> LeaseStore:
+    return LeaseStore(client.js, ASSET_LEASES.bucket)
+
+
+def plate(name: str = "plate") -> AssetRequirementSpec:
+    return AssetRequirementSpec(name=name, type_fqn=PLATE, kind="resource")
+
+
+def asset_id(layout: WorkcellLayout, name: str) -> uuid.UUID:
+    (found,) = [a.accession_id for a in layout.assets if a.name == name]
+    return found
+
+
+@dataclass(frozen=True)
+class Run:
+    """A fresh run id with taps on its three reservation events."""
+
+    id: uuid.UUID
+    granted: Any
+    failed: Any
+    released: Any
+
+
+@pytest.fixture
+async def new_run(tap: Any) -> Any:
+    async def make() -> Run:
+        run_id = uuid.uuid4()
+        key = str(run_id)
+        return Run(
+            run_id,
+            await tap(AssetsReserved, key),
+            await tap(ReservationFailed, key),
+            await tap(AssetsReleased, key),
+        )
+
+    return make
+
+
+async def reserve(
+    am: Bus,
+    run: Run,
+    layout: WorkcellLayout,
+    requirements: list[AssetRequirementSpec],
+    **fields: Any,
+) -> None:
+    await am.publish(
+        ReserveAssets(
+            run_id=run.id, requirements=requirements, workcell=layout.workcell.name, **fields
+        )
+    )
+
+
+async def granted(am: Bus, run: Run, layout: WorkcellLayout, pin: str) -> AssetsReserved:
+    """Reserve the plate ``pin`` for ``run`` and wait for the grant."""
+    await reserve(am, run, layout, [plate()], pins={"plate": pin})
+    return await run.granted.next()
+
+
+# -- inventory ----------------------------------------------------------------------------------
+
+
+async def test_register_workcell_resolves_types_and_parents(workcell: WorkcellLayout) -> None:
+    by_name = {a.name: a for a in workcell.assets}
+    assert sorted(by_name) == sorted(d.name for d in demo_workcell())
+    assert len(workcell.assets) == 6
+    for asset in workcell.assets:
+        assert asset.workcell_id == workcell.workcell.accession_id
+        assert asset.type_mro[0] == asset.fqn
+    assert PLATE in by_name["source_plate"].type_mro
+    assert fqn(TipRack) in by_name["tip_rack"].type_mro
+    assert fqn(LiquidHandler) in by_name["liquid_handler"].type_mro
+    assert by_name["liquid_handler"].kind == "machine"
+    assert by_name["liquid_handler"].parent_id is None
+    assert by_name["deck"].parent_id == by_name["liquid_handler"].accession_id
+    assert by_name["source_plate"].parent_id == by_name["deck"].accession_id
+    assert by_name["source_plate"].slot == "plate_carrier-0"
+    assert by_name["source_plate"].state is not None
+
+
+async def test_unknown_asset_type_is_refused_and_nothing_is_created(am: Bus) -> None:
+    name = f"wc-{uuid.uuid4().hex[:10]}"
+    drafts = demo_workcell()
+    bad = drafts[2].model_copy(update={"fqn": "pylabrobot.resources.NopeNope"})
+    with pytest.raises(UnknownAssetType):
+        await am.request(RegisterWorkcell(name=name, assets=[*drafts[:2], bad, *drafts[3:]]))
+    with pytest.raises(NotFound):
+        await am.request(GetWorkcellLayout(workcell=name))
+
+
+async def test_list_assets_filters_by_kind_workcell_and_type(
+    am: Bus, workcell: WorkcellLayout
+) -> None:
+    mine = {"workcell_accession_id": workcell.workcell.accession_id}
+
+    labware = await am.request(ListAssets(kind="resource", filters=mine))
+    plates = await am.request(ListAssets(fqn=PLATE, filters={**mine, "sort_by": "name"}))
+    machines = await am.request(ListAssets(kind="machine", filters={**mine, "limit": 1}))
+
+    assert labware.total == 3
+    assert sorted(a.name for a in labware.items) == ["dest_plate", "source_plate", "tip_rack"]
+    assert [a.name for a in plates.items] == ["dest_plate", "source_plate"]
+    assert (machines.total, len(machines.items)) == (2, 1)
+
+
+async def test_layout_by_name_and_by_id(am: Bus, workcell: WorkcellLayout) -> None:
+    by_name = await am.request(GetWorkcellLayout(workcell=workcell.workcell.name))
+    by_id = await am.request(GetWorkcellLayout(workcell=str(workcell.workcell.accession_id)))
+
+    assert by_name.workcell == by_id.workcell == workcell.workcell
+    assert {a.accession_id for a in by_name.assets} == {a.accession_id for a in workcell.assets}
+    assert by_id.assets == by_name.assets
+    with pytest.raises(NotFound):
+        await am.request(GetWorkcellLayout(workcell=f"wc-{uuid.uuid4().hex[:10]}"))
+
+
+# -- reservations -------------------------------------------------------------------------------
+
+
+async def test_grant_binds_and_fences_with_the_kv_revision(
+    am: Bus, workcell: WorkcellLayout, new_run: Any, leases: LeaseStore
+) -> None:
+    run = await new_run()
+
+    reserved = await granted(am, run, workcell, "source_plate")
+
+    assert (reserved.workcell_id, reserved.workcell_name) == (
+        workcell.workcell.accession_id,
+        workcell.workcell.name,
+    )
+    (binding,) = reserved.bindings
+    plate_id = asset_id(workcell, "source_plate")
+    assert (binding.requirement, binding.asset_name, binding.asset_id) == (
+        "plate",
+        "source_plate",
+        plate_id,
+    )
+    assert (binding.kind, binding.fqn) == ("resource", PLATE)
+    assert binding.lease_key == lease_key(plate_id)
+    lease = await leases.read(binding.lease_key)
+    assert lease.revision == binding.token
+    assert lease.holder is not None
+    assert (lease.holder.run_id, lease.holder.asset_id) == (run.id, plate_id)
+
+
+async def test_waiter_is_granted_when_the_holder_releases(
+    am: Bus, workcell: WorkcellLayout, new_run: Any, leases: LeaseStore, tap: Any
+) -> None:
+    first, second = await new_run(), await new_run()
+    held = await granted(am, first, workcell, "source_plate")
+    waiting = await tap(ReservationWaiting, str(second.id))
+
+    await reserve(am, second, workcell, [plate()], pins={"plate": "source_plate"})
+    assert (await waiting.next()).blocked_by == [first.id]
+    await second.granted.assert_silent()
+    await second.failed.assert_silent(0)
+
+    await am.publish(ReleaseAssets(run_id=first.id, reason="done"))
+    released = await first.released.next()
+    assert (released.asset_ids, released.reason) == ([held.bindings[0].asset_id], "done")
+    reserved = await second.granted.next()
+    (binding,) = reserved.bindings
+    assert binding.asset_name == "source_plate"
+    assert binding.token > held.bindings[0].token
+    lease = await leases.read(binding.lease_key)
+    assert lease.holder is not None and lease.holder.run_id == second.id
+    assert lease.revision == binding.token
+
+
+async def test_waiter_is_woken_by_the_lease_watcher(
+    am: Bus, workcell: WorkcellLayout, new_run: Any, leases: LeaseStore
+) -> None:
+    """A lease that disappears from the bucket (no ReleaseAssets at all) wakes the waiter."""
+    first, second = await new_run(), await new_run()
+    (held,) = (await granted(am, first, workcell, "dest_plate")).bindings
+    await reserve(am, second, workcell, [plate()], pins={"plate": "dest_plate"})
+    await second.granted.assert_silent()
+
+    assert await leases.release(held.lease_key, held.token)
+
+    (binding,) = (await second.granted.next()).bindings
+    assert binding.asset_id == held.asset_id
+
+
+async def test_expired_lease_wakes_the_waiter(
+    am: Bus, workcell: WorkcellLayout, new_run: Any, leases: LeaseStore
+) -> None:
+    first, second = await new_run(), await new_run()
+    await reserve(am, first, workcell, [plate()], pins={"plate": "source_plate"}, ttl_seconds=1)
+    (held,) = (await first.granted.next()).bindings
+
+    await reserve(am, second, workcell, [plate()], pins={"plate": "source_plate"})
+
+    # The first lease expires on the server after 1 s; nobody releases it.
+    (binding,) = (await second.granted.next(timeout=6)).bindings
+    assert binding.asset_id == held.asset_id
+    lease = await leases.read(binding.lease_key)
+    assert lease.holder is not None and lease.holder.run_id == second.id
+
+
+async def test_reservation_is_all_or_nothing(
+    am: Bus, workcell: WorkcellLayout, new_run: Any, leases: LeaseStore
+) -> None:
+    holder, both, later = await new_run(), await new_run(), await new_run()
+    await granted(am, holder, workcell, "source_plate")
+    two_plates = [plate("first"), plate("second")]
+    pins = {"first": "source_plate", "second": "dest_plate"}
+
+    await reserve(am, both, workcell, two_plates, pins=pins)
+    await both.granted.assert_silent()
+
+    dest = await leases.read(lease_key(asset_id(workcell, "dest_plate")))
+    assert dest.holder is None or dest.holder.run_id != both.id  # no hold-and-wait
+    # A later run wanting only the free plate queues behind the earlier, bigger request.
+    await reserve(am, later, workcell, [plate()], pins={"plate": "dest_plate"})
+    await later.granted.assert_silent()
+
+    await am.publish(ReleaseAssets(run_id=holder.id))
+    reserved = await both.granted.next()
+    assert {b.requirement: b.asset_name for b in reserved.bindings} == pins
+    for binding in reserved.bindings:
+        lease = await leases.read(binding.lease_key)
+        assert lease.holder is not None and lease.holder.run_id == both.id
+        assert lease.revision == binding.token
+    await later.granted.assert_silent()
+    await am.publish(ReleaseAssets(run_id=both.id))
+    assert [b.asset_name for b in (await later.granted.next()).bindings] == ["dest_plate"]
+
+
+@pytest.mark.parametrize(
+    ("requirement", "pins"),
+    [
+        (AssetRequirementSpec(name="trough", type_fqn=fqn(Trough), kind="resource"), {}),
+        (plate(), {"plate": "no_such_plate"}),
+    ],
+    ids=["no-asset-of-that-type", "pin-to-a-missing-asset"],
+)
+async def test_unsatisfiable_request_fails(
+    am: Bus,
+    workcell: WorkcellLayout,
+    new_run: Any,
+    requirement: AssetRequirementSpec,
+    pins: dict[str, str],
+) -> None:
+    run = await new_run()
+    await reserve(am, run, workcell, [requirement], pins=pins)
+
+    failed = await run.failed.next()
+    assert failed.error.code == ErrorCode.NO_MATCHING_ASSETS
+    await run.granted.assert_silent(0)
+
+
+async def test_unknown_workcell_fails(am: Bus, new_run: Any) -> None:
+    run = await new_run()
+    await am.publish(
+        ReserveAssets(run_id=run.id, requirements=[plate()], workcell=f"wc-{uuid.uuid4().hex}")
+    )
+    assert (await run.failed.next()).error.code == ErrorCode.NOT_FOUND
+
+
+async def test_release_is_idempotent(
+    am: Bus, workcell: WorkcellLayout, new_run: Any, leases: LeaseStore
+) -> None:
+    run = await new_run()
+    (binding,) = (await granted(am, run, workcell, "source_plate")).bindings
+
+    await am.publish(ReleaseAssets(run_id=run.id, reason="finished"))
+    assert (await run.released.next()).asset_ids == [binding.asset_id]
+    await am.publish(ReleaseAssets(run_id=run.id, reason="redelivered"))
+    await am.publish(ReleaseAssets(run_id=uuid.uuid4()))  # never reserved: nothing to release
+
+    await run.released.assert_silent()
+    assert (await leases.read(binding.lease_key)).holder is None
+    after = await new_run()  # the service still serves
+    (again,) = (await granted(am, after, workcell, "source_plate")).bindings
+    assert again.asset_id == binding.asset_id
+
+
+async def test_duplicate_releases_delivered_together_announce_once(
+    am: Bus, workcell: WorkcellLayout, new_run: Any, leases: LeaseStore
+) -> None:
+    """JetStream redelivers; two copies of one ReleaseAssets may be handled concurrently."""
+    run = await new_run()
+    (binding,) = (await granted(am, run, workcell, "dest_plate")).bindings
+
+    await am.publish(ReleaseAssets(run_id=run.id))
+    await am.publish(ReleaseAssets(run_id=run.id))
+
+    assert (await run.released.next()).asset_ids == [binding.asset_id]
+    await run.released.assert_silent()
+    assert (await leases.read(binding.lease_key)).holder is None
+
+
+async def test_duplicate_reserve_re_announces_the_same_grant(
+    am: Bus, workcell: WorkcellLayout, new_run: Any
+) -> None:
+    run = await new_run()
+    first = await granted(am, run, workcell, "dest_plate")
+
+    again = await granted(am, run, workcell, "dest_plate")
+
+    assert again.bindings == first.bindings
+    assert (again.workcell_id, again.workcell_name) == (first.workcell_id, first.workcell_name)
+
+
+async def test_reserve_after_release_does_not_lease_again(
+    am: Bus, workcell: WorkcellLayout, new_run: Any, leases: LeaseStore
+) -> None:
+    """A late duplicate ReserveAssets (redelivered after the run ended) must not re-lease."""
+    run = await new_run()
+    (binding,) = (await granted(am, run, workcell, "dest_plate")).bindings
+    await am.publish(ReleaseAssets(run_id=run.id))
+    await run.released.next()
+
+    await reserve(am, run, workcell, [plate()], pins={"plate": "dest_plate"})
+
+    await run.granted.assert_silent()
+    lease = await leases.read(binding.lease_key)
+    assert lease.holder is None, f"run {run.id} ended but holds {binding.asset_name} again"
+
+
+async def test_waiters_survive_a_restart(
+    asset_manager: Any, am: Bus, workcell: WorkcellLayout, new_run: Any
+) -> None:
+    first, second = await new_run(), await new_run()
+    held = await granted(am, first, workcell, "source_plate")
+    await reserve(am, second, workcell, [plate()], pins={"plate": "source_plate"})
+    await second.granted.assert_silent()
+
+    # The waiter now lives only in PostgreSQL.
+    assert await asset_manager.restart(within=STOP_TIMEOUT) < STOP_TIMEOUT
+    await am.publish(ReleaseAssets(run_id=first.id))
+
+    (binding,) = (await second.granted.next()).bindings
+    assert binding.asset_id == held.bindings[0].asset_id
+    assert binding.token > held.bindings[0].token
+
+
+async def test_stop_right_after_a_watcher_grant_is_prompt(
+    asset_manager: Any, am: Bus, workcell: WorkcellLayout, new_run: Any, leases: LeaseStore
+) -> None:
+    """SIGTERM may come at any moment, e.g. while the lease watcher is announcing a grant.
+
+    The watcher task is cancelled on stop; if the cancellation is lost (CPython 3.11's
+    ``asyncio.wait_for``, used by nats-py requests, drops a cancel that arrives just as the
+    awaited reply lands) the watcher loops on and ``Service.stop`` waits for it forever. The race
+    is narrow, so the scenario is repeated.
+    """
+    for attempt in range(STOP_ATTEMPTS):
+        first, second = await new_run(), await new_run()
+        (held,) = (await granted(am, first, workcell, "source_plate")).bindings
+        await reserve(am, second, workcell, [plate()], pins={"plate": "source_plate"})
+        await second.granted.assert_silent(0.2)
+        assert await leases.release(held.lease_key, held.token)  # only the watcher can grant now
+        await second.granted.next()
+
+        took = await asset_manager.restart(within=STOP_TIMEOUT)
+
+        assert took < STOP_TIMEOUT, f"stop hung for {took:.1f} s (attempt {attempt + 1})"
+        await am.publish(ReleaseAssets(run_id=second.id))
+        await second.released.next()

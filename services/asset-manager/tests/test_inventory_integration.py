@@ -1,0 +1,516 @@
+"""Inventory service layer (catalog, commands, status history) against a real PostgreSQL.
+
+No NATS: the service objects are driven directly. One database and one catalog sync per module;
+every test creates its own workcell under a unique name.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pylabrobot.liquid_handling import LiquidHandler
+from pylabrobot.plate_reading import PlateReader
+from pylabrobot.resources import Deck, Plate, TipRack
+from pylabrobot.resources.hamilton.hamilton_decks import HamiltonSTARDeck
+from sqlalchemy import func, select, update
+
+import praxis_asset_manager
+from praxis_asset_manager.catalog import Catalog
+from praxis_asset_manager.inventory import Inventory
+from praxis_asset_manager.inventory_commands import InventoryCommands
+from praxis_asset_manager.orm import Base, CatalogRow, StatusHistoryRow
+from praxis_asset_manager.status import StatusChange, StatusQueue, StatusRecorder
+from praxis_contracts.assets import Asset, AssetStatus, ListAssets, Workcell
+from praxis_contracts.common import SearchFilters
+from praxis_contracts.errors import Conflict, InvalidRequest, NotFound, UnknownAssetType
+from praxis_contracts.inventory import (
+    CreateAsset,
+    CreateWorkcell,
+    DeleteAsset,
+    DeleteWorkcell,
+    ListAssetStatusHistory,
+    ListCatalog,
+    UpdateAsset,
+    UpdateWorkcell,
+)
+from praxis_devstack.pytest_plugin import MakeDatabase
+from praxis_plr.layout import demo_liquid_handler
+from praxis_plr.types import fqn
+from praxis_runtime.db import Database
+
+pytestmark = pytest.mark.integration
+
+MIGRATIONS = Path(praxis_asset_manager.__file__).parent / "migrations"
+COR_96 = "pylabrobot.resources.corning.plates.cor_96_wellplate_360uL_Fb"
+TIPS_1000 = "pylabrobot.resources.hamilton.tip_racks.hamilton_96_tiprack_1000uL"
+STARLET = "pylabrobot.resources.hamilton.hamilton_decks.STARLetDeck"
+
+
+@dataclass
+class Stack:
+    db: Database
+    catalog: Catalog
+    inventory: Inventory
+    commands: InventoryCommands
+    status: StatusRecorder
+
+
+@pytest.fixture(scope="module")
+async def stack(make_database: MakeDatabase) -> AsyncIterator[Stack]:
+    db = Database(make_database("inventory"), "asset_manager")
+    await db.migrate(MIGRATIONS, Base.metadata)
+    catalog = Catalog(db)
+    await catalog.sync()  # an empty table is always synced
+    inventory = Inventory(db)
+    yield Stack(
+        db=db,
+        catalog=catalog,
+        inventory=inventory,
+        commands=InventoryCommands(db, inventory, catalog),
+        status=StatusRecorder(db, inventory.apply_statuses),
+    )
+    await db.dispose()
+
+
+@pytest.fixture
+async def workcell(stack: Stack) -> Workcell:
+    name = f"wc-{uuid.uuid4().hex[:10]}"
+    return await stack.commands.create_workcell(CreateWorkcell(name=name, properties={"lab": 1}))
+
+
+async def plate(stack: Stack, workcell: Workcell, name: str, **fields: Any) -> Asset:
+    cmd = CreateAsset(workcell=workcell.name, kind="resource", name=name, fqn=COR_96, **fields)
+    asset, _ = await stack.commands.create_asset(cmd)
+    return asset
+
+
+async def history(stack: Stack, asset: Asset, **filters: Any) -> list[tuple[Any, ...]]:
+    page = await stack.status.history(
+        ListAssetStatusHistory(accession_id=asset.accession_id, filters=SearchFilters(**filters))
+    )
+    return [(e.previous, e.status, e.reason, e.run_id) for e in page.items]
+
+
+# -- catalog ------------------------------------------------------------------------------------
+async def test_catalog_has_classes_and_factories_with_their_kinds(stack: Stack) -> None:
+    entries = await stack.catalog.entries()
+    expected = {
+        fqn(LiquidHandler): ("machine", False),
+        fqn(PlateReader): ("machine", False),
+        fqn(HamiltonSTARDeck): ("deck", False),
+        STARLET: ("deck", True),  # a factory in PyLabRobot 0.2.2 (returns a HamiltonSTARDeck)
+        COR_96: ("resource", True),
+        TIPS_1000: ("resource", True),
+    }
+    assert {name: (entries[name].kind, entries[name].is_factory) for name in expected} == expected
+    assert entries[COR_96].bases[0] == fqn(Plate)
+    assert entries[COR_96].category == "plate"
+    assert entries[COR_96].instantiable
+    assert fqn(TipRack) in entries[TIPS_1000].bases
+    assert entries[STARLET].bases[:1] == [fqn(HamiltonSTARDeck)]
+    assert not entries[fqn(LiquidHandler)].instantiable  # needs a backend and a deck
+    assert all(not name.split(".")[-1].startswith("_") for name in entries)
+    assert len(entries) > 400
+
+
+async def test_catalog_resyncs_only_when_the_version_changes(stack: Stack) -> None:
+    async def synced() -> set[tuple[str, Any]]:
+        async with stack.db.transaction() as session:
+            rows = await session.execute(
+                select(CatalogRow.pylabrobot_version, CatalogRow.synced_at).distinct()
+            )
+            return {(version, at) for version, at in rows}
+
+    (before,) = await synced()
+    again = Catalog(stack.db)
+    await again.sync()  # same PyLabRobot version: nothing walked
+    assert await synced() == {before}
+    assert await again.entries() == await stack.catalog.entries()  # loaded from the table
+
+    async with stack.db.transaction() as session:
+        await session.execute(update(CatalogRow).values(pylabrobot_version="0.0.1"))
+    await again.sync()
+    ((version, at),) = await synced()
+    assert version == before[0] and at > before[1]
+    async with stack.db.transaction() as session:
+        count = await session.scalar(select(func.count()).select_from(CatalogRow))
+    assert count == len(await stack.catalog.entries())
+
+
+async def test_catalog_list_filters_sorts_and_pages(stack: Stack) -> None:
+    plates = await stack.catalog.list(
+        ListCatalog(search="COR_96_WELLPLATE", kind="resource", filters=SearchFilters(limit=2))
+    )
+    assert plates.total >= 3 and len(plates.items) == 2
+    assert all("cor_96_wellplate" in e.fqn.lower() for e in plates.items)
+    assert [e.fqn for e in plates.items] == sorted(e.fqn for e in plates.items)
+    second = await stack.catalog.list(
+        ListCatalog(search="cor_96_wellplate", filters=SearchFilters(limit=2, offset=2))
+    )
+    assert not {e.fqn for e in second.items} & {e.fqn for e in plates.items}
+
+    machines = await stack.catalog.list(
+        ListCatalog(kind="machine", is_factory=False, filters=SearchFilters(sort_by="-name"))
+    )
+    names = [e.name for e in machines.items]
+    assert "LiquidHandler" in names and names == sorted(names, reverse=True)
+    tip_racks = await stack.catalog.list(ListCatalog(base=fqn(TipRack)))
+    assert TIPS_1000 in {e.fqn for e in tip_racks.items}
+    assert all(fqn(TipRack) in e.bases for e in tip_racks.items)
+    assert (await stack.catalog.list(ListCatalog(search="100%_nothing"))).total == 0
+    with pytest.raises(InvalidRequest, match="sort"):
+        await stack.catalog.list(ListCatalog(filters=SearchFilters(sort_by="bases")))
+
+
+async def test_resolve_accepts_fqns_reexports_and_unique_names(stack: Stack) -> None:
+    assert (await stack.catalog.resolve(COR_96)).fqn == COR_96
+    assert (await stack.catalog.resolve("pylabrobot.resources.Plate")).fqn == fqn(Plate)
+    assert (await stack.catalog.resolve("cor_96_wellplate_360uL_Fb")).fqn == COR_96
+
+
+@pytest.mark.parametrize(
+    ("name", "suggested"),
+    [
+        ("pylabrobot.resources.corning.plates.cor_96_wellplate_360ul_fb", COR_96),
+        ("cor_96_wellplate_360uL_Fx", COR_96),
+        ("pylabrobot.resources.hamilton.tip_racks.hamilton_96_tiprack_1000", TIPS_1000),
+        ("pylabrobot.liquid_handling.LiquidHandlr", fqn(LiquidHandler)),
+    ],
+)
+async def test_unknown_type_suggests_close_matches(stack: Stack, name: str, suggested: str) -> None:
+    with pytest.raises(UnknownAssetType) as caught:
+        await stack.catalog.resolve(name)
+    assert suggested in caught.value.details["suggestions"]
+    assert name in caught.value.message and "Did you mean" in caught.value.message
+
+
+async def test_unrelated_names_are_unknown_without_guesses(stack: Stack) -> None:
+    with pytest.raises(UnknownAssetType) as caught:
+        await stack.catalog.resolve("os.path.join")
+    assert caught.value.details["fqn"] == "os.path.join"
+
+
+# -- workcells and assets -----------------------------------------------------------------------
+async def test_create_plate_by_factory_name(stack: Stack, workcell: Workcell) -> None:
+    cmd = CreateAsset(workcell=workcell.name, kind="resource", name="src", fqn=COR_96)
+    asset, events = await stack.commands.create_asset(cmd)
+
+    assert asset.fqn == COR_96  # kept as given: the factory
+    assert asset.type_mro[0] == fqn(Plate) and fqn(Plate) in asset.type_mro
+    assert asset.definition["name"] == "src" and asset.definition["type"] == "Plate"
+    assert asset.state is not None and "src_well_A1" in asset.state
+    assert asset.status is AssetStatus.AVAILABLE and asset.workcell_id == workcell.accession_id
+    (event,) = events
+    assert (event.asset_id, event.status, event.previous) == (asset.accession_id, "available", None)
+    assert await history(stack, asset) == [(None, AssetStatus.AVAILABLE, "created", None)]
+
+    with pytest.raises(Conflict, match="already exists"):
+        await stack.commands.create_asset(cmd)
+    with pytest.raises(InvalidRequest, match="is a resource, not a machine"):
+        await stack.commands.create_asset(cmd.model_copy(update={"kind": "machine", "name": "x"}))
+    with pytest.raises(NotFound):
+        await stack.commands.create_asset(cmd.model_copy(update={"workcell": "nowhere"}))
+    with pytest.raises(UnknownAssetType):
+        await stack.commands.create_asset(cmd.model_copy(update={"fqn": "Plat", "name": "y"}))
+
+
+async def test_types_that_need_more_than_a_name_need_a_definition(
+    stack: Stack, workcell: Workcell
+) -> None:
+    cmd = CreateAsset(workcell=workcell.name, kind="machine", name="lh", fqn=fqn(LiquidHandler))
+    with pytest.raises(InvalidRequest, match="needs a definition") as caught:
+        await stack.commands.create_asset(cmd)
+    assert "backend" in caught.value.details["required"]
+
+    handler = demo_liquid_handler()
+    with pytest.raises(InvalidRequest, match="needs a backend"):
+        definition = {k: v for k, v in handler.serialize().items() if k != "backend"}
+        await stack.commands.create_asset(cmd.model_copy(update={"definition": definition}))
+    asset, _ = await stack.commands.create_asset(
+        cmd.model_copy(
+            update={"definition": handler.serialize(), "backend": handler.backend.serialize()}
+        )
+    )
+    assert asset.type_mro[0] == fqn(LiquidHandler) and asset.kind == "machine"
+
+
+async def test_parents_and_slots(stack: Stack, workcell: Workcell) -> None:
+    deck, _ = await stack.commands.create_asset(
+        CreateAsset(workcell=workcell.name, kind="deck", name="deck_1", fqn=STARLET)
+    )
+    assert deck.definition["name"] == "deck_1"  # the factory names it "deck"; the asset wins
+    assert fqn(Deck) in deck.type_mro
+
+    by_name = await plate(stack, workcell, "p1", parent="deck_1", slot="carrier_site_0")
+    by_id = await plate(stack, workcell, "p2", parent=str(deck.accession_id))
+    assert (by_name.parent_id, by_name.slot) == (deck.accession_id, "carrier_site_0")
+    assert by_id.parent_id == deck.accession_id
+
+    with pytest.raises(InvalidRequest, match="not an asset of this workcell"):
+        await plate(stack, workcell, "p3", parent="no_such_deck")
+    with pytest.raises(InvalidRequest, match="slot needs a parent"):
+        await plate(stack, workcell, "p3", slot="somewhere")
+    with pytest.raises(InvalidRequest, match="inside itself"):
+        await stack.commands.update_asset(UpdateAsset(accession_id=deck.accession_id, parent="p1"))
+
+    moved, _ = await stack.commands.update_asset(
+        UpdateAsset(accession_id=by_name.accession_id, detach=True)
+    )
+    assert (moved.parent_id, moved.slot) == (None, None)
+    with pytest.raises(Conflict, match="holds p2"):
+        await stack.commands.delete_asset(DeleteAsset(accession_id=deck.accession_id))
+
+
+async def test_update_asset_fields_and_user_statuses(stack: Stack, workcell: Workcell) -> None:
+    asset = await plate(stack, workcell, "plate_u", properties={"vendor": "corning"})
+    updated, events = await stack.commands.update_asset(
+        UpdateAsset(
+            accession_id=asset.accession_id,
+            properties={"vendor": "corning", "lot": 7},
+            status=AssetStatus.MAINTENANCE,
+            reason="cleaning",
+            shareable=True,
+            name="plate_v",
+        )
+    )
+    assert updated.properties == {"vendor": "corning", "lot": 7} and updated.shareable
+    assert updated.name == "plate_v" and updated.definition["name"] == "plate_v"
+    assert updated.status is AssetStatus.MAINTENANCE and updated.updated_at > asset.updated_at
+    (event,) = events
+    assert (event.previous, event.status, event.reason) == ("available", "maintenance", "cleaning")
+    assert (await history(stack, asset))[0] == (
+        AssetStatus.AVAILABLE,
+        AssetStatus.MAINTENANCE,
+        "cleaning",
+        None,
+    )
+
+    same, events = await stack.commands.update_asset(
+        UpdateAsset(accession_id=asset.accession_id, status=AssetStatus.MAINTENANCE)
+    )
+    assert events == [] and same.status is AssetStatus.MAINTENANCE  # no change, no history row
+    assert len(await history(stack, asset)) == 2
+    for status in (AssetStatus.RESERVED, AssetStatus.IN_USE):
+        with pytest.raises(InvalidRequest, match="set by reservations"):
+            await stack.commands.update_asset(
+                UpdateAsset(accession_id=asset.accession_id, status=status)
+            )
+    await plate(stack, workcell, "plate_w")
+    with pytest.raises(Conflict, match="already exists"):
+        await stack.commands.update_asset(
+            UpdateAsset(accession_id=asset.accession_id, name="plate_w")
+        )
+    with pytest.raises(NotFound):
+        await stack.commands.update_asset(
+            UpdateAsset(accession_id=asset.accession_id, kind="machine", shareable=False)
+        )
+
+
+async def test_status_batches_history_and_held_assets(stack: Stack, workcell: Workcell) -> None:
+    a, b, c = [await plate(stack, workcell, name) for name in ("sa", "sb", "sc")]
+    run = uuid.uuid4()
+    events = await stack.status.set_status(
+        [
+            StatusChange(a.accession_id, AssetStatus.RESERVED, "granted", run),
+            StatusChange(b.accession_id, AssetStatus.RESERVED, "granted", run),
+            StatusChange(c.accession_id, AssetStatus.AVAILABLE, "already"),  # no change
+            StatusChange(uuid.uuid4(), AssetStatus.RESERVED, "deleted meanwhile", run),
+        ]
+    )
+    assert [(e.asset_id, e.previous, e.status, e.run_id) for e in events] == [
+        (a.accession_id, AssetStatus.AVAILABLE, AssetStatus.RESERVED, run),
+        (b.accession_id, AssetStatus.AVAILABLE, AssetStatus.RESERVED, run),
+    ]
+    assert events[0].workcell_id == workcell.accession_id and events[0].name == "sa"
+    assert (await history(stack, a))[0] == (AssetStatus.AVAILABLE, "reserved", "granted", run)
+    assert len(await history(stack, c)) == 1  # only "created"
+
+    held = UpdateAsset(accession_id=a.accession_id)
+    for change in ({"status": AssetStatus.MAINTENANCE}, {"name": "x"}, {"slot": "s"}):
+        with pytest.raises(Conflict, match="reserved"):
+            await stack.commands.update_asset(held.model_copy(update=change))
+    relabelled, _ = await stack.commands.update_asset(held.model_copy(update={"properties": {}}))
+    assert relabelled.status is AssetStatus.RESERVED
+    with pytest.raises(Conflict, match="reserved"):
+        await stack.commands.delete_asset(DeleteAsset(accession_id=a.accession_id))
+    with pytest.raises(Conflict, match="sa, sb"):
+        await stack.commands.delete_workcell(DeleteWorkcell(workcell=workcell.name))
+
+    await stack.status.set_status(
+        [StatusChange(a.accession_id, AssetStatus.IN_USE, "started", run)]
+        + [StatusChange(x.accession_id, AssetStatus.AVAILABLE, "released", run) for x in (a, b)]
+    )  # the last change of an asset wins
+    assert (await stack.commands.update_asset(held))[0].status is AssetStatus.AVAILABLE
+    await stack.commands.delete_asset(DeleteAsset(accession_id=a.accession_id))
+    with pytest.raises(NotFound):
+        await stack.inventory.get_asset(a.accession_id)
+    with pytest.raises(NotFound):
+        await history(stack, a)
+
+
+async def test_history_filters(stack: Stack, workcell: Workcell) -> None:
+    asset = await plate(stack, workcell, "hp")
+    runs = [uuid.uuid4(), uuid.uuid4()]
+    for run in runs:
+        await stack.status.set_status(
+            [StatusChange(asset.accession_id, AssetStatus.RESERVED, "go", run)]
+        )
+        await stack.status.set_status(
+            [StatusChange(asset.accession_id, AssetStatus.AVAILABLE, "done", run)]
+        )
+
+    everything = await history(stack, asset)
+    assert [row[1] for row in everything] == ["available", "reserved"] * 2 + ["available"]
+    assert await history(stack, asset, protocol_run_accession_id=runs[0]) == [
+        (AssetStatus.RESERVED, AssetStatus.AVAILABLE, "done", runs[0]),
+        (AssetStatus.AVAILABLE, AssetStatus.RESERVED, "go", runs[0]),
+    ]
+    assert await history(stack, asset, limit=1, offset=4) == [
+        (None, AssetStatus.AVAILABLE, "created", None)
+    ]
+    oldest_first = await history(stack, asset, sort_by="at")
+    assert oldest_first[0][2] == "created"
+    reserved = await stack.status.history(
+        ListAssetStatusHistory(accession_id=asset.accession_id, status=AssetStatus.RESERVED)
+    )
+    assert reserved.total == 2
+    with pytest.raises(NotFound):
+        await stack.status.history(
+            ListAssetStatusHistory(accession_id=asset.accession_id, kind="deck")
+        )
+
+
+async def test_list_assets_with_standard_filters(stack: Stack, workcell: Workcell) -> None:
+    for i in range(5):
+        await plate(stack, workcell, f"lp{i}", properties={"rack": i % 2, "tag": "list"})
+    await stack.commands.create_asset(
+        CreateAsset(workcell=workcell.name, kind="resource", name="tips", fqn=TIPS_1000)
+    )
+    mine = SearchFilters(workcell_accession_id=workcell.accession_id)
+
+    every = await stack.inventory.list_assets(ListAssets(filters=mine))
+    assert every.total == 6
+    odd = await stack.inventory.list_assets(
+        ListAssets(filters=mine.model_copy(update={"property_filters": {"rack": 1}}))
+    )
+    assert sorted(a.name for a in odd.items) == ["lp1", "lp3"]
+    pages = [
+        await stack.inventory.list_assets(
+            ListAssets(
+                fqn=fqn(Plate),
+                filters=mine.model_copy(update={"sort_by": "-name", "limit": 2, "offset": off}),
+            )
+        )
+        for off in (0, 2, 4)
+    ]
+    assert [[a.name for a in p.items] for p in pages] == [["lp4", "lp3"], ["lp2", "lp1"], ["lp0"]]
+    assert {p.total for p in pages} == {5}
+    racks = await stack.inventory.list_assets(ListAssets(fqn=fqn(TipRack), filters=mine))
+    assert [a.name for a in racks.items] == ["tips"]
+    assert (await stack.inventory.list_assets(ListAssets(fqn=TIPS_1000, filters=mine))).total == 1
+
+
+async def test_reconcile_with_live_leases(stack: Stack, workcell: Workcell) -> None:
+    held_free, stale, broken, running = [
+        await plate(stack, workcell, name) for name in ("rc_a", "rc_b", "rc_c", "rc_d")
+    ]
+    run, old_run = uuid.uuid4(), uuid.uuid4()
+    await stack.status.set_status(
+        [
+            StatusChange(stale.accession_id, AssetStatus.RESERVED, "granted", old_run),
+            StatusChange(running.accession_id, AssetStatus.IN_USE, "started", run),
+        ]
+    )
+    await stack.commands.update_asset(
+        UpdateAsset(accession_id=broken.accession_id, status=AssetStatus.ERROR)
+    )
+    held = {a.accession_id: run for a in (held_free, broken, running)}
+
+    events = await stack.status.reconcile(held)
+    mine = {e.asset_id: (e.previous, e.status, e.run_id) for e in events}
+    assert mine[held_free.accession_id] == (AssetStatus.AVAILABLE, AssetStatus.RESERVED, run)
+    assert mine[stale.accession_id] == (AssetStatus.RESERVED, AssetStatus.AVAILABLE, None)
+    assert broken.accession_id not in mine and running.accession_id not in mine
+    assert await stack.status.reconcile(held) == []  # converged
+
+
+async def test_layout_cache_follows_changes(stack: Stack, workcell: Workcell) -> None:
+    asset = await plate(stack, workcell, "cached")
+    layout = await stack.inventory.layout(workcell.name)
+    assert [a.name for a in layout.assets] == ["cached"]
+
+    await stack.status.set_status([StatusChange(asset.accession_id, AssetStatus.RESERVED)])
+    (patched,) = (await stack.inventory.layout(workcell.name)).assets
+    assert patched.status is AssetStatus.RESERVED  # patched in place, not reloaded
+    await stack.status.set_status([StatusChange(asset.accession_id, AssetStatus.AVAILABLE)])
+
+    await stack.commands.update_workcell(
+        UpdateWorkcell(workcell=str(workcell.accession_id), description="bench 2")
+    )
+    await plate(stack, workcell, "cached_2")
+    layout = await stack.inventory.layout(workcell.name)
+    assert layout.workcell.description == "bench 2"
+    assert layout.workcell.properties == {"lab": 1}  # None leaves it as it was
+    assert sorted(a.name for a in layout.assets) == ["cached", "cached_2"]
+
+
+async def test_workcell_crud(stack: Stack, workcell: Workcell) -> None:
+    with pytest.raises(Conflict, match="already exists"):
+        await stack.commands.create_workcell(CreateWorkcell(name=workcell.name))
+    updated = await stack.commands.update_workcell(
+        UpdateWorkcell(workcell=workcell.name, properties={"room": "B"})
+    )
+    assert updated.properties == {"room": "B"} and updated.accession_id == workcell.accession_id
+    asset = await plate(stack, workcell, "doomed")
+
+    await stack.commands.delete_workcell(DeleteWorkcell(workcell=str(workcell.accession_id)))
+    with pytest.raises(NotFound):
+        await stack.inventory.layout(workcell.name)
+    with pytest.raises(NotFound):
+        await stack.inventory.get_asset(asset.accession_id)
+    async with stack.db.transaction() as session:
+        rows = await session.scalar(
+            select(func.count())
+            .select_from(StatusHistoryRow)
+            .where(StatusHistoryRow.asset_id == asset.accession_id)
+        )
+    assert rows == 0
+    with pytest.raises(NotFound):
+        await stack.commands.delete_workcell(DeleteWorkcell(workcell=workcell.name))
+
+
+async def test_status_queue_applies_batches_in_order_and_publishes(
+    stack: Stack, workcell: Workcell
+) -> None:
+    asset = await plate(stack, workcell, "queued")
+    published: list[tuple[Any, str | None]] = []
+
+    async def publish(message: Any, *, msg_id: str | None = None) -> int:
+        published.append((message, msg_id))
+        return len(published)
+
+    queue = StatusQueue(stack.status, publish)
+    queue.start()
+    run = uuid.uuid4()
+    for status in (AssetStatus.RESERVED, AssetStatus.IN_USE, AssetStatus.AVAILABLE):
+        queue.submit([StatusChange(asset.accession_id, status, status.value, run)])
+    queue.submit([StatusChange(uuid.uuid4(), AssetStatus.RESERVED)])  # unknown: skipped
+    await queue.stop()  # applies what is pending first
+
+    assert [(e.previous, e.status) for e, _ in published] == [
+        (AssetStatus.AVAILABLE, AssetStatus.RESERVED),
+        (AssetStatus.RESERVED, AssetStatus.IN_USE),
+        (AssetStatus.IN_USE, AssetStatus.AVAILABLE),
+    ]
+    assert len({msg_id for _, msg_id in published}) == 3
+    assert [row[1] for row in await history(stack, asset)] == [
+        AssetStatus.AVAILABLE,
+        AssetStatus.IN_USE,
+        AssetStatus.RESERVED,
+        AssetStatus.AVAILABLE,
+    ]

@@ -1,0 +1,141 @@
+"""HTTP routes for inventory authoring: the type catalog, workcell and asset writes, status history.
+
+Reads of workcells and assets, and ``POST /workcells`` (register with assets, or empty), are in
+``routes``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import APIRouter, Query, Response, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from praxis_contracts.assets import Asset, AssetStatus, Workcell
+from praxis_contracts.common import AssetKind
+from praxis_contracts.inventory import (
+    AssetStatusHistoryPage,
+    CatalogPage,
+    CreateAsset,
+    DeleteAsset,
+    DeleteWorkcell,
+    ListAssetStatusHistory,
+    ListCatalog,
+    UpdateAsset,
+    UpdateWorkcell,
+)
+from praxis_gateway.routes import BusDep, Filters
+
+router = APIRouter(prefix="/api/v1", tags=["inventory"])
+
+_KINDS: tuple[tuple[str, AssetKind], ...] = (
+    ("machines", "machine"),
+    ("resources", "resource"),
+    ("decks", "deck"),
+)
+
+
+@router.get("/catalog")
+async def list_catalog(
+    b: BusDep,
+    filters: Filters,
+    kind: AssetKind | None = None,
+    search: Annotated[str | None, Query(description="Substring of the fqn or name")] = None,
+    is_factory: bool | None = None,
+    base: Annotated[str | None, Query(description="Ancestor class fqn, e.g. a Plate")] = None,
+) -> CatalogPage:
+    """PyLabRobot resource and machine types installed: what assets can be created from."""
+    return await b.request(
+        ListCatalog(filters=filters, kind=kind, search=search, is_factory=is_factory, base=base)
+    )
+
+
+class WorkcellPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    description: str | None = None
+    properties: dict[str, Any] | None = Field(default=None, description="Replaces them all.")
+
+
+@router.patch("/workcells/{workcell}")
+async def update_workcell(workcell: str, body: WorkcellPatch, b: BusDep) -> Workcell:
+    return await b.request(UpdateWorkcell(workcell=workcell, **body.model_dump()))
+
+
+@router.delete("/workcells/{workcell}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_workcell(workcell: str, b: BusDep) -> Response:
+    """Delete a workcell and its assets; 409 while a run holds any of them."""
+    await b.request(DeleteWorkcell(workcell=workcell))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+class AssetIn(BaseModel):
+    """An asset to create; without ``definition`` the type is built from its name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workcell: str = Field(description="Workcell name or accession id.")
+    name: str
+    fqn: str = Field(description="Catalog type (class or factory), see GET /catalog.")
+    definition: dict[str, Any] | None = None
+    backend: dict[str, Any] | None = None
+    state: dict[str, Any] | None = None
+    parent: str | None = Field(default=None, description="Parent asset name or id.")
+    slot: str | None = None
+    properties: dict[str, Any] = Field(default_factory=dict)
+    shareable: bool = False
+
+
+class AssetPatch(BaseModel):
+    """Fields to change; those left out stay as they are."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = None
+    properties: dict[str, Any] | None = Field(default=None, description="Replaces them all.")
+    status: AssetStatus | None = Field(default=None, description="available|maintenance|error")
+    reason: str = ""
+    parent: str | None = None
+    slot: str | None = None
+    detach: bool = False
+    shareable: bool | None = None
+
+
+def _asset_write_routes(path: str, kind: AssetKind) -> None:
+    async def create(body: AssetIn, b: BusDep) -> Asset:
+        return await b.request(CreateAsset(kind=kind, **body.model_dump()), timeout=_BUILD_TIMEOUT)
+
+    async def update(accession_id: UUID, body: AssetPatch, b: BusDep) -> Asset:
+        return await b.request(
+            UpdateAsset(accession_id=accession_id, kind=kind, **body.model_dump())
+        )
+
+    async def remove(accession_id: UUID, b: BusDep) -> Response:
+        await b.request(DeleteAsset(accession_id=accession_id, kind=kind))
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+    async def history(
+        accession_id: UUID,
+        b: BusDep,
+        filters: Filters,
+        status_: Annotated[AssetStatus | None, Query(alias="status")] = None,
+    ) -> AssetStatusHistoryPage:
+        query = ListAssetStatusHistory(
+            accession_id=accession_id, kind=kind, filters=filters, status=status_
+        )
+        return await b.request(query)
+
+    item = f"/{path}/{{accession_id}}"
+    add = router.add_api_route
+    add(f"/{path}", create, methods=["POST"], status_code=201, name=f"create_{path}")
+    add(item, update, methods=["PATCH"], name=f"update_{path}")
+    add(item, remove, methods=["DELETE"], status_code=204, name=f"delete_{path}")
+    add(f"{item}/status-history", history, methods=["GET"], name=f"{path}_status_history")
+
+
+for _path, _kind in _KINDS:
+    _asset_write_routes(_path, _kind)
+
+_BUILD_TIMEOUT = 30.0
+"""Creating an asset from its type name imports and instantiates PyLabRobot code."""

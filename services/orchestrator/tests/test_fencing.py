@@ -1,0 +1,111 @@
+"""Fencing: a holder whose lease expired can neither renew, release nor act, and its successor
+is never disturbed. Real nats-server; the expiry is the server's own TTL."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from praxis_contracts.assets import AssetBinding
+from praxis_contracts.errors import LeaseLost
+from praxis_contracts.topology import ASSET_LEASES
+from praxis_orchestrator.keeper import LeaseKeeper
+from praxis_runtime.bus import Bus
+from praxis_runtime.leases import Claim, LeaseStore, lease_key
+from praxis_runtime.topology import ensure_topology
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def leases(nats_url: str) -> AsyncIterator[LeaseStore]:
+    bus = Bus(nats_url, "fencing-test")
+    await bus.connect()
+    await ensure_topology(bus.js)
+    yield LeaseStore(bus.js, ASSET_LEASES.bucket)
+    await bus.stop()
+
+
+async def expiry_of(leases: LeaseStore, key: str) -> None:
+    """Wait for the server to expire ``key`` (pushed to a watcher as a PURGE marker)."""
+    kv = await leases.js.key_value(ASSET_LEASES.bucket)
+    watcher = await kv.watch(key)
+    try:
+        async with asyncio.timeout(15):
+            async for entry in watcher:
+                if entry is not None and entry.operation == "PURGE":
+                    return
+    finally:
+        await watcher.stop()
+
+
+def binding(asset_id: uuid.UUID, token: int) -> AssetBinding:
+    return AssetBinding(
+        requirement="plate",
+        asset_id=asset_id,
+        asset_name="plate",
+        kind="resource",
+        fqn="pylabrobot.resources.plate.Plate",
+        lease_key=lease_key(asset_id),
+        token=token,
+    )
+
+
+async def test_an_expired_holder_is_fenced_and_cannot_disturb_its_successor(
+    leases: LeaseStore,
+) -> None:
+    asset, stale_run, successor = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    key = lease_key(asset)
+    granted = await leases.acquire_all(stale_run, [Claim(asset, "plate")], ttl_seconds=1)
+    keeper = LeaseKeeper(leases, stale_run, [binding(asset, granted[asset].revision)], 1)
+    await keeper.renew()  # the holder may renew while the lease is live: the token moves on
+    assert keeper.tokens[key] > granted[asset].revision
+    await keeper.check()
+
+    await expiry_of(leases, key)
+    taken = await leases.acquire_all(successor, [Claim(asset, "plate")], ttl_seconds=30)
+    before = await leases.read(key)
+    assert before.holder is not None and before.holder.run_id == successor
+
+    await keeper.renew()  # the stale holder's heartbeat fails...
+    with pytest.raises(LeaseLost):
+        await keeper.check()  # ...and fences it before its next protocol-function call
+    with pytest.raises(LeaseLost):
+        await leases.renew(key, keeper.tokens[key], stale_run)
+    assert await leases.release(key, keeper.tokens[key]) is None
+    assert await leases.release(key, granted[asset].revision) is None
+    assert await leases.release_holder(key, stale_run) is None
+
+    after = await leases.read(key)
+    assert (after.revision, after.holder) == (before.revision, before.holder)
+    assert after.revision == taken[asset].revision
+    assert await leases.release(key, after.revision) is not None  # the successor still can
+
+
+async def test_a_live_holder_keeps_its_lease_by_renewing(leases: LeaseStore) -> None:
+    asset, run = uuid.uuid4(), uuid.uuid4()
+    granted = await leases.acquire_all(run, [Claim(asset, "plate")], ttl_seconds=1)
+    keeper = LeaseKeeper(leases, run, [binding(asset, granted[asset].revision)], 1)
+    kv = await leases.js.key_value(ASSET_LEASES.bucket)
+    watcher = await kv.watch(lease_key(asset))
+    keeper.start()
+    try:
+        renewals = 0
+        async with asyncio.timeout(15):
+            async for entry in watcher:  # ~3 s of pushed renewals, never an expiry
+                if entry is None:
+                    continue
+                assert entry.operation != "PURGE", "the lease expired although renewed"
+                renewals += 1
+                if renewals == 10:
+                    break
+    finally:
+        await keeper.stop()
+        await watcher.stop()
+    await keeper.check()
+    state = await leases.read(lease_key(asset))
+    assert state.holder is not None and state.holder.run_id == run
+    assert state.revision == keeper.tokens[lease_key(asset)]
