@@ -260,21 +260,30 @@ class LeaseStore:
         return await self._cas(key, b"", token, ttl=None, headers=delete)
 
     async def release_holder(
-        self, key: str, run_id: uuid.UUID | None, *, headers: dict[str, str] | None = None
+        self,
+        key: str,
+        run_id: uuid.UUID | None,
+        *,
+        known: KeyState | None = None,
+        headers: dict[str, str] | None = None,
     ) -> tuple[KeyState, int] | None:
         """Release the key if ``run_id`` holds it (any holder if None), at its current token.
 
-        The holder renews without telling anyone, so the releasing side reads the current
-        revision; a renewal racing the release makes the CAS fail once and is read again.
-        Returns the released lease's last state and the tombstone's revision, or None.
+        ``known`` is the caller's view of the key: tried first, it saves a read. The holder
+        renews without telling anyone, so a stale view costs one re-read; a renewal racing the
+        release makes the CAS fail once and is read again. Returns the released lease's last
+        state and the tombstone's revision, or None if the run did not hold it.
         """
+        state = known
         for _ in range(3):
-            state = await self.read(key)
+            if state is None:
+                state = await self.read(key)
             if state.holder is None or run_id not in (None, state.holder.run_id):
                 return None
             tombstone = await self.release(key, state.revision, headers=headers)
             if tombstone is not None:
                 return state, tombstone
+            state = None
         raise LeaseLost(f"lease {key} kept changing while being released", key=key)
 
     async def force_release(self, key: str, reason: str) -> tuple[KeyState, int] | None:

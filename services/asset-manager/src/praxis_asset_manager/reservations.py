@@ -281,11 +281,11 @@ class Reservations:
         released = await self._release_keys(cmd.run_id, self.index.held_by(cmd.run_id))
         if not released and waiter is None:
             return  # nothing held, nothing waiting: a duplicate release changes nothing
-        event = AssetsReleased(run_id=cmd.run_id, asset_ids=released, reason=cmd.reason)
-        await self.publish(event)
         reason = cmd.reason or f"released by run {cmd.run_id}"
         self.status([(a, AssetStatus.AVAILABLE, reason, cmd.run_id) for a in released])
+        # Waiters first: their grant should not queue behind our own announcement.
         await self.serve(set(released) | (waiter.wanted if waiter else set()))
+        await self.publish(AssetsReleased(run_id=cmd.run_id, asset_ids=released, reason=reason))
 
     def _remember_released(self, run_id: uuid.UUID, limit: int = 100_000) -> None:
         self._released[run_id] = None
@@ -293,7 +293,9 @@ class Reservations:
             self._released.popitem(last=False)
 
     async def _release_keys(self, run_id: uuid.UUID, held: dict[str, KeyState]) -> list[uuid.UUID]:
-        results = await asyncio.gather(*(self.leases.release_holder(k, run_id) for k in held))
+        results = await asyncio.gather(
+            *(self.leases.release_holder(k, run_id, known=state) for k, state in held.items())
+        )
         released = []
         for key, result in zip(held, results, strict=True):
             if result is not None:

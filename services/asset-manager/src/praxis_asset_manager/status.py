@@ -53,9 +53,15 @@ class Publish(Protocol):
 
 async def publish_status(publish: Publish, events: Iterable[AssetStatusChanged]) -> None:
     """Publish committed status changes; the message id makes a retried publish a no-op."""
-    for event in events:
-        msg_id = f"asset-status:{event.asset_id}:{event.at.isoformat()}:{event.status.value}"
-        await publish(event, msg_id=msg_id)
+    await asyncio.gather(
+        *(
+            publish(
+                event,
+                msg_id=f"asset-status:{event.asset_id}:{event.at.isoformat()}:{event.status.value}",
+            )
+            for event in events
+        )
+    )
 
 
 @dataclass(frozen=True)
