@@ -88,7 +88,7 @@ class Running:
         await self.service.start()
         # start() returns before the server has surely registered the service's subscriptions
         # (see the test report); one PING/PONG on its connection guarantees it has.
-        await self.service.bus.nc.flush()
+        pass  # flush disabled for experiment
 
     async def stop(self, within: float = STOP_TIMEOUT) -> float:
         """Stop; returns how long it took. A stop hung past ``within`` is cancelled, which lets
