@@ -75,6 +75,18 @@ class Tap(Generic[E]):
 TapFactory = Callable[..., Awaitable[Tap[E]]]
 
 
+async def registered(service: Service) -> None:
+    """Wait until the server has every subscription ``service`` made.
+
+    ``Service.start()`` can return while the SUB commands still wait in nats-py's write buffer
+    (see the test report). A PING/PONG alone does not prove they arrived: nats-py writes PING
+    straight to the socket, ahead of buffered commands. The first round trip lets the flusher
+    write the buffer; the second is answered only after the server has read it.
+    """
+    await service.bus.nc.flush()
+    await service.bus.nc.flush()
+
+
 class Running:
     """A service started in-process from its ``build_app`` and settings."""
 
@@ -86,9 +98,7 @@ class Running:
     async def start(self) -> None:
         self.service = self.build(self.settings)
         await self.service.start()
-        # start() returns before the server has surely registered the service's subscriptions
-        # (see the test report); one PING/PONG on its connection guarantees it has.
-        pass  # flush disabled for experiment
+        await registered(self.service)
 
     async def stop(self, within: float = STOP_TIMEOUT) -> float:
         """Stop; returns how long it took. A stop hung past ``within`` is cancelled, which lets

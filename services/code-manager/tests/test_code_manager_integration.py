@@ -21,6 +21,7 @@ from praxis_contracts.errors import (
     InvalidRequest,
     NotFound,
     SourceSyncFailed,
+    Unavailable,
 )
 from praxis_contracts.protocols import (
     ListProtocolDefinitions,
@@ -39,6 +40,7 @@ from praxis_runtime.bus import Bus
 
 pytestmark = pytest.mark.integration
 
+START_ATTEMPTS = 30  # a race: repeated so that a regression shows in (nearly) every run
 SYNC_TIMEOUT = 60.0  # a first sync clones and imports; generous for slow machines
 
 MIX = '''"""Mixing protocols."""
@@ -322,3 +324,26 @@ async def test_fresh_replica_resolves_from_the_object_store(
     assert resolved.parameters == {"volume": 4.0}
     unpacked = fresh / "trees" / str(source.accession_id) / str(source.commit)
     assert (unpacked / "protos" / "mix.py").is_file()
+
+
+async def test_a_started_replica_answers_at_once(code_manager: Any, cm: Bus) -> None:
+    """``Service.start()`` returns "once it is serving": a request right after it is answered.
+
+    The module's replica is stopped meanwhile, so only the replica under test can answer.
+    """
+    settings = code_manager.settings
+    await code_manager.stop()
+    unanswered = []
+    try:
+        for attempt in range(START_ATTEMPTS):
+            replica = build_app(settings)
+            await replica.start()
+            try:
+                await cm.request(ListProtocolSources())
+            except Unavailable:
+                unanswered.append(attempt)
+            finally:
+                await replica.stop()
+    finally:
+        await code_manager.start()
+    assert unanswered == [], f"no responder right after start() in attempts {unanswered}"

@@ -47,13 +47,5 @@ class LeaseIndex:
         keys = self._by_run.get(run_id, set())
         return {k: self.states[k] for k in keys if self.states[k].holder is not None}
 
-    def busy(self, except_run: uuid.UUID) -> set[uuid.UUID]:
-        """Assets leased to any run other than ``except_run``."""
-        return {
-            s.holder.asset_id
-            for s in self.states.values()
-            if s.holder is not None and s.holder.run_id != except_run
-        }
-
     def live(self) -> dict[uuid.UUID, Holder]:
         return {s.holder.asset_id: s.holder for s in self.states.values() if s.holder is not None}

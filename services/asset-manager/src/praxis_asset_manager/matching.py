@@ -10,7 +10,7 @@ order.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,16 +34,56 @@ def candidates(
     properties: Mapping[str, Any] | None = None,
 ) -> list[Asset]:
     """Usable assets of the requirement's type (or a subclass) with the required properties."""
+    pool = [a for a in assets if pin in (a.name, str(a.accession_id))] if pin else assets
     found = [
         a
-        for a in assets
+        for a in pool
         if req.type_fqn in a.type_mro
         and a.status not in UNUSABLE
         and all(a.properties.get(k) == v for k, v in (properties or {}).items())
     ]
-    if pin is not None:
-        found = [a for a in found if pin in (a.name, str(a.accession_id))]
     return sorted(found, key=lambda a: (a.name != req.name, a.name))  # same name first
+
+
+@dataclass(frozen=True)
+class Match:
+    """Every asset each requirement could use on one workcell (computed once per request)."""
+
+    requirements: list[AssetRequirementSpec]
+    options: dict[str, list[Asset]]
+
+    @property
+    def wanted(self) -> set[uuid.UUID]:
+        return {a.accession_id for assets in self.options.values() for a in assets}
+
+    def now(self, is_busy: Callable[[uuid.UUID], bool]) -> list[Binding] | None:
+        """Bindings using only assets that are not busy, or None if the run must wait."""
+        return _assign(self.requirements, self.options, is_busy)
+
+
+def match(
+    requirements: list[AssetRequirementSpec],
+    assets: list[Asset],
+    pins: Mapping[str, str],
+    properties: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Match:
+    """The options of every requirement; ``NoMatchingAssets`` if no assignment could ever exist."""
+    required = properties or {}
+    options = {
+        r.name: candidates(r, assets, pins.get(r.name), required.get(r.name)) for r in requirements
+    }
+    missing = [
+        r for r in requirements if not options[r.name] and (not r.optional or r.name in pins)
+    ]
+    if missing:
+        raise NoMatchingAssets(
+            "no asset matches " + ", ".join(f"{r.name} ({r.type_fqn})" for r in missing),
+            requirements=[r.name for r in missing],
+        )
+    found = Match(requirements, options)
+    if found.now(lambda _: False) is None:
+        raise NoMatchingAssets("the requirements cannot all be bound to distinct assets")
+    return found
 
 
 def bind(
@@ -57,27 +97,13 @@ def bind(
 
     Raises ``NoMatchingAssets`` if no assignment exists even with every asset free.
     """
-    required = properties or {}
-    options = {
-        r.name: candidates(r, assets, pins.get(r.name), required.get(r.name)) for r in requirements
-    }
-    missing = [
-        r for r in requirements if not options[r.name] and (not r.optional or r.name in pins)
-    ]
-    if missing:
-        raise NoMatchingAssets(
-            "no asset matches " + ", ".join(f"{r.name} ({r.type_fqn})" for r in missing),
-            requirements=[r.name for r in missing],
-        )
-    if _assign(requirements, options, set()) is None:
-        raise NoMatchingAssets("the requirements cannot all be bound to distinct assets")
-    return _assign(requirements, options, busy)
+    return match(requirements, assets, pins, properties).now(busy.__contains__)
 
 
 def _assign(
     requirements: list[AssetRequirementSpec],
     options: Mapping[str, list[Asset]],
-    busy: set[uuid.UUID],
+    is_busy: Callable[[uuid.UUID], bool],
 ) -> list[Binding] | None:
     order = sorted(requirements, key=lambda r: (r.optional, len(options[r.name])))
     chosen: list[Binding] = []
@@ -87,7 +113,7 @@ def _assign(
             return True
         req = order[i]
         for asset in options[req.name]:
-            if asset.accession_id in busy or (asset.accession_id in used and not asset.shareable):
+            if is_busy(asset.accession_id) or (asset.accession_id in used and not asset.shareable):
                 continue
             chosen.append(Binding(req, asset))
             if search(i + 1, used | {asset.accession_id}):

@@ -24,7 +24,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from praxis_asset_manager.inventory import Inventory
 from praxis_asset_manager.lease_index import Change, LeaseIndex
-from praxis_asset_manager.matching import Binding, bind, candidates
+from praxis_asset_manager.matching import Binding, match
 from praxis_asset_manager.orm import ReservationRow
 from praxis_asset_manager.waiters import Waiter, WaitQueue
 from praxis_contracts.assets import (
@@ -118,23 +118,24 @@ class Reservations:
             layouts = [await self.inventory.layout(cmd.workcell)]
         else:
             layouts = await self.inventory.layouts()
-        busy = self.index.busy(cmd.run_id)
+
+        def is_busy(asset_id: uuid.UUID) -> bool:
+            holder = self.index.holder(asset_id)
+            return holder is not None and holder.run_id != cmd.run_id
+
         plan: Plan | None = None
         wanted: set[uuid.UUID] = set()
-        error: PraxisError | None = NoMatchingAssets("there is no workcell to run on")
+        error: PraxisError = NoMatchingAssets("there is no workcell to run on")
         for layout in layouts:
-            args = (cmd.requirements, layout.assets, cmd.pins)
             try:
-                possible = bind(*args, set(), cmd.properties)
+                found = match(cmd.requirements, layout.assets, cmd.pins, cmd.properties)
             except NoMatchingAssets as exc:
                 error = exc
                 continue
-            error = None
-            wanted |= _candidates(cmd, layout)
-            if plan is None and possible is not None:
-                now_free = bind(*args, busy, cmd.properties) if busy else possible
-                plan = (layout, now_free) if now_free is not None else None
-        if error is not None and not wanted:
+            wanted |= found.wanted
+            if plan is None and (bindings := found.now(is_busy)) is not None:
+                plan = (layout, bindings)
+        if not wanted:
             raise error
         return plan, frozenset(wanted)
 
@@ -342,6 +343,9 @@ class Reservations:
         self, key: str, revision: int, value: bytes | None, operation: str | None
     ) -> Change | None:
         """Mirror one watcher entry; returns the change if it was news to us."""
+        known = self.index.states.get(key)
+        if known is not None and known.revision >= revision:
+            return None  # the echo of our own write
         deleted = operation in ("DEL", "PURGE") or not value
         holder = None if deleted or value is None else decode_holder(value)
         return self.index.apply(key, KeyState(revision, holder))
@@ -405,14 +409,6 @@ class Reservations:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-def _candidates(cmd: ReserveAssets, layout: WorkcellLayout) -> set[uuid.UUID]:
-    return {
-        a.accession_id
-        for r in cmd.requirements
-        for a in candidates(r, layout.assets, cmd.pins.get(r.name), cmd.properties.get(r.name))
-    }
 
 
 def _requirement(cmd: ReserveAssets, name: str) -> Any:
