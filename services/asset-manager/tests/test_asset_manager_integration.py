@@ -7,6 +7,7 @@ another test's, and every run id is fresh.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -119,6 +120,18 @@ async def reserve(
             run_id=run.id, requirements=requirements, workcell=layout.workcell.name, **fields
         )
     )
+
+
+async def settled(run: Run, timeout: float = 15.0) -> AssetsReserved | ReservationFailed:
+    """The run's grant or its failure, whichever comes first."""
+    waits = {
+        asyncio.ensure_future(run.granted.next(timeout)),
+        asyncio.ensure_future(run.failed.next(timeout)),
+    }
+    done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for waiting in pending:
+        waiting.cancel()
+    return done.pop().result()
 
 
 async def granted(am: Bus, run: Run, layout: WorkcellLayout, pin: str) -> AssetsReserved:
@@ -297,6 +310,22 @@ async def test_reservation_is_all_or_nothing(
     assert [b.asset_name for b in (await later.granted.next()).bindings] == ["dest_plate"]
 
 
+async def test_a_run_needing_no_assets_is_granted_at_once(
+    am: Bus, workcell: WorkcellLayout, new_run: Any
+) -> None:
+    run = await new_run()
+
+    await reserve(am, run, workcell, [])
+
+    reserved = await settled(run)
+    assert isinstance(reserved, AssetsReserved), reserved
+    assert (reserved.workcell_id, reserved.workcell_name, reserved.bindings) == (
+        workcell.workcell.accession_id,
+        workcell.workcell.name,
+        [],
+    )
+
+
 @pytest.mark.parametrize(
     ("requirement", "pins"),
     [
@@ -411,10 +440,10 @@ async def test_stop_right_after_a_watcher_grant_is_prompt(
 ) -> None:
     """SIGTERM may come at any moment, e.g. while the lease watcher is announcing a grant.
 
-    The watcher task is cancelled on stop; if the cancellation is lost (CPython 3.11's
-    ``asyncio.wait_for``, used by nats-py requests, drops a cancel that arrives just as the
-    awaited reply lands) the watcher loops on and ``Service.stop`` waits for it forever. The race
-    is narrow, so the scenario is repeated.
+    Cancelling the watcher task alone is not enough: CPython 3.11's ``asyncio.wait_for`` (inside
+    nats-py requests) drops a cancellation that arrives just as the awaited reply lands, and the
+    watcher would then wait for the next lease change forever, and ``Service.stop`` with it. The
+    race is narrow, so the scenario is repeated.
     """
     for attempt in range(STOP_ATTEMPTS):
         first, second = await new_run(), await new_run()

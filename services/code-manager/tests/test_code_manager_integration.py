@@ -40,7 +40,7 @@ from praxis_runtime.bus import Bus
 
 pytestmark = pytest.mark.integration
 
-START_ATTEMPTS = 30  # a race: repeated so that a regression shows in (nearly) every run
+START_ATTEMPTS = 80  # a race: repeated so that a regression shows in (nearly) every run
 SYNC_TIMEOUT = 60.0  # a first sync clones and imports; generous for slow machines
 
 MIX = '''"""Mixing protocols."""

@@ -13,7 +13,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import ColumnElement, and_, case, insert, or_, select, update
@@ -82,15 +82,15 @@ class StatusRecorder:
         self.on_change = on_change
 
     async def set_status(self, changes: Sequence[StatusChange]) -> list[AssetStatusChanged]:
-        """Apply a batch in one transaction; events for the real changes, in batch order.
+        """Apply changes in order in one transaction; an event and a history row for every real
+        transition (an asset reserved and released within one batch records both).
 
-        Unknown assets (deleted meanwhile) are skipped; the last change of an asset wins.
+        Unknown assets (deleted meanwhile) are skipped.
         """
         if not changes:
             return []
-        wanted = {change.asset_id: change for change in changes}
         async with self.db.transaction() as session:
-            events = await apply(session, wanted, AssetRow.accession_id.in_(list(wanted)))
+            events = await apply_sequence(session, changes)
         return self._committed(events)
 
     async def reconcile(self, held: Mapping[uuid.UUID, uuid.UUID]) -> list[AssetStatusChanged]:
@@ -199,13 +199,17 @@ class StatusQueue:
 
     async def _work(self) -> None:
         while True:
-            batch = await self._pending.get()
+            batches = [await self._pending.get()]
+            while not self._pending.empty():  # what queued meanwhile goes in the same transaction
+                batches.append(self._pending.get_nowait())
+            changes = [change for batch in batches for change in batch]
             try:
-                await publish_status(self.publish, await self.recorder.set_status(batch))
+                await publish_status(self.publish, await self.recorder.set_status(changes))
             except Exception:
-                log.exception("recording %d asset status changes failed", len(batch))
+                log.exception("recording %d asset status changes failed", len(changes))
             finally:
-                self._pending.task_done()
+                for _ in batches:
+                    self._pending.task_done()
 
 
 async def apply(
@@ -244,6 +248,52 @@ async def apply(
         update(AssetRow)
         .where(AssetRow.accession_id.in_([event.asset_id for event in events]))
         .values(status=new_status, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    await session.execute(insert(StatusHistoryRow), [history_values(event) for event in events])
+    return events
+
+
+async def apply_sequence(
+    session: AsyncSession, changes: Sequence[StatusChange]
+) -> list[AssetStatusChanged]:
+    """Lock the assets once, walk the changes in order, write final statuses and history."""
+    ids = sorted({change.asset_id for change in changes})
+    columns = select(AssetRow.accession_id, AssetRow.workcell_id, AssetRow.name, AssetRow.status)
+    locked = (
+        await session.execute(
+            columns.where(AssetRow.accession_id.in_(ids)).order_by(_LOCK_ORDER).with_for_update()
+        )
+    ).all()
+    rows = {asset_id: (workcell_id, name) for asset_id, workcell_id, name, _ in locked}
+    current = {asset_id: AssetStatus(status) for asset_id, _, _, status in locked}
+    start = datetime.now(UTC)
+    events: list[AssetStatusChanged] = []
+    for change in changes:
+        if change.asset_id not in rows or current[change.asset_id] == change.status:
+            continue
+        workcell_id, name = rows[change.asset_id]
+        events.append(
+            AssetStatusChanged(
+                asset_id=change.asset_id,
+                workcell_id=workcell_id,
+                name=name,
+                status=change.status,
+                previous=current[change.asset_id],
+                reason=change.reason,
+                run_id=change.run_id,
+                at=start + timedelta(microseconds=len(events)),  # distinct, ordered
+            )
+        )
+        current[change.asset_id] = change.status
+    if not events:
+        return []
+    changed = {event.asset_id for event in events}
+    new_status = case({a: current[a].value for a in changed}, value=AssetRow.accession_id)
+    await session.execute(
+        update(AssetRow)
+        .where(AssetRow.accession_id.in_(changed))
+        .values(status=new_status, updated_at=events[-1].at)
         .execution_options(synchronize_session=False)
     )
     await session.execute(insert(StatusHistoryRow), [history_values(event) for event in events])
