@@ -164,28 +164,6 @@ class RunFinished(_RunEvent):
     )
 
 
-class FunctionCallRecorded(Event):
-    """A protocol-function call started or ended (nested calls point at their parent)."""
-
-    subject: ClassVar[str] = "praxis.evt.orchestrator.call.recorded"
-    keyed: ClassVar[bool] = True
-
-    run_id: UUID
-    call_id: UUID
-    parent_call_id: UUID | None
-    sequence: int
-    function: str
-    version: str
-    arguments: dict[str, Any]
-    status: Literal["running", "completed", "failed", "cancelled"]
-    started_at: datetime
-    finished_at: datetime | None = None
-    error: str | None = None
-
-    def subject_key(self) -> str:
-        return str(self.run_id)
-
-
 RunAction = Literal["pause", "resume", "cancel"]
 
 
@@ -242,6 +220,16 @@ class FunctionCall(BaseModel):
     started_at: datetime
     finished_at: datetime | None = None
     error: str | None = None
+
+
+class FunctionCallRecorded(Event, FunctionCall):
+    """A protocol-function call started or ended (nested calls point at their parent)."""
+
+    subject: ClassVar[str] = "praxis.evt.orchestrator.call.recorded"
+    keyed: ClassVar[bool] = True
+
+    def subject_key(self) -> str:
+        return str(self.run_id)
 
 
 class FunctionCallPage(Page[FunctionCall]):

@@ -180,7 +180,15 @@ class Bus:
             return False
 
     async def start(self) -> None:
+        """Start the subscribers; returns once the server has registered them all.
+
+        nats-py queues SUB commands in its write buffer but writes a flush's PING straight to
+        the socket, so one round trip can overtake them; the second is ordered after them
+        (measured: 4 misses in 30 starts with one flush, none in 100 with two).
+        """
         await self.broker.start()
+        await self.nc.flush()
+        await self.nc.flush()
 
     async def stop(self) -> None:
         await self.broker.stop()

@@ -125,17 +125,18 @@ class Reservations:
 
         plan: Plan | None = None
         wanted: set[uuid.UUID] = set()
-        error: PraxisError = NoMatchingAssets("there is no workcell to run on")
+        error: PraxisError | None = NoMatchingAssets("there is no workcell to run on")
         for layout in layouts:
             try:
                 found = match(cmd.requirements, layout.assets, cmd.pins, cmd.properties)
             except NoMatchingAssets as exc:
-                error = exc
+                error = error and exc
                 continue
+            error = None  # this workcell could host the run (a run may need no assets at all)
             wanted |= found.wanted
             if plan is None and (bindings := found.now(is_busy)) is not None:
                 plan = (layout, bindings)
-        if not wanted:
+        if error is not None:
             raise error
         return plan, frozenset(wanted)
 
@@ -210,7 +211,10 @@ class Reservations:
         if cmd.wait_timeout_seconds is not None:
             left = cmd.wait_timeout_seconds - (now() - since).total_seconds()
             loop = asyncio.get_running_loop()
-            waiter.timer = loop.call_later(max(0.0, left), self._spawn, self._time_out(cmd.run_id))
+            run_id = cmd.run_id  # the coroutine is made when the timer fires, not before
+            waiter.timer = loop.call_later(
+                max(0.0, left), lambda: self._spawn(self._time_out(run_id))
+            )
         holders = {h.run_id for a in wanted if (h := self.index.holder(a)) is not None}
         blocked_by = sorted(holders | set(self.queue.ahead_of(waiter.order, wanted)), key=str)
         await self.publish(ReservationWaiting(run_id=cmd.run_id, blocked_by=blocked_by))

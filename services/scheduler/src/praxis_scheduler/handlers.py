@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from praxis_contracts.assets import AssetsReserved, ReservationFailed
 from praxis_contracts.common import ErrorInfo, RunStatus
@@ -100,34 +101,6 @@ async def reservation_failed(event: ReservationFailed, deps: Deps) -> None:
     await deps.flush(outbox)
 
 
-@handlers.consume(RunPreparing, durable="scheduler-run-preparing", max_workers=WORKERS)
-async def run_preparing(event: RunPreparing, deps: Deps) -> None:
-    outbox = Outbox()
-    await deps.runs.on_progress(event.run_id, RunStatus.PREPARING, event.at, outbox)
-    await deps.flush(outbox)
-
-
-@handlers.consume(RunStarted, durable="scheduler-run-started", max_workers=WORKERS)
-async def run_started(event: RunStarted, deps: Deps) -> None:
-    outbox = Outbox()
-    await deps.runs.on_progress(event.run_id, RunStatus.RUNNING, event.at, outbox)
-    await deps.flush(outbox)
-
-
-@handlers.consume(RunPaused, durable="scheduler-run-paused", max_workers=WORKERS)
-async def run_paused(event: RunPaused, deps: Deps) -> None:
-    outbox = Outbox()
-    await deps.runs.on_progress(event.run_id, RunStatus.PAUSED, event.at, outbox)
-    await deps.flush(outbox)
-
-
-@handlers.consume(RunResumed, durable="scheduler-run-resumed", max_workers=WORKERS)
-async def run_resumed(event: RunResumed, deps: Deps) -> None:
-    outbox = Outbox()
-    await deps.runs.on_progress(event.run_id, RunStatus.RUNNING, event.at, outbox)
-    await deps.flush(outbox)
-
-
 @handlers.consume(FunctionCallRecorded, durable="scheduler-calls", max_workers=WORKERS)
 async def call_recorded(event: FunctionCallRecorded, deps: Deps) -> None:
     await deps.calls.record(event)
@@ -138,3 +111,30 @@ async def run_finished(event: RunFinished, deps: Deps) -> None:
     outbox = Outbox()
     await deps.runs.on_finished(event, outbox)
     await deps.flush(outbox)
+
+
+PROGRESS: dict[type[RunPreparing | RunStarted | RunPaused | RunResumed], RunStatus] = {
+    RunPreparing: RunStatus.PREPARING,
+    RunStarted: RunStatus.RUNNING,
+    RunPaused: RunStatus.PAUSED,
+    RunResumed: RunStatus.RUNNING,
+}
+"""What each orchestrator progress event means for the run's recorded status."""
+
+
+def _progress(status: RunStatus) -> Any:
+    async def on_progress(
+        event: RunPreparing | RunStarted | RunPaused | RunResumed, deps: Deps
+    ) -> None:
+        outbox = Outbox()
+        await deps.runs.on_progress(event.run_id, status, event.at, outbox)
+        await deps.flush(outbox)
+
+    return on_progress
+
+
+for _event_type, _status in PROGRESS.items():
+    _action = _event_type.subject.rsplit(".", 1)[1]
+    handlers.consume(_event_type, durable=f"scheduler-run-{_action}", max_workers=WORKERS)(
+        _progress(_status)
+    )
