@@ -2,7 +2,8 @@
 
 - 4-asset reservations per second (reserve, granted, release, released), 1 and 16 concurrent
   requesters on disjoint asset sets, with the latency from command to grant (p50/p99);
-- wake-up latency: a run waits for a held set; from the release command to its grant.
+- wake-up latency: a run waits for a held set; from the holder's leases leaving the bucket (the
+  watcher wakes the waiter) to its grant, and from the ``ReleaseAssets`` command to its grant.
 Events are pushed by core NATS subscriptions; nothing polls.
 """
 
@@ -25,8 +26,10 @@ from praxis_contracts.assets import (
 )
 from praxis_contracts.base import Event
 from praxis_contracts.protocols import AssetRequirementSpec
+from praxis_contracts.topology import ASSET_LEASES
 from praxis_devstack.stats import summary
 from praxis_runtime.bus import Bus
+from praxis_runtime.leases import LeaseStore
 
 PLATE = "pylabrobot.resources.plate.Plate"
 SET_SIZE = 4
@@ -117,17 +120,27 @@ class ReservationBench:
             "grant_latency_ms": latencies,
         }
 
-    async def wake_up(self, rounds: int) -> list[float]:
+    async def wake_up(self, rounds: int, *, in_bucket: bool) -> list[float]:
+        """A run waits for a held set; the holder lets go; time until the waiter is granted.
+
+        ``in_bucket``: the holder's leases leave the bucket directly (as when a holder releases,
+        a lease expires or is force-released) and only the watcher can wake the waiter; else
+        the clock starts before the ``ReleaseAssets`` command.
+        """
         plates = self.plates[:SET_SIZE]
+        leases = LeaseStore(self.bus.js, ASSET_LEASES.bucket)
         wake: list[float] = []
         for _ in range(rounds):
             holder, waiter = uuid.uuid4(), uuid.uuid4()
             await self.bus.publish(self.command(holder, plates))
-            await self.events.wait("granted", holder)
+            held = await self.events.wait("granted", holder)
             await self.bus.publish(self.command(waiter, plates))
             await self.events.wait("waiting", waiter)
             started = time.perf_counter()
-            await self.bus.publish(ReleaseAssets(run_id=holder))
+            if in_bucket:
+                await asyncio.gather(*(leases.release(b.lease_key, b.token) for b in held.bindings))
+            else:
+                await self.bus.publish(ReleaseAssets(run_id=holder))
             await self.events.wait("granted", waiter)
             wake.append((time.perf_counter() - started) * 1000)
             await self.bus.publish(ReleaseAssets(run_id=waiter))
@@ -150,7 +163,8 @@ async def measure_reservations(nats_url: str, cycles: int) -> dict[str, Any]:
         await bench.throughput(1, 20)  # warm-up
         one = await bench.throughput(1, cycles)
         sixteen = await bench.throughput(16, max(1, cycles // 4))
-        wake = await bench.wake_up(max(10, cycles // 4))
+        wake = await bench.wake_up(max(10, cycles // 4), in_bucket=False)
+        wake_bucket = await bench.wake_up(max(10, cycles // 4), in_bucket=True)
     finally:
         await bus.stop()
     return {
@@ -160,5 +174,6 @@ async def measure_reservations(nats_url: str, cycles: int) -> dict[str, Any]:
             **sixteen,
             "grant_latency_ms": summary(sixteen["grant_latency_ms"]),
         },
-        "wake_up_after_release_ms": summary(wake),
+        "wake_up_after_release_command_ms": summary(wake),
+        "wake_up_after_lease_release_ms": summary(wake_bucket),
     }
