@@ -42,3 +42,24 @@ async def test_a_slot_that_cannot_hold_it_is_a_clear_error(layout_from_drafts) -
     layout = layout_from_drafts([*demo_workcell(), extra_plate("plate_carrier-0")])  # taken
     with pytest.raises(InvalidRequest, match="plate_carrier-0"):
         await LiveWorkcell.build(layout)
+
+
+async def test_extend_adds_new_assets_and_keeps_the_live_ones(layout_from_drafts) -> None:  # type: ignore[no-untyped-def]
+    drafts = demo_workcell()
+    workcell = await LiveWorkcell.build(layout_from_drafts(drafts))
+    try:
+        lh, source = workcell.get("liquid_handler"), workcell.get("source_plate")
+        await lh.pick_up_tips([workcell.get("tip_rack").get_item("A1")])
+        await lh.aspirate([source.get_well("A1")], vols=[40])
+        await lh.dispense([workcell.get("dest_plate").get_well("A1")], vols=[40])
+
+        grown = layout_from_drafts([*drafts, extra_plate("plate_carrier-2")])
+        # The grown layout has new ids for every asset (as a re-registered workcell would);
+        # the live objects are matched by name and kept.
+        assert await workcell.extend(grown) == ["extra_plate"]
+        assert workcell.get("liquid_handler") is lh and lh.setup_finished
+        assert source.get_well("A1").tracker.get_used_volume() == 160  # state kept
+        assert workcell.get("extra_plate").parent.name == "plate_carrier-2"
+        assert "extra_plate" in workcell.names()
+    finally:
+        await workcell.stop()

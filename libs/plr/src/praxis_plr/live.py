@@ -95,11 +95,33 @@ class LiveWorkcell:
         Raises:
             UnknownAssetType: an asset's ``fqn`` or a machine's backend type is unknown.
             InvalidRequest: the layout is inconsistent (duplicate names, missing parents, an asset
-                not in its root's tree, a definition PyLabRobot cannot deserialize).
+                that cannot be placed, a definition PyLabRobot cannot deserialize).
         """
+        workcell = cls(layout, {}, [])
+        workcell._loop = asyncio.get_running_loop()
+        try:
+            await workcell._add(layout, layout.assets)
+        except BaseException:
+            try:
+                await workcell.stop()
+            except Exception:
+                log.exception("Stopping machines after a failed build failed too")
+            raise
+        return workcell
+
+    async def extend(self, layout: WorkcellLayout) -> list[str]:
+        """Add the assets of ``layout`` that are not live yet; the live ones, their machines and
+        their state (liquid moved by earlier runs) are left as they are. Returns the names added.
+        """
+        self._check_owner()
+        new = [asset for asset in layout.assets if asset.name not in self._objects]
+        await self._add(layout, new)
+        self._layout = layout
+        return [asset.name for asset in new]
+
+    async def _add(self, layout: WorkcellLayout, assets: list[Asset]) -> None:
         enable_tracking()
-        assets = layout.assets
-        by_id = _index(assets)
+        by_id = _index(layout.assets)
         for asset in assets:
             import_type(class_name(asset))  # validates it; PLR's find-by-class-name needs it
             if asset.backend is not None:
@@ -110,42 +132,32 @@ class LiveWorkcell:
 
         depth = {asset.name: len(_ancestors(asset, by_id)) for asset in assets}
         ordered = sorted(assets, key=lambda asset: depth[asset.name])  # stable: layout order
-        objects: dict[str, Resource] = {}
         for asset in ordered:
             if asset.parent_id is None:
-                objects[asset.name] = _deserialize_root(asset)
+                self._objects[asset.name] = _deserialize_root(asset)
             else:
                 root = _ancestors(asset, by_id)[-1]
-                found = _find_in_tree(objects[root.name], asset)
-                parent = objects[by_id[asset.parent_id].name]
-                objects[asset.name] = found or _attach(asset, parent)
-            if asset.kind == "machine" and not isinstance(objects[asset.name], Machine):
+                found = _find_in_tree(self._objects[root.name], asset)
+                parent = self._objects[by_id[asset.parent_id].name]
+                self._objects[asset.name] = found or _attach(asset, parent)
+            if asset.kind == "machine" and not isinstance(self._objects[asset.name], Machine):
                 raise InvalidRequest(
                     f"Asset {asset.name!r} has kind 'machine' but is a "
-                    f"{type(objects[asset.name]).__name__}.",
+                    f"{type(self._objects[asset.name]).__name__}.",
                     asset=asset.name,
                 )
 
-        machines = [asset.name for asset in ordered if isinstance(objects[asset.name], Machine)]
-        workcell = cls(layout, objects, machines)
-        workcell._loop = asyncio.get_running_loop()
-        try:
-            for name in machines:
-                machine = objects[name]
-                assert isinstance(machine, Machine)
-                if not machine.setup_finished:
-                    await machine.setup()
-            # After setup: LiquidHandler.setup() replaces its head trackers, dropping head state.
-            for asset in ordered:
-                if asset.state is not None:
-                    objects[asset.name].load_all_state(state_from_json(asset.state))
-        except BaseException:
-            try:
-                await workcell.stop()
-            except Exception:
-                log.exception("Stopping machines after a failed build failed too")
-            raise
-        return workcell
+        machines = [a.name for a in ordered if isinstance(self._objects[a.name], Machine)]
+        self._machines.extend(machines)
+        for name in machines:
+            machine = self._objects[name]
+            assert isinstance(machine, Machine)
+            if not machine.setup_finished:
+                await machine.setup()
+        # After setup: LiquidHandler.setup() replaces its head trackers, dropping head state.
+        for asset in ordered:
+            if asset.state is not None:
+                self._objects[asset.name].load_all_state(state_from_json(asset.state))
 
     @property
     def layout(self) -> WorkcellLayout:

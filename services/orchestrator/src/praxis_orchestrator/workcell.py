@@ -14,7 +14,11 @@ log = logging.getLogger(__name__)
 
 
 class WorkcellHost:
-    """Builds the live workcell on first use and rebuilds it when the layout gains assets."""
+    """Builds the live workcell on first use; extends it when a run needs an asset added since.
+
+    Extending never stops a machine or resets state: other runs may be using them, and the
+    live trackers know where liquid went.
+    """
 
     def __init__(
         self, name: str, fetch: Callable[[GetWorkcellLayout], Awaitable[WorkcellLayout]]
@@ -29,12 +33,14 @@ class WorkcellHost:
         if self.live is not None and wanted <= set(self.live.names()):
             return self.live
         async with self._lock:
-            if self.live is None or not wanted <= set(self.live.names()):
-                if self.live is not None:
-                    await self.live.stop()
+            if self.live is None:
                 layout = await self._fetch(GetWorkcellLayout(workcell=self.name))
                 self.live = await LiveWorkcell.build(layout)
                 log.info("workcell %s live with %d assets", self.name, len(self.live.names()))
+            elif not wanted <= set(self.live.names()):
+                layout = await self._fetch(GetWorkcellLayout(workcell=self.name))
+                added = await self.live.extend(layout)
+                log.info("workcell %s: added %s", self.name, ", ".join(added) or "nothing")
         return self.live
 
     def snapshot(self, names: list[str]) -> dict[str, Any]:
