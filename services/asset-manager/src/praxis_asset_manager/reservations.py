@@ -14,7 +14,6 @@ import asyncio
 import logging
 import sys
 import uuid
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -54,6 +53,7 @@ from praxis_runtime.leases import (
     decode_holder,
     lease_key,
 )
+from praxis_runtime.recent import RecentIds
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class Reservations:
         # Runs released in this process's lifetime: a late duplicate ReserveAssets (a
         # redelivery) must not lease again. After a restart the scheduler covers the gap: it
         # releases any grant to a run that is no longer queued.
-        self._released: OrderedDict[uuid.UUID, None] = OrderedDict()
+        self._released = RecentIds()
 
     # -- requests -----------------------------------------------------------------------------
     async def request(self, cmd: ReserveAssets) -> None:
@@ -279,7 +279,7 @@ class Reservations:
     # -- release ------------------------------------------------------------------------------
     async def release(self, cmd: ReleaseAssets) -> None:
         """Release every lease of the run (idempotent); a waiting request is withdrawn."""
-        self._remember_released(cmd.run_id)
+        self._released.add(cmd.run_id)
         waiter = self.queue.remove(cmd.run_id)
         if waiter is not None:
             await self._settle(cmd.run_id, "cancelled")
@@ -291,11 +291,6 @@ class Reservations:
         # Waiters first: their grant should not queue behind our own announcement.
         await self.serve(set(released) | (waiter.wanted if waiter else set()))
         await self.publish(AssetsReleased(run_id=cmd.run_id, asset_ids=released, reason=reason))
-
-    def _remember_released(self, run_id: uuid.UUID, limit: int = 100_000) -> None:
-        self._released[run_id] = None
-        if len(self._released) > limit:
-            self._released.popitem(last=False)
 
     async def _release_keys(self, run_id: uuid.UUID, held: dict[str, KeyState]) -> list[uuid.UUID]:
         results = await asyncio.gather(

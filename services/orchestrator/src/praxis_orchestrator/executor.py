@@ -37,6 +37,7 @@ from praxis_orchestrator.workcell import WorkcellHost
 from praxis_plr.types import unwrap_optional
 from praxis_runtime.leases import LeaseStore
 from praxis_runtime.logging import log_context
+from praxis_runtime.recent import RecentIds
 from praxis_sdk.context import CallRecord, RunCancelled, RunContext, RunControl, current_run
 from praxis_sdk.decorators import validate_parameters
 from praxis_sdk.state import PraxisState
@@ -69,8 +70,8 @@ class Executor:
         self.leases = leases
         self.publish = publish
         self.active: dict[uuid.UUID, tuple[asyncio.Task[None], RunContext]] = {}
-        self.seen: set[uuid.UUID] = set()
-        self.cancelled_early: set[uuid.UUID] = set()
+        self.seen = RecentIds()  # redelivered ExecuteRun commands are ignored
+        self.cancelled_early = RecentIds()  # cancels that overtook their ExecuteRun
 
     async def accept(self, cmd: ExecuteRun) -> None:
         """Prepare the run and start it; returns once the protocol function has been called."""
