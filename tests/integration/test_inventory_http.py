@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+import praxis_asset_manager
 from praxis_asset_manager.app import Settings
 from praxis_asset_manager.catalog import Catalog
 from praxis_asset_manager.inventory import Inventory
@@ -33,7 +34,7 @@ from praxis_runtime.service import Migrations, Service, bus_for, database_for
 pytestmark = pytest.mark.integration
 
 COR_96 = "pylabrobot.resources.corning.plates.cor_96_wellplate_360uL_Fb"
-MIGRATIONS = Path(__file__).resolve().parents[1] / "src/praxis_asset_manager/migrations"
+MIGRATIONS = Path(praxis_asset_manager.__file__).parent / "migrations"
 
 
 def build_inventory(settings: Settings) -> Service:

@@ -1,4 +1,4 @@
-"""Fixtures shared by the services' integration tests: a client bus, event taps, git repositories.
+"""Fixtures shared by the integration tests: a client bus, event taps, services, git repos.
 
 Each integration module starts the real service(s) it tests in-process against the session's
 nats-server and PostgreSQL (``praxis_devstack`` plugin) and talks to them through ``client``.
