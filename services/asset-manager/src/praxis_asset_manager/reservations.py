@@ -27,7 +27,6 @@ from praxis_asset_manager.matching import Binding, match
 from praxis_asset_manager.orm import ReservationRow
 from praxis_asset_manager.waiters import Waiter, WaitQueue
 from praxis_contracts.assets import (
-    Asset,
     AssetBinding,
     AssetsReleased,
     AssetsReserved,
@@ -314,7 +313,7 @@ class Reservations:
         state, tombstone = result
         holder = result[0].holder
         self.index.apply(key, KeyState(tombstone, None))
-        view = await self._lease_view(key, KeyState(state.revision, holder))
+        view = _lease_view(key, KeyState(state.revision, holder), await self._asset_names())
         await self.publish(
             LeaseForceReleased(
                 asset_id=asset_id,
@@ -372,42 +371,39 @@ class Reservations:
 
     # -- operations ---------------------------------------------------------------------------
     async def list_leases(self, run_id: uuid.UUID | None) -> LeaseList:
+        names = await self._asset_names()
         items = [
-            await self._lease_view(lease_key(asset_id), self.index.states[lease_key(asset_id)])
+            _lease_view(lease_key(asset_id), self.index.states[lease_key(asset_id)], names)
             for asset_id, holder in self.index.live().items()
             if run_id is None or holder.run_id == run_id
         ]
         return LeaseList(items=sorted(items, key=lambda lease: lease.acquired_at))
 
-    async def _lease_view(self, key: str, state: KeyState) -> Lease:
-        holder: Holder | None = state.holder
-        assert holder is not None
-        asset = await self._asset(holder.asset_id)
-        at = now()
-        return Lease(
-            asset_id=holder.asset_id,
-            asset_name=asset.name if asset else "",
-            lease_key=key,
-            run_id=holder.run_id,
-            token=state.revision,
-            acquired_at=holder.acquired_at,
-            renewed_at=holder.renewed_at,
-            expires_at=holder.expires_at,
-            age_seconds=round((at - holder.acquired_at).total_seconds(), 3),
-            seconds_left=round(max(0.0, (holder.expires_at - at).total_seconds()), 3),
-        )
-
-    async def _asset(self, asset_id: uuid.UUID) -> Asset | None:
-        for layout in await self.inventory.layouts():
-            for asset in layout.assets:
-                if asset.accession_id == asset_id:
-                    return asset
-        return None
+    async def _asset_names(self) -> dict[uuid.UUID, str]:
+        return {a.accession_id: a.name for lo in await self.inventory.layouts() for a in lo.assets}
 
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _lease_view(key: str, state: KeyState, names: dict[uuid.UUID, str]) -> Lease:
+    holder: Holder | None = state.holder
+    assert holder is not None
+    at = now()
+    return Lease(
+        asset_id=holder.asset_id,
+        asset_name=names.get(holder.asset_id, ""),
+        lease_key=key,
+        run_id=holder.run_id,
+        token=state.revision,
+        acquired_at=holder.acquired_at,
+        renewed_at=holder.renewed_at,
+        expires_at=holder.expires_at,
+        age_seconds=round((at - holder.acquired_at).total_seconds(), 3),
+        seconds_left=round(max(0.0, (holder.expires_at - at).total_seconds()), 3),
+    )
 
 
 def _requirement(cmd: ReserveAssets, name: str) -> Any:
