@@ -154,6 +154,10 @@ class Bus:
             graceful_timeout=graceful_timeout,
             logger=logging.getLogger(f"faststream.{service}"),
             max_reconnect_attempts=-1,
+            # Handlers take the raw message (see ``_raw``) and validate it themselves. With
+            # FastDepends on, every message's ``NatsMessage`` context field was resolved in a
+            # worker thread: measured, a quarter of the asset-manager's CPU under load.
+            apply_types=False,
         )
         self._js: JetStreamContext | None = None
 
@@ -250,7 +254,7 @@ class Bus:
                 headers[h.ERROR] = "1"
             return NatsResponse(body, headers=headers)
 
-        self.broker.subscriber(subject, queue=self.service)(serve)
+        self.broker.subscriber(subject, queue=self.service, decoder=_raw)(serve)
 
     async def _answer(self, route: RpcRoute[DepsT], deps: DepsT, raw: bytes) -> tuple[bytes, bool]:
         try:
@@ -295,6 +299,7 @@ class Bus:
                 ),
                 ack_policy=AckPolicy.MANUAL,
                 max_workers=route.max_workers,
+                decoder=_raw,
             )
         subscriber(consume)
 
@@ -336,6 +341,11 @@ class Bus:
         await self.js.publish(dead_letter_subject(raw.subject), raw.data, headers=headers)
         await msg.reject()
         log.error("dead-lettered %s: %s", raw.subject, reason)
+
+
+async def _raw(msg: NatsMessage) -> NatsMessage:
+    """The "decoder" that hands handlers the message itself: they parse the body once, typed."""
+    return msg
 
 
 def _errors(exc: ValidationError) -> list[dict[str, Any]]:
