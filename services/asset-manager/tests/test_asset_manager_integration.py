@@ -71,7 +71,7 @@ async def workcell(am: Bus) -> WorkcellLayout:
 
 @pytest.fixture
 def leases(client: Bus) -> LeaseStore:
-    return LeaseStore(client.js, ASSET_LEASES.bucket)
+    return LeaseStore(client.publisher, ASSET_LEASES.bucket)
 
 
 def plate(name: str = "plate") -> AssetRequirementSpec:

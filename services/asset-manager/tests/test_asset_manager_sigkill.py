@@ -152,7 +152,7 @@ async def _scenario(client: Bus, processes: AssetManagerProcess) -> None:
 
     await processes.kill()
 
-    leases = LeaseStore(client.js, ASSET_LEASES.bucket)
+    leases = LeaseStore(client.publisher, ASSET_LEASES.bucket)
     state = await leases.read(lease_key(plate_id))
     assert state.holder is not None and state.holder.run_id == first
     assert state.revision == held.bindings[0].token

@@ -7,7 +7,7 @@ every test creates its own workcell under a unique name.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -490,11 +490,10 @@ async def test_status_queue_applies_batches_in_order_and_publishes(
     asset = await plate(stack, workcell, "queued")
     published: list[tuple[Any, str | None]] = []
 
-    async def publish(message: Any, *, msg_id: str | None = None) -> int:
-        published.append((message, msg_id))
-        return len(published)
+    async def publish_all(messages: Sequence[tuple[Any, str | None]]) -> None:
+        published.extend(messages)
 
-    queue = StatusQueue(stack.status, publish)
+    queue = StatusQueue(stack.status, publish_all)
     queue.start()
     run = uuid.uuid4()
     for status in (AssetStatus.RESERVED, AssetStatus.IN_USE, AssetStatus.AVAILABLE):

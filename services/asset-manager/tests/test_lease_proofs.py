@@ -236,7 +236,7 @@ async def _first_granted(events: Events, runs: list[uuid.UUID], seen: list[uuid.
 
 async def test_a_waiter_that_times_out_holds_nothing(asset_manager: Any, client: Bus) -> None:
     layout = await plates_workcell(client, 2)
-    leases = LeaseStore(client.js, ASSET_LEASES.bucket)
+    leases = LeaseStore(client.publisher, ASSET_LEASES.bucket)
     events = Events()
     await events.subscribe(client)
     holder, waiter = uuid.uuid4(), uuid.uuid4()
@@ -266,7 +266,7 @@ async def test_a_waiter_that_times_out_holds_nothing(asset_manager: Any, client:
 
 async def test_expiry_and_force_release_are_events(asset_manager: Any, client: Bus) -> None:
     layout = await plates_workcell(client, 2)
-    leases = LeaseStore(client.js, ASSET_LEASES.bucket)
+    leases = LeaseStore(client.publisher, ASSET_LEASES.bucket)
     events = Events()
     await events.subscribe(client)
     expired_q: asyncio.Queue[LeaseExpired] = asyncio.Queue()

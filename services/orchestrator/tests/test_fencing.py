@@ -25,7 +25,7 @@ async def leases(nats_url: str) -> AsyncIterator[LeaseStore]:
     bus = Bus(nats_url, "fencing-test")
     await bus.connect()
     await ensure_topology(bus.js)
-    yield LeaseStore(bus.js, ASSET_LEASES.bucket)
+    yield LeaseStore(bus.publisher, ASSET_LEASES.bucket)
     await bus.stop()
 
 

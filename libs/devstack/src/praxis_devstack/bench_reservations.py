@@ -128,7 +128,7 @@ class ReservationBench:
         the clock starts before the ``ReleaseAssets`` command.
         """
         plates = self.plates[:SET_SIZE]
-        leases = LeaseStore(self.bus.js, ASSET_LEASES.bucket)
+        leases = LeaseStore(self.bus.publisher, ASSET_LEASES.bucket)
         wake: list[float] = []
         for _ in range(rounds):
             holder, waiter = uuid.uuid4(), uuid.uuid4()

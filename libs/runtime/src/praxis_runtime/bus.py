@@ -15,7 +15,7 @@ import logging
 import time
 import uuid
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
 
@@ -41,6 +41,7 @@ from praxis_contracts.errors import (
 )
 from praxis_contracts.topology import COMMANDS, EVENTS, dead_letter_subject
 from praxis_runtime.logging import correlation_id_var, log_context
+from praxis_runtime.publisher import Outgoing, Publisher
 
 log = logging.getLogger(__name__)
 
@@ -160,11 +161,13 @@ class Bus:
             apply_types=False,
         )
         self._js: JetStreamContext | None = None
+        self._publisher: Publisher | None = None
 
     # -- connection ---------------------------------------------------------------------------
     async def connect(self) -> None:
         await self.broker.connect()
         self._js = self.nc.jetstream()
+        self._publisher = Publisher(self.nc, timeout=self.request_timeout)
 
     @property
     def nc(self) -> Client:
@@ -175,6 +178,12 @@ class Bus:
         if self._js is None:
             raise RuntimeError("bus is not connected")
         return self._js
+
+    @property
+    def publisher(self) -> Publisher:
+        if self._publisher is None:
+            raise RuntimeError("bus is not connected")
+        return self._publisher
 
     @property
     def connected(self) -> bool:
@@ -206,12 +215,24 @@ class Bus:
 
     async def publish(self, message: Command | Event, *, msg_id: str | None = None) -> int:
         """Publish to JetStream; ``msg_id`` de-duplicates retries. Returns the stream sequence."""
-        ack = await self.js.publish(
+        return await self.publisher.publish(
             message.routing_subject(),
             message.model_dump_json().encode(),
-            headers=self._headers(msg_id),
+            self._headers(msg_id),
         )
-        return int(ack.seq)
+
+    async def publish_all(self, messages: Sequence[tuple[Command | Event, str | None]]) -> None:
+        """Publish several messages (each with its ``msg_id`` or None) and wait for all acks
+        together; raises the first failure after every message has had its answer."""
+        results = await self.publisher.publish_all(
+            [
+                Outgoing(m.routing_subject(), m.model_dump_json().encode(), self._headers(msg_id))
+                for m, msg_id in messages
+            ]
+        )
+        failure = next((r for r in results if isinstance(r, Exception)), None)
+        if failure is not None:
+            raise failure
 
     async def request(self, request: Request[R], *, timeout: float | None = None) -> R:
         """Send a request and return its typed reply, re-raising a remote domain error."""
@@ -338,7 +359,7 @@ class Bus:
         headers.pop(h.MSG_ID, None)
         headers[h.DEAD_LETTER_REASON] = reason[:2000]
         headers[h.DEAD_LETTER_SUBJECT] = raw.subject
-        await self.js.publish(dead_letter_subject(raw.subject), raw.data, headers=headers)
+        await self.publisher.publish(dead_letter_subject(raw.subject), raw.data, headers)
         await msg.reject()
         log.error("dead-lettered %s: %s", raw.subject, reason)
 

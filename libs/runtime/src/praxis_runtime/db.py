@@ -15,7 +15,7 @@ from typing import Any
 from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, MetaData, text
+from sqlalchemy import Connection, Executable, MetaData, Row, text
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -41,6 +41,16 @@ class Database:
         """One unit of work: commits on success, rolls back on any exception."""
         async with self.sessions() as session, session.begin():
             yield session
+
+    async def execute_alone(
+        self, statement: Executable, params: dict[str, Any] | None = None
+    ) -> list[Row[Any]]:
+        """Run one statement in autocommit mode and return its rows. A single statement is
+        atomic on its own; this spares a transaction's BEGIN and COMMIT round trips."""
+        async with self.engine.connect() as conn:
+            alone = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            result = await alone.execute(statement, params)
+            return list(result.all()) if result.returns_rows else []
 
     async def ping(self) -> bool:
         try:

@@ -31,10 +31,10 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 
 from praxis_contracts.errors import LeaseLost
+from praxis_runtime.publisher import Outgoing, Publisher
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +130,9 @@ def _is_conflict(exc: APIError) -> bool:
 
 
 class LeaseStore:
-    def __init__(self, js: JetStreamContext, bucket: str) -> None:
-        self.js = js
+    def __init__(self, publisher: Publisher, bucket: str) -> None:
+        self.publisher = publisher
+        self.js = publisher.js
         self.bucket = bucket
         self.stream = f"KV_{bucket}"
 
@@ -147,22 +148,34 @@ class LeaseStore:
             return KeyState(msg.seq or 0, None)
         return KeyState(msg.seq or 0, decode_holder(msg.data))
 
-    async def _cas(
-        self, key: str, payload: bytes, expected: int, *, ttl: int | None, headers: dict[str, str]
-    ) -> int | None:
-        """Write at revision ``expected``; the new revision, or None on a CAS conflict."""
-        try:
-            ack = await self.js.publish(
-                self.subject(key),
-                payload,
-                headers={EXPECTED_LAST_SUBJECT_SEQ: str(expected), **headers},
-                msg_ttl=ttl,
-            )
-        except APIError as exc:
-            if _is_conflict(exc):
-                return None
-            raise
-        return int(ack.seq)
+    async def _read_all(self, keys: list[str]) -> dict[str, KeyState]:
+        return dict(zip(keys, await asyncio.gather(*map(self.read, keys)), strict=True))
+
+    def _put(self, key: str, holder: Holder, expected: int) -> Outgoing:
+        """Write ``holder`` at revision ``expected``, with the lease's TTL."""
+        headers = {EXPECTED_LAST_SUBJECT_SEQ: str(expected)}
+        return Outgoing(self.subject(key), holder.encode(), headers, holder.ttl_seconds)
+
+    def _delete(self, key: str, expected: int, headers: dict[str, str] | None = None) -> Outgoing:
+        """A tombstone at revision ``expected``."""
+        tombstone = {EXPECTED_LAST_SUBJECT_SEQ: str(expected), "KV-Operation": "DEL"}
+        return Outgoing(self.subject(key), b"", {**tombstone, **(headers or {})})
+
+    async def _cas_all(self, writes: list[Outgoing]) -> list[int | Exception | None]:
+        """Compare-and-set writes, all sent at once: each one's new revision, None on a CAS
+        conflict, or the error that left its outcome unknown."""
+        results: list[int | Exception | None] = []
+        for result in await self.publisher.publish_all(writes):
+            conflict = isinstance(result, APIError) and _is_conflict(result)
+            results.append(None if conflict else result)
+        return results
+
+    async def _cas(self, write: Outgoing) -> int | None:
+        """One compare-and-set write: the new revision, or None on a CAS conflict."""
+        (result,) = await self._cas_all([write])
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     # -- acquire ------------------------------------------------------------------------------
     async def acquire_all(
@@ -177,66 +190,61 @@ class LeaseStore:
         """Lease every claimed asset to ``run_id`` or none; returns asset id -> lease state
         (its revision is the fencing token).
 
-        ``known`` holds key states the caller already knows (from a watcher); a stale entry
+        ``known`` holds key states the caller already knows (from a watcher): a key it shows
+        held by another run fails the request before anything is written, and a stale entry
         costs one re-read. Keys the run already holds are kept (a redelivered request).
         """
         now = datetime.now(UTC)
-        results = await asyncio.gather(
-            *(
-                self._acquire(claim, run_id, ttl_seconds, workcell_id, now, (known or {}))
-                for claim in claims
-            ),
-            return_exceptions=True,
-        )
+        by_key = {lease_key(claim.asset_id): claim for claim in claims}
+        states = {key: (known or {}).get(key) for key in by_key}
+        states |= await self._read_all([key for key, state in states.items() if state is None])
         granted: dict[uuid.UUID, KeyState] = {}
         written: list[tuple[str, int]] = []
-        conflicts: list[str] = []
-        failure: BaseException | None = None
-        for claim, result in zip(claims, results, strict=True):
-            if isinstance(result, LeaseConflict):
-                conflicts.extend(result.keys)
-            elif isinstance(result, BaseException):
-                failure = failure or result
-            else:
-                state, fresh = result
-                granted[claim.asset_id] = state
-                if fresh:
-                    written.append((lease_key(claim.asset_id), state.revision))
-        if conflicts or failure is not None:
-            await self._rollback(written)
-            if failure is not None:
-                raise failure
-            raise LeaseConflict(conflicts)
-        return granted
-
-    async def _acquire(
-        self,
-        claim: Claim,
-        run_id: uuid.UUID,
-        ttl: int,
-        workcell_id: uuid.UUID | None,
-        now: datetime,
-        known: dict[str, KeyState],
-    ) -> tuple[KeyState, bool]:
-        key = lease_key(claim.asset_id)
-        state = known.get(key)
         for attempt in range(2):
-            if state is None or attempt:
-                state = await self.read(key)
-            if state.holder is not None:
-                if state.holder.run_id == run_id:
-                    return state, False  # already ours
-                raise LeaseConflict([key])
-            holder = Holder(run_id, claim.asset_id, claim.requirement, workcell_id, now, now, ttl)
-            token = await self._cas(key, holder.encode(), state.revision, ttl=ttl, headers={})
-            if token is not None:
-                return KeyState(token, holder), True
-        raise LeaseConflict([key])
+            taken = [k for k, s in states.items() if s and s.holder and s.holder.run_id != run_id]
+            if taken:
+                await self._rollback(written)
+                raise LeaseConflict(taken)
+            todo: list[tuple[str, Holder]] = []
+            writes: list[Outgoing] = []
+            for key, state in states.items():
+                assert state is not None
+                if state.holder is not None:  # already ours
+                    granted[state.holder.asset_id] = state
+                    continue
+                claim = by_key[key]
+                holder = Holder(
+                    run_id, claim.asset_id, claim.requirement, workcell_id, now, now, ttl_seconds
+                )
+                todo.append((key, holder))
+                writes.append(self._put(key, holder, state.revision))
+            results = await self._cas_all(writes)
+            stale: list[str] = []
+            failure: Exception | None = None
+            for (key, holder), result in zip(todo, results, strict=True):
+                if isinstance(result, Exception):
+                    failure = failure or result
+                elif result is None:
+                    stale.append(key)
+                else:
+                    granted[holder.asset_id] = KeyState(result, holder)
+                    written.append((key, result))
+            if failure is not None:
+                await self._rollback(written)
+                raise failure
+            if not stale:
+                return granted
+            if attempt:  # changed again under us: someone else is writing these keys
+                await self._rollback(written)
+                raise LeaseConflict(stale)
+            states = await self._read_all(stale)
+        raise AssertionError("unreachable")
 
     async def _rollback(self, written: list[tuple[str, int]]) -> None:
-        for key, token in written:
-            if not await self.release(key, token):
-                log.warning("rollback of %s@%d found it changed", key, token)
+        results = await self._cas_all([self._delete(key, token) for key, token in written])
+        for (key, token), result in zip(written, results, strict=True):
+            if not isinstance(result, int):
+                log.warning("rollback of %s@%d failed: %s", key, token, result or "it changed")
 
     # -- holder operations --------------------------------------------------------------------
     async def renew(self, key: str, token: int, run_id: uuid.UUID) -> int:
@@ -246,7 +254,7 @@ class LeaseStore:
         if holder is None or holder.run_id != run_id or state.revision != token:
             raise LeaseLost(f"lease {key} is no longer held at token {token}", key=key)
         renewed = replace(holder, renewed_at=datetime.now(UTC))
-        new = await self._cas(key, renewed.encode(), token, ttl=holder.ttl_seconds, headers={})
+        new = await self._cas(self._put(key, renewed, token))
         if new is None:
             raise LeaseLost(f"lease {key} changed while renewing at token {token}", key=key)
         return new
@@ -256,8 +264,7 @@ class LeaseStore:
     ) -> int | None:
         """CAS-delete the lease at revision ``token``: the tombstone's revision, or None if the
         key is no longer that lease."""
-        delete = {"KV-Operation": "DEL", **(headers or {})}
-        return await self._cas(key, b"", token, ttl=None, headers=delete)
+        return await self._cas(self._delete(key, token, headers))
 
     async def release_holder(
         self,
@@ -285,6 +292,28 @@ class LeaseStore:
                 return state, tombstone
             state = None
         raise LeaseLost(f"lease {key} kept changing while being released", key=key)
+
+    async def release_all(
+        self, run_id: uuid.UUID, known: dict[str, KeyState]
+    ) -> dict[str, tuple[KeyState, int]]:
+        """Release every key of ``known`` that ``run_id`` holds, all tombstones sent at once at
+        the known revisions; a key whose view was stale (a renewal) gets ``release_holder``.
+        Returns key -> (released state, tombstone revision)."""
+        keys = [k for k, s in known.items() if s.holder and s.holder.run_id == run_id]
+        results = await self._cas_all([self._delete(k, known[k].revision) for k in keys])
+        released: dict[str, tuple[KeyState, int]] = {}
+        stale: list[str] = []
+        for key, result in zip(keys, results, strict=True):
+            if isinstance(result, Exception):
+                raise result  # unknown outcome: the caller retries; the watcher shows the truth
+            if result is None:
+                stale.append(key)
+            else:
+                released[key] = (known[key], result)
+        for key in stale:
+            if (done := await self.release_holder(key, run_id)) is not None:
+                released[key] = done
+        return released
 
     async def force_release(self, key: str, reason: str) -> tuple[KeyState, int] | None:
         """Release the key whoever holds it; the tombstone records the reason."""

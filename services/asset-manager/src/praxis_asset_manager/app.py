@@ -46,10 +46,10 @@ def build_app(settings: Settings) -> Service:
         migrations=Migrations(Path(__file__).parent / "migrations", Base.metadata),
     )
     catalog, status = Catalog(db), StatusRecorder(db, inventory.apply_statuses)
-    statuses = StatusQueue(status, bus.publish)
+    statuses = StatusQueue(status, bus.publish_all)
     commands = InventoryCommands(db, inventory, catalog)
     service.on_start.append(catalog.sync)
-    service.include(inventory_handlers, InventoryDeps(commands, catalog, status, bus.publish))
+    service.include(inventory_handlers, InventoryDeps(commands, catalog, status, bus.publish_all))
 
     def record_statuses(updates: list[StatusUpdate]) -> None:
         statuses.submit(StatusChange(*update) for update in updates)
@@ -59,7 +59,7 @@ def build_app(settings: Settings) -> Service:
     watchers: list[KeyValue.KeyWatcher] = []
 
     async def start_reservations() -> None:
-        leases = LeaseStore(bus.js, ASSET_LEASES.bucket)
+        leases = LeaseStore(bus.publisher, ASSET_LEASES.bucket)
         reservations = Reservations(
             db,
             inventory,
@@ -76,7 +76,7 @@ def build_app(settings: Settings) -> Service:
         tasks.append(asyncio.create_task(_watch(watcher, reservations, ready)))
         await ready.wait()
         held = {asset: h.run_id for asset, h in reservations.index.live().items()}
-        await publish_status(bus.publish, await status.reconcile(held))
+        await publish_status(bus.publish_all, await status.reconcile(held))
         log.info("resumed %d waiting reservations", await reservations.resume())
         service.include(handlers, Deps(inventory=inventory, reservations=reservations))
 
@@ -115,6 +115,6 @@ async def _watch(
         if change is None or not ready.is_set():
             continue
         try:
-            await reservations.on_change(change, entry.operation)
+            reservations.on_change(change, entry.operation)
         except Exception:
             log.exception("reacting to a lease change failed")

@@ -34,10 +34,12 @@ def candidates(
     properties: Mapping[str, Any] | None = None,
 ) -> list[Asset]:
     """Usable assets of the requirement's type (or a subclass) with the required properties."""
-    pool = [a for a in assets if pin in (a.name, str(a.accession_id))] if pin else assets
+    if pin:
+        pin_id = _as_uuid(pin)
+        assets = [a for a in assets if a.name == pin or a.accession_id == pin_id]
     found = [
         a
-        for a in pool
+        for a in assets
         if req.type_fqn in a.type_mro
         and a.status not in UNUSABLE
         and all(a.properties.get(k) == v for k, v in (properties or {}).items())
@@ -98,6 +100,13 @@ def bind(
     Raises ``NoMatchingAssets`` if no assignment exists even with every asset free.
     """
     return match(requirements, assets, pins, properties).now(busy.__contains__)
+
+
+def _as_uuid(text: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        return None
 
 
 def _assign(

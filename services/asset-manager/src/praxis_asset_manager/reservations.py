@@ -85,6 +85,7 @@ class Reservations:
         self.index = LeaseIndex()
         self.queue = WaitQueue()
         self._serving = asyncio.Lock()
+        self._freed: set[uuid.UUID] = set()  # freed by others, not yet served
         self._tasks: set[asyncio.Task[Any]] = set()
         # Runs released in this process's lifetime: a late duplicate ReserveAssets (a
         # redelivery) must not lease again. After a restart the scheduler covers the gap: it
@@ -292,16 +293,11 @@ class Reservations:
         await self.publish(AssetsReleased(run_id=cmd.run_id, asset_ids=released, reason=reason))
 
     async def _release_keys(self, run_id: uuid.UUID, held: dict[str, KeyState]) -> list[uuid.UUID]:
-        results = await asyncio.gather(
-            *(self.leases.release_holder(k, run_id, known=state) for k, state in held.items())
-        )
         released = []
-        for key, result in zip(held, results, strict=True):
-            if result is not None:
-                state, tombstone = result
-                self.index.apply(key, KeyState(tombstone, None))
-                assert state.holder is not None
-                released.append(state.holder.asset_id)
+        for key, (state, tombstone) in (await self.leases.release_all(run_id, held)).items():
+            self.index.apply(key, KeyState(tombstone, None))
+            assert state.holder is not None
+            released.append(state.holder.asset_id)
         return released
 
     async def force_release(self, asset_id: uuid.UUID, reason: str) -> Lease:
@@ -348,26 +344,40 @@ class Reservations:
         holder = None if deleted or value is None else decode_holder(value)
         return self.index.apply(key, KeyState(revision, holder))
 
-    async def on_change(self, change: Change, operation: str | None) -> None:
+    def on_change(self, change: Change, operation: str | None) -> None:
         """React to a lease freed by someone else: expiry (PURGE marker), another replica."""
         previous = change.previous.holder if change.previous else None
         if previous is None or change.current.holder is not None:
             return
         if operation == "PURGE":  # only the server's TTL marker purges lease keys
-            key = lease_key(change.asset_id)
-            await self.publish(
-                LeaseExpired(
-                    asset_id=change.asset_id,
-                    run_id=previous.run_id,
-                    lease_key=key,
-                    token=change.previous.revision if change.previous else 0,
-                    at=now(),
-                ),
-                msg_id=f"expired:{key}:{change.current.revision}",
-            )
-            reason = f"lease of run {previous.run_id} expired"
-            self.status([(change.asset_id, AssetStatus.AVAILABLE, reason, previous.run_id)])
-        await self.serve([change.asset_id])
+            self._spawn(self._expired(change.asset_id, previous.run_id, change))
+        else:
+            self._wake(change.asset_id)
+
+    def _wake(self, asset_id: uuid.UUID) -> None:
+        """Serve the waiters of a freed asset. The watcher hands over every entry of one read
+        before this task runs, so a holder's whole set coming free is served once, not once
+        per key (a waiter wanting four assets was planned four times)."""
+        if not self.queue.wanting([asset_id]):
+            return
+        self._freed.add(asset_id)
+        if len(self._freed) == 1:
+            self._spawn(self._serve_freed())
+
+    async def _serve_freed(self) -> None:
+        freed, self._freed = self._freed, set()
+        await self.serve(freed)
+
+    async def _expired(self, asset_id: uuid.UUID, run_id: uuid.UUID, change: Change) -> None:
+        key = lease_key(asset_id)
+        token = change.previous.revision if change.previous else 0
+        await self.publish(
+            LeaseExpired(asset_id=asset_id, run_id=run_id, lease_key=key, token=token, at=now()),
+            msg_id=f"expired:{key}:{change.current.revision}",
+        )
+        reason = f"lease of run {run_id} expired"
+        self.status([(asset_id, AssetStatus.AVAILABLE, reason, run_id)])
+        self._wake(asset_id)  # announced first, then served
 
     # -- operations ---------------------------------------------------------------------------
     async def list_leases(self, run_id: uuid.UUID | None) -> LeaseList:
@@ -385,7 +395,12 @@ class Reservations:
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("%s failed", task.get_coro(), exc_info=exc)
 
 
 def _lease_view(key: str, state: KeyState, names: dict[uuid.UUID, str]) -> Lease:

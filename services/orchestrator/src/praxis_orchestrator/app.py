@@ -43,7 +43,9 @@ def build_app(settings: Settings) -> Service:
 
     async def wire() -> None:
         stores[PROTOCOL_CODE.bucket] = await bus.js.object_store(PROTOCOL_CODE.bucket)
-        executor = Executor(workcell, code, LeaseStore(bus.js, ASSET_LEASES.bucket), bus.publish)
+        executor = Executor(
+            workcell, code, LeaseStore(bus.publisher, ASSET_LEASES.bucket), bus.publish
+        )
         executors.append(executor)
         service.include(
             handlers_for(settings.praxis_workcell, settings.max_concurrent_runs), executor
