@@ -6,16 +6,18 @@ run at start-up under an advisory lock, so replicas starting together migrate on
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Executable, MetaData, Row, text
+from sqlalchemy import URL, Connection, MetaData, text
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -35,22 +37,13 @@ class Database:
             url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800
         )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._kept: list[KeptConnection] = []
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """One unit of work: commits on success, rolls back on any exception."""
         async with self.sessions() as session, session.begin():
             yield session
-
-    async def execute_alone(
-        self, statement: Executable, params: dict[str, Any] | None = None
-    ) -> list[Row[Any]]:
-        """Run one statement in autocommit mode and return its rows. A single statement is
-        atomic on its own; this spares a transaction's BEGIN and COMMIT round trips."""
-        async with self.engine.connect() as conn:
-            alone = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            result = await alone.execute(statement, params)
-            return list(result.all()) if result.returns_rows else []
 
     async def ping(self) -> bool:
         try:
@@ -69,8 +62,53 @@ class Database:
             await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
             await conn.run_sync(_upgrade, migrations, self.schema, metadata)
 
+    def kept_connection(self) -> KeptConnection:
+        """A connection of its own for one hot statement run by a serial worker."""
+        kept = KeptConnection(self.engine.url.set(drivername="postgresql"), self.schema)
+        self._kept.append(kept)
+        return kept
+
     async def dispose(self) -> None:
+        for kept in self._kept:
+            await kept.close()
         await self.engine.dispose()
+
+
+class KeptConnection:
+    """One asyncpg connection, kept open, for a statement a serial worker runs many times a
+    second. It is atomic on its own (autocommit) and prepared once per connection.
+
+    Measured on the 2-core VM: ``SELECT 1`` costs 0.34-0.45 ms of CPU through the SQLAlchemy
+    pool (checkout, greenlet hop, reset on return) and 0.06 ms on a kept asyncpg connection.
+    Callers are serialised; a broken connection is dropped and the next call reconnects.
+    """
+
+    def __init__(self, url: URL, schema: str) -> None:
+        self._dsn = url.render_as_string(hide_password=False)
+        self._schema = schema
+        self._conn: asyncpg.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        async with self._lock:
+            if self._conn is None or self._conn.is_closed():
+                self._conn = await asyncpg.connect(
+                    self._dsn, server_settings={"search_path": self._schema}
+                )
+            try:
+                return list(await self._conn.fetch(query, *args))
+            except (asyncpg.PostgresConnectionError, ConnectionError, OSError):
+                await self._drop()
+                raise
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._drop()
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            await conn.close(timeout=5)
 
 
 def _lock_key(schema: str) -> int:

@@ -196,7 +196,7 @@ class LeaseStore:
         """
         now = datetime.now(UTC)
         by_key = {lease_key(claim.asset_id): claim for claim in claims}
-        states = {key: (known or {}).get(key) for key in by_key}
+        states: dict[str, KeyState | None] = {key: (known or {}).get(key) for key in by_key}
         states |= await self._read_all([key for key, state in states.items() if state is None])
         granted: dict[uuid.UUID, KeyState] = {}
         written: list[tuple[str, int]] = []
@@ -237,7 +237,7 @@ class LeaseStore:
             if attempt:  # changed again under us: someone else is writing these keys
                 await self._rollback(written)
                 raise LeaseConflict(stale)
-            states = await self._read_all(stale)
+            states = {**await self._read_all(stale)}
         raise AssertionError("unreachable")
 
     async def _rollback(self, written: list[tuple[str, int]]) -> None:

@@ -96,8 +96,8 @@ class Publisher:
             future.set_exception(nats.errors.TimeoutError())
         results: list[Result] = []
         for future in futures:
-            exc = future.exception()
-            results.append(exc if isinstance(exc, Exception) else future.result())
+            error = future.exception()
+            results.append(error if isinstance(error, Exception) else future.result())
         if late:
             self._forget(late)
         return results
