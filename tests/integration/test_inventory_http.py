@@ -50,7 +50,7 @@ def build_inventory(settings: Settings) -> Service:
     status = StatusRecorder(db, inventory.apply_statuses)
     service.on_start.append(catalog.sync)
     commands = InventoryCommands(db, inventory, catalog)
-    service.include(handlers, InventoryDeps(commands, catalog, status, bus.publish))
+    service.include(handlers, InventoryDeps(commands, catalog, status, bus.publish_all))
     return service
 
 

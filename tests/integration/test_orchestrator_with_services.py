@@ -140,7 +140,7 @@ async def ready(workcell: WorkcellLayout, source: ProtocolSource, client: Bus) -
 
 @pytest.fixture
 def leases(client: Bus) -> LeaseStore:
-    return LeaseStore(client.js, ASSET_LEASES.bucket)
+    return LeaseStore(client.publisher, ASSET_LEASES.bucket)
 
 
 Reserve = Callable[..., Awaitable[AssetsReserved]]
