@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import delete, or_, select
 
+from praxis_asset_manager.matching import UNUSABLE
 from praxis_asset_manager.orm import AssetRow, WorkcellRow
 from praxis_contracts.assets import (
     Asset,
@@ -27,10 +29,36 @@ from praxis_runtime.db import Database
 from praxis_runtime.query import apply_filters, fetch_page, where_all
 
 
+@dataclass(frozen=True)
+class Site:
+    """A workcell's layout as matching sees it, with its assets by name and by id.
+
+    Asset statuses in it may lag: only ``maintenance`` and ``error`` matter to matching, and
+    a change into or out of those refreshes it; reservation statuses do not.
+    """
+
+    layout: WorkcellLayout
+    by_ref: dict[str, Asset]
+
+    @classmethod
+    def of(cls, layout: WorkcellLayout) -> Site:
+        by_ref = {a.name: a for a in layout.assets}
+        by_ref |= {str(a.accession_id): a for a in layout.assets}
+        return cls(layout, by_ref)
+
+
 class Inventory:
+    """The inventory, with every workcell's layout cached until workcells or assets change.
+
+    Reservations change asset statuses many times a second. Those changes are kept aside
+    (``apply_statuses``) and patched into the cached layouts only when a layout is read through
+    ``layouts``/``layout``; the sites matching uses are rebuilt only for changes that matter to it.
+    """
+
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._layouts: list[WorkcellLayout] | None = None
+        self._sites: dict[uuid.UUID, Site] | None = None
+        self._pending: dict[uuid.UUID, AssetStatusChanged] = {}
 
     async def register(self, cmd: RegisterWorkcell) -> WorkcellLayout:
         """Create the workcell, or replace the layout of the one with that name."""
@@ -51,49 +79,76 @@ class Inventory:
             layout = WorkcellLayout(
                 workcell=workcell_view(workcell), assets=[asset_view(r) for r in rows]
             )
-        self._layouts = None
+        self.invalidate()
         return layout
 
     def invalidate(self) -> None:
         """Forget the cached layouts: workcells or assets were created, changed or deleted."""
-        self._layouts = None
+        self._sites = None
+        self._pending.clear()
 
     def apply_statuses(self, events: Iterable[AssetStatusChanged]) -> None:
-        """Patch committed status changes into the cached layouts (cheaper than reloading)."""
-        if self._layouts is None:
-            return
-        changed = {event.asset_id: event for event in events}
-        self._layouts = [
-            layout.model_copy(
-                update={"assets": [_with_status(asset, changed) for asset in layout.assets]}
-            )
-            if any(asset.accession_id in changed for asset in layout.assets)
-            else layout
-            for layout in self._layouts
-        ]
+        """Take in committed status changes (cheaper than reloading the layouts)."""
+        usable_changed = False
+        for event in events:
+            self._pending[event.asset_id] = event
+            usable_changed |= (event.status in UNUSABLE) != (event.previous in UNUSABLE)
+        if usable_changed:
+            self._patch()
 
-    async def layouts(self) -> list[WorkcellLayout]:
-        """Every workcell with its assets (cached until the inventory changes)."""
-        if self._layouts is None:
+    def _patch(self) -> None:
+        """Write the pending status changes into the cached layouts."""
+        if self._sites is None or not self._pending:
+            return
+        changed, self._pending = self._pending, {}
+        self._sites = {
+            workcell_id: Site.of(
+                site.layout.model_copy(
+                    update={"assets": [_with_status(a, changed) for a in site.layout.assets]}
+                )
+            )
+            if any(a.accession_id in changed for a in site.layout.assets)
+            else site
+            for workcell_id, site in self._sites.items()
+        }
+
+    async def sites(self) -> list[Site]:
+        """Every workcell as matching sees it, in name order."""
+        if self._sites is None:
+            self._pending.clear()  # the read sees them; changes committed from now on are kept
             async with self.db.transaction() as session:
                 workcells = (
                     await session.scalars(select(WorkcellRow).order_by(WorkcellRow.name))
                 ).all()
                 assets = (await session.scalars(select(AssetRow))).all()
-            self._layouts = [
-                WorkcellLayout(
-                    workcell=workcell_view(w),
-                    assets=[asset_view(a) for a in assets if a.workcell_id == w.accession_id],
+            self._sites = {
+                w.accession_id: Site.of(
+                    WorkcellLayout(
+                        workcell=workcell_view(w),
+                        assets=[asset_view(a) for a in assets if a.workcell_id == w.accession_id],
+                    )
                 )
                 for w in workcells
-            ]
-        return self._layouts
+            }
+        return list(self._sites.values())
+
+    async def site(self, ref: str) -> Site:
+        """One workcell, by name or id, as matching sees it."""
+        for site in await self.sites():
+            if ref in (site.layout.workcell.name, str(site.layout.workcell.accession_id)):
+                return site
+        raise NotFound(f"workcell {ref!r} not found", workcell=ref)
+
+    async def layouts(self) -> list[WorkcellLayout]:
+        """Every workcell with its assets and their current statuses."""
+        await self.sites()
+        self._patch()
+        return [site.layout for site in await self.sites()]
 
     async def layout(self, ref: str) -> WorkcellLayout:
-        for layout in await self.layouts():
-            if ref in (layout.workcell.name, str(layout.workcell.accession_id)):
-                return layout
-        raise NotFound(f"workcell {ref!r} not found", workcell=ref)
+        await self.sites()
+        self._patch()
+        return (await self.site(ref)).layout
 
     async def list_workcells(self, query: ListWorkcells) -> WorkcellPage:
         stmt = where_all(

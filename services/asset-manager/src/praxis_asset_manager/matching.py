@@ -30,13 +30,9 @@ class Binding:
 def candidates(
     req: AssetRequirementSpec,
     assets: Iterable[Asset],
-    pin: str | None,
     properties: Mapping[str, Any] | None = None,
 ) -> list[Asset]:
     """Usable assets of the requirement's type (or a subclass) with the required properties."""
-    if pin:
-        pin_id = _as_uuid(pin)
-        assets = [a for a in assets if a.name == pin or a.accession_id == pin_id]
     found = [
         a
         for a in assets
@@ -68,12 +64,24 @@ def match(
     assets: list[Asset],
     pins: Mapping[str, str],
     properties: Mapping[str, Mapping[str, Any]] | None = None,
+    by_ref: Mapping[str, Asset] | None = None,
 ) -> Match:
-    """The options of every requirement; ``NoMatchingAssets`` if no assignment could ever exist."""
+    """The options of every requirement; ``NoMatchingAssets`` if no assignment could ever exist.
+
+    A pin names its asset by name or id; ``by_ref`` maps both to the asset (built if not given).
+    """
     required = properties or {}
-    options = {
-        r.name: candidates(r, assets, pins.get(r.name), required.get(r.name)) for r in requirements
-    }
+    if pins and by_ref is None:
+        by_ref = {a.name: a for a in assets} | {str(a.accession_id): a for a in assets}
+
+    def pool(r: AssetRequirementSpec) -> Iterable[Asset]:
+        pin = pins.get(r.name)
+        if not pin:
+            return assets
+        assert by_ref is not None
+        return [by_ref[pin]] if pin in by_ref else []
+
+    options = {r.name: candidates(r, pool(r), required.get(r.name)) for r in requirements}
     missing = [
         r for r in requirements if not options[r.name] and (not r.optional or r.name in pins)
     ]
@@ -100,13 +108,6 @@ def bind(
     Raises ``NoMatchingAssets`` if no assignment exists even with every asset free.
     """
     return match(requirements, assets, pins, properties).now(busy.__contains__)
-
-
-def _as_uuid(text: str) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(text)
-    except ValueError:
-        return None
 
 
 def _assign(

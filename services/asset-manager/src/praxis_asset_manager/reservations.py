@@ -115,9 +115,9 @@ class Reservations:
     async def _plan(self, cmd: ReserveAssets) -> tuple[Plan | None, frozenset[uuid.UUID]]:
         """A grantable binding now (or None), and every asset the request could use."""
         if cmd.workcell:
-            layouts = [await self.inventory.layout(cmd.workcell)]
+            sites = [await self.inventory.site(cmd.workcell)]
         else:
-            layouts = await self.inventory.layouts()
+            sites = await self.inventory.sites()
 
         def is_busy(asset_id: uuid.UUID) -> bool:
             holder = self.index.holder(asset_id)
@@ -126,9 +126,12 @@ class Reservations:
         plan: Plan | None = None
         wanted: set[uuid.UUID] = set()
         error: PraxisError | None = NoMatchingAssets("there is no workcell to run on")
-        for layout in layouts:
+        for site in sites:
+            layout = site.layout
             try:
-                found = match(cmd.requirements, layout.assets, cmd.pins, cmd.properties)
+                found = match(
+                    cmd.requirements, layout.assets, cmd.pins, cmd.properties, site.by_ref
+                )
             except NoMatchingAssets as exc:
                 error = error and exc
                 continue
