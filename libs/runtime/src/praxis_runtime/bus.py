@@ -218,8 +218,9 @@ class Bus:
         await self.broker.stop()
 
     # -- outgoing -----------------------------------------------------------------------------
-    def _headers(self, msg_id: str | None) -> dict[str, str]:
-        headers = {h.CORRELATION_ID: correlation_id_var.get() or uuid.uuid4().hex}
+    def _headers(self, msg_id: str | None, correlation: str | None = None) -> dict[str, str]:
+        correlation = correlation or correlation_id_var.get() or uuid.uuid4().hex
+        headers = {h.CORRELATION_ID: correlation}
         if msg_id is not None:
             headers[h.MSG_ID] = msg_id
         return headers
@@ -235,9 +236,14 @@ class Bus:
     async def publish_all(self, messages: Sequence[tuple[Command | Event, str | None]]) -> None:
         """Publish several messages (each with its ``msg_id`` or None) and wait for all acks
         together; raises the first failure after every message has had its answer."""
+        correlation = correlation_id_var.get() or uuid.uuid4().hex  # one for the lot
         results = await self.publisher.publish_all(
             [
-                Outgoing(m.routing_subject(), m.model_dump_json().encode(), self._headers(msg_id))
+                Outgoing(
+                    m.routing_subject(),
+                    m.model_dump_json().encode(),
+                    self._headers(msg_id, correlation),
+                )
                 for m, msg_id in messages
             ]
         )

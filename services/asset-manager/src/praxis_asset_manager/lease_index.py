@@ -28,12 +28,20 @@ class LeaseIndex:
 
     def apply(self, key: str, state: KeyState) -> Change | None:
         """Record a key's state unless we already know a newer one; returns what changed."""
-        asset_id = asset_of(key)
         previous = self.states.get(key)
-        if asset_id is None or (previous is not None and previous.revision >= state.revision):
+        if previous is not None and previous.revision >= state.revision:
+            return None
+        known = state.holder or (previous.holder if previous else None)
+        asset_id = known.asset_id if known else asset_of(key)
+        if asset_id is None:
             return None
         if previous is not None and previous.holder is not None:
-            self._by_run.get(previous.holder.run_id, set()).discard(key)
+            run_id = previous.holder.run_id
+            keys = self._by_run.get(run_id)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._by_run[run_id]  # a run that holds nothing is forgotten
         if state.holder is not None:
             self._by_run.setdefault(state.holder.run_id, set()).add(key)
         self.states[key] = state

@@ -303,8 +303,9 @@ async def apply_sequence(
         [c.run_id for c in changes],
         datetime.now(UTC),
     )
+    # Built without re-validation: every field comes typed from our own columns.
     return [
-        AssetStatusChanged(
+        AssetStatusChanged.model_construct(
             asset_id=asset_id,
             workcell_id=workcell_id,
             name=name,
