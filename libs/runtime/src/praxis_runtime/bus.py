@@ -233,11 +233,11 @@ class Bus:
             self._headers(msg_id),
         )
 
-    async def publish_all(self, messages: Sequence[tuple[Command | Event, str | None]]) -> None:
-        """Publish several messages (each with its ``msg_id`` or None) and wait for all acks
-        together; raises the first failure after every message has had its answer."""
+    async def publish_all(self, messages: Sequence[tuple[Event, str | None]]) -> None:
+        """Publish events (each with its ``msg_id`` or None) in order, confirmed together by
+        the last one's ack (``Publisher.publish_in_order``); raises if that fails."""
         correlation = correlation_id_var.get() or uuid.uuid4().hex  # one for the lot
-        results = await self.publisher.publish_all(
+        await self.publisher.publish_in_order(
             [
                 Outgoing(
                     m.routing_subject(),
@@ -247,9 +247,6 @@ class Bus:
                 for m, msg_id in messages
             ]
         )
-        failure = next((r for r in results if isinstance(r, Exception)), None)
-        if failure is not None:
-            raise failure
 
     async def request(self, request: Request[R], *, timeout: float | None = None) -> R:
         """Send a request and return its typed reply, re-raising a remote domain error."""

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from praxis_asset_manager.orm import SCHEMA, AssetRow, StatusHistoryRow
 from praxis_contracts.assets import AssetStatus
-from praxis_contracts.base import Command, Event
+from praxis_contracts.base import Event
 from praxis_contracts.errors import NotFound
 from praxis_contracts.inventory import (
     AssetStatusChanged,
@@ -43,8 +43,8 @@ _LOCK_ORDER = AssetRow.accession_id
 OnChange = Callable[[list[AssetStatusChanged]], None]
 
 
-PublishAll = Callable[[Sequence[tuple[Command | Event, str | None]]], Awaitable[None]]
-"""``Bus.publish_all``: messages with their message ids, acknowledged together."""
+PublishAll = Callable[[Sequence[tuple[Event, str | None]]], Awaitable[None]]
+"""``Bus.publish_all``: events with their message ids, in order, acknowledged together."""
 
 
 async def publish_status(publish_all: PublishAll, events: Iterable[AssetStatusChanged]) -> None:

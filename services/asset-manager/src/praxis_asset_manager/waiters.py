@@ -63,6 +63,8 @@ class WaitQueue:
 
     def wanting(self, assets: Iterable[uuid.UUID]) -> list[Waiter]:
         """Waiters that want any of ``assets``, in service order."""
+        if not self._waiters:
+            return []
         runs = set().union(*(self._by_asset.get(a, set()) for a in assets))
         return sorted((self._waiters[r] for r in runs), key=lambda w: w.order)
 
