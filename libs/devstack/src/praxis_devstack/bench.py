@@ -4,6 +4,8 @@ Latency: the client notes the wall clock just before ``POST /protocols/runs``; t
 protocol returns the wall clock of its first line (same machine, same clock). Throughput: N runs
 submitted with bounded concurrency; the clock stops when the scheduler has recorded every one as
 completed. Completion is pushed to the benchmark by NATS subscriptions, never polled.
+Then the other services stop and the reservation figures are taken against the asset-manager
+alone (``bench_reservations``).
 """
 
 from __future__ import annotations
@@ -131,6 +133,9 @@ async def bench(args: argparse.Namespace) -> int:
         await stack.seed()
         assert stack.infra is not None
         report = await measure(stack.api, stack.infra.nats_url, args.runs, args.concurrency)
+        # The asset-manager alone: the scheduler would otherwise take every benchmark grant
+        # for a run it does not know and dead-letter it, on the same two cores.
+        await stack.stop_services(keep=("asset-manager",))
         report["reservations"] = await measure_reservations(stack.infra.nats_url, args.runs)
         report["id"] = str(uuid.uuid4())
     finally:

@@ -134,17 +134,22 @@ class Stack:
     def dead(self) -> list[str]:
         return [p.name for p in self.processes if p.process.poll() is not None]
 
-    async def stop(self) -> None:
-        for service in reversed(self.processes):
+    async def stop_services(self, keep: tuple[str, ...] = ()) -> None:
+        """SIGTERM every service process but those named in ``keep``, and wait for them."""
+        stopping = [p for p in reversed(self.processes) if p.name not in keep]
+        for service in stopping:
             if service.process.poll() is None:
                 service.process.send_signal(signal.SIGTERM)
-        for service in reversed(self.processes):
+        for service in stopping:
             try:
                 await asyncio.to_thread(service.process.wait, 30)
             except subprocess.TimeoutExpired:
                 service.process.kill()
             service.log.close()
-        self.processes.clear()
+        self.processes = [p for p in self.processes if p.name in keep]
+
+    async def stop(self) -> None:
+        await self.stop_services()
         if self.infra is not None:
             await asyncio.to_thread(self.infra.stop)
 
