@@ -40,7 +40,7 @@ test: install
 lint: install
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
-	$(RUN) mypy libs/contracts/src libs/runtime/src libs/sdk/src libs/plr/src
+	$(RUN) mypy libs/contracts/src libs/runtime/src libs/sdk/src libs/plr/src libs/devstack/src
 
 format: install
 	$(RUN) ruff check --fix .

@@ -45,6 +45,8 @@ SUFFIX = uuid.uuid4().hex[:10]
 KEY = f"bus-test-{SUFFIX}"
 DURABLE = f"bus-test-{SUFFIX}"
 COMMAND_SUBJECT = ExecuteRun.subscription_subject(KEY)
+PARALLEL_KEY = f"bus-test-parallel-{SUFFIX}"
+PARALLEL_DURABLE = f"bus-test-parallel-{SUFFIX}"
 BROKEN_RUN = uuid.uuid4()
 WAIT = 10.0
 FINAL = {"+ACK", "+TERM"}
@@ -68,6 +70,21 @@ class Recorder:
     dead_letters: asyncio.Queue[Msg] = field(default_factory=asyncio.Queue)
     acks: dict[int, list[str]] = field(default_factory=dict)
     ack_seen: asyncio.Event = field(default_factory=asyncio.Event)
+    started: dict[uuid.UUID, asyncio.Event] = field(default_factory=dict)
+    partner: dict[uuid.UUID, uuid.UUID] = field(default_factory=dict)
+
+    def pair(self) -> tuple[uuid.UUID, uuid.UUID]:
+        """Two runs whose handlers each wait until the other's has started."""
+        a, b = uuid.uuid4(), uuid.uuid4()
+        self.partner |= {a: b, b: a}
+        self.started |= {a: asyncio.Event(), b: asyncio.Event()}
+        return a, b
+
+    async def meet(self, run_id: uuid.UUID) -> None:
+        """Only returns if the partner's handler runs at the same time (else times out)."""
+        self.started[run_id].set()
+        async with asyncio.timeout(WAIT):
+            await self.started[self.partner[run_id]].wait()
 
     def expect(self, run_id: uuid.UUID, behaviour: str = "ok") -> asyncio.Future[int]:
         self.behaviour[run_id] = behaviour
@@ -108,6 +125,9 @@ def handlers() -> Handlers[Recorder]:
     async def get_run(query: GetRun, rec: Recorder) -> RunView:
         if query.run_id == BROKEN_RUN:
             raise RuntimeError("database password is hunter2")
+        if query.run_id in rec.partner:
+            await rec.meet(query.run_id)
+            return run_view(query.run_id)
         if query.run_id not in rec.runs:
             raise NotFound(f"protocol run {query.run_id} not found", run_id=str(query.run_id))
         return rec.runs[query.run_id]
@@ -126,6 +146,11 @@ def handlers() -> Handlers[Recorder]:
         future = rec.done.get(cmd.run_id)
         if future is not None and not future.done():
             future.set_result(attempt)
+
+    @group.consume(ExecuteRun, durable=PARALLEL_DURABLE, key=PARALLEL_KEY, max_workers=2)
+    async def execute_in_parallel(cmd: ExecuteRun, rec: Recorder) -> None:
+        await rec.meet(cmd.run_id)
+        rec.done[cmd.run_id].set_result(1)
 
     return group
 
@@ -158,8 +183,9 @@ async def _forget_consumer(nats_url: str) -> None:
     nc = await nats.connect(nats_url)
     try:
         js = nc.jetstream()
-        await js.delete_consumer(COMMANDS.name, DURABLE)
-        await js.purge_stream(COMMANDS.name, subject=COMMAND_SUBJECT)
+        for durable, key in ((DURABLE, KEY), (PARALLEL_DURABLE, PARALLEL_KEY)):
+            await js.delete_consumer(COMMANDS.name, durable)
+            await js.purge_stream(COMMANDS.name, subject=ExecuteRun.subscription_subject(key))
     finally:
         await nc.close()
 
@@ -179,7 +205,7 @@ def run_view(run_id: uuid.UUID) -> RunView:
     )
 
 
-def execute_run(run_id: uuid.UUID) -> ExecuteRun:
+def execute_run(run_id: uuid.UUID, key: str = KEY) -> ExecuteRun:
     spec = ProtocolFunctionSpec(name="transfer", version="1.0.0", module="mod", qualname="transfer")
     definition = ProtocolDefinition(
         accession_id=uuid.uuid4(),
@@ -193,7 +219,7 @@ def execute_run(run_id: uuid.UUID) -> ExecuteRun:
     return ExecuteRun(
         run_id=run_id,
         workcell_id=uuid.uuid4(),
-        workcell_name=KEY,
+        workcell_name=key,
         definition=definition,
         parameters={},
         bindings=[],
@@ -201,6 +227,23 @@ def execute_run(run_id: uuid.UUID) -> ExecuteRun:
 
 
 # -- request/reply ---------------------------------------------------------------------------
+
+
+async def test_requests_are_answered_concurrently(harness: Harness) -> None:
+    a, b = harness.rec.pair()
+    first, second = await asyncio.gather(
+        harness.bus.request(GetRun(run_id=a)), harness.bus.request(GetRun(run_id=b))
+    )
+    assert (first.accession_id, second.accession_id) == (a, b)
+
+
+async def test_a_consumer_with_workers_handles_messages_concurrently(harness: Harness) -> None:
+    a, b = harness.rec.pair()
+    done = [harness.rec.expect(run_id) for run_id in (a, b)]
+    for run_id in (a, b):
+        await harness.bus.publish(execute_run(run_id, PARALLEL_KEY))
+    async with asyncio.timeout(WAIT):
+        assert await asyncio.gather(*done) == [1, 1]
 
 
 async def test_request_returns_the_typed_reply(harness: Harness) -> None:

@@ -54,6 +54,9 @@ HANDLER_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5),
 )
 
+RPC_WORKERS = 16
+"""Requests of one type a service process answers at once."""
+
 DepsT = TypeVar("DepsT")
 M = TypeVar("M", bound=Message)
 R = TypeVar("R", bound=BaseModel)
@@ -289,7 +292,10 @@ class Bus:
                 headers[h.ERROR] = "1"
             return NatsResponse(body, headers=headers)
 
-        self.broker.subscriber(subject, queue=self.service, decoder=_raw)(serve)
+        # Requests are answered concurrently: one slow query must not hold up the rest.
+        self.broker.subscriber(
+            subject, queue=self.service, decoder=_raw, max_workers=RPC_WORKERS
+        )(serve)
 
     async def _answer(self, route: RpcRoute[DepsT], deps: DepsT, raw: bytes) -> tuple[bytes, bool]:
         try:
