@@ -7,8 +7,11 @@ therefore never holds part of its set while waiting for the rest, so no deadlock
 
 Why not ADR-50 atomic batches: on file storage each batch commit is synced to disk (3-5 ms) and
 commits serialise per stream (~200-400/s, 16 concurrent batches p50 57-70 ms; shared notes),
-which caps the whole bucket below the 500 reservations/s we need. Per-key CAS costs ~0.3 ms a key
-and the writes of one request go out concurrently, so a 4-asset grant is about one round trip.
+which caps the whole bucket below the 500 reservations/s we need. Per-key CAS writes of one
+request go out together and are awaited under one deadline (``Publisher.publish_all``): measured
+here, a 4-key round takes 0.43 ms against 0.24 ms for one key, and the asset-manager grants 4-asset
+sets at 500-550/s with 16 requesters. A key the caller's mirror shows held fails the request
+before anything is written.
 The price is that a competing reader can briefly see keys of a set that is then rolled back; it
 never sees an asset with two live holders, which is the guarantee that matters (and the one the
 concurrency test checks from the bucket's history).
