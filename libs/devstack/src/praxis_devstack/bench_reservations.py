@@ -1,7 +1,9 @@
 """Reservation figures for ``make bench``, through the asset-manager's API (commands, events).
 
 - 4-asset reservations per second (reserve, granted, release, released), 1 and 16 concurrent
-  requesters on disjoint asset sets, with the latency from command to grant (p50/p99);
+  requesters on disjoint asset sets, with the latency from command to grant (p50/p99); then the
+  grant latency of 16 requesters offered three quarters of that rate on a fixed schedule (open
+  loop: a closed loop's latency is just requesters / throughput);
 - wake-up latency: a run waits for a held set, the holder lets go, and the clock stops when the
   waiter's grant event arrives. Three starts: the moment the last of the holder's leases left the
   bucket (the server's timestamp on its tombstone; the server and this process share a clock),
@@ -95,10 +97,11 @@ class ReservationBench:
             run_id=run_id, requirements=requirements, pins=pins, workcell=self.workcell
         )
 
-    async def cycle(self, plates: list[str]) -> float:
-        """Reserve, wait for the grant, release, wait for the release; returns grant ms."""
+    async def cycle(self, plates: list[str], due: float | None = None) -> float:
+        """Reserve, wait for the grant, release, wait for the release; returns grant ms, from
+        ``due`` (the ``perf_counter`` time the request was scheduled for) if given."""
         run_id = uuid.uuid4()
-        started = time.perf_counter()
+        started = time.perf_counter() if due is None else due
         await self.bus.publish(self.command(run_id, plates))
         await self.events.wait("granted", run_id)
         latency = (time.perf_counter() - started) * 1000
@@ -121,6 +124,31 @@ class ReservationBench:
             "requesters": requesters,
             "reservations": requesters * cycles,
             "reservations_per_s": round(requesters * cycles / elapsed, 1),
+            "grant_latency_ms": latencies,
+        }
+
+    async def paced(self, requesters: int, rate: float, seconds: float) -> dict[str, Any]:
+        """Open loop: requests are offered at ``rate`` per second in all, each requester on its
+        own set on a fixed schedule, whatever the answers do. Latency counts from the scheduled
+        moment, so a late answer also delays (and is charged to) the requests behind it."""
+        sets = [self.plates[i * SET_SIZE : (i + 1) * SET_SIZE] for i in range(requesters)]
+        period = requesters / rate
+        count = max(1, int(seconds / period))
+        latencies: list[float] = []
+        origin = time.perf_counter()
+
+        async def requester(index: int, plates: list[str]) -> None:
+            for n in range(count):
+                due = origin + (n + index / requesters) * period
+                # Pacing a load generator, not waiting for a state: nothing to be pushed here.
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                latencies.append(await self.cycle(plates, due))
+
+        await asyncio.gather(*(requester(i, s) for i, s in enumerate(sets)))
+        return {
+            "requesters": requesters,
+            "offered_per_s": round(rate, 1),
+            "reservations": requesters * count,
             "grant_latency_ms": latencies,
         }
 
@@ -182,6 +210,8 @@ async def measure_reservations(nats_url: str, cycles: int) -> dict[str, Any]:
         one = await bench.throughput(1, cycles)
         await bench.throughput(16, 10)  # warm-up
         sixteen = await bench.throughput(16, max(1, cycles // 2))
+        # Below saturation: three quarters of what 16 closed-loop requesters reached.
+        paced = await bench.paced(16, 0.75 * sixteen["reservations_per_s"], cycles / 50)
         wake = await bench.wake_up(max(10, cycles // 4), in_bucket=False)
         wake_bucket = await bench.wake_up(max(10, cycles // 4), in_bucket=True)
     finally:
@@ -192,6 +222,10 @@ async def measure_reservations(nats_url: str, cycles: int) -> dict[str, Any]:
         "sixteen_requesters": {
             **sixteen,
             "grant_latency_ms": summary(sixteen["grant_latency_ms"]),
+        },
+        "sixteen_requesters_paced": {
+            **paced,
+            "grant_latency_ms": summary(paced["grant_latency_ms"]),
         },
         "wake_up_after_lease_left_bucket_ms": summary(wake_bucket["from_commit"]),
         "wake_up_after_delete_request_ms": summary(wake_bucket["from_request"]),
