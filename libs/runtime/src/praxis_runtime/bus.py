@@ -293,9 +293,9 @@ class Bus:
             return NatsResponse(body, headers=headers)
 
         # Requests are answered concurrently: one slow query must not hold up the rest.
-        self.broker.subscriber(
-            subject, queue=self.service, decoder=_raw, max_workers=RPC_WORKERS
-        )(serve)
+        self.broker.subscriber(subject, queue=self.service, decoder=_raw, max_workers=RPC_WORKERS)(
+            serve
+        )
 
     async def _answer(self, route: RpcRoute[DepsT], deps: DepsT, raw: bytes) -> tuple[bytes, bool]:
         try:

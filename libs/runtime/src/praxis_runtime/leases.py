@@ -63,16 +63,16 @@ class Holder:
         return self.renewed_at + timedelta(seconds=self.ttl_seconds)
 
     def encode(self) -> bytes:
-        return json.dumps(
-            {
-                "run_id": str(self.run_id),
-                "asset_id": str(self.asset_id),
-                "requirement": self.requirement,
-                "workcell_id": str(self.workcell_id) if self.workcell_id else None,
-                "acquired_at": self.acquired_at.isoformat(),
-                "renewed_at": self.renewed_at.isoformat(),
-                "ttl_seconds": self.ttl_seconds,
-            }
+        # Written by hand: four of these per grant, and json.dumps of the dict cost 5 % of the
+        # asset-manager's CPU. Only the requirement name needs escaping.
+        acquired = self.acquired_at.isoformat()
+        renewed = acquired if self.renewed_at == self.acquired_at else self.renewed_at.isoformat()
+        workcell = f'"{self.workcell_id}"' if self.workcell_id else "null"
+        return (
+            f'{{"run_id":"{self.run_id}","asset_id":"{self.asset_id}",'
+            f'"requirement":{json.dumps(self.requirement)},"workcell_id":{workcell},'
+            f'"acquired_at":"{acquired}","renewed_at":"{renewed}",'
+            f'"ttl_seconds":{int(self.ttl_seconds)}}}'
         ).encode()
 
 
