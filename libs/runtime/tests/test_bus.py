@@ -353,3 +353,42 @@ async def test_a_malformed_command_is_dead_lettered_and_processing_goes_on(
     done = harness.rec.expect(run_id)
     await harness.bus.publish(execute_run(run_id))
     assert await asyncio.wait_for(done, WAIT) == 1
+
+
+# -- shutdown --------------------------------------------------------------------------------
+
+
+async def test_after_stop_consuming_nothing_is_handled_but_publishing_works(
+    nats_url: str,
+) -> None:
+    key = durable = f"bus-test-stop-{SUFFIX}"
+    handled: asyncio.Queue[uuid.UUID] = asyncio.Queue()
+    group: Handlers[asyncio.Queue[uuid.UUID]] = Handlers()
+
+    @group.consume(ExecuteRun, durable=durable, key=key, max_workers=4)
+    async def execute(cmd: ExecuteRun, seen: asyncio.Queue[uuid.UUID]) -> None:
+        seen.put_nowait(cmd.run_id)
+
+    bus = Bus(nats_url, durable)
+    await bus.connect()
+    await ensure_topology(bus.js)
+    bus.include(group, handled)
+    await bus.start()
+    try:
+        first = uuid.uuid4()
+        await bus.publish(execute_run(first, key))
+        async with asyncio.timeout(WAIT):
+            assert await handled.get() == first
+
+        await bus.stop_consuming()
+        await bus.publish(execute_run(uuid.uuid4(), key))  # the connection still publishes
+        info = await bus.js.consumer_info(COMMANDS.name, durable)
+        assert info.num_pending == 1 and handled.empty()  # kept for the next consumer
+    finally:
+        await bus.stop()
+        nc = await nats.connect(nats_url)
+        await nc.jetstream().delete_consumer(COMMANDS.name, durable)
+        await nc.jetstream().purge_stream(
+            COMMANDS.name, subject=ExecuteRun.subscription_subject(key)
+        )
+        await nc.close()

@@ -209,15 +209,19 @@ class Bus:
         await self.nc.flush()
         await self.nc.flush()
 
-    async def stop(self) -> None:
-        """Stop taking messages, let in-flight handlers finish (up to the graceful timeout),
-        then drain the connection."""
+    async def stop_consuming(self) -> None:
+        """Stop taking messages and let in-flight handlers finish (up to the graceful
+        timeout); the connection stays open for whatever shutdown still publishes."""
         for subscriber in self.broker.subscribers:
             await subscriber.stop()
         if self._in_flight:
             _, late = await asyncio.wait(self._in_flight, timeout=self.graceful_timeout)
             if late:
                 log.warning("%d handlers still running at shutdown", len(late))
+
+    async def stop(self) -> None:
+        """``stop_consuming``, then drain and close the connection."""
+        await self.stop_consuming()
         await self.broker.stop()
 
     # -- outgoing -----------------------------------------------------------------------------

@@ -82,6 +82,7 @@ class Service:
         """Stop taking messages, let in-flight handlers finish, then release resources."""
         if self.health is not None:
             await self.health.stop()
+        await self.bus.stop_consuming()  # no message starts work the hooks below wind down
         for hook in reversed(self.on_stop):
             await hook()  # before the bus closes: hooks may still publish (e.g. drained runs)
         await self.bus.stop()
