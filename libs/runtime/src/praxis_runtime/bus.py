@@ -4,9 +4,12 @@ Services declare handlers in ``Handlers`` groups; the bus turns them into FastSt
 
 - request/reply (``Handlers.rpc``): core NATS with a queue group. Domain errors become an
   ``ErrorReply`` with the ``Praxis-Error`` header; requesters re-raise them by code.
-- JetStream consumers (``Handlers.consume``): durable, load-balanced, manual acks. Malformed or
-  non-retryable messages are dead-lettered and terminated; retryable failures are redelivered with
-  backoff until ``max_deliver`` attempts, then dead-lettered. One bad message never blocks others.
+- JetStream consumers (``Handlers.consume``): durable, load-balanced, manual acks; up to
+  ``max_workers`` messages at once, in order when it is 1. Malformed or non-retryable messages are
+  dead-lettered and terminated; retryable failures are redelivered with backoff until
+  ``max_deliver`` attempts, then dead-lettered. One bad message never blocks others.
+
+Publishing to JetStream goes through ``Publisher`` (acks on one inbox, batches under one deadline).
 """
 
 from __future__ import annotations

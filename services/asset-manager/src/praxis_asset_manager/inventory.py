@@ -58,6 +58,7 @@ class Inventory:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._sites: dict[uuid.UUID, Site] | None = None
+        self._workcells: dict[str, uuid.UUID] = {}  # name and id -> id
         self._pending: dict[uuid.UUID, AssetStatusChanged] = {}
 
     async def register(self, cmd: RegisterWorkcell) -> WorkcellLayout:
@@ -130,14 +131,18 @@ class Inventory:
                 )
                 for w in workcells
             }
+            self._workcells = {w.name: w.accession_id for w in workcells}
+            self._workcells |= {str(w.accession_id): w.accession_id for w in workcells}
         return list(self._sites.values())
 
     async def site(self, ref: str) -> Site:
         """One workcell, by name or id, as matching sees it."""
-        for site in await self.sites():
-            if ref in (site.layout.workcell.name, str(site.layout.workcell.accession_id)):
-                return site
-        raise NotFound(f"workcell {ref!r} not found", workcell=ref)
+        await self.sites()
+        assert self._sites is not None
+        workcell_id = self._workcells.get(ref)
+        if workcell_id is None or workcell_id not in self._sites:
+            raise NotFound(f"workcell {ref!r} not found", workcell=ref)
+        return self._sites[workcell_id]
 
     async def layouts(self) -> list[WorkcellLayout]:
         """Every workcell with its assets and their current statuses."""
