@@ -95,10 +95,18 @@ class KeptConnection:
                 self._conn = await asyncpg.connect(
                     self._dsn, server_settings={"search_path": self._schema}
                 )
+            conn = self._conn
             try:
-                return list(await self._conn.fetch(query, *args))
-            except (asyncpg.PostgresConnectionError, ConnectionError, OSError):
-                await self._drop()
+                return list(await conn.fetch(query, *args))
+            except asyncpg.PostgresError:
+                if conn.is_closed():  # e.g. the server shut the session down
+                    self._conn = None
+                raise  # the server refused the statement: the connection is still good
+            except BaseException:
+                # Lost, interrupted mid-statement, or out of step with the protocol: the next
+                # call opens another connection.
+                conn.terminate()
+                self._conn = None
                 raise
 
     async def close(self) -> None:
