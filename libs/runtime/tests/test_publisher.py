@@ -3,6 +3,7 @@ deadline, and ordered batches confirmed by their last ack."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -57,6 +58,19 @@ async def test_an_unanswered_message_times_out_and_is_forgotten(client: Client) 
     publisher = Publisher(client)
     (result,) = await publisher.publish_all([Outgoing(subject, b"x")], timeout=0.2)
     assert isinstance(result, nats.errors.TimeoutError)
+    assert publisher._pending == {}
+
+
+async def test_a_cancelled_batch_is_forgotten(client: Client) -> None:
+    subject = f"silent.{uuid.uuid4().hex}"
+    await client.subscribe(subject)
+    publisher = Publisher(client)
+    waiting = asyncio.create_task(publisher.publish_all([Outgoing(subject, b"x")] * 3))
+    await client.flush()  # the messages are out; their acks will never come
+    assert len(publisher._pending) == 3
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
     assert publisher._pending == {}
 
 

@@ -77,23 +77,25 @@ class Publisher:
         prefix = self._prefix or await self._subscribe()
         batch = _Batch(len(messages), asyncio.get_running_loop().create_future())
         tokens = []
-        for index, message in enumerate(messages):
-            token = str(next(self._tokens))
-            self._pending[token] = (batch, index)
-            tokens.append(token)
-            try:
-                await self.nc.publish(
-                    message.subject,
-                    message.payload,
-                    reply=prefix + token,
-                    headers=_headers(message),
-                )
-            except Exception as exc:
-                batch.settle(index, exc)
-        if not batch.done.done():
-            await asyncio.wait([batch.done], timeout=timeout or self.timeout)
-        for token in tokens:
-            self._pending.pop(token, None)
+        try:
+            for index, message in enumerate(messages):
+                token = str(next(self._tokens))
+                self._pending[token] = (batch, index)
+                tokens.append(token)
+                try:
+                    await self.nc.publish(
+                        message.subject,
+                        message.payload,
+                        reply=prefix + token,
+                        headers=_headers(message),
+                    )
+                except Exception as exc:
+                    batch.settle(index, exc)
+            if not batch.done.done():
+                await asyncio.wait([batch.done], timeout=timeout or self.timeout)
+        finally:  # answered, timed out or cancelled: late acks find nothing to fill in
+            for token in tokens:
+                self._pending.pop(token, None)
         return [nats.errors.TimeoutError() if r is None else r for r in batch.results]
 
     async def publish_in_order(
@@ -106,7 +108,8 @@ class Publisher:
         acknowledged one by one, so a rejection specific to one of them would go unseen: use
         this only for messages that carry no expectations (no expected-sequence headers) and
         stay far below size limits, such as events. A duplicate message id is not a loss.
-        Measured under load: each ack costs the receiving process about 15-20 µs of CPU.
+        Measured: confirming the asset-manager's status events this way rather than one ack
+        each cut its CPU per reservation by about 5 %.
         """
         if not messages:
             return 0
