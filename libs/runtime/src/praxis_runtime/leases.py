@@ -32,7 +32,7 @@ import logging
 import uuid
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from nats.js.errors import APIError, NotFoundError
 
@@ -90,8 +90,7 @@ def decode_holder(data: bytes) -> Holder:
     )
 
 
-@dataclass(frozen=True)
-class KeyState:
+class KeyState(NamedTuple):
     """The last message of a key: its revision, and the holder unless it is a tombstone."""
 
     revision: int

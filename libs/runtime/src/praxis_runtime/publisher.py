@@ -14,7 +14,7 @@ import asyncio
 import itertools
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import nats.errors
 from nats.aio.client import Client
@@ -26,9 +26,11 @@ TTL_HEADER = "Nats-TTL"
 NO_RESPONDERS = "503"
 
 
-@dataclass(frozen=True)
-class Outgoing:
-    """One message for a stream: ``ttl`` (whole seconds) is the per-message TTL, if any."""
+class Outgoing(NamedTuple):
+    """One message for a stream: ``ttl`` (whole seconds) is the per-message TTL, if any.
+
+    A named tuple: twenty of these per reservation, and a frozen dataclass costs twice as much
+    to build."""
 
     subject: str
     payload: bytes
