@@ -76,7 +76,7 @@ class StatusRecorder:
         self._conn = db.kept_connection()
 
     async def set_status(self, changes: Sequence[StatusChange]) -> list[AssetStatusChanged]:
-        """Apply changes in order in one transaction; an event and a history row for every real
+        """Apply changes in order in one statement; an event and a history row for every real
         transition (an asset reserved and released within one batch records both).
 
         Unknown assets (deleted meanwhile) are skipped.
