@@ -164,7 +164,8 @@ class Bus:
             max_reconnect_attempts=-1,
             # Handlers take the raw message (see ``_raw``) and validate it themselves. With
             # FastDepends on, every message's ``NatsMessage`` context field was resolved in a
-            # worker thread: measured, a quarter of the asset-manager's CPU under load.
+            # worker thread; measured, the asset-manager went from 150 to 220 reservations/s
+            # without it.
             apply_types=False,
         )
         self._js: JetStreamContext | None = None
