@@ -2,10 +2,10 @@
 
 nats-py's ``JetStreamContext.publish`` is a request per message: a future, a done-callback and an
 ``asyncio.wait_for`` timer each, and callers that want several acks at once add a task per
-message through ``asyncio.gather``. Measured on this project's 2-core VM in batches of eight:
-72 µs of CPU per acknowledged message that way, 39 µs here. Here every message carries a reply subject under
-one inbox subscription; a batch is written in one go and awaited as one future under one
-deadline, each ack filling in its message's result.
+message through ``asyncio.gather``. Here every message carries a reply subject under one inbox
+subscription; a batch is written in one go and awaited as one future under one deadline, each
+ack filling in its message's result. Measured on this project's 2-core VM in batches of eight:
+72 µs of CPU per acknowledged message the first way, 39 µs this way.
 """
 
 from __future__ import annotations
