@@ -109,3 +109,39 @@ async def test_a_live_holder_keeps_its_lease_by_renewing(leases: LeaseStore) -> 
     state = await leases.read(lease_key(asset))
     assert state.holder is not None and state.holder.run_id == run
     assert state.revision == keeper.tokens[lease_key(asset)]
+
+
+async def test_a_force_release_fences_the_holder_at_once(leases: LeaseStore) -> None:
+    asset, run = uuid.uuid4(), uuid.uuid4()
+    granted = await leases.acquire_all(run, [Claim(asset, "plate")], ttl_seconds=3600)
+    # A one-hour lease renews every twenty minutes: only the push can fence this run in time.
+    keeper = LeaseKeeper(leases, run, [binding(asset, granted[asset].revision)], 3600)
+    keeper.start()
+    try:
+        await keeper.renew()  # the run's own writes never fence it
+        await keeper.check()
+        released = await leases.force_release(lease_key(asset), "the operator needs the plate")
+        assert released is not None
+        async with asyncio.timeout(5):
+            await keeper.fenced.wait()
+        with pytest.raises(LeaseLost, match="released or expired"):
+            await keeper.check()
+    finally:
+        await keeper.stop()
+
+
+async def test_a_lease_lost_before_the_keeper_starts_fences_at_once(leases: LeaseStore) -> None:
+    asset, run, other = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    granted = await leases.acquire_all(run, [Claim(asset, "plate")], ttl_seconds=3600)
+    keeper = LeaseKeeper(leases, run, [binding(asset, granted[asset].revision)], 3600)
+    await leases.force_release(lease_key(asset), "reassigned")
+    await leases.acquire_all(other, [Claim(asset, "plate")], ttl_seconds=3600)
+    keeper.start()
+    try:
+        async with asyncio.timeout(5):
+            await keeper.fenced.wait()
+        with pytest.raises(LeaseLost, match="taken by another run"):
+            await keeper.check()
+    finally:
+        await keeper.stop()
+        await leases.release_holder(lease_key(asset), other)

@@ -35,6 +35,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from nats.js.errors import APIError, NotFoundError
+from nats.js.kv import KeyValue
 
 from praxis_contracts.errors import LeaseLost
 from praxis_runtime.publisher import Outgoing, Publisher
@@ -127,6 +128,12 @@ def is_tombstone(headers: dict[str, str] | None) -> bool:
     return headers.get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in headers
 
 
+def state_of(entry: KeyValue.Entry) -> KeyState:
+    """A watcher entry as a key state (a delete, purge or expiry marker has no holder)."""
+    deleted = entry.operation in ("DEL", "PURGE") or not entry.value
+    return KeyState(entry.revision or 0, None if deleted else decode_holder(entry.value or b""))
+
+
 def _is_conflict(exc: APIError) -> bool:
     return exc.err_code in CAS_CONFLICT_CODES
 
@@ -137,9 +144,17 @@ class LeaseStore:
         self.js = publisher.js
         self.bucket = bucket
         self.stream = f"KV_{bucket}"
+        self._kv: KeyValue | None = None
 
     def subject(self, key: str) -> str:
         return f"$KV.{self.bucket}.{key}"
+
+    async def watch(self, key: str) -> KeyValue.KeyWatcher:
+        """Push, no polling: the key's current state first (then a None marker), then every
+        change; ``state_of`` reads an entry. Stop the watcher when done."""
+        if self._kv is None:
+            self._kv = await self.js.key_value(self.bucket)
+        return await self._kv.watch(key)
 
     async def read(self, key: str) -> KeyState:
         try:

@@ -152,21 +152,26 @@ class Executor:
                 coroutine = call.fn(**call.kwargs)
                 started.set()
                 result = await coroutine
+            # The keeper stops before the run is reported finished: from then on the scheduler
+            # releases the leases, and that is no lease lost.
             except RunCancelled:
+                await call.keeper.stop()
                 await self._finish(cmd, "cancelled", state=call.ctx.state.to_dict())
             except Exception as exc:
                 log.warning("run failed: %s: %s", type(exc).__name__, exc)
+                await call.keeper.stop()
                 await self._finish(
                     cmd, "failed", error=_error_info(exc), state=call.ctx.state.to_dict()
                 )
             else:
+                await call.keeper.stop()
                 await self._finish(
                     cmd, "completed", result=_json_safe(result), state=call.ctx.state.to_dict()
                 )
             finally:
                 started.set()
                 current_run.reset(token)
-                await call.keeper.stop()
+                await call.keeper.stop()  # again, for a failure before the run began
 
     async def _finish(
         self,
