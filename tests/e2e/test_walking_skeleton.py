@@ -276,3 +276,40 @@ async def test_a_plate_created_by_type_name_serves_a_run(api: httpx.AsyncClient)
     assert done["asset_states"]["fresh_plate"]["fresh_plate_well_D4"]["volume"] == 10.0
     # (Status history is written after the release, which follows the run's last event here;
     # it is asserted deterministically in the asset-manager's inventory tests.)
+
+
+async def test_an_operator_force_releases_a_paused_runs_plate(api: httpx.AsyncClient) -> None:
+    run = await submit(
+        api,
+        protocol_name="incubate_plate",
+        parameters={"steps": 400, "step_seconds": 0.05},
+        assets={"plate": "source_plate"},
+    )
+    run_id = run["accession_id"]
+    seen: list[str] = []
+    async for status in _status_events(api, run_id):
+        seen.append(status)
+        if status == "running" and "pausing" not in seen:
+            await api.post(f"/api/v1/protocols/runs/{run_id}/actions", json={"action": "pause"})
+        if status != "paused":
+            continue
+        # Paused, holding its plate: the operator takes the plate away.
+        locks = await api.get("/api/v1/locks", params={"protocol_run_accession_id": run_id})
+        (lease,) = locks.json()["items"]
+        assert lease["asset_name"] == "source_plate" and lease["seconds_left"] > 0
+        path = f"/api/v1/locks/{lease['asset_id']}/force-release"
+        missing_reason = await api.post(path, json={})
+        assert missing_reason.status_code == 400, missing_reason.text
+        released = await api.post(path, json={"reason": "needed in the reader"})
+        assert released.status_code == 200, released.text
+        assert released.json()["run_id"] == run_id and released.json()["token"] == lease["token"]
+        again = await api.post(path, json={"reason": "twice"})
+        assert again.status_code == 404 and again.json()["code"] == "not_found"
+        locks = await api.get("/api/v1/locks", params={"protocol_run_accession_id": run_id})
+        assert locks.json()["items"] == []
+        # Resumed, the run is fenced before its next step touches anything.
+        await api.post(f"/api/v1/protocols/runs/{run_id}/actions", json={"action": "resume"})
+    assert seen[-1] == "failed"
+    done = (await api.get(f"/api/v1/protocols/runs/{run_id}")).json()
+    assert done["error"]["code"] == "lease_lost", done["error"]
+    assert done["final_state"]["completed_steps"] < 400

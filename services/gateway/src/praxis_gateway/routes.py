@@ -18,8 +18,10 @@ from praxis_contracts.assets import (
     AssetDraft,
     AssetPage,
     AssetStatus,
+    ForceReleaseLease,
     GetAsset,
     GetWorkcellLayout,
+    Lease,
     LeaseList,
     ListAssets,
     ListLeases,
@@ -217,6 +219,17 @@ async def get_workcell(workcell: str, b: BusDep) -> WorkcellLayout:
 async def list_locks(b: BusDep, protocol_run_accession_id: UUID | None = None) -> LeaseList:
     """Live asset leases: asset, holder run, fencing token, when acquired and when it expires."""
     return await b.request(ListLeases(run_id=protocol_run_accession_id))
+
+
+class ForceReleaseIn(BaseModel):
+    reason: str = Field(min_length=1, max_length=2000, description="Why; kept in the audit event.")
+
+
+@router.post("/locks/{asset_id}/force-release", tags=["inventory"])
+async def force_release_lock(asset_id: UUID, body: ForceReleaseIn, b: BusDep) -> Lease:
+    """Release an asset's lease whoever holds it, audited as ``LeaseForceReleased``; the
+    holding run is fenced before its next step. 404 if the asset has no live lease."""
+    return await b.request(ForceReleaseLease(asset_id=asset_id, reason=body.reason))
 
 
 def _asset_routes(path: str, kind: AssetKind) -> None:
