@@ -22,7 +22,6 @@ from pylabrobot.resources import Plate
 from praxis_asset_manager.app import Settings, build_app
 from praxis_contracts.assets import (
     AssetDraft,
-    AssetsReleased,
     AssetsReserved,
     ForceReleaseLease,
     LeaseExpired,
@@ -31,12 +30,12 @@ from praxis_contracts.assets import (
     RegisterWorkcell,
     ReleaseAssets,
     ReservationFailed,
-    ReservationWaiting,
     ReserveAssets,
     WorkcellLayout,
 )
 from praxis_contracts.protocols import AssetRequirementSpec
 from praxis_contracts.topology import ASSET_LEASES
+from praxis_devstack.bench_reservations import Events
 from praxis_devstack.pytest_plugin import MakeDatabase
 from praxis_plr.types import fqn
 from praxis_runtime.bus import Bus
@@ -78,37 +77,6 @@ class Outcome:
     granted: AssetsReserved | None = None
     failed: ReservationFailed | None = None
     released: bool = False
-
-
-class Events:
-    """Every reservation event of the test, by run id, pushed by core NATS subscriptions."""
-
-    def __init__(self) -> None:
-        self.futures: dict[tuple[str, uuid.UUID], asyncio.Future[Any]] = {}
-
-    def future(self, kind: str, run_id: uuid.UUID) -> asyncio.Future[Any]:
-        key = (kind, run_id)
-        if key not in self.futures:
-            self.futures[key] = asyncio.get_running_loop().create_future()
-        return self.futures[key]
-
-    async def subscribe(self, client: Bus) -> None:
-        kinds = {
-            "granted": AssetsReserved,
-            "failed": ReservationFailed,
-            "released": AssetsReleased,
-            "waiting": ReservationWaiting,
-        }
-        for kind, event_type in kinds.items():
-
-            async def on_message(msg: Any, kind: str = kind, event_type: Any = event_type) -> None:
-                event = event_type.model_validate_json(msg.data)
-                future = self.future(kind, event.run_id)
-                if not future.done():
-                    future.set_result(event)
-
-            await client.nc.subscribe(event_type.subscription_subject(), cb=on_message)
-        await client.nc.flush()
 
 
 async def first_of(*futures: asyncio.Future[Any], timeout: float = 30) -> None:

@@ -48,6 +48,9 @@ KINDS: dict[str, type[Event]] = {
 
 
 class Events:
+    """Every reservation event, by kind and run id, pushed by core NATS subscriptions; a future
+    waits for one whether it arrives before or after the asker."""
+
     def __init__(self) -> None:
         self.futures: dict[tuple[str, uuid.UUID], asyncio.Future[Any]] = {}
 
