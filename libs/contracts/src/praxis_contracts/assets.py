@@ -165,9 +165,14 @@ class Lease(BaseModel):
     token: int = Field(description="Current revision: the fencing token the holder presents.")
     acquired_at: datetime
     renewed_at: datetime
-    expires_at: datetime
+    expires_at: datetime | None = Field(
+        description="None while the lease is held for an intervention (it does not expire)."
+    )
     age_seconds: float
-    seconds_left: float
+    seconds_left: float | None
+    held_for_intervention: bool = Field(
+        default=False, description="Kept without expiry until an operator resolves the run."
+    )
 
 
 class LeaseList(BaseModel):
@@ -214,6 +219,33 @@ class ReleaseAssets(Command):
 
     run_id: UUID
     reason: str = ""
+
+
+class HoldAssets(Command):
+    """Keep every lease of a run until it is resolved: the leases stop expiring.
+
+    Sent by the scheduler when a run needs an operator (its edge is gone, so the instruments'
+    state is unknown). Each lease is rewritten without a TTL, which also moves its fencing token:
+    an edge that comes back can no longer act under the old one. Idempotent."""
+
+    subject: ClassVar[str] = "praxis.cmd.asset.hold"
+
+    run_id: UUID
+    reason: str = ""
+
+
+class AssetsHeld(Event):
+    """A run's leases are held without expiry until an operator resolves the run."""
+
+    subject: ClassVar[str] = "praxis.evt.asset.reservation.held"
+    keyed: ClassVar[bool] = True
+
+    run_id: UUID
+    asset_ids: list[UUID]
+    reason: str = ""
+
+    def subject_key(self) -> str:
+        return str(self.run_id)
 
 
 class AssetsReserved(Event):

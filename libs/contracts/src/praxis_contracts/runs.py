@@ -37,6 +37,11 @@ class RunView(BaseModel):
     asset_states: dict[str, Any] | None = Field(
         default=None, description="PyLabRobot state of each bound asset after the run."
     )
+    edge_instance: str | None = Field(
+        default=None, description="The orchestrator process executing (or that executed) it."
+    )
+    retry_of: UUID | None = Field(default=None, description="The run this one retries.")
+    retried_by: UUID | None = Field(default=None, description="The run that retried this one.")
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None = None
@@ -130,6 +135,9 @@ class _RunEvent(Event):
 
     run_id: UUID
     at: datetime
+    edge_instance: str | None = Field(
+        default=None, description="The orchestrator process that reports (EdgeHeartbeat.instance)."
+    )
 
     def subject_key(self) -> str:
         return str(self.run_id)
@@ -164,11 +172,18 @@ class RunFinished(_RunEvent):
     )
 
 
-RunAction = Literal["pause", "resume", "cancel"]
+ExecutionAction = Literal["pause", "resume", "cancel"]
+RunAction = Literal["pause", "resume", "cancel", "resolve", "retry"]
+ResolveOutcome = Literal["failed", "cancelled"]
 
 
 class ControlRun(Request[RunView]):
-    """An operator's pause, resume or cancel; the reply is the run with its new status."""
+    """An operator's action on a run; the reply is the run with its new status.
+
+    ``pause``, ``resume`` and ``cancel`` act on the execution; ``resolve`` ends a run that
+    requires intervention with ``outcome`` (its leases are released); ``retry`` creates a new run
+    of the same definition, commit, parameters, pins and priority, linked to this one (the reply
+    is the new run)."""
 
     subject: ClassVar[str] = "praxis.rpc.scheduler.control_run"
     reply_type: ClassVar[type[BaseModel]] = RunView
@@ -176,6 +191,15 @@ class ControlRun(Request[RunView]):
     run_id: UUID
     action: RunAction
     reason: str = Field(default="", max_length=2000)
+    outcome: ResolveOutcome | None = Field(
+        default=None, description="resolve: the terminal status the operator decides."
+    )
+
+    @model_validator(mode="after")
+    def _outcome_for_resolve(self) -> ControlRun:
+        if self.action == "resolve" and self.outcome is None:
+            raise ValueError("resolve needs an outcome: failed or cancelled")
+        return self
 
 
 class ControlRunExecution(Command):
@@ -186,7 +210,7 @@ class ControlRunExecution(Command):
 
     run_id: UUID
     workcell_name: str
-    action: RunAction
+    action: ExecutionAction
 
     def subject_key(self) -> str:
         return self.workcell_name
@@ -245,3 +269,40 @@ class ListRunCalls(Request[FunctionCallPage]):
     run_id: UUID
     filters: SearchFilters = Field(default_factory=SearchFilters)
     function: str | None = None
+
+
+class EdgeRun(BaseModel):
+    """A run an orchestrator is executing, as its heartbeat reports it."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    run_id: UUID
+    phase: Literal["preparing", "running", "paused"]
+    last_call: str | None = Field(default=None, description="The last protocol function called.")
+    last_checkpoint_at: datetime | None = None
+
+
+class EdgeHeartbeat(BaseModel):
+    """The value of an orchestrator's key in the edges bucket (``edge.<workcell>.<instance>``).
+
+    Written with a TTL at every beat: the key leaves the bucket when the process stops beating.
+    Not a message: it lives in KV, and the scheduler watches the bucket."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    workcell: str
+    instance: str = Field(description="Unique per process start.")
+    version: str
+    started_at: datetime
+    at: datetime
+    ttl_seconds: int = Field(description="The key expires this long after ``at``.")
+    runs: list[EdgeRun] = Field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return edge_key(self.workcell, self.instance)
+
+
+def edge_key(workcell: str, instance: str) -> str:
+    """The heartbeat key of one orchestrator process."""
+    return f"edge.{workcell}.{instance}"

@@ -67,13 +67,23 @@ ASSET_LEASES = KeyValueSpec(
     allow_msg_ttl=True,
     description="One key per leased asset; value = holder; revision = fencing token.",
 )
+# One key per live orchestrator process (``edge.<workcell>.<instance>``), written with a TTL at
+# every heartbeat: the key leaves the bucket when the process stops beating. History 1 so the
+# expiry leaves no older revision behind (the server then writes a marker watchers see).
+EDGES = KeyValueSpec(
+    bucket="praxis_edges",
+    history=1,
+    limit_marker_ttl_seconds=1,
+    allow_msg_ttl=True,
+    description="Edge heartbeats: one key per live orchestrator, value = EdgeHeartbeat.",
+)
 PROTOCOL_CODE = ObjectStoreSpec(
     bucket="praxis_protocol_code",
     description="Protocol source archives, one per (source, commit).",
 )
 
 STREAMS = (EVENTS, COMMANDS, DEAD_LETTERS)
-KEY_VALUES = (ASSET_LEASES,)
+KEY_VALUES = (ASSET_LEASES, EDGES)
 OBJECT_STORES = (PROTOCOL_CODE,)
 
 DEAD_LETTER_PREFIX = "praxis.dlq"

@@ -6,8 +6,12 @@ Services declare handlers in ``Handlers`` groups; the bus turns them into FastSt
   ``ErrorReply`` with the ``Praxis-Error`` header; requesters re-raise them by code.
 - JetStream consumers (``Handlers.consume``): durable, load-balanced, manual acks; up to
   ``max_workers`` messages at once, in order when it is 1. Malformed or non-retryable messages are
-  dead-lettered and terminated; retryable failures are redelivered with backoff until
-  ``max_deliver`` attempts, then dead-lettered. One bad message never blocks others.
+  dead-lettered and terminated. A failure because PostgreSQL or NATS is unavailable
+  (``is_infrastructure``) is waited out: redelivered with backoff for up to
+  ``infra_retry_seconds`` since the message was stored, however many attempts that takes. Any
+  other retryable failure is redelivered until ``max_deliver`` attempts, then dead-lettered. One
+  bad message never blocks others. A handler that must confirm its message before an
+  irreversible step (the orchestrator, before it calls a protocol) calls ``acknowledge()``.
 
 Publishing to JetStream goes through ``Publisher`` (acks on one inbox, batches under one deadline).
 """
@@ -20,10 +24,14 @@ import time
 import uuid
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar, cast
 
+import asyncpg
 import nats.errors
+import sqlalchemy.exc
 from faststream import AckPolicy
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsResponse
 from faststream.nats.annotations import NatsMessage
@@ -136,9 +144,76 @@ def _stream_for(message_type: type[Message]) -> str:
     raise TypeError(f"{message_type.__name__} is not a JetStream message")
 
 
-def retry_delay(attempt: int) -> float:
-    """Backoff between redeliveries: 0.2 s, 0.4 s, 0.8 s ... capped at 10 s."""
-    return min(10.0, 0.2 * 2.0 ** min(max(0, attempt - 1), 10))
+def retry_delay(attempt: int, cap: float = 10.0) -> float:
+    """Backoff between redeliveries: 0.2 s, 0.4 s, 0.8 s ... capped at ``cap``."""
+    return min(cap, 0.2 * 2.0 ** min(max(0, attempt - 1), 10))
+
+
+INFRA_RETRY_CAP = 2.0
+"""Longest wait between attempts while a dependency is down: recovery is noticed quickly."""
+
+_INFRASTRUCTURE: tuple[type[BaseException], ...] = (
+    OSError,  # ConnectionError and friends: a socket to PostgreSQL or NATS went away
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,  # the pool had no connection for us
+    nats.errors.ConnectionClosedError,
+    nats.errors.NoServersError,
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.StaleConnectionError,
+    nats.errors.OutboundBufferLimitError,
+    Unavailable,
+    Timeout,
+)
+
+
+def is_infrastructure(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) says PostgreSQL or NATS is unavailable for now,
+    rather than that the message cannot succeed."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, _INFRASTRUCTURE):
+            return True
+        if isinstance(current, sqlalchemy.exc.DBAPIError) and current.connection_invalidated:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+class _Delivery:
+    """The JetStream message a consumer handler is working on (see ``acknowledge``)."""
+
+    __slots__ = ("acked", "msg")
+
+    def __init__(self, msg: Any) -> None:
+        self.msg = msg
+        self.acked = False
+
+
+_delivery: ContextVar[_Delivery | None] = ContextVar("praxis_delivery", default=None)
+
+
+async def acknowledge(timeout: float = 5.0) -> None:
+    """Confirm the message being handled now, and wait until the server has recorded it.
+
+    For a handler that is about to do something that must never be done twice (calling a
+    protocol that drives instruments): once this returns, a crash no longer redelivers the
+    message. Outside a consumer handler, or when already confirmed, it does nothing.
+    """
+    delivery = _delivery.get()
+    if delivery is None or delivery.acked:
+        return
+    await delivery.msg.raw_message.ack_sync(timeout=timeout)
+    delivery.acked = True
 
 
 class Bus:
@@ -152,10 +227,12 @@ class Bus:
         request_timeout: float = 5.0,
         graceful_timeout: float = 20.0,
         max_deliver: int = 5,
+        infra_retry_seconds: float = 600.0,
     ) -> None:
         self.service = service
         self.request_timeout = request_timeout
         self.max_deliver = max_deliver
+        self.infra_retry_seconds = infra_retry_seconds
         self.broker = NatsBroker(
             nats_url,
             name=service,
@@ -380,19 +457,44 @@ class Bus:
         except ValidationError as exc:
             await self._dead_letter(msg, f"malformed {name}: {_errors(exc)}")
             return "dead_lettered"
+        delivery = _Delivery(msg)
+        token = _delivery.set(delivery)
         try:
             await route.fn(message, deps)
         except PraxisError as exc:
+            if is_infrastructure(exc):
+                return await self._wait_out(msg, delivery, f"{exc.code}: {exc.message}")
             if exc.retryable:
                 return await self._retry_or_dead_letter(msg, f"{exc.code}: {exc.message}")
             log.warning("%s rejected: %s", name, exc.message)
             await self._dead_letter(msg, f"{exc.code}: {exc.message}")
             return "dead_lettered"
         except Exception as exc:
+            if is_infrastructure(exc):
+                return await self._wait_out(msg, delivery, f"{type(exc).__name__}: {exc}")
             log.exception("unhandled error in %s", name)
             return await self._retry_or_dead_letter(msg, f"{type(exc).__name__}: {exc}")
-        await msg.ack()
+        finally:
+            _delivery.reset(token)
+        if not delivery.acked:
+            await msg.ack()
         return "ok"
+
+    async def _wait_out(self, msg: Any, delivery: _Delivery, reason: str) -> str:
+        """A dependency is down: redeliver until it is back, up to ``infra_retry_seconds``
+        after the message was stored; only then is it a dead letter."""
+        if delivery.acked:
+            log.error("%s failed after it was confirmed: %s", msg.raw_message.subject, reason)
+            return "failed"
+        metadata = msg.raw_message.metadata
+        age = (datetime.now(UTC) - metadata.timestamp).total_seconds()
+        if age >= self.infra_retry_seconds:
+            await self._dead_letter(msg, f"dependency unavailable for {age:.0f} s: {reason}")
+            return "dead_lettered"
+        attempt = int(metadata.num_delivered)
+        log.warning("dependency unavailable (attempt %d), will retry: %s", attempt, reason)
+        await _quietly(msg.nack(delay=retry_delay(attempt, INFRA_RETRY_CAP)))
+        return "waiting"
 
     async def _retry_or_dead_letter(self, msg: Any, reason: str) -> str:
         attempt = int(msg.raw_message.metadata.num_delivered)
@@ -411,6 +513,14 @@ class Bus:
         await self.publisher.publish(dead_letter_subject(raw.subject), raw.data, headers)
         await msg.reject()
         log.error("dead-lettered %s: %s", raw.subject, reason)
+
+
+async def _quietly(action: Awaitable[None]) -> None:
+    """A nack while NATS is down fails too; the server redelivers after ``ack_wait`` anyway."""
+    try:
+        await action
+    except Exception as exc:
+        log.debug("could not nack: %s", exc)
 
 
 async def _raw(msg: NatsMessage) -> NatsMessage:

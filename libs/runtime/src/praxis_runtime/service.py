@@ -53,7 +53,7 @@ class Service:
     async def start(self) -> None:
         """Bring the service up; returns once it is serving."""
         await self.bus.connect()
-        await ensure_topology(self.bus.js)
+        await ensure_topology(self.bus.js, replicas=self.settings.nats_replicas)
         if self.database is not None and self.migrations is not None:
             await self.database.migrate(self.migrations.path, self.migrations.metadata)
         for hook in self.on_start:
@@ -105,6 +105,7 @@ def bus_for(settings: ServiceSettings) -> Bus:
         request_timeout=settings.request_timeout_seconds,
         graceful_timeout=settings.graceful_timeout_seconds,
         max_deliver=settings.max_deliver,
+        infra_retry_seconds=settings.infra_retry_seconds,
     )
 
 

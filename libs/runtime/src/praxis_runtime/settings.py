@@ -23,7 +23,18 @@ class ServiceSettings(BaseSettings):
     graceful_timeout_seconds: float = Field(
         default=20.0, gt=0, description="GRACEFUL_TIMEOUT_SECONDS"
     )
-    max_deliver: int = Field(default=5, ge=1, description="MAX_DELIVER: JetStream attempts")
+    max_deliver: int = Field(
+        default=5, ge=1, description="MAX_DELIVER: attempts at a message that fails on its own"
+    )
+    infra_retry_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="INFRA_RETRY_SECONDS: how long a message whose handler failed because "
+        "PostgreSQL or NATS is unavailable is retried before it is dead-lettered",
+    )
+    nats_replicas: int = Field(
+        default=1, ge=1, le=5, description="NATS_REPLICAS: replicas of every stream and bucket"
+    )
 
 
 class DatabaseSettings(ServiceSettings):

@@ -29,16 +29,17 @@ _RETENTION = {
 }
 
 
-async def ensure_topology(js: JetStreamContext) -> None:
+async def ensure_topology(js: JetStreamContext, *, replicas: int = 1) -> None:
+    """Create what is missing; ``replicas`` (``NATS_REPLICAS``) applies to what is created."""
     for stream in STREAMS:
-        await ensure_stream(js, stream)
+        await ensure_stream(js, stream, replicas)
     for kv in KEY_VALUES:
-        await ensure_key_value(js, kv)
+        await ensure_key_value(js, kv, replicas)
     for store in OBJECT_STORES:
-        await ensure_object_store(js, store)
+        await ensure_object_store(js, store, replicas)
 
 
-async def ensure_stream(js: JetStreamContext, spec: StreamSpec) -> None:
+async def ensure_stream(js: JetStreamContext, spec: StreamSpec, replicas: int = 1) -> None:
     config = api.StreamConfig(
         name=spec.name,
         description=spec.description,
@@ -47,6 +48,7 @@ async def ensure_stream(js: JetStreamContext, spec: StreamSpec) -> None:
         storage=api.StorageType.FILE,
         max_age=spec.max_age_seconds or None,
         duplicate_window=spec.duplicate_window_seconds,
+        num_replicas=replicas,
     )
     try:
         await js.stream_info(spec.name)
@@ -58,7 +60,7 @@ async def ensure_stream(js: JetStreamContext, spec: StreamSpec) -> None:
             await js.stream_info(spec.name)  # created concurrently by another service
 
 
-async def ensure_key_value(js: JetStreamContext, spec: KeyValueSpec) -> None:
+async def ensure_key_value(js: JetStreamContext, spec: KeyValueSpec, replicas: int = 1) -> None:
     try:
         await js.key_value(spec.bucket)
         await _align_marker_ttl(js, spec)
@@ -74,6 +76,7 @@ async def ensure_key_value(js: JetStreamContext, spec: KeyValueSpec) -> None:
                 history=spec.history,
                 storage=api.StorageType.FILE,
                 limit_marker_ttl=spec.limit_marker_ttl_seconds,
+                replicas=replicas,
             )
         )
         log.info("created key-value bucket %s", spec.bucket)
@@ -93,7 +96,9 @@ async def _align_marker_ttl(js: JetStreamContext, spec: KeyValueSpec) -> None:
         log.info("set %s expiry-marker TTL to %ss", spec.bucket, spec.limit_marker_ttl_seconds)
 
 
-async def ensure_object_store(js: JetStreamContext, spec: ObjectStoreSpec) -> None:
+async def ensure_object_store(
+    js: JetStreamContext, spec: ObjectStoreSpec, replicas: int = 1
+) -> None:
     try:
         await js.object_store(spec.bucket)
         return
@@ -103,7 +108,9 @@ async def ensure_object_store(js: JetStreamContext, spec: ObjectStoreSpec) -> No
     try:
         await js.create_object_store(
             spec.bucket,
-            api.ObjectStoreConfig(description=spec.description, storage=api.StorageType.FILE),
+            api.ObjectStoreConfig(
+                description=spec.description, storage=api.StorageType.FILE, replicas=replicas
+            ),
         )
         log.info("created object store %s", spec.bucket)
     except BadRequestError:

@@ -38,7 +38,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         bus = bus_for(settings)
         await bus.connect()
-        await ensure_topology(bus.js)
+        await ensure_topology(bus.js, replicas=settings.nats_replicas)
         app.state.bus = bus
         yield
         await bus.stop()

@@ -5,24 +5,52 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from nats.js.kv import KeyValue
+from pydantic import Field
+
+from praxis_contracts.topology import EDGES
+from praxis_runtime.outbox import OutboxRelay
 from praxis_runtime.service import Migrations, Service, bus_for, database_for
 from praxis_runtime.settings import DatabaseSettings
 from praxis_scheduler.calls import CallLog
+from praxis_scheduler.edges import EdgeBook
 from praxis_scheduler.handlers import Deps, handlers
-from praxis_scheduler.orm import SCHEMA, Base
-from praxis_scheduler.service import Outbox, RunService
+from praxis_scheduler.orm import OUTBOX, SCHEMA, Base
+from praxis_scheduler.queries import RunQueries
+from praxis_scheduler.recovery import CancelWatch, Recovery
+from praxis_scheduler.repository import sql_units
+from praxis_scheduler.service import RunService
 
 log = logging.getLogger(__name__)
 
 
 class Settings(DatabaseSettings):
     service_name: str = "scheduler"
+    edge_grace_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="EDGE_GRACE_SECONDS: how long an orchestrator may be gone before its "
+        "runs need an operator",
+    )
+    cancel_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="CANCEL_TIMEOUT_SECONDS: how long the edge has to confirm a cancel",
+    )
 
 
 def build_app(settings: Settings) -> Service:
     bus = bus_for(settings)
     db = database_for(settings, SCHEMA)
-    deps = Deps(runs=RunService(db), calls=CallLog(db), bus=bus)
+    relay = OutboxRelay(db, OUTBOX, lambda: bus.publisher)
+    runs = RunService(sql_units(db, relay))
+    book = EdgeBook(settings.edge_grace_seconds)
+    cancels = CancelWatch(runs, book, settings.cancel_timeout_seconds)
+
+    async def edges_bucket() -> KeyValue:
+        return await bus.js.key_value(EDGES.bucket)
+
+    recovery = Recovery(runs, book, edges_bucket, cancels)
     service = Service(
         name=settings.service_name,
         settings=settings,
@@ -31,13 +59,30 @@ def build_app(settings: Settings) -> Service:
         migrations=Migrations(Path(__file__).parent / "migrations", Base.metadata),
     )
 
-    async def recover() -> None:
-        outbox = Outbox()
-        count = await deps.runs.recover(outbox)
-        await deps.flush(outbox)
-        if count:
-            log.info("re-drove %d queued/pending runs", count)
+    async def start_relay() -> None:
+        relay.start()  # publishes what a crash left committed but unpublished
 
-    service.on_started.append(recover)
-    service.include(handlers, deps)
+    async def start_recovery() -> None:
+        await recovery.monitor.start()
+        await recovery.reconcile()
+
+    async def stop() -> None:
+        await recovery.monitor.stop()
+        await cancels.stop()
+        await relay.stop(settings.graceful_timeout_seconds)
+
+    service.on_start.append(start_relay)
+    service.on_started.append(start_recovery)
+    service.on_stop.append(stop)
+    service.include(
+        handlers,
+        Deps(
+            runs=runs,
+            queries=RunQueries(db),
+            calls=CallLog(db),
+            bus=bus,
+            edges=book,
+            cancels=cancels,
+        ),
+    )
     return service

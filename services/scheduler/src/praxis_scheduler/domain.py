@@ -41,3 +41,29 @@ def can_transition(current: RunStatus, new: RunStatus) -> bool:
     if new in _WITHIN_RUNNING.get(current, set()):
         return True
     return _STAGE[new] > _STAGE[current]
+
+
+EXECUTING = frozenset({S.PREPARING, S.RUNNING, S.PAUSING, S.PAUSED, S.RESUMING, S.CANCELING})
+"""Statuses in which an edge has (or had) the run: only an edge or an operator can end them."""
+
+_CONTROL_FROM: dict[str, frozenset[RunStatus]] = {
+    "pause": frozenset({S.RUNNING, S.RESUMING}),
+    "resume": frozenset({S.PAUSED, S.PAUSING}),
+    "cancel": frozenset({S.QUEUED, S.PENDING, S.REQUIRES_INTERVENTION} | EXECUTING),
+    "resolve": frozenset({S.REQUIRES_INTERVENTION}),
+    "retry": frozenset({S.COMPLETED, S.FAILED, S.CANCELLED, S.REQUIRES_INTERVENTION}),
+}
+
+
+def allowed(action: str, current: RunStatus) -> bool:
+    """Whether an operator may take ``action`` on a run in ``current``."""
+    return current in _CONTROL_FROM[action]
+
+
+def cancel_target(current: RunStatus, edge_has_it: bool) -> RunStatus:
+    """Where a cancel takes a run: the edge winds down a run it executes (``canceling``, then
+    ``cancelled`` at its next checkpoint); a run no edge has (still queued, never dispatched, or
+    lost with its edge) is cancelled by the scheduler at once."""
+    if current in EXECUTING and edge_has_it:
+        return S.CANCELING
+    return S.CANCELLED

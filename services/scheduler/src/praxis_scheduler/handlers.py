@@ -1,4 +1,7 @@
-"""Scheduler handlers: each calls the service layer, then publishes what it committed."""
+"""Scheduler handlers: typed message in, one service-layer call, typed reply out.
+
+What a change publishes is emitted inside its unit of work and published by the outbox relay.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +29,10 @@ from praxis_contracts.runs import (
 )
 from praxis_runtime.bus import Bus, Handlers
 from praxis_scheduler.calls import CallLog
-from praxis_scheduler.service import Outbox, RunService
+from praxis_scheduler.edges import EdgeBook
+from praxis_scheduler.queries import RunQueries
+from praxis_scheduler.recovery import CancelWatch
+from praxis_scheduler.service import RunService
 
 WORKERS = 8
 
@@ -34,13 +40,11 @@ WORKERS = 8
 @dataclass(frozen=True)
 class Deps:
     runs: RunService
+    queries: RunQueries
     calls: CallLog
     bus: Bus
-
-    async def flush(self, outbox: Outbox) -> None:
-        """Publish what the committed transaction produced, in order (live streams rely on it)."""
-        for message, msg_id in outbox.messages:
-            await self.bus.publish(message, msg_id=msg_id)
+    edges: EdgeBook
+    cancels: CancelWatch
 
 
 handlers: Handlers[Deps] = Handlers()
@@ -56,10 +60,7 @@ async def submit_run(cmd: SubmitRun, deps: Deps) -> RunView:
             parameters=cmd.parameters,
         )
     )
-    outbox = Outbox()
-    run = await deps.runs.create(cmd, resolved, outbox)
-    await deps.flush(outbox)
-    return run
+    return await deps.runs.create(cmd, resolved)
 
 
 @handlers.rpc(GetRun)
@@ -69,15 +70,27 @@ async def get_run(query: GetRun, deps: Deps) -> RunView:
 
 @handlers.rpc(ListRuns)
 async def list_runs(query: ListRuns, deps: Deps) -> RunPage:
-    return await deps.runs.list(query)
+    return await deps.queries.list(query)
 
 
 @handlers.rpc(ControlRun)
 async def control_run(cmd: ControlRun, deps: Deps) -> RunView:
-    outbox = Outbox()
-    run = await deps.runs.control(cmd, outbox)
-    await deps.flush(outbox)
+    if cmd.action == "retry":
+        return await retry(cmd, deps)
+    run = await deps.runs.control(cmd, deps.edges)
+    if run.status == RunStatus.CANCELING:
+        deps.cancels.arm(run.accession_id)
     return run
+
+
+async def retry(cmd: ControlRun, deps: Deps) -> RunView:
+    original, again = await deps.runs.retry_source(cmd.run_id)
+    if original.retried_by is not None:
+        return await deps.runs.get(original.retried_by)  # asked twice: the same retry
+    resolved = await deps.bus.request(
+        ResolveProtocol(definition_id=again.definition_id, parameters=again.parameters)
+    )
+    return await deps.runs.create(again, resolved, retry_of=original.accession_id)
 
 
 @handlers.rpc(ListRunCalls)
@@ -88,17 +101,13 @@ async def list_calls(query: ListRunCalls, deps: Deps) -> FunctionCallPage:
 
 @handlers.consume(AssetsReserved, durable="scheduler-reserved", max_workers=WORKERS)
 async def assets_reserved(event: AssetsReserved, deps: Deps) -> None:
-    outbox = Outbox()
-    await deps.runs.on_reserved(event, outbox)
-    await deps.flush(outbox)
+    await deps.runs.on_reserved(event)
 
 
 @handlers.consume(ReservationFailed, durable="scheduler-reservation-failed", max_workers=WORKERS)
 async def reservation_failed(event: ReservationFailed, deps: Deps) -> None:
-    outbox = Outbox()
     error = ErrorInfo(type="ReservationFailed", message=event.error.message, code=event.error.code)
-    await deps.runs.on_failed_before_start(event.run_id, error, outbox)
-    await deps.flush(outbox)
+    await deps.runs.on_failed_before_start(event.run_id, error)
 
 
 @handlers.consume(FunctionCallRecorded, durable="scheduler-calls", max_workers=WORKERS)
@@ -108,9 +117,7 @@ async def call_recorded(event: FunctionCallRecorded, deps: Deps) -> None:
 
 @handlers.consume(RunFinished, durable="scheduler-run-finished", max_workers=WORKERS)
 async def run_finished(event: RunFinished, deps: Deps) -> None:
-    outbox = Outbox()
-    await deps.runs.on_finished(event, outbox)
-    await deps.flush(outbox)
+    await deps.runs.on_finished(event)
 
 
 PROGRESS: dict[type[RunPreparing | RunStarted | RunPaused | RunResumed], RunStatus] = {
@@ -126,9 +133,7 @@ def _progress(status: RunStatus) -> Any:
     async def on_progress(
         event: RunPreparing | RunStarted | RunPaused | RunResumed, deps: Deps
     ) -> None:
-        outbox = Outbox()
-        await deps.runs.on_progress(event.run_id, status, event.at, outbox)
-        await deps.flush(outbox)
+        await deps.runs.on_progress(event.run_id, status, event.at, event.edge_instance)
 
     return on_progress
 

@@ -10,6 +10,8 @@ from sqlalchemy import DateTime, ForeignKey, Integer, MetaData, String, Text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from praxis_runtime.outbox import outbox_table
+
 SCHEMA = "scheduler"
 JsonB = JSONB  # PostgreSQL only: containment (@>) for property and type filters
 
@@ -45,6 +47,9 @@ class RunRow(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    edge_instance: Mapped[str | None] = mapped_column(String(64), index=True, default=None)
+    retry_of: Mapped[uuid.UUID | None] = mapped_column(default=None)
+    retried_by: Mapped[uuid.UUID | None] = mapped_column(default=None)
 
 
 class StatusHistoryRow(Base):
@@ -78,3 +83,6 @@ class CallRow(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     error: Mapped[str | None] = mapped_column(Text)
+
+
+OUTBOX = outbox_table(Base.metadata)

@@ -1,19 +1,26 @@
-"""Scheduler service layer: owns the run record; every change is one transaction."""
+"""Scheduler service layer: owns the run record; every change is one unit of work.
+
+Each method opens a unit of work, changes the run through the pure rules of ``domain``, and emits
+what the change causes (status events, commands); the outbox publishes them after the commit.
+Every event handler is idempotent: a message delivered twice, or late, changes nothing the
+second time.
+"""
 
 from __future__ import annotations
 
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Protocol
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from praxis_contracts.assets import AssetBinding, AssetsReserved, ReleaseAssets, ReserveAssets
-from praxis_contracts.base import Command, Event
+from praxis_contracts.assets import (
+    AssetBinding,
+    AssetsReserved,
+    HoldAssets,
+    ReleaseAssets,
+    ReserveAssets,
+)
 from praxis_contracts.common import ErrorInfo, RunStatus
 from praxis_contracts.errors import InvalidTransition, NotFound
 from praxis_contracts.protocols import ProtocolDefinition, ResolvedProtocol
@@ -21,40 +28,41 @@ from praxis_contracts.runs import (
     ControlRun,
     ControlRunExecution,
     ExecuteRun,
-    ListRuns,
-    RunAction,
+    ExecutionAction,
     RunFinished,
-    RunPage,
     RunStatusChanged,
     RunView,
     SubmitRun,
 )
-from praxis_runtime.db import Database
-from praxis_runtime.query import apply_filters, fetch_page, where_all
-from praxis_scheduler.domain import can_transition
+from praxis_scheduler.domain import EXECUTING, allowed, can_transition, cancel_target
+from praxis_scheduler.edges import Lost
 from praxis_scheduler.orm import RunRow, StatusHistoryRow
+from praxis_scheduler.repository import SchedulerUnitOfWork
 
 log = logging.getLogger(__name__)
 
+S = RunStatus
 
-@dataclass
-class Outbox:
-    """Messages to publish once the transaction that produced them has committed."""
 
-    messages: list[tuple[Command | Event, str | None]] = field(default_factory=list)
+class Edges(Protocol):
+    """What the scheduler knows of the edges (``edges.EdgeBook``)."""
 
-    def add(self, message: Command | Event, msg_id: str | None = None) -> None:
-        self.messages.append((message, msg_id))
+    def is_live(self, instance: str | None) -> bool: ...
 
 
 class RunService:
     def __init__(
-        self, db: Database, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+        self,
+        uow: Callable[[], SchedulerUnitOfWork],
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self.db = db
+        self.uow = uow
         self.clock = clock
 
-    async def create(self, cmd: SubmitRun, resolved: ResolvedProtocol, outbox: Outbox) -> RunView:
+    # -- submission ---------------------------------------------------------------------------
+    async def create(
+        self, cmd: SubmitRun, resolved: ResolvedProtocol, *, retry_of: uuid.UUID | None = None
+    ) -> RunView:
         definition = resolved.definition
         now = self.clock()
         row = RunRow(
@@ -64,7 +72,7 @@ class RunService:
             definition_id=definition.accession_id,
             source_commit=definition.commit,
             definition=definition.model_dump(mode="json"),
-            status=RunStatus.QUEUED,
+            status=S.QUEUED,
             parameters=resolved.parameters,
             initial_state=cmd.initial_state,
             workcell=cmd.workcell,
@@ -72,222 +80,355 @@ class RunService:
             asset_properties=cmd.asset_properties,
             priority=cmd.priority,
             bindings=[],
+            retry_of=retry_of,
             created_at=now,
             updated_at=now,
         )
-        async with self.db.transaction() as session:
-            session.add(row)
-            self._history(session, row, RunStatus.QUEUED, None, "submitted", outbox)
-        outbox.add(self._reserve_command(row), f"reserve:{row.accession_id}")
+        async with self.uow() as uow:
+            uow.runs.add(row)
+            reason = f"retry of run {retry_of}" if retry_of else "submitted"
+            self._history(uow, row, S.QUEUED, None, reason)
+            if retry_of is not None:
+                original = await uow.runs.get(retry_of, lock=True)
+                if original is not None:
+                    original.retried_by = row.accession_id
+            uow.emit(_reserve_command(row), msg_id=f"reserve:{row.accession_id}")
         return run_view(row)
 
-    async def on_reserved(self, event: AssetsReserved, outbox: Outbox) -> None:
-        async with self.db.transaction() as session:
-            row = await self._locked(session, event.run_id)
-            if not self._advance(session, row, RunStatus.PENDING, "assets reserved", outbox):
-                outbox.add(ReleaseAssets(run_id=row.accession_id, reason=f"run is {row.status}"))
+    # -- events -------------------------------------------------------------------------------
+    async def on_reserved(self, event: AssetsReserved) -> None:
+        """A grant. Repeated for a run that already has it: nothing to do. For a run that has
+        ended: given back. For a run this scheduler does not know (another client's hold):
+        not ours to touch."""
+        async with self.uow() as uow:
+            row = await uow.runs.get(event.run_id, lock=True)
+            if row is None:
+                log.info("grant for run %s, which is not ours: left alone", event.run_id)
                 return
+            status = S(row.status)
+            if status.is_terminal:
+                uow.emit(ReleaseAssets(run_id=row.accession_id, reason=f"run is {status}"))
+                return
+            if status != S.QUEUED:
+                if _assets(row.bindings) != {b.asset_id for b in event.bindings}:
+                    log.warning("run %s: a second, different grant ignored", row.accession_id)
+                return  # the same grant again (a redelivery or a re-announcement)
+            self._advance(uow, row, S.PENDING, "assets reserved")
             row.workcell_id = event.workcell_id
             row.workcell_name = event.workcell_name
             row.bindings = [b.model_dump(mode="json") for b in event.bindings]
-            outbox.add(self._execute_command(row), f"execute:{row.accession_id}")
+            uow.emit(_execute_command(row), msg_id=f"execute:{row.accession_id}")
 
     async def on_progress(
-        self, run_id: uuid.UUID, status: RunStatus, at: datetime, outbox: Outbox
+        self, run_id: uuid.UUID, status: RunStatus, at: datetime, edge: str | None = None
     ) -> None:
-        async with self.db.transaction() as session:
-            row = await self._locked(session, run_id)
-            if status == RunStatus.RUNNING and row.started_at is None:
+        """The edge reports preparing, running, paused or resumed."""
+        async with self.uow() as uow:
+            row = await uow.runs.get(run_id, lock=True)
+            if row is None or not self._from_its_edge(row, status, edge):
+                return
+            if (
+                status == S.PREPARING
+                and edge is not None
+                and row.status in (S.PENDING, S.PREPARING)
+            ):
+                row.edge_instance = edge  # this process executes the run from now on
+            if status == S.RUNNING and row.started_at is None:
                 row.started_at = at
-            self._advance(session, row, status, "reported by orchestrator", outbox)
+            self._advance(uow, row, status, "reported by orchestrator")
 
-    async def on_failed_before_start(
-        self, run_id: uuid.UUID, error: ErrorInfo, outbox: Outbox
-    ) -> None:
-        async with self.db.transaction() as session:
-            row = await self._locked(session, run_id)
-            if self._advance(session, row, RunStatus.FAILED, error.message, outbox):
+    async def on_failed_before_start(self, run_id: uuid.UUID, error: ErrorInfo) -> None:
+        async with self.uow() as uow:
+            row = await uow.runs.get(run_id, lock=True)
+            if row is None:
+                return
+            if self._advance(uow, row, S.FAILED, error.message):
                 row.error = error.model_dump(mode="json")
                 row.finished_at = self.clock()
 
-    async def on_finished(self, event: RunFinished, outbox: Outbox) -> None:
-        status = RunStatus(event.outcome)
-        async with self.db.transaction() as session:
-            row = await self._locked(session, event.run_id)
-            if not self._advance(
-                session, row, status, event.error.message if event.error else "", outbox
-            ):
+    async def on_finished(self, event: RunFinished) -> None:
+        status = S(event.outcome)
+        async with self.uow() as uow:
+            row = await uow.runs.get(event.run_id, lock=True)
+            if row is None or not self._from_its_edge(row, status, event.edge_instance):
+                return
+            reason = event.error.message if event.error else f"{status} on the edge"
+            if not self._advance(uow, row, status, reason):
                 return
             row.result = event.result
             row.error = event.error.model_dump(mode="json") if event.error else None
             row.final_state = event.final_state
             row.asset_states = event.asset_states
             row.finished_at = event.at
-        outbox.add(
-            ReleaseAssets(run_id=event.run_id, reason=f"run {status}"), f"release:{event.run_id}"
-        )
+            uow.emit(
+                ReleaseAssets(run_id=event.run_id, reason=f"run {status}"),
+                msg_id=f"release:{event.run_id}",
+            )
 
-    async def control(self, cmd: ControlRun, outbox: Outbox) -> RunView:
-        """Validate an operator action against the run's state and pass it to the edge."""
-        async with self.db.transaction() as session:
-            row = await self._locked(session, cmd.run_id)
-            current = RunStatus(row.status)
-            target = _control_target(cmd.action, current)
-            reason = cmd.reason or f"{cmd.action} requested"
-            self._advance(session, row, target, reason, outbox)
-            if target == RunStatus.CANCELLED:  # never dispatched: withdraw the reservation
-                row.finished_at = self.clock()
-                outbox.add(ReleaseAssets(run_id=row.accession_id, reason="cancelled"))
-            elif row.workcell_name is not None:
-                outbox.add(
-                    ControlRunExecution(
-                        run_id=row.accession_id, workcell_name=row.workcell_name, action=cmd.action
-                    )
+    def _from_its_edge(self, row: RunRow, status: RunStatus, edge: str | None) -> bool:
+        """Progress counts only from the process executing the run: another one (which took a
+        redelivered command) is fenced by the leases, and its reports are not the run's."""
+        if edge is None or row.edge_instance is None or edge == row.edge_instance:
+            return True
+        if status == S.PREPARING and row.status in (S.PENDING, S.PREPARING):
+            return True  # the command was redelivered to another process before it started
+        log.info(
+            "run %s: %s from edge %s ignored (run is on %s)",
+            row.accession_id,
+            status,
+            edge,
+            row.edge_instance,
+        )
+        return False
+
+    # -- operators ----------------------------------------------------------------------------
+    async def control(self, cmd: ControlRun, edges: Edges) -> RunView:
+        """Validate an operator action against the run's state and carry it out."""
+        async with self.uow() as uow:
+            row = await uow.runs.get(cmd.run_id, lock=True)
+            if row is None:
+                raise NotFound(f"protocol run {cmd.run_id} not found", run_id=str(cmd.run_id))
+            current = S(row.status)
+            if not allowed(cmd.action, current):
+                raise InvalidTransition(
+                    f"cannot {cmd.action} a run that is {current}", status=current.value
                 )
+            reason = cmd.reason or f"{cmd.action} requested"
+            if cmd.action == "pause":
+                self._advance(uow, row, S.PAUSING, reason)
+                self._forward(uow, row, "pause")
+            elif cmd.action == "resume":
+                self._advance(uow, row, S.RESUMING, reason)
+                self._forward(uow, row, "resume")
+            elif cmd.action == "cancel":
+                self._cancel(uow, row, reason, edges.is_live(row.edge_instance))
+            elif cmd.action == "resolve":
+                assert cmd.outcome is not None
+                self._end(uow, row, S(cmd.outcome), f"resolved by an operator: {reason}")
+            else:
+                raise AssertionError("retry is not a change of this run")
             return run_view(row)
 
-    async def recover(self, outbox: Outbox) -> int:
-        """Re-drive runs a crash may have stranded between commit and publish (idempotent)."""
-        async with self.db.transaction() as session:
-            rows = (
-                await session.scalars(
-                    select(RunRow).where(RunRow.status.in_([RunStatus.QUEUED, RunStatus.PENDING]))
+    def _cancel(self, uow: SchedulerUnitOfWork, row: RunRow, reason: str, edge_live: bool) -> None:
+        target = cancel_target(S(row.status), edge_live)
+        if target == S.CANCELING:
+            self._advance(uow, row, S.CANCELING, reason)
+            self._forward(uow, row, "cancel")
+            return
+        why = reason if S(row.status) == S.QUEUED else f"{reason} (no edge has the run)"
+        self._forward(uow, row, "cancel")  # an edge that takes it later ends it at once
+        self._end(uow, row, S.CANCELLED, why)
+
+    def _end(self, uow: SchedulerUnitOfWork, row: RunRow, status: RunStatus, reason: str) -> None:
+        """The scheduler ends the run itself; its leases (or waiting request) go."""
+        if not self._advance(uow, row, status, reason):
+            return
+        row.finished_at = self.clock()
+        if status == S.FAILED and row.error is None:
+            row.error = ErrorInfo(type="RunResolved", message=reason).model_dump(mode="json")
+        uow.emit(
+            ReleaseAssets(run_id=row.accession_id, reason=reason),
+            msg_id=f"release:{row.accession_id}",
+        )
+
+    def _forward(self, uow: SchedulerUnitOfWork, row: RunRow, action: ExecutionAction) -> None:
+        if row.workcell_name is not None:
+            uow.emit(
+                ControlRunExecution(
+                    run_id=row.accession_id,
+                    workcell_name=row.workcell_name,
+                    action=action,
                 )
-            ).all()
+            )
+
+    async def retry_source(self, run_id: uuid.UUID) -> tuple[RunView, SubmitRun]:
+        """What a retry of the run resubmits (same definition, parameters, pins, priority),
+        or the retry itself if there is one already."""
+        async with self.uow() as uow:
+            row = await uow.runs.get(run_id)
+            if row is None:
+                raise NotFound(f"protocol run {run_id} not found", run_id=str(run_id))
+            if not allowed("retry", S(row.status)):
+                raise InvalidTransition(
+                    f"cannot retry a run that is {row.status}", status=str(row.status)
+                )
+            view = run_view(row)
+        cmd = SubmitRun(
+            definition_id=row.definition_id,
+            parameters=row.parameters,
+            workcell=row.workcell,
+            assets=row.pins,
+            asset_properties=row.asset_properties,
+            initial_state=row.initial_state,
+            priority=row.priority,
+        )
+        return view, cmd
+
+    # -- recovery -----------------------------------------------------------------------------
+    async def edge_lost(self, lost: Lost) -> list[uuid.UUID]:
+        """Every run the edge process had that has not ended needs an operator: its
+        instruments are in an unknown state. Its leases are kept (without expiry)."""
+        async with self.uow() as uow:
+            rows = [r for r in await uow.runs.active() if r.edge_instance == lost.instance]
+        marked = []
         for row in rows:
-            if row.status == RunStatus.QUEUED:
-                outbox.add(self._reserve_command(row), f"reserve:{row.accession_id}")
+            if await self.needs_operator(row.accession_id, lost):
+                marked.append(row.accession_id)
+        return marked
+
+    async def edge_replaced(self, workcell: str, live: set[str], lost: Lost) -> list[uuid.UUID]:
+        """A new process serves ``workcell``: the runs of its processes that are not live
+        (``live``) are lost now, without waiting for their grace period."""
+        async with self.uow() as uow:
+            rows = [
+                r
+                for r in await uow.runs.active()
+                if r.workcell_name == workcell
+                and S(r.status) in EXECUTING
+                and r.edge_instance not in live
+            ]
+        marked = []
+        for row in rows:
+            if await self.needs_operator(row.accession_id, lost, any_edge=True):
+                marked.append(row.accession_id)
+        return marked
+
+    async def needs_operator(
+        self, run_id: uuid.UUID, lost: Lost, *, any_edge: bool = False
+    ) -> bool:
+        async with self.uow() as uow:
+            row = await uow.runs.get(run_id, lock=True)
+            if row is None or S(row.status) not in EXECUTING:
+                return False
+            if not any_edge and row.edge_instance != lost.instance:
+                return False
+            seen = lost.runs.get(str(run_id))
+            last_call = (seen.last_call if seen else None) or await uow.runs.last_call(run_id)
+            reason = _intervention_reason(row, lost, last_call, seen.phase if seen else None)
+            self._advance(uow, row, S.REQUIRES_INTERVENTION, reason)
+            row.error = ErrorInfo(type="EdgeLost", message=reason, code="edge_lost").model_dump(
+                mode="json"
+            )
+            uow.emit(HoldAssets(run_id=run_id, reason=reason), msg_id=f"hold:{run_id}")
+            return True
+
+    async def cancel_overdue(self, run_id: uuid.UUID, edges: Edges, seconds: float) -> None:
+        """A cancel the edge has not confirmed in time: a run its edge still has is stuck
+        there and needs an operator; one its edge does not have is cancelled here."""
+        async with self.uow() as uow:
+            row = await uow.runs.get(run_id, lock=True)
+            if row is None or row.status != S.CANCELING:
+                return
+            if edges.is_live(row.edge_instance):
+                reason = f"cancel not confirmed by the edge within {seconds:.0f} s"
+                self._advance(uow, row, S.REQUIRES_INTERVENTION, reason)
+                uow.emit(HoldAssets(run_id=run_id, reason=reason), msg_id=f"hold:{run_id}")
             else:
-                outbox.add(self._execute_command(row), f"execute:{row.accession_id}")
-        return len(rows)
+                self._end(uow, row, S.CANCELLED, "cancelled: the edge no longer has the run")
+
+    async def active(self) -> list[RunView]:
+        async with self.uow() as uow:
+            return [run_view(r) for r in await uow.runs.active()]
+
+    async def redrive(self) -> int:
+        """At start-up: ask again for the assets of every queued run (idempotent at the
+        asset-manager: a waiting request stays, a granted one is announced again), and keep
+        holding the leases of every run that needs an operator."""
+        count = 0
+        async with self.uow() as uow:
+            for row in await uow.runs.active():
+                if row.status == S.QUEUED:
+                    uow.emit(
+                        _reserve_command(row),
+                        msg_id=f"reserve:{row.accession_id}:{uuid.uuid4().hex[:8]}",
+                    )
+                    count += 1
+                elif row.status == S.REQUIRES_INTERVENTION:
+                    uow.emit(
+                        HoldAssets(run_id=row.accession_id, reason="still requires intervention")
+                    )
+        return count
 
     # -- queries ------------------------------------------------------------------------------
     async def get(self, run_id: uuid.UUID) -> RunView:
-        async with self.db.transaction() as session:
-            row = await session.get(RunRow, run_id)
+        async with self.uow() as uow:
+            row = await uow.runs.get(run_id)
             if row is None:
                 raise NotFound(f"protocol run {run_id} not found", run_id=str(run_id))
             return run_view(row)
 
-    async def list(self, query: ListRuns) -> RunPage:
-        stmt = where_all(
-            select(RunRow),
-            RunRow.status.in_([s.value for s in query.status]) if query.status else None,
-            RunRow.protocol_name == query.protocol_name if query.protocol_name else None,
-        )
-        stmt = apply_filters(
-            stmt,
-            query.filters,
-            created_at=RunRow.created_at,
-            sortable=_SORTABLE,
-            relations={
-                "protocol_run_accession_id": RunRow.accession_id,
-                "workcell_accession_id": RunRow.workcell_id,
-            },
-        )
-        async with self.db.transaction() as session:
-            rows, total = await fetch_page(session, stmt, query.filters)
-            items = [run_view(r) for r in rows]
-        f = query.filters
-        return RunPage(items=items, total=total, limit=f.limit, offset=f.offset)
-
     # -- helpers ------------------------------------------------------------------------------
-    async def _locked(self, session: AsyncSession, run_id: uuid.UUID) -> RunRow:
-        row = await session.get(RunRow, run_id, with_for_update=True)
-        if row is None:
-            raise NotFound(f"protocol run {run_id} not found", run_id=str(run_id))
-        return row
-
     def _advance(
-        self, session: AsyncSession, row: RunRow, status: RunStatus, reason: str, outbox: Outbox
+        self, uow: SchedulerUnitOfWork, row: RunRow, status: RunStatus, reason: str
     ) -> bool:
-        current = RunStatus(row.status)
+        current = S(row.status)
         if not can_transition(current, status):
             log.info("run %s: ignoring %s -> %s", row.accession_id, current, status)
             return False
-        self._history(session, row, status, current, reason, outbox)
+        self._history(uow, row, status, current, reason)
         row.status = status
         row.updated_at = self.clock()
         return True
 
     def _history(
         self,
-        session: AsyncSession,
+        uow: SchedulerUnitOfWork,
         row: RunRow,
         status: RunStatus,
         previous: RunStatus | None,
         reason: str,
-        outbox: Outbox,
     ) -> None:
         at = self.clock()
-        session.add(
+        uow.runs.record(
             StatusHistoryRow(
                 run_id=row.accession_id, status=status, previous=previous, reason=reason, at=at
             )
         )
-        outbox.add(
+        uow.emit(
             RunStatusChanged(
                 run_id=row.accession_id, status=status, previous=previous, reason=reason, at=at
             )
         )
 
-    def _reserve_command(self, row: RunRow) -> ReserveAssets:
-        definition = ProtocolDefinition.model_validate(row.definition)
-        return ReserveAssets(
-            run_id=row.accession_id,
-            requirements=definition.spec.assets,
-            workcell=row.workcell,
-            pins=row.pins,
-            properties=row.asset_properties,
-            priority=row.priority,
-        )
 
-    def _execute_command(self, row: RunRow) -> ExecuteRun:
-        assert row.workcell_id is not None and row.workcell_name is not None
-        return ExecuteRun(
-            run_id=row.accession_id,
-            workcell_id=row.workcell_id,
-            workcell_name=row.workcell_name,
-            definition=ProtocolDefinition.model_validate(row.definition),
-            parameters=row.parameters,
-            bindings=[AssetBinding.model_validate(b) for b in row.bindings],
-            initial_state=row.initial_state,
-        )
+def _assets(bindings: list[dict[str, object]]) -> set[uuid.UUID]:
+    return {uuid.UUID(str(b["asset_id"])) for b in bindings}
 
 
-_CONTROL_FROM = {
-    "pause": {RunStatus.RUNNING, RunStatus.RESUMING},
-    "resume": {RunStatus.PAUSED, RunStatus.PAUSING},
-    "cancel": {
-        RunStatus.QUEUED,
-        RunStatus.PENDING,
-        RunStatus.PREPARING,
-        RunStatus.RUNNING,
-        RunStatus.PAUSING,
-        RunStatus.PAUSED,
-        RunStatus.RESUMING,
-        RunStatus.REQUIRES_INTERVENTION,
-    },
-}
+def _intervention_reason(row: RunRow, lost: Lost, last_call: str | None, phase: str | None) -> str:
+    edge = row.edge_instance or "unknown"
+    parts = [f"edge {edge} lost: {lost.reason}", f"run was {row.status}"]
+    if phase:
+        parts.append(f"its edge last reported it {phase}")
+    if last_call:
+        parts.append(f"last call {last_call}")
+    parts.append("leases kept until an operator resolves the run")
+    return "; ".join(parts)
 
 
-def _control_target(action: RunAction, current: RunStatus) -> RunStatus:
-    if current not in _CONTROL_FROM[action]:
-        raise InvalidTransition(f"cannot {action} a run that is {current}", status=current.value)
-    if action == "pause":
-        return RunStatus.PAUSING
-    if action == "resume":
-        return RunStatus.RESUMING
-    return RunStatus.CANCELLED if current == RunStatus.QUEUED else RunStatus.CANCELING
+def _reserve_command(row: RunRow) -> ReserveAssets:
+    definition = ProtocolDefinition.model_validate(row.definition)
+    return ReserveAssets(
+        run_id=row.accession_id,
+        requirements=definition.spec.assets,
+        workcell=row.workcell,
+        pins=row.pins,
+        properties=row.asset_properties,
+        priority=row.priority,
+    )
 
 
-_SORTABLE: dict[str, Any] = {
-    "created_at": RunRow.created_at,
-    "updated_at": RunRow.updated_at,
-    "status": RunRow.status,
-    "protocol_name": RunRow.protocol_name,
-    "priority": RunRow.priority,
-}
+def _execute_command(row: RunRow) -> ExecuteRun:
+    assert row.workcell_id is not None and row.workcell_name is not None
+    return ExecuteRun(
+        run_id=row.accession_id,
+        workcell_id=row.workcell_id,
+        workcell_name=row.workcell_name,
+        definition=ProtocolDefinition.model_validate(row.definition),
+        parameters=row.parameters,
+        bindings=[AssetBinding.model_validate(b) for b in row.bindings],
+        initial_state=row.initial_state,
+    )
 
 
 def run_view(row: RunRow) -> RunView:
@@ -297,7 +438,7 @@ def run_view(row: RunRow) -> RunView:
         protocol_version=row.protocol_version,
         definition_id=row.definition_id,
         source_commit=row.source_commit,
-        status=RunStatus(row.status),
+        status=S(row.status),
         parameters=row.parameters,
         workcell=row.workcell,
         workcell_id=row.workcell_id,
@@ -308,6 +449,9 @@ def run_view(row: RunRow) -> RunView:
         error=ErrorInfo.model_validate(row.error) if row.error else None,
         final_state=row.final_state,
         asset_states=row.asset_states,
+        edge_instance=row.edge_instance,
+        retry_of=row.retry_of,
+        retried_by=row.retried_by,
         created_at=row.created_at,
         updated_at=row.updated_at,
         started_at=row.started_at,

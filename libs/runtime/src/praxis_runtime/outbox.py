@@ -1,0 +1,373 @@
+"""The unit of work: rows and the messages they cause, committed together, published after.
+
+Inside ``async with uow:`` a service layer changes rows and calls ``uow.emit(message, msg_id=…)``.
+The messages are written to the service's ``outbox`` table in the same transaction, so a crash
+can lose neither the change nor what it must announce. After the commit the ``OutboxRelay``
+publishes them to JetStream and deletes their rows once acknowledged:
+
+- the committing process hands its rows to its relay directly (no read back, one ``DELETE`` per
+  pass on a kept connection), so the usual path costs one statement more than publishing by
+  hand did;
+- what a crash left behind (committed, not yet acknowledged) is read from the table and
+  published when the relay starts, and after any failed pass;
+- a pass that fails (NATS or PostgreSQL unavailable) is retried with backoff until it succeeds:
+  this is a retry of work that exists, not a poll for work that might.
+
+Order: one relay publishes in commit order, and changes to one aggregate are serialised by its
+row lock, so each aggregate's messages reach the stream in the order they were committed. Every
+message carries a ``Nats-Msg-Id`` (the caller's, or one made at ``emit``), so a message published
+again after a crash between its ack and its ``DELETE`` is dropped by JetStream's de-duplication.
+
+``InMemoryUnitOfWork`` keeps the same contract without a database, for service-layer tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Identity,
+    LargeBinary,
+    MetaData,
+    Table,
+    Text,
+    func,
+    insert,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from praxis_contracts import headers as h
+from praxis_contracts.base import Command, Event
+from praxis_contracts.topology import dead_letter_subject
+from praxis_runtime.db import Database, KeptConnection
+from praxis_runtime.logging import correlation_id_var
+from praxis_runtime.publisher import Outgoing, Publisher
+
+log = logging.getLogger(__name__)
+
+OUTBOX = "outbox"
+BATCH = 500
+"""Rows one relay pass reads back from the table at most."""
+
+RETRY_CAP = 2.0
+"""Longest wait between failed passes: a recovered dependency is noticed within this."""
+
+
+def outbox_table(metadata: MetaData) -> Table:
+    """The outbox table of a service's schema; call once with the service's ORM metadata."""
+    return Table(
+        OUTBOX,
+        metadata,
+        Column("id", BigInteger, Identity(), primary_key=True),
+        Column("subject", Text, nullable=False),
+        Column("payload", LargeBinary, nullable=False),
+        Column("headers", JSONB, nullable=False),
+        Column("created_at", DateTime(timezone=True), server_default=func.now(), nullable=False),
+    )
+
+
+def create_outbox(op: Any, schema: str) -> None:
+    """Alembic migration step creating the outbox table in ``schema``."""
+    import sqlalchemy as sa
+
+    op.create_table(
+        OUTBOX,
+        sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+        sa.Column("subject", sa.Text, nullable=False),
+        sa.Column("payload", sa.LargeBinary, nullable=False),
+        sa.Column("headers", JSONB, nullable=False),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+        ),
+        schema=schema,
+    )
+
+
+def encode(message: Command | Event, msg_id: str | None = None) -> Outgoing:
+    """A message as it will be published: subject, JSON body, id and correlation headers."""
+    headers = {
+        h.MSG_ID: msg_id or uuid.uuid4().hex,
+        h.CORRELATION_ID: correlation_id_var.get() or uuid.uuid4().hex,
+    }
+    return Outgoing(message.routing_subject(), message.model_dump_json().encode(), headers)
+
+
+class UnitOfWork:
+    """What every unit of work offers a service layer: ``emit`` and the ``async with`` scope.
+
+    Messages emitted inside the scope are published only if it commits; an exception discards
+    them with the rows. Re-entering starts a new unit."""
+
+    def __init__(self) -> None:
+        self.emitted: list[Outgoing] = []
+
+    def emit(self, message: Command | Event, *, msg_id: str | None = None) -> None:
+        """Publish ``message`` once this unit commits; ``msg_id`` de-duplicates re-publishes."""
+        self.emitted.append(encode(message, msg_id))
+
+    async def __aenter__(self) -> Self:
+        self.emitted = []
+        await self._begin()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            self.emitted = []
+            await self._rollback()
+            return
+        await self._commit(self.emitted)
+        self.emitted = []
+
+    async def _begin(self) -> None:
+        raise NotImplementedError
+
+    async def _commit(self, messages: list[Outgoing]) -> None:
+        raise NotImplementedError
+
+    async def _rollback(self) -> None:
+        raise NotImplementedError
+
+
+class SqlUnitOfWork(UnitOfWork):
+    """One transaction on the service's database; emitted messages go to its outbox table."""
+
+    def __init__(self, db: Database, relay: OutboxRelay) -> None:
+        super().__init__()
+        self.db = db
+        self.relay = relay
+        self._session: AsyncSession | None = None
+
+    @property
+    def session(self) -> AsyncSession:
+        if self._session is None:
+            raise RuntimeError("the unit of work is not open (use `async with`)")
+        return self._session
+
+    async def _begin(self) -> None:
+        self._session = self.db.sessions()
+        await self._session.begin()
+
+    async def _commit(self, messages: list[Outgoing]) -> None:
+        session = self.session
+        try:
+            ids: list[int] = []
+            if messages:
+                result = await session.execute(
+                    insert(self.relay.table).returning(self.relay.table.c.id),
+                    [_row(m) for m in messages],
+                )
+                ids = list(result.scalars())
+            await session.commit()
+        finally:
+            await self._close()
+        if messages:
+            self.relay.committed(list(zip(ids, messages, strict=True)))
+
+    async def _rollback(self) -> None:
+        try:
+            await self.session.rollback()
+        finally:
+            await self._close()
+
+    async def _close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+
+def _row(message: Outgoing) -> dict[str, Any]:
+    return {"subject": message.subject, "payload": message.payload, "headers": message.headers}
+
+
+class OutboxRelay:
+    """Publishes a service's committed outbox rows in order and deletes them once acknowledged.
+
+    One per service process; ``start`` after the bus is connected, ``stop`` before it closes.
+    """
+
+    def __init__(self, db: Database, table: Table, publisher: Callable[[], Publisher]) -> None:
+        self.db = db
+        self.table = table
+        self._publisher = publisher
+        self._conn: KeptConnection = db.kept_connection()
+        self._handed: list[tuple[int, Outgoing]] = []
+        self._scan = True  # what a crash left behind is in the table, not in memory
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+        self.published = 0
+
+    def committed(self, rows: Sequence[tuple[int, Outgoing]]) -> None:
+        """The commit hook: rows a unit of work just committed, in commit order."""
+        self._handed.extend(rows)
+        self._idle.clear()
+        self._wakeup.set()
+
+    def wake(self) -> None:
+        """Read the table on the next pass (e.g. another process may have left rows)."""
+        self._scan = True
+        self._idle.clear()
+        self._wakeup.set()
+
+    def start(self) -> None:
+        if self._task is None:
+            self.wake()
+            self._task = asyncio.create_task(self._run(), name=f"outbox-{self.db.schema}")
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything committed so far is published; False on time-out."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Publish what is pending (up to ``timeout``), then stop; the rest waits in the table."""
+        if self._task is None:
+            return
+        if not await self.flush(timeout):
+            log.warning(
+                "outbox of %s not empty at shutdown: published at next start-up", self.db.schema
+            )
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            try:
+                while await self._pass():
+                    pass
+            except Exception as exc:
+                failures += 1
+                self._scan = True  # the handed rows are in the table: read them back in order
+                self._handed.clear()
+                delay = min(RETRY_CAP, 0.05 * 2 ** min(failures, 6))
+                log.warning("outbox relay: %s; retrying in %.2f s", exc, delay)
+                await asyncio.sleep(delay)  # backoff after a failure, then the same work again
+                self._wakeup.set()
+                continue
+            failures = 0
+            if not self._handed and not self._wakeup.is_set():
+                self._idle.set()
+
+    async def _pass(self) -> bool:
+        """Publish one batch; True if there may be more."""
+        if self._scan:
+            self._handed.clear()  # the table has them too, in order
+            rows = await self._read_back()
+            self._scan = len(rows) == BATCH
+        else:
+            rows, self._handed = self._handed, []
+        if not rows:
+            return False
+        await self._publish(rows)
+        return True
+
+    async def _read_back(self) -> list[tuple[int, Outgoing]]:
+        records = await self._conn.fetch(
+            f'SELECT id, subject, payload, headers FROM "{self.db.schema}".{OUTBOX} '
+            f"ORDER BY id LIMIT {BATCH}"
+        )
+        return [
+            (r["id"], Outgoing(r["subject"], bytes(r["payload"]), _headers(r["headers"])))
+            for r in records
+        ]
+
+    async def _publish(self, rows: list[tuple[int, Outgoing]]) -> None:
+        results = await self._publisher().publish_all([message for _, message in rows])
+        done: list[int] = []
+        failure: Exception | None = None
+        for (row_id, message), result in zip(rows, results, strict=True):
+            if isinstance(result, Exception):
+                if _never_publishable(result):
+                    await self._dead_letter(message, result)
+                    done.append(row_id)
+                    continue
+                failure = failure or result
+                continue
+            done.append(row_id)
+        if done:
+            await self._conn.fetch(
+                f'DELETE FROM "{self.db.schema}".{OUTBOX} WHERE id = ANY($1::bigint[])', done
+            )
+            self.published += len(done)
+        if failure is not None:
+            raise failure
+
+    async def _dead_letter(self, message: Outgoing, error: Exception) -> None:
+        reason = f"outbox: cannot publish: {type(error).__name__}: {error}"
+        log.error("%s (%s, %d bytes)", reason, message.subject, len(message.payload))
+        headers = {k: v for k, v in (message.headers or {}).items() if k != h.MSG_ID}
+        headers[h.DEAD_LETTER_REASON] = reason[:2000]
+        headers[h.DEAD_LETTER_SUBJECT] = message.subject
+        await self._publisher().publish(
+            dead_letter_subject(message.subject), message.payload[:65536], headers
+        )
+
+
+def _headers(raw: Any) -> dict[str, str]:
+    return dict(json.loads(raw) if isinstance(raw, str | bytes) else raw)
+
+
+def _never_publishable(exc: Exception) -> bool:
+    """A message the server will refuse however often it is sent (too large for it)."""
+    import nats.errors
+
+    return isinstance(exc, nats.errors.MaxPayloadError)
+
+
+class InMemoryUnitOfWork(UnitOfWork):
+    """A unit of work without a database: committed messages land in ``published`` in order.
+
+    Service layers keep their state in in-memory repositories beside it; a test asserts on
+    what would have been published."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.published: list[Outgoing] = []
+        self.commits = 0
+        self.rollbacks = 0
+
+    async def _begin(self) -> None:
+        return None
+
+    async def _commit(self, messages: list[Outgoing]) -> None:
+        self.commits += 1
+        self.published.extend(messages)
+
+    async def _rollback(self) -> None:
+        self.rollbacks += 1
+
+
+__all__ = [
+    "InMemoryUnitOfWork",
+    "OutboxRelay",
+    "SqlUnitOfWork",
+    "UnitOfWork",
+    "create_outbox",
+    "encode",
+    "outbox_table",
+]

@@ -1,0 +1,512 @@
+"""The scheduler's service layer, once in memory and once against a real PostgreSQL.
+
+Every test runs twice: with the in-memory unit of work (no servers) and with the SQL one, whose
+emitted messages are read back from the outbox table they were committed to. Each message a
+handler reacts to is also delivered twice: the second delivery must change nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+import praxis_scheduler
+from praxis_contracts.assets import (
+    AssetBinding,
+    AssetsReserved,
+    HoldAssets,
+    ReleaseAssets,
+    ReserveAssets,
+)
+from praxis_contracts.base import Message, all_message_types
+from praxis_contracts.common import ErrorInfo, RunStatus
+from praxis_contracts.errors import InvalidTransition, NotFound
+from praxis_contracts.protocols import (
+    AssetRequirementSpec,
+    ParameterSpec,
+    ProtocolDefinition,
+    ProtocolFunctionSpec,
+    ResolvedProtocol,
+)
+from praxis_contracts.runs import (
+    ControlRun,
+    ControlRunExecution,
+    EdgeRun,
+    ExecuteRun,
+    RunFinished,
+    RunStatusChanged,
+    RunView,
+    SubmitRun,
+)
+from praxis_devstack.pytest_plugin import MakeDatabase
+from praxis_runtime.db import Database
+from praxis_runtime.outbox import OutboxRelay
+from praxis_runtime.publisher import Outgoing, Publisher
+from praxis_scheduler.edges import Lost
+from praxis_scheduler.orm import OUTBOX, Base
+from praxis_scheduler.repository import InMemorySchedulerUnitOfWork, sql_units
+from praxis_scheduler.service import RunService
+
+MIGRATIONS = Path(praxis_scheduler.__file__).parent / "migrations"
+PLATE = "pylabrobot.resources.plate.Plate"
+T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+S = RunStatus
+EDGE, OTHER_EDGE = "edge-a", "edge-b"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class Edges:
+    """The scheduler's view of live edge processes, set by the test."""
+
+    def __init__(self, *live: str) -> None:
+        self.live = set(live)
+
+    def is_live(self, instance: str | None) -> bool:
+        return instance in self.live
+
+
+_TYPES = sorted(
+    (t for t in all_message_types() if not hasattr(t, "reply_type")),
+    key=lambda t: len(t.subject),
+    reverse=True,
+)
+
+
+def decode(message: Outgoing) -> tuple[Message, str | None]:
+    """An outbox row as the message it will be published as, with its message id."""
+    cls = next(t for t in _TYPES if message.subject.startswith(t.subject))
+    return cls.model_validate_json(message.payload), (message.headers or {}).get("Nats-Msg-Id")
+
+
+class Harness:
+    """A service layer with a way to read what it emitted and the runs' history."""
+
+    runs: RunService
+
+    async def sent(self) -> list[tuple[Message, str | None]]:
+        raise NotImplementedError
+
+    async def history(self, run_id: uuid.UUID) -> list[tuple[str, str | None]]:
+        raise NotImplementedError
+
+    async def statuses(self) -> list[tuple[RunStatus, RunStatus | None]]:
+        return [
+            (m.status, m.previous) for m, _ in await self.sent() if isinstance(m, RunStatusChanged)
+        ]
+
+
+class MemoryHarness(Harness):
+    def __init__(self, clock: Clock) -> None:
+        self.uow = InMemorySchedulerUnitOfWork()
+        self.runs = RunService(self.uow, clock=clock)
+        self._read = 0
+
+    async def sent(self) -> list[tuple[Message, str | None]]:
+        new, self._read = self.uow.published[self._read :], len(self.uow.published)
+        return [decode(m) for m in new]
+
+    async def history(self, run_id: uuid.UUID) -> list[tuple[str, str | None]]:
+        return [(h.status, h.previous) for h in self.uow.store.history if h.run_id == run_id]
+
+
+class _NoPublisher:
+    def __call__(self) -> Publisher:
+        raise AssertionError("the relay is not started in these tests")
+
+
+class SqlHarness(Harness):
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self.db = db
+        self.runs = RunService(sql_units(db, OutboxRelay(db, OUTBOX, _NoPublisher())), clock=clock)
+
+    async def sent(self) -> list[tuple[Message, str | None]]:
+        async with self.db.transaction() as session:
+            rows = (
+                await session.execute(
+                    text("DELETE FROM scheduler.outbox RETURNING id, subject, payload, headers")
+                )
+            ).all()
+        rows = sorted(rows, key=lambda r: r.id)
+        return [decode(Outgoing(r.subject, bytes(r.payload), r.headers)) for r in rows]
+
+    async def history(self, run_id: uuid.UUID) -> list[tuple[str, str | None]]:
+        async with self.db.transaction() as session:
+            rows = await session.execute(
+                text(
+                    "SELECT status, previous FROM scheduler.run_status_history "
+                    "WHERE run_id = :r ORDER BY id"
+                ),
+                {"r": run_id},
+            )
+            return [(r.status, r.previous) for r in rows]
+
+
+@pytest.fixture(scope="module")
+async def database(make_database: MakeDatabase) -> AsyncIterator[Database]:
+    db = Database(make_database("sched"), "scheduler")
+    await db.migrate(MIGRATIONS, Base.metadata)
+    await db.migrate(MIGRATIONS, Base.metadata)  # a second start finds nothing to do
+    yield db
+    await db.dispose()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def memory_h(clock: Clock) -> Harness:
+    return MemoryHarness(clock)
+
+
+@pytest.fixture
+async def postgres_h(database: Database, clock: Clock) -> Harness:
+    async with database.transaction() as session:  # each test starts with no runs
+        await session.execute(text("TRUNCATE scheduler.protocol_runs, scheduler.outbox CASCADE"))
+    return SqlHarness(database, clock)
+
+
+@pytest.fixture(params=["memory", pytest.param("postgres", marks=pytest.mark.integration)])
+def h(request: pytest.FixtureRequest) -> Harness:
+    """The service layer in memory, then on PostgreSQL."""
+    harness: Harness = request.getfixturevalue(f"{request.param}_h")
+    return harness
+
+
+def resolved(name: str = "mix") -> ResolvedProtocol:
+    spec = ProtocolFunctionSpec(
+        name=name,
+        version="1.2.0",
+        module="protos.mix",
+        qualname=name,
+        parameters=[ParameterSpec(name="volume", type_hint="float", optional=True, default=10.0)],
+        assets=[AssetRequirementSpec(name="plate", type_fqn=PLATE, kind="resource")],
+    )
+    definition = ProtocolDefinition(
+        accession_id=uuid.uuid4(),
+        source_id=uuid.uuid4(),
+        source_name="protocols",
+        commit="c0ffee" * 6 + "abcd",
+        spec=spec,
+        code_bundle="protocols/c0ffee.tar",
+        created_at=T0,
+    )
+    return ResolvedProtocol(definition=definition, parameters={"volume": 2.5})
+
+
+async def submit(h: Harness, **fields: Any) -> RunView:
+    fields.setdefault("workcell", "wc-1")
+    run = await h.runs.create(SubmitRun(protocol_name="mix", **fields), resolved())
+    await h.sent()
+    return run
+
+
+def reserved(run_id: uuid.UUID, asset_id: uuid.UUID | None = None) -> AssetsReserved:
+    asset_id = asset_id or uuid.uuid4()
+    binding = AssetBinding(
+        requirement="plate",
+        asset_id=asset_id,
+        asset_name="source_plate",
+        kind="resource",
+        fqn=PLATE,
+        lease_key=f"asset.{asset_id}",
+        token=42,
+    )
+    return AssetsReserved(
+        run_id=run_id, workcell_id=uuid.uuid4(), workcell_name="wc-1", bindings=[binding]
+    )
+
+
+def finished(run_id: uuid.UUID, outcome: Any = "completed", **fields: Any) -> RunFinished:
+    fields.setdefault("at", T0 + timedelta(minutes=5))
+    fields.setdefault("edge_instance", EDGE)
+    return RunFinished(run_id=run_id, outcome=outcome, **fields)
+
+
+async def running(h: Harness, edge: str = EDGE) -> RunView:
+    """A run its edge has started."""
+    run = await submit(h)
+    await h.runs.on_reserved(reserved(run.accession_id))
+    await h.runs.on_progress(run.accession_id, S.PREPARING, T0, edge)
+    await h.runs.on_progress(run.accession_id, S.RUNNING, T0, edge)
+    await h.sent()
+    return await h.runs.get(run.accession_id)
+
+
+def kinds(sent: list[tuple[Message, str | None]]) -> list[type[Message]]:
+    return [type(m) for m, _ in sent if not isinstance(m, RunStatusChanged)]
+
+
+async def test_create_queues_the_run_and_asks_for_its_assets(h: Harness) -> None:
+    cmd = SubmitRun(protocol_name="mix", workcell="wc-1", assets={"plate": "p1"}, priority=5)
+    run = await h.runs.create(cmd, resolved())
+
+    assert run.status == S.QUEUED and run.priority == 5
+    assert await h.runs.get(run.accession_id) == run
+    (changed, _), (reserve, reserve_id) = await h.sent()
+    assert isinstance(changed, RunStatusChanged) and changed.status == S.QUEUED
+    assert isinstance(reserve, ReserveAssets) and reserve_id == f"reserve:{run.accession_id}"
+    assert (reserve.workcell, reserve.pins, reserve.priority) == ("wc-1", {"plate": "p1"}, 5)
+    assert await h.history(run.accession_id) == [("queued", None)]
+
+
+async def test_a_run_goes_from_queued_to_completed(h: Harness, clock: Clock) -> None:
+    run = await submit(h, initial_state={"count": 1})
+    grant = reserved(run.accession_id)
+
+    await h.runs.on_reserved(grant)
+    sent = await h.sent()
+    assert [(m.status, m.previous) for m, _ in sent if isinstance(m, RunStatusChanged)] == [
+        (S.PENDING, S.QUEUED)
+    ]
+    ((execute, msg_id),) = [(m, i) for m, i in sent if isinstance(m, ExecuteRun)]
+    assert msg_id == f"execute:{run.accession_id}"
+    assert (execute.bindings, execute.initial_state) == (grant.bindings, {"count": 1})
+
+    await h.runs.on_progress(run.accession_id, S.PREPARING, T0, EDGE)
+    await h.runs.on_progress(run.accession_id, S.RUNNING, T0 + timedelta(minutes=1), EDGE)
+    assert (await h.runs.get(run.accession_id)).edge_instance == EDGE
+    await h.sent()
+
+    clock.now = T0 + timedelta(minutes=6)
+    await h.runs.on_finished(finished(run.accession_id, result={"moved": 30.0}))
+    sent = await h.sent()
+    assert kinds(sent) == [ReleaseAssets]
+    assert [i for m, i in sent if isinstance(m, ReleaseAssets)] == [f"release:{run.accession_id}"]
+    final = await h.runs.get(run.accession_id)
+    assert (final.status, final.result) == (S.COMPLETED, {"moved": 30.0})
+    assert await h.history(run.accession_id) == [
+        ("queued", None),
+        ("pending", "queued"),
+        ("preparing", "pending"),
+        ("running", "preparing"),
+        ("completed", "running"),
+    ]
+
+
+async def test_each_event_delivered_twice_changes_the_run_once(h: Harness) -> None:
+    run = await submit(h)
+    run_id = run.accession_id
+    grant = reserved(run_id)
+    steps: list[Any] = [
+        lambda: h.runs.on_reserved(grant),
+        lambda: h.runs.on_progress(run_id, S.PREPARING, T0, EDGE),
+        lambda: h.runs.on_progress(run_id, S.RUNNING, T0, EDGE),
+        lambda: h.runs.on_finished(finished(run_id)),
+    ]
+    for step in steps:
+        await step()
+        first = await h.sent()
+        assert first, "the first delivery changes the run"
+        before = await h.runs.get(run_id)
+        await step()
+        assert await h.sent() == [], "the second delivery emits nothing"
+        assert await h.runs.get(run_id) == before
+    assert len(await h.history(run_id)) == 5
+
+
+async def test_a_redelivered_grant_never_releases_a_live_run(h: Harness) -> None:
+    run = await running(h)
+    grant = reserved(run.accession_id, run.bindings[0].asset_id)
+
+    await h.runs.on_reserved(grant)
+
+    assert await h.sent() == []  # no ReleaseAssets: the run keeps its leases
+    assert (await h.runs.get(run.accession_id)).status == S.RUNNING
+
+
+async def test_a_grant_for_an_unknown_run_is_left_alone(h: Harness) -> None:
+    await h.runs.on_reserved(reserved(uuid.uuid4()))  # e.g. a hold made by another client
+
+    assert await h.sent() == []
+
+
+async def test_a_grant_for_a_run_that_ended_is_given_back(h: Harness) -> None:
+    run = await submit(h)
+    await h.runs.on_failed_before_start(run.accession_id, ErrorInfo(type="X", message="no"))
+    await h.sent()
+
+    await h.runs.on_reserved(reserved(run.accession_id))
+
+    assert kinds(await h.sent()) == [ReleaseAssets]
+
+
+async def test_a_reservation_failure_delivered_twice_fails_the_run_once(h: Harness) -> None:
+    run = await submit(h)
+    error = ErrorInfo(type="ReservationFailed", message="no plate", code="no_matching_assets")
+    await h.runs.on_failed_before_start(run.accession_id, error)
+    assert await h.statuses() == [(S.FAILED, S.QUEUED)]
+    await h.runs.on_failed_before_start(run.accession_id, error)
+    assert await h.sent() == []
+    assert (await h.runs.get(run.accession_id)).error == error
+
+
+async def test_reports_from_another_edge_process_are_not_the_runs(h: Harness) -> None:
+    run = await running(h, EDGE)
+
+    await h.runs.on_progress(run.accession_id, S.PAUSED, T0, OTHER_EDGE)
+    await h.runs.on_finished(finished(run.accession_id, "failed", edge_instance=OTHER_EDGE))
+
+    assert await h.sent() == []
+    assert (await h.runs.get(run.accession_id)).status == S.RUNNING
+
+
+async def test_a_process_that_takes_a_redelivered_command_takes_the_run(h: Harness) -> None:
+    run = await submit(h)
+    await h.runs.on_reserved(reserved(run.accession_id))
+    await h.runs.on_progress(run.accession_id, S.PREPARING, T0, EDGE)
+    await h.runs.on_progress(run.accession_id, S.PREPARING, T0, OTHER_EDGE)  # EDGE died
+
+    assert (await h.runs.get(run.accession_id)).edge_instance == OTHER_EDGE
+
+
+async def test_a_lost_edge_leaves_its_runs_to_an_operator(h: Harness) -> None:
+    run = await running(h, EDGE)
+    other = await running(h, OTHER_EDGE)
+    seen = EdgeRun(run_id=run.accession_id, phase="running", last_call="mix_well")
+    lost = Lost(EDGE, "wc-1", "no heartbeat", {str(run.accession_id): seen})
+
+    assert await h.runs.edge_lost(lost) == [run.accession_id]
+    sent = await h.sent()
+    ((hold, hold_id),) = [(m, i) for m, i in sent if isinstance(m, HoldAssets)]
+    assert hold.run_id == run.accession_id and hold_id == f"hold:{run.accession_id}"
+    after = await h.runs.get(run.accession_id)
+    assert after.status == S.REQUIRES_INTERVENTION
+    assert after.error is not None and after.error.code == "edge_lost"
+    (_, reason), *_ = [(s, r) for s, r in [(after.status, after.error.message)]]
+    assert "mix_well" in reason and EDGE in reason and "running" in reason
+    assert (await h.runs.get(other.accession_id)).status == S.RUNNING
+
+    assert await h.runs.edge_lost(lost) == []  # reported twice: nothing more
+    assert await h.sent() == []
+
+
+async def test_a_restarted_edge_releases_runs_of_its_dead_predecessor(h: Harness) -> None:
+    dead = await running(h, EDGE)
+    alive = await running(h, OTHER_EDGE)
+    lost = Lost(None, "wc-1", "the orchestrator of wc-1 restarted")
+
+    marked = await h.runs.edge_replaced("wc-1", {OTHER_EDGE}, lost)
+
+    assert marked == [dead.accession_id]
+    assert (await h.runs.get(dead.accession_id)).status == S.REQUIRES_INTERVENTION
+    assert (await h.runs.get(alive.accession_id)).status == S.RUNNING
+
+
+async def test_an_operator_resolves_an_intervention(h: Harness, clock: Clock) -> None:
+    run = await running(h, EDGE)
+    with pytest.raises(InvalidTransition):
+        await h.runs.control(resolve(run.accession_id), Edges(EDGE))
+    await h.runs.edge_lost(Lost(EDGE, "wc-1", "gone"))
+    await h.sent()
+
+    clock.now = T0 + timedelta(hours=1)
+    view = await h.runs.control(resolve(run.accession_id), Edges())
+
+    assert (view.status, view.finished_at) == (S.FAILED, clock.now)
+    assert kinds(await h.sent()) == [ReleaseAssets]
+    assert (await h.history(run.accession_id))[-1] == ("failed", "requires_intervention")
+    with pytest.raises(InvalidTransition):
+        await h.runs.control(resolve(run.accession_id), Edges())
+
+
+def resolve(run_id: uuid.UUID, outcome: Any = "failed") -> ControlRun:
+    return ControlRun(run_id=run_id, action="resolve", outcome=outcome, reason="checked the deck")
+
+
+async def test_cancel_ends_in_a_terminal_state_whoever_has_the_run(h: Harness) -> None:
+    queued = await submit(h)
+    view = await h.runs.control(cancel(queued), Edges(EDGE))
+    assert view.status == S.CANCELLED and kinds(await h.sent()) == [ReleaseAssets]
+
+    pending = await submit(h)
+    await h.runs.on_reserved(reserved(pending.accession_id))
+    await h.sent()
+    view = await h.runs.control(cancel(pending), Edges(EDGE))
+    assert view.status == S.CANCELLED  # no edge has it yet: the scheduler cancels it
+    assert kinds(await h.sent()) == [ControlRunExecution, ReleaseAssets]
+
+    live = await running(h, EDGE)
+    view = await h.runs.control(cancel(live), Edges(EDGE))
+    assert view.status == S.CANCELING  # its edge winds it down at the next checkpoint
+    assert kinds(await h.sent()) == [ControlRunExecution]
+
+    orphan = await running(h, OTHER_EDGE)
+    view = await h.runs.control(cancel(orphan), Edges(EDGE))  # its edge is gone
+    assert view.status == S.CANCELLED
+    assert kinds(await h.sent()) == [ControlRunExecution, ReleaseAssets]
+
+
+def cancel(run: RunView) -> ControlRun:
+    return ControlRun(run_id=run.accession_id, action="cancel")
+
+
+async def test_an_unconfirmed_cancel_does_not_stay_canceling(h: Harness) -> None:
+    stuck = await running(h, EDGE)
+    await h.runs.control(cancel(stuck), Edges(EDGE))
+    await h.sent()
+    await h.runs.cancel_overdue(stuck.accession_id, Edges(EDGE), 60)
+    assert (await h.runs.get(stuck.accession_id)).status == S.REQUIRES_INTERVENTION
+    assert kinds(await h.sent()) == [HoldAssets]
+
+    gone = await running(h, EDGE)
+    await h.runs.control(cancel(gone), Edges(EDGE))
+    await h.sent()
+    await h.runs.cancel_overdue(gone.accession_id, Edges(), 60)
+    assert (await h.runs.get(gone.accession_id)).status == S.CANCELLED
+    assert kinds(await h.sent()) == [ReleaseAssets]
+
+    await h.runs.cancel_overdue(gone.accession_id, Edges(), 60)  # again: nothing
+    assert await h.sent() == []
+
+
+async def test_retry_links_both_runs(h: Harness) -> None:
+    run = await submit(h, assets={"plate": "p1"}, priority=7, initial_state={"n": 1})
+    with pytest.raises(InvalidTransition):
+        await h.runs.retry_source(run.accession_id)
+    await h.runs.on_failed_before_start(run.accession_id, ErrorInfo(type="X", message="no"))
+
+    original, again = await h.runs.retry_source(run.accession_id)
+    assert (again.assets, again.priority, again.initial_state) == ({"plate": "p1"}, 7, {"n": 1})
+    assert again.definition_id == original.definition_id
+    retried = await h.runs.create(again, resolved(), retry_of=run.accession_id)
+
+    assert retried.retry_of == run.accession_id
+    assert (await h.runs.get(run.accession_id)).retried_by == retried.accession_id
+    assert ("queued", None) in await h.history(retried.accession_id)
+
+
+async def test_redrive_asks_again_for_queued_runs_and_keeps_held_ones(h: Harness) -> None:
+    queued = await submit(h)
+    held = await running(h, EDGE)
+    await h.runs.edge_lost(Lost(EDGE, "wc-1", "gone"))
+    await h.sent()
+
+    await h.runs.redrive()
+
+    sent = [(type(m), m.run_id) for m, _ in await h.sent()]  # type: ignore[attr-defined]
+    assert (ReserveAssets, queued.accession_id) in sent
+    assert (HoldAssets, held.accession_id) in sent
+
+
+async def test_unknown_runs_are_not_found(h: Harness) -> None:
+    with pytest.raises(NotFound):
+        await h.runs.get(uuid.uuid4())
+    with pytest.raises(NotFound):
+        await h.runs.control(ControlRun(run_id=uuid.uuid4(), action="cancel"), Edges())
+    await h.runs.on_finished(finished(uuid.uuid4()))  # an event for nobody: acknowledged
+    assert await h.sent() == []
