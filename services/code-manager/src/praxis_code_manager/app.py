@@ -8,9 +8,10 @@ from nats.js.object_store import ObjectStore
 from pydantic import Field
 
 from praxis_code_manager.handlers import Deps, handlers
-from praxis_code_manager.orm import SCHEMA, Base
+from praxis_code_manager.orm import OUTBOX, SCHEMA, Base
 from praxis_code_manager.service import CodeService
 from praxis_contracts.topology import PROTOCOL_CODE
+from praxis_runtime.outbox import OutboxRelay
 from praxis_runtime.service import Migrations, Service, bus_for, database_for
 from praxis_runtime.settings import DatabaseSettings
 
@@ -36,7 +37,10 @@ def build_app(settings: Settings) -> Service:
     async def bind_store() -> None:
         stores[PROTOCOL_CODE.bucket] = await bus.js.object_store(PROTOCOL_CODE.bucket)
 
-    code = CodeService(db, store, settings.protocol_repo_dir, settings.protocol_git_timeout_seconds)
+    relay = OutboxRelay(db, OUTBOX, lambda: bus.publisher)
+    code = CodeService(
+        db, store, settings.protocol_repo_dir, settings.protocol_git_timeout_seconds, relay
+    )
     service = Service(
         name=settings.service_name,
         settings=settings,
@@ -44,6 +48,14 @@ def build_app(settings: Settings) -> Service:
         database=db,
         migrations=Migrations(Path(__file__).parent / "migrations", Base.metadata),
     )
-    service.on_start.append(bind_store)
-    service.include(handlers, Deps(service=code, bus=bus))
+
+    async def start_relay() -> None:
+        relay.start()
+
+    async def stop_relay() -> None:
+        await relay.stop(settings.graceful_timeout_seconds)
+
+    service.on_start.extend([bind_store, start_relay])
+    service.on_stop.append(stop_relay)
+    service.include(handlers, Deps(service=code))
     return service

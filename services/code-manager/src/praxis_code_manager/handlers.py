@@ -1,4 +1,5 @@
-"""Code-manager handlers: typed message in, service call, events out, typed reply."""
+"""Code-manager handlers: typed message in, one service call, typed reply out (events are
+emitted in the service layer's unit of work)."""
 
 from __future__ import annotations
 
@@ -11,19 +12,17 @@ from praxis_contracts.protocols import (
     ProtocolDefinitionPage,
     ProtocolSource,
     ProtocolSourcePage,
-    ProtocolSourceSynced,
     RegisterProtocolSource,
     ResolvedProtocol,
     ResolveProtocol,
     SyncProtocolSource,
 )
-from praxis_runtime.bus import Bus, Handlers
+from praxis_runtime.bus import Handlers
 
 
 @dataclass(frozen=True)
 class Deps:
     service: CodeService
-    bus: Bus
 
 
 handlers: Handlers[Deps] = Handlers()
@@ -37,8 +36,7 @@ async def register_source(cmd: RegisterProtocolSource, deps: Deps) -> ProtocolSo
 
 @handlers.rpc(SyncProtocolSource)
 async def sync_source(cmd: SyncProtocolSource, deps: Deps) -> ProtocolSource:
-    source, definitions = await deps.service.sync(cmd.source_id, cmd.commit)
-    await deps.bus.publish(ProtocolSourceSynced(source=source, definitions=definitions))
+    source, _ = await deps.service.sync(cmd.source_id, cmd.commit)
     return source
 
 

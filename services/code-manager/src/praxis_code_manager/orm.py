@@ -10,6 +10,8 @@ from sqlalchemy import DateTime, ForeignKey, MetaData, String, Text, UniqueConst
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from praxis_runtime.outbox import outbox_table
+
 SCHEMA = "code_manager"
 JsonB = JSONB  # PostgreSQL only: containment (@>) for property and type filters
 
@@ -48,3 +50,6 @@ class DefinitionRow(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JsonB)
     code_bundle: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+OUTBOX = outbox_table(Base.metadata)

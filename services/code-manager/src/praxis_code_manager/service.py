@@ -24,11 +24,13 @@ from praxis_contracts.protocols import (
     ProtocolFunctionSpec,
     ProtocolSource,
     ProtocolSourcePage,
+    ProtocolSourceSynced,
     RegisterProtocolSource,
     ResolvedProtocol,
     ResolveProtocol,
 )
 from praxis_runtime.db import Database
+from praxis_runtime.outbox import OutboxRelay, SqlUnitOfWork
 from praxis_runtime.query import apply_filters, fetch_page, where_all
 from praxis_sdk.decorators import validate_parameters
 from praxis_sdk.loader import SourceTree
@@ -44,9 +46,15 @@ class Fetched:
 
 class CodeService:
     def __init__(
-        self, db: Database, store: Callable[[], ObjectStore], work_dir: Path, git_timeout: float
+        self,
+        db: Database,
+        store: Callable[[], ObjectStore],
+        work_dir: Path,
+        git_timeout: float,
+        relay: OutboxRelay,
     ) -> None:
         self.db = db
+        self.relay = relay
         self._store = store
         self.work_dir = work_dir
         self.git_timeout = git_timeout
@@ -130,8 +138,11 @@ class CodeService:
     async def _record(
         self, source_id: uuid.UUID, commit: str, specs: list[ProtocolFunctionSpec], bundle: str
     ) -> list[uuid.UUID]:
+        """Record the definitions found at ``commit``; ``ProtocolSourceSynced`` is emitted in
+        the same unit of work (published once it commits)."""
         now = datetime.now(UTC)
-        async with self.db.transaction() as session:
+        async with SqlUnitOfWork(self.db, self.relay) as uow:
+            session = uow.session
             existing = {
                 (r.name, r.version): r.accession_id
                 for r in await session.scalars(
@@ -164,6 +175,7 @@ class CodeService:
                 None,
                 now,
             )
+            uow.emit(ProtocolSourceSynced(source=_source_view(source), definitions=ids))
         return ids
 
     async def _mark_failed(self, source_id: uuid.UUID, error: str) -> None:

@@ -11,7 +11,7 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Query, Request, status
 from fastapi.responses import StreamingResponse
 from nats.js import api
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from praxis_contracts.assets import (
     Asset,
@@ -48,6 +48,7 @@ from praxis_contracts.runs import (
     GetRun,
     ListRunCalls,
     ListRuns,
+    ResolveOutcome,
     RunAction,
     RunPage,
     RunView,
@@ -144,14 +145,36 @@ async def get_run(run_id: UUID, b: BusDep) -> RunView:
 class ActionIn(BaseModel):
     action: RunAction
     reason: str = Field(default="", max_length=2000)
+    outcome: ResolveOutcome | None = Field(
+        default=None, description="resolve: failed or cancelled, as the operator decides."
+    )
+
+    @model_validator(mode="after")
+    def _outcome_for_resolve(self) -> ActionIn:
+        if self.action == "resolve" and self.outcome is None:
+            raise ValueError("resolve needs an outcome: failed or cancelled")
+        return self
 
 
 @router.post("/protocols/runs/{run_id}/actions", tags=["runs"])
 async def run_action(run_id: UUID, body: ActionIn, b: BusDep) -> RunView:
-    """Pause, resume or cancel. Pause and cancel take effect at the protocol's next
-    protocol-function call (never in the middle of an instrument operation); the run shows
-    pausing/canceling until then."""
-    return await b.request(ControlRun(run_id=run_id, action=body.action, reason=body.reason))
+    """Operator actions.
+
+    - ``pause``, ``cancel``: take effect at the protocol's next protocol-function call (never
+      in the middle of an instrument operation); the run shows pausing/canceling until then. A
+      run no edge has (queued, not yet dispatched, or lost with its edge) is cancelled at once;
+      a cancel its edge does not confirm within ``CANCEL_TIMEOUT_SECONDS`` leaves the run to an
+      operator (``requires_intervention``).
+    - ``resume``: a paused run continues.
+    - ``resolve``: ends a run that requires intervention with ``outcome`` (``failed`` or
+      ``cancelled``) and releases its leases.
+    - ``retry``: a new run of the same definition, commit, parameters, pins and priority,
+      linked to this one (``retry_of`` / ``retried_by``); the reply is the new run. Asking again
+      returns the same retry.
+    """
+    return await b.request(
+        ControlRun(run_id=run_id, action=body.action, reason=body.reason, outcome=body.outcome)
+    )
 
 
 @router.get("/protocols/runs/{run_id}/calls", tags=["runs"])
