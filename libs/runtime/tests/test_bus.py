@@ -31,12 +31,13 @@ from praxis_contracts.errors import (
     InternalError,
     InvalidRequest,
     NotFound,
+    SourceSyncFailed,
     Unavailable,
 )
 from praxis_contracts.protocols import ProtocolDefinition, ProtocolFunctionSpec
 from praxis_contracts.runs import ExecuteRun, GetRun, RunView
 from praxis_contracts.topology import COMMANDS, dead_letter_subject
-from praxis_runtime.bus import Bus, Handlers
+from praxis_runtime.bus import Bus, Handlers, acknowledge, is_infrastructure
 from praxis_runtime.topology import ensure_topology
 
 pytestmark = pytest.mark.integration
@@ -142,7 +143,15 @@ def handlers() -> Handlers[Recorder]:
         if behaviour == "invalid":
             raise InvalidRequest("no such workcell")
         if behaviour == "down":
-            raise Unavailable("still down")
+            raise SourceSyncFailed("still failing")
+        if behaviour == "database restarting" and attempt <= 4:
+            raise ConnectionRefusedError("connection to PostgreSQL refused")
+        if behaviour == "database gone":
+            raise ConnectionRefusedError("connection to PostgreSQL refused")
+        if behaviour == "confirm first":
+            await acknowledge()
+            if attempt == 1:
+                raise ConnectionRefusedError("after the point of no return")
         future = rec.done.get(cmd.run_id)
         if future is not None and not future.done():
             future.set_result(attempt)
@@ -164,7 +173,9 @@ class Harness:
 @pytest.fixture(scope="module")
 async def harness(nats_url: str) -> AsyncIterator[Harness]:
     rec = Recorder()
-    bus = Bus(nats_url, f"bus-test-{SUFFIX}", request_timeout=5.0, max_deliver=3)
+    bus = Bus(
+        nats_url, f"bus-test-{SUFFIX}", request_timeout=5.0, max_deliver=3, infra_retry_seconds=3
+    )
     await bus.connect()
     await ensure_topology(bus.js)
     dead_letters = await bus.nc.subscribe("praxis.dlq.>", cb=rec.dead_letters.put)
@@ -315,9 +326,56 @@ async def test_retries_are_bounded_then_dead_lettered(harness: Harness) -> None:
     letter = await harness.rec.dead_letter(str(run_id).encode())
     assert letter.headers is not None
     reason = letter.headers[h.DEAD_LETTER_REASON]
-    assert reason == "gave up after 3 attempts: unavailable: still down"
+    assert reason == "gave up after 3 attempts: source_sync_failed: still failing"
     assert await harness.rec.settled(seq) == ["-NAK", "-NAK", "+TERM"]
     assert harness.rec.attempts[run_id] == 3
+
+
+async def test_an_unavailable_dependency_is_waited_out_past_max_deliver(harness: Harness) -> None:
+    """PostgreSQL refusing connections for four attempts (max_deliver is 3): redelivered until
+    it is back, then processed; no dead letter."""
+    run_id = uuid.uuid4()
+    done = harness.rec.expect(run_id, "database restarting")
+    seq = await harness.bus.publish(execute_run(run_id))
+    assert await asyncio.wait_for(done, WAIT) == 5
+    assert await harness.rec.settled(seq) == ["-NAK"] * 4 + ["+ACK"]
+
+
+async def test_a_dependency_gone_for_good_is_dead_lettered_after_the_window(
+    harness: Harness,
+) -> None:
+    run_id = uuid.uuid4()
+    harness.rec.expect(run_id, "database gone")
+    await harness.bus.publish(execute_run(run_id))
+    letter = await harness.rec.dead_letter(str(run_id).encode())
+    assert letter.headers is not None
+    assert letter.headers[h.DEAD_LETTER_REASON].startswith("dependency unavailable for")
+    assert harness.rec.attempts[run_id] > 3
+
+
+async def test_a_confirmed_message_is_never_redelivered(harness: Harness) -> None:
+    """``acknowledge()`` before the point of no return: a failure after it is not retried."""
+    run_id = uuid.uuid4()
+    harness.rec.expect(run_id, "confirm first")
+    seq = await harness.bus.publish(execute_run(run_id))
+    assert await harness.rec.settled(seq) == ["+ACK"]
+    assert harness.rec.attempts[run_id] == 1
+
+
+def test_infrastructure_errors_are_told_from_message_errors() -> None:
+    import asyncpg
+    import sqlalchemy.exc
+
+    assert is_infrastructure(ConnectionRefusedError())
+    assert is_infrastructure(asyncpg.CannotConnectNowError())
+    assert is_infrastructure(sqlalchemy.exc.OperationalError("SELECT 1", {}, OSError()))
+    assert is_infrastructure(Unavailable("no service answers"))
+    wrapped = RuntimeError("while recording")
+    wrapped.__cause__ = ConnectionResetError()
+    assert is_infrastructure(wrapped)
+    assert not is_infrastructure(ValueError("bad volume"))
+    assert not is_infrastructure(InvalidRequest("no such workcell"))
+    assert not is_infrastructure(asyncpg.UniqueViolationError())
 
 
 async def test_a_non_retryable_failure_is_dead_lettered_not_redelivered(
