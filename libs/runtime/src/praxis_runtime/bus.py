@@ -394,8 +394,12 @@ class Bus:
         except PraxisError as exc:
             error = exc
         except Exception as exc:
-            log.exception("unhandled error in %s", route.request_type.__name__)
-            error = InternalError(f"{type(exc).__name__} while handling the request")
+            if is_infrastructure(exc):  # e.g. a pooled connection that died with PostgreSQL
+                log.warning("%s: dependency unavailable: %s", route.request_type.__name__, exc)
+                error = Unavailable("a dependency is unavailable; try again")
+            else:
+                log.exception("unhandled error in %s", route.request_type.__name__)
+                error = InternalError(f"{type(exc).__name__} while handling the request")
         return error.to_reply().model_dump_json().encode(), True
 
     def _subscribe_consumer(self, route: ConsumeRoute[DepsT], deps: DepsT) -> None:

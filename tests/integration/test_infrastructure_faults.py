@@ -1,0 +1,157 @@
+"""Infrastructure faults are waited out: a PostgreSQL restart loses no run result.
+
+A PostgreSQL server of this module's own (so it can be stopped and started on the same port)
+serves a real scheduler process. A run finishes on its edge while the database is down for a few
+seconds; once it is back, the run is recorded as completed and its assets are released. (Before,
+the scheduler gave up after about three seconds and dead-lettered the result: the run never
+finished and its plates were never released.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import Running, TapFactory
+from praxis_contracts.assets import AssetBinding, AssetsReserved, ReleaseAssets
+from praxis_contracts.protocols import (
+    AssetRequirementSpec,
+    ProtocolDefinition,
+    ProtocolFunctionSpec,
+    ResolvedProtocol,
+)
+from praxis_contracts.runs import (
+    RunFinished,
+    RunPreparing,
+    RunStarted,
+    RunStatusChanged,
+    SubmitRun,
+)
+from praxis_devstack.pytest_plugin import server_unavailable
+from praxis_devstack.servers import PostgresServer, free_port
+from praxis_runtime.bus import Bus
+from praxis_runtime.db import Database
+from praxis_runtime.outbox import OutboxRelay
+from praxis_scheduler import app as scheduler_app
+from praxis_scheduler.orm import OUTBOX
+from praxis_scheduler.repository import sql_units
+from praxis_scheduler.service import RunService
+
+pytestmark = pytest.mark.integration
+
+OUTAGE_SECONDS = 5.0
+"""Longer than the old retry budget (about 3 s) and the default request time-out."""
+
+EDGE = f"edge{uuid.uuid4().hex[:8]}"
+WORKCELL = f"wc_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+async def postgres(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[PostgresServer]:
+    server = PostgresServer(
+        Path(tmp_path_factory.mktemp("pg-restart")), fast=True, port=free_port()
+    )
+    try:
+        await asyncio.to_thread(server.start)
+    except Exception as exc:
+        server_unavailable(f"PostgreSQL for the restart test did not start: {exc}")
+    yield server
+    await asyncio.to_thread(server.stop)
+
+
+@pytest.fixture(scope="module")
+async def scheduler(nats_url: str, postgres: PostgresServer) -> AsyncIterator[Running]:
+    settings = scheduler_app.Settings(
+        nats_url=nats_url, database_url=postgres.url, log_format="text", max_deliver=3
+    )
+    running = Running(scheduler_app.build_app, settings)
+    await running.start()
+    yield running
+    await running.stop()
+
+
+async def test_a_database_restart_loses_no_run_result(
+    scheduler: Running, postgres: PostgresServer, client: Bus, tap: TapFactory[Any]
+) -> None:
+    db = Database(postgres.url, "scheduler")
+    relay = OutboxRelay(db, OUTBOX, lambda: client.publisher)
+    relay.start()
+    runs = RunService(sql_units(db, relay))
+    try:
+        run = await runs.create(SubmitRun(protocol_name="mix", workcell=WORKCELL), _resolved())
+        run_id = run.accession_id
+        running = await tap(RunStatusChanged, str(run_id), where=lambda e: e.status == "running")
+        completed = await tap(
+            RunStatusChanged, str(run_id), where=lambda e: e.status == "completed"
+        )
+        released = await tap(ReleaseAssets, where=lambda c: c.run_id == run_id)
+        await client.publish(_grant(run_id))
+        await client.publish(RunPreparing(run_id=run_id, at=_now(), edge_instance=EDGE))
+        await client.publish(RunStarted(run_id=run_id, at=_now(), edge_instance=EDGE))
+        await running.next()
+
+        await asyncio.to_thread(postgres.stop)
+        finished = RunFinished(
+            run_id=run_id, at=_now(), outcome="completed", result=42, edge_instance=EDGE
+        )
+        await client.publish(finished, msg_id=f"finished:{run_id}")
+        await asyncio.sleep(OUTAGE_SECONDS)  # the outage itself, not a wait for a condition
+        await asyncio.to_thread(postgres.start)
+
+        await completed.next(timeout=30)
+        assert (await released.next(timeout=30)).run_id == run_id
+        await db.engine.dispose()  # the test's own pooled connections died with the server
+        assert (await runs.get(run_id)).result == 42
+    finally:
+        await relay.stop()
+        await db.dispose()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _grant(run_id: uuid.UUID) -> AssetsReserved:
+    asset_id = uuid.uuid4()
+    binding = AssetBinding(
+        requirement="plate",
+        asset_id=asset_id,
+        asset_name="plate",
+        kind="resource",
+        fqn="pylabrobot.resources.plate.Plate",
+        lease_key=f"asset.{asset_id}",
+        token=1,
+    )
+    return AssetsReserved(
+        run_id=run_id, workcell_id=uuid.uuid4(), workcell_name=WORKCELL, bindings=[binding]
+    )
+
+
+def _resolved() -> ResolvedProtocol:
+    spec = ProtocolFunctionSpec(
+        name="mix",
+        version="1.0.0",
+        module="protos.mix",
+        qualname="mix",
+        assets=[
+            AssetRequirementSpec(
+                name="plate", type_fqn="pylabrobot.resources.plate.Plate", kind="resource"
+            )
+        ],
+    )
+    definition = ProtocolDefinition(
+        accession_id=uuid.uuid4(),
+        source_id=uuid.uuid4(),
+        source_name="protocols",
+        commit="0" * 40,
+        spec=spec,
+        code_bundle="x.tar",
+        created_at=_now(),
+    )
+    return ResolvedProtocol(definition=definition, parameters={})
