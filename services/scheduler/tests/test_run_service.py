@@ -395,6 +395,22 @@ async def test_a_lost_edge_leaves_its_runs_to_an_operator(h: Harness) -> None:
     assert await h.sent() == []
 
 
+async def test_a_run_only_the_lost_heartbeat_knew_of_needs_an_operator(h: Harness) -> None:
+    """The edge took the command and died before its ``RunPreparing`` reached NATS."""
+    run = await submit(h)
+    await h.runs.on_reserved(reserved(run.accession_id))
+    await h.sent()
+    seen = EdgeRun(run_id=run.accession_id, phase="preparing")
+    other = await submit(h)
+    await h.runs.on_reserved(reserved(other.accession_id))  # pending, never taken: left alone
+
+    lost = Lost(EDGE, "wc-1", "no heartbeat", {str(run.accession_id): seen})
+    assert await h.runs.edge_lost(lost) == [run.accession_id]
+
+    assert (await h.runs.get(run.accession_id)).status == S.REQUIRES_INTERVENTION
+    assert (await h.runs.get(other.accession_id)).status == S.PENDING
+
+
 async def test_a_restarted_edge_releases_runs_of_its_dead_predecessor(h: Harness) -> None:
     dead = await running(h, EDGE)
     alive = await running(h, OTHER_EDGE)

@@ -267,9 +267,15 @@ class RunService:
     # -- recovery -----------------------------------------------------------------------------
     async def edge_lost(self, lost: Lost) -> list[uuid.UUID]:
         """Every run the edge process had that has not ended needs an operator: its
-        instruments are in an unknown state. Its leases are kept (without expiry)."""
+        instruments are in an unknown state. Its leases are kept (without expiry). That is
+        each run recorded on it, and each run its last heartbeat listed (a run whose
+        ``RunPreparing`` never arrived is still ``pending`` here)."""
         async with self.uow() as uow:
-            rows = [r for r in await uow.runs.active() if r.edge_instance == lost.instance]
+            rows = [
+                r
+                for r in await uow.runs.active()
+                if r.edge_instance == lost.instance or str(r.accession_id) in lost.runs
+            ]
         marked = []
         for row in rows:
             if await self.needs_operator(row.accession_id, lost):
@@ -298,9 +304,12 @@ class RunService:
     ) -> bool:
         async with self.uow() as uow:
             row = await uow.runs.get(run_id, lock=True)
-            if row is None or S(row.status) not in EXECUTING:
+            if row is None:
                 return False
-            if not any_edge and row.edge_instance != lost.instance:
+            listed = str(run_id) in lost.runs and row.edge_instance in (None, lost.instance)
+            if S(row.status) not in EXECUTING and not (listed and row.status == S.PENDING):
+                return False
+            if not any_edge and row.edge_instance != lost.instance and not listed:
                 return False
             seen = lost.runs.get(str(run_id))
             last_call = (seen.last_call if seen else None) or await uow.runs.last_call(run_id)
