@@ -374,6 +374,21 @@ async def test_a_process_that_takes_a_redelivered_command_takes_the_run(h: Harne
     assert (await h.runs.get(run.accession_id)).edge_instance == OTHER_EDGE
 
 
+async def test_of_two_processes_preparing_a_run_the_one_that_starts_it_has_it(
+    h: Harness,
+) -> None:
+    run = await submit(h)
+    await h.runs.on_reserved(reserved(run.accession_id))
+    await h.runs.on_progress(run.accession_id, S.PREPARING, T0, EDGE)
+    await h.runs.on_progress(run.accession_id, S.PREPARING, T0, OTHER_EDGE)
+    await h.runs.on_progress(run.accession_id, S.RUNNING, T0, EDGE)  # EDGE won the leases
+
+    await h.runs.on_finished(finished(run.accession_id, "failed", edge_instance=OTHER_EDGE))
+
+    after = await h.runs.get(run.accession_id)
+    assert (after.status, after.edge_instance) == (S.RUNNING, EDGE)
+
+
 async def test_a_lost_edge_leaves_its_runs_to_an_operator(h: Harness) -> None:
     run = await running(h, EDGE)
     other = await running(h, OTHER_EDGE)

@@ -18,11 +18,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from praxis_contracts.runs import EdgeHeartbeat, EdgeRun
 
 log = logging.getLogger(__name__)
+
+CONFIRM_RETRY_SECONDS = 1.0
+"""When a lost-looking edge's key cannot be read (NATS down), ask again this much later."""
 
 UNKNOWN = ""
 """The book's name for "no edge was ever recorded" (runs from before edges reported)."""
@@ -92,6 +96,14 @@ class EdgeBook:
             for e in self._edges.values()
             if e.present and e.heartbeat is not None and e.heartbeat.workcell == workcell
         }
+
+    def heartbeat(self, instance: str) -> EdgeHeartbeat | None:
+        edge = self._edges.get(instance)
+        return None if edge is None else edge.heartbeat
+
+    def extend(self, instance: str, deadline: float) -> None:
+        if (edge := self._edges.get(instance)) is not None:
+            edge.deadline = max(edge.deadline, deadline)
 
     def deadline(self, instance: str) -> float | None:
         edge = self._edges.get(instance)
@@ -201,10 +213,40 @@ class EdgeMonitor:
 
     def _due(self, instance: str) -> None:
         self._timers.pop(instance, None)
+        self._spawn(self._confirm(instance))
+
+    async def _confirm(self, instance: str) -> None:
+        """Past its deadline: read the process's key itself before declaring it gone. After a
+        NATS restart the watcher can lag behind the bucket by seconds, and a live edge must
+        never be taken for a dead one; nor is a failed read evidence of death."""
+        heartbeat = self.book.heartbeat(instance)
+        if heartbeat is not None:
+            try:
+                current = await self._read(heartbeat.key)
+            except Exception as exc:
+                log.warning("edge %s: cannot read its heartbeat (%s); asking again", instance, exc)
+                self.book.extend(instance, self.now() + CONFIRM_RETRY_SECONDS)
+                self._arm(instance)
+                return
+            if current is not None and current.instance == instance:
+                self.book.beat(current, self.now())  # alive: the watcher had not told us yet
+                self._arm(instance)
+                return
         lost = self.book.expire(instance, self.now())
         if lost is not None:
             log.warning("edge %s of %s is gone: %s", instance, lost.workcell, lost.reason)
-            self._spawn(self._report(lost))
+            await self._report(lost)
+
+    async def _read(self, key: str) -> EdgeHeartbeat | None:
+        """The key's last message, unless it is a tombstone or an expiry marker."""
+        kv = await self._bucket()
+        try:
+            entry = await kv.get(key)
+        except KeyNotFoundError:
+            return None
+        if entry.operation in ("DEL", "PURGE") or not entry.value:
+            return None
+        return EdgeHeartbeat.model_validate_json(entry.value)
 
     async def _report(self, lost: Lost) -> None:
         """Report until it is recorded: a database outage delays it, never loses it."""

@@ -127,12 +127,10 @@ class RunService:
             row = await uow.runs.get(run_id, lock=True)
             if row is None or not self._from_its_edge(row, status, edge):
                 return
-            if (
-                status == S.PREPARING
-                and edge is not None
-                and row.status in (S.PENDING, S.PREPARING)
-            ):
-                row.edge_instance = edge  # this process executes the run from now on
+            if edge is not None and row.status in (S.PENDING, S.PREPARING):
+                # The process that prepares it, and finally the one that starts it (of two
+                # handed the same command, only the lease claim's winner starts it).
+                row.edge_instance = edge
             if status == S.RUNNING and row.started_at is None:
                 row.started_at = at
             self._advance(uow, row, status, "reported by orchestrator")
@@ -170,7 +168,7 @@ class RunService:
         redelivered command) is fenced by the leases, and its reports are not the run's."""
         if edge is None or row.edge_instance is None or edge == row.edge_instance:
             return True
-        if status == S.PREPARING and row.status in (S.PENDING, S.PREPARING):
+        if status in (S.PREPARING, S.RUNNING) and row.status in (S.PENDING, S.PREPARING):
             return True  # the command was redelivered to another process before it started
         log.info(
             "run %s: %s from edge %s ignored (run is on %s)",

@@ -1,0 +1,138 @@
+"""Edge liveness: the pure book of deadlines, and the monitor over a fake bucket."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+from nats.js.errors import KeyNotFoundError
+
+from praxis_contracts.runs import EdgeHeartbeat, EdgeRun
+from praxis_scheduler.edges import EdgeBook, EdgeMonitor, Lost
+
+
+def beat(instance: str, ttl: int = 1, *runs: uuid.UUID, workcell: str = "wc") -> EdgeHeartbeat:
+    now = datetime.now(UTC)
+    return EdgeHeartbeat(
+        workcell=workcell,
+        instance=instance,
+        version="t",
+        started_at=now,
+        at=now,
+        ttl_seconds=ttl,
+        runs=[EdgeRun(run_id=r, phase="running") for r in runs],
+    )
+
+
+def test_an_edge_is_gone_only_after_its_ttl_and_the_grace_period() -> None:
+    book = EdgeBook(grace_seconds=30)
+    assert book.beat(beat("a", 10), now=100.0) is True
+    assert book.beat(beat("a", 10), now=105.0) is False  # known already
+    assert book.is_live("a") and book.deadline("a") == 145.0
+    assert book.expire("a", now=144.9) is None
+    lost = book.expire("a", now=145.0)
+    assert lost is not None and lost.instance == "a" and lost.workcell == "wc"
+    assert book.expire("a", now=200.0) is None  # reported once
+
+
+def test_a_deleted_key_starts_the_grace_period_at_once() -> None:
+    book = EdgeBook(grace_seconds=5)
+    run = uuid.uuid4()
+    book.beat(beat("a", 60, run), now=0.0)
+    book.left("a", now=10.0)
+    assert not book.is_live("a") and book.deadline("a") == 15.0
+    lost = book.expire("a", now=15.0)
+    assert lost is not None and set(lost.runs) == {str(run)}
+
+
+def test_a_suspected_edge_that_never_beats_is_gone_after_the_grace_period() -> None:
+    book = EdgeBook(grace_seconds=5)
+    book.suspect(None, now=1.0)
+    assert not book.is_live(None)
+    lost = book.expire("", now=6.0)
+    assert lost is not None and lost.instance is None
+
+
+def test_live_processes_of_a_workcell() -> None:
+    book = EdgeBook(grace_seconds=5)
+    book.beat(beat("a", workcell="w1"), now=0.0)
+    book.beat(beat("b", workcell="w2"), now=0.0)
+    book.beat(beat("c", workcell="w1"), now=0.0)
+    book.left("c", now=1.0)
+    assert book.live_on("w1") == {"a"}
+
+
+class Entry:
+    def __init__(self, key: str, value: bytes | None, operation: str | None = None) -> None:
+        self.key, self.value, self.operation = key, value, operation
+
+
+class FakeBucket:
+    """A bucket whose watcher tells of one heartbeat and then lags (as after a reconnect),
+    while a direct read sees what is really there."""
+
+    def __init__(self, first: EdgeHeartbeat) -> None:
+        self.first = first
+        self.current: EdgeHeartbeat | None = first
+        self.reads = 0
+
+    async def watchall(self) -> Any:
+        return Watcher(Entry(self.first.key, self.first.model_dump_json().encode()))
+
+    async def get(self, key: str) -> Entry:
+        self.reads += 1
+        if self.current is None:
+            raise KeyNotFoundError
+        return Entry(key, self.current.model_dump_json().encode())
+
+
+class Watcher:
+    def __init__(self, *entries: Entry) -> None:
+        self.entries = list(entries)
+        self.stopped = asyncio.Event()
+
+    def __aiter__(self) -> AsyncIterator[Entry | None]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Entry | None]:
+        for entry in self.entries:
+            yield entry
+        yield None  # the initial values are done
+        await self.stopped.wait()  # then nothing: the watcher lags
+
+    async def stop(self) -> None:
+        self.stopped.set()
+
+
+async def test_a_live_edge_the_watcher_lost_sight_of_is_not_declared_gone() -> None:
+    bucket = FakeBucket(beat("a", ttl=1))
+    lost: list[Lost] = []
+    confirmed = asyncio.Event()
+
+    async def on_lost(gone: Lost) -> None:
+        lost.append(gone)
+        confirmed.set()
+
+    async def on_new(_: EdgeHeartbeat) -> None:
+        return None
+
+    async def get_bucket() -> Any:
+        return bucket
+
+    monitor = EdgeMonitor(EdgeBook(grace_seconds=0.1), get_bucket, on_lost, on_new)
+    await monitor.start()
+    try:
+        # The edge keeps beating, but only a direct read shows it: never lost.
+        while bucket.reads < 2:
+            bucket.current = beat("a", ttl=1)
+            await asyncio.sleep(0.05)  # the test's own edge beating, 20 times a second
+        assert lost == [] and monitor.book.is_live("a")
+
+        bucket.current = None  # now it is really gone
+        await asyncio.wait_for(confirmed.wait(), 10)
+        assert [g.instance for g in lost] == ["a"]
+    finally:
+        await monitor.stop()
