@@ -21,7 +21,7 @@ from praxis_asset_manager.catalog import Catalog
 from praxis_asset_manager.inventory import Inventory
 from praxis_asset_manager.inventory_commands import InventoryCommands
 from praxis_asset_manager.inventory_handlers import InventoryDeps, handlers
-from praxis_asset_manager.orm import SCHEMA, Base
+from praxis_asset_manager.orm import OUTBOX, SCHEMA, Base
 from praxis_asset_manager.status import StatusRecorder
 from praxis_contracts.inventory import AssetStatusChanged, CreateWorkcell
 from praxis_devstack.pytest_plugin import MakeDatabase
@@ -29,6 +29,7 @@ from praxis_gateway.app import Settings as GatewaySettings
 from praxis_gateway.app import create_app
 from praxis_gateway.inventory_routes import router
 from praxis_runtime.bus import Bus
+from praxis_runtime.outbox import OutboxRelay
 from praxis_runtime.service import Migrations, Service, bus_for, database_for
 
 pytestmark = pytest.mark.integration
@@ -47,10 +48,19 @@ def build_inventory(settings: Settings) -> Service:
         migrations=Migrations(MIGRATIONS, Base.metadata),
     )
     inventory, catalog = Inventory(db), Catalog(db)
-    status = StatusRecorder(db, inventory.apply_statuses)
-    service.on_start.append(catalog.sync)
-    commands = InventoryCommands(db, inventory, catalog)
-    service.include(handlers, InventoryDeps(commands, catalog, status, bus.publish_all))
+    relay = OutboxRelay(db, OUTBOX, lambda: bus.publisher)
+    status = StatusRecorder(db, relay, inventory.apply_statuses)
+
+    async def start_relay() -> None:
+        relay.start()
+
+    async def stop_relay() -> None:
+        await relay.stop()
+
+    service.on_start.extend([start_relay, catalog.sync])
+    service.on_stop.append(stop_relay)
+    commands = InventoryCommands(db, inventory, catalog, relay)
+    service.include(handlers, InventoryDeps(commands, catalog, status))
     return service
 
 

@@ -7,7 +7,7 @@ every test creates its own workcell under a unique name.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,18 +17,19 @@ from pylabrobot.liquid_handling import LiquidHandler
 from pylabrobot.plate_reading import PlateReader
 from pylabrobot.resources import Deck, Plate, TipRack
 from pylabrobot.resources.hamilton.hamilton_decks import HamiltonSTARDeck
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 import praxis_asset_manager
 from praxis_asset_manager.catalog import Catalog
 from praxis_asset_manager.inventory import Inventory
 from praxis_asset_manager.inventory_commands import InventoryCommands
-from praxis_asset_manager.orm import Base, CatalogRow, StatusHistoryRow
+from praxis_asset_manager.orm import OUTBOX, Base, CatalogRow, StatusHistoryRow
 from praxis_asset_manager.status import StatusChange, StatusQueue, StatusRecorder
 from praxis_contracts.assets import Asset, AssetStatus, ListAssets, Workcell
 from praxis_contracts.common import SearchFilters
 from praxis_contracts.errors import Conflict, InvalidRequest, NotFound, UnknownAssetType
 from praxis_contracts.inventory import (
+    AssetStatusChanged,
     CreateAsset,
     CreateWorkcell,
     DeleteAsset,
@@ -42,6 +43,7 @@ from praxis_devstack.pytest_plugin import MakeDatabase
 from praxis_plr.layout import demo_liquid_handler
 from praxis_plr.types import fqn
 from praxis_runtime.db import Database
+from praxis_runtime.outbox import OutboxRelay
 
 pytestmark = pytest.mark.integration
 
@@ -67,12 +69,13 @@ async def stack(make_database: MakeDatabase) -> AsyncIterator[Stack]:
     catalog = Catalog(db)
     await catalog.sync()  # an empty table is always synced
     inventory = Inventory(db)
+    relay = OutboxRelay(db, OUTBOX, lambda: None)  # type: ignore[arg-type, return-value]
     yield Stack(
         db=db,
         catalog=catalog,
         inventory=inventory,
-        commands=InventoryCommands(db, inventory, catalog),
-        status=StatusRecorder(db, inventory.apply_statuses),
+        commands=InventoryCommands(db, inventory, catalog, relay),
+        status=StatusRecorder(db, relay, inventory.apply_statuses),
     )
     await db.dispose()
 
@@ -85,8 +88,28 @@ async def workcell(stack: Stack) -> Workcell:
 
 async def plate(stack: Stack, workcell: Workcell, name: str, **fields: Any) -> Asset:
     cmd = CreateAsset(workcell=workcell.name, kind="resource", name=name, fqn=COR_96, **fields)
-    asset, _ = await stack.commands.create_asset(cmd)
+    asset = await stack.commands.create_asset(cmd)
     return asset
+
+
+async def sent(stack: Stack, asset: Asset, *, with_ids: bool = False) -> list[Any]:
+    """The status events of ``asset`` committed to the outbox since the last call (the relay
+    does not run here: the rows stay in the table), removed as they are read."""
+    async with stack.db.transaction() as session:
+        rows = (
+            await session.execute(
+                text(
+                    "DELETE FROM asset_manager.outbox WHERE subject = :s "
+                    "RETURNING id, payload, headers"
+                ),
+                {"s": f"{AssetStatusChanged.subject}.{asset.accession_id}"},
+            )
+        ).all()
+    events = [
+        (AssetStatusChanged.model_validate_json(bytes(r.payload)), r.headers["Nats-Msg-Id"])
+        for r in sorted(rows, key=lambda r: r.id)
+    ]
+    return events if with_ids else [e for e, _ in events]
 
 
 async def history(stack: Stack, asset: Asset, **filters: Any) -> list[tuple[Any, ...]]:
@@ -198,7 +221,8 @@ async def test_unrelated_names_are_unknown_without_guesses(stack: Stack) -> None
 # -- workcells and assets -----------------------------------------------------------------------
 async def test_create_plate_by_factory_name(stack: Stack, workcell: Workcell) -> None:
     cmd = CreateAsset(workcell=workcell.name, kind="resource", name="src", fqn=COR_96)
-    asset, events = await stack.commands.create_asset(cmd)
+    asset = await stack.commands.create_asset(cmd)
+    events = await sent(stack, asset)
 
     assert asset.fqn == COR_96  # kept as given: the factory
     assert asset.type_mro[0] == fqn(Plate) and fqn(Plate) in asset.type_mro
@@ -231,7 +255,7 @@ async def test_types_that_need_more_than_a_name_need_a_definition(
     with pytest.raises(InvalidRequest, match="needs a backend"):
         definition = {k: v for k, v in handler.serialize().items() if k != "backend"}
         await stack.commands.create_asset(cmd.model_copy(update={"definition": definition}))
-    asset, _ = await stack.commands.create_asset(
+    asset = await stack.commands.create_asset(
         cmd.model_copy(
             update={"definition": handler.serialize(), "backend": handler.backend.serialize()}
         )
@@ -240,7 +264,7 @@ async def test_types_that_need_more_than_a_name_need_a_definition(
 
 
 async def test_parents_and_slots(stack: Stack, workcell: Workcell) -> None:
-    deck, _ = await stack.commands.create_asset(
+    deck = await stack.commands.create_asset(
         CreateAsset(workcell=workcell.name, kind="deck", name="deck_1", fqn=STARLET)
     )
     assert deck.definition["name"] == "deck_1"  # the factory names it "deck"; the asset wins
@@ -258,7 +282,7 @@ async def test_parents_and_slots(stack: Stack, workcell: Workcell) -> None:
     with pytest.raises(InvalidRequest, match="inside itself"):
         await stack.commands.update_asset(UpdateAsset(accession_id=deck.accession_id, parent="p1"))
 
-    moved, _ = await stack.commands.update_asset(
+    moved = await stack.commands.update_asset(
         UpdateAsset(accession_id=by_name.accession_id, detach=True)
     )
     assert (moved.parent_id, moved.slot) == (None, None)
@@ -268,7 +292,8 @@ async def test_parents_and_slots(stack: Stack, workcell: Workcell) -> None:
 
 async def test_update_asset_fields_and_user_statuses(stack: Stack, workcell: Workcell) -> None:
     asset = await plate(stack, workcell, "plate_u", properties={"vendor": "corning"})
-    updated, events = await stack.commands.update_asset(
+    await sent(stack, asset)  # its creation
+    updated = await stack.commands.update_asset(
         UpdateAsset(
             accession_id=asset.accession_id,
             properties={"vendor": "corning", "lot": 7},
@@ -281,7 +306,7 @@ async def test_update_asset_fields_and_user_statuses(stack: Stack, workcell: Wor
     assert updated.properties == {"vendor": "corning", "lot": 7} and updated.shareable
     assert updated.name == "plate_v" and updated.definition["name"] == "plate_v"
     assert updated.status is AssetStatus.MAINTENANCE and updated.updated_at > asset.updated_at
-    (event,) = events
+    (event,) = await sent(stack, asset)
     assert (event.previous, event.status, event.reason) == ("available", "maintenance", "cleaning")
     assert (await history(stack, asset))[0] == (
         AssetStatus.AVAILABLE,
@@ -290,10 +315,13 @@ async def test_update_asset_fields_and_user_statuses(stack: Stack, workcell: Wor
         None,
     )
 
-    same, events = await stack.commands.update_asset(
+    await sent(stack, asset)
+    same = await stack.commands.update_asset(
         UpdateAsset(accession_id=asset.accession_id, status=AssetStatus.MAINTENANCE)
     )
-    assert events == [] and same.status is AssetStatus.MAINTENANCE  # no change, no history row
+    assert (
+        await sent(stack, asset) == [] and same.status is AssetStatus.MAINTENANCE
+    )  # no change, no history row
     assert len(await history(stack, asset)) == 2
     for status in (AssetStatus.RESERVED, AssetStatus.IN_USE):
         with pytest.raises(InvalidRequest, match="set by reservations"):
@@ -334,7 +362,7 @@ async def test_status_batches_history_and_held_assets(stack: Stack, workcell: Wo
     for change in ({"status": AssetStatus.MAINTENANCE}, {"name": "x"}, {"slot": "s"}):
         with pytest.raises(Conflict, match="reserved"):
             await stack.commands.update_asset(held.model_copy(update=change))
-    relabelled, _ = await stack.commands.update_asset(held.model_copy(update={"properties": {}}))
+    relabelled = await stack.commands.update_asset(held.model_copy(update={"properties": {}}))
     assert relabelled.status is AssetStatus.RESERVED
     with pytest.raises(Conflict, match="reserved"):
         await stack.commands.delete_asset(DeleteAsset(accession_id=a.accession_id))
@@ -345,7 +373,7 @@ async def test_status_batches_history_and_held_assets(stack: Stack, workcell: Wo
         [StatusChange(a.accession_id, AssetStatus.IN_USE, "started", run)]
         + [StatusChange(x.accession_id, AssetStatus.AVAILABLE, "released", run) for x in (a, b)]
     )  # the last change of an asset wins
-    assert (await stack.commands.update_asset(held))[0].status is AssetStatus.AVAILABLE
+    assert (await stack.commands.update_asset(held)).status is AssetStatus.AVAILABLE
     await stack.commands.delete_asset(DeleteAsset(accession_id=a.accession_id))
     with pytest.raises(NotFound):
         await stack.inventory.get_asset(a.accession_id)
@@ -488,12 +516,8 @@ async def test_status_queue_applies_batches_in_order_and_publishes(
     stack: Stack, workcell: Workcell
 ) -> None:
     asset = await plate(stack, workcell, "queued")
-    published: list[tuple[Any, str | None]] = []
-
-    async def publish_all(messages: Sequence[tuple[Any, str | None]]) -> None:
-        published.extend(messages)
-
-    queue = StatusQueue(stack.status, publish_all)
+    await sent(stack, asset)
+    queue = StatusQueue(stack.status)
     queue.start()
     run = uuid.uuid4()
     for status in (AssetStatus.RESERVED, AssetStatus.IN_USE, AssetStatus.AVAILABLE):
@@ -501,6 +525,7 @@ async def test_status_queue_applies_batches_in_order_and_publishes(
     queue.submit([StatusChange(uuid.uuid4(), AssetStatus.RESERVED)])  # unknown: skipped
     await queue.stop()  # applies what is pending first
 
+    published = await sent(stack, asset, with_ids=True)
     assert [(e.previous, e.status) for e, _ in published] == [
         (AssetStatus.AVAILABLE, AssetStatus.RESERVED),
         (AssetStatus.RESERVED, AssetStatus.IN_USE),

@@ -20,6 +20,10 @@ The revision of the current lease message is the fencing token: renewing is a CA
 (the token moves forward), releasing a CAS delete on it. A holder whose lease expired, was
 force-released or was taken over can neither renew nor release, because its token is stale.
 
+A lease can be held for an intervention (``hold_all``): rewritten at its token without a TTL, the
+key stops expiring (a TTL belongs to each write, not to the key) and the token moves, so the edge
+that held it can no longer renew it; only a release or force-release ends it.
+
 Reads use the stream's last message per subject rather than ``kv.get`` (nats-py 2.16 reports a
 TTL expiry marker as a live entry); tombstones and markers are recognised from headers.
 """
@@ -47,6 +51,11 @@ EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 FORCE_RELEASE_REASON = "Praxis-Force-Release-Reason"
 
 
+HELD = 0
+"""``Holder.ttl_seconds`` of a lease held for an intervention: written without a TTL, it stays
+until released (a real TTL is at least 1 s)."""
+
+
 @dataclass(frozen=True)
 class Holder:
     """The value of a live lease key."""
@@ -60,7 +69,15 @@ class Holder:
     ttl_seconds: int
 
     @property
-    def expires_at(self) -> datetime:
+    def held(self) -> bool:
+        """Held for an intervention: the key has no TTL and nobody renews it."""
+        return self.ttl_seconds == HELD
+
+    @property
+    def expires_at(self) -> datetime | None:
+        """When the lease runs out by the writer's clock (the server's decides); None if held."""
+        if self.held:
+            return None
         return self.renewed_at + timedelta(seconds=self.ttl_seconds)
 
     def encode(self) -> bytes:
@@ -134,6 +151,11 @@ def state_of(entry: KeyValue.Entry) -> KeyState:
     return KeyState(entry.revision or 0, None if deleted else decode_holder(entry.value or b""))
 
 
+def _unheld(state: KeyState, run_id: uuid.UUID) -> bool:
+    """A live lease of ``run_id`` that is not held for an intervention."""
+    return state.holder is not None and state.holder.run_id == run_id and not state.holder.held
+
+
 def _is_conflict(exc: APIError) -> bool:
     return exc.err_code in CAS_CONFLICT_CODES
 
@@ -169,9 +191,11 @@ class LeaseStore:
         return dict(zip(keys, await asyncio.gather(*map(self.read, keys)), strict=True))
 
     def _put(self, key: str, holder: Holder, expected: int) -> Outgoing:
-        """Write ``holder`` at revision ``expected``, with the lease's TTL."""
+        """Write ``holder`` at revision ``expected``, with the lease's TTL (none if held: the
+        key is then permanent until deleted)."""
         headers = {EXPECTED_LAST_SUBJECT_SEQ: str(expected)}
-        return Outgoing(self.subject(key), holder.encode(), headers, holder.ttl_seconds)
+        ttl = None if holder.held else holder.ttl_seconds
+        return Outgoing(self.subject(key), holder.encode(), headers, ttl)
 
     def _delete(self, key: str, expected: int, headers: dict[str, str] | None = None) -> Outgoing:
         """A tombstone at revision ``expected``."""
@@ -270,6 +294,8 @@ class LeaseStore:
         holder = state.holder
         if holder is None or holder.run_id != run_id or state.revision != token:
             raise LeaseLost(f"lease {key} is no longer held at token {token}", key=key)
+        if holder.held:  # kept for an operator: renewing would bring its TTL back
+            raise LeaseLost(f"lease {key} is held for an intervention", key=key)
         renewed = replace(holder, renewed_at=datetime.now(UTC))
         new = await self._cas(self._put(key, renewed, token))
         if new is None:
@@ -331,6 +357,39 @@ class LeaseStore:
             if (done := await self.release_holder(key, run_id)) is not None:
                 released[key] = done
         return released
+
+    async def hold_all(self, run_id: uuid.UUID, known: dict[str, KeyState]) -> dict[str, KeyState]:
+        """Rewrite every lease of ``known`` that ``run_id`` holds without a TTL, at its current
+        token, all writes sent at once; a lease already held is left as it is. A stale view (a
+        renewal racing the hold) costs a re-read and another try; a key the run no longer holds
+        (released, expired) is skipped. Returns key -> the newly held lease's state."""
+        held: dict[str, KeyState] = {}
+        todo = known
+        for _ in range(3):
+            todo = {k: s for k, s in todo.items() if _unheld(s, run_id)}
+            if not todo:
+                return held
+            now = datetime.now(UTC)
+            values = {
+                k: replace(s.holder, renewed_at=now, ttl_seconds=HELD)
+                for k, s in todo.items()
+                if s.holder is not None
+            }
+            results = await self._cas_all(
+                [self._put(k, v, todo[k].revision) for k, v in values.items()]
+            )
+            stale: list[str] = []
+            for (key, holder), result in zip(values.items(), results, strict=True):
+                if isinstance(result, Exception):
+                    raise result  # unknown outcome: the caller retries; what was held is skipped
+                if result is None:
+                    stale.append(key)
+                else:
+                    held[key] = KeyState(result, holder)
+            todo = await self._read_all(stale)
+        if todo := {k: s for k, s in todo.items() if _unheld(s, run_id)}:
+            raise LeaseConflict(sorted(todo))  # kept changing: retried as a whole
+        return held
 
     async def force_release(self, key: str, reason: str) -> tuple[KeyState, int] | None:
         """Release the key whoever holds it; the tombstone records the reason."""

@@ -16,11 +16,12 @@ from praxis_asset_manager.inventory import Inventory
 from praxis_asset_manager.inventory_commands import InventoryCommands
 from praxis_asset_manager.inventory_handlers import InventoryDeps
 from praxis_asset_manager.inventory_handlers import handlers as inventory_handlers
-from praxis_asset_manager.orm import SCHEMA, Base
+from praxis_asset_manager.orm import OUTBOX, SCHEMA, Base
 from praxis_asset_manager.reservations import Reservations, StatusUpdate
-from praxis_asset_manager.status import StatusChange, StatusQueue, StatusRecorder, publish_status
+from praxis_asset_manager.status import StatusChange, StatusQueue, StatusRecorder
 from praxis_contracts.topology import ASSET_LEASES
 from praxis_runtime.leases import LeaseStore
+from praxis_runtime.outbox import OutboxRelay
 from praxis_runtime.service import Migrations, Service, bus_for, database_for
 from praxis_runtime.settings import DatabaseSettings
 
@@ -45,11 +46,20 @@ def build_app(settings: Settings) -> Service:
         database=db,
         migrations=Migrations(Path(__file__).parent / "migrations", Base.metadata),
     )
-    catalog, status = Catalog(db), StatusRecorder(db, inventory.apply_statuses)
-    statuses = StatusQueue(status, bus.publish_all)
-    commands = InventoryCommands(db, inventory, catalog)
-    service.on_start.append(catalog.sync)
-    service.include(inventory_handlers, InventoryDeps(commands, catalog, status, bus.publish_all))
+    relay = OutboxRelay(db, OUTBOX, lambda: bus.publisher)
+    catalog, status = Catalog(db), StatusRecorder(db, relay, inventory.apply_statuses)
+    statuses = StatusQueue(status)
+    commands = InventoryCommands(db, inventory, catalog, relay)
+
+    async def start_relay() -> None:
+        relay.start()
+
+    async def stop_relay() -> None:
+        await relay.stop(settings.graceful_timeout_seconds)
+
+    service.on_start.extend([start_relay, catalog.sync])
+    service.on_stop.append(stop_relay)
+    service.include(inventory_handlers, InventoryDeps(commands, catalog, status))
 
     def record_statuses(updates: list[StatusUpdate]) -> None:
         statuses.submit(StatusChange(*update) for update in updates)
@@ -76,7 +86,7 @@ def build_app(settings: Settings) -> Service:
         tasks.append(asyncio.create_task(_watch(watcher, reservations, ready)))
         await ready.wait()
         held = {asset: h.run_id for asset, h in reservations.index.live().items()}
-        await publish_status(bus.publish_all, await status.reconcile(held))
+        await status.reconcile(held)
         log.info("resumed %d waiting reservations", await reservations.resume())
         service.include(handlers, Deps(inventory=inventory, reservations=reservations))
 
@@ -96,6 +106,8 @@ def build_app(settings: Settings) -> Service:
             _, stuck = await asyncio.wait(tasks, timeout=settings.graceful_timeout_seconds)
             for task in stuck:
                 log.warning("lease watcher did not stop in time: %s", task)
+        if "r" in holder:
+            holder["r"].close()  # no expiry deadline fires into a stopped service
 
     service.on_start.append(start_reservations)
     service.on_started.append(serve_resumed)

@@ -12,6 +12,7 @@ from praxis_contracts.assets import (
     ForceReleaseLease,
     GetAsset,
     GetWorkcellLayout,
+    HoldAssets,
     Lease,
     LeaseList,
     ListAssets,
@@ -79,6 +80,11 @@ async def reserve(cmd: ReserveAssets, deps: Deps) -> None:
 @handlers.consume(ReleaseAssets, durable="asset-manager-release", max_workers=16)
 async def release(cmd: ReleaseAssets, deps: Deps) -> None:
     await deps.reservations.release(cmd)
+
+
+@handlers.consume(HoldAssets, durable="asset-manager-hold", max_workers=16)
+async def hold(cmd: HoldAssets, deps: Deps) -> None:
+    await deps.reservations.hold(cmd)
 
 
 @handlers.consume(RunStarted, durable="asset-manager-run-started", max_workers=8)

@@ -2,7 +2,7 @@
 
 Assets are created by catalog type name; without a definition the type is instantiated. Assets a
 run holds (``reserved``, ``in_use``) cannot be deleted, moved, renamed or have their status set.
-Status changes are returned as events for the caller to publish after the commit.
+Status changes are emitted as events in the same unit of work (published by the outbox relay).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from praxis_asset_manager import discovery
 from praxis_asset_manager.catalog import Catalog
 from praxis_asset_manager.inventory import Inventory, asset_view, workcell_view
 from praxis_asset_manager.orm import AssetRow, StatusHistoryRow, WorkcellRow
-from praxis_asset_manager.status import BUSY, history_values
+from praxis_asset_manager.status import BUSY, emit_status, history_values
 from praxis_contracts.assets import Asset, AssetStatus, Workcell
 from praxis_contracts.errors import Conflict, InvalidRequest, NotFound
 from praxis_contracts.inventory import (
@@ -38,15 +38,20 @@ from praxis_contracts.inventory import (
     UpdateWorkcell,
 )
 from praxis_runtime.db import Database
-
-Changed = tuple[Asset, list[AssetStatusChanged]]
+from praxis_runtime.outbox import OutboxRelay, SqlUnitOfWork
 
 
 class InventoryCommands:
-    def __init__(self, db: Database, inventory: Inventory, catalog: Catalog) -> None:
+    def __init__(
+        self, db: Database, inventory: Inventory, catalog: Catalog, relay: OutboxRelay
+    ) -> None:
         self.db = db
         self.inventory = inventory
         self.catalog = catalog
+        self.relay = relay
+
+    def _unit(self) -> SqlUnitOfWork:
+        return SqlUnitOfWork(self.db, self.relay)
 
     # -- workcells ----------------------------------------------------------------------------
     async def create_workcell(self, cmd: CreateWorkcell) -> Workcell:
@@ -97,7 +102,7 @@ class InventoryCommands:
             )
 
     # -- assets -------------------------------------------------------------------------------
-    async def create_asset(self, cmd: CreateAsset) -> Changed:
+    async def create_asset(self, cmd: CreateAsset) -> Asset:
         entry = await self.catalog.resolve(cmd.fqn)
         if entry.kind != cmd.kind:
             raise InvalidRequest(
@@ -108,7 +113,8 @@ class InventoryCommands:
         shape = await _shape(entry, cmd)
         now = datetime.now(UTC)
         taken = Conflict(f"asset {cmd.name!r} already exists in workcell {cmd.workcell!r}")
-        async with self._changing(taken), self.db.transaction() as session:
+        async with self._changing(taken), self._unit() as uow:
+            session = uow.session
             workcell = await _workcell(session, cmd.workcell)
             if await _asset_named(session, workcell.accession_id, cmd.name) is not None:
                 raise taken
@@ -133,10 +139,10 @@ class InventoryCommands:
             )
             session.add(row)
             event = _status_event(row, AssetStatus.AVAILABLE, None, "created", now)
-            await _record(session, [event])
-        return asset_view(row), [event]
+            await _record(uow, [event])
+        return asset_view(row)
 
-    async def update_asset(self, cmd: UpdateAsset) -> Changed:
+    async def update_asset(self, cmd: UpdateAsset) -> Asset:
         if cmd.status is not None and cmd.status not in USER_SETTABLE_STATUSES:
             raise InvalidRequest(
                 f"status {cmd.status.value!r} is set by reservations, not by users",
@@ -147,7 +153,8 @@ class InventoryCommands:
         now = datetime.now(UTC)
         events: list[AssetStatusChanged] = []
         taken = Conflict(f"asset {cmd.name!r} already exists in its workcell")
-        async with self._changing(taken), self.db.transaction() as session:
+        async with self._changing(taken), self._unit() as uow:
+            session = uow.session
             row = await _asset(session, cmd.accession_id, cmd.kind)
             if moves := _moves(row, cmd):
                 _refuse_if_held(row, f"its {', '.join(moves)} cannot change")
@@ -164,8 +171,8 @@ class InventoryCommands:
                 events.append(_status_event(row, cmd.status, row.status, cmd.reason, now))
                 row.status = cmd.status.value
             row.updated_at = now
-            await _record(session, events)
-        return asset_view(row), events
+            await _record(uow, events)
+        return asset_view(row)
 
     async def delete_asset(self, cmd: DeleteAsset) -> None:
         async with self._changing(), self.db.transaction() as session:
@@ -262,7 +269,10 @@ async def _refuse_cycle(session: AsyncSession, row: AssetRow, parent: AssetRow) 
         current = await session.get(AssetRow, current.parent_id) if current.parent_id else None
 
 
-async def _record(session: AsyncSession, events: list[AssetStatusChanged]) -> None:
+async def _record(uow: SqlUnitOfWork, events: list[AssetStatusChanged]) -> None:
+    """History rows and events of status changes, in the unit's transaction."""
+    emit_status(uow, events)
+    session = uow.session
     if events:
         await session.flush()  # the asset rows exist before their history rows
         await session.execute(insert(StatusHistoryRow), [history_values(e) for e in events])

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from praxis_asset_manager.catalog import Catalog
 from praxis_asset_manager.inventory_commands import InventoryCommands
-from praxis_asset_manager.status import PublishAll, StatusRecorder, publish_status
+from praxis_asset_manager.status import StatusRecorder
 from praxis_contracts.assets import Asset, Workcell
 from praxis_contracts.base import Empty
 from praxis_contracts.inventory import (
@@ -29,7 +29,6 @@ class InventoryDeps:
     inventory: InventoryCommands
     catalog: Catalog
     status: StatusRecorder
-    publish_all: PublishAll
 
 
 handlers: Handlers[InventoryDeps] = Handlers()
@@ -58,16 +57,12 @@ async def delete_workcell(cmd: DeleteWorkcell, deps: InventoryDeps) -> Empty:
 
 @handlers.rpc(CreateAsset)
 async def create_asset(cmd: CreateAsset, deps: InventoryDeps) -> Asset:
-    asset, events = await deps.inventory.create_asset(cmd)
-    await publish_status(deps.publish_all, events)
-    return asset
+    return await deps.inventory.create_asset(cmd)
 
 
 @handlers.rpc(UpdateAsset)
 async def update_asset(cmd: UpdateAsset, deps: InventoryDeps) -> Asset:
-    asset, events = await deps.inventory.update_asset(cmd)
-    await publish_status(deps.publish_all, events)
-    return asset
+    return await deps.inventory.update_asset(cmd)
 
 
 @handlers.rpc(DeleteAsset)

@@ -22,6 +22,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from praxis_runtime.outbox import outbox_table
+
 SCHEMA = "asset_manager"
 JsonB = JSONB  # PostgreSQL only: containment (@>) for property and type filters
 
@@ -110,3 +112,6 @@ class StatusHistoryRow(Base):
     reason: Mapped[str] = mapped_column(String(2000))
     run_id: Mapped[uuid.UUID | None] = mapped_column(index=True)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+OUTBOX = outbox_table(Base.metadata)

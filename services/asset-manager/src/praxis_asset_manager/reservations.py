@@ -6,15 +6,24 @@ source of truth for who holds what, and each lease records its requirement, so b
 rebuilt from it). A request that must wait is stored, so a restarted asset-manager resumes it,
 and is retried when the bucket's watcher reports one of the assets it wants released, expired or
 force-released, or when a waiter ahead of it leaves the queue.
+
+Expiry is learnt two ways: the server's expiry marker (pushed by the watcher), and a deadline per
+live lease (``Deadlines``) for the keys whose expiry the server does not mark (any key with an
+earlier revision). Both end in ``_expired``, once per lease.
+
+Commands for one run are handled one at a time (``_exclusive``): a run's reserve, release and
+hold reach different consumers, JetStream may deliver a command twice, and copies may be handled
+at the same time; the later command then finds the earlier one's outcome.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,15 +31,17 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from praxis_asset_manager.inventory import Inventory
-from praxis_asset_manager.lease_index import Change, LeaseIndex
+from praxis_asset_manager.lease_index import Change, Deadlines, LeaseIndex
 from praxis_asset_manager.matching import Binding, match
 from praxis_asset_manager.orm import ReservationRow
 from praxis_asset_manager.waiters import Waiter, WaitQueue
 from praxis_contracts.assets import (
     AssetBinding,
+    AssetsHeld,
     AssetsReleased,
     AssetsReserved,
     AssetStatus,
+    HoldAssets,
     Lease,
     LeaseExpired,
     LeaseForceReleased,
@@ -83,7 +94,9 @@ class Reservations:
         self.publish = publish
         self.status: StatusSink = status or (lambda _: None)
         self.index = LeaseIndex()
+        self.deadlines = Deadlines(self._deadline_passed)
         self.queue = WaitQueue()
+        self._busy: dict[uuid.UUID, asyncio.Event] = {}  # runs with a command being handled
         self._serving = asyncio.Lock()
         self._freed: set[uuid.UUID] = set()  # freed by others, not yet served
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -92,9 +105,39 @@ class Reservations:
         # releases any grant to a run that is no longer queued.
         self._released = RecentIds()
 
+    @contextlib.asynccontextmanager
+    async def _exclusive(self, run_id: uuid.UUID) -> AsyncIterator[None]:
+        """One command of a run at a time, so the later one finds the earlier one's outcome.
+
+        A run's commands reach different consumers, and a command may be delivered twice; each
+        handler reads the mirror, then writes the bucket. Handled together, a ReleaseAssets
+        found nothing to release while the grant it should end was being written, and the run
+        kept its leases (reproduced in ``test_idempotent_consumers``); a second copy of a
+        ReserveAssets could take the first copy's half-mirrored grant for an interrupted
+        attempt and release it."""
+        while (busy := self._busy.get(run_id)) is not None:
+            await busy.wait()
+        done = self._busy[run_id] = asyncio.Event()
+        try:
+            yield
+        finally:
+            del self._busy[run_id]
+            done.set()
+
+    def _mirror(self, key: str, state: KeyState) -> Change | None:
+        """Record a key's state in the mirror and keep its expiry deadline in step."""
+        change = self.index.apply(key, state)
+        if change is not None:
+            self.deadlines.track(key, change.current)
+        return change
+
     # -- requests -----------------------------------------------------------------------------
     async def request(self, cmd: ReserveAssets) -> None:
         """Grant now, fail (nothing could ever match), or queue the request as a waiter."""
+        async with self._exclusive(cmd.run_id):
+            await self._request(cmd)
+
+    async def _request(self, cmd: ReserveAssets) -> None:
         if cmd.run_id in self.queue or cmd.run_id in self._released:
             return  # a redelivered command for a run that already waits, or already ended
         held = self.index.held_by(cmd.run_id)
@@ -158,8 +201,13 @@ class Reservations:
             log.debug("run %s must wait: %s taken", cmd.run_id, exc)
             return False
         for asset_id, state in states.items():
-            self.index.apply(lease_key(asset_id), state)
-        granted = [_binding(b, states[b.asset.accession_id]) for b in bindings]
+            self._mirror(lease_key(asset_id), state)
+        granted = _in_order(cmd, [_binding(b, states[b.asset.accession_id]) for b in bindings])
+        # Queued before the grant is announced: once it is out, the run may start at once, and
+        # its RunStarted (in use) must not be overtaken by this change (seen in tests: the
+        # assets of a running run were left "reserved").
+        reason = f"reserved for run {cmd.run_id}"
+        self.status([(b.asset_id, AssetStatus.RESERVED, reason, cmd.run_id) for b in granted])
         await self.publish(
             AssetsReserved(
                 run_id=cmd.run_id,
@@ -168,8 +216,6 @@ class Reservations:
                 bindings=granted,
             )
         )
-        reason = f"reserved for run {cmd.run_id}"
-        self.status([(b.asset_id, AssetStatus.RESERVED, reason, cmd.run_id) for b in granted])
         return True
 
     async def _reannounce(self, cmd: ReserveAssets, held: dict[str, KeyState]) -> bool:
@@ -180,11 +226,14 @@ class Reservations:
         workcell_id = holders[0].workcell_id
         layout = await self.inventory.layout(str(workcell_id))
         assets = {a.accession_id: a for a in layout.assets}
-        bindings = [
-            _binding(Binding(_requirement(cmd, h.requirement), assets[h.asset_id]), state)
-            for state in held.values()
-            if (h := state.holder) is not None
-        ]
+        bindings = _in_order(
+            cmd,
+            [
+                _binding(Binding(_requirement(cmd, h.requirement), assets[h.asset_id]), state)
+                for state in held.values()
+                if (h := state.holder) is not None
+            ],
+        )
         await self.publish(
             AssetsReserved(
                 run_id=cmd.run_id,
@@ -282,6 +331,10 @@ class Reservations:
     # -- release ------------------------------------------------------------------------------
     async def release(self, cmd: ReleaseAssets) -> None:
         """Release every lease of the run (idempotent); a waiting request is withdrawn."""
+        async with self._exclusive(cmd.run_id):
+            await self._release(cmd)
+
+    async def _release(self, cmd: ReleaseAssets) -> None:
         self._released.add(cmd.run_id)
         waiter = self.queue.remove(cmd.run_id)
         if waiter is not None:
@@ -298,7 +351,7 @@ class Reservations:
     async def _release_keys(self, run_id: uuid.UUID, held: dict[str, KeyState]) -> list[uuid.UUID]:
         released = []
         for key, (state, tombstone) in (await self.leases.release_all(run_id, held)).items():
-            self.index.apply(key, KeyState(tombstone, None))
+            self._mirror(key, KeyState(tombstone, None))
             assert state.holder is not None
             released.append(state.holder.asset_id)
         return released
@@ -311,7 +364,7 @@ class Reservations:
             raise NotFound(f"asset {asset_id} has no live lease", asset_id=str(asset_id))
         state, tombstone = result
         holder = result[0].holder
-        self.index.apply(key, KeyState(tombstone, None))
+        self._mirror(key, KeyState(tombstone, None))
         view = _lease_view(key, KeyState(state.revision, holder), await self._asset_names())
         await self.publish(
             LeaseForceReleased(
@@ -326,6 +379,28 @@ class Reservations:
         self.status([(asset_id, AssetStatus.AVAILABLE, f"force-released: {reason}", None)])
         await self.serve([asset_id])
         return view
+
+    async def hold(self, cmd: HoldAssets) -> None:
+        """Keep every lease of the run until it is released: rewritten without a TTL, which
+        also moves the fencing token, so the edge that held them cannot renew them any more.
+
+        Idempotent: a held lease is left as it is, and a run holding nothing is no-op. While the
+        run holds held leases, ``AssetsHeld`` is announced (again, for a redelivery: the message
+        id makes the stream keep one), so a crash between the writes and the event loses
+        nothing."""
+        async with self._exclusive(cmd.run_id):
+            known = self.index.held_by(cmd.run_id)
+            for key, state in (await self.leases.hold_all(cmd.run_id, known)).items():
+                self._mirror(key, state)
+            mine = self.index.held_by(cmd.run_id).values()
+            held = [s.holder.asset_id for s in mine if s.holder is not None and s.holder.held]
+            if not held:
+                return  # a run holding nothing (or only leases that just expired): no effect
+            reason = cmd.reason or f"run {cmd.run_id} needs an operator"
+            await self.publish(
+                AssetsHeld(run_id=cmd.run_id, asset_ids=sorted(held, key=str), reason=reason),
+                msg_id=f"held:{cmd.run_id}",
+            )
 
     def mark_in_use(self, run_id: uuid.UUID) -> None:
         """The run's protocol started: its leased assets are in use."""
@@ -345,15 +420,15 @@ class Reservations:
             return None  # the echo of our own write
         deleted = operation in ("DEL", "PURGE") or not value
         holder = None if deleted or value is None else decode_holder(value)
-        return self.index.apply(key, KeyState(revision, holder))
+        return self._mirror(key, KeyState(revision, holder))
 
     def on_change(self, change: Change, operation: str | None) -> None:
         """React to a lease freed by someone else: expiry (PURGE marker), another replica."""
         previous = change.previous.holder if change.previous else None
         if previous is None or change.current.holder is not None:
             return
-        if operation == "PURGE":  # only the server's TTL marker purges lease keys
-            self._spawn(self._expired(change.asset_id, previous.run_id, change))
+        if operation == "PURGE" and change.previous is not None:  # only the TTL marker purges
+            self._spawn(self._expired(change.asset_id, previous.run_id, change.previous.revision))
         else:
             self._wake(change.asset_id)
 
@@ -371,12 +446,41 @@ class Reservations:
         freed, self._freed = self._freed, set()
         await self.serve(freed)
 
-    async def _expired(self, asset_id: uuid.UUID, run_id: uuid.UUID, change: Change) -> None:
+    def _deadline_passed(self, key: str, state: KeyState, attempt: int) -> None:
+        self._spawn(self._check_expiry(key, state, attempt))
+
+    async def _check_expiry(self, key: str, state: KeyState, attempt: int) -> None:
+        """A lease's TTL has run out by its writer's clock: see whether the server expired it.
+
+        The key's last message tells: if it is older than the lease, the lease's message is gone
+        and nothing replaced it (a key with earlier revisions gets no expiry marker), so this is
+        the expiry. If it is the lease itself, the server's clock is behind: look again shortly.
+        If it is newer, the watcher is about to show it (a renewal, a release, a marker) and
+        that moves or drops this deadline; a re-check covers a watcher that never does."""
+        if self.index.states.get(key) != state:
+            return  # renewed, released or marked expired meanwhile
+        try:
+            current = await self.leases.read(key)
+        except Exception as exc:
+            log.warning("reading %s at its deadline failed, will look again: %s", key, exc)
+            current = state
+        if self.index.states.get(key) != state:
+            return
+        if current.revision >= state.revision:
+            self.deadlines.recheck(key, state, attempt + 1)
+            return
+        change = self.index.expire(key, state.revision)
+        if change is not None and state.holder is not None:
+            self.deadlines.track(key, change.current)
+            await self._expired(change.asset_id, state.holder.run_id, state.revision)
+
+    async def _expired(self, asset_id: uuid.UUID, run_id: uuid.UUID, token: int) -> None:
+        """The lease at ``token`` expired (seen by its marker or its deadline, once in this
+        process; the message id keeps one event per lease in the stream across replicas)."""
         key = lease_key(asset_id)
-        token = change.previous.revision if change.previous else 0
         await self.publish(
             LeaseExpired(asset_id=asset_id, run_id=run_id, lease_key=key, token=token, at=now()),
-            msg_id=f"expired:{key}:{change.current.revision}",
+            msg_id=f"expired:{key}:{token}",
         )
         reason = f"lease of run {run_id} expired"
         self.status([(asset_id, AssetStatus.AVAILABLE, reason, run_id)])
@@ -395,6 +499,10 @@ class Reservations:
     async def _asset_names(self) -> dict[uuid.UUID, str]:
         return {a.accession_id: a.name for lo in await self.inventory.layouts() for a in lo.assets}
 
+    def close(self) -> None:
+        """Stop the expiry deadlines (the service is stopping)."""
+        self.deadlines.close()
+
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
@@ -410,6 +518,7 @@ def _lease_view(key: str, state: KeyState, names: dict[uuid.UUID, str]) -> Lease
     holder: Holder | None = state.holder
     assert holder is not None
     at = now()
+    expires_at = holder.expires_at
     return Lease(
         asset_id=holder.asset_id,
         asset_name=names.get(holder.asset_id, ""),
@@ -418,10 +527,20 @@ def _lease_view(key: str, state: KeyState, names: dict[uuid.UUID, str]) -> Lease
         token=state.revision,
         acquired_at=holder.acquired_at,
         renewed_at=holder.renewed_at,
-        expires_at=holder.expires_at,
+        expires_at=expires_at,
         age_seconds=round((at - holder.acquired_at).total_seconds(), 3),
-        seconds_left=round(max(0.0, (holder.expires_at - at).total_seconds()), 3),
+        seconds_left=None
+        if expires_at is None
+        else round(max(0.0, (expires_at - at).total_seconds()), 3),
+        held_for_intervention=holder.held,
     )
+
+
+def _in_order(cmd: ReserveAssets, bindings: list[AssetBinding]) -> list[AssetBinding]:
+    """Bindings in the order of the command's requirements, so that a grant announced again
+    (a redelivered command) is the same event as the first."""
+    order = {r.name: i for i, r in enumerate(cmd.requirements)}
+    return sorted(bindings, key=lambda b: order.get(b.requirement, len(order)))
 
 
 def _requirement(cmd: ReserveAssets, name: str) -> Any:

@@ -2,7 +2,8 @@
 
 ``reserved`` and ``in_use`` follow leases and runs (set by reservations through ``set_status``);
 ``maintenance`` and ``error`` are set by users. Every real change is one history row and one
-``AssetStatusChanged`` event, which the caller publishes after the commit.
+``AssetStatusChanged`` event, written to the outbox in the same statement or transaction and
+published by the outbox relay.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -21,7 +22,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from praxis_asset_manager.orm import SCHEMA, AssetRow, StatusHistoryRow
 from praxis_contracts.assets import AssetStatus
-from praxis_contracts.base import Event
 from praxis_contracts.errors import NotFound
 from praxis_contracts.inventory import (
     AssetStatusChanged,
@@ -30,6 +30,8 @@ from praxis_contracts.inventory import (
     ListAssetStatusHistory,
 )
 from praxis_runtime.db import Database, KeptConnection
+from praxis_runtime.logging import correlation_id_var
+from praxis_runtime.outbox import OutboxRelay, SqlUnitOfWork, UnitOfWork
 from praxis_runtime.query import apply_filters, fetch_page, where_all
 
 log = logging.getLogger(__name__)
@@ -43,18 +45,14 @@ _LOCK_ORDER = AssetRow.accession_id
 OnChange = Callable[[list[AssetStatusChanged]], None]
 
 
-PublishAll = Callable[[Sequence[tuple[Event, str | None]]], Awaitable[None]]
-"""``Bus.publish_all``: events with their message ids, in order, acknowledged together."""
+def status_msg_id(event: AssetStatusChanged) -> str:
+    """The message id of a status event (JetStream drops a re-published copy)."""
+    return f"asset-status:{event.asset_id}:{int(event.at.timestamp() * 1e6)}:{event.status.value}"
 
 
-async def publish_status(publish_all: PublishAll, events: Iterable[AssetStatusChanged]) -> None:
-    """Publish committed status changes; the message id makes a retried publish a no-op."""
-    await publish_all(
-        [
-            (event, f"asset-status:{event.asset_id}:{event.at.isoformat()}:{event.status.value}")
-            for event in events
-        ]
-    )
+def emit_status(uow: UnitOfWork, events: Iterable[AssetStatusChanged]) -> None:
+    for event in events:
+        uow.emit(event, msg_id=status_msg_id(event))
 
 
 @dataclass(frozen=True)
@@ -70,8 +68,9 @@ class StatusChange:
 class StatusRecorder:
     """Status changes and their history; ``on_change`` sees every committed batch of events."""
 
-    def __init__(self, db: Database, on_change: OnChange | None = None) -> None:
+    def __init__(self, db: Database, relay: OutboxRelay, on_change: OnChange | None = None) -> None:
         self.db = db
+        self.relay = relay
         self.on_change = on_change
         self._conn = db.kept_connection()
 
@@ -83,7 +82,10 @@ class StatusRecorder:
         """
         if not changes:
             return []
-        return self._committed(await apply_sequence(self._conn, changes))
+        events = await apply_sequence(self._conn, changes)
+        if events:
+            self.relay.wake()  # the statement wrote their outbox rows
+        return self._committed(events)
 
     async def reconcile(self, held: Mapping[uuid.UUID, uuid.UUID]) -> list[AssetStatusChanged]:
         """Make statuses agree with the live leases (``asset id -> run id``) at start-up.
@@ -99,7 +101,8 @@ class StatusRecorder:
             ),
             and_(AssetRow.status.in_(busy), AssetRow.accession_id.not_in(list(held))),
         )
-        async with self.db.transaction() as session:
+        async with SqlUnitOfWork(self.db, self.relay) as uow:
+            session = uow.session
             stale_ids = (
                 await session.scalars(
                     select(AssetRow.accession_id)
@@ -117,6 +120,7 @@ class StatusRecorder:
                 for asset_id in stale_ids
             }
             events = await apply(session, wanted, AssetRow.accession_id.in_(stale_ids))
+            emit_status(uow, events)
         return self._committed(events)
 
     async def history(self, query: ListAssetStatusHistory) -> AssetStatusHistoryPage:
@@ -153,16 +157,16 @@ class StatusRecorder:
 
 
 class StatusQueue:
-    """Applies status changes in submission order, off the caller's path, and publishes them.
+    """Applies status changes in submission order, off the caller's path (their events go out
+    through the outbox).
 
     ``submit`` is synchronous and returns at once; one worker applies the batches one after
     another, so an asset's changes land in the order they were submitted. A batch that fails is
     logged and dropped: ``reconcile`` at the next start-up repairs what it left behind.
     """
 
-    def __init__(self, recorder: StatusRecorder, publish_all: PublishAll) -> None:
+    def __init__(self, recorder: StatusRecorder) -> None:
         self.recorder = recorder
-        self.publish_all = publish_all
         self._pending: asyncio.Queue[list[StatusChange]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
 
@@ -196,7 +200,7 @@ class StatusQueue:
                 batches.append(self._pending.get_nowait())
             changes = [change for batch in batches for change in batch]
             try:
-                await publish_status(self.publish_all, await self.recorder.set_status(changes))
+                await self.recorder.set_status(changes)
             except Exception:
                 log.exception("recording %d asset status changes failed", len(changes))
             finally:
@@ -278,6 +282,19 @@ _APPLY_SEQUENCE = f"""
     history AS (
         INSERT INTO {SCHEMA}.asset_status_history (asset_id, status, previous, reason, run_id, at)
         SELECT asset_id, status, previous, reason, run_id, at FROM real
+    ),
+    outboxed AS (
+        INSERT INTO {SCHEMA}.outbox (subject, payload, headers)
+        SELECT '{AssetStatusChanged.subject}.' || asset_id,
+               convert_to(json_build_object(
+                   'asset_id', asset_id, 'workcell_id', workcell_id, 'name', name,
+                   'status', status, 'previous', previous, 'reason', reason,
+                   'run_id', run_id, 'at', at)::text, 'UTF8'),
+               jsonb_build_object(
+                   'Nats-Msg-Id', 'asset-status:' || asset_id || ':'
+                       || (extract(epoch FROM at) * 1000000)::bigint || ':' || status,
+                   'Praxis-Correlation-Id', $6::text)
+        FROM real ORDER BY ord
     )
     SELECT asset_id, workcell_id, name, status, previous, reason, run_id, at
     FROM real ORDER BY ord
@@ -285,7 +302,8 @@ _APPLY_SEQUENCE = f"""
 """Apply a sequence of status changes in one statement: lock the assets (in one order, so
 concurrent batches never deadlock), walk each asset's changes in order (``previous`` is the status
 before each; a change to the status it already has is no change), set final statuses, record a
-history row per real change, and return those changes. One round trip on a kept connection.
+history row and an outbox row (the ``AssetStatusChanged`` event, its message id as
+``status_msg_id`` makes it) per real change, and return those changes. One round trip on a kept connection.
 Measured under load: done as an ORM transaction of four statements (a ``CASE`` compiled anew
 for every batch) this took 15-20 % of the asset-manager's CPU; as one statement through the
 SQLAlchemy pool, 6 %, most of it the pool checkout (see ``KeptConnection``)."""
@@ -303,6 +321,7 @@ async def apply_sequence(
         [c.reason for c in changes],
         [c.run_id for c in changes],
         datetime.now(UTC),
+        correlation_id_var.get() or uuid.uuid4().hex,
     )
     # Built without re-validation: every field comes typed from our own columns.
     return [
