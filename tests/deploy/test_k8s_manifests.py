@@ -38,6 +38,11 @@ CONFIG = {
     "ASSET_LOCK_TIMEOUT_SECONDS": "3600",
     "PROTOCOL_GIT_TIMEOUT_SECONDS": "300",
     "REQUEST_TIMEOUT_SECONDS": "5",
+    "NATS_REPLICAS": "1",
+    "INFRA_RETRY_SECONDS": "600",
+    "EDGE_GRACE_SECONDS": "30",
+    "CANCEL_TIMEOUT_SECONDS": "60",
+    "EDGE_HEARTBEAT_TTL_SECONDS": "10",
 }
 CLUSTER_SCOPED_KINDS = {
     "Namespace",
@@ -232,6 +237,21 @@ def test_deployment_basics() -> None:
 
 def test_configmap() -> None:
     assert by_kind("ConfigMap")[CONFIG_MAP]["data"] == CONFIG
+
+
+def test_every_configmap_key_is_a_setting_some_service_reads() -> None:
+    from praxis_asset_manager.app import Settings as AssetManager
+    from praxis_code_manager.app import Settings as CodeManager
+    from praxis_gateway.app import Settings as Gateway
+    from praxis_orchestrator.app import Settings as Orchestrator
+    from praxis_scheduler.app import Settings as Scheduler
+
+    read = {
+        name.upper()
+        for settings in (AssetManager, CodeManager, Gateway, Orchestrator, Scheduler)
+        for name in settings.model_fields
+    }
+    assert set(CONFIG) <= read, set(CONFIG) - read
 
 
 def test_health_endpoints() -> None:

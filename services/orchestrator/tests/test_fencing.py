@@ -6,15 +6,19 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
 from praxis_contracts.assets import AssetBinding
 from praxis_contracts.errors import LeaseLost
 from praxis_contracts.topology import ASSET_LEASES
+from praxis_devstack.servers import NatsServer
 from praxis_orchestrator.keeper import LeaseKeeper
 from praxis_runtime.bus import Bus
-from praxis_runtime.leases import Claim, LeaseStore, lease_key
+from praxis_runtime.leases import EXPECTED_LAST_SUBJECT_SEQ, Claim, LeaseStore, lease_key
 from praxis_runtime.topology import ensure_topology
 
 pytestmark = pytest.mark.integration
@@ -145,3 +149,116 @@ async def test_a_lease_lost_before_the_keeper_starts_fences_at_once(leases: Leas
     finally:
         await keeper.stop()
         await leases.release_holder(lease_key(asset), other)
+
+
+async def hold(leases: LeaseStore, key: str, **changes: Any) -> int:
+    """Rewrite the lease at its current revision with ``changes`` to its holder and no TTL, as
+    the asset-manager does to hold a run's leases for an operator (``ttl_seconds=0``)."""
+    state = await leases.read(key)
+    assert state.holder is not None
+    held = replace(state.holder, **changes)
+    expected = {EXPECTED_LAST_SUBJECT_SEQ: str(state.revision)}
+    return await leases.publisher.publish(leases.subject(key), held.encode(), expected)
+
+
+async def test_a_hold_for_intervention_fences_the_holder(leases: LeaseStore) -> None:
+    asset, run = uuid.uuid4(), uuid.uuid4()
+    granted = await leases.acquire_all(run, [Claim(asset, "plate")], ttl_seconds=3600)
+    keeper = LeaseKeeper(leases, run, [binding(asset, granted[asset].revision)], 3600)
+    keeper.start()
+    try:
+        await keeper.renew()
+        await hold(leases, lease_key(asset), ttl_seconds=0)  # same run, no expiry
+        async with asyncio.timeout(5):
+            await keeper.fenced.wait()
+        with pytest.raises(LeaseLost, match="held for intervention"):
+            await keeper.check()
+        assert not await keeper.renew()  # and it does not write over the hold
+        state = await leases.read(lease_key(asset))
+        assert state.holder is not None and state.holder.ttl_seconds == 0
+    finally:
+        await keeper.stop()
+        await leases.release_holder(lease_key(asset), run)
+
+
+async def test_a_revision_the_keeper_did_not_write_fences_it(leases: LeaseStore) -> None:
+    """Another process renewing the same run's lease (a command prepared twice) moves the token
+    as this keeper's own renewals do; only the value tells them apart."""
+    asset, run = uuid.uuid4(), uuid.uuid4()
+    granted = await leases.acquire_all(run, [Claim(asset, "plate")], ttl_seconds=3600)
+    keeper = LeaseKeeper(leases, run, [binding(asset, granted[asset].revision)], 3600)
+    keeper.start()
+    try:
+        await hold(leases, lease_key(asset), renewed_at=datetime.now(UTC))  # ttl unchanged
+        async with asyncio.timeout(5):
+            await keeper.fenced.wait()
+        with pytest.raises(LeaseLost, match="rewritten by another writer"):
+            await keeper.check()
+    finally:
+        await keeper.stop()
+        await leases.release_holder(lease_key(asset), run)
+
+
+async def test_the_keepers_own_renewals_never_fence_it(leases: LeaseStore) -> None:
+    """Back-to-back renewals with the watcher on: its echo of a renewal often arrives before
+    the publish's ack, and must be recognised as the keeper's own."""
+    asset, run = uuid.uuid4(), uuid.uuid4()
+    key = lease_key(asset)
+    granted = await leases.acquire_all(run, [Claim(asset, "plate")], ttl_seconds=3600)
+    keeper = LeaseKeeper(leases, run, [binding(asset, granted[asset].revision)], 3600)
+    keeper.start()
+    try:
+        for _ in range(40):
+            assert await keeper.renew()
+        await keeper.check()
+        state = await leases.read(key)
+        assert state.holder is not None and state.holder.run_id == run
+        assert state.revision == keeper.tokens[key] > granted[asset].revision
+    finally:
+        await keeper.stop()
+    await keeper.check()
+    assert await leases.release(key, keeper.tokens[key]) is not None  # its token is current
+
+
+async def test_renewals_failing_while_nats_is_down_are_retried_and_do_not_fence(
+    own_nats: NatsServer, eventually: Any
+) -> None:
+    bus = Bus(own_nats.url, "fencing-outage-test")
+    await bus.connect()
+    await ensure_topology(bus.js)
+    leases = LeaseStore(bus.publisher, ASSET_LEASES.bucket)
+    asset, run = uuid.uuid4(), uuid.uuid4()
+    key = lease_key(asset)
+    # 15 s lease, renewed every 5 s: it outlives the outage below plus the reconnect.
+    granted = await leases.acquire_all(run, [Claim(asset, "plate")], ttl_seconds=15)
+    keeper = LeaseKeeper(leases, run, [binding(asset, granted[asset].revision)], 15)
+    kv = await bus.js.key_value(ASSET_LEASES.bucket)
+    watcher = await kv.watch(key)
+    keeper.start()
+    try:
+        async with asyncio.timeout(15):  # stop NATS right after a renewal: the longest margin
+            async for entry in watcher:
+                if entry is not None and entry.revision > granted[asset].revision:
+                    break
+        await watcher.stop()  # type: ignore[no-untyped-call]
+        await asyncio.to_thread(own_nats.stop)
+        await eventually(lambda: keeper.renewal_failures >= 1, "a renewal failed", 15)
+        await keeper.check()  # NATS being away is no lost lease
+        renewed = keeper.tokens[key]
+
+        await asyncio.to_thread(own_nats.start)
+        await eventually(lambda: keeper.tokens[key] > renewed, "renewed after the restart", 15)
+        await keeper.check()
+        state = await leases.read(key)
+        assert state.holder is not None and state.revision == keeper.tokens[key]
+
+        # The keeper still watches its key (re-created after the reconnect): a force-release
+        # fences it at once, not at its next renewal.
+        await leases.force_release(key, "operator")
+        async with asyncio.timeout(5):
+            await keeper.fenced.wait()
+        with pytest.raises(LeaseLost, match="released or expired"):
+            await keeper.check()
+    finally:
+        await keeper.stop()
+        await bus.stop()

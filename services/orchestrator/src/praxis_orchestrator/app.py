@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import importlib.metadata
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from nats.js.object_store import ObjectStore
@@ -10,12 +14,17 @@ from pydantic import Field
 from praxis_contracts.assets import GetWorkcellLayout, WorkcellLayout
 from praxis_contracts.topology import ASSET_LEASES, PROTOCOL_CODE
 from praxis_orchestrator.code import CodeCache
+from praxis_orchestrator.edge import EdgeBeacon
 from praxis_orchestrator.executor import Executor
 from praxis_orchestrator.handlers import handlers_for
+from praxis_orchestrator.outbox import Outbox
 from praxis_orchestrator.workcell import WorkcellHost
 from praxis_runtime.leases import LeaseStore
 from praxis_runtime.service import Service, bus_for
 from praxis_runtime.settings import ServiceSettings
+
+FLUSH_FLOOR_SECONDS = 1.0
+"""Least time a graceful stop gives the outbox to publish what is queued."""
 
 
 class Settings(ServiceSettings):
@@ -27,9 +36,33 @@ class Settings(ServiceSettings):
         default=Path(".praxis/orchestrator/code"), description="PROTOCOL_CODE_CACHE_DIR"
     )
     max_concurrent_runs: int = Field(default=4, ge=1, description="MAX_CONCURRENT_RUNS")
+    edge_heartbeat_ttl_seconds: int = Field(
+        default=10,
+        ge=1,
+        description="EDGE_HEARTBEAT_TTL_SECONDS: this process's key in the edges bucket expires "
+        "this long after its last beat; it beats every third of it",
+    )
 
 
-def build_app(settings: Settings) -> Service:
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("praxis-orchestrator")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass
+class Orchestrator:
+    """The parts of one orchestrator process, once the service has started (tests look in)."""
+
+    instance: str = field(default_factory=lambda: uuid.uuid4().hex)  # new at every start
+    executor: Executor | None = None
+    outbox: Outbox | None = None
+    beacon: EdgeBeacon | None = None
+
+
+def build(settings: Settings) -> tuple[Service, Orchestrator]:
+    """The service and a handle on its parts."""
     bus = bus_for(settings)
     stores: dict[str, ObjectStore] = {}
 
@@ -39,23 +72,48 @@ def build_app(settings: Settings) -> Service:
     workcell = WorkcellHost(settings.praxis_workcell, fetch_layout)
     code = CodeCache(lambda: stores[PROTOCOL_CODE.bucket], settings.protocol_code_cache_dir)
     service = Service(name=settings.service_name, settings=settings, bus=bus)
-    executors: list[Executor] = []
+    parts = Orchestrator()
 
     async def wire() -> None:
         stores[PROTOCOL_CODE.bucket] = await bus.js.object_store(PROTOCOL_CODE.bucket)
+        outbox = Outbox(bus.publisher)
+        outbox.start()
         executor = Executor(
-            workcell, code, LeaseStore(bus.publisher, ASSET_LEASES.bucket), bus.publish
+            workcell, code, LeaseStore(bus.publisher, ASSET_LEASES.bucket), outbox, parts.instance
         )
-        executors.append(executor)
+        beacon = EdgeBeacon(
+            bus.publisher,
+            workcell=settings.praxis_workcell,
+            instance=parts.instance,
+            version=package_version(),
+            ttl_seconds=settings.edge_heartbeat_ttl_seconds,
+            runs=executor.edge_runs,
+            on_recovered=executor.resync_leases,
+        )
+        executor.on_runs_changed = beacon.poke
+        parts.executor, parts.outbox, parts.beacon = executor, outbox, beacon
+        await beacon.start()  # the first beat goes out before any command is taken
         service.include(
             handlers_for(settings.praxis_workcell, settings.max_concurrent_runs), executor
         )
 
     async def drain() -> None:
-        for executor in executors:
-            await executor.drain(settings.graceful_timeout_seconds)
+        # Runs and the flush of their last events share the graceful timeout; the flush gets
+        # a moment even when the runs used it all (with NATS up it takes milliseconds).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settings.graceful_timeout_seconds
+        if parts.executor is not None:
+            await parts.executor.drain(settings.graceful_timeout_seconds)
+        if parts.outbox is not None:
+            await parts.outbox.close(max(FLUSH_FLOOR_SECONDS, deadline - loop.time()))
+        if parts.beacon is not None:
+            await parts.beacon.stop()  # last: the scheduler sees RunFinished before the key go
         await workcell.stop()
 
     service.on_start.append(wire)
     service.on_stop.append(drain)
-    return service
+    return service, parts
+
+
+def build_app(settings: Settings) -> Service:
+    return build(settings)[0]

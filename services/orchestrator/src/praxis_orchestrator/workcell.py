@@ -44,9 +44,12 @@ class WorkcellHost:
         return self.live
 
     def snapshot(self, names: list[str]) -> dict[str, Any]:
+        """The state of the named assets that are live (a run cancelled while the workcell was
+        being extended may name some that are not)."""
         if self.live is None or not names:
             return {}
-        return self.live.snapshot(names)
+        live = set(self.live.names())
+        return self.live.snapshot([name for name in names if name in live])
 
     async def stop(self) -> None:
         if self.live is not None:

@@ -1,0 +1,528 @@
+"""Harness for the orchestrator's tests: a real nats-server, the orchestrator service running
+in-process, real PyLabRobot chatterbox objects, and the test itself standing in for the other
+services: it answers the layout request (asset-manager), leases the assets in the real bucket
+(as the asset-manager would), puts a code bundle in the real object store (code-manager), and
+publishes ``ExecuteRun`` (scheduler). Events are read back from the events stream.
+
+Every test gets a workcell of its own (its name is the orchestrator's routing key and durable),
+so tests never share a consumer. A test that restarts NATS uses a server of its own
+(``own_nats``); the session's server is never restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import inspect
+import io
+import tarfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.api import ConsumerInfo
+
+from praxis_contracts.assets import (
+    Asset,
+    AssetBinding,
+    GetWorkcellLayout,
+    Workcell,
+    WorkcellLayout,
+)
+from praxis_contracts.base import Event
+from praxis_contracts.errors import UnknownAssetType
+from praxis_contracts.protocols import ProtocolDefinition, ProtocolFunctionSpec
+from praxis_contracts.runs import (
+    EdgeHeartbeat,
+    EdgeRun,
+    ExecuteRun,
+    FunctionCallRecorded,
+    RunFinished,
+    RunPaused,
+    RunPreparing,
+    RunResumed,
+    RunStarted,
+)
+from praxis_contracts.topology import ASSET_LEASES, COMMANDS, EDGES, PROTOCOL_CODE
+from praxis_devstack.servers import NatsServer, free_port
+from praxis_orchestrator.app import Orchestrator, Settings, build
+from praxis_orchestrator.edge import EdgeBeacon
+from praxis_orchestrator.executor import Executor
+from praxis_orchestrator.outbox import Outbox
+from praxis_plr import demo_workcell, import_type, type_ancestry
+from praxis_runtime.bus import Bus
+from praxis_runtime.leases import EXPECTED_LAST_SUBJECT_SEQ, Claim, LeaseStore, lease_key
+from praxis_runtime.publisher import Outgoing
+from praxis_runtime.service import Service
+from praxis_runtime.topology import ensure_topology
+from praxis_sdk.loader import SourceTree
+
+WAIT = 15.0
+"""Upper bound for something that must happen (generous: passing is fast)."""
+
+PROTOCOLS = '''"""Protocols for the orchestrator's own tests."""
+
+import asyncio
+from pathlib import Path
+
+from pylabrobot.liquid_handling import LiquidHandler
+from pylabrobot.resources import Plate, TipRack
+
+from praxis_sdk import PraxisState, protocol_function
+
+
+@protocol_function(version="1.0.0", top_level=False)
+async def step(plate: Plate, index: int) -> float:
+    """One small protocol-function call: reads the live plate's tracked volume."""
+    return float(plate.get_well("A1").tracker.get_used_volume()) + index
+
+
+@protocol_function(version="1.0.0")
+async def keep_stepping(
+    plate: Plate, state: PraxisState, until: str, after: int = 3, pace: float = 0.02
+) -> int:
+    """Call ``step`` until the file ``until`` exists, then ``after`` more times."""
+    count = 0
+    while not Path(until).exists():
+        count += 1
+        await step(plate, count)
+        await asyncio.sleep(pace)
+    for _ in range(after):
+        count += 1
+        await step(plate, count)
+    state["steps"] = count
+    return count
+
+
+@protocol_function(version="1.0.0")
+async def touch(lh: LiquidHandler, plate: Plate, tips: TipRack, state: PraxisState) -> str:
+    """Pick up one tip and put it back."""
+    await lh.pick_up_tips([tips.get_item("A1")])
+    await lh.return_tips()
+    state["touched"] = plate.name
+    return plate.name
+'''
+
+T = TypeVar("T")
+E = TypeVar("E", bound=Event)
+
+
+async def eventually(
+    condition: Callable[[], T | Awaitable[T]], what: str, timeout: float = WAIT
+) -> T:
+    """Wait until ``condition()`` (or what it returns, if awaitable) is truthy, checking every
+    20 ms; fail after ``timeout``. Returns that value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.02)
+
+
+# -- the world around the orchestrator --------------------------------------------------------
+def _ancestry(name: str) -> list[str]:
+    """Type ancestry of a class name, or of what a factory name builds (as the catalog does)."""
+    try:
+        return type_ancestry(import_type(name))
+    except UnknownAssetType:
+        module, _, attr = name.rpartition(".")
+        factory = getattr(importlib.import_module(module), attr)
+        return type_ancestry(type(factory(name="probe")))
+
+
+def demo_layout(workcell: str) -> WorkcellLayout:
+    """The demo workcell (chatterbox liquid handler, tips, two plates) as the asset-manager
+    would hand it out, with asset ids of its own (so lease keys are this test's)."""
+    now = datetime.now(UTC)
+    cell = Workcell(accession_id=uuid.uuid4(), name=workcell, created_at=now)
+    drafts = demo_workcell()
+    ids = {draft.name: uuid.uuid4() for draft in drafts}
+    assets = [
+        Asset(
+            accession_id=ids[d.name],
+            workcell_id=cell.accession_id,
+            kind=d.kind,
+            name=d.name,
+            fqn=d.fqn,
+            type_mro=_ancestry(d.fqn),
+            definition=d.definition,
+            backend=d.backend,
+            state=d.state,
+            parent_id=ids[d.parent] if d.parent is not None else None,
+            slot=d.slot,
+            properties=d.properties,
+            shareable=d.shareable,
+            created_at=now,
+            updated_at=now,
+        )
+        for d in drafts
+    ]
+    return WorkcellLayout(workcell=cell, assets=assets)
+
+
+class LayoutService:
+    """Answers ``GetWorkcellLayout`` for one workcell, as the asset-manager would; ``hold()``
+    makes answers wait until ``release()`` (a layout fetch that hangs)."""
+
+    def __init__(self, layout: WorkcellLayout) -> None:
+        self.layout = layout
+        self.requests = 0
+        self._open = asyncio.Event()
+        self._open.set()
+        self._answering: set[asyncio.Task[None]] = set()
+
+    def hold(self) -> None:
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
+    async def on_request(self, msg: Msg) -> None:
+        query = GetWorkcellLayout.model_validate_json(msg.data)
+        if query.workcell != self.layout.workcell.name:
+            return
+        self.requests += 1
+        task = asyncio.create_task(self._answer(msg))
+        self._answering.add(task)
+        task.add_done_callback(self._answering.discard)
+
+    async def _answer(self, msg: Msg) -> None:
+        await self._open.wait()
+        with contextlib.suppress(Exception):  # the requester may have given up
+            await msg.respond(self.layout.model_dump_json().encode())
+
+    async def close(self) -> None:
+        for task in list(self._answering):
+            task.cancel()
+        await asyncio.gather(*self._answering, return_exceptions=True)
+
+
+def bundle_protocols(folder: Path) -> tuple[bytes, list[ProtocolFunctionSpec]]:
+    """The test protocols written to ``folder``: their tar archive and their specs."""
+    folder.mkdir(parents=True)
+    (folder / "protocols.py").write_text(PROTOCOLS)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add(folder / "protocols.py", arcname="protocols.py")
+    discovered = SourceTree(folder, f"discover-{uuid.uuid4().hex}").discover()
+    assert not discovered.problems, discovered.problems
+    return buffer.getvalue(), discovered.functions
+
+
+async def upload_protocols(client: Bus, folder: Path) -> dict[str, ProtocolDefinition]:
+    """Put the test protocols in the object store as one bundle; their definitions by name."""
+    archive, specs = bundle_protocols(folder)
+    bundle = f"orchestrator-tests-{uuid.uuid4().hex}"
+    store = await client.js.object_store(PROTOCOL_CODE.bucket)
+    await store.put(bundle, archive)
+    source_id, commit = uuid.uuid4(), uuid.uuid4().hex
+    return {
+        spec.name: ProtocolDefinition(
+            accession_id=uuid.uuid4(),
+            source_id=source_id,
+            source_name="orchestrator-tests",
+            commit=commit,
+            spec=spec,
+            code_bundle=bundle,
+            created_at=datetime.now(UTC),
+        )
+        for spec in specs
+    }
+
+
+# -- events read back from the stream ---------------------------------------------------------
+RUN_EVENTS: dict[str, type[Event]] = {
+    cls.subject: cls
+    for cls in (
+        RunPreparing,
+        RunStarted,
+        FunctionCallRecorded,
+        RunPaused,
+        RunResumed,
+        RunFinished,
+    )
+}
+
+
+class RunLog:
+    """Every orchestrator event of one run as stored in the events stream, in stream order
+    (an ordered consumer from the start of the stream)."""
+
+    def __init__(self, run_id: uuid.UUID) -> None:
+        self.run_id = run_id
+        self.events: list[Event] = []
+        self._changed = asyncio.Event()
+        self._sub: Subscription | None = None
+
+    async def open(self, client: Bus) -> RunLog:
+        self._sub = await client.js.subscribe(
+            f"praxis.evt.orchestrator.*.*.{self.run_id}", ordered_consumer=True, cb=self._on
+        )
+        return self
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+
+    async def _on(self, msg: Msg) -> None:
+        subject = msg.subject.rsplit(".", 1)[0]
+        self.events.append(RUN_EVENTS[subject].model_validate_json(msg.data))
+        self._changed.set()
+
+    def of(self, kind: type[E]) -> list[E]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+    async def first(self, kind: type[E], timeout: float = WAIT) -> E:
+        """The first event of ``kind``, waiting for it if need be."""
+        async with asyncio.timeout(timeout):
+            while not (found := self.of(kind)):
+                self._changed.clear()
+                await self._changed.wait()
+        return found[0]
+
+    async def finished(self, timeout: float = WAIT) -> RunFinished:
+        return await self.first(RunFinished, timeout)
+
+
+# -- the orchestrator under test --------------------------------------------------------------
+class Edge:
+    """One orchestrator process, started in-process from ``build``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.service: Service | None = None
+        self.parts = Orchestrator()
+
+    async def start(self) -> Edge:
+        self.service, self.parts = build(self.settings)
+        await self.service.start()
+        await self.service.bus.nc.flush()  # the server has every subscription (see the root
+        await self.service.bus.nc.flush()  # conftest's ``registered``)
+        return self
+
+    async def stop(self, within: float = 30.0) -> None:
+        service, self.service = self.service, None
+        if service is not None:
+            async with asyncio.timeout(within):
+                await service.stop()
+
+    @property
+    def instance(self) -> str:
+        return self.parts.instance
+
+    @property
+    def executor(self) -> Executor:
+        assert self.parts.executor is not None
+        return self.parts.executor
+
+    @property
+    def outbox(self) -> Outbox:
+        assert self.parts.outbox is not None
+        return self.parts.outbox
+
+    @property
+    def beacon(self) -> EdgeBeacon:
+        assert self.parts.beacon is not None
+        return self.parts.beacon
+
+
+@dataclass
+class World:
+    """The orchestrator of one workcell and everything it talks to."""
+
+    client: Bus
+    leases: LeaseStore
+    layout: WorkcellLayout
+    layouts: LayoutService
+    protocols: dict[str, ProtocolDefinition]
+    edge: Edge
+    tmp_path: Path
+    logs: list[RunLog] = field(default_factory=list)
+
+    @property
+    def workcell(self) -> str:
+        return self.layout.workcell.name
+
+    @property
+    def durable(self) -> str:
+        return f"orchestrator-{self.workcell}"
+
+    def flag(self, name: str = "done") -> Path:
+        """A file a ``keep_stepping`` run waits for (create it to let the run finish)."""
+        return self.tmp_path / f"{name}-{uuid.uuid4().hex[:8]}"
+
+    async def command(
+        self,
+        protocol: str,
+        assets: dict[str, str],
+        parameters: dict[str, Any] | None = None,
+        *,
+        lease_ttl: int = 30,
+    ) -> ExecuteRun:
+        """An ``ExecuteRun`` for a new run whose assets (requirement -> asset name) are leased."""
+        run_id = uuid.uuid4()
+        by_name = {asset.name: asset for asset in self.layout.assets}
+        claims = [Claim(by_name[name].accession_id, req) for req, name in assets.items()]
+        granted = await self.leases.acquire_all(
+            run_id, claims, lease_ttl, workcell_id=self.layout.workcell.accession_id
+        )
+        bindings = [
+            AssetBinding(
+                requirement=req,
+                asset_id=by_name[name].accession_id,
+                asset_name=name,
+                kind=by_name[name].kind,
+                fqn=by_name[name].fqn,
+                lease_key=lease_key(by_name[name].accession_id),
+                token=granted[by_name[name].accession_id].revision,
+            )
+            for req, name in assets.items()
+        ]
+        return ExecuteRun(
+            run_id=run_id,
+            workcell_id=self.layout.workcell.accession_id,
+            workcell_name=self.workcell,
+            definition=self.protocols[protocol],
+            parameters=parameters or {},
+            bindings=bindings,
+        )
+
+    async def follow(self, run_id: uuid.UUID) -> RunLog:
+        log = await RunLog(run_id).open(self.client)
+        self.logs.append(log)
+        return log
+
+    async def execute(self, cmd: ExecuteRun) -> RunLog:
+        """Follow the run's events, then publish its command."""
+        log = await self.follow(cmd.run_id)
+        await self.client.publish(cmd)
+        return log
+
+    async def consumer(self) -> ConsumerInfo:
+        """The orchestrator's command consumer: what the server would still (re)deliver."""
+        info: ConsumerInfo = await self.client.js.consumer_info(COMMANDS.name, self.durable)
+        return info
+
+    async def heartbeat(self) -> EdgeHeartbeat | None:
+        """The orchestrator's heartbeat as the bucket holds it now."""
+        stream = f"KV_{EDGES.bucket}"
+        try:
+            msg = await self.client.js.get_msg(stream, subject=f"$KV.{EDGES.bucket}.{self.key}")
+        except Exception:
+            return None
+        if not msg.data:
+            return None
+        return EdgeHeartbeat.model_validate_json(msg.data)
+
+    async def listed(self, run_id: uuid.UUID) -> EdgeRun | None:
+        """The heartbeat's entry for ``run_id``, if the bucket's heartbeat lists it now."""
+        beat = await self.heartbeat()
+        return next((r for r in beat.runs if r.run_id == run_id), None) if beat else None
+
+    @property
+    def key(self) -> str:
+        return f"edge.{self.workcell}.{self.edge.instance}"
+
+    async def hold_for_intervention(self, key: str) -> int:
+        """Rewrite a lease as the asset-manager does when its run needs an operator: the same
+        holder with ``ttl_seconds`` 0 and no TTL (compare-and-set at the current revision)."""
+        for _ in range(5):
+            state = await self.leases.read(key)
+            assert state.holder is not None, f"{key} is not leased"
+            held = replace(state.holder, ttl_seconds=0)
+            write = Outgoing(
+                self.leases.subject(key),
+                held.encode(),
+                {EXPECTED_LAST_SUBJECT_SEQ: str(state.revision)},
+            )
+            (result,) = await self.leases.publisher.publish_all([write])
+            if isinstance(result, int):
+                return result
+        pytest.fail(f"could not hold {key}: it kept changing")
+
+
+@contextlib.asynccontextmanager
+async def world_on(nats_url: str, tmp_path: Path, **settings: Any) -> AsyncIterator[World]:
+    """A world on ``nats_url``; ``settings`` override the orchestrator's."""
+    client = Bus(nats_url, f"orchestrator-test-{uuid.uuid4().hex[:8]}")
+    await client.connect()
+    await ensure_topology(client.js)
+    layout = demo_layout(f"wc_{uuid.uuid4().hex[:12]}")
+    layouts = LayoutService(layout)
+    responder = await client.nc.subscribe(GetWorkcellLayout.subject, cb=layouts.on_request)
+    await client.nc.flush()
+    protocols = await upload_protocols(client, tmp_path / "protocols")
+    config: dict[str, Any] = {
+        "nats_url": nats_url,
+        "praxis_workcell": layout.workcell.name,
+        "protocol_code_cache_dir": tmp_path / "code-cache",
+        "health_port": None,
+        "graceful_timeout_seconds": 5,
+        **settings,
+    }
+    edge = Edge(Settings(**config))
+    world = World(
+        client,
+        LeaseStore(client.publisher, ASSET_LEASES.bucket),
+        layout,
+        layouts,
+        protocols,
+        edge,
+        tmp_path,
+    )
+    try:
+        yield world
+    finally:
+        for log in world.logs:
+            await log.close()
+        layouts.release()
+        await edge.stop()
+        await layouts.close()
+        await responder.unsubscribe()
+        await client.stop()
+
+
+@pytest.fixture
+async def world(nats_url: str, tmp_path: Path) -> AsyncIterator[World]:
+    """A started orchestrator on the session's nats-server."""
+    async with world_on(nats_url, tmp_path) as made:
+        await made.edge.start()
+        yield made
+
+
+@pytest.fixture
+def make_world() -> Callable[..., contextlib.AbstractAsyncContextManager[World]]:
+    """``async with make_world(nats_url, tmp_path, **settings) as world``: not yet started."""
+    return world_on
+
+
+@pytest.fixture(name="eventually")
+def eventually_fixture() -> Callable[..., Any]:
+    """``await eventually(condition, what, timeout)``: a bounded wait for a condition."""
+    return eventually
+
+
+@pytest.fixture
+def own_nats(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server of this test's own on a fixed free port, so it can be stopped and started
+    again on the same port with its data (the session's server is never restarted)."""
+    server = NatsServer(tmp_path / "nats", port=free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
