@@ -8,8 +8,11 @@ export UV_PYTHON := $(shell $(PYTHON) -c "import sys; print(sys.executable)")
 RUN    := $(UV) run --frozen --all-packages
 N      ?= 200
 ARGS   ?=
+CHAOS_RUNS ?= 100
+IN_FLIGHT  ?= 8
+SEED       ?= 1
 
-.PHONY: help install run demo test lint format bench clean
+.PHONY: help install run demo test lint format bench chaos clean
 
 help:
 	@echo "make run    - the whole system on embedded NATS + PostgreSQL (Ctrl-C stops it)"
@@ -17,6 +20,7 @@ help:
 	@echo "make test   - the test suite against real servers"
 	@echo "make lint   - ruff + mypy"
 	@echo "make bench  - latency/throughput benchmark (N=$(N) runs)"
+	@echo "make chaos  - kill every part in turn under load, check runs and leases (CHAOS_RUNS=$(CHAOS_RUNS))"
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -48,6 +52,9 @@ format: install
 
 bench: install
 	$(RUN) python -m praxis_devstack bench --runs $(N) $(ARGS)
+
+chaos: install
+	$(RUN) python -m praxis_devstack chaos --runs $(CHAOS_RUNS) --in-flight $(IN_FLIGHT) --seed $(SEED) --resolve-during $(ARGS)
 
 clean:
 	rm -rf .venv $(TOOLS) .praxis

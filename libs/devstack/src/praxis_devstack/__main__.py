@@ -1,4 +1,5 @@
-"""``python -m praxis_devstack run|demo|bench``: the local stack, the demo, the benchmark."""
+"""``python -m praxis_devstack run|demo|bench|chaos``: the local stack, the demo, the benchmark,
+the chaos harness."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import httpx
 
 from praxis_devstack.bench import bench
+from praxis_devstack.chaos import ChaosOptions, chaos
 from praxis_devstack.stack import DEMO_WORKCELL, Stack
 
 
@@ -115,12 +117,50 @@ def main(argv: list[str] | None = None) -> int:
     p_bench.add_argument("--runs", type=int, default=200)
     p_bench.add_argument("--concurrency", type=int, default=32)
     p_bench.add_argument("--output", default=None, help="also write the JSON report here")
+    _chaos_arguments(sub)
     args = parser.parse_args(argv)
-    command = {"run": run, "demo": demo, "bench": bench}[args.command]
+    if args.command == "chaos" and any("=" not in item for item in args.env):
+        parser.error("--env takes KEY=VALUE")
+    command = {"run": run, "demo": demo, "bench": bench, "chaos": chaos}[args.command]
     try:
         return asyncio.run(_stoppable(command(args)))
     except asyncio.CancelledError:
         return 143
+
+
+def _chaos_arguments(sub: Any) -> None:
+    defaults = ChaosOptions()
+    p = sub.add_parser(
+        "chaos",
+        help="kill each service, nats-server and PostgreSQL in turn under a contended workload; "
+        "check no run is stuck and no asset was held twice",
+    )
+    p.add_argument("--runs", type=int, default=defaults.runs, help="runs in the workload")
+    p.add_argument(
+        "--in-flight", type=int, default=defaults.in_flight, help="active runs at most at once"
+    )
+    p.add_argument("--seed", type=int, default=defaults.seed, help="workload seed")
+    p.add_argument("--base-dir", default=None, help="data and logs (default: a new temp folder)")
+    p.add_argument("--keep", action="store_true", help="keep the base dir even if all is well")
+    p.add_argument(
+        "--outage", type=float, default=defaults.outage_seconds, help="seconds a server stays down"
+    )
+    p.add_argument("--recover-timeout", type=float, default=defaults.recover_timeout)
+    p.add_argument("--settle-timeout", type=float, default=defaults.settle_timeout)
+    p.add_argument("--drain-timeout", type=float, default=defaults.drain_timeout)
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra service environment (repeatable), e.g. --env MAX_CONCURRENT_RUNS=2",
+    )
+    p.add_argument(
+        "--resolve-during",
+        action="store_true",
+        help="resolve interventions as they appear, not only after the workload",
+    )
+    p.add_argument("--output", default=None, help="also write the JSON report here")
 
 
 async def _stoppable(work: Coroutine[Any, Any, int]) -> int:

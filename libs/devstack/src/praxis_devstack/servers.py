@@ -193,6 +193,11 @@ class NatsServer(_Managed):
         if self._process is not None:
             self._process.stop(signal.SIGTERM, timeout=timeout)
 
+    def keep_ports(self) -> None:
+        """Make later starts listen on the ports this start got (a restart on the same ports,
+        as clients that stay configured with the old URL expect)."""
+        self._requested = (self.port, _port_of(self.monitor_url))
+
     def _argv(self) -> list[str]:
         port, http_port = self._requested
         binary = self._binary or find_nats_server_binary()
@@ -317,6 +322,10 @@ class PostgresServer(_Managed):
         """Fast shutdown (SIGINT: disconnect clients, checkpoint), then SIGQUIT, then SIGKILL."""
         if self._process is not None:
             self._process.stop(signal.SIGINT, timeout=timeout, then=(signal.SIGQUIT,))
+
+    def keep_ports(self) -> None:
+        """Make later starts listen on the port this start got (a restart on the same port)."""
+        self._requested_port = self.port
 
     # -- start-up steps
 

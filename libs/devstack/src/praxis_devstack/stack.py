@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -14,7 +15,13 @@ from typing import IO, Any
 
 import httpx
 
-from praxis_devstack.servers import LocalInfra, default_base_dir, free_port
+from praxis_devstack.servers import (
+    LocalInfra,
+    NatsServer,
+    PostgresServer,
+    default_base_dir,
+    free_port,
+)
 from praxis_plr.layout import demo_workcell
 
 SERVICES = ("scheduler", "code-manager", "asset-manager", "orchestrator", "gateway")
@@ -33,6 +40,7 @@ class ServiceProcess:
     process: subprocess.Popen[bytes]
     log: IO[bytes]
     health_url: str
+    health_port: int = 0
 
 
 @dataclass
@@ -42,15 +50,18 @@ class Stack:
     base_dir: Path = field(default_factory=default_base_dir)
     fast: bool = False
     environ: dict[str, str] | None = None  # NATS_URL / DATABASE_URL overrides; default os.environ
+    service_env: dict[str, str] = field(default_factory=dict)  # extra environment, every service
     infra: LocalInfra | None = None
     processes: list[ServiceProcess] = field(default_factory=list)
     api: str = ""
+    gateway_port: int = 0
 
     async def start(self) -> None:
         self.base_dir.mkdir(parents=True, exist_ok=True)
         infra = LocalInfra(self.base_dir, fast=self.fast, environ=self.environ)
         self.infra = await asyncio.to_thread(infra.start)
         gateway_port = int(os.environ.get("GATEWAY_PORT") or free_port())
+        self.gateway_port = gateway_port
         self.api = f"http://127.0.0.1:{gateway_port}"
         for name in SERVICES:
             self.processes.append(self._spawn(name, gateway_port))
@@ -59,6 +70,7 @@ class Stack:
     def _env(self, name: str, health_port: int, gateway_port: int) -> dict[str, str]:
         assert self.infra is not None
         env = dict(os.environ)
+        env.update(self.service_env)
         env.update(
             NATS_URL=self.infra.nats_url,
             DATABASE_URL=self.infra.database_url,
@@ -73,11 +85,16 @@ class Stack:
         )
         return env
 
-    def _spawn(self, name: str, gateway_port: int) -> ServiceProcess:
-        health_port = gateway_port if name == "gateway" else free_port()
+    def _spawn(
+        self, name: str, gateway_port: int, health_port: int = 0, note: str = ""
+    ) -> ServiceProcess:
+        health_port = gateway_port if name == "gateway" else (health_port or free_port())
         logs = self.base_dir / "logs"
         logs.mkdir(exist_ok=True)
         log = (logs / f"{name}.log").open("ab")
+        if note:
+            log.write(f"---- praxis-devstack: {note}\n".encode())
+            log.flush()
         module = f"praxis_{name.replace('-', '_')}"
         process = subprocess.Popen(
             [sys.executable, "-m", module],
@@ -86,7 +103,9 @@ class Stack:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        return ServiceProcess(name, process, log, f"http://127.0.0.1:{health_port}/readyz")
+        return ServiceProcess(
+            name, process, log, f"http://127.0.0.1:{health_port}/readyz", health_port
+        )
 
     async def _wait_ready(self, service: ServiceProcess, timeout: float = 90.0) -> None:
         """Start-up only: wait until the process answers its readiness probe."""
@@ -133,6 +152,90 @@ class Stack:
 
     def dead(self) -> list[str]:
         return [p.name for p in self.processes if p.process.poll() is not None]
+
+    # -- one service at a time (faults, restarts) -----------------------------------------------
+    def service(self, name: str) -> ServiceProcess:
+        for service in self.processes:
+            if service.name == name:
+                return service
+        raise KeyError(f"no service {name!r} in this stack")
+
+    async def kill_service(
+        self, name: str, sig: int = signal.SIGKILL, timeout: float = 30.0
+    ) -> int | None:
+        """Send ``sig`` to the service's process group (SIGKILL: no clean-up of any kind) and
+        wait for the process to exit; returns its exit status. It stays listed (dead) until
+        :meth:`start_service` replaces it."""
+        service = self.service(name)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(service.process.pid, sig)
+        try:
+            code = await asyncio.to_thread(service.process.wait, timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(service.process.pid, signal.SIGKILL)
+            code = await asyncio.to_thread(service.process.wait, timeout)
+        service.log.close()
+        return code
+
+    def start_service(self, name: str, note: str = "") -> ServiceProcess:
+        """Start ``name`` again after it exited, on the same ports (the gateway's URL and the
+        readiness probe stay valid); ``note`` is written to its log first. Returns at once:
+        :meth:`wait_ready` waits for it."""
+        old = self.service(name)
+        index = self.processes.index(old)
+        if old.process.poll() is None:
+            raise RuntimeError(f"{name} is still running (pid {old.process.pid})")
+        old.log.close()
+        self.processes[index] = self._spawn(name, self.gateway_port, old.health_port, note)
+        return self.processes[index]
+
+    async def wait_ready(self, name: str, timeout: float = 90.0) -> None:
+        """Wait until ``name`` answers its readiness probe; raises if it exits or times out."""
+        await self._wait_ready(self.service(name), timeout)
+
+    async def probe(self, name: str, timeout: float = 2.0) -> bool:
+        """One readiness probe of ``name``: True if it answers 200."""
+        try:
+            async with httpx.AsyncClient(timeout=timeout) as client:
+                return (await client.get(self.service(name).health_url)).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    # -- the embedded servers (faults: stop and start on the same port and data) ----------------
+    def _nats(self) -> NatsServer:
+        if self.infra is None or self.infra.nats is None:
+            raise RuntimeError("nats-server is not embedded in this stack (NATS_URL is set)")
+        return self.infra.nats
+
+    def _postgres(self) -> PostgresServer:
+        if self.infra is None or self.infra.postgres is None:
+            raise RuntimeError("PostgreSQL is not embedded in this stack (DATABASE_URL is set)")
+        return self.infra.postgres
+
+    async def stop_nats(self) -> None:
+        """Graceful stop of the embedded nats-server (SIGTERM; its JetStream data stays)."""
+        nats = self._nats()
+        nats.keep_ports()
+        await asyncio.to_thread(nats.stop)
+
+    async def start_nats(self) -> None:
+        """Start the embedded nats-server again on the same ports and data directory."""
+        nats = self._nats()
+        nats.keep_ports()
+        await asyncio.to_thread(nats.start)
+
+    async def stop_postgres(self) -> None:
+        """Fast shutdown of the embedded PostgreSQL (clients are disconnected; data stays)."""
+        postgres = self._postgres()
+        postgres.keep_ports()
+        await asyncio.to_thread(postgres.stop)
+
+    async def start_postgres(self) -> None:
+        """Start the embedded PostgreSQL again on the same port and data directory."""
+        postgres = self._postgres()
+        postgres.keep_ports()
+        await asyncio.to_thread(postgres.start)
 
     async def stop_services(self, keep: tuple[str, ...] = ()) -> None:
         """SIGTERM every service process but those named in ``keep``, and wait for them."""
