@@ -303,7 +303,8 @@ _APPLY_SEQUENCE = f"""
 concurrent batches never deadlock), walk each asset's changes in order (``previous`` is the status
 before each; a change to the status it already has is no change), set final statuses, record a
 history row and an outbox row (the ``AssetStatusChanged`` event, its message id as
-``status_msg_id`` makes it) per real change, and return those changes. One round trip on a kept connection.
+``status_msg_id`` makes it) per real change, and return those changes. One round trip on a
+kept connection.
 Measured under load: done as an ORM transaction of four statements (a ``CASE`` compiled anew
 for every batch) this took 15-20 % of the asset-manager's CPU; as one statement through the
 SQLAlchemy pool, 6 %, most of it the pool checkout (see ``KeptConnection``)."""
