@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import Running, TapFactory
 from praxis_contracts.assets import AssetBinding, AssetsReserved, ReleaseAssets
 from praxis_contracts.protocols import (
     AssetRequirementSpec,
@@ -66,18 +65,17 @@ async def postgres(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Po
 
 
 @pytest.fixture(scope="module")
-async def scheduler(nats_url: str, postgres: PostgresServer) -> AsyncIterator[Running]:
+async def scheduler(
+    nats_url: str, postgres: PostgresServer, services: Callable[..., Awaitable[Any]]
+) -> Any:
     settings = scheduler_app.Settings(
         nats_url=nats_url, database_url=postgres.url, log_format="text", max_deliver=3
     )
-    running = Running(scheduler_app.build_app, settings)
-    await running.start()
-    yield running
-    await running.stop()
+    return await services(scheduler_app.build_app, settings)
 
 
 async def test_a_database_restart_loses_no_run_result(
-    scheduler: Running, postgres: PostgresServer, client: Bus, tap: TapFactory[Any]
+    scheduler: Any, postgres: PostgresServer, client: Bus, tap: Any
 ) -> None:
     db = Database(postgres.url, "scheduler")
     relay = OutboxRelay(db, OUTBOX, lambda: client.publisher)
