@@ -183,6 +183,14 @@ class FlakyPublisher:
             return [nats.errors.TimeoutError() for _ in messages]
         return await self.real.publish_all(messages, **kw)
 
+    async def publish_in_order(self, messages: list[Outgoing], **kw: Any) -> int:
+        if self.failures:
+            self.failures -= 1
+            import nats.errors
+
+            raise nats.errors.TimeoutError
+        return await self.real.publish_in_order(messages, **kw)
+
 
 async def test_an_outage_delays_messages_and_loses_none(world: World) -> None:
     flaky = FlakyPublisher(world.bus.publisher, failures=3)

@@ -7,7 +7,7 @@ publishes them to JetStream and deletes their rows once acknowledged:
 
 - the committing process hands its rows to its relay directly (no read back, one ``DELETE`` per
   pass on a kept connection), so the usual path costs one statement more than publishing by
-  hand did;
+  hand did; a batch for one stream is confirmed by its last ack (``publish_in_order``);
 - what a crash left behind (committed, not yet acknowledged) is read from the table and
   published when the relay starts, and after any failed pass;
 - a pass that fails (NATS or PostgreSQL unavailable) is retried with backoff until it succeeds:
@@ -279,12 +279,25 @@ class OutboxRelay:
             self._handed.clear()  # the table has them too, in order
             rows = await self._read_back()
             self._scan = len(rows) == BATCH
-        else:
-            rows, self._handed = self._handed, []
+            if not rows:
+                return False
+            await self._publish(rows)
+            return True
+        rows, self._handed = self._handed, []
         if not rows:
             return False
-        await self._publish(rows)
+        if _one_stream(rows):
+            await self._publish_in_order(rows)
+        else:
+            await self._publish(rows)
         return True
+
+    async def _publish_in_order(self, rows: list[tuple[int, Outgoing]]) -> None:
+        """Rows this process just committed, all for one stream: confirmed by the last one's
+        ack (``Publisher.publish_in_order``). Any failure sends the relay back to the table,
+        where every row is published and confirmed on its own."""
+        await self._publisher().publish_in_order([message for _, message in rows])
+        await self._delete([row_id for row_id, _ in rows])
 
     async def _read_back(self) -> list[tuple[int, Outgoing]]:
         records = await self._conn.fetch(
@@ -309,13 +322,16 @@ class OutboxRelay:
                 failure = failure or result
                 continue
             done.append(row_id)
+        await self._delete(done)
+        if failure is not None:
+            raise failure
+
+    async def _delete(self, done: list[int]) -> None:
         if done:
             await self._conn.fetch(
                 f'DELETE FROM "{self.db.schema}".{OUTBOX} WHERE id = ANY($1::bigint[])', done
             )
             self.published += len(done)
-        if failure is not None:
-            raise failure
 
     async def _dead_letter(self, message: Outgoing, error: Exception) -> None:
         reason = f"outbox: cannot publish: {type(error).__name__}: {error}"
@@ -326,6 +342,13 @@ class OutboxRelay:
         await self._publisher().publish(
             dead_letter_subject(message.subject), message.payload[:65536], headers
         )
+
+
+def _one_stream(rows: list[tuple[int, Outgoing]]) -> bool:
+    """Whether every message goes to one stream (events, or commands): only then does the last
+    ack confirm the ones before it."""
+    roots = {message.subject.split(".", 2)[1] for _, message in rows}
+    return len(roots) == 1
 
 
 def _headers(raw: Any) -> dict[str, str]:
