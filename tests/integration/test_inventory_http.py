@@ -51,14 +51,8 @@ def build_inventory(settings: Settings) -> Service:
     relay = OutboxRelay(db, OUTBOX, lambda: bus.publisher)
     status = StatusRecorder(db, relay, inventory.apply_statuses)
 
-    async def start_relay() -> None:
-        relay.start()
-
-    async def stop_relay() -> None:
-        await relay.stop()
-
-    service.on_start.extend([start_relay, catalog.sync])
-    service.on_stop.append(stop_relay)
+    service.outbox = relay
+    service.on_start.append(catalog.sync)
     commands = InventoryCommands(db, inventory, catalog, relay)
     service.include(handlers, InventoryDeps(commands, catalog, status))
     return service

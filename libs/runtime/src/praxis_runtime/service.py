@@ -17,6 +17,7 @@ from praxis_runtime.bus import Bus, Handlers
 from praxis_runtime.db import Database
 from praxis_runtime.health import HealthServer, ReadinessCheck
 from praxis_runtime.logging import configure_logging
+from praxis_runtime.outbox import OutboxRelay
 from praxis_runtime.settings import DatabaseSettings, ServiceSettings
 from praxis_runtime.topology import ensure_topology
 
@@ -40,6 +41,9 @@ class Service:
     bus: Bus
     database: Database | None = None
     migrations: Migrations | None = None
+    outbox: OutboxRelay | None = None
+    """Publishes what the service's units of work commit; started with the service (what a
+    crash left committed is published then) and stopped after the stop hooks."""
     handlers: list[tuple[Handlers[Any], Any]] = field(default_factory=list)
     on_start: list[Hook] = field(default_factory=list)
     on_started: list[Hook] = field(default_factory=list)
@@ -56,6 +60,8 @@ class Service:
         await ensure_topology(self.bus.js, replicas=self.settings.nats_replicas)
         if self.database is not None and self.migrations is not None:
             await self.database.migrate(self.migrations.path, self.migrations.metadata)
+        if self.outbox is not None:
+            self.outbox.start()
         for hook in self.on_start:
             await hook()
         for group, deps in self.handlers:
@@ -86,6 +92,8 @@ class Service:
         await self.bus.stop_consuming()  # no message starts work the hooks below wind down
         for hook in reversed(self.on_stop):
             await hook()  # before the bus closes: hooks may still publish (e.g. drained runs)
+        if self.outbox is not None:
+            await self.outbox.stop(self.settings.graceful_timeout_seconds)
         await self.bus.stop()
         if self.database is not None:
             await self.database.dispose()

@@ -39,26 +39,20 @@ def build_app(settings: Settings) -> Service:
     bus = bus_for(settings)
     db = database_for(settings, SCHEMA)
     inventory = Inventory(db)
+    relay = OutboxRelay(db, OUTBOX, lambda: bus.publisher)
     service = Service(
         name=settings.service_name,
         settings=settings,
         bus=bus,
         database=db,
         migrations=Migrations(Path(__file__).parent / "migrations", Base.metadata),
+        outbox=relay,
     )
-    relay = OutboxRelay(db, OUTBOX, lambda: bus.publisher)
     catalog, status = Catalog(db), StatusRecorder(db, relay, inventory.apply_statuses)
     statuses = StatusQueue(status)
     commands = InventoryCommands(db, inventory, catalog, relay)
 
-    async def start_relay() -> None:
-        relay.start()
-
-    async def stop_relay() -> None:
-        await relay.stop(settings.graceful_timeout_seconds)
-
-    service.on_start.extend([start_relay, catalog.sync])
-    service.on_stop.append(stop_relay)
+    service.on_start.append(catalog.sync)
     service.include(inventory_handlers, InventoryDeps(commands, catalog, status))
 
     def record_statuses(updates: list[StatusUpdate]) -> None:

@@ -47,15 +47,9 @@ def build_app(settings: Settings) -> Service:
         bus=bus,
         database=db,
         migrations=Migrations(Path(__file__).parent / "migrations", Base.metadata),
+        outbox=relay,
     )
 
-    async def start_relay() -> None:
-        relay.start()
-
-    async def stop_relay() -> None:
-        await relay.stop(settings.graceful_timeout_seconds)
-
-    service.on_start.extend([bind_store, start_relay])
-    service.on_stop.append(stop_relay)
+    service.on_start.append(bind_store)
     service.include(handlers, Deps(service=code))
     return service

@@ -57,10 +57,8 @@ def build_app(settings: Settings) -> Service:
         bus=bus,
         database=db,
         migrations=Migrations(Path(__file__).parent / "migrations", Base.metadata),
+        outbox=relay,
     )
-
-    async def start_relay() -> None:
-        relay.start()  # publishes what a crash left committed but unpublished
 
     async def start_recovery() -> None:
         await recovery.monitor.start()
@@ -69,9 +67,7 @@ def build_app(settings: Settings) -> Service:
     async def stop() -> None:
         await recovery.monitor.stop()
         await cancels.stop()
-        await relay.stop(settings.graceful_timeout_seconds)
 
-    service.on_start.append(start_relay)
     service.on_started.append(start_recovery)
     service.on_stop.append(stop)
     service.include(
