@@ -1,0 +1,80 @@
+"""The call log against a real PostgreSQL: each call recorded once, whatever the delivery."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+import praxis_scheduler
+from praxis_contracts.protocols import (
+    ProtocolDefinition,
+    ProtocolFunctionSpec,
+    ResolvedProtocol,
+)
+from praxis_contracts.runs import FunctionCallRecorded, ListRunCalls, SubmitRun
+from praxis_devstack.pytest_plugin import MakeDatabase
+from praxis_runtime.db import Database
+from praxis_runtime.outbox import OutboxRelay
+from praxis_scheduler.calls import CallLog
+from praxis_scheduler.orm import OUTBOX, Base
+from praxis_scheduler.repository import sql_units
+from praxis_scheduler.service import RunService
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+async def database(make_database: MakeDatabase) -> AsyncIterator[Database]:
+    db = Database(make_database("sched_calls"), "scheduler")
+    await db.migrate(Path(praxis_scheduler.__file__).parent / "migrations", Base.metadata)
+    yield db
+    await db.dispose()
+
+
+def call(run_id: uuid.UUID, call_id: uuid.UUID, status: str) -> FunctionCallRecorded:
+    finished = status != "running"
+    return FunctionCallRecorded(
+        call_id=call_id,
+        run_id=run_id,
+        parent_call_id=None,
+        sequence=1,
+        function="mix_well",
+        version="1.0.0",
+        arguments={"well": "A1"},
+        status=status,  # type: ignore[arg-type]
+        started_at=T0,
+        finished_at=T0 + timedelta(seconds=1) if finished else None,
+    )
+
+
+async def test_a_call_delivered_twice_or_late_is_recorded_once(database: Database) -> None:
+    relay = OutboxRelay(database, OUTBOX, lambda: None)  # type: ignore[arg-type, return-value]
+    runs = RunService(sql_units(database, relay))
+    spec = ProtocolFunctionSpec(name="mix", version="1.0.0", module="m", qualname="mix")
+    definition = ProtocolDefinition(
+        accession_id=uuid.uuid4(),
+        source_id=uuid.uuid4(),
+        source_name="s",
+        commit="0" * 40,
+        spec=spec,
+        code_bundle="b",
+        created_at=T0,
+    )
+    run = await runs.create(
+        SubmitRun(protocol_name="mix"), ResolvedProtocol(definition=definition, parameters={})
+    )
+    log, call_id = CallLog(database), uuid.uuid4()
+
+    for status in ("running", "running", "completed", "completed", "running"):
+        await log.record(call(run.accession_id, call_id, status))
+    await log.record(call(uuid.uuid4(), uuid.uuid4(), "running"))  # a run nobody knows
+
+    page = await log.list(ListRunCalls(run_id=run.accession_id))
+    assert [(c.call_id, c.status) for c in page.items] == [(call_id, "completed")]
+    assert page.total == 1
