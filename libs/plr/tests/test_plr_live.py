@@ -9,7 +9,9 @@ from pylabrobot.heating_shaking import HeaterShaker, HeaterShakerChatterboxBacke
 from pylabrobot.liquid_handling import LiquidHandler
 from pylabrobot.plate_reading import PlateReader
 from pylabrobot.resources import (
+    PLT_CAR_L5AC_A00,
     Coordinate,
+    Lid,
     Plate,
     cor_96_wellplate_360uL_Fb,
     does_tip_tracking,
@@ -18,7 +20,15 @@ from pylabrobot.resources import (
 
 from praxis_contracts.assets import AssetDraft, WorkcellLayout
 from praxis_contracts.errors import InvalidRequest, UnknownAssetType
-from praxis_plr import LiveWorkcell, demo_liquid_handler, demo_workcell, drafts_for_tree
+from praxis_plr import (
+    LiveWorkcell,
+    demo_liquid_handler,
+    demo_plate_reader,
+    demo_workcell,
+    drafts_for_tree,
+)
+from praxis_plr._state import state_to_json
+from praxis_plr.live import own_state
 
 LayoutFactory = Callable[[list[AssetDraft]], WorkcellLayout]
 
@@ -152,3 +162,68 @@ async def test_asset_that_cannot_be_placed_is_rejected(layout_from_drafts: Layou
     drafts.append(reader_plate.model_copy(update={"parent": "deck", "slot": "no_such_site"}))
     with pytest.raises(InvalidRequest, match="ghost_plate"):
         await LiveWorkcell.build(layout_from_drafts(drafts))
+
+
+def _crowded_liquid_handler(plates: int) -> LiquidHandler:
+    """The demo liquid handler with ``plates`` more plates on extra carriers (5 per carrier)."""
+    handler = demo_liquid_handler()
+    for c in range((plates + 4) // 5):
+        carrier = PLT_CAR_L5AC_A00(name=f"extra_carrier_{c}")
+        for site in range(min(5, plates - 5 * c)):
+            carrier[site] = cor_96_wellplate_360uL_Fb(name=f"extra_plate_{c}_{site}")
+        handler.deck.assign_child_resource(carrier, rails=15 + 6 * c)
+    return handler
+
+
+async def test_snapshot_holds_each_assets_own_state_only(
+    layout_from_drafts: LayoutFactory,
+) -> None:
+    """A run record carries its bound assets' state, not the deck's: a liquid handler's entry is
+    its head, a deck's is itself, a plate's is the plate and its wells. The size of a transfer's
+    record does not grow with the number of plates on the deck."""
+    handler = _crowded_liquid_handler(plates=15)
+    whole_deck = len(json.dumps(state_to_json(handler.serialize_all_state())))
+    async with await LiveWorkcell.build(layout_from_drafts(drafts_for_tree(handler))) as workcell:
+        lh, tips = workcell.get("liquid_handler"), workcell.get("tip_rack")
+        await lh.pick_up_tips(tips["A1"])  # a tip held: the handler's own state shows it
+        bound = ["liquid_handler", "tip_rack", "source_plate", "dest_plate", "deck"]
+        snap = workcell.snapshot(bound)
+        assert set(snap) == set(bound)
+        assert set(snap["liquid_handler"]) == {"liquid_handler"}
+        assert snap["liquid_handler"]["liquid_handler"]["head_state"]["0"]["tip"] is not None
+        assert set(snap["deck"]) == {"deck"}
+        source = workcell.get("source_plate")
+        assert set(snap["source_plate"]) == {"source_plate"} | {
+            well.name for well in source.get_all_items()
+        }
+        assert len(snap["tip_rack"]) == 1 + 96
+        assert volume(snap, "source_plate", "A1") == 200
+
+        size = len(json.dumps(snap, allow_nan=False))
+        plate_size = len(json.dumps(snap["source_plate"]))
+        # The handler and the deck are small; the labware's wells and tip spots are the bulk.
+        assert len(json.dumps(snap["liquid_handler"])) + len(json.dumps(snap["deck"])) < 10_000
+        assert size < 2 * plate_size + len(json.dumps(snap["tip_rack"])) + 10_000
+        assert size < 120_000 < whole_deck  # the whole deck is ~0.4 MB here
+
+        # The same record for the demo deck: the extra plates change nothing.
+        just_plates = workcell.snapshot(["source_plate", "dest_plate"])
+        assert just_plates == {k: snap[k] for k in ("source_plate", "dest_plate")}
+
+        # What a snapshot holds is loadable: the handler's entry restores its tip only.
+        workcell.restore(json.loads(json.dumps(snap)))
+        assert lh.head[0].has_tip
+        await lh.drop_tips(tips["A1"])
+
+
+def test_own_state_of_labware_keeps_its_parts_and_skips_separate_assets() -> None:
+    """A tube rack's tubes and a plate's lid are its parts; a separate asset inside is not."""
+    plate = cor_96_wellplate_360uL_Fb(name="lidded")
+    lid = Lid(name="lidded_lid", size_x=127.0, size_y=86.0, size_z=10.0, nesting_z_height=8.0)
+    plate.assign_child_resource(lid)
+    assert "lidded_lid" in own_state(plate)
+    assert "lidded_lid" not in own_state(plate, separate={id(lid)})
+    assert len(own_state(plate)) == 1 + 96 + 1
+    reader = demo_plate_reader()
+    reader.assign_child_resource(cor_96_wellplate_360uL_Fb(name="in_reader"))
+    assert set(own_state(reader)) == {"plate_reader"}  # the plate in it is not the reader's

@@ -7,12 +7,14 @@ filtered by it see only that test's runs. A settable clock makes ``created_at`` 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 import praxis_scheduler
 from praxis_contracts.assets import AssetBinding, AssetsReserved
@@ -24,12 +26,12 @@ from praxis_contracts.protocols import (
     ProtocolFunctionSpec,
     ResolvedProtocol,
 )
-from praxis_contracts.runs import ListRuns, RunView, SubmitRun
+from praxis_contracts.runs import SUMMARY_ERROR_CHARS, ListRuns, RunSummary, RunView, SubmitRun
 from praxis_devstack.pytest_plugin import MakeDatabase
 from praxis_runtime.db import Database
 from praxis_runtime.outbox import OutboxRelay
 from praxis_scheduler.orm import OUTBOX, Base
-from praxis_scheduler.queries import RunQueries
+from praxis_scheduler.queries import PAGE_BUDGET_BYTES, RunQueries, within_budget
 from praxis_scheduler.repository import sql_units
 from praxis_scheduler.service import RunService
 
@@ -159,7 +161,283 @@ async def test_list_runs_filters_sorts_and_pages(runs: Runs, clock: Clock) -> No
     assert await listed(filters={"protocol_run_accession_id": ids[2]}) == ([ids[2]], 1)
     with pytest.raises(InvalidRequest):
         await listed(filters={"sort_by": "nope"})
+    assert await listed(filters={"machine_accession_id": uuid.uuid4()}) == ([], 0)
     with pytest.raises(InvalidRequest):
-        await listed(filters={"machine_accession_id": uuid.uuid4()})
+        await listed(filters={"parent_accession_id": uuid.uuid4()})
     with pytest.raises(InvalidRequest):
         await listed(filters={"property_filters": {"colour": "red"}})
+
+
+async def test_list_items_are_summaries_filtered_by_bound_asset(runs: Runs) -> None:
+    """Lists carry no result, states or traceback; ``resource_accession_id`` and
+    ``machine_accession_id`` find the runs bound to an asset."""
+    name = protocol_name()
+    bound, other, broken = [await submit(runs, name) for _ in range(3)]
+    grant = reserved(bound.accession_id)
+    await runs.on_reserved(grant)
+    await runs.on_reserved(reserved(other.accession_id))
+    long_error = ErrorInfo(type="ValueError", message="m" * 5_000, traceback="t" * 50_000)
+    await runs.on_failed_before_start(broken.accession_id, long_error)
+
+    plate_id = grant.bindings[0].asset_id
+    page = await runs.list(ListRuns(filters=SearchFilters(resource_accession_id=plate_id)))
+    assert [r.accession_id for r in page.items] == [bound.accession_id] and page.total == 1
+    only = page.items[0]
+    assert only.assets == {"plate": "source_plate"}
+    assert only.parameters == {}
+    assert not {"result", "final_state", "asset_states", "bindings"} & set(only.model_dump())
+    by_machine = ListRuns(filters=SearchFilters(machine_accession_id=plate_id))
+    assert (await runs.list(by_machine)).total == 1  # any bound asset's id matches
+    both = SearchFilters(resource_accession_id=plate_id, machine_accession_id=uuid.uuid4())
+    assert (await runs.list(ListRuns(filters=both))).total == 0  # all filters must hold
+
+    failed = await runs.list(ListRuns(protocol_name=name, status=[RunStatus.FAILED]))
+    assert failed.items[0].error is not None
+    assert failed.items[0].error.type == "ValueError"
+    assert failed.items[0].error.message == "m" * SUMMARY_ERROR_CHARS
+    assert len(failed.model_dump_json()) < 2_000  # no 50 KB traceback in the list
+
+
+# -- lab-sized data -----------------------------------------------------------------------------
+
+BULK_RUNS = 10_000
+BULK_STATUSES = ("completed", "failed", "cancelled", "queued", "running")
+BULK_PROTOCOLS = 7
+BULK_PLATES = 50
+MAX_PAGE_BYTES = PAGE_BUDGET_BYTES + 1024  # items within budget, plus the page's envelope
+
+
+@dataclass(frozen=True)
+class BulkRun:
+    """What the bulk insert gives run ``i`` (the SQL below derives the same from ``i``)."""
+
+    i: int
+    status: str
+    protocol: str
+    workcell: uuid.UUID
+    machine: uuid.UUID
+    plate: uuid.UUID
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Bulk:
+    runs: RunQueries
+    rows: list[BulkRun]
+    workcells: list[uuid.UUID]
+    machines: list[uuid.UUID]
+    plates: list[uuid.UUID]
+
+
+def _bulk_rows(workcells: list[uuid.UUID], machines: list[uuid.UUID], plates: list[uuid.UUID]):
+    return [
+        BulkRun(
+            i=i,
+            status=BULK_STATUSES[i % len(BULK_STATUSES)],
+            protocol=f"proto_{i % BULK_PROTOCOLS}",
+            workcell=workcells[i % len(workcells)],
+            machine=machines[i % len(machines)],
+            plate=plates[i % len(plates)],
+            created_at=T0 + timedelta(minutes=i),
+        )
+        for i in range(BULK_RUNS)
+    ]
+
+
+def _uuid_array(ids: list[uuid.UUID]) -> str:
+    return "ARRAY[" + ",".join(f"'{i}'::uuid" for i in ids) + "]"
+
+
+def _bulk_insert_sql(
+    workcells: list[uuid.UUID], machines: list[uuid.UUID], plates: list[uuid.UUID]
+) -> str:
+    """One ``INSERT … SELECT generate_series``: 10,000 runs in well under a second.
+
+    Every run carries what made lists break: ~20 KB of asset states, a result, a final state and
+    (for failures) a long traceback; every hundredth run has parameters too large for a summary.
+    """
+    statuses = "ARRAY[" + ",".join(f"'{s}'" for s in BULK_STATUSES) + "]"
+    wc, mc, pl = (_uuid_array(x) for x in (workcells, machines, plates))
+    binding = (
+        "jsonb_build_object('requirement', {req}, 'asset_id', {id}::text, 'asset_name', {name}, "
+        "'kind', {kind}, 'fqn', 'pylabrobot.x', 'lease_key', 'asset.' || {id}::text, 'token', i)"
+    )
+    machine = binding.format(
+        req="'lh'", id=f"({mc})[1 + i % {len(machines)}]", name="'lh'", kind="'machine'"
+    )
+    plate = binding.format(
+        req="'plate'",
+        id=f"({pl})[1 + i % {len(plates)}]",
+        name=f"'plate_' || (i % {len(plates)})",
+        kind="'resource'",
+    )
+    return f"""
+        INSERT INTO scheduler.protocol_runs (
+            accession_id, protocol_name, protocol_version, definition_id, source_commit,
+            definition, status, parameters, initial_state, workcell, workcell_id,
+            workcell_name, pins, asset_properties, priority, bindings, result, error,
+            final_state, asset_states, created_at, updated_at, started_at, finished_at)
+        SELECT
+            gen_random_uuid(), 'proto_' || (i % {BULK_PROTOCOLS}), '1.0.0', gen_random_uuid(),
+            repeat('c', 40), '{{}}'::jsonb, ({statuses})[1 + i % {len(BULK_STATUSES)}],
+            CASE WHEN i % 100 = 0
+                 THEN jsonb_build_object('wells', repeat('A1,', 1000))
+                 ELSE jsonb_build_object('volume', i, 'tag', 'bulk-' || i) END,
+            '{{}}'::jsonb, NULL, ({wc})[1 + i % {len(workcells)}],
+            'wc_' || (i % {len(workcells)}), '{{}}'::jsonb, '{{}}'::jsonb, i % 11 - 5,
+            jsonb_build_array({machine}, {plate}),
+            jsonb_build_object('readings', repeat('0.5,', 2000)),
+            CASE WHEN i % {len(BULK_STATUSES)} = 1
+                 THEN jsonb_build_object('type', 'RuntimeError', 'message', repeat('e', 3000),
+                                         'traceback', repeat('t', 20000)) END,
+            jsonb_build_object('log', repeat('s', 5000)),
+            jsonb_build_object('source_plate', repeat('w', 20000)),
+            TIMESTAMPTZ '{T0.isoformat()}' + i * INTERVAL '1 minute',
+            TIMESTAMPTZ '{T0.isoformat()}' + i * INTERVAL '1 minute',
+            NULL, NULL
+        FROM generate_series(0, {BULK_RUNS - 1}) AS i
+    """
+
+
+@pytest.fixture(scope="module")
+async def bulk(make_database: MakeDatabase) -> AsyncIterator[Bulk]:
+    """A database of its own holding 10,000 runs (totals are exact)."""
+    db = Database(make_database("sched_bulk"), "scheduler")
+    await db.migrate(MIGRATIONS, Base.metadata)
+    workcells, machines = [uuid.uuid4() for _ in range(3)], [uuid.uuid4() for _ in range(2)]
+    plates = [uuid.uuid4() for _ in range(BULK_PLATES)]
+    async with db.transaction() as session:
+        await session.execute(text(_bulk_insert_sql(workcells, machines, plates)))
+        await session.execute(text("ANALYZE scheduler.protocol_runs"))
+    yield Bulk(RunQueries(db), _bulk_rows(workcells, machines, plates), workcells, machines, plates)
+    await db.dispose()
+
+
+async def _page_through(
+    runs: RunQueries, limit: int, query: dict[str, Any]
+) -> tuple[list[RunSummary], int, list[int]]:
+    """Every page of a list (limit ``limit``): the items, the total, each page's JSON size."""
+    items: list[RunSummary] = []
+    sizes: list[int] = []
+    filters = query.pop("filters", {})
+    while True:
+        page = await runs.list(
+            ListRuns(filters=SearchFilters(limit=limit, offset=len(items), **filters), **query)
+        )
+        sizes.append(len(page.model_dump_json().encode()))
+        items.extend(page.items)
+        if not page.items or len(items) >= page.total:
+            return items, page.total, sizes
+
+
+def _sort_key(run: RunSummary, field: str) -> Any:
+    return getattr(run, field.lstrip("-"))
+
+
+async def test_ten_thousand_runs_page_with_every_filter(bulk: Bulk) -> None:
+    rows = bulk.rows
+    window = (T0 + timedelta(minutes=2_000), T0 + timedelta(minutes=7_500))
+    cases: list[tuple[dict[str, Any], Callable[[BulkRun], bool]]] = [
+        ({}, lambda r: True),
+        ({"status": [RunStatus.FAILED]}, lambda r: r.status == "failed"),
+        (
+            {"status": [RunStatus.QUEUED, RunStatus.RUNNING]},
+            lambda r: r.status in ("queued", "running"),
+        ),
+        ({"protocol_name": "proto_3"}, lambda r: r.protocol == "proto_3"),
+        (
+            {"filters": {"date_range_start": window[0], "date_range_end": window[1]}},
+            lambda r: window[0] <= r.created_at < window[1],
+        ),
+        (
+            {"filters": {"workcell_accession_id": bulk.workcells[1]}},
+            lambda r: r.workcell == bulk.workcells[1],
+        ),
+        (
+            {"filters": {"resource_accession_id": bulk.plates[7]}},
+            lambda r: r.plate == bulk.plates[7],
+        ),
+        (
+            {"filters": {"machine_accession_id": bulk.machines[0]}},
+            lambda r: r.machine == bulk.machines[0],
+        ),
+        (
+            {
+                "status": [RunStatus.COMPLETED],
+                "protocol_name": "proto_1",
+                "filters": {
+                    "machine_accession_id": bulk.machines[1],
+                    "workcell_accession_id": bulk.workcells[2],
+                    "date_range_start": window[0],
+                },
+            },
+            lambda r: (
+                r.status == "completed"
+                and r.protocol == "proto_1"
+                and r.machine == bulk.machines[1]
+                and r.workcell == bulk.workcells[2]
+                and r.created_at >= window[0]
+            ),
+        ),
+    ]
+    largest = 0
+    for query, wanted in cases:
+        expected = sum(1 for r in rows if wanted(r))
+        items, total, sizes = await _page_through(bulk.runs, 1000, dict(query))
+        assert total == expected, query
+        assert len({r.accession_id for r in items}) == expected, query
+        assert [r.created_at for r in items] == sorted((r.created_at for r in items), reverse=True)
+        largest = max(largest, *sizes)
+        if not query:
+            unfiltered = sizes[0]
+    assert largest < MAX_PAGE_BYTES, largest
+
+    for sort_by in (
+        "priority",
+        "-priority",
+        "status",
+        "protocol_name",
+        "created_at",
+        "-updated_at",
+    ):
+        items, total, sizes = await _page_through(
+            bulk.runs, 1000, {"filters": {"sort_by": sort_by}}
+        )
+        assert total == BULK_RUNS and len({r.accession_id for r in items}) == BULK_RUNS, sort_by
+        keys = [_sort_key(r, sort_by) for r in items]
+        assert keys == sorted(keys, reverse=sort_by.startswith("-")), sort_by
+        assert max(sizes) < MAX_PAGE_BYTES
+
+    # Failed runs carry an error summary: 1,000 of them pass the budget and the page is cut.
+    failed = await bulk.runs.list(
+        ListRuns(status=[RunStatus.FAILED], filters=SearchFilters(limit=1000))
+    )
+    assert 0 < len(failed.items) < 1000 and failed.total == BULK_RUNS // len(BULK_STATUSES)
+    assert len(failed.model_dump_json()) <= MAX_PAGE_BYTES
+
+    page = await bulk.runs.list(ListRuns(filters=SearchFilters(limit=50, sort_by="created_at")))
+    assert page.total == BULK_RUNS and len(page.items) == 50
+    print(
+        f"bytes per page: 50 runs {len(page.model_dump_json())}, "
+        f"1000 runs {unfiltered} (unfiltered), largest {largest}"
+    )
+    assert len(page.model_dump_json()) < 50 * 1024
+    assert page.items[0].parameters is None  # run 0's parameters are over 1 KB
+    assert page.items[1].parameters == {"volume": 1, "tag": "bulk-1"}
+    assert page.items[1].error is not None and len(page.items[1].error.message) == 200
+
+
+def test_a_page_is_cut_to_its_byte_budget() -> None:
+    now = datetime.now(UTC)
+    run = RunSummary(
+        accession_id=uuid.uuid4(),
+        protocol_name="p" * 200,
+        protocol_version="1",
+        status=RunStatus.QUEUED,
+        created_at=now,
+        updated_at=now,
+    )
+    size = len(run.model_dump_json()) + 1
+    assert within_budget([run] * 10, budget=3 * size) == [run] * 3
+    assert within_budget([run] * 2, budget=1) == [run]  # never an empty page
+    assert within_budget([], budget=1) == []

@@ -212,6 +212,54 @@ class ReserveAssets(Command):
     )
 
 
+class RequirementOptions(BaseModel):
+    """The assets of one workcell a requirement could be bound to."""
+
+    model_config = ConfigDict(frozen=True)
+
+    requirement: str
+    assets: list[str] = Field(description="Asset names, preferred first.")
+
+
+class WorkcellMatch(BaseModel):
+    """A workcell that could host the run, with every requirement's options there."""
+
+    model_config = ConfigDict(frozen=True)
+
+    workcell_id: UUID
+    workcell_name: str
+    requirements: list[RequirementOptions]
+
+
+class ReservationCheck(BaseModel):
+    """Where a reservation could be granted once its assets are free (busy ones count)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    workcells: list[WorkcellMatch] = Field(description="Every workcell that could host the run.")
+
+
+class CheckReservation(Request[ReservationCheck]):
+    """Would ``ReserveAssets`` with these fields ever be granted? Leases nothing.
+
+    The same matching as a reservation, with busy assets counted as free (a run waits for those):
+    the reply lists the workcells that could host the run; a request that could never be
+    granted gets ``no_matching_assets`` naming the workcell, requirement or pin at fault."""
+
+    subject: ClassVar[str] = "praxis.rpc.asset.check_reservation"
+    reply_type: ClassVar[type[BaseModel]] = ReservationCheck
+
+    requirements: list[AssetRequirementSpec]
+    workcell: str | None = Field(default=None, description="Workcell name or id; any if None.")
+    pins: dict[str, str] = Field(
+        default_factory=dict, description="Requirement name -> asset name or id to use."
+    )
+    properties: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Requirement name -> properties the bound asset must have (containment).",
+    )
+
+
 class ReleaseAssets(Command):
     """Release every lease a run holds (idempotent)."""
 

@@ -18,6 +18,8 @@ class ErrorCode(StrEnum):
 
     INVALID_REQUEST = "invalid_request"
     INVALID_PARAMETERS = "invalid_parameters"
+    INVALID_INPUT = "invalid_input"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
     NOT_FOUND = "not_found"
     CONFLICT = "conflict"
     INVALID_TRANSITION = "invalid_transition"
@@ -28,6 +30,7 @@ class ErrorCode(StrEnum):
     LEASE_LOST = "lease_lost"
     UNAVAILABLE = "unavailable"
     TIMEOUT = "timeout"
+    REPLY_TOO_LARGE = "reply_too_large"
     INTERNAL = "internal"
 
 
@@ -67,6 +70,23 @@ class InvalidRequest(PraxisError):
 
 class InvalidParameters(PraxisError):
     code = ErrorCode.INVALID_PARAMETERS
+
+
+class InvalidInput(InvalidRequest):
+    """Well-formed input with values that cannot be stored: a NUL character, or any value
+    PostgreSQL rejects (its data errors, e.g. a number out of range).
+
+    A subclass of ``InvalidRequest`` so code catching bad input catches it too; its own code
+    lets clients (and the HTTP status table) tell "malformed" from "unprocessable"."""
+
+    code = ErrorCode.INVALID_INPUT
+
+
+class PayloadTooLarge(PraxisError):
+    """A body or message larger than the hop that carries it allows: an HTTP body over the
+    gateway's ``GATEWAY_MAX_BODY_BYTES``, a NATS message over the server's ``max_payload``."""
+
+    code = ErrorCode.PAYLOAD_TOO_LARGE
 
 
 class NotFound(PraxisError):
@@ -112,6 +132,16 @@ class Timeout(PraxisError):
     retryable = True
 
 
+class ReplyTooLarge(PayloadTooLarge):
+    """A reply would exceed the largest message the NATS server carries (1 MB by default).
+
+    Sent instead of the reply, which the server would refuse, leaving the requester to time out.
+    Asking again gets the same answer: ask for less (a smaller page). A ``PayloadTooLarge``, but
+    its own code: the request was fine, the answer is what does not fit."""
+
+    code = ErrorCode.REPLY_TOO_LARGE
+
+
 class InternalError(PraxisError):
     code = ErrorCode.INTERNAL
 
@@ -121,6 +151,8 @@ _BY_CODE: dict[ErrorCode, type[PraxisError]] = {
     for cls in (
         InvalidRequest,
         InvalidParameters,
+        InvalidInput,
+        PayloadTooLarge,
         NotFound,
         Conflict,
         InvalidTransition,
@@ -131,6 +163,7 @@ _BY_CODE: dict[ErrorCode, type[PraxisError]] = {
         LeaseLost,
         Unavailable,
         Timeout,
+        ReplyTooLarge,
         InternalError,
     )
 }

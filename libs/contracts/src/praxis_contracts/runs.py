@@ -48,8 +48,58 @@ class RunView(BaseModel):
     finished_at: datetime | None = None
 
 
-class RunPage(Page[RunView]):
-    pass
+SUMMARY_ERROR_CHARS = 200
+SUMMARY_PARAMETERS_BYTES = 1024
+
+
+class RunErrorSummary(BaseModel):
+    """What a run list says about a failure: its kind and the start of its message."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    type: str = Field(description="Exception type name, e.g. 'ValueError'.")
+    code: str | None = Field(default=None, description="Praxis error code when one applies.")
+    message: str = Field(description=f"At most the first {SUMMARY_ERROR_CHARS} characters.")
+
+
+class RunSummary(BaseModel):
+    """A run as lists show it: a few hundred bytes, so that a page of 1,000 fits one message.
+
+    A page travels as one NATS message (1 MB at most). ``result``, ``final_state``,
+    ``asset_states`` (tens of KB per run) and the error's traceback can be any size, so lists
+    leave them out, as they leave out the ids and lease details ``GetRun``'s ``RunView`` has.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    accession_id: UUID
+    protocol_name: str
+    protocol_version: str
+    status: RunStatus
+    priority: int = 0
+    workcell_name: str | None = Field(default=None, description="Workcell the run was bound to.")
+    assets: dict[str, str] = Field(
+        default_factory=dict, description="Requirement -> name of the asset bound to it."
+    )
+    parameters: dict[str, Any] | None = Field(
+        default=None,
+        description=f"The run's parameters; null when their JSON exceeds "
+        f"{SUMMARY_PARAMETERS_BYTES} bytes (GetRun has them).",
+    )
+    error: RunErrorSummary | None = None
+    retry_of: UUID | None = Field(default=None, description="The run this one retries.")
+    retried_by: UUID | None = Field(default=None, description="The run that retried this one.")
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class RunPage(Page[RunSummary]):
+    """A page of run summaries; ``GetRun`` for a run's result, states and traceback.
+
+    At most ``limit`` items, and fewer when they would not fit one message (about 512 KB of
+    items): continue at ``offset + len(items)`` until ``total``."""
 
 
 class SubmitRun(Request[RunView]):
@@ -88,6 +138,9 @@ class GetRun(Request[RunView]):
 
 
 class ListRuns(Request[RunPage]):
+    """Run summaries, one page. ``filters.resource_accession_id`` and
+    ``filters.machine_accession_id`` select the runs bound to that asset."""
+
     subject: ClassVar[str] = "praxis.rpc.scheduler.list_runs"
     reply_type: ClassVar[type[BaseModel]] = RunPage
 
@@ -168,7 +221,9 @@ class RunFinished(_RunEvent):
     error: ErrorInfo | None = None
     final_state: dict[str, Any] = Field(default_factory=dict)
     asset_states: dict[str, Any] = Field(
-        default_factory=dict, description="serialize_all_state() of each bound asset, by name."
+        default_factory=dict,
+        description="PyLabRobot state each bound asset owns, by name (a labware's includes its "
+        "wells or tip spots; a machine's or deck's not the labware on it).",
     )
 
 

@@ -4,7 +4,8 @@ Latency: the client notes the wall clock just before ``POST /protocols/runs``; t
 protocol returns the wall clock of its first line (same machine, same clock). Throughput: N runs
 submitted with bounded concurrency; the clock stops when the scheduler has recorded every one as
 completed. Completion is pushed to the benchmark by NATS subscriptions, never polled.
-Then the other services stop and the reservation figures are taken against the asset-manager
+The run list is then read at pages of 50 and 1,000 (time and bytes). Then the other services
+stop and the reservation figures are taken against the asset-manager
 alone (``bench_reservations``).
 """
 
@@ -126,6 +127,33 @@ async def measure(api: str, nats_url: str, runs: int, concurrency: int) -> dict[
     }
 
 
+async def measure_run_list(api: str, repeats: int = 5) -> dict[str, Any]:
+    """``GET /protocols/runs`` at the default page (50) and the largest (1,000): time and bytes.
+
+    The runs the phases before left behind are listed; every page must be a 200 (a page too
+    large for one NATS message was once a 504 after 5 s).
+    """
+    figures: dict[str, Any] = {}
+    async with httpx.AsyncClient(base_url=api, timeout=30.0) as client:
+        for limit in (50, 1000):
+            ms: list[float] = []
+            size = 0
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                response = await client.get("/api/v1/protocols/runs", params={"limit": limit})
+                ms.append((time.perf_counter() - t0) * 1000)
+                response.raise_for_status()
+                size = len(response.content)
+            page = response.json()
+            figures[f"limit_{limit}"] = {
+                "items": len(page["items"]),
+                "total": page["total"],
+                "bytes": size,
+                "ms": summary(ms),
+            }
+    return figures
+
+
 async def bench(args: argparse.Namespace) -> int:
     stack = Stack(fast=True)
     try:
@@ -133,6 +161,7 @@ async def bench(args: argparse.Namespace) -> int:
         await stack.seed()
         assert stack.infra is not None
         report = await measure(stack.api, stack.infra.nats_url, args.runs, args.concurrency)
+        report["run_list"] = await measure_run_list(stack.api)  # needs the scheduler: now
         # The asset-manager alone: the scheduler would otherwise take every benchmark grant
         # for a run it does not know and dead-letter it, on the same two cores.
         await stack.stop_services(keep=("asset-manager",))

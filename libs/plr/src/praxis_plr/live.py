@@ -13,20 +13,27 @@ import importlib
 import inspect
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from types import TracebackType
 from typing import Any
 from uuid import UUID
 
 from pylabrobot.machines.backend import MachineBackend
 from pylabrobot.machines.machine import Machine
-from pylabrobot.resources import Resource, ResourceHolder, set_tip_tracking, set_volume_tracking
+from pylabrobot.resources import (
+    Deck,
+    Resource,
+    ResourceHolder,
+    set_tip_tracking,
+    set_volume_tracking,
+)
 from pylabrobot.resources.errors import ResourceNotFoundError
 from pylabrobot.utils.object_parsing import find_subclass
 
 from praxis_contracts.assets import Asset, WorkcellLayout
 from praxis_contracts.errors import InvalidRequest, UnknownAssetType
 from praxis_plr._state import state_from_json, state_to_json
+from praxis_plr.layout import _LABWARE  # one definition of labware: what drafts store state for
 from praxis_plr.types import import_type
 
 log = logging.getLogger(__name__)
@@ -206,12 +213,16 @@ class LiveWorkcell:
             raise ExceptionGroup("Stopping machines failed", errors)
 
     def snapshot(self, names: Iterable[str]) -> dict[str, Any]:
-        """``serialize_all_state()`` of each named asset, as detached strict JSON.
+        """The state each named asset owns (:func:`own_state`), as detached strict JSON.
 
-        A machine's or deck's snapshot includes everything below it.
+        Only what the asset owns, never what sits on it: a liquid handler's
+        ``serialize_all_state()`` carries its whole deck (94 KB for the demo workcell) and a run
+        record must fit in one NATS message. Labware placed on a machine or deck is an asset of
+        its own and has its own entry when a run is bound to it.
         """
         self._check_owner()
-        return {name: state_to_json(self.get(name).serialize_all_state()) for name in names}
+        separate = {id(obj) for obj in self._objects.values()}
+        return {name: state_to_json(own_state(self.get(name), separate)) for name in names}
 
     def restore(self, snapshot: dict[str, Any]) -> None:
         """Load a :meth:`snapshot` back (e.g. to roll back a failed step).
@@ -246,6 +257,27 @@ class LiveWorkcell:
             raise RuntimeError(
                 "A LiveWorkcell must be used from the thread and event loop that built it."
             )
+
+
+def own_state(obj: Resource, separate: Collection[int] = ()) -> dict[str, dict[str, Any]]:
+    """The state ``obj`` owns, keyed by resource name like ``serialize_all_state()``.
+
+    * Labware (plates, tip racks, tube racks, troughs, tubes, lids): its own state and that of
+      its parts (wells, tip spots, rack slots and their tubes, the lid on it), which is what
+      ``drafts_for_tree`` stores as a labware asset's ``state``.
+    * Anything else (a machine, a deck, a carrier): ``serialize_state()`` of itself only; for a
+      ``LiquidHandler`` that is its head (tips held), not the deck below it.
+
+    Inside labware, a machine or deck and any object whose ``id`` is in ``separate`` (the live
+    objects of other assets) are skipped with everything below them: they have their own entry.
+    ``load_all_state`` accepts the result (it loads only the names it finds).
+    """
+    state = {obj.name: obj.serialize_state()}
+    if isinstance(obj, _LABWARE):
+        for child in obj.children:
+            if not isinstance(child, Machine | Deck) and id(child) not in separate:
+                state.update(own_state(child, separate))
+    return state
 
 
 def _index(assets: list[Asset]) -> dict[UUID, Asset]:
