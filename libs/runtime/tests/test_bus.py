@@ -31,6 +31,7 @@ from praxis_contracts.errors import (
     InternalError,
     InvalidRequest,
     NotFound,
+    ReplyTooLarge,
     SourceSyncFailed,
     Unavailable,
 )
@@ -298,6 +299,32 @@ async def test_a_request_without_responders_is_unavailable_at_once(harness: Harn
     with pytest.raises(Unavailable, match="no service answers"):
         await harness.bus.request(Unanswered())
     assert time.monotonic() - started < harness.bus.request_timeout / 2
+
+
+async def test_a_reply_over_the_max_payload_is_a_typed_error_not_a_time_out(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server refuses a message over its max payload; the requester hears why at once."""
+    limit = harness.bus.nc.max_payload
+    huge = run_view(uuid.uuid4()).model_copy(update={"asset_states": {"deck": "x" * limit}})
+    harness.rec.runs[huge.accession_id] = huge
+    started = time.monotonic()
+    with (
+        caplog.at_level("ERROR", logger="praxis_runtime.bus"),
+        pytest.raises(ReplyTooLarge) as caught,
+    ):
+        await harness.bus.request(GetRun(run_id=huge.accession_id))
+    assert time.monotonic() - started < harness.bus.request_timeout / 2
+    assert caught.value.details["max_payload"] == limit
+    assert caught.value.details["size"] > limit
+    assert "smaller page" in caught.value.message
+    assert any("exceeds the max payload" in r.getMessage() for r in caplog.records)
+
+    # Just under the limit still goes through as the reply.
+    room = limit - len(run_view(huge.accession_id).model_dump_json()) - 2_000
+    fits = huge.model_copy(update={"asset_states": {"deck": "x" * room}})
+    harness.rec.runs[huge.accession_id] = fits
+    assert await harness.bus.request(GetRun(run_id=huge.accession_id)) == fits
 
 
 # -- JetStream consumers ---------------------------------------------------------------------

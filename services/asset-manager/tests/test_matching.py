@@ -70,7 +70,9 @@ def test_a_requirement_never_matches_a_base_class_or_sibling() -> None:
     tips = asset("tips", type_ancestry(TipRack))
     with pytest.raises(NoMatchingAssets) as caught:
         bind([need("plate")], [generic, tips], {}, set())
-    assert caught.value.details == {"requirements": ["plate"]}
+    assert caught.value.details["requirements"] == ["plate"]
+    (problem,) = caught.value.details["problems"]
+    assert problem["requirement"] == "plate" and "has no" in problem["reason"]
 
 
 def test_machines_match_by_ancestry_too() -> None:

@@ -47,11 +47,13 @@ from praxis_contracts.errors import (
     InternalError,
     InvalidRequest,
     PraxisError,
+    ReplyTooLarge,
     Timeout,
     Unavailable,
     error_from_reply,
 )
 from praxis_contracts.topology import COMMANDS, EVENTS, dead_letter_subject
+from praxis_runtime.dberrors import as_domain_error
 from praxis_runtime.logging import correlation_id_var, log_context
 from praxis_runtime.publisher import Outgoing, Publisher
 
@@ -367,14 +369,16 @@ class Bus:
         async def serve(msg: NatsMessage) -> NatsResponse:
             started = time.perf_counter()
             correlation = (msg.headers or {}).get(h.CORRELATION_ID) or uuid.uuid4().hex
+            headers = {h.CORRELATION_ID: correlation, h.ERROR: "1"}  # the larger set
             with log_context(correlation_id=correlation):
                 body, error = await self._answer(route, deps, msg.body)
+                if not error:
+                    body, error = self._bounded(route, body, headers)
+            if not error:
+                del headers[h.ERROR]
             outcome = "error" if error else "ok"
             MESSAGES.labels(self.service, subject, outcome).inc()
             HANDLER_SECONDS.labels(self.service, subject).observe(time.perf_counter() - started)
-            headers = {h.CORRELATION_ID: correlation}
-            if error:
-                headers[h.ERROR] = "1"
             return NatsResponse(body, headers=headers)
 
         # Requests are answered concurrently: one slow query must not hold up the rest.
@@ -394,12 +398,37 @@ class Bus:
         except PraxisError as exc:
             error = exc
         except Exception as exc:
-            if is_infrastructure(exc):  # e.g. a pooled connection that died with PostgreSQL
+            if (known := as_domain_error(exc)) is not None:  # input PostgreSQL refused
+                error = known
+            elif is_infrastructure(exc):  # e.g. a pooled connection that died with PostgreSQL
                 log.warning("%s: dependency unavailable: %s", route.request_type.__name__, exc)
                 error = Unavailable("a dependency is unavailable; try again")
             else:
                 log.exception("unhandled error in %s", route.request_type.__name__)
                 error = InternalError(f"{type(exc).__name__} while handling the request")
+        return error.to_reply().model_dump_json().encode(), True
+
+    def _bounded(
+        self, route: RpcRoute[DepsT], body: bytes, headers: dict[str, str]
+    ) -> tuple[bytes, bool]:
+        """The reply, or a ``reply_too_large`` error if the server would refuse it.
+
+        nats-server drops a message over its ``max_payload`` (headers count too, 1 MB by
+        default); the requester would only see a time-out. ``headers`` are the ones the error
+        reply would carry, the largest set, so the check holds for either.
+        """
+        size = len(body) + _header_bytes(headers)
+        limit = self.nc.max_payload
+        if size <= limit:
+            return body, False
+        name = route.request_type.__name__
+        log.error("%s: reply of %d bytes exceeds the max payload of %d bytes", name, size, limit)
+        error = ReplyTooLarge(
+            f"the reply to {name} is {size} bytes, over the {limit}-byte message limit; "
+            "ask for less (a smaller page)",
+            size=size,
+            max_payload=limit,
+        )
         return error.to_reply().model_dump_json().encode(), True
 
     def _subscribe_consumer(self, route: ConsumeRoute[DepsT], deps: DepsT) -> None:
@@ -474,6 +503,9 @@ class Bus:
             await self._dead_letter(msg, f"{exc.code}: {exc.message}")
             return "dead_lettered"
         except Exception as exc:
+            if (known := as_domain_error(exc)) is not None:  # it can never be stored
+                await self._dead_letter(msg, f"{known.code}: {known.message}")
+                return "dead_lettered"
             if is_infrastructure(exc):
                 return await self._wait_out(msg, delivery, f"{type(exc).__name__}: {exc}")
             log.exception("unhandled error in %s", name)
@@ -537,3 +569,14 @@ def _errors(exc: ValidationError) -> list[dict[str, Any]]:
         {"loc": ".".join(map(str, e["loc"])), "msg": e["msg"], "type": e["type"]}
         for e in exc.errors(include_url=False, include_input=False)
     ]
+
+
+# FastStream adds headers of its own to a reply (content type, correlation id): room for them.
+_BROKER_HEADER_ROOM = 512
+
+
+def _header_bytes(headers: dict[str, str]) -> int:
+    """Bytes a header block takes on the wire (``NATS/1.0\\r\\n``, ``key: value\\r\\n``…, a
+    blank line), plus room for the broker's own headers."""
+    lines = sum(len(key.encode()) + len(value.encode()) + 4 for key, value in headers.items())
+    return len(b"NATS/1.0\r\n\r\n") + lines + _BROKER_HEADER_ROOM

@@ -9,6 +9,7 @@ from praxis_asset_manager.reservations import Reservations
 from praxis_contracts.assets import (
     Asset,
     AssetPage,
+    CheckReservation,
     ForceReleaseLease,
     GetAsset,
     GetWorkcellLayout,
@@ -20,6 +21,7 @@ from praxis_contracts.assets import (
     ListWorkcells,
     RegisterWorkcell,
     ReleaseAssets,
+    ReservationCheck,
     ReserveAssets,
     WorkcellLayout,
     WorkcellPage,
@@ -70,6 +72,11 @@ async def list_leases(query: ListLeases, deps: Deps) -> LeaseList:
 @handlers.rpc(ForceReleaseLease)
 async def force_release(cmd: ForceReleaseLease, deps: Deps) -> Lease:
     return await deps.reservations.force_release(cmd.asset_id, cmd.reason)
+
+
+@handlers.rpc(CheckReservation)
+async def check_reservation(query: CheckReservation, deps: Deps) -> ReservationCheck:
+    return await deps.reservations.check(query)
 
 
 @handlers.consume(ReserveAssets, durable="asset-manager-reserve", max_workers=16)

@@ -86,14 +86,54 @@ def match(
         r for r in requirements if not options[r.name] and (not r.optional or r.name in pins)
     ]
     if missing:
+        problems = [
+            unmatched(r, assets, pins.get(r.name), required.get(r.name), by_ref) for r in missing
+        ]
         raise NoMatchingAssets(
-            "no asset matches " + ", ".join(f"{r.name} ({r.type_fqn})" for r in missing),
+            "no asset matches " + "; ".join(f"{p['requirement']}: {p['reason']}" for p in problems),
             requirements=[r.name for r in missing],
+            problems=problems,
         )
     found = Match(requirements, options)
     if found.now(lambda _: False) is None:
         raise NoMatchingAssets("the requirements cannot all be bound to distinct assets")
     return found
+
+
+def unmatched(
+    req: AssetRequirementSpec,
+    assets: list[Asset],
+    pin: str | None,
+    properties: Mapping[str, Any] | None,
+    by_ref: Mapping[str, Asset] | None,
+) -> dict[str, Any]:
+    """Why ``req`` has no candidate, naming its pin or the properties at fault: what a client
+    needs to fix its submission. Only called once matching has failed (never on the hot path)."""
+    problem: dict[str, Any] = {"requirement": req.name, "type": req.type_fqn}
+    wanted = dict(properties or {})
+    if wanted:
+        problem["properties"] = wanted
+    if pin:
+        problem["pin"] = pin
+        asset = (by_ref or {}).get(pin)
+        if asset is None:
+            reason = f"pin {pin!r} names no asset of the workcell"
+        elif req.type_fqn not in asset.type_mro:
+            reason = f"pin {pin!r} is a {asset.fqn}, not a {req.type_fqn}"
+        elif asset.status in UNUSABLE:
+            reason = f"pin {pin!r} is in status {asset.status}"
+        else:
+            reason = f"pin {pin!r} lacks the required properties {wanted}"
+        return problem | {"reason": reason}
+    of_type = [a for a in assets if req.type_fqn in a.type_mro]
+    usable = [a for a in of_type if a.status not in UNUSABLE]
+    if not of_type:
+        reason = f"the workcell has no {req.type_fqn}"
+    elif not usable:
+        reason = f"every {req.type_fqn} of the workcell is in maintenance or error"
+    else:
+        reason = f"no {req.type_fqn} of the workcell has the required properties {wanted}"
+    return problem | {"reason": reason}
 
 
 def bind(

@@ -30,9 +30,9 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 
-from praxis_asset_manager.inventory import Inventory
+from praxis_asset_manager.inventory import Inventory, Site
 from praxis_asset_manager.lease_index import Change, Deadlines, LeaseIndex
-from praxis_asset_manager.matching import Binding, match
+from praxis_asset_manager.matching import Binding, Match, match
 from praxis_asset_manager.orm import ReservationRow
 from praxis_asset_manager.waiters import Waiter, WaitQueue
 from praxis_contracts.assets import (
@@ -41,16 +41,20 @@ from praxis_contracts.assets import (
     AssetsReleased,
     AssetsReserved,
     AssetStatus,
+    CheckReservation,
     HoldAssets,
     Lease,
     LeaseExpired,
     LeaseForceReleased,
     LeaseList,
     ReleaseAssets,
+    RequirementOptions,
+    ReservationCheck,
     ReservationFailed,
     ReservationWaiting,
     ReserveAssets,
     WorkcellLayout,
+    WorkcellMatch,
 )
 from praxis_contracts.errors import NoMatchingAssets, NotFound, PraxisError, Timeout
 from praxis_runtime.db import Database
@@ -185,6 +189,38 @@ class Reservations:
         if error is not None:
             raise error
         return plan, frozenset(wanted)
+
+    async def check(self, query: CheckReservation) -> ReservationCheck:
+        """Where the request could be granted once its assets are free; ``NoMatchingAssets``
+        naming the workcell, requirement or pin at fault if it never could. Leases nothing and
+        ignores who holds what: a busy asset is a reason to wait, not to refuse."""
+        if query.workcell:
+            try:
+                sites = [await self.inventory.site(query.workcell)]
+            except NotFound as exc:
+                raise NoMatchingAssets(
+                    f"workcell {query.workcell!r} not found", workcell=query.workcell
+                ) from exc
+        else:
+            sites = await self.inventory.sites()
+        hosts: list[WorkcellMatch] = []
+        refusals: dict[str, NoMatchingAssets] = {}
+        for site in sites:
+            try:
+                found = match(
+                    query.requirements,
+                    site.layout.assets,
+                    query.pins,
+                    query.properties,
+                    site.by_ref,
+                )
+            except NoMatchingAssets as exc:
+                refusals[site.layout.workcell.name] = exc
+                continue
+            hosts.append(_workcell_match(site, found))
+        if not hosts:
+            raise _nowhere(refusals)
+        return ReservationCheck(workcells=hosts)
 
     async def _grant(self, cmd: ReserveAssets, plan: Plan) -> bool:
         layout, bindings = plan
@@ -512,6 +548,32 @@ class Reservations:
         self._tasks.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("%s failed", task.get_coro(), exc_info=exc)
+
+
+def _workcell_match(site: Site, found: Match) -> WorkcellMatch:
+    workcell = site.layout.workcell
+    return WorkcellMatch(
+        workcell_id=workcell.accession_id,
+        workcell_name=workcell.name,
+        requirements=[
+            RequirementOptions(requirement=r.name, assets=[a.name for a in found.options[r.name]])
+            for r in found.requirements
+        ],
+    )
+
+
+def _nowhere(refusals: dict[str, NoMatchingAssets]) -> NoMatchingAssets:
+    """One error for a request no workcell can host, naming each workcell's reasons."""
+    if not refusals:
+        return NoMatchingAssets("there is no workcell to run on")
+    if len(refusals) == 1:
+        ((name, only),) = refusals.items()
+        return NoMatchingAssets(f"workcell {name!r}: {only.message}", workcell=name, **only.details)
+    return NoMatchingAssets(
+        "no workcell can host the run: "
+        + "; ".join(f"{name!r}: {exc.message}" for name, exc in refusals.items()),
+        workcells={name: exc.details for name, exc in refusals.items()},
+    )
 
 
 def _lease_view(key: str, state: KeyState, names: dict[uuid.UUID, str]) -> Lease:

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
+import nats.errors
 import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -15,7 +16,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from pydantic import Field, ValidationError
 
 from praxis_contracts.errors import PraxisError
-from praxis_gateway.errors import on_praxis_error, on_validation_error
+from praxis_gateway.errors import (
+    on_payload_too_large,
+    on_praxis_error,
+    on_unexpected_error,
+    on_validation_error,
+)
+from praxis_gateway.guard import InputGuard
 from praxis_gateway.inventory_routes import router as inventory_router
 from praxis_gateway.routes import router
 from praxis_runtime.logging import configure_logging, correlation_id_var
@@ -27,10 +34,20 @@ REQUESTS = Counter("praxis_http_requests_total", "HTTP requests", ["method", "ro
 LATENCY = Histogram("praxis_http_request_seconds", "HTTP latency", ["method", "route"])
 
 
+MAX_BODY_BYTES = 1024 * 1024
+"""1 MiB: each body travels to a service as one NATS message, and NATS refuses messages over
+its ``max_payload`` (1 MB by default), so a larger body could never be handled anyway."""
+
+
 class Settings(ServiceSettings):
     service_name: str = "gateway"
     gateway_host: str = Field(default="127.0.0.1", description="GATEWAY_HOST")
     gateway_port: int = Field(default=8000, ge=0, description="GATEWAY_PORT (0 = any free port)")
+    gateway_max_body_bytes: int = Field(
+        default=MAX_BODY_BYTES,
+        ge=1,
+        description="GATEWAY_MAX_BODY_BYTES: larger request bodies get 413 payload_too_large",
+    )
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -54,6 +71,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(PraxisError, on_praxis_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(ValidationError, on_validation_error)
+    app.add_exception_handler(nats.errors.MaxPayloadError, on_payload_too_large)
+    app.add_exception_handler(Exception, on_unexpected_error)
+    # Added first, so it runs inside ``_correlate``: its refusals carry the correlation id.
+    app.add_middleware(InputGuard, max_body_bytes=settings.gateway_max_body_bytes)
     app.middleware("http")(_correlate)
     _add_probes(app)
     return app

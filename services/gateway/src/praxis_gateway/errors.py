@@ -2,27 +2,44 @@
 
 from __future__ import annotations
 
+import logging
+
+import nats.errors
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from praxis_contracts.errors import ErrorCode, ErrorReply, PraxisError
+from praxis_contracts.errors import (
+    ErrorCode,
+    ErrorReply,
+    InternalError,
+    PayloadTooLarge,
+    PraxisError,
+)
 from praxis_runtime.logging import correlation_id_var
+
+log = logging.getLogger(__name__)
 
 HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_REQUEST: 400,
     ErrorCode.INVALID_PARAMETERS: 422,
+    ErrorCode.INVALID_INPUT: 422,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.CONFLICT: 409,
     ErrorCode.INVALID_TRANSITION: 409,
     ErrorCode.UNKNOWN_ASSET_TYPE: 422,
-    ErrorCode.NO_MATCHING_ASSETS: 409,
+    ErrorCode.NO_MATCHING_ASSETS: 422,  # the submission can never be bound as stated
     ErrorCode.PROTOCOL_LOAD_FAILED: 422,
     ErrorCode.SOURCE_SYNC_FAILED: 502,
     ErrorCode.LEASE_LOST: 409,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.TIMEOUT: 504,
+    # Not 413 (that is a request body too large): the request was fine, the answer is what
+    # NATS cannot carry (over its max payload). 507: the server cannot hold the representation
+    # the request needs; a 5xx, not the client's body, and the message says to ask for less.
+    ErrorCode.REPLY_TOO_LARGE: 507,
     ErrorCode.INTERNAL: 500,
 }
 
@@ -52,4 +69,21 @@ async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
             message=f"invalid request: {summary}",
             details={"errors": problems},
         )
+    )
+
+
+async def on_payload_too_large(_: Request, exc: Exception) -> JSONResponse:
+    """A request that grew past the NATS server's ``max_payload`` once wrapped for the bus (a
+    body just under ``GATEWAY_MAX_BODY_BYTES`` with a server configured below it): 413, not 500."""
+    assert isinstance(exc, nats.errors.MaxPayloadError)
+    return error_response(
+        PayloadTooLarge(f"request too large for the message bus: {exc}").to_reply()
+    )
+
+
+async def on_unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+    """Anything else is a 500 in the one error shape; the traceback goes to the log only."""
+    log.error("unhandled error in the gateway", exc_info=exc)
+    return error_response(
+        InternalError(f"{type(exc).__name__} while handling the request").to_reply()
     )

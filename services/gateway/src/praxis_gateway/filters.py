@@ -11,7 +11,8 @@ from fastapi import Query
 from pydantic import ValidationError
 
 from praxis_contracts.common import SearchFilters
-from praxis_contracts.errors import InvalidRequest
+from praxis_contracts.errors import InvalidInput, InvalidRequest
+from praxis_gateway.guard import nul_locations
 
 
 def search_filters(
@@ -56,4 +57,8 @@ def _json_object(text: str | None) -> dict[str, Any] | None:
         raise InvalidRequest(f"property_filters is not valid JSON: {exc.msg}") from exc
     if not isinstance(value, dict):
         raise InvalidRequest("property_filters must be a JSON object")
+    # The query string itself was checked by ``InputGuard``; a ``\u0000`` escape becomes a
+    # NUL only here, and PostgreSQL's jsonb would refuse it.
+    if (where := next(nul_locations(value, "query.property_filters"), None)) is not None:
+        raise InvalidInput("NUL characters (\\u0000) are not allowed: " + where, field=where)
     return value

@@ -134,6 +134,10 @@ async def list_runs(
     status_: Annotated[list[RunStatus] | None, Query(alias="status")] = None,
     protocol_name: str | None = None,
 ) -> RunPage:
+    """Run summaries, newest first: no result, final state, asset states or traceback (``GET
+    /protocols/runs/{run_id}`` has them). ``resource_accession_id`` / ``machine_accession_id``
+    select the runs bound to that asset. A page holds at most ``limit`` runs and is cut short
+    when they would pass ~512 KB: continue at ``offset + len(items)`` until ``total``."""
     return await b.request(ListRuns(filters=filters, status=status_, protocol_name=protocol_name))
 
 

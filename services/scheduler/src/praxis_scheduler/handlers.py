@@ -28,6 +28,7 @@ from praxis_contracts.runs import (
     SubmitRun,
 )
 from praxis_runtime.bus import Bus, Handlers
+from praxis_scheduler.admission import admit
 from praxis_scheduler.calls import CallLog
 from praxis_scheduler.edges import EdgeBook
 from praxis_scheduler.queries import RunQueries
@@ -60,6 +61,7 @@ async def submit_run(cmd: SubmitRun, deps: Deps) -> RunView:
             parameters=cmd.parameters,
         )
     )
+    await admit(cmd, resolved, deps.bus)  # refused now rather than failed once created
     return await deps.runs.create(cmd, resolved)
 
 
@@ -90,6 +92,7 @@ async def retry(cmd: ControlRun, deps: Deps) -> RunView:
     resolved = await deps.bus.request(
         ResolveProtocol(definition_id=again.definition_id, parameters=again.parameters)
     )
+    await admit(again, resolved, deps.bus)  # e.g. a pinned asset deleted since
     return await deps.runs.create(again, resolved, retry_of=original.accession_id)
 
 

@@ -1,0 +1,417 @@
+"""Input the HTTP API refuses up front, end to end over real HTTP.
+
+The gateway is served by uvicorn in-process (its own bus, as in production) in front of the
+scheduler, code-manager and asset-manager, running in-process on the session's nats-server and
+fresh databases. No orchestrator: a run that is granted its assets stays pending.
+
+- a body over ``GATEWAY_MAX_BODY_BYTES`` is 413 ``payload_too_large`` in the error shape;
+- a NUL character anywhere in a body, query or path is 422 ``invalid_input`` naming the field,
+  on every write endpoint (the walk fails if a write route is added without a case);
+- a submission whose assets could never be reserved is 422 naming the workcell, requirement or
+  pin, and leaves no run behind; assets that are merely busy are no reason to refuse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import git
+import httpx
+import pytest
+import uvicorn
+from pylabrobot.resources import Plate
+
+from praxis_asset_manager import app as asset_manager_app
+from praxis_code_manager import app as code_manager_app
+from praxis_contracts.assets import CheckReservation, RegisterWorkcell, WorkcellLayout
+from praxis_contracts.errors import NoMatchingAssets
+from praxis_contracts.protocols import AssetRequirementSpec, RegisterProtocolSource
+from praxis_devstack.pytest_plugin import MakeDatabase
+from praxis_gateway.app import MAX_BODY_BYTES, Settings, create_app
+from praxis_plr.layout import demo_workcell
+from praxis_plr.types import fqn
+from praxis_runtime.bus import Bus
+from praxis_scheduler import app as scheduler_app
+
+pytestmark = pytest.mark.integration
+
+COR_96 = "pylabrobot.resources.corning.plates.cor_96_wellplate_360uL_Fb"
+NUL = "a\x00b"
+ERROR_SHAPE = {"code", "message", "retryable", "details", "correlation_id"}
+SERVE_TIMEOUT = 15.0
+
+PROTOCOLS = '''"""Protocols for the gateway input tests."""
+
+from pylabrobot.liquid_handling import LiquidHandler
+from pylabrobot.resources import Plate
+
+from praxis_sdk import PraxisState, protocol_function
+
+
+@protocol_function(version="1.0.0")
+async def stamp(lh: LiquidHandler, plate: Plate, state: PraxisState, label: str = "x") -> str:
+    """Needs a liquid handler and a plate; never runs here (no orchestrator)."""
+    return label
+'''
+
+
+@pytest.fixture(scope="module")
+async def stack(
+    nats_url: str,
+    make_database: MakeDatabase,
+    tmp_path_factory: pytest.TempPathFactory,
+    services: Any,
+    client: Bus,
+) -> WorkcellLayout:
+    """Scheduler, code-manager and asset-manager; the demo workcell; a source with ``stamp``."""
+    common = {"nats_url": nats_url, "health_port": None, "graceful_timeout_seconds": 5}
+    await services(
+        asset_manager_app.build_app,
+        asset_manager_app.Settings(database_url=make_database("input_am"), **common),
+    )
+    await services(
+        code_manager_app.build_app,
+        code_manager_app.Settings(
+            database_url=make_database("input_cm"),
+            protocol_repo_dir=tmp_path_factory.mktemp("input-code-manager"),
+            **common,
+        ),
+    )
+    await services(
+        scheduler_app.build_app,
+        scheduler_app.Settings(database_url=make_database("input_sched"), **common),
+    )
+    path = tmp_path_factory.mktemp("input-protocols")
+    await client.request(
+        RegisterProtocolSource(name=f"input-{uuid.uuid4().hex[:8]}", url=_repo(path)), timeout=60
+    )
+    name = f"wc_{uuid.uuid4().hex[:10]}"
+    return await client.request(RegisterWorkcell(name=name, assets=demo_workcell()), timeout=30)
+
+
+def _repo(path: Path) -> str:
+    (path / "protocols.py").write_text(PROTOCOLS)
+    repo = git.Repo.init(path, initial_branch="main")
+    repo.index.add(["protocols.py"])
+    author = git.Actor("Praxis Tests", "tests@praxis.invalid")
+    repo.index.commit("protocols", author=author, committer=author)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+async def gateway(stack: WorkcellLayout, nats_url: str) -> AsyncIterator[str]:
+    """The gateway served by uvicorn on a socket of its own; yields its base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    app = create_app(Settings(nats_url=nats_url))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    serving = asyncio.ensure_future(server.serve(sockets=[sock]))
+    async with asyncio.timeout(SERVE_TIMEOUT):
+        while not server.started:  # uvicorn offers a flag, not an event
+            if serving.done():
+                serving.result()
+            await asyncio.sleep(0.01)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    await serving
+    sock.close()
+
+
+@pytest.fixture
+async def api(gateway: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=gateway, timeout=30.0) as http:
+        yield http
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """The response is ``status`` in the one error shape with ``code``; returns the body."""
+    assert response.status_code == status, response.text
+    body: dict[str, Any] = response.json()
+    assert set(body) == ERROR_SHAPE
+    assert body["code"] == code
+    assert body["correlation_id"] == response.headers["x-correlation-id"]
+    return body
+
+
+# -- body size ----------------------------------------------------------------------------------
+
+
+def test_the_default_limit_is_one_mebibyte_and_configurable(monkeypatch: Any) -> None:
+    assert Settings().gateway_max_body_bytes == MAX_BODY_BYTES == 1024 * 1024
+    monkeypatch.setenv("GATEWAY_MAX_BODY_BYTES", "2048")
+    assert Settings().gateway_max_body_bytes == 2048
+
+
+async def test_a_body_over_the_limit_is_413_in_the_error_shape(api: httpx.AsyncClient) -> None:
+    body = {"protocol_name": "stamp", "parameters": {"label": "x" * (2 * MAX_BODY_BYTES)}}
+    response = await api.post("/api/v1/protocols/runs", json=body)
+    error = assert_error(response, 413, "payload_too_large")
+    assert error["details"]["limit"] == MAX_BODY_BYTES
+    assert error["details"]["content_length"] > MAX_BODY_BYTES
+
+
+async def test_a_streamed_body_over_the_limit_is_413(api: httpx.AsyncClient) -> None:
+    """No Content-Length (chunked): the gateway counts the bytes as they come."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"protocol_name": "stamp", "parameters": {"label": "'
+        for _ in range(20):
+            yield b"x" * (MAX_BODY_BYTES // 10)
+        yield b'"}}'
+
+    response = await api.post(
+        "/api/v1/protocols/runs", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert "content-length" not in response.request.headers
+    assert_error(response, 413, "payload_too_large")
+
+
+async def test_a_body_within_the_limit_reaches_the_route(api: httpx.AsyncClient) -> None:
+    body = {"protocol_name": "stamp", "parameters": {"nope": "x" * (MAX_BODY_BYTES // 2)}}
+    response = await api.post("/api/v1/protocols/runs", json=body)
+    assert_error(response, 422, "invalid_parameters")  # the protocol's answer, not the guard's
+
+
+# -- NUL characters -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ids:
+    """Existing things for the write endpoints to name."""
+
+    workcell: str
+    source_id: str
+    run_id: str
+    assets: dict[str, str]  # kind -> an asset of that kind
+    asset_id: str
+
+
+@pytest.fixture(scope="module")
+async def ids(gateway: str, stack: WorkcellLayout) -> AsyncIterator[Ids]:
+    async with httpx.AsyncClient(base_url=gateway, timeout=30.0) as http:
+        sources = (await http.get("/api/v1/protocols/sources")).json()["items"]
+        run = await http.post(
+            "/api/v1/protocols/runs",
+            json={"protocol_name": "stamp", "workcell": stack.workcell.name},
+        )
+        assert run.status_code == 201, run.text
+        by_kind = {a.kind: str(a.accession_id) for a in stack.assets}
+        yield Ids(
+            workcell=stack.workcell.name,
+            source_id=sources[0]["accession_id"],
+            run_id=run.json()["accession_id"],
+            assets=by_kind,
+            asset_id=by_kind["resource"],
+        )
+        run_id = run.json()["accession_id"]  # a run no edge has is cancelled at once
+        await http.post(f"/api/v1/protocols/runs/{run_id}/actions", json={"action": "cancel"})
+
+
+Case = Callable[[Ids], tuple[str, dict[str, Any] | None, str]]
+"""-> (url, JSON body or None, the location the refusal must name)."""
+
+WRITES: dict[tuple[str, str], Case] = {
+    ("POST", "/api/v1/protocols/sources"): lambda i: (
+        "/api/v1/protocols/sources",
+        {"name": NUL, "url": "/nowhere"},
+        "body.name",
+    ),
+    ("POST", "/api/v1/protocols/sources/{source_id}/sync"): lambda i: (
+        f"/api/v1/protocols/sources/{i.source_id}/sync",
+        {"commit": NUL},
+        "body.commit",
+    ),
+    ("POST", "/api/v1/protocols/runs"): lambda i: (
+        "/api/v1/protocols/runs",
+        {"protocol_name": "stamp", "parameters": {"label": NUL}},
+        "body.parameters.label",
+    ),
+    ("POST", "/api/v1/protocols/runs/{run_id}/actions"): lambda i: (
+        f"/api/v1/protocols/runs/{i.run_id}/actions",
+        {"action": "pause", "reason": NUL},
+        "body.reason",
+    ),
+    ("POST", "/api/v1/workcells"): lambda i: (
+        "/api/v1/workcells",
+        {"name": f"wc_{uuid.uuid4().hex[:8]}", "description": NUL},
+        "body.description",
+    ),
+    ("PATCH", "/api/v1/workcells/{workcell}"): lambda i: (
+        f"/api/v1/workcells/{i.workcell}",
+        {"properties": {"room": {"name": NUL}}},
+        "body.properties.room.name",
+    ),
+    ("DELETE", "/api/v1/workcells/{workcell}"): lambda i: (
+        f"/api/v1/workcells/{i.workcell}%00",
+        None,
+        "path",
+    ),
+    ("POST", "/api/v1/locks/{asset_id}/force-release"): lambda i: (
+        f"/api/v1/locks/{i.asset_id}/force-release",
+        {"reason": NUL},
+        "body.reason",
+    ),
+}
+for _path, _kind in (("machines", "machine"), ("resources", "resource"), ("decks", "deck")):
+    WRITES[("POST", f"/api/v1/{_path}")] = lambda i, p=_path: (
+        f"/api/v1/{p}",
+        {"workcell": i.workcell, "name": "x", "fqn": COR_96, "properties": {NUL: 1}},
+        "body.properties.a\\u0000b",
+    )
+    WRITES[("PATCH", f"/api/v1/{_path}/{{accession_id}}")] = lambda i, p=_path, k=_kind: (
+        f"/api/v1/{p}/{i.assets[k]}",
+        {"name": NUL},
+        "body.name",
+    )
+    WRITES[("DELETE", f"/api/v1/{_path}/{{accession_id}}")] = lambda i, p=_path, k=_kind: (
+        f"/api/v1/{p}/{i.assets[k]}?reason=a%00b",
+        None,
+        "query.reason",
+    )
+
+
+def test_every_write_endpoint_has_a_nul_case() -> None:
+    paths = create_app(Settings()).openapi()["paths"]
+    writes = {
+        (method.upper(), path)
+        for path, operations in paths.items()
+        for method in operations
+        if method in {"post", "put", "patch", "delete"}
+    }
+    assert writes == set(WRITES)
+
+
+@pytest.mark.parametrize("endpoint", sorted(WRITES), ids=" ".join)
+async def test_a_nul_anywhere_in_a_write_is_422_naming_the_field(
+    api: httpx.AsyncClient, ids: Ids, endpoint: tuple[str, str]
+) -> None:
+    method, _ = endpoint
+    url, body, where = WRITES[endpoint](ids)
+    response = await api.request(method, url, json=body)
+    error = assert_error(response, 422, "invalid_input")
+    assert error["details"]["field"] == where
+    assert where in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("params", "where"),
+    [
+        ({"name": NUL}, "query.name"),
+        ({"property_filters": '{"vendor": "a\\u0000b"}'}, "query.property_filters.vendor"),
+    ],
+    ids=["plain", "json-escape"],
+)
+async def test_a_nul_in_a_query_is_422(
+    api: httpx.AsyncClient, params: dict[str, str], where: str
+) -> None:
+    response = await api.get("/api/v1/machines", params=params)
+    error = assert_error(response, 422, "invalid_input")
+    assert error["details"]["field"] == where
+
+
+async def test_a_nul_free_write_still_works(api: httpx.AsyncClient, ids: Ids) -> None:
+    response = await api.patch(f"/api/v1/workcells/{ids.workcell}", json={"description": "ok"})
+    assert response.status_code == 200, response.text
+
+
+# -- submissions that cannot work -------------------------------------------------------------
+
+
+async def stamp_runs(api: httpx.AsyncClient) -> set[str]:
+    page = (
+        await api.get("/api/v1/protocols/runs", params={"protocol_name": "stamp", "limit": 1000})
+    ).json()
+    return {run["accession_id"] for run in page["items"]}
+
+
+@pytest.mark.parametrize(
+    ("change", "code", "named"),
+    [
+        ({"workcell": "no_such_workcell"}, "no_matching_assets", {"workcell": "no_such_workcell"}),
+        ({"assets": {"plate": "no_such_plate"}}, "no_matching_assets", {"pin": "no_such_plate"}),
+        ({"assets": {"plate": "liquid_handler"}}, "no_matching_assets", {"pin": "liquid_handler"}),
+        (
+            {"asset_properties": {"plate": {"colour": "mauve"}}},
+            "no_matching_assets",
+            {"requirement": "plate", "properties": {"colour": "mauve"}},
+        ),
+        ({"assets": {"nope": "source_plate"}}, "invalid_parameters", {"loc": "assets.nope"}),
+        (
+            {"asset_properties": {"nope": {"colour": "mauve"}}},
+            "invalid_parameters",
+            {"loc": "asset_properties.nope"},
+        ),
+    ],
+    ids=[
+        "unknown-workcell",
+        "unknown-pin",
+        "pin-of-wrong-type",
+        "no-asset-has-them",
+        "pin-for-no-requirement",
+        "properties-for-no-requirement",
+    ],
+)
+async def test_a_submission_that_cannot_work_is_refused_and_leaves_no_run(
+    api: httpx.AsyncClient,
+    stack: WorkcellLayout,
+    change: dict[str, Any],
+    code: str,
+    named: dict[str, Any],
+) -> None:
+    before = await stamp_runs(api)
+    body = {"protocol_name": "stamp", "workcell": stack.workcell.name} | change
+    response = await api.post("/api/v1/protocols/runs", json=body)
+    error = assert_error(response, 422, code)
+    details = error["details"]
+    if "workcell" in named:
+        assert details["workcell"] == named["workcell"]
+    elif code == "no_matching_assets":
+        assert details["workcell"] == stack.workcell.name
+        (problem,) = details["problems"]
+        assert problem["requirement"] == "plate"
+        assert named.items() <= problem.items()
+    else:
+        assert [e["loc"] for e in details["errors"]] == [named["loc"]]
+        assert details["requirements"] == ["lh", "plate"]
+    assert await stamp_runs(api) == before
+
+
+async def test_busy_assets_are_no_reason_to_refuse(
+    api: httpx.AsyncClient, stack: WorkcellLayout
+) -> None:
+    """Two runs pinning the same plate: both are accepted, the second waits for the first."""
+    body = {
+        "protocol_name": "stamp",
+        "workcell": stack.workcell.name,
+        "assets": {"plate": "dest_plate"},
+    }
+    runs = [await api.post("/api/v1/protocols/runs", json=body) for _ in range(2)]
+    assert [r.status_code for r in runs] == [201, 201], [r.text for r in runs]
+    for run in runs:  # tidy up: a run no edge has is cancelled at once
+        cancel = await api.post(
+            f"/api/v1/protocols/runs/{run.json()['accession_id']}/actions",
+            json={"action": "cancel"},
+        )
+        assert cancel.status_code == 200, cancel.text
+
+
+async def test_the_asset_manager_answers_where_a_run_could_go(
+    stack: WorkcellLayout, client: Bus
+) -> None:
+    plate = AssetRequirementSpec(name="plate", type_fqn=fqn(Plate), kind="resource")
+    check = await client.request(CheckReservation(requirements=[plate]))
+    (where,) = check.workcells
+    assert where.workcell_name == stack.workcell.name
+    (options,) = where.requirements
+    assert options.requirement == "plate"
+    assert set(options.assets) == {"source_plate", "dest_plate"}
+    with pytest.raises(NoMatchingAssets) as refused:
+        await client.request(CheckReservation(requirements=[plate], pins={"plate": "nothing"}))
+    assert refused.value.details["problems"][0]["pin"] == "nothing"
