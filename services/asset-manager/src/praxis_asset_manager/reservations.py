@@ -19,11 +19,10 @@ at the same time; the later command then finds the earlier one's outcome.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -109,8 +108,7 @@ class Reservations:
         # releases any grant to a run that is no longer queued.
         self._released = RecentIds()
 
-    @contextlib.asynccontextmanager
-    async def _exclusive(self, run_id: uuid.UUID) -> AsyncIterator[None]:
+    def _exclusive(self, run_id: uuid.UUID) -> _Turn:
         """One command of a run at a time, so the later one finds the earlier one's outcome.
 
         A run's commands reach different consumers, and a command may be delivered twice; each
@@ -119,14 +117,7 @@ class Reservations:
         kept its leases (reproduced in ``test_idempotent_consumers``); a second copy of a
         ReserveAssets could take the first copy's half-mirrored grant for an interrupted
         attempt and release it."""
-        while (busy := self._busy.get(run_id)) is not None:
-            await busy.wait()
-        done = self._busy[run_id] = asyncio.Event()
-        try:
-            yield
-        finally:
-            del self._busy[run_id]
-            done.set()
+        return _Turn(self._busy, run_id)
 
     def _mirror(self, key: str, state: KeyState) -> Change | None:
         """Record a key's state in the mirror and keep its expiry deadline in step."""
@@ -574,6 +565,25 @@ def _nowhere(refusals: dict[str, NoMatchingAssets]) -> NoMatchingAssets:
         + "; ".join(f"{name!r}: {exc.message}" for name, exc in refusals.items()),
         workcells={name: exc.details for name, exc in refusals.items()},
     )
+
+
+class _Turn:
+    """A run's turn (``Reservations._exclusive``): a plain async context manager, on the grant
+    path twice per reservation, cheaper than a generator-based one."""
+
+    __slots__ = ("busy", "run_id")
+
+    def __init__(self, busy: dict[uuid.UUID, asyncio.Event], run_id: uuid.UUID) -> None:
+        self.busy = busy
+        self.run_id = run_id
+
+    async def __aenter__(self) -> None:
+        while (waiting := self.busy.get(self.run_id)) is not None:
+            await waiting.wait()
+        self.busy[self.run_id] = asyncio.Event()
+
+    async def __aexit__(self, *_: object) -> None:
+        self.busy.pop(self.run_id).set()
 
 
 def _lease_view(key: str, state: KeyState, names: dict[uuid.UUID, str]) -> Lease:
