@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from sqlalchemy import Column, MetaData, String, Table, insert, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import registry
 
 from praxis_contracts.runs import RunStatusChanged
 from praxis_contracts.topology import EVENTS
@@ -34,6 +36,8 @@ pytestmark = pytest.mark.integration
 class World:
     def __init__(self, db: Database, bus: Bus, table: Table, things: Table) -> None:
         self.db, self.bus, self.table, self.things = db, bus, table, things
+        self.Thing = type("Thing", (), {})  # an ORM class of this test's schema
+        registry().map_imperatively(self.Thing, things)
 
     def relay(self, publisher: Any = None) -> OutboxRelay:
         return OutboxRelay(self.db, self.table, publisher or (lambda: self.bus.publisher))
@@ -122,6 +126,28 @@ async def test_a_rolled_back_unit_publishes_nothing(world: World) -> None:
             await uow.session.execute(insert(world.things).values(name=str(run_id)))
             uow.emit(changed(run_id, 0))
             raise RuntimeError("the handler failed")
+    assert await world.rows() == 0
+    async with world.db.transaction() as session:
+        assert (await session.scalars(select(world.things.c.name))).all() == []
+
+
+class CrashingAtCommit(SqlUnitOfWork):
+    """The process dies as it commits: nothing of the unit may be left behind."""
+
+    async def _commit_transaction(self, session: AsyncSession) -> None:
+        raise ConnectionResetError("the process died")
+
+
+async def test_a_crash_at_commit_leaves_neither_rows_nor_messages(world: World) -> None:
+    """ORM rows are flushed only at commit: the outbox insert must not commit ahead of them
+    (it did, as a statement outside SQLAlchemy's not yet begun transaction)."""
+    run_id = uuid.uuid4()
+    with pytest.raises(ConnectionResetError):
+        async with CrashingAtCommit(world.db, world.relay()) as uow:
+            thing = world.Thing()
+            thing.name = str(run_id)  # type: ignore[attr-defined]
+            uow.session.add(thing)
+            uow.emit(changed(run_id, 0))
     assert await world.rows() == 0
     async with world.db.transaction() as session:
         assert (await session.scalars(select(world.things.c.name))).all() == []
