@@ -541,9 +541,13 @@ class Observer:
             waiter: asyncio.Future[None] = loop.create_future()
             self._waiters.add(waiter)
             wait = min(deadline, self._last_refresh + REFRESH_EVERY) - now
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waiter, max(wait, 0.01))
-            self._waiters.discard(waiter)
+            try:
+                # Not ``wait_for``: on Python 3.11 it swallows a cancellation that arrives as
+                # the waiter completes, and a cancelled operator task then waited out its hour.
+                await asyncio.wait({waiter}, timeout=max(wait, 0.01))
+            finally:
+                self._waiters.discard(waiter)
+                waiter.cancel()
 
     async def refresh(self) -> None:
         """Read the runs that are not terminal from the API (the events' backstop), and each run
