@@ -1040,17 +1040,25 @@ class Chaos:
         return stuck
 
     def _new_interventions(self) -> list[Run]:
+        """Runs requiring intervention that no operator has resolved yet: never seen, or seen
+        by an operator task that was stopped before its resolve was answered."""
         return [
             r
             for r in self.observer.runs.values()
-            if r.status == INTERVENTION and r.run_id not in self.interventions
+            if r.status == INTERVENTION and "resolved" not in self.interventions.get(r.run_id, {})
         ]
 
     async def _intervene(self, phase: str) -> None:
         """Resolve, as an operator would, every run that requires intervention and was not seen
         yet; note which edge it was on and why it needed an operator."""
         for run in self._new_interventions():
-            record: dict[str, Any] = {
+            if run.run_id in self.interventions:  # an earlier operator task was interrupted
+                record = self.interventions[run.run_id]
+                outcome = await self._resolve(run.run_id)
+                record["resolved"] = outcome is None or "ended_without_operator" in outcome
+                record.update(outcome or {})
+                continue
+            record = {
                 "run_id": run.run_id,
                 "phase": phase,
                 "since": _iso(run.at),
@@ -1094,6 +1102,12 @@ class Chaos:
                 lambda: done() or bool(self._new_interventions()),
                 max(0.0, deadline - loop.time()),
             )
+        for run_id, record in self.interventions.items():
+            run = observer.runs.get(run_id)
+            if "resolved" not in record and run is not None and run.status in TERMINAL:
+                # The operator task was stopped after sending its resolve, before the answer.
+                record["resolved"] = True
+                record["ended_as"] = run.status
         records = list(self.interventions.values())
         for record in records:
             edge = record.get("edge_instance")
