@@ -19,7 +19,9 @@ Publishing to JetStream goes through ``Publisher`` (acks on one inbox, batches u
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import socket
 import time
 import uuid
 import warnings
@@ -155,7 +157,8 @@ INFRA_RETRY_CAP = 2.0
 """Longest wait between attempts while a dependency is down: recovery is noticed quickly."""
 
 _INFRASTRUCTURE: tuple[type[BaseException], ...] = (
-    OSError,  # ConnectionError and friends: a socket to PostgreSQL or NATS went away
+    ConnectionError,  # a socket to PostgreSQL or NATS was refused, reset or broken
+    socket.gaierror,
     TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
@@ -183,12 +186,31 @@ def is_infrastructure(exc: BaseException) -> bool:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, _INFRASTRUCTURE):
+        if isinstance(current, _INFRASTRUCTURE) or _network_errno(current):
             return True
         if isinstance(current, sqlalchemy.exc.DBAPIError) and current.connection_invalidated:
             return True
         current = current.__cause__ or current.__context__
     return False
+
+
+_NETWORK_ERRNOS = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.ETIMEDOUT,
+        errno.EPIPE,
+    }
+)
+
+
+def _network_errno(exc: BaseException) -> bool:
+    """A plain ``OSError`` from a socket (some drivers raise one rather than a
+    ``ConnectionError``); a missing file or a denied permission is no outage."""
+    return isinstance(exc, OSError) and exc.errno in _NETWORK_ERRNOS
 
 
 class _Delivery:
