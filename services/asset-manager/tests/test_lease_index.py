@@ -4,6 +4,7 @@ deadlines follow the leases it shows."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -70,15 +71,22 @@ def test_a_held_holder_has_no_deadline_and_round_trips() -> None:
 
 async def test_deadlines_fire_once_per_lease_and_follow_its_changes() -> None:
     fired: list[tuple[str, int, int]] = []
-    deadlines = Deadlines(lambda key, state, attempt: fired.append((key, state.revision, attempt)))
+    due = asyncio.Event()
+
+    def passed(key: str, state: KeyState, attempt: int) -> None:
+        fired.append((key, state.revision, attempt))
+        due.set()
+
+    deadlines = Deadlines(passed)
     run, asset = uuid.uuid4(), uuid.uuid4()
     key = lease_key(asset)
     due_now = replace(holder(run, asset), renewed_at=datetime.now(UTC) - timedelta(seconds=60))
 
     deadlines.track(key, KeyState(3, due_now))
     deadlines.track(key, KeyState(4, due_now))  # a renewal replaces the timer
-    await asyncio.sleep(EXPIRY_MARGIN + 0.1)
+    await asyncio.wait_for(due.wait(), EXPIRY_MARGIN + 5)
     assert fired == [(key, 4, 0)] and len(deadlines) == 0
+    due.clear()
 
     deadlines.recheck(key, KeyState(4, due_now), 1)
     deadlines.track(key, KeyState(5, None))  # released: no timer
@@ -88,5 +96,6 @@ async def test_deadlines_fire_once_per_lease_and_follow_its_changes() -> None:
     assert len(deadlines) == 1
     deadlines.close()
     deadlines.track(key, KeyState(8, due_now))
-    await asyncio.sleep(RECHECK_FIRST + 0.1)
+    with contextlib.suppress(TimeoutError):  # a bounded negative check: nothing fires
+        await asyncio.wait_for(due.wait(), RECHECK_FIRST + 0.1)
     assert fired == [(key, 4, 0)] and len(deadlines) == 0
