@@ -18,13 +18,7 @@ from typing import Any
 
 import pytest
 
-from praxis_contracts.assets import AssetBinding, AssetsReserved, ReleaseAssets
-from praxis_contracts.protocols import (
-    AssetRequirementSpec,
-    ProtocolDefinition,
-    ProtocolFunctionSpec,
-    ResolvedProtocol,
-)
+from praxis_contracts.assets import ReleaseAssets
 from praxis_contracts.runs import (
     RunFinished,
     RunPreparing,
@@ -34,6 +28,7 @@ from praxis_contracts.runs import (
 )
 from praxis_devstack.pytest_plugin import server_unavailable
 from praxis_devstack.servers import PostgresServer, free_port
+from praxis_devstack.testdata import plate_grant, plate_protocol
 from praxis_runtime.bus import Bus
 from praxis_runtime.db import Database
 from praxis_runtime.outbox import OutboxRelay
@@ -82,14 +77,14 @@ async def test_a_database_restart_loses_no_run_result(
     relay.start()
     runs = RunService(sql_units(db, relay))
     try:
-        run = await runs.create(SubmitRun(protocol_name="mix", workcell=WORKCELL), _resolved())
+        run = await runs.create(SubmitRun(protocol_name="mix", workcell=WORKCELL), plate_protocol())
         run_id = run.accession_id
         running = await tap(RunStatusChanged, str(run_id), where=lambda e: e.status == "running")
         completed = await tap(
             RunStatusChanged, str(run_id), where=lambda e: e.status == "completed"
         )
         released = await tap(ReleaseAssets, where=lambda c: c.run_id == run_id)
-        await client.publish(_grant(run_id))
+        await client.publish(plate_grant(run_id, WORKCELL))
         await client.publish(RunPreparing(run_id=run_id, at=_now(), edge_instance=EDGE))
         await client.publish(RunStarted(run_id=run_id, at=_now(), edge_instance=EDGE))
         await running.next()
@@ -113,43 +108,3 @@ async def test_a_database_restart_loses_no_run_result(
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _grant(run_id: uuid.UUID) -> AssetsReserved:
-    asset_id = uuid.uuid4()
-    binding = AssetBinding(
-        requirement="plate",
-        asset_id=asset_id,
-        asset_name="plate",
-        kind="resource",
-        fqn="pylabrobot.resources.plate.Plate",
-        lease_key=f"asset.{asset_id}",
-        token=1,
-    )
-    return AssetsReserved(
-        run_id=run_id, workcell_id=uuid.uuid4(), workcell_name=WORKCELL, bindings=[binding]
-    )
-
-
-def _resolved() -> ResolvedProtocol:
-    spec = ProtocolFunctionSpec(
-        name="mix",
-        version="1.0.0",
-        module="protos.mix",
-        qualname="mix",
-        assets=[
-            AssetRequirementSpec(
-                name="plate", type_fqn="pylabrobot.resources.plate.Plate", kind="resource"
-            )
-        ],
-    )
-    definition = ProtocolDefinition(
-        accession_id=uuid.uuid4(),
-        source_id=uuid.uuid4(),
-        source_name="protocols",
-        commit="0" * 40,
-        spec=spec,
-        code_bundle="x.tar",
-        created_at=_now(),
-    )
-    return ResolvedProtocol(definition=definition, parameters={})

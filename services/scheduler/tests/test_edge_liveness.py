@@ -15,14 +15,8 @@ from typing import Any
 
 import pytest
 
-from praxis_contracts.assets import AssetBinding, AssetsReserved, HoldAssets
+from praxis_contracts.assets import HoldAssets
 from praxis_contracts.common import RunStatus
-from praxis_contracts.protocols import (
-    AssetRequirementSpec,
-    ProtocolDefinition,
-    ProtocolFunctionSpec,
-    ResolvedProtocol,
-)
 from praxis_contracts.runs import (
     EdgeHeartbeat,
     EdgeRun,
@@ -33,6 +27,7 @@ from praxis_contracts.runs import (
 )
 from praxis_contracts.topology import EDGES
 from praxis_devstack.pytest_plugin import MakeDatabase
+from praxis_devstack.testdata import plate_grant, plate_protocol
 from praxis_runtime.bus import Bus
 from praxis_runtime.db import Database
 from praxis_runtime.outbox import OutboxRelay
@@ -69,10 +64,12 @@ class World:
 
     async def running_on(self, edge: str, tap: Any) -> uuid.UUID:
         """A run the scheduler records as running on ``edge``."""
-        run = await self.runs.create(SubmitRun(protocol_name="mix", workcell=WORKCELL), _resolved())
+        run = await self.runs.create(
+            SubmitRun(protocol_name="mix", workcell=WORKCELL), plate_protocol()
+        )
         run_id = run.accession_id
         started = await tap(RunStatusChanged, str(run_id), where=lambda e: e.status == "running")
-        await self.bus.publish(_grant(run_id))
+        await self.bus.publish(plate_grant(run_id, WORKCELL))
         await self.bus.publish(RunPreparing(run_id=run_id, at=_now(), edge_instance=edge))
         await self.bus.publish(RunStarted(run_id=run_id, at=_now(), edge_instance=edge))
         await started.next()
@@ -153,43 +150,3 @@ async def test_a_new_edge_process_releases_runs_of_its_dead_predecessor_at_once(
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _grant(run_id: uuid.UUID) -> AssetsReserved:
-    asset_id = uuid.uuid4()
-    binding = AssetBinding(
-        requirement="plate",
-        asset_id=asset_id,
-        asset_name="plate",
-        kind="resource",
-        fqn="pylabrobot.resources.plate.Plate",
-        lease_key=f"asset.{asset_id}",
-        token=1,
-    )
-    return AssetsReserved(
-        run_id=run_id, workcell_id=uuid.uuid4(), workcell_name=WORKCELL, bindings=[binding]
-    )
-
-
-def _resolved() -> ResolvedProtocol:
-    spec = ProtocolFunctionSpec(
-        name="mix",
-        version="1.0.0",
-        module="protos.mix",
-        qualname="mix",
-        assets=[
-            AssetRequirementSpec(
-                name="plate", type_fqn="pylabrobot.resources.plate.Plate", kind="resource"
-            )
-        ],
-    )
-    definition = ProtocolDefinition(
-        accession_id=uuid.uuid4(),
-        source_id=uuid.uuid4(),
-        source_name="protocols",
-        commit="0" * 40,
-        spec=spec,
-        code_bundle="x.tar",
-        created_at=_now(),
-    )
-    return ResolvedProtocol(definition=definition, parameters={})
