@@ -20,6 +20,7 @@ from typing import ClassVar
 import nats
 import pytest
 from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError
 from pydantic import BaseModel
 
 from praxis_contracts import headers as h
@@ -301,12 +302,41 @@ async def test_a_request_without_responders_is_unavailable_at_once(harness: Harn
     assert time.monotonic() - started < harness.bus.request_timeout / 2
 
 
-async def test_a_reply_over_the_max_payload_is_a_typed_error_not_a_time_out(
-    harness: Harness, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The server refuses a message over its max payload; the requester hears why at once."""
+async def test_a_reply_over_the_max_payload_travels_by_claim_check(harness: Harness) -> None:
+    """nats-server refuses a message over its max payload: a larger reply goes through the
+    claims object store, compressed, and the requester gets it whole; the claim is read once."""
     limit = harness.bus.nc.max_payload
-    huge = run_view(uuid.uuid4()).model_copy(update={"asset_states": {"deck": "x" * limit}})
+    huge = run_view(uuid.uuid4()).model_copy(
+        update={"asset_states": {"deck": [f"well {i}" for i in range(limit // 4)]}}
+    )
+    assert len(huge.model_dump_json()) > 2 * limit
+    harness.rec.runs[huge.accession_id] = huge
+    assert await harness.bus.request(GetRun(run_id=huge.accession_id)) == huge
+
+    await asyncio.gather(*harness.bus.claims._cleanup)  # the deletion runs in the background
+    assert await live_claims(harness) == 0
+
+    # A small reply travels inline: no object is written for it.
+    small = run_view(uuid.uuid4())
+    harness.rec.runs[small.accession_id] = small
+    assert await harness.bus.request(GetRun(run_id=small.accession_id)) == small
+    assert await live_claims(harness) == 0
+
+
+async def live_claims(harness: Harness) -> int:
+    store = await harness.bus.claims.store()
+    try:
+        return len(await store.list(ignore_deletes=True))
+    except NotFoundError:  # nats-py: an empty store
+        return 0
+
+
+async def test_a_reply_over_the_claims_limit_is_a_typed_error_not_a_time_out(
+    harness: Harness, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past ``MAX_CLAIM_BYTES`` a reply is not sent at all; the requester hears why at once."""
+    monkeypatch.setattr(harness.bus.claims, "limit", 100_000)
+    huge = run_view(uuid.uuid4()).model_copy(update={"asset_states": {"deck": "x" * 200_000}})
     harness.rec.runs[huge.accession_id] = huge
     started = time.monotonic()
     with (
@@ -315,16 +345,10 @@ async def test_a_reply_over_the_max_payload_is_a_typed_error_not_a_time_out(
     ):
         await harness.bus.request(GetRun(run_id=huge.accession_id))
     assert time.monotonic() - started < harness.bus.request_timeout / 2
-    assert caught.value.details["max_payload"] == limit
-    assert caught.value.details["size"] > limit
+    assert caught.value.details["max_payload"] == 100_000
+    assert caught.value.details["size"] > 100_000
     assert "smaller page" in caught.value.message
-    assert any("exceeds the max payload" in r.getMessage() for r in caplog.records)
-
-    # Just under the limit still goes through as the reply.
-    room = limit - len(run_view(huge.accession_id).model_dump_json()) - 2_000
-    fits = huge.model_copy(update={"asset_states": {"deck": "x" * room}})
-    harness.rec.runs[huge.accession_id] = fits
-    assert await harness.bus.request(GetRun(run_id=huge.accession_id)) == fits
+    assert any("exceeds" in r.getMessage() for r in caplog.records)
 
 
 # -- JetStream consumers ---------------------------------------------------------------------

@@ -34,6 +34,8 @@ class ObjectStoreSpec(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     bucket: str
+    ttl_seconds: float = 0
+    """Objects older than this are removed by the server (0: kept)."""
     description: str = ""
 
 
@@ -81,10 +83,17 @@ PROTOCOL_CODE = ObjectStoreSpec(
     bucket="praxis_protocol_code",
     description="Protocol source archives, one per (source, commit).",
 )
+# Bodies too large for one message (``praxis_runtime.claims``): each is read once and deleted;
+# the TTL removes what a receiver that died never read.
+CLAIMS = ObjectStoreSpec(
+    bucket="praxis_claims",
+    ttl_seconds=DAY,
+    description="Request and reply bodies over the inline threshold, compressed, read once.",
+)
 
 STREAMS = (EVENTS, COMMANDS, DEAD_LETTERS)
 KEY_VALUES = (ASSET_LEASES, EDGES)
-OBJECT_STORES = (PROTOCOL_CODE,)
+OBJECT_STORES = (PROTOCOL_CODE, CLAIMS)
 
 DEAD_LETTER_PREFIX = "praxis.dlq"
 

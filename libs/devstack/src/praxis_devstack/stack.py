@@ -51,6 +51,7 @@ class Stack:
     fast: bool = False
     environ: dict[str, str] | None = None  # NATS_URL / DATABASE_URL overrides; default os.environ
     service_env: dict[str, str] = field(default_factory=dict)  # extra environment, every service
+    workcell: str = DEMO_WORKCELL  # the workcell the orchestrator serves
     infra: LocalInfra | None = None
     processes: list[ServiceProcess] = field(default_factory=list)
     api: str = ""
@@ -79,7 +80,7 @@ class Stack:
             HEALTH_HOST="127.0.0.1",
             HEALTH_PORT=str(health_port),
             GATEWAY_PORT=str(gateway_port),
-            PRAXIS_WORKCELL=DEMO_WORKCELL,
+            PRAXIS_WORKCELL=self.workcell,
             PROTOCOL_REPO_DIR=str(self.base_dir / "code-manager"),
             PROTOCOL_CODE_CACHE_DIR=str(self.base_dir / "orchestrator" / "code"),
         )

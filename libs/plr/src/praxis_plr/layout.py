@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import Any
 
 from pylabrobot.liquid_handling import LiquidHandler
 from pylabrobot.liquid_handling.backends import LiquidHandlerChatterboxBackend
@@ -91,7 +92,39 @@ def drafts_for_tree(
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise ValueError(f"Asset names must be unique within a workcell: {duplicates}")
-    return drafts
+    emitted = {draft.name for draft in drafts[1:] if draft.kind != "deck"}
+    # Only what sits in a holder (a carrier site) can be put back by its slot alone; labware
+    # placed at a location on the deck stays in the definition that holds the location.
+    separate = {
+        child.name
+        for child in root.get_all_children()
+        if child.name in emitted and isinstance(child.parent, ResourceHolder)
+    }
+    return [
+        draft.model_copy(update={"definition": without_children(draft.definition, separate)})
+        for draft in drafts
+    ]
+
+
+def without_children(definition: dict[str, Any], separate: Collection[str]) -> dict[str, Any]:
+    """``definition`` without the subtrees of the resources named in ``separate``.
+
+    A liquid handler's ``serialize()`` holds its deck, every carrier and every plate and tip rack
+    with each of their wells: 2.7 MB for a STAR deck with 40 pieces of labware. Each of those is
+    an asset of its own, with its own definition and state, placed back in its ``slot`` when the
+    workcell is built, so its parent's definition leaves it out (the handler's drops to its deck
+    and carriers, under 30 KB). Decks stay in their machine's definition (a liquid handler
+    cannot be built without one), and so does what sits at a location rather than in a holder.
+    """
+    children = definition.get("children")
+    if not children:
+        return definition
+    kept = [
+        without_children(child, separate)
+        for child in children
+        if not (isinstance(child, dict) and child.get("name") in separate)
+    ]
+    return {**definition, "children": kept}
 
 
 def _walk(

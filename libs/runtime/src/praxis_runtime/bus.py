@@ -48,6 +48,7 @@ from praxis_contracts.errors import (
     ErrorReply,
     InternalError,
     InvalidRequest,
+    PayloadTooLarge,
     PraxisError,
     ReplyTooLarge,
     Timeout,
@@ -55,6 +56,7 @@ from praxis_contracts.errors import (
     error_from_reply,
 )
 from praxis_contracts.topology import COMMANDS, EVENTS, dead_letter_subject
+from praxis_runtime.claims import Claims
 from praxis_runtime.dberrors import as_domain_error
 from praxis_runtime.logging import correlation_id_var, log_context
 from praxis_runtime.publisher import Outgoing, Publisher
@@ -271,6 +273,7 @@ class Bus:
         )
         self._js: JetStreamContext | None = None
         self._publisher: Publisher | None = None
+        self._claims: Claims | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         self.graceful_timeout = graceful_timeout
 
@@ -279,6 +282,7 @@ class Bus:
         await self.broker.connect()
         self._js = self.nc.jetstream()
         self._publisher = Publisher(self.nc, timeout=self.request_timeout)
+        self._claims = Claims(self._js)
 
     @property
     def nc(self) -> Client:
@@ -289,6 +293,13 @@ class Bus:
         if self._js is None:
             raise RuntimeError("bus is not connected")
         return self._js
+
+    @property
+    def claims(self) -> Claims:
+        """Requests and replies over the inline threshold travel through the object store."""
+        if self._claims is None:
+            raise RuntimeError("bus is not connected")
+        return self._claims
 
     @property
     def publisher(self) -> Publisher:
@@ -361,21 +372,31 @@ class Bus:
         )
 
     async def request(self, request: Request[R], *, timeout: float | None = None) -> R:
-        """Send a request and return its typed reply, re-raising a remote domain error."""
+        """Send a request and return its typed reply, re-raising a remote domain error.
+
+        A request or reply body over the claims threshold travels through the object store
+        (``praxis_runtime.claims``); callers see only the typed objects."""
+        body = request.model_dump_json().encode()
+        if len(body) > self.claims.limit:
+            raise PayloadTooLarge(
+                f"{type(request).__name__} is {len(body)} bytes, over {self.claims.limit}",
+                size=len(body),
+                max_payload=self.claims.limit,
+            )
+        headers = self._headers(None)
+        body = await self.claims.check_in(body, headers)
         try:
             response = await self.nc.request(
-                request.subject,
-                request.model_dump_json().encode(),
-                timeout=timeout or self.request_timeout,
-                headers=self._headers(None),
+                request.subject, body, timeout=timeout or self.request_timeout, headers=headers
             )
         except nats.errors.NoRespondersError as exc:
             raise Unavailable(f"no service answers {request.subject}") from exc
         except nats.errors.TimeoutError as exc:
             raise Timeout(f"{request.subject} did not answer in time") from exc
+        data = await self.claims.check_out(response.data, response.headers)
         if response.headers and response.headers.get(h.ERROR):
-            raise error_from_reply(ErrorReply.model_validate_json(response.data))
-        return cast(R, request.reply_type.model_validate_json(response.data))
+            raise error_from_reply(ErrorReply.model_validate_json(data))
+        return cast(R, request.reply_type.model_validate_json(data))
 
     # -- incoming -----------------------------------------------------------------------------
     def include(self, handlers: Handlers[DepsT], deps: DepsT) -> None:
@@ -393,9 +414,9 @@ class Bus:
             correlation = (msg.headers or {}).get(h.CORRELATION_ID) or uuid.uuid4().hex
             headers = {h.CORRELATION_ID: correlation, h.ERROR: "1"}  # the larger set
             with log_context(correlation_id=correlation):
-                body, error = await self._answer(route, deps, msg.body)
+                body, error = await self._answer(route, deps, msg)
                 if not error:
-                    body, error = self._bounded(route, body, headers)
+                    body, error = await self._deliverable(route, body, headers)
             if not error:
                 del headers[h.ERROR]
             outcome = "error" if error else "ok"
@@ -408,8 +429,11 @@ class Bus:
             serve
         )
 
-    async def _answer(self, route: RpcRoute[DepsT], deps: DepsT, raw: bytes) -> tuple[bytes, bool]:
+    async def _answer(
+        self, route: RpcRoute[DepsT], deps: DepsT, msg: NatsMessage
+    ) -> tuple[bytes, bool]:
         try:
+            raw = await self.claims.check_out(msg.body, msg.headers)
             request = route.request_type.model_validate_json(raw)
             reply = await route.fn(request, deps)
             return reply.model_dump_json().encode(), False
@@ -430,28 +454,35 @@ class Bus:
                 error = InternalError(f"{type(exc).__name__} while handling the request")
         return error.to_reply().model_dump_json().encode(), True
 
-    def _bounded(
+    async def _deliverable(
         self, route: RpcRoute[DepsT], body: bytes, headers: dict[str, str]
     ) -> tuple[bytes, bool]:
-        """The reply, or a ``reply_too_large`` error if the server would refuse it.
+        """The reply as it can travel: inline, by claim check (over the threshold; the claim is
+        named in ``headers``), or a ``reply_too_large`` error past the claims limit.
 
-        nats-server drops a message over its ``max_payload`` (headers count too, 1 MB by
-        default); the requester would only see a time-out. ``headers`` are the ones the error
-        reply would carry, the largest set, so the check holds for either.
+        nats-server drops a message over its ``max_payload`` (headers count too); without the
+        claim check the requester would only see a time-out. The inline size is checked with
+        ``headers``, the set an error reply carries, the largest, so it holds for either.
         """
-        size = len(body) + _header_bytes(headers)
-        limit = self.nc.max_payload
-        if size <= limit:
-            return body, False
         name = route.request_type.__name__
-        log.error("%s: reply of %d bytes exceeds the max payload of %d bytes", name, size, limit)
-        error = ReplyTooLarge(
-            f"the reply to {name} is {size} bytes, over the {limit}-byte message limit; "
-            "ask for less (a smaller page)",
-            size=size,
-            max_payload=limit,
-        )
-        return error.to_reply().model_dump_json().encode(), True
+        size = len(body)
+        if size > self.claims.limit:
+            log.error("%s: reply of %d bytes exceeds %d bytes", name, size, self.claims.limit)
+            error: PraxisError = ReplyTooLarge(
+                f"the reply to {name} is {size} bytes, over the {self.claims.limit}-byte limit; "
+                "ask for less (a smaller page)",
+                size=size,
+                max_payload=self.claims.limit,
+            )
+            return error.to_reply().model_dump_json().encode(), True
+        if size + _header_bytes(headers) <= min(self.nc.max_payload, self.claims.threshold):
+            return body, False
+        try:
+            return await self.claims.put(body, headers), False
+        except Exception as exc:
+            log.warning("%s: reply of %d bytes could not be stored: %s", name, size, exc)
+            error = Unavailable("the reply could not be stored in the claims store; try again")
+            return error.to_reply().model_dump_json().encode(), True
 
     def _subscribe_consumer(self, route: ConsumeRoute[DepsT], deps: DepsT) -> None:
         """One FastStream push subscriber per route, handling messages one at a time; a route

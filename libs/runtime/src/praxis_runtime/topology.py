@@ -109,7 +109,10 @@ async def ensure_object_store(
         await js.create_object_store(
             spec.bucket,
             api.ObjectStoreConfig(
-                description=spec.description, storage=api.StorageType.FILE, replicas=replicas
+                description=spec.description,
+                storage=api.StorageType.FILE,
+                replicas=replicas,
+                ttl=spec.ttl_seconds or None,
             ),
         )
         log.info("created object store %s", spec.bucket)

@@ -1,0 +1,110 @@
+"""Claim checks: a request or reply too large for one NATS message travels by reference.
+
+nats-server refuses a message over its ``max_payload`` (1 MB by default). Some replies are
+legitimately larger: the layout of a workcell with sixty 96-well plates is about 6 MB of JSON,
+because every well's geometry is in its plate's PyLabRobot definition. Paging would split what an
+orchestrator needs in one piece, so instead the body goes to the ``praxis_claims`` object store
+(chunked by the server, no size limit of its own), compressed (PyLabRobot JSON shrinks ~30x:
+6.4 MB -> 230 KB), and the message carries only the object's name in the ``Praxis-Claim`` header.
+The receiver fetches, decompresses and deletes it; what a crashed receiver leaves behind expires
+with the bucket's TTL.
+
+Bodies up to ``CLAIM_THRESHOLD`` travel inline as before: most messages are far smaller, and a
+round trip to the object store costs more than sending them. Bodies over ``MAX_CLAIM_BYTES`` are
+refused by the caller (``reply_too_large``): past that a smaller page is the answer, not a
+bigger message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+import zlib
+
+from nats.js import JetStreamContext
+from nats.js.object_store import ObjectStore
+
+from praxis_contracts import headers as h
+from praxis_contracts.errors import InvalidRequest
+from praxis_contracts.topology import CLAIMS
+
+log = logging.getLogger(__name__)
+
+CLAIM_THRESHOLD = 256 * 1024
+"""Bodies larger than this go through the object store."""
+
+MAX_CLAIM_BYTES = 64 * 1024 * 1024
+"""No body larger than this (uncompressed) is sent at all, claimed or not."""
+
+
+class Claims:
+    """Check bodies in and out of the claims object store."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        *,
+        threshold: int = CLAIM_THRESHOLD,
+        limit: int = MAX_CLAIM_BYTES,
+    ) -> None:
+        self.js = js
+        self.threshold = threshold
+        self.limit = limit
+        self._store: ObjectStore | None = None
+        self._cleanup: set[asyncio.Task[None]] = set()
+
+    async def store(self) -> ObjectStore:
+        if self._store is None:
+            self._store = await self.js.object_store(CLAIMS.bucket)
+        return self._store
+
+    def needed(self, body: bytes) -> bool:
+        return len(body) > self.threshold
+
+    async def check_in(self, body: bytes, headers: dict[str, str]) -> bytes:
+        """``body`` itself if it is small; else store it, name it in ``headers`` and return the
+        empty body to send instead."""
+        if not self.needed(body):
+            return body
+        return await self.put(body, headers)
+
+    async def put(self, body: bytes, headers: dict[str, str]) -> bytes:
+        """Store ``body`` whatever its size; see ``check_in``."""
+        name = uuid.uuid4().hex
+        packed = zlib.compress(body, 1)  # level 1: 6 MB of PyLabRobot JSON in ~30 ms
+        await (await self.store()).put(name, packed)
+        headers[h.CLAIM] = name
+        log.debug("claimed %d bytes (%d stored) as %s", len(body), len(packed), name)
+        return b""
+
+    async def check_out(self, body: bytes, headers: dict[str, str] | None) -> bytes:
+        """The body a message stands for: fetched from the store if it carries a claim (which
+        is then deleted in the background: each claim is read once)."""
+        name = (headers or {}).get(h.CLAIM)
+        if not name:
+            return body
+        try:
+            result = await (await self.store()).get(name)
+        except Exception as exc:
+            if _missing(exc):
+                raise InvalidRequest(f"claimed body {name} is gone (expired or read)") from exc
+            raise
+        data = result.data or b""
+        task = asyncio.create_task(self._delete(name))
+        self._cleanup.add(task)
+        task.add_done_callback(self._cleanup.discard)
+        return zlib.decompress(data)
+
+    async def _delete(self, name: str) -> None:
+        try:
+            await (await self.store()).delete(name)
+        except Exception as exc:  # the bucket's TTL removes it anyway
+            log.debug("could not delete claim %s: %s", name, exc)
+
+
+def _missing(exc: Exception) -> bool:
+    return "not found" in str(exc).lower() or type(exc).__name__.endswith("NotFoundError")
+
+
+__all__ = ["CLAIM_THRESHOLD", "MAX_CLAIM_BYTES", "Claims"]

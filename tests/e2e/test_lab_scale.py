@@ -1,0 +1,171 @@
+"""A workcell at lab scale, end to end: a filled Hamilton STAR deck and labware in storage.
+
+Ten tip racks and thirty plates on the deck (two tip carriers, six plate carriers), thirty more
+plates in the workcell's storage (no parent, off the deck). Its layout is about 6 MB of JSON, six
+times what one NATS message may carry: the inventory, the gateway and the orchestrator must all
+handle it (by claim check through the object store), and runs on it must work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pylabrobot.liquid_handling import LiquidHandler
+from pylabrobot.liquid_handling.backends import LiquidHandlerChatterboxBackend
+from pylabrobot.resources import (
+    PLT_CAR_L5AC_A00,
+    TIP_CAR_480_A00,
+    STARDeck,
+    cor_96_wellplate_360uL_Fb,
+)
+
+from praxis_devstack.pytest_plugin import MakeDatabase
+from praxis_devstack.stack import Stack
+from praxis_plr.layout import drafts_for_tree
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+WORKCELL = "star"
+TIP_CARRIERS, PLATE_CARRIERS, SITES = 2, 6, 5
+STORED_PLATES = 30
+COR_96 = "cor_96_wellplate_360uL_Fb"
+TIPS_1000 = "hamilton_96_tiprack_1000uL"
+
+
+def star_with_empty_carriers() -> list[dict[str, Any]]:
+    """The liquid handler and its deck, carriers in place, no labware yet (that is added one
+    asset at a time, as a lab would, each well under the gateway's body limit)."""
+    deck = STARDeck()
+    handler = LiquidHandler(
+        backend=LiquidHandlerChatterboxBackend(num_channels=8), deck=deck, name="star"
+    )
+    for i in range(TIP_CARRIERS):
+        deck.assign_child_resource(TIP_CAR_480_A00(name=f"tip_car{i}"), rails=1 + 6 * i)
+    for i in range(PLATE_CARRIERS):
+        rails = 1 + 6 * (TIP_CARRIERS + i)
+        deck.assign_child_resource(PLT_CAR_L5AC_A00(name=f"plate_car{i}"), rails=rails)
+    return [draft.model_dump(mode="json") for draft in drafts_for_tree(handler)]
+
+
+def filled_plate(name: str, volume: float) -> dict[str, Any]:
+    plate = cor_96_wellplate_360uL_Fb(name=name)
+    for well in plate.get_all_items():
+        well.tracker.set_volume(volume)
+    (draft,) = drafts_for_tree(plate)
+    return {"name": name, "fqn": draft.fqn, "definition": draft.definition, "state": draft.state}
+
+
+@pytest.fixture(scope="module")
+async def stack(
+    tmp_path_factory: pytest.TempPathFactory, make_database: MakeDatabase
+) -> AsyncIterator[Stack]:
+    base: Path = tmp_path_factory.mktemp("lab-scale")
+    running = Stack(
+        base_dir=base,
+        fast=True,
+        environ={"DATABASE_URL": make_database("lab_scale")},
+        workcell=WORKCELL,
+    )
+    try:
+        await running.start()
+        await running.seed()
+        yield running
+    finally:
+        await running.stop()
+
+
+@pytest.fixture(scope="module")
+async def api(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=stack.api, timeout=120.0) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+async def workcell(api: httpx.AsyncClient) -> dict[str, Any]:
+    created = await api.post(
+        "/api/v1/workcells", json={"name": WORKCELL, "assets": star_with_empty_carriers()}
+    )
+    assert created.status_code == 201, created.text
+
+    async def add(body: dict[str, Any]) -> None:
+        response = await api.post("/api/v1/resources", json={"workcell": WORKCELL, **body})
+        assert response.status_code == 201, response.text
+
+    adds = [
+        add({"name": f"tips{c}_{s}", "fqn": TIPS_1000, "parent": "deck", "slot": f"tip_car{c}-{s}"})
+        for c in range(TIP_CARRIERS)
+        for s in range(SITES)
+    ]
+    for c in range(PLATE_CARRIERS):
+        for s in range(SITES):
+            plate = filled_plate(f"plate{c}_{s}", 200.0) if c == 0 else {"fqn": COR_96}
+            adds.append(
+                add(
+                    {
+                        "name": f"plate{c}_{s}",
+                        **plate,
+                        "parent": "deck",
+                        "slot": f"plate_car{c}-{s}",
+                    }
+                )
+            )
+    adds += [add({"name": f"stored{i}", "fqn": COR_96}) for i in range(STORED_PLATES)]
+    for batch in range(0, len(adds), 10):
+        await asyncio.gather(*adds[batch : batch + 10])
+    response = await api.get(f"/api/v1/workcells/{WORKCELL}")
+    assert response.status_code == 200, response.text[:500]
+    return dict(response.json())
+
+
+async def finished(api: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
+    async with api.stream("GET", f"/api/v1/protocols/runs/{run_id}/events") as events:
+        assert events.status_code == 200
+        async for _ in events.aiter_lines():
+            pass
+    return dict((await api.get(f"/api/v1/protocols/runs/{run_id}")).json())
+
+
+async def test_the_layout_of_a_filled_deck_is_served_whole(workcell: dict[str, Any]) -> None:
+    names = {asset["name"] for asset in workcell["assets"]}
+    labware = [a for a in workcell["assets"] if a["kind"] == "resource"]
+    assert len(labware) == TIP_CARRIERS * SITES + PLATE_CARRIERS * SITES + STORED_PLATES
+    assert {"star", "deck", "plate5_4", "tips1_4", "stored29"} <= names
+    assert len(httpx.Response(200, json=workcell).content) > 4_000_000  # several NATS messages
+    stored = next(a for a in labware if a["name"] == "stored0")
+    assert stored["parent_id"] is None  # in storage, off the deck
+
+
+async def test_runs_on_a_filled_deck_complete(
+    api: httpx.AsyncClient, workcell: dict[str, Any]
+) -> None:
+    pairs = [("plate0_0", "plate5_4", "tips0_0"), ("plate0_1", "plate3_2", "tips1_3")]
+    runs = []
+    for source, dest, tips in pairs:
+        response = await api.post(
+            "/api/v1/protocols/runs",
+            json={
+                "protocol_name": "transfer",
+                "workcell": WORKCELL,
+                "parameters": {"volume": 25, "wells": ["A1", "H12"]},
+                "assets": {"source_plate": source, "dest_plate": dest, "tips": tips},
+            },
+        )
+        assert response.status_code == 201, response.text
+        runs.append(response.json()["accession_id"])
+    done = await asyncio.gather(*(finished(api, run) for run in runs))
+    for run, (source, dest, _) in zip(done, pairs, strict=True):
+        assert run["status"] == "completed", run["error"]
+        states = run["asset_states"]
+        assert states[source][f"{source}_well_H12"]["volume"] == 175.0
+        assert states[dest][f"{dest}_well_A1"]["volume"] == 25.0
+        assert set(states) <= {source, dest, "star", "tips0_0", "tips1_3"}  # bound assets only
+
+    # A page of plates with their definitions is a few MB: it is served whole too.
+    page = await api.get("/api/v1/resources", params={"limit": 100})
+    assert page.status_code == 200, page.text[:500]
+    assert len(page.json()["items"]) >= 70
