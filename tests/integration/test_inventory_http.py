@@ -35,6 +35,7 @@ from praxis_runtime.service import Migrations, Service, bus_for, database_for
 pytestmark = pytest.mark.integration
 
 COR_96 = "pylabrobot.resources.corning.plates.cor_96_wellplate_360uL_Fb"
+WELL = {"volume": 0, "pending_volume": 0, "thing": "Unknown liquid", "max_volume": 360}
 MIGRATIONS = Path(praxis_asset_manager.__file__).parent / "migrations"
 
 
@@ -144,6 +145,44 @@ async def test_create_errors(
     assert error["code"] == code and "Traceback" not in response.text
     if code == "unknown_asset_type":
         assert COR_96 in error["details"]["suggestions"]
+
+
+@pytest.mark.parametrize(
+    ("state", "field"),
+    [
+        ({"plate_well_A1": {"volume": 80}}, "state.plate_well_A1"),  # no pending_volume etc.
+        ({"volume": 80}, "state"),  # not keyed by resource name
+        ({"plate_well_A1": {**WELL, "volume": 400}}, "state.plate_well_A1"),  # over 360 uL
+        ({"plate_well_A1": {**WELL, "volume": -1}}, "state.plate_well_A1"),
+        ({"plate_well_A1": "full"}, "state.plate_well_A1"),
+    ],
+)
+async def test_a_state_the_orchestrator_could_not_load_is_refused(
+    api: httpx.AsyncClient, workcell: str, state: dict[str, Any], field: str
+) -> None:
+    """Before, ``{"volume": 80}`` was stored (201) and the run on the plate failed while
+    preparing with ``KeyError: 'pending_volume'``."""
+    body = {"workcell": workcell, "name": "plate", "fqn": COR_96, "state": state}
+    response = await api.post("/api/v1/resources", json=body)
+    assert response.status_code == 422, response.text
+    error = response.json()
+    assert error["code"] == "invalid_input"
+    assert error["details"]["field"] == field
+    assert "Traceback" not in response.text and ".py" not in response.text
+    # Nothing was stored: the name is free.
+    assert (await api.post("/api/v1/resources", json={**body, "state": None})).status_code == 201
+
+
+async def test_a_complete_well_state_is_accepted(api: httpx.AsyncClient, workcell: str) -> None:
+    body = {
+        "workcell": workcell,
+        "name": "filled",
+        "fqn": COR_96,
+        "state": {"filled_well_A1": {**WELL, "volume": 80}},
+    }
+    response = await api.post("/api/v1/resources", json=body)
+    assert response.status_code == 201, response.text
+    assert response.json()["state"]["filled_well_A1"]["volume"] == 80
 
 
 async def test_wrong_kind_and_user_statuses(api: httpx.AsyncClient, workcell: str) -> None:

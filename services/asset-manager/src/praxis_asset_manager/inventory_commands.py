@@ -26,6 +26,7 @@ from praxis_asset_manager.orm import AssetRow, StatusHistoryRow, WorkcellRow
 from praxis_asset_manager.status import BUSY, emit_status, history_values
 from praxis_contracts.assets import Asset, AssetStatus, Workcell
 from praxis_contracts.errors import Conflict, InvalidRequest, NotFound
+from praxis_plr.validate import check_buildable
 from praxis_contracts.inventory import (
     USER_SETTABLE_STATUSES,
     AssetStatusChanged,
@@ -224,6 +225,19 @@ async def _shape(entry: CatalogEntry, cmd: CreateAsset) -> _Shape:
     has_backend = shape.backend is not None or isinstance(shape.definition.get("backend"), dict)
     if entry.kind == "machine" and not has_backend:
         raise InvalidRequest(f"machine {cmd.name!r} needs a backend", field="backend")
+    if cmd.definition is not None or cmd.state is not None or cmd.backend is not None:
+        # What the caller wrote must build, as the orchestrator will build it (what the type
+        # built by itself is known to).
+        await asyncio.to_thread(
+            check_buildable,
+            kind=entry.kind,
+            name=cmd.name,
+            fqn=entry.fqn,
+            type_mro=shape.type_mro,
+            definition=shape.definition,
+            backend=shape.backend,
+            state=shape.state,
+        )
     return shape
 
 
