@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -26,8 +25,8 @@ from praxis_contracts.assets import (
 )
 from praxis_contracts.errors import InvalidRequest, NotFound
 from praxis_contracts.inventory import AssetStatusChanged
-from praxis_plr.validate import check_buildable
 from praxis_plr.types import import_type, type_ancestry
+from praxis_plr.validate import check_buildable
 from praxis_runtime.db import Database
 from praxis_runtime.query import apply_filters, fetch_page, where_all
 

@@ -26,7 +26,6 @@ from praxis_asset_manager.orm import AssetRow, StatusHistoryRow, WorkcellRow
 from praxis_asset_manager.status import BUSY, emit_status, history_values
 from praxis_contracts.assets import Asset, AssetStatus, Workcell
 from praxis_contracts.errors import Conflict, InvalidRequest, NotFound
-from praxis_plr.validate import check_buildable
 from praxis_contracts.inventory import (
     USER_SETTABLE_STATUSES,
     AssetStatusChanged,
@@ -38,6 +37,7 @@ from praxis_contracts.inventory import (
     UpdateAsset,
     UpdateWorkcell,
 )
+from praxis_plr.validate import check_buildable
 from praxis_runtime.db import Database
 from praxis_runtime.outbox import OutboxRelay, SqlUnitOfWork
 
