@@ -169,3 +169,62 @@ async def test_runs_on_a_filled_deck_complete(
     page = await api.get("/api/v1/resources", params={"limit": 100})
     assert page.status_code == 200, page.text[:500]
     assert len(page.json()["items"]) >= 70
+
+
+async def asset_id(api: httpx.AsyncClient, name: str) -> str:
+    page = (await api.get("/api/v1/resources", params={"name": name})).json()
+    (item,) = [a for a in page["items"] if a["name"] == name]
+    return str(item["accession_id"])
+
+
+async def transfer(api: httpx.AsyncClient, source: str, dest: str, well: str) -> dict[str, Any]:
+    response = await api.post(
+        "/api/v1/protocols/runs",
+        json={
+            "protocol_name": "transfer",
+            "workcell": WORKCELL,
+            "parameters": {"volume": 25, "wells": [well]},
+            "assets": {"source_plate": source, "dest_plate": dest, "tips": "tips0_1"},
+        },
+    )
+    assert response.status_code == 201, response.text
+    run = await finished(api, response.json()["accession_id"])
+    assert run["status"] == "completed", run["error"]
+    return run
+
+
+async def test_the_live_workcell_follows_a_swapped_replaced_and_moved_plate(
+    api: httpx.AsyncClient, workcell: dict[str, Any]
+) -> None:
+    """Before, a plate deleted and created again on its carrier site hung the next run in
+    ``preparing`` (the live deck still held the old plate), and every later new plate too."""
+    await transfer(api, "plate0_2", "plate5_3", "A1")  # the live workcell is built
+
+    # Swap: delete a plate, put a new one on its site, run on it.
+    assert (
+        await api.delete(f"/api/v1/resources/{await asset_id(api, 'plate5_3')}")
+    ).status_code == 204
+    swap = {"workcell": WORKCELL, "fqn": COR_96, "parent": "deck", "slot": "plate_car5-3"}
+    assert (await api.post("/api/v1/resources", json={**swap, "name": "fresh"})).status_code == 201
+    run = await transfer(api, "plate0_2", "fresh", "B2")
+    assert run["asset_states"]["fresh"]["fresh_well_B2"]["volume"] == 25.0
+
+    # Replace under the same name: a new plate (new id) starts empty, not with the old liquid.
+    assert (
+        await api.delete(f"/api/v1/resources/{await asset_id(api, 'fresh')}")
+    ).status_code == 204
+    assert (await api.post("/api/v1/resources", json={**swap, "name": "fresh"})).status_code == 201
+    run = await transfer(api, "plate0_2", "fresh", "B2")
+    assert run["asset_states"]["fresh"]["fresh_well_B2"]["volume"] == 25.0
+
+    # Move: the plate keeps its live liquid in its new place (plate0_2 gave 3 x 25 uL so far).
+    assert (
+        await api.delete(f"/api/v1/resources/{await asset_id(api, 'fresh')}")
+    ).status_code == 204
+    moved = await api.patch(
+        f"/api/v1/resources/{await asset_id(api, 'plate0_2')}",
+        json={"parent": "deck", "slot": "plate_car5-3"},
+    )
+    assert moved.status_code == 200, moved.text
+    run = await transfer(api, "plate0_2", "plate5_2", "A1")
+    assert run["asset_states"]["plate0_2"]["plate0_2_well_A1"]["volume"] == 150.0

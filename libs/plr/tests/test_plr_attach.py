@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from pylabrobot.resources import Plate, cor_96_wellplate_360uL_Fb
 
-from praxis_contracts.assets import AssetDraft
+from praxis_contracts.assets import AssetDraft, WorkcellLayout
 from praxis_contracts.errors import InvalidRequest
 from praxis_plr.layout import demo_workcell
 from praxis_plr.live import LiveWorkcell
@@ -53,13 +55,69 @@ async def test_extend_adds_new_assets_and_keeps_the_live_ones(layout_from_drafts
         await lh.aspirate([source.get_well("A1")], vols=[40])
         await lh.dispense([workcell.get("dest_plate").get_well("A1")], vols=[40])
 
-        grown = layout_from_drafts([*drafts, extra_plate("plate_carrier-2")])
-        # The grown layout has new ids for every asset (as a re-registered workcell would);
-        # the live objects are matched by name and kept.
+        grown = with_ids_of(
+            workcell.layout, layout_from_drafts([*drafts, extra_plate("plate_carrier-2")])
+        )
         assert await workcell.extend(grown) == ["extra_plate"]
         assert workcell.get("liquid_handler") is lh and lh.setup_finished
         assert source.get_well("A1").tracker.get_used_volume() == 160  # state kept
         assert workcell.get("extra_plate").parent.name == "plate_carrier-2"
         assert "extra_plate" in workcell.names()
+    finally:
+        await workcell.stop()
+
+
+def with_ids_of(old: WorkcellLayout, new: WorkcellLayout) -> WorkcellLayout:
+    """``new`` with the ids ``old`` gave to the same names (the inventory keeps an asset's id)."""
+    ids = {asset.name: asset.accession_id for asset in old.assets}
+    by_id = {asset.accession_id: asset.name for asset in new.assets}
+    return new.model_copy(
+        update={
+            "assets": [
+                asset.model_copy(
+                    update={
+                        "accession_id": ids.get(asset.name, asset.accession_id),
+                        "parent_id": asset.parent_id
+                        and ids.get(by_id[asset.parent_id], asset.parent_id),
+                    }
+                )
+                for asset in new.assets
+            ]
+        }
+    )
+
+
+async def test_extend_follows_a_replaced_and_a_moved_plate(layout_from_drafts) -> None:  # type: ignore[no-untyped-def]
+    drafts = demo_workcell()
+    workcell = await LiveWorkcell.build(layout_from_drafts(drafts))
+    try:
+        lh, source = workcell.get("liquid_handler"), workcell.get("source_plate")
+        await lh.pick_up_tips([workcell.get("tip_rack").get_item("A1")])
+        await lh.aspirate([source.get_well("A1")], vols=[40])
+        await lh.dispense([workcell.get("dest_plate").get_well("A1")], vols=[40])
+        await lh.return_tips()
+
+        # dest_plate deleted and created again under its name (a new id) in the same site;
+        # source_plate moved to another site.
+        layout = workcell.layout
+        fresh = [
+            a.model_copy(update={"accession_id": uuid.uuid4()}) if a.name == "dest_plate" else a
+            for a in layout.assets
+        ]
+        moved = [
+            a.model_copy(update={"slot": "plate_carrier-3"}) if a.name == "source_plate" else a
+            for a in fresh
+        ]
+        changed = await workcell.extend(layout.model_copy(update={"assets": moved}))
+        assert sorted(changed) == ["dest_plate", "source_plate"]
+
+        dest = workcell.get("dest_plate")
+        assert dest.get_well("A1").tracker.get_used_volume() == 0  # a new plate, not the old
+        assert workcell.get("source_plate") is source  # the same live plate…
+        assert source.parent.name == "plate_carrier-3"  # …in its new place…
+        assert source.get_well("A1").tracker.get_used_volume() == 160  # …with its liquid
+        assert workcell.get("liquid_handler") is lh and lh.setup_finished
+        await lh.pick_up_tips([workcell.get("tip_rack").get_item("B1")])
+        await lh.aspirate([source.get_well("A1")], vols=[10])  # still usable where it is now
     finally:
         await workcell.stop()

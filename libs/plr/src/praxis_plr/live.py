@@ -94,6 +94,7 @@ class LiveWorkcell:
         self._machines = machines
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.get_ident()
+        self._detached: dict[UUID, Resource] = {}  # moved by ``extend``, placed again by ``_add``
 
     @classmethod
     async def build(cls, layout: WorkcellLayout) -> LiveWorkcell:
@@ -117,14 +118,58 @@ class LiveWorkcell:
         return workcell
 
     async def extend(self, layout: WorkcellLayout) -> list[str]:
-        """Add the assets of ``layout`` that are not live yet; the live ones, their machines and
-        their state (liquid moved by earlier runs) are left as they are. Returns the names added.
+        """Follow the inventory's ``layout``: add what is new, move what moved, drop what is gone.
+
+        Assets are matched by accession id, not name: a plate deleted and created again under
+        its name (a new id) is a new plate, not the old one's live object with the old liquid.
+        Labware that was deleted, or that now sits in another slot or parent, is taken out of
+        its holder first, so its replacement can take the site; labware that moved keeps its
+        live object and state. Machines are never stopped or dropped here (other runs may be
+        driving them). Everything else keeps its live state. Returns the names added or moved.
+        The inventory refuses to move or delete an asset a run holds, so none of this touches
+        an asset in use.
         """
         self._check_owner()
-        new = [asset for asset in layout.assets if asset.name not in self._objects]
-        await self._add(layout, new)
+        by_id = _index(layout.assets)
+        live = {asset.accession_id: asset for asset in self._layout.assets}
+        moved: list[Asset] = []
+        for old in sorted(live.values(), key=lambda a: -len(_ancestors(a, live))):
+            if old.kind != "resource" or old.name not in self._objects:
+                continue
+            now = by_id.get(old.accession_id)
+            if now is not None and (now.parent_id and by_id[now.parent_id].name, now.slot) == (
+                old.parent_id and live[old.parent_id].name,
+                old.slot,
+            ):
+                continue
+            obj = self._objects.pop(old.name)
+            if obj.parent is not None:
+                obj.parent.unassign_child_resource(obj)
+            if now is not None and now.name == old.name:
+                moved.append(now)
+                self._detached[now.accession_id] = obj
+            log.info("%s %r", "moving" if now is not None else "dropping", old.name)
+        # Labware is the same asset by id; machines and decks by name (they are not replaced
+        # under a running orchestrator: a re-registered workcell gives them new ids).
+        live_labware = {a.accession_id for a in live.values() if a.name in self._objects}
+        moving = {asset.accession_id for asset in moved}
+        new = [
+            asset
+            for asset in layout.assets
+            if asset.accession_id not in moving
+            and not (asset.kind == "resource" and asset.accession_id in live_labware)
+            and not (asset.kind != "resource" and asset.name in self._objects)
+        ]
         self._layout = layout
-        return [asset.name for asset in new]
+        await self._add(layout, [*new, *moved])
+        return [asset.name for asset in [*new, *moved]]
+
+    def has(self, assets: dict[UUID, str]) -> bool:
+        """Whether each asset id is live under that name (``extend`` brings it if not)."""
+        ids = {asset.accession_id: asset.name for asset in self._layout.assets}
+        return all(
+            ids.get(asset_id) == name and name in self._objects for asset_id, name in assets.items()
+        )
 
     async def _add(self, layout: WorkcellLayout, assets: list[Asset]) -> None:
         enable_tracking()
@@ -139,8 +184,17 @@ class LiveWorkcell:
 
         depth = {asset.name: len(_ancestors(asset, by_id)) for asset in assets}
         ordered = sorted(assets, key=lambda asset: depth[asset.name])  # stable: layout order
+        moved: set[UUID] = set()
         for asset in ordered:
-            if asset.parent_id is None:
+            detached = self._detached.pop(asset.accession_id, None)
+            if detached is not None:  # moved: the same live object (and liquid), a new place
+                moved.add(asset.accession_id)
+                self._objects[asset.name] = (
+                    _place(asset, detached, self._objects[by_id[asset.parent_id].name])
+                    if asset.parent_id is not None
+                    else detached
+                )
+            elif asset.parent_id is None:
                 self._objects[asset.name] = _deserialize_root(asset)
             else:
                 root = _ancestors(asset, by_id)[-1]
@@ -163,7 +217,7 @@ class LiveWorkcell:
                 await machine.setup()
         # After setup: LiquidHandler.setup() replaces its head trackers, dropping head state.
         for asset in ordered:
-            if asset.state is not None:
+            if asset.state is not None and asset.accession_id not in moved:
                 self._objects[asset.name].load_all_state(state_from_json(asset.state))
 
     @property
@@ -403,7 +457,10 @@ def _find_in_tree(root_obj: Resource, asset: Asset) -> Resource | None:
 def _attach(asset: Asset, parent: Resource) -> Resource:
     """An asset added after its root was defined: built from its own definition and placed in
     the resource its ``slot`` names inside its parent (a carrier site, say), or in the parent."""
-    obj = _deserialize_root(asset)
+    return _place(asset, _deserialize_root(asset), parent)
+
+
+def _place(asset: Asset, obj: Resource, parent: Resource) -> Resource:
     try:
         holder = parent.get_resource(asset.slot) if asset.slot else parent
         if isinstance(holder, ResourceHolder) and holder.resource is not None:

@@ -261,7 +261,7 @@ class Executor:
 
     async def _prepare(self, run: ActiveRun) -> PreparedCall:
         cmd = run.cmd
-        live = await self.workcell.ensure([b.asset_name for b in cmd.bindings])
+        live = await self.workcell.ensure(cmd.bindings)
         keeper = LeaseKeeper(self.leases, cmd.run_id, cmd.bindings, await self.check_fence(cmd))
         fn = await self.code.function(cmd.definition)
         kwargs: dict[str, Any] = validate_parameters(fn, cmd.parameters)

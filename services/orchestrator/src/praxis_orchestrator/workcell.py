@@ -7,7 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from praxis_contracts.assets import GetWorkcellLayout, WorkcellLayout
+from praxis_contracts.assets import AssetBinding, GetWorkcellLayout, WorkcellLayout
 from praxis_plr.live import LiveWorkcell
 
 log = logging.getLogger(__name__)
@@ -28,19 +28,21 @@ class WorkcellHost:
         self.live: LiveWorkcell | None = None
         self._lock = asyncio.Lock()
 
-    async def ensure(self, names: Iterable[str]) -> LiveWorkcell:
-        wanted = set(names)
-        if self.live is not None and wanted <= set(self.live.names()):
+    async def ensure(self, bindings: Iterable[AssetBinding]) -> LiveWorkcell:
+        """The live workcell, holding each bound asset under its id (fetching the layout again
+        and following it if not: an asset created, replaced or moved since)."""
+        wanted = {binding.asset_id: binding.asset_name for binding in bindings}
+        if self.live is not None and self.live.has(wanted):
             return self.live
         async with self._lock:
             if self.live is None:
                 layout = await self._fetch(GetWorkcellLayout(workcell=self.name))
                 self.live = await LiveWorkcell.build(layout)
                 log.info("workcell %s live with %d assets", self.name, len(self.live.names()))
-            elif not wanted <= set(self.live.names()):
+            elif not self.live.has(wanted):
                 layout = await self._fetch(GetWorkcellLayout(workcell=self.name))
-                added = await self.live.extend(layout)
-                log.info("workcell %s: added %s", self.name, ", ".join(added) or "nothing")
+                changed = await self.live.extend(layout)
+                log.info("workcell %s: followed %s", self.name, ", ".join(changed) or "nothing")
         return self.live
 
     def snapshot(self, names: list[str]) -> dict[str, Any]:
