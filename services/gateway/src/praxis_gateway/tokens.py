@@ -69,6 +69,8 @@ class TokenStore:
         self._watcher: KeyValue.KeyWatcher | None = None
         self._task: asyncio.Task[None] | None = None
         self._touching: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._seen = 0
+        self._changed = asyncio.Condition()
 
     @property
     def kv(self) -> KeyValue:
@@ -91,6 +93,12 @@ class TokenStore:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    async def caught_up(self, revision: int) -> None:
+        """Wait until the watcher has applied the bucket up to ``revision`` (a write made
+        through another gateway is then visible here)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._seen >= revision)
+
     async def _watch(self, watcher: KeyValue.KeyWatcher) -> None:
         async for entry in watcher:
             if entry is None:  # every stored token has been read
@@ -100,6 +108,9 @@ class TokenStore:
                 self._observe(entry)
             except Exception:
                 log.exception("API token record %s not understood", entry.key)
+            async with self._changed:
+                self._seen = max(self._seen, entry.revision or 0)
+                self._changed.notify_all()
 
     def _observe(self, entry: KeyValue.Entry) -> None:
         token_id = uuid.UUID(hex=entry.key)
