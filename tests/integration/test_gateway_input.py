@@ -260,6 +260,16 @@ WRITES: dict[tuple[str, str], Case] = {
         {"reason": NUL},
         "body.reason",
     ),
+    ("POST", "/api/v1/tokens"): lambda i: (
+        "/api/v1/tokens",
+        {"name": NUL, "scopes": ["read"]},
+        "body.name",
+    ),
+    ("DELETE", "/api/v1/tokens/{token_id}"): lambda i: (
+        f"/api/v1/tokens/{uuid.uuid4()}%00",
+        None,
+        "path",
+    ),
 }
 for _path, _kind in (("machines", "machine"), ("resources", "resource"), ("decks", "deck")):
     WRITES[("POST", f"/api/v1/{_path}")] = lambda i, p=_path: (
