@@ -24,10 +24,11 @@ PLATES = {"source_plate": "source_plate", "dest_plate": "dest_plate"}
 
 @pytest.fixture(scope="module")
 async def stack(
-    tmp_path_factory: pytest.TempPathFactory, make_database: MakeDatabase
+    tmp_path_factory: pytest.TempPathFactory, make_database: MakeDatabase, admin_token: str
 ) -> AsyncIterator[Stack]:
     base: Path = tmp_path_factory.mktemp("stack")
-    running = Stack(base_dir=base, fast=True, environ={"DATABASE_URL": make_database("e2e")})
+    environ = {"DATABASE_URL": make_database("e2e")}
+    running = Stack(base_dir=base, fast=True, environ=environ, admin_token=admin_token)
     try:
         await running.start()
         await running.seed()
@@ -38,7 +39,9 @@ async def stack(
 
 @pytest.fixture
 async def api(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=stack.api, timeout=60.0) as client:
+    async with httpx.AsyncClient(
+        base_url=stack.api, timeout=60.0, headers=stack.auth_headers
+    ) as client:
         yield client
 
 

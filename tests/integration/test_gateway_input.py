@@ -105,12 +105,12 @@ def _repo(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-async def gateway(stack: WorkcellLayout, nats_url: str) -> AsyncIterator[str]:
+async def gateway(stack: WorkcellLayout, nats_url: str, admin_token: str) -> AsyncIterator[str]:
     """The gateway served by uvicorn on a socket of its own; yields its base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    app = create_app(Settings(nats_url=nats_url))
+    app = create_app(Settings(nats_url=nats_url, praxis_admin_token=admin_token))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     serving = asyncio.ensure_future(server.serve(sockets=[sock]))
     async with asyncio.timeout(SERVE_TIMEOUT):
@@ -125,8 +125,9 @@ async def gateway(stack: WorkcellLayout, nats_url: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def api(gateway: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=gateway, timeout=30.0) as http:
+async def api(gateway: str, admin_token: str) -> AsyncIterator[httpx.AsyncClient]:
+    headers = {"Authorization": f"Bearer {admin_token}"}
+    async with httpx.AsyncClient(base_url=gateway, timeout=30.0, headers=headers) as http:
         yield http
 
 
@@ -194,8 +195,9 @@ class Ids:
 
 
 @pytest.fixture(scope="module")
-async def ids(gateway: str, stack: WorkcellLayout) -> AsyncIterator[Ids]:
-    async with httpx.AsyncClient(base_url=gateway, timeout=30.0) as http:
+async def ids(gateway: str, stack: WorkcellLayout, admin_token: str) -> AsyncIterator[Ids]:
+    headers = {"Authorization": f"Bearer {admin_token}"}
+    async with httpx.AsyncClient(base_url=gateway, timeout=30.0, headers=headers) as http:
         sources = (await http.get("/api/v1/protocols/sources")).json()["items"]
         run = await http.post(
             "/api/v1/protocols/runs",
@@ -257,6 +259,16 @@ WRITES: dict[tuple[str, str], Case] = {
         f"/api/v1/locks/{i.asset_id}/force-release",
         {"reason": NUL},
         "body.reason",
+    ),
+    ("POST", "/api/v1/tokens"): lambda i: (
+        "/api/v1/tokens",
+        {"name": NUL, "scopes": ["read"]},
+        "body.name",
+    ),
+    ("DELETE", "/api/v1/tokens/{token_id}"): lambda i: (
+        f"/api/v1/tokens/{uuid.uuid4()}%00",
+        None,
+        "path",
     ),
 }
 for _path, _kind in (("machines", "machine"), ("resources", "resource"), ("decks", "deck")):

@@ -65,16 +65,20 @@ async def api(
     make_database: MakeDatabase,
     services: Callable[..., Awaitable[Any]],
     client: Bus,
+    admin_token: str,
 ) -> AsyncIterator[httpx.AsyncClient]:
     settings = Settings(
         nats_url=nats_url, database_url=make_database("inventory_http"), health_port=None
     )
     await services(build_inventory, settings)
-    app = create_app(GatewaySettings(nats_url=nats_url))
+    app = create_app(GatewaySettings(nats_url=nats_url, praxis_admin_token=admin_token))
     app.include_router(router)
     app.state.bus = client  # the lifespan (which connects a bus of its own) does not run here
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+    headers = {"Authorization": f"Bearer {admin_token}"}
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://gateway", headers=headers
+    ) as http:
         yield http
 
 

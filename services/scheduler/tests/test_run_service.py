@@ -102,6 +102,10 @@ class Harness:
     async def history(self, run_id: uuid.UUID) -> list[tuple[str, str | None]]:
         raise NotImplementedError
 
+    async def actors(self, run_id: uuid.UUID) -> list[tuple[str, str | None]]:
+        """(status, actor) of each history entry, in order."""
+        raise NotImplementedError
+
     async def statuses(self) -> list[tuple[RunStatus, RunStatus | None]]:
         return [
             (m.status, m.previous) for m, _ in await self.sent() if isinstance(m, RunStatusChanged)
@@ -120,6 +124,9 @@ class MemoryHarness(Harness):
 
     async def history(self, run_id: uuid.UUID) -> list[tuple[str, str | None]]:
         return [(h.status, h.previous) for h in self.uow.store.history if h.run_id == run_id]
+
+    async def actors(self, run_id: uuid.UUID) -> list[tuple[str, str | None]]:
+        return [(h.status, h.actor) for h in self.uow.store.history if h.run_id == run_id]
 
 
 class _NoPublisher:
@@ -152,6 +159,17 @@ class SqlHarness(Harness):
                 {"r": run_id},
             )
             return [(r.status, r.previous) for r in rows]
+
+    async def actors(self, run_id: uuid.UUID) -> list[tuple[str, str | None]]:
+        async with self.db.transaction() as session:
+            rows = await session.execute(
+                text(
+                    "SELECT status, actor FROM scheduler.run_status_history "
+                    "WHERE run_id = :r ORDER BY id"
+                ),
+                {"r": run_id},
+            )
+            return [(r.status, r.actor) for r in rows]
 
 
 @pytest.fixture(scope="module")
@@ -541,3 +559,29 @@ async def test_unknown_runs_are_not_found(h: Harness) -> None:
         await h.runs.control(ControlRun(run_id=uuid.uuid4(), action="cancel"), Edges())
     await h.runs.on_finished(finished(uuid.uuid4()))  # an event for nobody: acknowledged
     assert await h.sent() == []
+
+
+async def test_who_submitted_and_who_acted_are_recorded(h: Harness) -> None:
+    run = await h.runs.create(
+        SubmitRun(protocol_name="mix", workcell="wc-1", actor="token:ci"), resolved()
+    )
+    assert run.submitted_by == "token:ci"
+    (queued, _), _ = await h.sent()
+    assert isinstance(queued, RunStatusChanged) and queued.actor == "token:ci"
+
+    await h.runs.on_reserved(reserved(run.accession_id))  # the system: no actor
+    cancel = ControlRun(run_id=run.accession_id, action="cancel", actor="oidc:alice")
+    cancelled = await h.runs.control(cancel, Edges())
+
+    assert cancelled.status == S.CANCELLED and cancelled.submitted_by == "token:ci"
+    changes = [m for m, _ in await h.sent() if isinstance(m, RunStatusChanged)]
+    assert [(m.status, m.actor) for m in changes] == [
+        (S.PENDING, None),
+        (S.CANCELLED, "oidc:alice"),
+    ]
+    assert await h.actors(run.accession_id) == [
+        ("queued", "token:ci"),
+        ("pending", None),
+        ("cancelled", "oidc:alice"),
+    ]
+    assert (await h.runs.get(run.accession_id)).submitted_by == "token:ci"

@@ -104,6 +104,9 @@ class RegisterWorkcell(Request[WorkcellLayout]):
     description: str = ""
     properties: dict[str, Any] = Field(default_factory=dict)
     assets: list[AssetDraft] = Field(default_factory=list)
+    actor: str | None = Field(
+        default=None, max_length=200, description="Who asked (the gateway's principal)."
+    )
 
 
 class GetWorkcellLayout(Request[WorkcellLayout]):
@@ -373,6 +376,9 @@ class LeaseForceReleased(Event):
     token: int
     reason: str
     at: datetime
+    actor: str | None = Field(
+        default=None, description="Principal whose request made the change; none for the system."
+    )
 
     def subject_key(self) -> str:
         return str(self.asset_id)
@@ -386,3 +392,6 @@ class ForceReleaseLease(Request[Lease]):
 
     asset_id: UUID
     reason: str = Field(min_length=1, max_length=2000)
+    actor: str | None = Field(
+        default=None, max_length=200, description="Who asked (the gateway's principal)."
+    )

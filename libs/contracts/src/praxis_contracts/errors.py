@@ -17,6 +17,8 @@ class ErrorCode(StrEnum):
     """Stable error codes; values never change meaning."""
 
     INVALID_REQUEST = "invalid_request"
+    UNAUTHENTICATED = "unauthenticated"
+    FORBIDDEN = "forbidden"
     INVALID_PARAMETERS = "invalid_parameters"
     INVALID_INPUT = "invalid_input"
     PAYLOAD_TOO_LARGE = "payload_too_large"
@@ -66,6 +68,18 @@ class PraxisError(Exception):
 
 class InvalidRequest(PraxisError):
     code = ErrorCode.INVALID_REQUEST
+
+
+class Unauthenticated(PraxisError):
+    """No credentials, or credentials that are malformed, unknown, expired or revoked."""
+
+    code = ErrorCode.UNAUTHENTICATED
+
+
+class Forbidden(PraxisError):
+    """Valid credentials without the scope the operation needs."""
+
+    code = ErrorCode.FORBIDDEN
 
 
 class InvalidParameters(PraxisError):
@@ -150,6 +164,8 @@ _BY_CODE: dict[ErrorCode, type[PraxisError]] = {
     cls.code: cls
     for cls in (
         InvalidRequest,
+        Unauthenticated,
+        Forbidden,
         InvalidParameters,
         InvalidInput,
         PayloadTooLarge,

@@ -93,6 +93,9 @@ class UpdateWorkcell(Request[Workcell]):
     properties: dict[str, Any] | None = Field(
         default=None, description="Replaces the properties object as a whole."
     )
+    actor: str | None = Field(
+        default=None, max_length=200, description="Who asked (the gateway's principal)."
+    )
 
 
 class DeleteWorkcell(Request[Empty]):
@@ -102,6 +105,9 @@ class DeleteWorkcell(Request[Empty]):
     reply_type: ClassVar[type[BaseModel]] = Empty
 
     workcell: str = Field(description="Workcell name or accession id.")
+    actor: str | None = Field(
+        default=None, max_length=200, description="Who asked (the gateway's principal)."
+    )
 
 
 # -- assets -------------------------------------------------------------------------------------
@@ -132,6 +138,9 @@ class CreateAsset(Request[Asset]):
     slot: str | None = Field(default=None, description="Location within the parent.")
     properties: dict[str, Any] = Field(default_factory=dict)
     shareable: bool = False
+    actor: str | None = Field(
+        default=None, max_length=200, description="Who asked (the gateway's principal)."
+    )
 
 
 class UpdateAsset(Request[Asset]):
@@ -160,6 +169,9 @@ class UpdateAsset(Request[Asset]):
     slot: str | None = None
     detach: bool = Field(default=False, description="Remove from its parent (and slot).")
     shareable: bool | None = None
+    actor: str | None = Field(
+        default=None, max_length=200, description="Who asked (the gateway's principal)."
+    )
 
 
 class DeleteAsset(Request[Empty]):
@@ -171,6 +183,9 @@ class DeleteAsset(Request[Empty]):
     accession_id: UUID
     kind: AssetKind | None = Field(
         default=None, description="If set, the asset must be of this kind (else not_found)."
+    )
+    actor: str | None = Field(
+        default=None, max_length=200, description="Who asked (the gateway's principal)."
     )
 
 
@@ -188,6 +203,9 @@ class AssetStatusChanged(Event):
     previous: AssetStatus | None = None
     reason: str = ""
     run_id: UUID | None = Field(default=None, description="The run behind the change, if any.")
+    actor: str | None = Field(
+        default=None, description="Principal whose request made the change; none for the system."
+    )
     at: datetime
 
     def subject_key(self) -> str:

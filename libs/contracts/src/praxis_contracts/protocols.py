@@ -105,6 +105,9 @@ class RegisterProtocolSource(Request[ProtocolSource]):
     url: str = Field(min_length=1, description="Git URL or path.")
     ref: str = Field(default="HEAD", min_length=1)
     commit: str | None = Field(default=None, description="Pin to this commit instead of ref.")
+    actor: str | None = Field(
+        default=None, max_length=200, description="Who asked (the gateway's principal)."
+    )
 
 
 class SyncProtocolSource(Request[ProtocolSource]):
@@ -115,6 +118,9 @@ class SyncProtocolSource(Request[ProtocolSource]):
 
     source_id: UUID
     commit: str | None = None
+    actor: str | None = Field(
+        default=None, max_length=200, description="Who asked (the gateway's principal)."
+    )
 
 
 class ListProtocolSources(Request[ProtocolSourcePage]):
@@ -162,3 +168,6 @@ class ProtocolSourceSynced(Event):
 
     source: ProtocolSource
     definitions: list[UUID]
+    actor: str | None = Field(
+        default=None, description="Principal whose request made the change; none for the system."
+    )

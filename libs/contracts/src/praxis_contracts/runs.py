@@ -42,6 +42,9 @@ class RunView(BaseModel):
     )
     retry_of: UUID | None = Field(default=None, description="The run this one retries.")
     retried_by: UUID | None = Field(default=None, description="The run that retried this one.")
+    submitted_by: str | None = Field(
+        default=None, description="Principal that submitted the run (or asked for this retry)."
+    )
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None = None
@@ -122,6 +125,9 @@ class SubmitRun(Request[RunView]):
     )
     initial_state: dict[str, Any] = Field(default_factory=dict)
     priority: int = Field(default=0, ge=-100, le=100)
+    actor: str | None = Field(
+        default=None, max_length=200, description="Who asked (the gateway's principal)."
+    )
 
     @model_validator(mode="after")
     def _names_a_protocol(self) -> SubmitRun:
@@ -160,6 +166,9 @@ class RunStatusChanged(Event):
     previous: RunStatus | None
     reason: str = ""
     at: datetime
+    actor: str | None = Field(
+        default=None, description="Principal whose request made the change; none for the system."
+    )
 
     def subject_key(self) -> str:
         return str(self.run_id)
@@ -248,6 +257,9 @@ class ControlRun(Request[RunView]):
     reason: str = Field(default="", max_length=2000)
     outcome: ResolveOutcome | None = Field(
         default=None, description="resolve: the terminal status the operator decides."
+    )
+    actor: str | None = Field(
+        default=None, max_length=200, description="Who asked (the gateway's principal)."
     )
 
     @model_validator(mode="after")

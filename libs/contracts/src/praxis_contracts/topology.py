@@ -79,6 +79,13 @@ EDGES = KeyValueSpec(
     allow_msg_ttl=True,
     description="Edge heartbeats: one key per live orchestrator, value = EdgeHeartbeat.",
 )
+# One key per API token (its id); value = the token's record with the SHA-256 of its secret, never
+# the secret. Gateways watch the bucket, so a new or revoked token reaches every replica at once.
+API_TOKENS = KeyValueSpec(
+    bucket="praxis_api_tokens",
+    history=1,
+    description="HTTP API tokens: one key per token id, value = hashed token record.",
+)
 PROTOCOL_CODE = ObjectStoreSpec(
     bucket="praxis_protocol_code",
     description="Protocol source archives, one per (source, commit).",
@@ -92,7 +99,7 @@ CLAIMS = ObjectStoreSpec(
 )
 
 STREAMS = (EVENTS, COMMANDS, DEAD_LETTERS)
-KEY_VALUES = (ASSET_LEASES, EDGES)
+KEY_VALUES = (ASSET_LEASES, EDGES, API_TOKENS)
 OBJECT_STORES = (PROTOCOL_CODE, CLAIMS)
 
 DEAD_LETTER_PREFIX = "praxis.dlq"

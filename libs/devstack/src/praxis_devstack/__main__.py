@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from collections.abc import Coroutine
@@ -38,7 +39,10 @@ async def run(_: argparse.Namespace) -> int:
             f"  logs         {stack.base_dir}/logs/\n"
             f"  workcell     {DEMO_WORKCELL}: liquid handler, deck, tip rack, 2 plates, reader\n"
             f"  protocols    {source['name']} @ {source['commit'][:12]} (git: {source['url']})\n\n"
+            f"  admin token  {stack.admin_token}\n"
+            f"               ({_token_origin()}; send it as 'Authorization: Bearer <token>')\n\n"
             f"Try: curl -s -XPOST {stack.api}/api/v1/protocols/runs "
+            f"-H 'authorization: Bearer {stack.admin_token}' "
             f"-H 'content-type: application/json' "
             f'-d \'{{"protocol_name": "transfer", "parameters": {{"volume": 25}}}}\'\n'
             f"Ctrl-C stops everything.",
@@ -51,13 +55,21 @@ async def run(_: argparse.Namespace) -> int:
     return 0
 
 
+def _token_origin() -> str:
+    if os.environ.get("PRAXIS_ADMIN_TOKEN"):
+        return "PRAXIS_ADMIN_TOKEN from the environment"
+    return "generated for this start: set PRAXIS_ADMIN_TOKEN to choose it"
+
+
 async def demo(args: argparse.Namespace) -> int:
     stack = Stack(fast=True)
     try:
         print("starting the stack ...", flush=True)
         await stack.start()
         await stack.seed()
-        async with httpx.AsyncClient(base_url=stack.api, timeout=60.0) as client:
+        async with httpx.AsyncClient(
+            base_url=stack.api, timeout=60.0, headers=stack.auth_headers
+        ) as client:
             body = {
                 "protocol_name": "transfer",
                 "workcell": DEMO_WORKCELL,

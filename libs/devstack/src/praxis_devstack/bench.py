@@ -82,13 +82,21 @@ async def _submit(client: httpx.AsyncClient) -> tuple[str, int, float]:
     return run_id, t0, http_ms
 
 
-async def measure(api: str, nats_url: str, runs: int, concurrency: int) -> dict[str, Any]:
+async def measure(
+    api: str,
+    nats_url: str,
+    runs: int,
+    concurrency: int,
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
     nc = await nats.connect(nats_url)
     watcher = RunWatcher()
     await nc.subscribe("praxis.evt.orchestrator.run.finished.*", cb=watcher.on_finished)
     await nc.subscribe("praxis.evt.scheduler.run.status_changed.*", cb=watcher.on_status)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=api, timeout=60.0, limits=limits) as client:
+    async with httpx.AsyncClient(
+        base_url=api, timeout=60.0, limits=limits, headers=headers
+    ) as client:
         for _ in range(5):  # warm-up: code cache, connections
             run_id, _, _ = await _submit(client)
             await _within(watcher.run_completed(run_id))
@@ -127,14 +135,16 @@ async def measure(api: str, nats_url: str, runs: int, concurrency: int) -> dict[
     }
 
 
-async def measure_run_list(api: str, repeats: int = 5) -> dict[str, Any]:
+async def measure_run_list(
+    api: str, repeats: int = 5, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
     """``GET /protocols/runs`` at the default page (50) and the largest (1,000): time and bytes.
 
     The runs the phases before left behind are listed; every page must be a 200 (a page too
     large for one NATS message was once a 504 after 5 s).
     """
     figures: dict[str, Any] = {}
-    async with httpx.AsyncClient(base_url=api, timeout=30.0) as client:
+    async with httpx.AsyncClient(base_url=api, timeout=30.0, headers=headers) as client:
         for limit in (50, 1000):
             ms: list[float] = []
             size = 0
@@ -160,8 +170,9 @@ async def bench(args: argparse.Namespace) -> int:
         await stack.start()
         await stack.seed()
         assert stack.infra is not None
-        report = await measure(stack.api, stack.infra.nats_url, args.runs, args.concurrency)
-        report["run_list"] = await measure_run_list(stack.api)  # needs the scheduler: now
+        auth = stack.auth_headers
+        report = await measure(stack.api, stack.infra.nats_url, args.runs, args.concurrency, auth)
+        report["run_list"] = await measure_run_list(stack.api, headers=auth)  # needs the scheduler
         # The asset-manager alone: the scheduler would otherwise take every benchmark grant
         # for a run it does not know and dead-letter it, on the same two cores.
         await stack.stop_services(keep=("asset-manager",))

@@ -626,7 +626,7 @@ class Chaos:
             environ={},  # always embedded servers: the harness stops and starts them
             service_env={**SERVICE_ENV, **options.env},
         )
-        self.api = httpx.AsyncClient(timeout=15.0)
+        self.api = httpx.AsyncClient(timeout=15.0, headers=self.stack.auth_headers)
         self.observer = Observer(self.api, self.planned)
         self.began = time.time()
         self.started = time.time()

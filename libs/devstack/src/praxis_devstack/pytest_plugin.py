@@ -6,7 +6,9 @@ installed. Fixtures:
 * ``nats_url`` -- ``nats://...`` of a JetStream-enabled server;
 * ``database_url`` -- ``postgresql+asyncpg://...`` of the ``praxis`` database;
 * ``make_database`` -- ``make_database("prefix") -> url`` of a new, empty database on the same
-  server (dropped at the end of the session unless ``PRAXIS_TEST_KEEP_DATABASES=1``).
+  server (dropped at the end of the session unless ``PRAXIS_TEST_KEEP_DATABASES=1``);
+* ``admin_token`` -- the ``PRAXIS_ADMIN_TOKEN`` to give gateways (and ``Stack``) under test, and
+  to send as ``Authorization: Bearer <token>``.
 
 Where the servers come from, per fixture, first match wins:
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import secrets
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, TypeVar
@@ -175,6 +178,12 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server = PostgresServer(tmp_path_factory.mktemp("postgres"), fast=True)
         for started in _started(server, "the embedded PostgreSQL"):
             yield started.url
+
+
+@pytest.fixture(scope="session")
+def admin_token() -> str:
+    """The gateway's bootstrap admin bearer for this session (``PRAXIS_ADMIN_TOKEN`` if set)."""
+    return os.environ.get("PRAXIS_ADMIN_TOKEN") or secrets.token_urlsafe(32)
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -27,6 +28,11 @@ from praxis_plr.layout import demo_workcell
 SERVICES = ("scheduler", "code-manager", "asset-manager", "orchestrator", "gateway")
 DEMO_WORKCELL = "demo"
 EXAMPLES_SOURCE = "examples"
+
+
+def admin_token_from_env() -> str:
+    """``PRAXIS_ADMIN_TOKEN`` from the environment, else a new random one (per stack start)."""
+    return os.environ.get("PRAXIS_ADMIN_TOKEN") or secrets.token_urlsafe(32)
 
 
 def repo_root() -> Path:
@@ -56,6 +62,12 @@ class Stack:
     processes: list[ServiceProcess] = field(default_factory=list)
     api: str = ""
     gateway_port: int = 0
+    admin_token: str = field(default_factory=admin_token_from_env)  # the gateway's admin bearer
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """Headers for admin calls to ``api``."""
+        return {"Authorization": f"Bearer {self.admin_token}"}
 
     async def start(self) -> None:
         self.base_dir.mkdir(parents=True, exist_ok=True)
@@ -80,6 +92,7 @@ class Stack:
             HEALTH_HOST="127.0.0.1",
             HEALTH_PORT=str(health_port),
             GATEWAY_PORT=str(gateway_port),
+            PRAXIS_ADMIN_TOKEN=self.admin_token,
             PRAXIS_WORKCELL=self.workcell,
             PROTOCOL_REPO_DIR=str(self.base_dir / "code-manager"),
             PROTOCOL_CODE_CACHE_DIR=str(self.base_dir / "orchestrator" / "code"),
@@ -130,7 +143,9 @@ class Stack:
 
     async def seed(self) -> dict[str, Any]:
         """Register the demo workcell and the bundled example protocols (a real git repo)."""
-        async with httpx.AsyncClient(base_url=self.api, timeout=300.0) as client:
+        async with httpx.AsyncClient(
+            base_url=self.api, timeout=300.0, headers=self.auth_headers
+        ) as client:
             drafts = [d.model_dump(mode="json") for d in demo_workcell()]
             response = await client.post(
                 "/api/v1/workcells", json={"name": DEMO_WORKCELL, "assets": drafts}

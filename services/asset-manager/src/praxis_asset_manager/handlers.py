@@ -71,7 +71,7 @@ async def list_leases(query: ListLeases, deps: Deps) -> LeaseList:
 
 @handlers.rpc(ForceReleaseLease)
 async def force_release(cmd: ForceReleaseLease, deps: Deps) -> Lease:
-    return await deps.reservations.force_release(cmd.asset_id, cmd.reason)
+    return await deps.reservations.force_release(cmd.asset_id, cmd.reason, cmd.actor)
 
 
 @handlers.rpc(CheckReservation)

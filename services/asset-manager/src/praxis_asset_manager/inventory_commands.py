@@ -139,7 +139,7 @@ class InventoryCommands:
                 updated_at=now,
             )
             session.add(row)
-            event = _status_event(row, AssetStatus.AVAILABLE, None, "created", now)
+            event = _status_event(row, AssetStatus.AVAILABLE, None, "created", now, cmd.actor)
             await _record(uow, [event])
         return asset_view(row)
 
@@ -169,7 +169,8 @@ class InventoryCommands:
             if cmd.shareable is not None:
                 row.shareable = cmd.shareable
             if cmd.status is not None and cmd.status.value != row.status:
-                events.append(_status_event(row, cmd.status, row.status, cmd.reason, now))
+                change = (cmd.status, row.status, cmd.reason, now, cmd.actor)
+                events.append(_status_event(row, *change))
                 row.status = cmd.status.value
             row.updated_at = now
             await _record(uow, events)
@@ -293,7 +294,12 @@ async def _record(uow: SqlUnitOfWork, events: list[AssetStatusChanged]) -> None:
 
 
 def _status_event(
-    row: AssetRow, status: AssetStatus, previous: str | None, reason: str, at: datetime
+    row: AssetRow,
+    status: AssetStatus,
+    previous: str | None,
+    reason: str,
+    at: datetime,
+    actor: str | None = None,
 ) -> AssetStatusChanged:
     return AssetStatusChanged(
         asset_id=row.accession_id,
@@ -303,6 +309,7 @@ def _status_event(
         previous=AssetStatus(previous) if previous else None,
         reason=reason,
         at=at,
+        actor=actor,
     )
 
 

@@ -383,7 +383,9 @@ class Reservations:
             released.append(state.holder.asset_id)
         return released
 
-    async def force_release(self, asset_id: uuid.UUID, reason: str) -> Lease:
+    async def force_release(
+        self, asset_id: uuid.UUID, reason: str, actor: str | None = None
+    ) -> Lease:
         """Release a lease whoever holds it; audited as ``LeaseForceReleased``."""
         key = lease_key(asset_id)
         result = await self.leases.force_release(key, reason)
@@ -401,6 +403,7 @@ class Reservations:
                 token=state.revision,
                 reason=reason,
                 at=now(),
+                actor=actor,
             )
         )
         self.status([(asset_id, AssetStatus.AVAILABLE, f"force-released: {reason}", None)])

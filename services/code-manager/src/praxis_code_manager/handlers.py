@@ -31,12 +31,13 @@ handlers: Handlers[Deps] = Handlers()
 @handlers.rpc(RegisterProtocolSource)
 async def register_source(cmd: RegisterProtocolSource, deps: Deps) -> ProtocolSource:
     source_id = await deps.service.register(cmd)
-    return await sync_source(SyncProtocolSource(source_id=source_id, commit=cmd.commit), deps)
+    sync = SyncProtocolSource(source_id=source_id, commit=cmd.commit, actor=cmd.actor)
+    return await sync_source(sync, deps)
 
 
 @handlers.rpc(SyncProtocolSource)
 async def sync_source(cmd: SyncProtocolSource, deps: Deps) -> ProtocolSource:
-    source, _ = await deps.service.sync(cmd.source_id, cmd.commit)
+    source, _ = await deps.service.sync(cmd.source_id, cmd.commit, cmd.actor)
     return source
 
 

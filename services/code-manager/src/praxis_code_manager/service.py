@@ -84,7 +84,7 @@ class CodeService:
         return source_id
 
     async def sync(
-        self, source_id: uuid.UUID, commit: str | None = None
+        self, source_id: uuid.UUID, commit: str | None = None, actor: str | None = None
     ) -> tuple[ProtocolSource, list[uuid.UUID]]:
         """Fetch the source, archive it at the commit, discover and record its protocols."""
         lock = self._sync_locks.setdefault(source_id, asyncio.Lock())
@@ -98,7 +98,7 @@ class CodeService:
             except SourceSyncFailed as exc:
                 await self._mark_failed(source_id, exc.message)
                 raise
-            ids = await self._record(source_id, fetched.commit, specs, bundle)
+            ids = await self._record(source_id, fetched.commit, specs, bundle, actor)
             return await self.get_source(source_id), ids
 
     def _fetch(self, row: SourceRow, rev: str | None) -> Fetched:
@@ -136,7 +136,12 @@ class CodeService:
         return self._trees[key]
 
     async def _record(
-        self, source_id: uuid.UUID, commit: str, specs: list[ProtocolFunctionSpec], bundle: str
+        self,
+        source_id: uuid.UUID,
+        commit: str,
+        specs: list[ProtocolFunctionSpec],
+        bundle: str,
+        actor: str | None = None,
     ) -> list[uuid.UUID]:
         """Record the definitions found at ``commit``; ``ProtocolSourceSynced`` is emitted in
         the same unit of work (published once it commits)."""
@@ -175,7 +180,8 @@ class CodeService:
                 None,
                 now,
             )
-            uow.emit(ProtocolSourceSynced(source=_source_view(source), definitions=ids))
+            synced = ProtocolSourceSynced(source=_source_view(source), definitions=ids, actor=actor)
+            uow.emit(synced)
         return ids
 
     async def _mark_failed(self, source_id: uuid.UUID, error: str) -> None:

@@ -9,11 +9,11 @@ from contextlib import asynccontextmanager
 
 import nats.errors
 import uvicorn
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError, model_validator
 
 from praxis_contracts.errors import PraxisError
 from praxis_gateway.errors import (
@@ -24,7 +24,11 @@ from praxis_gateway.errors import (
 )
 from praxis_gateway.guard import InputGuard
 from praxis_gateway.inventory_routes import router as inventory_router
+from praxis_gateway.oidc import OidcVerifier
 from praxis_gateway.routes import router
+from praxis_gateway.security import Authenticate, Authenticator, authorize
+from praxis_gateway.token_routes import router as token_router
+from praxis_gateway.tokens import TokenStore
 from praxis_runtime.logging import configure_logging, correlation_id_var
 from praxis_runtime.service import bus_for
 from praxis_runtime.settings import ServiceSettings
@@ -48,16 +52,55 @@ class Settings(ServiceSettings):
         ge=1,
         description="GATEWAY_MAX_BODY_BYTES: larger request bodies get 413 payload_too_large",
     )
+    praxis_admin_token: SecretStr | None = Field(
+        default=None,
+        description="PRAXIS_ADMIN_TOKEN: a bearer equal to it is admin (principal "
+        "bootstrap-admin); use it to create API tokens",
+    )
+    oidc_issuer: str | None = Field(default=None, description="OIDC_ISSUER: the JWT's iss")
+    oidc_jwks_url: str | None = Field(default=None, description="OIDC_JWKS_URL: its signing keys")
+    oidc_audience: str | None = Field(
+        default=None, description="OIDC_AUDIENCE: the JWT's aud (not checked if unset)"
+    )
+    oidc_scope_claim: str = Field(
+        default="scope",
+        description="OIDC_SCOPE_CLAIM: claim holding praxis:read|operate|admin (string or list)",
+    )
+
+    @model_validator(mode="after")
+    def _oidc_complete(self) -> Settings:
+        if (self.oidc_issuer is None) != (self.oidc_jwks_url is None):
+            raise ValueError("OIDC needs both OIDC_ISSUER and OIDC_JWKS_URL")
+        return self
+
+
+def authenticator_for(settings: Settings) -> Authenticator:
+    admin = settings.praxis_admin_token
+    oidc = None
+    if settings.oidc_issuer and settings.oidc_jwks_url:
+        oidc = OidcVerifier(
+            settings.oidc_issuer,
+            settings.oidc_jwks_url,
+            settings.oidc_audience,
+            settings.oidc_scope_claim,
+        )
+    return Authenticator(admin.get_secret_value() if admin else None, oidc)
 
 
 def create_app(settings: Settings) -> FastAPI:
+    authenticator = authenticator_for(settings)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         bus = bus_for(settings)
         await bus.connect()
         await ensure_topology(bus.js, replicas=settings.nats_replicas)
+        tokens = TokenStore(bus.js)
+        await tokens.start()
         app.state.bus = bus
+        app.state.tokens = authenticator.tokens = tokens
         yield
+        await tokens.stop()
         await bus.stop()
 
     app = FastAPI(
@@ -65,9 +108,11 @@ def create_app(settings: Settings) -> FastAPI:
         version="0.1.0",
         description="Protocol execution for lab automation.",
         lifespan=lifespan,
+        dependencies=[Depends(authorize)],
     )
     app.include_router(router)
     app.include_router(inventory_router)
+    app.include_router(token_router)
     app.add_exception_handler(PraxisError, on_praxis_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(ValidationError, on_validation_error)
@@ -75,6 +120,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(Exception, on_unexpected_error)
     # Added first, so it runs inside ``_correlate``: its refusals carry the correlation id.
     app.add_middleware(InputGuard, max_body_bytes=settings.gateway_max_body_bytes)
+    # Outside the input guard: a caller without credentials is refused before its body is read.
+    app.add_middleware(Authenticate, authenticator=authenticator)
     app.middleware("http")(_correlate)
     _add_probes(app)
     return app

@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_REQUEST: 400,
+    ErrorCode.UNAUTHENTICATED: 401,
+    ErrorCode.FORBIDDEN: 403,
     ErrorCode.INVALID_PARAMETERS: 422,
     ErrorCode.INVALID_INPUT: 422,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
@@ -44,10 +46,15 @@ HTTP_STATUS: dict[ErrorCode, int] = {
 }
 
 
+CHALLENGE = 'Bearer realm="praxis"'
+"""``WWW-Authenticate`` of every 401 (RFC 6750): the API takes bearer tokens."""
+
+
 def error_response(reply: ErrorReply) -> JSONResponse:
     body = reply.model_dump(mode="json")
     body["correlation_id"] = correlation_id_var.get()
-    return JSONResponse(body, status_code=HTTP_STATUS.get(reply.code, 500))
+    headers = {"WWW-Authenticate": CHALLENGE} if reply.code == ErrorCode.UNAUTHENTICATED else None
+    return JSONResponse(body, status_code=HTTP_STATUS.get(reply.code, 500), headers=headers)
 
 
 async def on_praxis_error(_: Request, exc: Exception) -> JSONResponse:

@@ -26,6 +26,7 @@ from praxis_contracts.inventory import (
     UpdateWorkcell,
 )
 from praxis_gateway.routes import BusDep, Filters
+from praxis_gateway.security import ActorDep
 
 router = APIRouter(prefix="/api/v1", tags=["inventory"])
 
@@ -59,14 +60,16 @@ class WorkcellPatch(BaseModel):
 
 
 @router.patch("/workcells/{workcell}")
-async def update_workcell(workcell: str, body: WorkcellPatch, b: BusDep) -> Workcell:
-    return await b.request(UpdateWorkcell(workcell=workcell, **body.model_dump()))
+async def update_workcell(
+    workcell: str, body: WorkcellPatch, b: BusDep, actor: ActorDep
+) -> Workcell:
+    return await b.request(UpdateWorkcell(workcell=workcell, **body.model_dump(), actor=actor))
 
 
 @router.delete("/workcells/{workcell}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_workcell(workcell: str, b: BusDep) -> Response:
+async def delete_workcell(workcell: str, b: BusDep, actor: ActorDep) -> Response:
     """Delete a workcell and its assets; 409 while a run holds any of them."""
-    await b.request(DeleteWorkcell(workcell=workcell))
+    await b.request(DeleteWorkcell(workcell=workcell, actor=actor))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -103,16 +106,17 @@ class AssetPatch(BaseModel):
 
 
 def _asset_write_routes(path: str, kind: AssetKind) -> None:
-    async def create(body: AssetIn, b: BusDep) -> Asset:
-        return await b.request(CreateAsset(kind=kind, **body.model_dump()), timeout=_BUILD_TIMEOUT)
+    async def create(body: AssetIn, b: BusDep, actor: ActorDep) -> Asset:
+        cmd = CreateAsset(kind=kind, **body.model_dump(), actor=actor)
+        return await b.request(cmd, timeout=_BUILD_TIMEOUT)
 
-    async def update(accession_id: UUID, body: AssetPatch, b: BusDep) -> Asset:
+    async def update(accession_id: UUID, body: AssetPatch, b: BusDep, actor: ActorDep) -> Asset:
         return await b.request(
-            UpdateAsset(accession_id=accession_id, kind=kind, **body.model_dump())
+            UpdateAsset(accession_id=accession_id, kind=kind, **body.model_dump(), actor=actor)
         )
 
-    async def remove(accession_id: UUID, b: BusDep) -> Response:
-        await b.request(DeleteAsset(accession_id=accession_id, kind=kind))
+    async def remove(accession_id: UUID, b: BusDep, actor: ActorDep) -> Response:
+        await b.request(DeleteAsset(accession_id=accession_id, kind=kind, actor=actor))
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
     async def history(

@@ -56,6 +56,7 @@ from praxis_contracts.runs import (
 )
 from praxis_contracts.topology import EVENTS
 from praxis_gateway.filters import search_filters
+from praxis_gateway.security import ActorDep
 from praxis_runtime.bus import Bus
 
 router = APIRouter(prefix="/api/v1")
@@ -83,8 +84,9 @@ class SyncIn(BaseModel):
 
 
 @router.post("/protocols/sources", status_code=status.HTTP_201_CREATED, tags=["protocols"])
-async def register_source(body: SourceIn, b: BusDep) -> ProtocolSource:
-    return await b.request(RegisterProtocolSource(**body.model_dump()), timeout=_SYNC_TIMEOUT)
+async def register_source(body: SourceIn, b: BusDep, actor: ActorDep) -> ProtocolSource:
+    cmd = RegisterProtocolSource(**body.model_dump(), actor=actor)
+    return await b.request(cmd, timeout=_SYNC_TIMEOUT)
 
 
 @router.get("/protocols/sources", tags=["protocols"])
@@ -95,10 +97,12 @@ async def list_sources(
 
 
 @router.post("/protocols/sources/{source_id}/sync", tags=["protocols"])
-async def sync_source(source_id: UUID, b: BusDep, body: SyncIn | None = None) -> ProtocolSource:
+async def sync_source(
+    source_id: UUID, b: BusDep, actor: ActorDep, body: SyncIn | None = None
+) -> ProtocolSource:
     commit = body.commit if body else None
     return await b.request(
-        SyncProtocolSource(source_id=source_id, commit=commit), timeout=_SYNC_TIMEOUT
+        SyncProtocolSource(source_id=source_id, commit=commit, actor=actor), timeout=_SYNC_TIMEOUT
     )
 
 
@@ -123,8 +127,8 @@ class RunIn(BaseModel):
 
 
 @router.post("/protocols/runs", status_code=status.HTTP_201_CREATED, tags=["runs"])
-async def submit_run(body: RunIn, b: BusDep) -> RunView:
-    return await b.request(SubmitRun.model_validate(body.model_dump()))
+async def submit_run(body: RunIn, b: BusDep, actor: ActorDep) -> RunView:
+    return await b.request(SubmitRun.model_validate({**body.model_dump(), "actor": actor}))
 
 
 @router.get("/protocols/runs", tags=["runs"])
@@ -161,7 +165,7 @@ class ActionIn(BaseModel):
 
 
 @router.post("/protocols/runs/{run_id}/actions", tags=["runs"])
-async def run_action(run_id: UUID, body: ActionIn, b: BusDep) -> RunView:
+async def run_action(run_id: UUID, body: ActionIn, b: BusDep, actor: ActorDep) -> RunView:
     """Operator actions.
 
     - ``pause``, ``cancel``: take effect at the protocol's next protocol-function call (never
@@ -177,7 +181,13 @@ async def run_action(run_id: UUID, body: ActionIn, b: BusDep) -> RunView:
       returns the same retry.
     """
     return await b.request(
-        ControlRun(run_id=run_id, action=body.action, reason=body.reason, outcome=body.outcome)
+        ControlRun(
+            run_id=run_id,
+            action=body.action,
+            reason=body.reason,
+            outcome=body.outcome,
+            actor=actor,
+        )
     )
 
 
@@ -228,8 +238,8 @@ class WorkcellIn(BaseModel):
 
 
 @router.post("/workcells", status_code=status.HTTP_201_CREATED, tags=["inventory"])
-async def register_workcell(body: WorkcellIn, b: BusDep) -> WorkcellLayout:
-    return await b.request(RegisterWorkcell(**body.model_dump()))
+async def register_workcell(body: WorkcellIn, b: BusDep, actor: ActorDep) -> WorkcellLayout:
+    return await b.request(RegisterWorkcell(**body.model_dump(), actor=actor))
 
 
 @router.get("/workcells", tags=["inventory"])
@@ -253,10 +263,12 @@ class ForceReleaseIn(BaseModel):
 
 
 @router.post("/locks/{asset_id}/force-release", tags=["inventory"])
-async def force_release_lock(asset_id: UUID, body: ForceReleaseIn, b: BusDep) -> Lease:
+async def force_release_lock(
+    asset_id: UUID, body: ForceReleaseIn, b: BusDep, actor: ActorDep
+) -> Lease:
     """Release an asset's lease whoever holds it, audited as ``LeaseForceReleased``; the
     holding run is fenced before its next step. 404 if the asset has no live lease."""
-    return await b.request(ForceReleaseLease(asset_id=asset_id, reason=body.reason))
+    return await b.request(ForceReleaseLease(asset_id=asset_id, reason=body.reason, actor=actor))
 
 
 def _asset_routes(path: str, kind: AssetKind) -> None:

@@ -87,6 +87,7 @@ async def control_run(cmd: ControlRun, deps: Deps) -> RunView:
 
 async def retry(cmd: ControlRun, deps: Deps) -> RunView:
     original, again = await deps.runs.retry_source(cmd.run_id)
+    again = again.model_copy(update={"actor": cmd.actor})  # the retry is its asker's run
     if original.retried_by is not None:
         return await deps.runs.get(original.retried_by)  # asked twice: the same retry
     resolved = await deps.bus.request(

@@ -50,6 +50,7 @@ class RunRow(Base):
     edge_instance: Mapped[str | None] = mapped_column(String(64), index=True, default=None)
     retry_of: Mapped[uuid.UUID | None] = mapped_column(default=None)
     retried_by: Mapped[uuid.UUID | None] = mapped_column(default=None)
+    submitted_by: Mapped[str | None] = mapped_column(String(200), default=None)
 
 
 class StatusHistoryRow(Base):
@@ -63,6 +64,7 @@ class StatusHistoryRow(Base):
     previous: Mapped[str | None] = mapped_column(String(30))
     reason: Mapped[str] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    actor: Mapped[str | None] = mapped_column(String(200), default=None)
 
 
 class CallRow(Base):

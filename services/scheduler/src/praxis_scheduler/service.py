@@ -81,13 +81,14 @@ class RunService:
             priority=cmd.priority,
             bindings=[],
             retry_of=retry_of,
+            submitted_by=cmd.actor,
             created_at=now,
             updated_at=now,
         )
         async with self.uow() as uow:
             uow.runs.add(row)
             reason = f"retry of run {retry_of}" if retry_of else "submitted"
-            self._history(uow, row, S.QUEUED, None, reason)
+            self._history(uow, row, S.QUEUED, None, reason, cmd.actor)
             if retry_of is not None:
                 original = await uow.runs.get(retry_of, lock=True)
                 if original is not None:
@@ -192,34 +193,50 @@ class RunService:
                     f"cannot {cmd.action} a run that is {current}", status=current.value
                 )
             reason = cmd.reason or f"{cmd.action} requested"
+            actor = cmd.actor
             if cmd.action == "pause":
-                self._advance(uow, row, S.PAUSING, reason)
+                self._advance(uow, row, S.PAUSING, reason, actor)
                 self._forward(uow, row, "pause")
             elif cmd.action == "resume":
-                self._advance(uow, row, S.RESUMING, reason)
+                self._advance(uow, row, S.RESUMING, reason, actor)
                 self._forward(uow, row, "resume")
             elif cmd.action == "cancel":
-                self._cancel(uow, row, reason, edges.is_live(row.edge_instance))
+                self._cancel(uow, row, reason, edges.is_live(row.edge_instance), actor)
             elif cmd.action == "resolve":
                 assert cmd.outcome is not None
-                self._end(uow, row, S(cmd.outcome), f"resolved by an operator: {reason}")
+                why = f"resolved by an operator: {reason}"
+                self._end(uow, row, S(cmd.outcome), why, actor)
             else:
                 raise AssertionError("retry is not a change of this run")
             return run_view(row)
 
-    def _cancel(self, uow: SchedulerUnitOfWork, row: RunRow, reason: str, edge_live: bool) -> None:
+    def _cancel(
+        self,
+        uow: SchedulerUnitOfWork,
+        row: RunRow,
+        reason: str,
+        edge_live: bool,
+        actor: str | None = None,
+    ) -> None:
         target = cancel_target(S(row.status), edge_live)
         if target == S.CANCELING:
-            self._advance(uow, row, S.CANCELING, reason)
+            self._advance(uow, row, S.CANCELING, reason, actor)
             self._forward(uow, row, "cancel")
             return
         why = reason if S(row.status) == S.QUEUED else f"{reason} (no edge has the run)"
         self._forward(uow, row, "cancel")  # an edge that takes it later ends it at once
-        self._end(uow, row, S.CANCELLED, why)
+        self._end(uow, row, S.CANCELLED, why, actor)
 
-    def _end(self, uow: SchedulerUnitOfWork, row: RunRow, status: RunStatus, reason: str) -> None:
+    def _end(
+        self,
+        uow: SchedulerUnitOfWork,
+        row: RunRow,
+        status: RunStatus,
+        reason: str,
+        actor: str | None = None,
+    ) -> None:
         """The scheduler ends the run itself; its leases (or waiting request) go."""
-        if not self._advance(uow, row, status, reason):
+        if not self._advance(uow, row, status, reason, actor):
             return
         row.finished_at = self.clock()
         if status == S.FAILED and row.error is None:
@@ -366,13 +383,20 @@ class RunService:
 
     # -- helpers ------------------------------------------------------------------------------
     def _advance(
-        self, uow: SchedulerUnitOfWork, row: RunRow, status: RunStatus, reason: str
+        self,
+        uow: SchedulerUnitOfWork,
+        row: RunRow,
+        status: RunStatus,
+        reason: str,
+        actor: str | None = None,
     ) -> bool:
+        """Move the run to ``status`` if the state machine allows it; ``actor`` is the
+        principal whose request caused it (None: the system or an edge)."""
         current = S(row.status)
         if not can_transition(current, status):
             log.info("run %s: ignoring %s -> %s", row.accession_id, current, status)
             return False
-        self._history(uow, row, status, current, reason)
+        self._history(uow, row, status, current, reason, actor)
         row.status = status
         row.updated_at = self.clock()
         return True
@@ -384,18 +408,12 @@ class RunService:
         status: RunStatus,
         previous: RunStatus | None,
         reason: str,
+        actor: str | None = None,
     ) -> None:
         at = self.clock()
-        uow.runs.record(
-            StatusHistoryRow(
-                run_id=row.accession_id, status=status, previous=previous, reason=reason, at=at
-            )
-        )
-        uow.emit(
-            RunStatusChanged(
-                run_id=row.accession_id, status=status, previous=previous, reason=reason, at=at
-            )
-        )
+        change = {"status": status, "previous": previous, "reason": reason, "at": at}
+        uow.runs.record(StatusHistoryRow(run_id=row.accession_id, actor=actor, **change))
+        uow.emit(RunStatusChanged(run_id=row.accession_id, actor=actor, **change))
 
 
 def _assets(bindings: list[dict[str, object]]) -> set[uuid.UUID]:
@@ -459,6 +477,7 @@ def run_view(row: RunRow) -> RunView:
         edge_instance=row.edge_instance,
         retry_of=row.retry_of,
         retried_by=row.retried_by,
+        submitted_by=row.submitted_by,
         created_at=row.created_at,
         updated_at=row.updated_at,
         started_at=row.started_at,
