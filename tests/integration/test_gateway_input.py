@@ -67,6 +67,7 @@ async def stack(
     make_database: MakeDatabase,
     tmp_path_factory: pytest.TempPathFactory,
     services: Any,
+    local_sources: dict[str, Any],
     client: Bus,
 ) -> WorkcellLayout:
     """Scheduler, code-manager and asset-manager; the demo workcell; a source with ``stamp``."""
@@ -81,6 +82,7 @@ async def stack(
             database_url=make_database("input_cm"),
             protocol_repo_dir=tmp_path_factory.mktemp("input-code-manager"),
             **common,
+            **local_sources,
         ),
     )
     await services(
@@ -227,6 +229,11 @@ WRITES: dict[tuple[str, str], Case] = {
         f"/api/v1/protocols/sources/{i.source_id}/sync",
         {"commit": NUL},
         "body.commit",
+    ),
+    ("DELETE", "/api/v1/protocols/sources/{source_id}"): lambda i: (
+        f"/api/v1/protocols/sources/{i.source_id}%00",
+        None,
+        "path",
     ),
     ("POST", "/api/v1/protocols/runs"): lambda i: (
         "/api/v1/protocols/runs",
