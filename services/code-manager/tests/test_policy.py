@@ -193,3 +193,22 @@ def test_address_classes() -> None:
 
 def test_git_protocols_is_the_allow_list() -> None:
     assert LOCAL.git_protocols() == "file:https:ssh"
+
+
+@pytest.mark.parametrize(
+    ("url", "pin"),
+    [
+        ("https://github.com/o/r", "github.com:443:140.82.121.4"),
+        ("https://gitlab.example.org:8443/g/r", "gitlab.example.org:8443:93.184.215.14"),
+        ("ssh://git@github.com/o/r", None),
+    ],
+)
+def test_http_targets_pin_the_checked_address(url: str, pin: str | None) -> None:
+    assert check_source("git", url, DEFAULT, resolve).pinned_address() == pin
+
+
+def test_an_ipv6_address_is_pinned_in_brackets_and_a_literal_not_at_all() -> None:
+    target = check_source("git", "https://gitlab.example.org/r", DEFAULT, lambda _: ["2606::1"])
+    assert target.pinned_address() == "gitlab.example.org:443:[2606::1]"
+    literal = check_source("git", "https://[2606:4700::1]/r", DEFAULT, resolve)
+    assert literal.pinned_address() is None

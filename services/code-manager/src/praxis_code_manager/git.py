@@ -37,6 +37,7 @@ class GitAccess:
     home: Path  # an empty HOME: no ~/.gitconfig, ~/.ssh of the service user
     secret: bytes | None = None
     scheme: str = "https"
+    pin: str | None = None  # http.curloptResolve "host:port:address"
 
     @contextlib.contextmanager
     def environment(self) -> Iterator[dict[str, str]]:
@@ -46,6 +47,8 @@ class GitAccess:
             "http.followRedirects": "false",
             "submodule.recurse": "false",
         }
+        if self.pin:
+            config["http.curloptResolve"] = self.pin
         ssh = "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new"
         with contextlib.ExitStack() as stack:
             if self.secret is not None and self.scheme in ("http", "https"):

@@ -75,6 +75,18 @@ class Target:
     host: str | None = None
     path: Path | None = None  # file and filesystem: the real path
     addresses: tuple[str, ...] = field(default=())
+    port: int | None = None
+
+    def pinned_address(self) -> str | None:
+        """``http.curloptResolve`` for http(s): git connects to the address checked here, so a
+        name that resolves differently a moment later (DNS rebinding) cannot redirect it."""
+        if self.scheme not in ("http", "https") or not self.host or not self.addresses:
+            return None
+        if _is_ip(self.host):
+            return None  # nothing to resolve
+        port = self.port or (443 if self.scheme == "https" else 80)
+        address = self.addresses[0]
+        return f"{self.host}:{port}:{f'[{address}]' if ':' in address else address}"
 
 
 def refuse(rule: str, message: str) -> SourceRefused:
@@ -98,7 +110,12 @@ def check_source(kind: str, url: str, policy: SourcePolicy, resolve: Resolve) ->
             raise refuse("host", f"a file URL names no host, not {host!r}")
         return Target("file", path=_under_roots(path, policy))
     host = host.lower().rstrip(".")
-    return Target(scheme, host, addresses=_check_host(host, policy, resolve))
+    addresses = _check_host(host, policy, resolve)
+    try:
+        port = urlsplit(url).port if _SCHEME.match(url) else None
+    except ValueError as exc:
+        raise refuse("host", f"{url!r} has an invalid port") from exc
+    return Target(scheme, host, addresses=addresses, port=port)
 
 
 def check_ref(ref: str, what: str = "ref") -> str:

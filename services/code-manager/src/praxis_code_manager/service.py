@@ -197,6 +197,7 @@ class CodeService:
             home=self.work_dir / "git-home",
             secret=secret,
             scheme=target.scheme,
+            pin=target.pinned_address(),
         )
         url = str(target.path) if target.path is not None else row.url
         mirror = GitMirror(self._mirror_path(row.accession_id), url, access)
