@@ -81,7 +81,9 @@ async def stack(
 
 @pytest.fixture(scope="module")
 async def api(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=stack.api, timeout=120.0) as client:
+    async with httpx.AsyncClient(
+        base_url=stack.api, timeout=120.0, headers=stack.auth_headers
+    ) as client:
         yield client
 
 

@@ -67,6 +67,7 @@ async def stack(
     make_database: MakeDatabase,
     tmp_path_factory: pytest.TempPathFactory,
     services: Any,
+    local_sources: dict[str, Any],
     client: Bus,
 ) -> WorkcellLayout:
     """Scheduler, code-manager and asset-manager; the demo workcell; a source with ``stamp``."""
@@ -81,6 +82,7 @@ async def stack(
             database_url=make_database("input_cm"),
             protocol_repo_dir=tmp_path_factory.mktemp("input-code-manager"),
             **common,
+            **local_sources,
         ),
     )
     await services(
@@ -180,6 +182,39 @@ async def test_a_body_within_the_limit_reaches_the_route(api: httpx.AsyncClient)
     assert_error(response, 422, "invalid_parameters")  # the protocol's answer, not the guard's
 
 
+# -- protocol sources ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("url", "rule"),
+    [("ext::sh -c id", "transport_helper"), ("file:///etc", "outside_roots")],
+)
+async def test_a_refused_source_is_422_naming_the_rule(
+    api: httpx.AsyncClient, url: str, rule: str
+) -> None:
+    name = f"refused-{uuid.uuid4().hex[:8]}"
+    response = await api.post("/api/v1/protocols/sources", json={"name": name, "url": url})
+    error = assert_error(response, 422, "source_refused")
+    assert error["message"].startswith(f"{rule}: ")
+    assert error["details"]["rule"] == rule
+    listed = (await api.get("/api/v1/protocols/sources", params={"limit": 500})).json()["items"]
+    assert name not in {s["name"] for s in listed}
+
+
+async def test_a_failed_source_is_deleted_with_204(
+    api: httpx.AsyncClient, stack: WorkcellLayout, tmp_path: Path
+) -> None:
+    name = f"failed-{uuid.uuid4().hex[:8]}"
+    body = {"name": name, "url": str(tmp_path / "no-such-repo")}
+    assert_error(await api.post("/api/v1/protocols/sources", json=body), 502, "source_sync_failed")
+    listed = (await api.get("/api/v1/protocols/sources", params={"limit": 500})).json()["items"]
+    (failed,) = [s for s in listed if s["name"] == name]
+
+    response = await api.delete(f"/api/v1/protocols/sources/{failed['accession_id']}")
+
+    assert response.status_code == 204, response.text
+    again = await api.delete(f"/api/v1/protocols/sources/{failed['accession_id']}")
+    assert_error(again, 404, "not_found")
+
+
 # -- NUL characters -----------------------------------------------------------------------------
 
 
@@ -229,6 +264,11 @@ WRITES: dict[tuple[str, str], Case] = {
         f"/api/v1/protocols/sources/{i.source_id}/sync",
         {"commit": NUL},
         "body.commit",
+    ),
+    ("DELETE", "/api/v1/protocols/sources/{source_id}"): lambda i: (
+        f"/api/v1/protocols/sources/{i.source_id}%00",
+        None,
+        "path",
     ),
     ("POST", "/api/v1/protocols/runs"): lambda i: (
         "/api/v1/protocols/runs",

@@ -85,6 +85,7 @@ async def stack(
     make_database: MakeDatabase,
     tmp_path_factory: pytest.TempPathFactory,
     services: Any,
+    local_sources: dict[str, Any],
     workcell_name: str,
 ) -> None:
     common = {"nats_url": nats_url, "health_port": None, "graceful_timeout_seconds": 5}
@@ -98,6 +99,7 @@ async def stack(
             database_url=make_database("orch_cm"),
             protocol_repo_dir=tmp_path_factory.mktemp("orch-code-manager"),
             **common,
+            **local_sources,
         ),
     )
     await services(

@@ -55,25 +55,23 @@ async def {name}(volume: float = 10.0) -> float:
 '''
 
 
-def settings(nats_url: str, database_url: str, work_dir: Path) -> Settings:
-    return Settings(
-        nats_url=nats_url,
-        database_url=database_url,
-        protocol_repo_dir=work_dir,
-        health_port=None,
-        graceful_timeout_seconds=5,
-    )
-
-
 @pytest.fixture(scope="module")
 async def code_manager(
     nats_url: str,
     make_database: MakeDatabase,
     tmp_path_factory: pytest.TempPathFactory,
     services: Any,
+    local_sources: dict[str, Any],
 ) -> Any:
-    work_dir = tmp_path_factory.mktemp("code-manager")
-    return await services(build_app, settings(nats_url, make_database("cm"), work_dir))
+    settings = Settings(
+        nats_url=nats_url,
+        database_url=make_database("cm"),
+        protocol_repo_dir=tmp_path_factory.mktemp("code-manager"),
+        health_port=None,
+        graceful_timeout_seconds=5,
+        **local_sources,
+    )
+    return await services(build_app, settings)
 
 
 @pytest.fixture
@@ -303,27 +301,30 @@ async def test_duplicate_source_name_conflicts(cm: Bus, git_repo: Any) -> None:
     assert (await source_named(cm, src)).accession_id == first.accession_id
 
 
-async def test_fresh_replica_resolves_from_the_object_store(
+async def test_fresh_replica_resolves_without_the_code(
     code_manager: Any, cm: Bus, git_repo: Any, tmp_path: Path
 ) -> None:
+    """Parameters are checked against the schemas recorded at discovery: a replica with an
+    empty work dir resolves without fetching or importing any protocol code."""
     name = protocol_name()
     git_repo.commit(mix_source(name, "1.0.0"))
-    source = await register(cm, name=source_name(), url=git_repo.url)
+    await register(cm, name=source_name(), url=git_repo.url)
     (definition,) = await definitions(cm, name=name)
 
-    # A new replica: same database, empty work dir, so the code is only in the object store.
     fresh = tmp_path / "fresh-replica"
-    current = code_manager.settings
     await code_manager.restart(
-        settings(current.nats_url, current.database_url.get_secret_value(), fresh)
+        code_manager.settings.model_copy(update={"protocol_repo_dir": fresh})
     )
 
     resolved = await cm.request(
         ResolveProtocol(definition_id=definition.accession_id, parameters={"volume": "4"})
     )
     assert resolved.parameters == {"volume": 4.0}
-    unpacked = fresh / "trees" / str(source.accession_id) / str(source.commit)
-    assert (unpacked / "protos" / "mix.py").is_file()
+    with pytest.raises(InvalidParameters):
+        await cm.request(
+            ResolveProtocol(definition_id=definition.accession_id, parameters={"volume": "x"})
+        )
+    assert not (fresh / "trees").exists()
 
 
 async def test_a_started_replica_answers_at_once(code_manager: Any, cm: Bus) -> None:

@@ -29,6 +29,7 @@ class ErrorCode(StrEnum):
     NO_MATCHING_ASSETS = "no_matching_assets"
     PROTOCOL_LOAD_FAILED = "protocol_load_failed"
     SOURCE_SYNC_FAILED = "source_sync_failed"
+    SOURCE_REFUSED = "source_refused"
     LEASE_LOST = "lease_lost"
     UNAVAILABLE = "unavailable"
     TIMEOUT = "timeout"
@@ -132,6 +133,15 @@ class SourceSyncFailed(PraxisError):
     retryable = True
 
 
+class SourceRefused(InvalidInput):
+    """A protocol source the code-manager's source policy does not allow (a URL scheme, host,
+    address or path outside what is configured, a transport helper, an option-like URL, a bad
+    ref or an unknown credentials reference). The message names the rule; ``details["rule"]``
+    carries it for machines. Nothing is recorded for a refused registration."""
+
+    code = ErrorCode.SOURCE_REFUSED
+
+
 class LeaseLost(PraxisError):
     code = ErrorCode.LEASE_LOST
 
@@ -176,6 +186,7 @@ _BY_CODE: dict[ErrorCode, type[PraxisError]] = {
         NoMatchingAssets,
         ProtocolLoadFailed,
         SourceSyncFailed,
+        SourceRefused,
         LeaseLost,
         Unavailable,
         Timeout,

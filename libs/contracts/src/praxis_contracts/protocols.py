@@ -8,7 +8,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from praxis_contracts.base import Event, Request
+from praxis_contracts.base import Empty, Event, Request
 from praxis_contracts.common import AssetKind, Page, SearchFilters
 
 
@@ -55,6 +55,15 @@ class ProtocolFunctionSpec(BaseModel):
 SourceKind = Literal["git", "filesystem"]
 
 
+class DiscoveryProblem(BaseModel):
+    """A module of a source that could not be discovered; the source's other modules still are."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    module: str = Field(description="Dotted module path inside the source.")
+    error: str = Field(description="What went wrong, e.g. an exception, an exit, a limit hit.")
+
+
 class ProtocolSource(BaseModel):
     """A place protocol code comes from, pinned to a commit after each sync."""
 
@@ -68,6 +77,14 @@ class ProtocolSource(BaseModel):
     commit: str | None = Field(description="The commit definitions were last discovered at.")
     status: Literal["pending", "synced", "failed"]
     error: str | None = None
+    credentials_ref: str | None = Field(
+        default=None, description="The secret reference git authenticates with (never the secret)."
+    )
+    problems: list[DiscoveryProblem] = Field(
+        default_factory=list,
+        description="Modules of the last sync that yielded no protocols: import errors, exits, "
+        "time or memory limits.",
+    )
     last_synced_at: datetime | None = None
     created_at: datetime
 
@@ -105,6 +122,26 @@ class RegisterProtocolSource(Request[ProtocolSource]):
     url: str = Field(min_length=1, description="Git URL or path.")
     ref: str = Field(default="HEAD", min_length=1)
     commit: str | None = Field(default=None, description="Pin to this commit instead of ref.")
+    actor: str | None = Field(
+        default=None, max_length=200, description="Who asked (the gateway's principal)."
+    )
+    credentials_ref: str | None = Field(
+        default=None,
+        max_length=200,
+        description="Where the code-manager finds the secret for a private repository: "
+        "'file:<name>' (a file in its SOURCE_SECRETS_DIR) or 'env:<NAME>' (its environment "
+        "variable SOURCE_SECRET_<NAME>). Only the reference is stored or returned.",
+    )
+
+
+class DeleteProtocolSource(Request[Empty]):
+    """Forget a source (any status) and its protocol definitions; runs already recorded keep
+    their records, and the name can be registered again."""
+
+    subject: ClassVar[str] = "praxis.rpc.code.delete_source"
+    reply_type: ClassVar[type[BaseModel]] = Empty
+
+    source_id: UUID
     actor: str | None = Field(
         default=None, max_length=200, description="Who asked (the gateway's principal)."
     )

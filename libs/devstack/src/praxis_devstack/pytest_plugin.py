@@ -9,6 +9,8 @@ installed. Fixtures:
   server (dropped at the end of the session unless ``PRAXIS_TEST_KEEP_DATABASES=1``);
 * ``admin_token`` -- the ``PRAXIS_ADMIN_TOKEN`` to give gateways (and ``Stack``) under test, and
   to send as ``Authorization: Bearer <token>``.
+* ``local_sources`` -- code-manager settings (keyword arguments) that allow protocol sources
+  from local git repositories and folders under the session's temporary directory.
 
 Where the servers come from, per fixture, first match wins:
 
@@ -41,6 +43,7 @@ MakeDatabase = Callable[[str], str]
 """Type of the ``make_database`` fixture: ``make_database(name_prefix) -> SQLAlchemy URL``."""
 
 CI_TRUE_VALUES = frozenset({"true", "1"})
+LOCAL_SOURCE_SCHEMES = ("https", "ssh", "file")
 DEFAULT_NATS_IMAGE = "nats:2.11"
 DEFAULT_POSTGRES_IMAGE = "postgres:18"
 _Server = TypeVar("_Server", NatsServer, PostgresServer)
@@ -204,6 +207,16 @@ def make_database(database_url: str) -> Iterator[MakeDatabase]:
     yield make
     if os.environ.get("PRAXIS_TEST_KEEP_DATABASES", "").strip() != "1":
         _drop_all(database_url, created)
+
+
+@pytest.fixture(scope="session")
+def local_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """``Settings(**local_sources, ...)`` of the code-manager: git over file paths and local
+    folders allowed under the session's temporary directory (and nowhere else)."""
+    return {
+        "source_allowed_schemes": list(LOCAL_SOURCE_SCHEMES),
+        "source_allowed_roots": [tmp_path_factory.getbasetemp()],
+    }
 
 
 def _drop_all(database_url: str, names: list[str]) -> None:

@@ -83,6 +83,8 @@ class Stack:
     def _env(self, name: str, health_port: int, gateway_port: int) -> dict[str, str]:
         assert self.infra is not None
         env = dict(os.environ)
+        # The code-manager's source policy: the example repository is a local git repository
+        env.update(SOURCE_ALLOWED_SCHEMES="https,ssh,file", SOURCE_ALLOWED_ROOTS=str(self.base_dir))
         env.update(self.service_env)
         env.update(
             NATS_URL=self.infra.nats_url,

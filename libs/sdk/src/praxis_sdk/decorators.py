@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar, overload
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
+from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from praxis_contracts.errors import InvalidParameters
 from praxis_contracts.protocols import AssetRequirementSpec, ParameterSpec, ProtocolFunctionSpec
@@ -243,8 +244,10 @@ def _json_schema(hint: Any) -> dict[str, Any]:
 
 
 def _json_default(value: Any) -> Any:
+    """The default as JSON (an enum member as its value, a model as its fields), else repr."""
     try:
-        json.dumps(value)
-        return value
-    except (TypeError, ValueError):
+        encoded = to_jsonable_python(value)
+        json.dumps(encoded)
+        return encoded
+    except (TypeError, ValueError, PydanticSerializationError):
         return repr(value)

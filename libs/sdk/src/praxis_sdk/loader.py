@@ -98,15 +98,19 @@ class SourceTree:
         problems: list[DiscoveryProblem] = []
         for module in self.modules():
             try:
-                mod = self.import_module(module)
+                functions.extend(self.discover_module(module))
             except ProtocolLoadFailed as exc:
                 problems.append(DiscoveryProblem(module, exc.message))
-                continue
-            for value in vars(mod).values():
-                spec = spec_of(value)
-                if spec is not None and spec.module == mod.__name__:
-                    functions.append(spec.model_copy(update={"module": module}))
         return Discovered(functions, problems)
+
+    def discover_module(self, module: str) -> list[ProtocolFunctionSpec]:
+        """The protocol functions defined in ``module``; raises ``ProtocolLoadFailed``."""
+        mod = self.import_module(module)
+        return [
+            spec.model_copy(update={"module": module})
+            for spec in map(spec_of, list(vars(mod).values()))
+            if spec is not None and spec.module == mod.__name__
+        ]
 
     def unload(self) -> None:
         """Forget every module imported from this tree."""

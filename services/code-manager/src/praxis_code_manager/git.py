@@ -1,68 +1,188 @@
-"""Git and filesystem adapter: fetch a source, resolve a commit, archive its tree."""
+"""Git and filesystem adapter: fetch a source, resolve a commit, archive its tree.
+
+git runs as a plain subprocess with an explicit environment: nothing of the service's own
+(``DATABASE_URL``, NATS credentials) is inherited, no system or user git configuration is read,
+and ``GIT_ALLOW_PROTOCOL`` holds git to the policy's transports, also on redirects (which are
+off) and submodules. Credentials travel in the environment or a private temporary file, never in
+the URL, the command line or an error message.
+"""
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import hashlib
 import io
 import os
 import shutil
+import signal
+import subprocess
 import tarfile
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-import git
-
 from praxis_contracts.errors import SourceSyncFailed
+
+STDERR_LIMIT = 2000
+
+
+@dataclass(frozen=True)
+class GitAccess:
+    """How git may reach a remote: allowed transports, an optional secret, a time limit."""
+
+    protocols: str  # GIT_ALLOW_PROTOCOL, e.g. "https:ssh"
+    timeout: float
+    home: Path  # an empty HOME: no ~/.gitconfig, ~/.ssh of the service user
+    secret: bytes | None = None
+    scheme: str = "https"
+    pin: str | None = None  # http.curloptResolve "host:port:address"
+
+    @contextlib.contextmanager
+    def environment(self) -> Iterator[dict[str, str]]:
+        self.home.mkdir(parents=True, exist_ok=True)
+        config = {
+            "protocol.file.allow": "always" if "file" in self.protocols.split(":") else "never",
+            "http.followRedirects": "false",
+            "submodule.recurse": "false",
+        }
+        if self.pin:
+            config["http.curloptResolve"] = self.pin
+        ssh = "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new"
+        with contextlib.ExitStack() as stack:
+            if self.secret is not None and self.scheme in ("http", "https"):
+                token = self.secret.decode().strip()
+                user_token = token if ":" in token else f"x-access-token:{token}"
+                basic = base64.b64encode(user_token.encode()).decode()
+                config["http.extraHeader"] = f"Authorization: Basic {basic}"
+            elif self.secret is not None:
+                key = stack.enter_context(_private_file(self.home, self.secret))
+                ssh += f" -o IdentitiesOnly=yes -i {key}"
+            env = {
+                "PATH": os.environ.get("PATH", os.defpath),
+                "HOME": str(self.home),
+                "LANG": "C",
+                "GIT_TERMINAL_PROMPT": "0",
+                "GIT_CONFIG_NOSYSTEM": "1",
+                "GIT_CONFIG_GLOBAL": os.devnull,
+                "GIT_ALLOW_PROTOCOL": self.protocols,
+                "GIT_PROTOCOL_FROM_USER": "0",
+                "GIT_HTTP_LOW_SPEED_LIMIT": "1000",
+                "GIT_HTTP_LOW_SPEED_TIME": str(max(1, int(self.timeout))),
+                "GIT_SSH_COMMAND": ssh,
+                "GIT_CONFIG_COUNT": str(len(config)),
+            }
+            for i, (key_, value) in enumerate(config.items()):
+                env[f"GIT_CONFIG_KEY_{i}"], env[f"GIT_CONFIG_VALUE_{i}"] = key_, value
+            yield env
+
+    def run(self, *args: str, cwd: Path | None = None) -> bytes:
+        """``git args``; raises ``SourceSyncFailed`` with git's (scrubbed) error on failure."""
+        with self.environment() as env:
+            process = subprocess.Popen(
+                ["git", *args],
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,  # its own group: a timeout kills ssh/remote-https too
+            )
+            try:
+                out, err = process.communicate(timeout=self.timeout)
+            except subprocess.TimeoutExpired as exc:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.communicate()
+                raise SourceSyncFailed(
+                    f"git {args[0]} took longer than {self.timeout:.0f} s"
+                ) from exc
+        if process.returncode != 0:
+            raise SourceSyncFailed(self.scrub(err.decode(errors="replace").strip()))
+        return out
+
+    def scrub(self, text: str) -> str:
+        if self.secret:
+            for token in {self.secret.decode(errors="replace").strip(), *self.secret.split()}:
+                if token:
+                    text = text.replace(str(token), "***")
+        return text[-STDERR_LIMIT:]
+
+
+@contextlib.contextmanager
+def _private_file(folder: Path, content: bytes) -> Iterator[Path]:
+    fd, name = tempfile.mkstemp(dir=folder, prefix=".key-")  # mode 0600
+    try:
+        os.write(fd, content if content.endswith(b"\n") else content + b"\n")
+        os.close(fd)
+        yield Path(name)
+    finally:
+        Path(name).unlink(missing_ok=True)
 
 
 class GitMirror:
     """A bare mirror of one remote repository under ``path``."""
 
-    def __init__(self, path: Path, url: str, timeout: float) -> None:
+    def __init__(self, path: Path, url: str, access: GitAccess) -> None:
         self.path = path
         self.url = url
-        self.env = {"GIT_TERMINAL_PROMPT": "0", "GIT_HTTP_LOW_SPEED_TIME": str(int(timeout))}
-        self.timeout = timeout
+        self.access = access
 
-    def fetch(self) -> git.Repo:
+    def fetch(self) -> None:
         try:
             if not (self.path / "HEAD").exists():
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                return git.Repo.clone_from(
-                    self.url, self.path, mirror=True, env=self.env, kill_after_timeout=self.timeout
+                shutil.rmtree(self.path, ignore_errors=True)
+                self.access.run(
+                    "clone", "--mirror", "--no-hardlinks", "--", self.url, str(self.path)
                 )
-            repo = git.Repo(self.path)
-            repo.git.fetch("--prune", "origin", "+refs/*:refs/*", kill_after_timeout=self.timeout)
-            return repo
-        except git.GitCommandError as exc:
-            raise SourceSyncFailed(f"git fetch of {self.url} failed: {exc.stderr.strip()}") from exc
+            else:
+                self.access.run("fetch", "--prune", "origin", "+refs/*:refs/*", cwd=self.path)
+        except SourceSyncFailed as exc:
+            raise SourceSyncFailed(f"git fetch of {self.url} failed: {exc.message}") from exc
 
-    def resolve(self, repo: git.Repo, rev: str) -> str:
+    def resolve(self, rev: str) -> str:
         """The full sha of ``rev``; a full sha is not trusted until git has the commit."""
         try:
-            return str(repo.git.rev_parse("--verify", "--quiet", f"{rev}^{{commit}}"))
-        except git.GitCommandError as exc:
+            out = self.access.run(
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                "--end-of-options",
+                f"{rev}^{{commit}}",
+                cwd=self.path,
+            )
+        except SourceSyncFailed as exc:
             raise SourceSyncFailed(f"{self.url} has no commit or ref {rev!r}") from exc
+        return out.decode().strip()
 
-    def archive(self, repo: git.Repo, commit: str) -> bytes:
-        buffer = io.BytesIO()
+    def archive(self, commit: str) -> bytes:
         try:
-            repo.archive(buffer, commit, format="tar")
-        except git.GitCommandError as exc:
-            raise SourceSyncFailed(f"cannot archive {self.url} at {commit}: {exc.stderr}") from exc
-        return buffer.getvalue()
+            return self.access.run("archive", "--format=tar", commit, cwd=self.path)
+        except SourceSyncFailed as exc:
+            raise SourceSyncFailed(f"cannot archive {self.url} at {commit}: {exc.message}") from exc
 
 
 def archive_folder(folder: Path) -> tuple[str, bytes]:
-    """A filesystem source: (content hash standing in for a commit, tar of the tree)."""
+    """A filesystem source: (content hash standing in for a commit, tar of the tree).
+
+    Files whose real path leaves the folder (symlinks out of it) are left out."""
     if not folder.is_dir():
         raise SourceSyncFailed(f"{folder} is not a directory")
+    root = folder.resolve()
     digest = hashlib.sha1()
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for path in sorted(p for p in folder.rglob("*") if p.is_file() and ".git" not in p.parts):
+            if not path.resolve().is_relative_to(root):
+                continue
             rel = path.relative_to(folder).as_posix()
-            digest.update(rel.encode() + b"\0" + path.read_bytes())
-            tar.add(path, arcname=rel)
+            data = path.read_bytes()
+            digest.update(rel.encode() + b"\0" + data)
+            info = tarfile.TarInfo(rel)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
     return digest.hexdigest(), buffer.getvalue()
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from praxis_code_manager.service import CodeService
+from praxis_contracts.base import Empty
 from praxis_contracts.protocols import (
+    DeleteProtocolSource,
     ListProtocolDefinitions,
     ListProtocolSources,
     ProtocolDefinitionPage,
@@ -39,6 +41,12 @@ async def register_source(cmd: RegisterProtocolSource, deps: Deps) -> ProtocolSo
 async def sync_source(cmd: SyncProtocolSource, deps: Deps) -> ProtocolSource:
     source, _ = await deps.service.sync(cmd.source_id, cmd.commit, cmd.actor)
     return source
+
+
+@handlers.rpc(DeleteProtocolSource)
+async def delete_source(cmd: DeleteProtocolSource, deps: Deps) -> Empty:
+    await deps.service.delete(cmd.source_id, cmd.actor)
+    return Empty()
 
 
 @handlers.rpc(ListProtocolSources)

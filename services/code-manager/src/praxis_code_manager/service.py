@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
+import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,10 +16,27 @@ from pathlib import Path
 from nats.js.object_store import ObjectStore
 from sqlalchemy import select
 
-from praxis_code_manager.git import GitMirror, archive_folder, extract
+from praxis_code_manager import params
+from praxis_code_manager.discovery import Discovered, Discovery
+from praxis_code_manager.git import GitAccess, GitMirror, archive_folder, extract
 from praxis_code_manager.orm import DefinitionRow, SourceRow
-from praxis_contracts.errors import Conflict, InvalidRequest, NotFound, SourceSyncFailed
+from praxis_code_manager.policy import (
+    SourcePolicy,
+    Target,
+    check_credentials_ref,
+    check_ref,
+    check_source,
+    refuse,
+)
+from praxis_contracts.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    SourceRefused,
+    SourceSyncFailed,
+)
 from praxis_contracts.protocols import (
+    DiscoveryProblem,
     ListProtocolDefinitions,
     ListProtocolSources,
     ProtocolDefinition,
@@ -32,16 +52,43 @@ from praxis_contracts.protocols import (
 from praxis_runtime.db import Database
 from praxis_runtime.outbox import OutboxRelay, SqlUnitOfWork
 from praxis_runtime.query import apply_filters, fetch_page, where_all
-from praxis_sdk.decorators import validate_parameters
-from praxis_sdk.loader import SourceTree
 
 log = logging.getLogger(__name__)
+
+SECRET_ENV_PREFIX = "SOURCE_SECRET_"
 
 
 @dataclass(frozen=True)
 class Fetched:
     commit: str
     archive: bytes
+
+
+class Secrets:
+    """The secrets credentials references name: ``file:<name>`` is a file in ``folder`` (a
+    mounted secret), ``env:<NAME>`` the variable ``SOURCE_SECRET_<NAME>``. Read when git needs
+    them; never stored, logged or returned."""
+
+    def __init__(self, folder: Path | None, environ: Mapping[str, str] | None = None) -> None:
+        self.folder = folder
+        self.environ = os.environ if environ is None else environ
+
+    def read(self, ref: str) -> bytes:
+        kind, name = check_credentials_ref(ref)
+        if kind == "env":
+            value = self.environ.get(f"{SECRET_ENV_PREFIX}{name}")
+            if value:
+                return value.encode()
+            raise refuse("credentials_ref", f"no secret {ref!r} (variable not set)")
+        if self.folder is not None:
+            path = self.folder / name
+            if path.is_file():
+                return path.read_bytes()
+        raise refuse("credentials_ref", f"no secret {ref!r} (no such file in SOURCE_SECRETS_DIR)")
+
+
+def resolve_host(host: str) -> list[str]:
+    return [str(info[4][0]) for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)]
 
 
 class CodeService:
@@ -52,17 +99,29 @@ class CodeService:
         work_dir: Path,
         git_timeout: float,
         relay: OutboxRelay,
+        policy: SourcePolicy,
+        secrets: Secrets,
+        discovery: Discovery,
     ) -> None:
         self.db = db
         self.relay = relay
         self._store = store
         self.work_dir = work_dir
         self.git_timeout = git_timeout
-        self._trees: dict[tuple[uuid.UUID, str], SourceTree] = {}
+        self.policy = policy
+        self.secrets = secrets
+        self.discovery = discovery
         self._sync_locks: dict[uuid.UUID, asyncio.Lock] = {}
 
     # -- sources ------------------------------------------------------------------------------
     async def register(self, cmd: RegisterProtocolSource) -> uuid.UUID:
+        """Record a source the policy allows; a refused one leaves nothing behind."""
+        check_ref(cmd.ref, "ref")
+        if cmd.commit is not None:
+            check_ref(cmd.commit, "commit")
+        if cmd.credentials_ref is not None:
+            self.secrets.read(cmd.credentials_ref)
+        await self._allowed(cmd.kind, cmd.url)
         source_id = uuid.uuid4()
         async with self.db.transaction() as session:
             if await session.scalar(
@@ -77,69 +136,95 @@ class CodeService:
                     url=cmd.url,
                     ref=cmd.ref,
                     pinned_commit=cmd.commit,
+                    credentials_ref=cmd.credentials_ref,
                     status="pending",
                     created_at=datetime.now(UTC),
                 )
             )
         return source_id
 
+    async def _allowed(self, kind: str, url: str) -> Target:
+        return await asyncio.to_thread(check_source, kind, url, self.policy, resolve_host)
+
     async def sync(
         self, source_id: uuid.UUID, commit: str | None = None, actor: str | None = None
     ) -> tuple[ProtocolSource, list[uuid.UUID]]:
         """Fetch the source, archive it at the commit, discover and record its protocols."""
+        if commit is not None:
+            check_ref(commit, "commit")
         lock = self._sync_locks.setdefault(source_id, asyncio.Lock())
         async with lock:
             row = await self._source_row(source_id)
             try:
-                fetched = await asyncio.to_thread(self._fetch, row, commit or row.pinned_commit)
-                specs = await self._discover(source_id, fetched)
+                target = await self._allowed(row.kind, row.url)  # the policy may have changed
+                rev = commit or row.pinned_commit
+                fetched = await asyncio.to_thread(self._fetch, row, target, rev)
+                found = await self._discover(source_id, fetched)
                 bundle = f"{source_id}/{fetched.commit}.tar"
                 await self._store().put(bundle, fetched.archive)
-            except SourceSyncFailed as exc:
-                await self._mark_failed(source_id, exc.message)
+            except (SourceSyncFailed, SourceRefused) as exc:
+                await self._mark_failed(source_id, exc.message, exc.details.get("problems", []))
                 raise
-            ids = await self._record(source_id, fetched.commit, specs, bundle, actor)
+            ids = await self._record(source_id, fetched.commit, found, bundle, actor)
             return await self.get_source(source_id), ids
 
-    def _fetch(self, row: SourceRow, rev: str | None) -> Fetched:
-        if row.kind == "filesystem":
-            commit, archive = archive_folder(Path(row.url))
-            return Fetched(commit, archive)
-        mirror = GitMirror(
-            self.work_dir / "mirrors" / f"{row.accession_id}.git", row.url, self.git_timeout
-        )
-        repo = mirror.fetch()
-        commit = mirror.resolve(repo, rev or row.ref)
-        return Fetched(commit, mirror.archive(repo, commit))
+    async def delete(self, source_id: uuid.UUID, actor: str | None = None) -> None:
+        """Forget a source (any status) and its definitions (the foreign key cascades); the
+        code bundles stay in the object store for runs that still need them."""
+        lock = self._sync_locks.setdefault(source_id, asyncio.Lock())
+        async with lock:
+            async with self.db.transaction() as session:
+                row = await session.get(SourceRow, source_id)
+                if row is None:
+                    raise NotFound(f"protocol source {source_id} not found")
+                await session.delete(row)
+                log.info("source %s (%s) deleted by %s", row.name, source_id, actor or "?")
+            for path in (self._mirror_path(source_id), self.work_dir / "trees" / str(source_id)):
+                await asyncio.to_thread(shutil.rmtree, path, True)
+        self._sync_locks.pop(source_id, None)
 
-    async def _discover(self, source_id: uuid.UUID, fetched: Fetched) -> list[ProtocolFunctionSpec]:
-        tree = await asyncio.to_thread(self._tree, source_id, fetched.commit, fetched.archive)
-        found = await asyncio.to_thread(tree.discover)
+    def _mirror_path(self, source_id: uuid.UUID) -> Path:
+        return self.work_dir / "mirrors" / f"{source_id}.git"
+
+    def _fetch(self, row: SourceRow, target: Target, rev: str | None) -> Fetched:
+        if row.kind == "filesystem":
+            assert target.path is not None
+            commit, archive = archive_folder(target.path)
+            return Fetched(commit, archive)
+        secret = self.secrets.read(row.credentials_ref) if row.credentials_ref else None
+        access = GitAccess(
+            protocols=self.policy.git_protocols(),
+            timeout=self.git_timeout,
+            home=self.work_dir / "git-home",
+            secret=secret,
+            scheme=target.scheme,
+            pin=target.pinned_address(),
+        )
+        url = str(target.path) if target.path is not None else row.url
+        mirror = GitMirror(self._mirror_path(row.accession_id), url, access)
+        mirror.fetch()
+        commit = mirror.resolve(rev or row.ref)
+        return Fetched(commit, mirror.archive(commit))
+
+    async def _discover(self, source_id: uuid.UUID, fetched: Fetched) -> Discovered:
+        """Discovery in a child process (see ``discovery``): protocol code never runs here."""
+        target = self.work_dir / "trees" / str(source_id) / fetched.commit
+        await asyncio.to_thread(extract, fetched.archive, target)
+        found = await self.discovery.discover(target, f"{source_id}@{fetched.commit}")
         for problem in found.problems:
-            log.warning("discovery: %s: %s", problem.module, problem.error)
+            log.warning("discovery of %s: %s: %s", source_id, problem.module, problem.error)
         if not found.functions and found.problems:
             raise SourceSyncFailed(
                 "no protocol function could be imported",
-                problems=[p.__dict__ for p in found.problems],
+                problems=[p.model_dump() for p in found.problems],
             )
-        return found.functions
-
-    def _tree(self, source_id: uuid.UUID, commit: str, archive: bytes | None) -> SourceTree:
-        key = (source_id, commit)
-        if key not in self._trees:
-            target = self.work_dir / "trees" / str(source_id) / commit
-            if not target.exists():
-                if archive is None:
-                    raise SourceSyncFailed(f"code of {source_id}@{commit} is not available")
-                extract(archive, target)
-            self._trees[key] = SourceTree(target, f"{source_id}@{commit}")
-        return self._trees[key]
+        return found
 
     async def _record(
         self,
         source_id: uuid.UUID,
         commit: str,
-        specs: list[ProtocolFunctionSpec],
+        found: Discovered,
         bundle: str,
         actor: str | None = None,
     ) -> list[uuid.UUID]:
@@ -157,7 +242,7 @@ class CodeService:
                 )
             }
             ids = []
-            for spec in specs:
+            for spec in found.functions:
                 if (spec.name, spec.version) in existing:
                     ids.append(existing[(spec.name, spec.version)])
                     continue
@@ -180,14 +265,17 @@ class CodeService:
                 None,
                 now,
             )
+            source.problems = [p.model_dump() for p in found.problems]
             synced = ProtocolSourceSynced(source=_source_view(source), definitions=ids, actor=actor)
             uow.emit(synced)
         return ids
 
-    async def _mark_failed(self, source_id: uuid.UUID, error: str) -> None:
+    async def _mark_failed(
+        self, source_id: uuid.UUID, error: str, problems: list[dict[str, str]]
+    ) -> None:
         async with self.db.transaction() as session:
             source = await session.get_one(SourceRow, source_id)
-            source.status, source.error = "failed", error
+            source.status, source.error, source.problems = "failed", error, problems
 
     async def _source_row(self, source_id: uuid.UUID) -> SourceRow:
         async with self.db.transaction() as session:
@@ -242,24 +330,11 @@ class CodeService:
         )
 
     async def resolve(self, query: ResolveProtocol) -> ResolvedProtocol:
+        """The definition for a run, its parameters checked against the schemas recorded at
+        discovery (no protocol code is imported here)."""
         definition = await self._find_definition(query)
-        source_id, commit = definition.source_id, definition.commit
-        tree = self._trees.get((source_id, commit))
-        if tree is None:
-            archive = await self._bundle(definition.code_bundle)
-            tree = await asyncio.to_thread(self._tree, source_id, commit, archive)
-        fn = await asyncio.to_thread(
-            tree.function, definition.spec.module, definition.spec.qualname
-        )
-        parameters = validate_parameters(fn, query.parameters)
+        parameters = params.validate(definition.spec, query.parameters)
         return ResolvedProtocol(definition=definition, parameters=parameters)
-
-    async def _bundle(self, name: str) -> bytes | None:
-        try:
-            result = await self._store().get(name)
-        except Exception:
-            return None
-        return bytes(result.data or b"")
 
     async def _find_definition(self, query: ResolveProtocol) -> ProtocolDefinition:
         stmt = select(DefinitionRow, SourceRow.name).join(SourceRow)
@@ -298,6 +373,8 @@ def _source_view(row: SourceRow) -> ProtocolSource:
         commit=row.commit,
         status=row.status,  # type: ignore[arg-type]
         error=row.error,
+        credentials_ref=row.credentials_ref,
+        problems=[DiscoveryProblem.model_validate(p) for p in row.problems or []],
         last_synced_at=row.last_synced_at,
         created_at=row.created_at,
     )

@@ -35,6 +35,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.NO_MATCHING_ASSETS: 422,  # the submission can never be bound as stated
     ErrorCode.PROTOCOL_LOAD_FAILED: 422,
     ErrorCode.SOURCE_SYNC_FAILED: 502,
+    ErrorCode.SOURCE_REFUSED: 422,
     ErrorCode.LEASE_LOST: 409,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.TIMEOUT: 504,

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Query, Request, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from nats.js import api
 from pydantic import BaseModel, Field, model_validator
@@ -33,6 +33,7 @@ from praxis_contracts.assets import (
 from praxis_contracts.common import AssetKind, RunStatus, SearchFilters
 from praxis_contracts.errors import NotFound
 from praxis_contracts.protocols import (
+    DeleteProtocolSource,
     ListProtocolDefinitions,
     ListProtocolSources,
     ProtocolDefinitionPage,
@@ -77,6 +78,7 @@ class SourceIn(BaseModel):
     url: str
     ref: str = "HEAD"
     commit: str | None = None
+    credentials_ref: str | None = None
 
 
 class SyncIn(BaseModel):
@@ -104,6 +106,17 @@ async def sync_source(
     return await b.request(
         SyncProtocolSource(source_id=source_id, commit=commit, actor=actor), timeout=_SYNC_TIMEOUT
     )
+
+
+@router.delete(
+    "/protocols/sources/{source_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    tags=["protocols"],
+)
+async def delete_source(source_id: UUID, b: BusDep, actor: ActorDep) -> Response:
+    """Forget a source (also a failed one) and its definitions; past runs keep their records."""
+    await b.request(DeleteProtocolSource(source_id=source_id, actor=actor))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/protocols/definitions", tags=["protocols"])
