@@ -28,6 +28,7 @@ class ErrorCode(StrEnum):
     PROTOCOL_LOAD_FAILED = "protocol_load_failed"
     SOURCE_SYNC_FAILED = "source_sync_failed"
     LEASE_LOST = "lease_lost"
+    ASSET_NOT_LEASED = "asset_not_leased"
     UNAVAILABLE = "unavailable"
     TIMEOUT = "timeout"
     REPLY_TOO_LARGE = "reply_too_large"
@@ -122,6 +123,13 @@ class LeaseLost(PraxisError):
     code = ErrorCode.LEASE_LOST
 
 
+class AssetNotLeased(PraxisError):
+    """A protocol reached, or sent an instrument command touching, an asset its run did not
+    lease (details: ``asset``, ``run_id``)."""
+
+    code = ErrorCode.ASSET_NOT_LEASED
+
+
 class Unavailable(PraxisError):
     code = ErrorCode.UNAVAILABLE
     retryable = True
@@ -161,6 +169,7 @@ _BY_CODE: dict[ErrorCode, type[PraxisError]] = {
         ProtocolLoadFailed,
         SourceSyncFailed,
         LeaseLost,
+        AssetNotLeased,
         Unavailable,
         Timeout,
         ReplyTooLarge,
