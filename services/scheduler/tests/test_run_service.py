@@ -541,3 +541,13 @@ async def test_unknown_runs_are_not_found(h: Harness) -> None:
         await h.runs.control(ControlRun(run_id=uuid.uuid4(), action="cancel"), Edges())
     await h.runs.on_finished(finished(uuid.uuid4()))  # an event for nobody: acknowledged
     assert await h.sent() == []
+
+
+async def test_a_run_its_edge_gave_up_keeps_its_leases_for_an_operator(h: Harness) -> None:
+    stuck = await running(h, EDGE)
+    await h.runs.control(cancel(stuck), Edges(EDGE))
+    await h.sent()
+    await h.runs.on_finished(finished(stuck.accession_id, "requires_intervention"))
+    view = await h.runs.get(stuck.accession_id)
+    assert (view.status, view.finished_at) == (S.REQUIRES_INTERVENTION, None)
+    assert kinds(await h.sent()) == [HoldAssets]  # held, not released
