@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ from praxis_sdk import (
     PraxisState,
     RunCancelled,
     RunContext,
+    RunControl,
     current_run,
     protocol_function,
     spec_of,
@@ -297,3 +299,37 @@ async def test_cancel_during_a_call_marks_the_caller_cancelled() -> None:
         ("cancels_midway", "running"),
         ("cancels_midway", "cancelled"),
     ]
+
+
+async def test_run_control_signals_cross_to_the_protocol_s_own_loop() -> None:
+    """Pause, resume and cancel from this loop reach a checkpoint waiting on another loop."""
+    worker = asyncio.new_event_loop()
+    thread = threading.Thread(target=worker.run_forever, daemon=True)
+    thread.start()
+    paused = threading.Event()
+
+    async def on_pause() -> None:
+        paused.set()
+
+    control = RunControl(on_pause=on_pause)
+    control.bind(worker)
+    try:
+        control.pause()
+        waiting = asyncio.wrap_future(
+            asyncio.run_coroutine_threadsafe(control.checkpoint(), worker)
+        )
+        await asyncio.to_thread(paused.wait)
+        assert control.blocked and not waiting.done()
+        control.resume()
+        await waiting  # woken on its own loop
+        control.pause()
+        waiting = asyncio.wrap_future(
+            asyncio.run_coroutine_threadsafe(control.checkpoint(), worker)
+        )
+        control.cancel()
+        with pytest.raises(RunCancelled):
+            await waiting
+    finally:
+        worker.call_soon_threadsafe(worker.stop)
+        await asyncio.to_thread(thread.join)
+        worker.close()

@@ -45,6 +45,7 @@ from praxis_contracts.runs import (
     EdgeRun,
     ExecuteRun,
     FunctionCallRecorded,
+    RunBlocked,
     RunFinished,
     RunPaused,
     RunPreparing,
@@ -71,6 +72,7 @@ WAIT = 15.0
 PROTOCOLS = '''"""Protocols for the orchestrator's own tests."""
 
 import asyncio
+import time
 from pathlib import Path
 
 from pylabrobot.liquid_handling import LiquidHandler
@@ -109,6 +111,98 @@ async def touch(lh: LiquidHandler, plate: Plate, tips: TipRack, state: PraxisSta
     await lh.return_tips()
     state["touched"] = plate.name
     return plate.name
+
+
+# -- protocols that misbehave (isolation tests) ----------------------------------------------
+@protocol_function(version="1.0.0")
+async def block(plate: Plate, until: str) -> str:
+    """Blocks its event loop (time.sleep) until the file ``until`` exists, then takes a step."""
+    while not Path(until).exists():
+        time.sleep(0.05)
+    await step(plate, 1)
+    return "unblocked"
+
+
+@protocol_function(version="1.0.0")
+async def spin(plate: Plate, until: str) -> int:
+    """Spins on the CPU (no sleep, no await) until the file ``until`` exists."""
+    rounds = 0
+    while not Path(until).exists():
+        for _ in range(20000):
+            rounds += 1
+    await step(plate, 1)
+    return rounds
+
+
+@protocol_function(version="1.0.0")
+async def await_forever(plate: Plate) -> None:
+    """Awaits an event nobody sets: no checkpoint is ever reached."""
+    await asyncio.Event().wait()
+
+
+@protocol_function(version="1.0.0")
+async def steal_via_root(dest: Plate) -> None:
+    """Bound to one plate only, reaches the liquid handler above it."""
+    lh = dest.get_root()
+    await lh.aspirate([dest.get_well("A1")], vols=[20])
+
+
+@protocol_function(version="1.0.0")
+async def steal_via_deck(lh: LiquidHandler, tips: TipRack, dest: Plate) -> None:
+    """Takes the source plate it did not lease from the deck by name."""
+    source = lh.deck.get_resource("source_plate")
+    await lh.pick_up_tips([tips.get_item("A1")])
+    await lh.aspirate([source.get_well("A1")], vols=[20])
+
+
+@protocol_function(version="1.0.0")
+async def steal_via_children(lh: LiquidHandler, tips: TipRack, dest: Plate) -> None:
+    """Walks the deck's children (not guarded) to the source plate and aspirates from it: the
+    backend guard refuses the command."""
+    carrier = dest.parent.parent
+    source = next(site.resource for site in carrier.children if site.resource is not dest)
+    await lh.pick_up_tips([tips.get_item("A1")])
+    try:
+        await lh.aspirate([source.get_well("A1")], vols=[20])
+    finally:
+        await lh.return_tips()
+
+
+@protocol_function(version="1.0.0")
+async def transfer(
+    lh: LiquidHandler, tips: TipRack, source: Plate, dest: Plate, volume: float = 20.0
+) -> float:
+    """An honest transfer of ``volume`` uL from source A1 to dest A1."""
+    await lh.pick_up_tips([tips.get_item("A1")])
+    await lh.aspirate([source.get_well("A1")], vols=[volume])
+    await lh.dispense([dest.get_well("A1")], vols=[volume])
+    await lh.return_tips()
+    return float(dest.get_well("A1").tracker.get_used_volume())
+
+
+@protocol_function(version="1.0.0")
+async def serial_dilution(
+    lh: LiquidHandler, tips: TipRack, source: Plate, dest: Plate, steps: int = 3
+) -> list[float]:
+    """An honest serial dilution down row A of ``dest``, seeded from ``source``."""
+    await lh.pick_up_tips([tips.get_item("B1")])
+    await lh.aspirate([source.get_well("B1")], vols=[100])
+    await lh.dispense([dest.get_well("B1")], vols=[100])
+    for column in range(1, steps):
+        here, there = dest.get_well(f"B{column}"), dest.get_well(f"B{column + 1}")
+        await lh.aspirate([here], vols=[50])
+        await lh.dispense([there], vols=[50])
+    await lh.return_tips()
+    return [float(dest.get_well(f"B{c}").tracker.get_used_volume()) for c in range(1, steps + 1)]
+
+
+@protocol_function(version="1.0.0")
+async def fenced_between_commands(lh: LiquidHandler, tips: TipRack, until: str) -> None:
+    """Picks up a tip, waits for ``until`` without reaching a checkpoint, returns the tip."""
+    await lh.pick_up_tips([tips.get_item("C1")])
+    while not Path(until).exists():
+        await asyncio.sleep(0.02)
+    await lh.return_tips()
 '''
 
 T = TypeVar("T")
@@ -253,6 +347,7 @@ RUN_EVENTS: dict[str, type[Event]] = {
         RunPaused,
         RunResumed,
         RunFinished,
+        RunBlocked,
     )
 }
 

@@ -585,3 +585,13 @@ async def test_who_submitted_and_who_acted_are_recorded(h: Harness) -> None:
         ("cancelled", "oidc:alice"),
     ]
     assert (await h.runs.get(run.accession_id)).submitted_by == "token:ci"
+
+
+async def test_a_run_its_edge_gave_up_keeps_its_leases_for_an_operator(h: Harness) -> None:
+    stuck = await running(h, EDGE)
+    await h.runs.control(cancel(stuck), Edges(EDGE))
+    await h.sent()
+    await h.runs.on_finished(finished(stuck.accession_id, "requires_intervention"))
+    view = await h.runs.get(stuck.accession_id)
+    assert (view.status, view.finished_at) == (S.REQUIRES_INTERVENTION, None)
+    assert kinds(await h.sent()) == [HoldAssets]  # held, not released

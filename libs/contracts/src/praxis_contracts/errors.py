@@ -31,6 +31,7 @@ class ErrorCode(StrEnum):
     SOURCE_SYNC_FAILED = "source_sync_failed"
     SOURCE_REFUSED = "source_refused"
     LEASE_LOST = "lease_lost"
+    ASSET_NOT_LEASED = "asset_not_leased"
     UNAVAILABLE = "unavailable"
     TIMEOUT = "timeout"
     REPLY_TOO_LARGE = "reply_too_large"
@@ -146,6 +147,13 @@ class LeaseLost(PraxisError):
     code = ErrorCode.LEASE_LOST
 
 
+class AssetNotLeased(PraxisError):
+    """A protocol reached, or sent an instrument command touching, an asset its run did not
+    lease (details: ``asset``, ``run_id``)."""
+
+    code = ErrorCode.ASSET_NOT_LEASED
+
+
 class Unavailable(PraxisError):
     code = ErrorCode.UNAVAILABLE
     retryable = True
@@ -188,6 +196,7 @@ _BY_CODE: dict[ErrorCode, type[PraxisError]] = {
         SourceSyncFailed,
         SourceRefused,
         LeaseLost,
+        AssetNotLeased,
         Unavailable,
         Timeout,
         ReplyTooLarge,

@@ -217,11 +217,15 @@ class RunStarted(_RunEvent):
     subject: ClassVar[str] = "praxis.evt.orchestrator.run.started"
 
 
-RunOutcome = Literal["completed", "failed", "cancelled"]
+RunOutcome = Literal["completed", "failed", "cancelled", "requires_intervention"]
 
 
 class RunFinished(_RunEvent):
-    """The protocol function returned, raised, or was cancelled."""
+    """The protocol function returned, raised, or was cancelled.
+
+    ``requires_intervention``: the edge gave the run up without knowing the instruments' state
+    (a cancel had to abandon a protocol that would not stop, or interrupted an instrument
+    command); its leases must be held for an operator, not released."""
 
     subject: ClassVar[str] = "praxis.evt.orchestrator.run.finished"
 
@@ -281,6 +285,17 @@ class ControlRunExecution(Command):
 
     def subject_key(self) -> str:
         return self.workcell_name
+
+
+class RunBlocked(_RunEvent):
+    """The protocol has kept its worker's event loop busy (blocking code such as
+    ``time.sleep``, or a busy loop) for ``blocked_seconds``: it reaches no checkpoint and no
+    pause or cancel can take effect cooperatively. Reported once per stall."""
+
+    subject: ClassVar[str] = "praxis.evt.orchestrator.run.blocked"
+
+    blocked_seconds: float
+    last_call: str | None = Field(default=None, description="The last protocol function called.")
 
 
 class RunPaused(_RunEvent):

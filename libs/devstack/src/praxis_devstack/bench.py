@@ -6,7 +6,8 @@ submitted with bounded concurrency; the clock stops when the scheduler has recor
 completed. Completion is pushed to the benchmark by NATS subscriptions, never polled.
 The run list is then read at pages of 50 and 1,000 (time and bytes). Then the other services
 stop and the reservation figures are taken against the asset-manager
-alone (``bench_reservations``).
+alone (``bench_reservations``). Last, in-process, what isolating protocols costs: a worker
+thread and loop per run, the lease guard per instrument command (``bench_isolation``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any, TypeVar
 import httpx
 import nats
 
+from praxis_devstack.bench_isolation import measure_isolation
 from praxis_devstack.bench_reservations import measure_reservations
 from praxis_devstack.stack import DEMO_WORKCELL, Stack
 from praxis_devstack.stats import summary
@@ -177,6 +179,7 @@ async def bench(args: argparse.Namespace) -> int:
         # for a run it does not know and dead-letter it, on the same two cores.
         await stack.stop_services(keep=("asset-manager",))
         report["reservations"] = await measure_reservations(stack.infra.nats_url, args.runs)
+        report["isolation"] = await measure_isolation()
         report["id"] = str(uuid.uuid4())
     finally:
         await stack.stop()

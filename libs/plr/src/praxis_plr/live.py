@@ -1,8 +1,17 @@
 """The live PyLabRobot objects of one workcell, built from a ``WorkcellLayout``.
 
-Threading model: PyLabRobot machines do their I/O on their own threads, but every operation must
-come from one long-lived event loop. A ``LiveWorkcell`` belongs to the loop (and thread) that built
-it; its async methods refuse to run elsewhere. It starts no threads of its own.
+Threading model: a ``LiveWorkcell`` belongs to the loop (and thread) that built it: building,
+extending, stopping, snapshots and restores refuse to run elsewhere. It starts no threads of its
+own. Protocols drive the live objects from other threads, each run on an event loop of its own
+(see ``praxis_orchestrator.isolation``): PyLabRobot 0.2.2's liquid handler, plate reader and
+their chatterbox backends hold no loop-bound asyncio object (no ``asyncio.Lock``/``Event`` is
+created or awaited in ``liquid_handling``, ``plate_reading``, ``machines``, ``resources``), so
+an operation may come from any one loop at a time. Some hardware backends do hold them
+(``io/socket.py``, the BioTek, Tecan and Inheco backends): those would need their commands
+marshalled to the loop that set them up. Nothing in them is thread-safe: two runs may
+only drive one machine at a time, which the leases see to (a shareable machine would need a
+lock of its own). Every machine's backend is guarded (``praxis_plr.guard``): inside a run, only
+the run's leased assets can be commanded.
 """
 
 from __future__ import annotations
@@ -13,7 +22,7 @@ import importlib
 import inspect
 import logging
 import threading
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from types import TracebackType
 from typing import Any
 from uuid import UUID
@@ -33,6 +42,7 @@ from pylabrobot.utils.object_parsing import find_subclass
 from praxis_contracts.assets import Asset, WorkcellLayout
 from praxis_contracts.errors import InvalidRequest, UnknownAssetType
 from praxis_plr._state import state_from_json, state_to_json
+from praxis_plr.guard import WorkcellView, guard_machine, install_navigation_guard
 from praxis_plr.layout import _LABWARE  # one definition of labware: what drafts store state for
 from praxis_plr.types import import_type
 
@@ -210,11 +220,13 @@ class LiveWorkcell:
 
         machines = [a.name for a in ordered if isinstance(self._objects[a.name], Machine)]
         self._machines.extend(machines)
+        install_navigation_guard()
         for name in machines:
             machine = self._objects[name]
             assert isinstance(machine, Machine)
             if not machine.setup_finished:
                 await machine.setup()
+            guard_machine(machine, name, self._thread)
         # After setup: LiquidHandler.setup() replaces its head trackers, dropping head state.
         for asset in ordered:
             if asset.state is not None and asset.accession_id not in moved:
@@ -238,6 +250,15 @@ class LiveWorkcell:
                 f"No asset named {name!r} in workcell {self._layout.workcell.name!r}; "
                 f"known: {sorted(self._objects)}"
             ) from None
+
+    def view(
+        self, run_id: object, names: Iterable[str], fence: Callable[[], None] | None = None
+    ) -> WorkcellView:
+        """What a run leasing the assets ``names`` may reach (set it as ``current_view`` in the
+        task running its protocol)."""
+        leased = {name: self.get(name) for name in names}
+        assets = {id(obj): name for name, obj in self._objects.items()}
+        return WorkcellView(run_id, leased, assets, fence)
 
     def names(self) -> list[str]:
         """Asset names, in layout order."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import uuid
 from collections.abc import Awaitable, Callable
@@ -48,6 +49,10 @@ class RunControl:
 
     A pause takes effect when the protocol reaches its next checkpoint (never in the middle of
     an instrument operation); ``on_pause`` / ``on_resume`` report when it really waits.
+
+    The signals may come from another thread and event loop than the protocol's: ``bind`` names
+    the loop the protocol runs on, and its waiting is woken there (``call_soon_threadsafe``).
+    What the flags say is plain attributes, read at once by either side.
     """
 
     def __init__(
@@ -55,44 +60,70 @@ class RunControl:
         on_pause: Callable[[], Awaitable[None]] | None = None,
         on_resume: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        self._running = asyncio.Event()
-        self._running.set()
+        self._wake = asyncio.Event()  # waited on by the protocol's loop only
+        self._pause_requested = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.cancelled = False
         self.blocked = False
         self.on_pause = on_pause
         self.on_resume = on_resume
 
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The protocol runs on ``loop``: signals from elsewhere wake it there."""
+        self._loop = loop
+
     def pause(self) -> None:
-        self._running.clear()
+        self._pause_requested = True
 
     def resume(self) -> None:
-        self._running.set()
+        self._pause_requested = False
+        self._notify()
 
     def cancel(self) -> None:
         self.cancelled = True
-        self._running.set()
+        self._pause_requested = False
+        self._notify()
 
     @property
     def paused(self) -> bool:
-        return not self._running.is_set()
+        return self._pause_requested
+
+    def _notify(self) -> None:
+        loop = self._loop
+        if loop is None or _running_loop() is loop:
+            self._wake.set()
+            return
+        with contextlib.suppress(RuntimeError):  # its loop is closed: nothing waits any more
+            loop.call_soon_threadsafe(self._wake.set)
 
     async def checkpoint(self) -> None:
         """Wait while paused; raise ``RunCancelled`` once cancelled."""
         if self.cancelled:
             raise RunCancelled("run cancelled")
-        if self._running.is_set():
+        if not self._pause_requested:
             return
         self.blocked = True
         try:
             if self.on_pause is not None:
                 await self.on_pause()
-            await self._running.wait()
+            # Cleared and re-checked with no await between: a resume or cancel signalled from
+            # another thread either is seen here or wakes the wait.
+            while self._pause_requested and not self.cancelled:
+                self._wake.clear()
+                await self._wake.wait()
         finally:
             self.blocked = False
         if self.cancelled:
             raise RunCancelled("run cancelled")
         if self.on_resume is not None:
             await self.on_resume()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 @dataclass

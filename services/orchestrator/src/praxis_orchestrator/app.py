@@ -36,6 +36,19 @@ class Settings(ServiceSettings):
         default=Path(".praxis/orchestrator/code"), description="PROTOCOL_CODE_CACHE_DIR"
     )
     max_concurrent_runs: int = Field(default=4, ge=1, description="MAX_CONCURRENT_RUNS")
+    run_blocked_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="RUN_BLOCKED_SECONDS: a protocol that keeps its worker's event loop busy "
+        "this long (blocking code, a busy loop) is reported (RunBlocked)",
+    )
+    cancel_escalation_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="CANCEL_ESCALATION_SECONDS: a cancel ends a running protocol within this "
+        "long: half waiting for a checkpoint, half for its cancelled task; then the worker is "
+        "abandoned (fenced) and the run requires intervention",
+    )
     edge_heartbeat_ttl_seconds: int = Field(
         default=10,
         ge=1,
@@ -79,7 +92,13 @@ def build(settings: Settings) -> tuple[Service, Orchestrator]:
         outbox = Outbox(bus.publisher)
         outbox.start()
         executor = Executor(
-            workcell, code, LeaseStore(bus.publisher, ASSET_LEASES.bucket), outbox, parts.instance
+            workcell,
+            code,
+            LeaseStore(bus.publisher, ASSET_LEASES.bucket),
+            outbox,
+            parts.instance,
+            run_blocked_seconds=settings.run_blocked_seconds,
+            cancel_escalation_seconds=settings.cancel_escalation_seconds,
         )
         beacon = EdgeBeacon(
             bus.publisher,

@@ -1,7 +1,10 @@
 """Runs protocols on this workcell: prepare, claim, confirm, call, report.
 
 The orchestrator never touches the database: it learns what to run from ``ExecuteRun`` and reports
-through events. Each run is a task on the one event loop that owns the live PyLabRobot objects.
+through events. Each run is a task on the one event loop that owns the live PyLabRobot objects
+(the *supervisor*), and its protocol function runs on a worker thread with a loop of its own
+(``praxis_orchestrator.isolation``), behind a view of the workcell that reaches only the run's
+leased assets (``praxis_plr.guard``).
 
 A run's life, and why in this order:
 
@@ -16,8 +19,21 @@ A run's life, and why in this order:
    process simply prepares again.
 4. The keeper starts and claims the leases (renews each once at its token): of two processes
    handed the same run, only one gets past this.
-5. ``RunStarted``, and the protocol function is called.
+5. ``RunStarted``, and the protocol function is called on the run's worker thread.
 6. The keeper stops, then ``RunFinished`` (the scheduler releases the leases when it sees it).
+
+A cancel of a running protocol escalates, each step given half of ``cancel_escalation_seconds``
+(``CANCEL_ESCALATION_SECONDS``, default 10 s: a cancel ends the run within that bound, well
+inside the scheduler's ``CANCEL_TIMEOUT_SECONDS``):
+
+1. cooperative: ``RunCancelled`` at the protocol's next checkpoint (a protocol-function call);
+2. its task is cancelled on its own loop (a protocol awaiting something without checkpoints);
+3. the worker is abandoned: its view is fenced (no instrument command goes out any more) and the
+   run ends ``requires_intervention`` (its leases are held for an operator).
+
+Steps 1 and 2 end it ``cancelled``, unless step 2 interrupted an instrument command midway
+(then ``requires_intervention``: that instrument's state is unknown). A worker whose loop stops
+turning for ``run_blocked_seconds`` is reported once per stall (``RunBlocked``).
 
 Events go through the ``Outbox``: a protocol never waits for NATS, and never fails for its sake.
 """
@@ -25,13 +41,18 @@ Events go through the ``Outbox``: a protocol never waits for NATS, and never fai
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import inspect
 import json
 import logging
+import threading
 import traceback
 import typing
 import uuid
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -43,6 +64,7 @@ from praxis_contracts.runs import (
     EdgeRun,
     ExecuteRun,
     FunctionCallRecorded,
+    RunBlocked,
     RunFinished,
     RunOutcome,
     RunPaused,
@@ -51,9 +73,11 @@ from praxis_contracts.runs import (
     RunStarted,
 )
 from praxis_orchestrator.code import CodeCache
+from praxis_orchestrator.isolation import RunThread
 from praxis_orchestrator.keeper import LeaseKeeper
 from praxis_orchestrator.outbox import Outbox
 from praxis_orchestrator.workcell import WorkcellHost
+from praxis_plr.guard import WorkcellView, current_view
 from praxis_plr.types import unwrap_optional
 from praxis_runtime.bus import INFRA_RETRY_CAP, acknowledge, is_infrastructure, retry_delay
 from praxis_runtime.leases import LeaseStore
@@ -69,6 +93,18 @@ Phase = Literal["preparing", "running", "paused"]
 
 HANDBACK_SECONDS = 1.0
 """How long a shutdown waits for the handlers of abandoned runs to return their commands."""
+
+RUN_BLOCKED_SECONDS = 60.0
+CANCEL_ESCALATION_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Ended:
+    """How a protocol function ended, as its worker reports it."""
+
+    outcome: RunOutcome
+    result: Any = None
+    error: ErrorInfo | None = None
 
 
 def now() -> datetime:
@@ -89,6 +125,14 @@ class ActiveRun:
         self.preparation: asyncio.Task[PreparedCall] | None = None
         self.task: asyncio.Task[None] | None = None
         self.accepted = asyncio.Event()  # its command needs no handler any more
+        # Once the protocol function is called:
+        self.worker: RunThread | None = None
+        self.view: WorkcellView | None = None
+        self.protocol_task: asyncio.Task[Ended] | None = None  # on the worker's loop
+        self.ended: asyncio.Future[Ended] | None = None  # on the supervisor's loop
+        self.escalation: asyncio.Task[None] | None = None  # a cancel under way
+        self.given_up = False  # abandoned: the worker may still be running, fenced
+        self.blocked_reported = False
 
     @property
     def run_id(self) -> uuid.UUID:
@@ -130,12 +174,19 @@ class Executor:
         leases: LeaseStore,
         outbox: Outbox,
         instance: str,
+        *,
+        run_blocked_seconds: float = RUN_BLOCKED_SECONDS,
+        cancel_escalation_seconds: float = CANCEL_ESCALATION_SECONDS,
     ) -> None:
         self.workcell = workcell
         self.code = code
         self.leases = leases
         self.outbox = outbox
         self.instance = instance
+        self.run_blocked_seconds = run_blocked_seconds
+        self.cancel_escalation_seconds = cancel_escalation_seconds
+        self._loop = asyncio.get_running_loop()  # the supervisor's
+        self._thread = threading.get_ident()
         self.on_runs_changed: Callable[[], None] = lambda: None  # the heartbeat beats at once
         self.runs: dict[uuid.UUID, ActiveRun] = {}
         self.done = RecentIds()  # runs that ended here: a redelivered command is dropped
@@ -173,13 +224,14 @@ class Executor:
             handler.add_done_callback(self._handlers.discard)
 
     def _register(self, cmd: ExecuteRun) -> ActiveRun:
+        # Called on the run's worker thread: the outbox is thread-safe, the beacon is not.
         async def paused() -> None:
             self._emit(RunPaused(run_id=cmd.run_id, at=now(), edge_instance=self.instance))
-            self.on_runs_changed()
+            self._on_supervisor(self.on_runs_changed)
 
         async def resumed() -> None:
             self._emit(RunResumed(run_id=cmd.run_id, at=now(), edge_instance=self.instance))
-            self.on_runs_changed()
+            self._on_supervisor(self.on_runs_changed)
 
         run = ActiveRun(cmd, RunControl(on_pause=paused, on_resume=resumed))
         self.runs[cmd.run_id] = run
@@ -265,6 +317,7 @@ class Executor:
         keeper = LeaseKeeper(self.leases, cmd.run_id, cmd.bindings, await self.check_fence(cmd))
         fn = await self.code.function(cmd.definition)
         kwargs: dict[str, Any] = validate_parameters(fn, cmd.parameters)
+        view = live.view(cmd.run_id, [b.asset_name for b in cmd.bindings], keeper.check_now)
         for binding in cmd.bindings:
             kwargs[binding.requirement] = live.get(binding.asset_name)
         ctx = RunContext(
@@ -283,7 +336,7 @@ class Executor:
         for name, param in inspect.signature(fn).parameters.items():
             if name not in kwargs and param.default is inspect.Parameter.empty:
                 kwargs[name] = None  # an optional asset left unbound
-        return PreparedCall(fn, kwargs, ctx, keeper)
+        return PreparedCall(fn, kwargs, ctx, keeper, view)
 
     async def check_fence(self, cmd: ExecuteRun) -> int:
         """Refuse to drive hardware unless every lease is still this run's, at its token.
@@ -309,25 +362,146 @@ class Executor:
         cmd = run.cmd
         run.started = True
         self.on_runs_changed()
-        token = current_run.set(call.ctx)
+        worker = RunThread(f"run-{cmd.run_id}", tick=min(0.25, self.run_blocked_seconds / 4))
+        run.worker, run.view = worker, call.view
+        run.control.bind(worker.loop)
+        ended = run.ended = asyncio.get_running_loop().create_future()
+        worker.start()
+        self._emit(RunStarted(run_id=cmd.run_id, at=now(), edge_instance=self.instance))
+        future = worker.submit(self._protocol(run, call, contextvars.copy_context()))
+        future.add_done_callback(lambda done: self._on_supervisor(self._protocol_ended, run, done))
+        stop_watching = self._watch(run)
+        if run.control.cancelled:  # a cancel came while it was being confirmed
+            self._escalate_cancel(run)
+        run.accepted.set()
         try:
-            self._emit(RunStarted(run_id=cmd.run_id, at=now(), edge_instance=self.instance))
-            coroutine = call.fn(**call.kwargs)
-            run.accepted.set()
-            result = await coroutine
+            end = await asyncio.shield(ended)
+        except asyncio.CancelledError:
+            await self._stop_on_shutdown(run)
+            raise
+        finally:
+            stop_watching()
+        await self._finish(
+            run, end.outcome, result=end.result, error=end.error, state=_state_of(call.ctx)
+        )
+
+    async def _protocol(
+        self, run: ActiveRun, call: PreparedCall, context: contextvars.Context
+    ) -> Ended:
+        """The protocol function, on the run's worker loop, in a task of its own."""
+        for var, value in context.items():  # log context, correlation id
+            var.set(value)
+        current_run.set(call.ctx)
+        current_view.set(call.view)
+        run.protocol_task = asyncio.current_task()
+        try:
+            result = await call.fn(**call.kwargs)
         except RunCancelled:
-            await self._finish(run, "cancelled", state=call.ctx.state.to_dict())
+            return Ended("cancelled")
+        except asyncio.CancelledError:  # a cancel's second step, or a shutdown
+            if call.view.interrupted:
+                message = "cancelled in the middle of an instrument command: its state is unknown"
+                return Ended(
+                    "requires_intervention", error=_ended_error("CommandInterrupted", message)
+                )
+            return Ended("cancelled")
         except Exception as exc:
             log.warning("run failed: %s: %s", type(exc).__name__, exc)
-            await self._finish(
-                run, "failed", error=_error_info(exc), state=call.ctx.state.to_dict()
-            )
+            return Ended("failed", error=_error_info(exc))
+        return Ended("completed", result=_json_safe(result))
+
+    def _protocol_ended(self, run: ActiveRun, done: Future[Ended]) -> None:
+        """On the supervisor: the worker's task is over (also long after it was abandoned)."""
+        assert run.worker is not None and run.ended is not None
+        run.worker.stop()
+        if run.ended.done():
+            if run.given_up:
+                log.info("abandoned run %s: its worker's protocol returned at last", run.run_id)
+            return
+        try:
+            run.ended.set_result(done.result())
+        except BaseException as exc:  # the wrapper itself failed, or was cancelled
+            run.ended.set_result(Ended("failed", error=_error_info(exc)))
+
+    def _on_supervisor(self, callback: Callable[..., None], *args: Any) -> None:
+        """Run ``callback`` on the supervisor's loop (now, when already on it)."""
+        if threading.get_ident() == self._thread:
+            callback(*args)
         else:
-            await self._finish(
-                run, "completed", result=_json_safe(result), state=call.ctx.state.to_dict()
+            with contextlib.suppress(RuntimeError):  # the process is stopping: loop closed
+                self._loop.call_soon_threadsafe(callback, *args)
+
+    def _watch(self, run: ActiveRun) -> Callable[[], None]:
+        """The watchdog: ``RunBlocked`` once the worker's loop has not turned for
+        ``run_blocked_seconds``, once per stall. Returns what stops it."""
+        worker, limit = run.worker, self.run_blocked_seconds
+        assert worker is not None
+        loop = asyncio.get_running_loop()
+        handle: list[asyncio.TimerHandle] = []
+
+        def check() -> None:
+            stalled = worker.stalled_for()
+            if stalled < limit:
+                run.blocked_reported = False
+                delay = limit - stalled
+            else:
+                if not run.blocked_reported:
+                    run.blocked_reported = True
+                    log.warning("run %s has blocked its worker for %.1f s", run.run_id, stalled)
+                    self._emit(
+                        RunBlocked(
+                            run_id=run.run_id,
+                            at=now(),
+                            edge_instance=self.instance,
+                            blocked_seconds=round(stalled, 3),
+                            last_call=run.last_call,
+                        )
+                    )
+                delay = worker.tick
+            handle[0] = loop.call_later(delay, check)
+
+        handle.append(loop.call_later(limit, check))
+        return lambda: handle[0].cancel()  # noqa: PLW0108 (the handle changes at every check)
+
+    def _escalate_cancel(self, run: ActiveRun) -> None:
+        if run.escalation is None and run.ended is not None and not run.ended.done():
+            run.escalation = asyncio.create_task(self._escalation(run))
+
+    async def _escalation(self, run: ActiveRun) -> None:
+        """A cancel of a running protocol, step by step (see the module's docstring)."""
+        assert run.ended is not None and run.worker is not None
+        step = self.cancel_escalation_seconds / 2
+        if await _within(run.ended, step):
+            return
+        log.warning("run %s did not stop at a checkpoint; cancelling its task", run.run_id)
+        if run.protocol_task is not None:
+            run.worker.call(run.protocol_task.cancel)
+        if await _within(run.ended, step):
+            return
+        self._abandon(
+            run, f"it did not stop within {self.cancel_escalation_seconds:g} s of a cancel"
+        )
+
+    def _abandon(self, run: ActiveRun, why: str) -> None:
+        """Give the worker up: fence it and end the run for an operator."""
+        assert run.view is not None and run.ended is not None
+        run.view.abandon(why)
+        run.given_up = True
+        log.error("run %s abandoned: %s", run.run_id, why)
+        if not run.ended.done():
+            message = f"run abandoned: {why}; the instruments' state is unknown"
+            run.ended.set_result(
+                Ended("requires_intervention", error=_ended_error("RunAbandoned", message))
             )
-        finally:
-            current_run.reset(token)
+
+    async def _stop_on_shutdown(self, run: ActiveRun) -> None:
+        """The process is stopping while the protocol runs: cancel its task on its loop, wait
+        a bounded time, abandon it if it does not stop."""
+        assert run.ended is not None and run.worker is not None
+        if run.protocol_task is not None:
+            run.worker.call(run.protocol_task.cancel)
+        if not await _within(run.ended, self.cancel_escalation_seconds / 2):
+            self._abandon(run, "the orchestrator stopped while it ran")
 
     async def _finish(
         self,
@@ -384,6 +558,7 @@ class Executor:
             control.cancel()
             if run.preparation is not None:
                 run.preparation.cancel()  # a layout fetch or code load may hang: abort it
+            self._escalate_cancel(run)  # a running protocol that does not stop is made to
         else:
             was_waiting = control.blocked
             control.resume()
@@ -423,11 +598,13 @@ class PreparedCall:
         kwargs: dict[str, Any],
         ctx: RunContext,
         keeper: LeaseKeeper,
+        view: WorkcellView,
     ) -> None:
         self.fn = fn
         self.kwargs = kwargs
         self.keeper = keeper
         self.ctx = ctx
+        self.view = view
 
 
 def _checkpoint(run: ActiveRun, keeper: LeaseKeeper) -> Callable[[], Awaitable[None]]:
@@ -438,6 +615,25 @@ def _checkpoint(run: ActiveRun, keeper: LeaseKeeper) -> Callable[[], Awaitable[N
         await keeper.check()
 
     return checkpoint
+
+
+async def _within(future: asyncio.Future[Any], seconds: float) -> bool:
+    """Wait up to ``seconds`` for ``future`` (never cancelling it); whether it is done."""
+    await asyncio.wait({future}, timeout=seconds)
+    return future.done()
+
+
+def _state_of(ctx: RunContext) -> dict[str, Any]:
+    """The run's state; an abandoned worker may still be changing it."""
+    try:
+        return ctx.state.to_dict()
+    except Exception:
+        log.exception("could not read the state of run %s", ctx.run_id)
+        return {}
+
+
+def _ended_error(kind: str, message: str) -> ErrorInfo:
+    return ErrorInfo(type=kind, message=message, code="requires_intervention")
 
 
 def _being_cancelled() -> bool:

@@ -126,8 +126,14 @@ class LeaseKeeper:
     # -- the fence ----------------------------------------------------------------------------
     async def check(self) -> None:
         """The fence: raise before the protocol acts again if any lease was lost."""
-        if self.lost is not None:
-            raise self.lost
+        self.check_now()
+
+    def check_now(self) -> None:
+        """The fence, from any thread (the guard calls it before every instrument command): the
+        keeper's local state only, no round trip."""
+        lost = self.lost
+        if lost is not None:
+            raise lost
 
     def _lose(self, lost: LeaseLost) -> None:
         if self.lost is None:

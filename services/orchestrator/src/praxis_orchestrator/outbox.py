@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import uuid
 from collections import deque
 from typing import NamedTuple
@@ -54,6 +55,9 @@ class Outbox:
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()  # set and cleared on every event published
         self._relay: asyncio.Task[None] | None = None
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: int | None = None
 
     def __len__(self) -> int:
         """Events waiting to be published."""
@@ -61,27 +65,33 @@ class Outbox:
 
     def start(self) -> None:
         if self._relay is None:
-            self._relay = asyncio.get_running_loop().create_task(self._run())
+            self._loop = asyncio.get_running_loop()
+            self._thread = threading.get_ident()
+            self._relay = self._loop.create_task(self._run())
 
     def emit(self, event: Event, msg_id: str | None = None) -> int:
         """Queue ``event``; returns its sequence (see ``delivered``). Never blocks, never raises
-        for NATS' sake: the event is serialised now, so later changes to it cannot leak in."""
-        self.emitted += 1
+        for NATS' sake: the event is serialised now, so later changes to it cannot leak in.
+
+        Safe from any thread (protocols run on threads of their own): the sequence and the
+        queue move together under a lock, and the relay is woken on its own loop."""
         headers = {
             h.CORRELATION_ID: correlation_id_var.get() or uuid.uuid4().hex,
             h.MSG_ID: msg_id or f"edge-event:{uuid.uuid4().hex}",
         }
-        self._queue.append(
-            _Queued(
-                self.emitted,
-                type(event).__name__,
-                event.routing_subject(),
-                event.model_dump_json().encode(),
-                headers,
+        payload = event.model_dump_json().encode()
+        with self._lock:
+            self.emitted += 1
+            seq = self.emitted
+            self._queue.append(
+                _Queued(seq, type(event).__name__, event.routing_subject(), payload, headers)
             )
-        )
-        self._wake.set()
-        return self.emitted
+        if self._loop is None or threading.get_ident() == self._thread:
+            self._wake.set()
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the process stops
+                self._loop.call_soon_threadsafe(self._wake.set)
+        return seq
 
     async def delivered(self, seq: int) -> None:
         """Wait until the event ``seq`` (and so every one before it) has been published."""

@@ -158,6 +158,13 @@ class RunService:
             row.error = event.error.model_dump(mode="json") if event.error else None
             row.final_state = event.final_state
             row.asset_states = event.asset_states
+            if status == S.REQUIRES_INTERVENTION:
+                # The edge gave the run up with its instruments in an unknown state: the
+                # leases are kept for an operator, as for a lost edge.
+                uow.emit(
+                    HoldAssets(run_id=event.run_id, reason=reason), msg_id=f"hold:{event.run_id}"
+                )
+                return
             row.finished_at = event.at
             uow.emit(
                 ReleaseAssets(run_id=event.run_id, reason=f"run {status}"),

@@ -1,0 +1,193 @@
+"""The edge survives its protocols, and a protocol reaches only what its run leased.
+
+Real nats-server, the orchestrator in-process, real chatterbox PyLabRobot objects. A protocol that
+blocks its loop (``time.sleep``) or spins on the CPU runs on its own worker thread: meanwhile the
+edge heartbeat beats, the lease keeper renews, another run on the workcell completes and the
+health endpoint answers; a cancel ends it within ``cancel_escalation_seconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from praxis_contracts.errors import ErrorCode
+from praxis_contracts.runs import (
+    ControlRunExecution,
+    FunctionCallRecorded,
+    RunBlocked,
+    RunFinished,
+    RunStarted,
+)
+from praxis_devstack.servers import free_port
+
+pytestmark = pytest.mark.integration
+
+ESCALATION = 2.0
+ISOLATION = {
+    "edge_heartbeat_ttl_seconds": 1,
+    "run_blocked_seconds": 0.5,
+    "cancel_escalation_seconds": ESCALATION,
+}
+OTHER = {"lh": "liquid_handler", "plate": "dest_plate", "tips": "tip_rack"}
+ROBOT = {"lh": "liquid_handler", "tips": "tip_rack", "dest": "dest_plate"}
+BOTH = {**ROBOT, "source": "source_plate"}
+
+
+async def health(port: int) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    answer = await reader.read(200)
+    writer.close()
+    return answer
+
+
+def source_volumes(world: Any) -> list[float]:
+    plate = world.edge.executor.workcell.live.get("source_plate")
+    return [well.tracker.get_used_volume() for well in plate.get_all_items()]
+
+
+@pytest.mark.parametrize("protocol", ["block", "spin"])
+async def test_a_protocol_that_hogs_its_loop_leaves_the_edge_alive_and_is_cancelled_in_time(
+    protocol: str, nats_url: str, tmp_path: Path, make_world: Any, eventually: Any
+) -> None:
+    port = free_port()
+    async with make_world(nats_url, tmp_path, health_port=port, **ISOLATION) as world:
+        await world.edge.start()
+        flag = world.flag()
+        cmd = await world.command(
+            protocol, {"plate": "source_plate"}, {"until": str(flag)}, lease_ttl=2
+        )
+        log = await world.execute(cmd)
+        try:
+            blocked = await log.first(RunBlocked)
+            assert blocked.blocked_seconds >= 0.5 and blocked.last_call == protocol
+            run = world.edge.executor.runs[cmd.run_id]
+            assert run.keeper is not None and run.worker is not None
+            key = cmd.bindings[0].lease_key
+            beats = world.edge.beacon.beats
+
+            # While it hogs its loop: the beacon beats, the keeper renews the 2 s lease,
+            # another run on the workcell completes, the health endpoint answers.
+            other = await world.execute(await world.command("touch", OTHER))
+            assert (await other.finished()).outcome == "completed"
+            await eventually(lambda: world.edge.beacon.beats >= beats + 3, "three more beats")
+            for renewal in range(3):
+                token = run.keeper.tokens[key]
+                await eventually(
+                    lambda token=token: run.keeper.tokens[key] > token, f"renewal {renewal}"
+                )
+            assert run.keeper.lost is None
+            assert (await health(port)).startswith(b"HTTP/1.1 200")
+            assert run.worker.stalled_for() >= 0.5 and log.of(RunFinished) == []
+
+            cancelled_at = time.monotonic()
+            await world.client.publish(
+                ControlRunExecution(
+                    run_id=cmd.run_id, workcell_name=world.workcell, action="cancel"
+                )
+            )
+            finished = await log.finished()
+            assert time.monotonic() - cancelled_at < ESCALATION + 2.0
+            assert finished.outcome == "requires_intervention"
+            assert finished.error is not None and finished.error.type == "RunAbandoned"
+            assert run.view is not None and run.view.abandoned is not None
+            assert cmd.run_id not in world.edge.executor.runs
+        finally:
+            await asyncio.to_thread(flag.touch)
+        # Released, the abandoned worker's protocol ends (at its cancelled checkpoint) and the
+        # thread with it.
+        await eventually(lambda: not run.worker.alive, "the abandoned worker thread ended")
+
+
+async def test_a_protocol_awaiting_without_checkpoints_is_cancelled_cleanly(
+    nats_url: str, tmp_path: Path, make_world: Any
+) -> None:
+    async with make_world(nats_url, tmp_path, **ISOLATION) as world:
+        await world.edge.start()
+        cmd = await world.command("await_forever", {"plate": "source_plate"})
+        log = await world.execute(cmd)
+        await log.first(FunctionCallRecorded)
+        cancelled_at = time.monotonic()
+        await world.client.publish(
+            ControlRunExecution(run_id=cmd.run_id, workcell_name=world.workcell, action="cancel")
+        )
+        finished = await log.finished()
+        assert time.monotonic() - cancelled_at < ESCALATION + 2.0
+        # Its task was cancelled on its own loop between instrument commands: a clean stop.
+        assert finished.outcome == "cancelled", finished.error
+        assert log.of(RunBlocked) == []
+
+
+@pytest.mark.parametrize(
+    ("protocol", "assets", "asset"),
+    [
+        ("steal_via_root", {"dest": "dest_plate"}, "liquid_handler"),
+        ("steal_via_deck", ROBOT, "source_plate"),
+        ("steal_via_children", ROBOT, "source_plate"),
+    ],
+)
+async def test_a_protocol_cannot_reach_an_asset_its_run_did_not_lease(
+    protocol: str, assets: dict[str, str], asset: str, world: Any
+) -> None:
+    # Another run holds the source plate meanwhile.
+    held = await world.command("keep_stepping", {"plate": "source_plate"}, {"until": "/nope"})
+    cmd = await world.command(protocol, assets)
+    log = await world.execute(cmd)
+    finished = await log.finished()
+    assert finished.outcome == "failed"
+    assert finished.error is not None and finished.error.code == ErrorCode.ASSET_NOT_LEASED
+    assert asset in finished.error.message and str(cmd.run_id) in finished.error.message
+    assert source_volumes(world) == [200.0] * 96  # PyLabRobot rolled its trackers back
+    tips = world.edge.executor.workcell.live.get("tip_rack")
+    assert tips.get_item("A1").has_tip()  # the tip went back (or was never taken)
+    assert held.run_id != cmd.run_id
+
+
+async def test_honest_protocols_are_unaffected(world: Any) -> None:
+    cmd = await world.command("transfer", BOTH)
+    transfer = await world.execute(cmd)
+    finished = await transfer.finished()
+    assert (finished.outcome, finished.result) == ("completed", 20.0), finished.error
+    for binding in cmd.bindings:  # as the asset-manager does once the run finished
+        await world.leases.force_release(binding.lease_key, "run finished")
+    dilution = await world.execute(await world.command("serial_dilution", BOTH))
+    finished = await dilution.finished()
+    assert (finished.outcome, finished.result) == ("completed", [50.0, 0.0, 50.0]), finished.error
+    volumes = source_volumes(world)
+    assert (volumes[0], volumes[1]) == (180.0, 100.0)  # A1 and B1 (column-major)
+
+
+async def test_a_revoked_lease_refuses_the_next_instrument_command(
+    world: Any, eventually: Any
+) -> None:
+    flag = world.flag()
+    cmd = await world.command(
+        "fenced_between_commands",
+        {"lh": "liquid_handler", "tips": "tip_rack"},
+        {"until": str(flag)},
+        lease_ttl=3600,
+    )
+    log = await world.execute(cmd)
+    await log.first(RunStarted)
+    tips = world.edge.executor.workcell.live.get("tip_rack")
+    await eventually(lambda: not tips.get_item("C1").has_tip(), "the tip was picked up")
+    run = world.edge.executor.runs[cmd.run_id]
+
+    tip_rack = next(b for b in cmd.bindings if b.requirement == "tips")
+    assert await world.leases.force_release(tip_rack.lease_key, "revoked by the test")
+    await eventually(lambda: run.keeper.lost is not None, "the keeper saw the lease go")
+    await asyncio.to_thread(flag.touch)
+
+    finished = await log.finished()
+    assert finished.outcome == "failed"
+    assert finished.error is not None and finished.error.code == ErrorCode.LEASE_LOST
+    # No protocol-function boundary lay between: the guard refused the command itself.
+    assert [c.status for c in log.of(FunctionCallRecorded)] == ["running", "failed"]
+    assert run.view.commands == 1  # the pick-up went out, the return did not
+    assert not tips.get_item("C1").has_tip()
