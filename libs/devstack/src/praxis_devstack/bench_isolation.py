@@ -6,7 +6,8 @@ In-process, no services, a few seconds:
   handed one trivial coroutine whose result the caller awaits, stopped and joined;
 * per instrument command: aspirate and dispense on a set-up chatterbox ``LiquidHandler``, each
   timed alone, first with a plain backend, then with the backend guarded and a run's
-  ``WorkcellView`` current (fence, machine and every op's resources checked before the backend).
+  ``WorkcellView`` current (fence, machine and every op's resources checked before the backend),
+  then guarded on a ``RunThread`` as a run sends them (with the worker's yielding profile).
 
 The orchestrator is imported from the workspace, as ``Stack`` runs the services from it.
 """
@@ -77,6 +78,7 @@ async def measure_guard(pairs: int) -> dict[str, Any]:
                 guarded = await _command_us(lh, source, dest, pairs)
             finally:
                 current_view.reset(token)
+            in_worker = await _in_worker(view, lh, source, dest, pairs)
             await lh.return_tips()
         finally:
             await lh.stop()
@@ -87,7 +89,32 @@ async def measure_guard(pairs: int) -> dict[str, Any]:
         "unguarded_us": summary(plain),
         "guarded_us": summary(guarded),
         "guard_overhead_us_median": round(guarded_median - plain_median, 2),
+        "in_worker_us": summary(in_worker),
+        "isolation_overhead_us_median": round(summary(in_worker)["p50"] - plain_median, 2),
     }
+
+
+async def _in_worker(
+    view: WorkcellView, lh: Any, source: Plate, dest: Plate, pairs: int
+) -> list[float]:
+    """The guarded commands as a run sends them: on a ``RunThread``, whose yielding profile
+    hooks every Python call of the worker."""
+    from praxis_orchestrator.isolation import RunThread
+
+    async def commands() -> list[float]:
+        token = current_view.set(view)
+        try:
+            return await _command_us(lh, source, dest, pairs)
+        finally:
+            current_view.reset(token)
+
+    worker = RunThread("bench-commands")
+    worker.start()
+    try:
+        return await asyncio.wrap_future(worker.submit(commands()))
+    finally:
+        worker.stop()
+        await asyncio.to_thread(worker.join)
 
 
 async def measure_isolation(runs: int = 200, pairs: int = 300) -> dict[str, Any]:
