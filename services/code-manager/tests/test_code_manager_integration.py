@@ -35,7 +35,7 @@ from praxis_contracts.protocols import (
     SyncProtocolSource,
 )
 from praxis_contracts.topology import PROTOCOL_CODE
-from praxis_devstack.pytest_plugin import MakeDatabase
+from praxis_devstack.pytest_plugin import MakeDatabase, NatsIdentity
 from praxis_runtime.bus import Bus
 
 pytestmark = pytest.mark.integration
@@ -55,9 +55,9 @@ async def {name}(volume: float = 10.0) -> float:
 '''
 
 
-def settings(nats_url: str, database_url: str, work_dir: Path) -> Settings:
+def settings(nats: dict[str, Any], database_url: str, work_dir: Path) -> Settings:
     return Settings(
-        nats_url=nats_url,
+        **nats,
         database_url=database_url,
         protocol_repo_dir=work_dir,
         health_port=None,
@@ -67,13 +67,14 @@ def settings(nats_url: str, database_url: str, work_dir: Path) -> Settings:
 
 @pytest.fixture(scope="module")
 async def code_manager(
-    nats_url: str,
+    nats_identity: NatsIdentity,
     make_database: MakeDatabase,
     tmp_path_factory: pytest.TempPathFactory,
     services: Any,
 ) -> Any:
     work_dir = tmp_path_factory.mktemp("code-manager")
-    return await services(build_app, settings(nats_url, make_database("cm"), work_dir))
+    nats = nats_identity("code-manager")
+    return await services(build_app, settings(nats, make_database("cm"), work_dir))
 
 
 @pytest.fixture
@@ -314,9 +315,9 @@ async def test_fresh_replica_resolves_from_the_object_store(
     # A new replica: same database, empty work dir, so the code is only in the object store.
     fresh = tmp_path / "fresh-replica"
     current = code_manager.settings
-    await code_manager.restart(
-        settings(current.nats_url, current.database_url.get_secret_value(), fresh)
-    )
+    nats = {"nats_url": current.nats_url, "nats_user": current.nats_user}
+    nats["nats_password"] = current.nats_password
+    await code_manager.restart(settings(nats, current.database_url.get_secret_value(), fresh))
 
     resolved = await cm.request(
         ResolveProtocol(definition_id=definition.accession_id, parameters={"volume": "4"})

@@ -160,12 +160,16 @@ async def bench(args: argparse.Namespace) -> int:
         await stack.start()
         await stack.seed()
         assert stack.infra is not None
-        report = await measure(stack.api, stack.infra.nats_url, args.runs, args.concurrency)
+        report = await measure(
+            stack.api, stack.infra.nats_operator_url, args.runs, args.concurrency
+        )
         report["run_list"] = await measure_run_list(stack.api)  # needs the scheduler: now
         # The asset-manager alone: the scheduler would otherwise take every benchmark grant
         # for a run it does not know and dead-letter it, on the same two cores.
         await stack.stop_services(keep=("asset-manager",))
-        report["reservations"] = await measure_reservations(stack.infra.nats_url, args.runs)
+        report["reservations"] = await measure_reservations(
+            stack.infra.nats_operator_url, args.runs
+        )
         report["id"] = str(uuid.uuid4())
     finally:
         await stack.stop()

@@ -35,7 +35,7 @@ import asyncpg
 import nats.errors
 import sqlalchemy.exc
 from faststream import AckPolicy
-from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsResponse
+from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsResponse, NatsUserPassword
 from faststream.nats.annotations import NatsMessage
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -252,6 +252,8 @@ class Bus:
         graceful_timeout: float = 20.0,
         max_deliver: int = 5,
         infra_retry_seconds: float = 600.0,
+        user: str | None = None,
+        password: str | None = None,
     ) -> None:
         self.service = service
         self.request_timeout = request_timeout
@@ -268,6 +270,7 @@ class Bus:
             # worker thread; measured, the asset-manager went from 150 to 220 reservations/s
             # without it.
             apply_types=False,
+            **_credentials(user, password),
         )
         self._js: JetStreamContext | None = None
         self._publisher: Publisher | None = None
@@ -497,8 +500,13 @@ class Bus:
                 stream=JStream(_stream_for(route.message_type), declare=False),
                 durable=route.durable,
                 queue=route.durable,
+                # Named: nats-py then creates it on ``$JS.API.CONSUMER.CREATE.<stream>.<name>.
+                # <filter>``, a subject the server's permissions can restrict by filter.
                 config=ConsumerConfig(
-                    ack_wait=route.ack_wait_seconds, max_ack_pending=1000, max_deliver=-1
+                    name=route.durable,
+                    ack_wait=route.ack_wait_seconds,
+                    max_ack_pending=1000,
+                    max_deliver=-1,
                 ),
                 ack_policy=AckPolicy.MANUAL,
                 decoder=_raw,
@@ -571,6 +579,18 @@ class Bus:
         await self.publisher.publish(dead_letter_subject(raw.subject), raw.data, headers)
         await msg.reject()
         log.error("dead-lettered %s: %s", raw.subject, reason)
+
+
+def _credentials(user: str | None, password: str | None) -> dict[str, Any]:
+    """Connect options of a NATS identity (``praxis_contracts.permissions``): user, password,
+    and replies and push deliveries on ``_INBOX.<user>``, the only inbox it may subscribe to.
+    Without a user the URL's own credentials, if any, apply."""
+    if user is None:
+        return {}
+    return {
+        "security": NatsUserPassword(user, password or ""),
+        "inbox_prefix": f"_INBOX.{user}",
+    }
 
 
 async def _quietly(action: Awaitable[None]) -> None:
