@@ -246,3 +246,20 @@ def write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as out:
         out.write(text)
     os.chmod(path, 0o600)
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """Whether ``subject`` falls under ``pattern`` as nats-server matches them (``*`` one
+    token, ``>`` the rest); a literal ``*`` token in ``subject`` needs ``*`` or ``>`` there."""
+    want, have = pattern.split("."), subject.split(".")
+    for index, token in enumerate(want):
+        if token == ">":
+            return len(have) > index
+        if index >= len(have) or (token != "*" and token != have[index]):
+            return False
+    return len(want) == len(have)
+
+
+def allows(permissions_of: Mapping[str, Any], action: str, subject: str) -> bool:
+    """Whether ``permissions(...)`` lets its user ``action`` (publish or subscribe) ``subject``."""
+    return any(subject_matches(p, subject) for p in permissions_of[action]["allow"])
