@@ -14,21 +14,23 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import nats
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import ConsumerConfig
+from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import NotFoundError
 
 from praxis_contracts.permissions import OPERATOR
-from praxis_contracts.runs import ExecuteRun, RunFinished, RunStatusChanged
+from praxis_contracts.runs import ExecuteRun, RunFinished, RunStarted, RunStatusChanged
 from praxis_contracts.topology import COMMANDS, EVENTS
 from praxis_devstack.natsauth import NatsAuth
 from praxis_devstack.pytest_plugin import server_unavailable
 from praxis_devstack.servers import NatsServer
+from praxis_runtime.bus import Bus, Handlers
 from praxis_runtime.topology import ensure_topology
 
 pytestmark = pytest.mark.integration
@@ -197,3 +199,49 @@ async def test_nobody_reads_another_identitys_inbox(connect: Any) -> None:
 async def test_a_wrong_password_is_refused(server: NatsServer) -> None:
     with pytest.raises(nats.errors.Error, match="Authorization Violation"):
         await nats.connect(server.url, user="scheduler", password="guessed", allow_reconnect=False)
+
+
+async def test_a_consumer_from_before_identities_is_taken_over_by_its_identity(
+    server: NatsServer, connect: Any
+) -> None:
+    """A durable created when services had no identity delivers to a plain ``_INBOX.<id>``;
+    the identity's bus points it at its own inbox and receives what was and is published."""
+    assert server.auth is not None
+    operator = await connect(OPERATOR)
+    orchestrator = await connect("orchestrator-wc-x")
+    durable = "asset-manager-run-started"
+    await operator.nc.jetstream().add_consumer(
+        EVENTS.name,
+        ConsumerConfig(
+            durable_name=durable,
+            deliver_group=durable,
+            deliver_subject=f"_INBOX.{uuid.uuid4().hex}",  # what nats-py made before
+            filter_subject=RunStarted.subscription_subject(),
+            ack_policy=AckPolicy.EXPLICIT,
+        ),
+    )
+    run_id = uuid.uuid4()
+    event = RunStarted(run_id=run_id, at=datetime.now(UTC), edge_instance="edge-1")
+    await orchestrator.nc.jetstream().publish(
+        event.routing_subject(), event.model_dump_json().encode()
+    )
+
+    received: asyncio.Queue[RunStarted] = asyncio.Queue()
+    handlers: Handlers[None] = Handlers()
+
+    @handlers.consume(RunStarted, durable=durable)
+    async def on_started(message: RunStarted, _: None) -> None:
+        received.put_nowait(message)
+
+    password = server.auth.passwords["asset-manager"]
+    bus = Bus(server.url, "asset-manager", user="asset-manager", password=password)
+    await bus.connect()
+    try:
+        bus.include(handlers, None)
+        await bus.start()
+        got = await asyncio.wait_for(received.get(), VIOLATION_TIMEOUT)
+        assert got.run_id == run_id
+        info = await operator.nc.jetstream().consumer_info(EVENTS.name, durable)
+        assert info.config.deliver_subject.startswith("_INBOX.asset-manager.")
+    finally:
+        await bus.stop()
