@@ -43,7 +43,7 @@ from praxis_contracts.assets import (
     ReservationWaiting,
     ReserveAssets,
 )
-from praxis_contracts.base import Command, Event, Message, Request
+from praxis_contracts.base import Event, Message, Request
 from praxis_contracts.inventory import (
     AssetStatusChanged,
     CreateAsset,
@@ -304,12 +304,3 @@ def identity_for_service(service: str, workcell: str | None = None) -> str:
     if service not in SERVICES:
         raise KeyError(f"no NATS identity is declared for service {service!r}")
     return service
-
-
-def publishers_of(message_type: type[Message], among: Sequence[Identity]) -> list[str]:
-    """Names of the identities (admin aside) that may publish ``message_type``."""
-    return [i.name for i in among if not i.admin and message_type in i.publishes]
-
-
-def is_jetstream(message_type: type[Message]) -> bool:
-    return issubclass(message_type, Command | Event)

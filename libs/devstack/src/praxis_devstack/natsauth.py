@@ -94,11 +94,12 @@ def _topology_api() -> list[str]:
 
 
 def _ephemeral_reader(stream: str) -> list[str]:
-    """An ordered consumer on ``stream`` (watch, read): create, its flow control, its clean-up."""
+    """An ordered consumer on ``stream`` (watch, read): create, look up, flow control. Never
+    delete: neither nats-py nor FastStream deletes one (the server drops it when inactive), and
+    a delete could not be narrowed to ephemeral consumers."""
     return [
         f"{API}.CONSUMER.CREATE.{stream}",
         f"{API}.CONSUMER.INFO.{stream}.*",
-        f"{API}.CONSUMER.DELETE.{stream}.*",
         f"$JS.FC.{stream}.>",
     ]
 

@@ -23,8 +23,10 @@ Where the servers come from, per fixture, first match wins:
    declared permissions, with random passwords per session; its orchestrator identity is the
    any-workcell one (tests name their workcells at random).
 
-External and Docker servers are used as they are: an external server's credentials come from
-``NATS_USER``/``NATS_PASSWORD`` in the environment, which the services' settings read.
+External and Docker servers are used as they are. Against an external server that enforces
+the generated authorization, put the operator's credentials in ``NATS_URL``
+(``nats://operator:PASSWORD@host:4222``): tests and in-process services then connect as the
+operator (``NATS_USER``/``NATS_PASSWORD`` in the environment, if set, apply to the services).
 
 A server that cannot be started skips the tests that need it -- except under ``CI=true`` (or
 ``CI=1``), where it is an error: CI must never go green by skipping integration tests.
