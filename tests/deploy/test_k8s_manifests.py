@@ -12,9 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import kubernetes_validate
 import pytest
 import yaml
+
+from praxis_contracts.permissions import identities, identity_for_service
+from praxis_devstack.natsauth import NATS_AUTH_SECRET, NATS_CREDENTIALS_SECRET, permissions
 
 K8S_DIR = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 NAMESPACE = "praxis"
@@ -142,7 +146,7 @@ def test_expected_workloads_exist() -> None:
     assert set(deployments()) == set(SERVICES)
     assert set(by_kind("StatefulSet")) == {"nats"}
     assert set(by_kind("ConfigMap")) == {CONFIG_MAP}
-    assert set(by_kind("Secret")) == {DB_SECRET}
+    assert set(by_kind("Secret")) == {DB_SECRET, NATS_AUTH_SECRET, NATS_CREDENTIALS_SECRET}
 
 
 def test_labels_and_selectors() -> None:
@@ -338,7 +342,10 @@ def test_nats() -> None:
     assert repo in {"nats", "docker.io/library/nats"}
     major, minor = (int(x) for x in tag.split("-")[0].split(".")[:2])
     assert (major, minor) >= (2, 12), c["image"]
-    assert c["args"] == ["-js", "-sd", "/data", "-m", "8222"]
+    assert c["args"] == ["-c", "/etc/nats/auth/auth.conf", "-js", "-sd", "/data", "-m", "8222"]
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+    assert volumes[mounts["/etc/nats/auth"]]["secret"]["secretName"] == NATS_AUTH_SECRET
     (claim,) = sts["spec"]["volumeClaimTemplates"]
     assert claim["spec"]["resources"]["requests"]["storage"]
     assert {m["mountPath"]: m["name"] for m in c["volumeMounts"]}["/data"] == claim["metadata"][
@@ -357,3 +364,38 @@ def test_nats() -> None:
         "monitor": 8222,
     }
     assert CONFIG["NATS_URL"] == f"nats://{svc['metadata']['name']}:4222"
+
+
+# --------------------------------------------------------------------------- NATS identities
+
+
+def test_every_service_connects_to_nats_as_its_own_identity() -> None:
+    passwords = by_kind("Secret")[NATS_CREDENTIALS_SECRET]["stringData"]
+    for name, d in deployments().items():
+        (c,) = d["spec"]["template"]["spec"]["containers"]
+        workcell = env(c).get("PRAXIS_WORKCELL", {}).get("value")
+        identity = identity_for_service(name, workcell)
+        assert env(c)["NATS_USER"]["value"] == identity, name
+        password = env(c)["NATS_PASSWORD"]
+        assert "value" not in password, f"{name}: NATS_PASSWORD must not be a literal"
+        ref = {"name": NATS_CREDENTIALS_SECRET, "key": identity}
+        assert password["valueFrom"]["secretKeyRef"] == ref, name
+        assert identity in passwords, name
+    assert "NATS_PASSWORD" not in CONFIG and "NATS_USER" not in CONFIG
+
+
+def test_the_shipped_nats_authorization_is_the_declared_one() -> None:
+    """secret-nats.yaml is regenerated, not edited: its permissions are what the generator
+    makes of the declaration today, and each password matches its user's hash."""
+    config = by_kind("Secret")[NATS_AUTH_SECRET]["stringData"]["auth.conf"]
+    users = json.loads(config.split("authorization:", 1)[1])["users"]
+    passwords = by_kind("Secret")[NATS_CREDENTIALS_SECRET]["stringData"]
+    declared = identities(["demo"])
+    assert [u["user"] for u in users] == [i.name for i in declared] == list(passwords)
+    for user, identity in zip(users, declared, strict=True):
+        assert user["permissions"] == permissions(identity), (
+            f"{identity.name}: regenerate deploy/k8s/secret-nats.yaml with "
+            "`python -m praxis_devstack nats-config --workcell demo --format k8s "
+            "--placeholder-passwords --output deploy/k8s/secret-nats.yaml`"
+        )
+        assert bcrypt.checkpw(passwords[identity.name].encode(), user["password"].encode())

@@ -32,7 +32,7 @@ from praxis_code_manager import app as code_manager_app
 from praxis_contracts.assets import CheckReservation, RegisterWorkcell, WorkcellLayout
 from praxis_contracts.errors import NoMatchingAssets
 from praxis_contracts.protocols import AssetRequirementSpec, RegisterProtocolSource
-from praxis_devstack.pytest_plugin import MakeDatabase
+from praxis_devstack.pytest_plugin import MakeDatabase, NatsIdentity
 from praxis_gateway.app import MAX_BODY_BYTES, Settings, create_app
 from praxis_plr.layout import demo_workcell
 from praxis_plr.types import fqn
@@ -63,7 +63,7 @@ async def stamp(lh: LiquidHandler, plate: Plate, state: PraxisState, label: str 
 
 @pytest.fixture(scope="module")
 async def stack(
-    nats_url: str,
+    nats_identity: NatsIdentity,
     make_database: MakeDatabase,
     tmp_path_factory: pytest.TempPathFactory,
     services: Any,
@@ -71,23 +71,28 @@ async def stack(
     client: Bus,
 ) -> WorkcellLayout:
     """Scheduler, code-manager and asset-manager; the demo workcell; a source with ``stamp``."""
-    common = {"nats_url": nats_url, "health_port": None, "graceful_timeout_seconds": 5}
+    common = {"health_port": None, "graceful_timeout_seconds": 5}
     await services(
         asset_manager_app.build_app,
-        asset_manager_app.Settings(database_url=make_database("input_am"), **common),
+        asset_manager_app.Settings(
+            database_url=make_database("input_am"), **nats_identity("asset-manager"), **common
+        ),
     )
     await services(
         code_manager_app.build_app,
         code_manager_app.Settings(
             database_url=make_database("input_cm"),
             protocol_repo_dir=tmp_path_factory.mktemp("input-code-manager"),
+            **nats_identity("code-manager"),
             **common,
             **local_sources,
         ),
     )
     await services(
         scheduler_app.build_app,
-        scheduler_app.Settings(database_url=make_database("input_sched"), **common),
+        scheduler_app.Settings(
+            database_url=make_database("input_sched"), **nats_identity("scheduler"), **common
+        ),
     )
     path = tmp_path_factory.mktemp("input-protocols")
     await client.request(
@@ -107,12 +112,14 @@ def _repo(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-async def gateway(stack: WorkcellLayout, nats_url: str, admin_token: str) -> AsyncIterator[str]:
+async def gateway(
+    stack: WorkcellLayout, nats_identity: NatsIdentity, admin_token: str
+) -> AsyncIterator[str]:
     """The gateway served by uvicorn on a socket of its own; yields its base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    app = create_app(Settings(nats_url=nats_url, praxis_admin_token=admin_token))
+    app = create_app(Settings(**nats_identity("gateway"), praxis_admin_token=admin_token))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     serving = asyncio.ensure_future(server.serve(sockets=[sock]))
     async with asyncio.timeout(SERVE_TIMEOUT):

@@ -26,7 +26,7 @@ from praxis_contracts.runs import (
     RunStatusChanged,
     SubmitRun,
 )
-from praxis_devstack.pytest_plugin import server_unavailable
+from praxis_devstack.pytest_plugin import NatsIdentity, server_unavailable
 from praxis_devstack.servers import PostgresServer, free_port
 from praxis_devstack.testdata import plate_grant, plate_protocol
 from praxis_runtime.bus import Bus
@@ -61,10 +61,12 @@ async def postgres(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Po
 
 @pytest.fixture(scope="module")
 async def scheduler(
-    nats_url: str, postgres: PostgresServer, services: Callable[..., Awaitable[Any]]
+    nats_identity: NatsIdentity,
+    postgres: PostgresServer,
+    services: Callable[..., Awaitable[Any]],
 ) -> Any:
     settings = scheduler_app.Settings(
-        nats_url=nats_url, database_url=postgres.url, log_format="text", max_deliver=3
+        **nats_identity("scheduler"), database_url=postgres.url, log_format="text", max_deliver=3
     )
     return await services(scheduler_app.build_app, settings)
 

@@ -24,7 +24,7 @@ from praxis_asset_manager.inventory_handlers import InventoryDeps, handlers
 from praxis_asset_manager.orm import OUTBOX, SCHEMA, Base
 from praxis_asset_manager.status import StatusRecorder
 from praxis_contracts.inventory import AssetStatusChanged, CreateWorkcell
-from praxis_devstack.pytest_plugin import MakeDatabase
+from praxis_devstack.pytest_plugin import MakeDatabase, NatsIdentity
 from praxis_gateway.app import Settings as GatewaySettings
 from praxis_gateway.app import create_app
 from praxis_gateway.inventory_routes import router
@@ -61,17 +61,19 @@ def build_inventory(settings: Settings) -> Service:
 
 @pytest.fixture(scope="module")
 async def api(
-    nats_url: str,
+    nats_identity: NatsIdentity,
     make_database: MakeDatabase,
     services: Callable[..., Awaitable[Any]],
     client: Bus,
     admin_token: str,
 ) -> AsyncIterator[httpx.AsyncClient]:
     settings = Settings(
-        nats_url=nats_url, database_url=make_database("inventory_http"), health_port=None
+        **nats_identity("asset-manager"),
+        database_url=make_database("inventory_http"),
+        health_port=None,
     )
     await services(build_inventory, settings)
-    app = create_app(GatewaySettings(nats_url=nats_url, praxis_admin_token=admin_token))
+    app = create_app(GatewaySettings(**nats_identity("gateway"), praxis_admin_token=admin_token))
     app.include_router(router)
     app.state.bus = client  # the lifespan (which connects a bus of its own) does not run here
     transport = httpx.ASGITransport(app=app)

@@ -39,7 +39,7 @@ from praxis_contracts.runs import (
     RunStarted,
 )
 from praxis_contracts.topology import ASSET_LEASES
-from praxis_devstack.pytest_plugin import MakeDatabase
+from praxis_devstack.pytest_plugin import MakeDatabase, NatsIdentity
 from praxis_orchestrator import app as orchestrator_app
 from praxis_plr.layout import demo_workcell
 from praxis_runtime.bus import Bus
@@ -81,23 +81,26 @@ def workcell_name() -> str:
 
 @pytest.fixture(scope="module")
 async def stack(
-    nats_url: str,
+    nats_identity: NatsIdentity,
     make_database: MakeDatabase,
     tmp_path_factory: pytest.TempPathFactory,
     services: Any,
     local_sources: dict[str, Any],
     workcell_name: str,
 ) -> None:
-    common = {"nats_url": nats_url, "health_port": None, "graceful_timeout_seconds": 5}
+    common = {"health_port": None, "graceful_timeout_seconds": 5}
     await services(
         asset_manager_app.build_app,
-        asset_manager_app.Settings(database_url=make_database("orch_am"), **common),
+        asset_manager_app.Settings(
+            database_url=make_database("orch_am"), **nats_identity("asset-manager"), **common
+        ),
     )
     await services(
         code_manager_app.build_app,
         code_manager_app.Settings(
             database_url=make_database("orch_cm"),
             protocol_repo_dir=tmp_path_factory.mktemp("orch-code-manager"),
+            **nats_identity("code-manager"),
             **common,
             **local_sources,
         ),
@@ -107,6 +110,7 @@ async def stack(
         orchestrator_app.Settings(
             praxis_workcell=workcell_name,
             protocol_code_cache_dir=tmp_path_factory.mktemp("orchestrator-code"),
+            **nats_identity("orchestrator"),
             **common,
         ),
     )

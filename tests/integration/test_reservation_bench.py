@@ -9,7 +9,7 @@ import pytest
 
 from praxis_asset_manager.app import Settings, build_app
 from praxis_devstack.bench_reservations import SET_SIZE, measure_reservations
-from praxis_devstack.pytest_plugin import MakeDatabase
+from praxis_devstack.pytest_plugin import MakeDatabase, NatsIdentity
 
 pytestmark = pytest.mark.integration
 
@@ -21,9 +21,11 @@ WAKE_UPS = (
 
 
 async def test_the_reservation_bench_reports_every_phase(
-    nats_url: str, make_database: MakeDatabase, services: Any
+    nats_url: str, nats_identity: NatsIdentity, make_database: MakeDatabase, services: Any
 ) -> None:
-    settings = Settings(nats_url=nats_url, database_url=make_database("bench"), health_port=None)
+    settings = Settings(
+        **nats_identity("asset-manager"), database_url=make_database("bench"), health_port=None
+    )
     await services(build_app, settings)
 
     report = await measure_reservations(nats_url, 8)

@@ -18,7 +18,9 @@ import nats
 import pytest
 
 import praxis_devstack
+from praxis_contracts.permissions import OPERATOR
 from praxis_devstack import db
+from praxis_devstack.natsauth import with_credentials
 from praxis_devstack.servers import (
     LocalInfra,
     NatsServer,
@@ -64,6 +66,12 @@ async def assert_postgres_answers(dsn: str) -> None:
         assert await conn.fetchval("SELECT 1") == 1
     finally:
         await conn.close()
+
+
+async def assert_nats_refuses_strangers(url: str) -> None:
+    """A server with the generated authorization admits nobody without a password."""
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        await nats.connect(url, connect_timeout=5, allow_reconnect=False)
 
 
 async def assert_nats_round_trip(url: str) -> None:
@@ -184,7 +192,8 @@ async def test_create_and_drop_database_inside_running_loop(postgres: PostgresSe
 async def test_local_infra_starts_and_stops_both(tmp_path: Path) -> None:
     infra = LocalInfra(tmp_path / "infra", fast=True, environ={})
     with infra:
-        await assert_nats_round_trip(infra.nats_url)
+        await assert_nats_round_trip(infra.nats_operator_url)
+        await assert_nats_refuses_strangers(infra.nats_url)
         await assert_postgres_answers(infra.database_url)
         assert infra.dead_servers() == []
         assert infra.nats is not None and infra.postgres is not None
@@ -217,7 +226,12 @@ def test_cli_prints_urls_then_stops_on_sigterm(tmp_path: Path) -> None:
     try:
         assert proc.stdout is not None
         urls = json.loads(proc.stdout.readline())
-        db.run_sync(lambda: assert_nats_round_trip(urls["NATS_URL"]))
+        credentials = Path(urls.pop("NATS_CREDENTIALS"))
+        assert credentials.stat().st_mode & 0o777 == 0o600
+        operator = json.loads(credentials.read_text())[OPERATOR]
+        url = with_credentials(urls["NATS_URL"], OPERATOR, operator)
+        db.run_sync(lambda: assert_nats_round_trip(url))
+        db.run_sync(lambda: assert_nats_refuses_strangers(urls["NATS_URL"]))
         db.run_sync(lambda: assert_postgres_answers(urls["DATABASE_URL"]))
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0

@@ -32,7 +32,7 @@ from praxis_contracts.assets import (
 from praxis_contracts.errors import ErrorCode, NotFound, UnknownAssetType
 from praxis_contracts.protocols import AssetRequirementSpec
 from praxis_contracts.topology import ASSET_LEASES
-from praxis_devstack.pytest_plugin import MakeDatabase
+from praxis_devstack.pytest_plugin import MakeDatabase, NatsIdentity
 from praxis_plr.layout import demo_workcell
 from praxis_plr.types import fqn
 from praxis_runtime.bus import Bus
@@ -46,9 +46,11 @@ STOP_ATTEMPTS = 8
 
 
 @pytest.fixture(scope="module")
-async def asset_manager(nats_url: str, make_database: MakeDatabase, services: Any) -> Any:
+async def asset_manager(
+    nats_identity: NatsIdentity, make_database: MakeDatabase, services: Any
+) -> Any:
     settings = Settings(
-        nats_url=nats_url,
+        **nats_identity("asset-manager"),
         database_url=make_database("am"),
         health_port=None,
         graceful_timeout_seconds=5,

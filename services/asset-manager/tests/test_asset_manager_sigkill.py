@@ -27,6 +27,7 @@ from praxis_contracts.assets import (
 )
 from praxis_contracts.protocols import AssetRequirementSpec
 from praxis_contracts.topology import ASSET_LEASES
+from praxis_devstack.natsauth import NatsAuth
 from praxis_devstack.pytest_plugin import MakeDatabase
 from praxis_devstack.servers import NatsServer
 from praxis_runtime.bus import Bus
@@ -38,9 +39,10 @@ PLATE = "pylabrobot.resources.plate.Plate"
 
 
 @pytest.fixture(scope="module")
-def own_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with NatsServer(tmp_path_factory.mktemp("nats-sigkill")) as server:
-        yield server.url
+def own_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    auth = NatsAuth(())
+    with NatsServer(tmp_path_factory.mktemp("nats-sigkill"), auth=auth) as server:
+        yield server
 
 
 class AssetManagerProcess:
@@ -88,11 +90,13 @@ class AssetManagerProcess:
 
 @pytest.fixture
 async def processes(
-    own_nats: str, make_database: MakeDatabase, tmp_path: Path
+    own_nats: NatsServer, make_database: MakeDatabase, tmp_path: Path
 ) -> AsyncIterator[AssetManagerProcess]:
+    assert own_nats.auth is not None
     env = {
         **os.environ,
-        "NATS_URL": own_nats,
+        "NATS_URL": own_nats.url,
+        **own_nats.auth.env_for("asset-manager"),
         "DATABASE_URL": make_database("sigkill"),
         "LOG_FORMAT": "text",
         "SERVICE_NAME": "asset-manager",
@@ -104,10 +108,10 @@ async def processes(
 
 
 async def test_sigkill_loses_no_lease_and_a_restart_serves_the_waiter(
-    own_nats: str, processes: AssetManagerProcess
+    own_nats: NatsServer, processes: AssetManagerProcess
 ) -> None:
     await processes.start()
-    client = Bus(own_nats, "sigkill-test")
+    client = Bus(own_nats.operator_url, "sigkill-test")
     await client.connect()
     try:
         await _scenario(client, processes)

@@ -35,7 +35,7 @@ from praxis_contracts.inventory import AssetStatusChanged, ListAssetStatusHistor
 from praxis_contracts.protocols import AssetRequirementSpec
 from praxis_contracts.runs import RunStarted
 from praxis_contracts.topology import ASSET_LEASES, COMMANDS, EVENTS
-from praxis_devstack.pytest_plugin import MakeDatabase
+from praxis_devstack.pytest_plugin import MakeDatabase, NatsIdentity
 from praxis_plr.types import fqn
 from praxis_runtime.bus import Bus
 from praxis_runtime.leases import LeaseStore, decode_holder, is_tombstone, lease_key
@@ -47,9 +47,11 @@ STREAM = f"KV_{ASSET_LEASES.bucket}"
 
 
 @pytest.fixture(scope="module")
-async def asset_manager(nats_url: str, make_database: MakeDatabase, services: Any) -> Any:
+async def asset_manager(
+    nats_identity: NatsIdentity, make_database: MakeDatabase, services: Any
+) -> Any:
     settings = Settings(
-        nats_url=nats_url,
+        **nats_identity("asset-manager"),
         database_url=make_database("twice"),
         health_port=None,
         graceful_timeout_seconds=5,

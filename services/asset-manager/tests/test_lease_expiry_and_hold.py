@@ -39,7 +39,7 @@ from praxis_contracts.assets import (
 from praxis_contracts.errors import LeaseLost, NotFound
 from praxis_contracts.protocols import AssetRequirementSpec
 from praxis_contracts.topology import ASSET_LEASES
-from praxis_devstack.pytest_plugin import MakeDatabase
+from praxis_devstack.pytest_plugin import MakeDatabase, NatsIdentity
 from praxis_plr.types import fqn
 from praxis_runtime.bus import Bus
 from praxis_runtime.leases import EXPECTED_LAST_SUBJECT_SEQ, LeaseStore, lease_key
@@ -52,9 +52,11 @@ EXPIRY_TIMEOUT = 10.0
 
 
 @pytest.fixture(scope="module")
-async def asset_manager(nats_url: str, make_database: MakeDatabase, services: Any) -> Any:
+async def asset_manager(
+    nats_identity: NatsIdentity, make_database: MakeDatabase, services: Any
+) -> Any:
     settings = Settings(
-        nats_url=nats_url,
+        **nats_identity("asset-manager"),
         database_url=make_database("expiry"),
         health_port=None,
         graceful_timeout_seconds=5,

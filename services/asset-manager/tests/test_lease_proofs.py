@@ -36,7 +36,7 @@ from praxis_contracts.assets import (
 from praxis_contracts.protocols import AssetRequirementSpec
 from praxis_contracts.topology import ASSET_LEASES
 from praxis_devstack.bench_reservations import Events
-from praxis_devstack.pytest_plugin import MakeDatabase
+from praxis_devstack.pytest_plugin import MakeDatabase, NatsIdentity
 from praxis_plr.types import fqn
 from praxis_runtime.bus import Bus
 from praxis_runtime.leases import LeaseStore, decode_holder, is_tombstone, lease_key
@@ -48,8 +48,12 @@ STREAM = f"KV_{ASSET_LEASES.bucket}"
 
 
 @pytest.fixture(scope="module")
-async def asset_manager(nats_url: str, make_database: MakeDatabase, services: Any) -> Any:
-    settings = Settings(nats_url=nats_url, database_url=make_database("proofs"), health_port=None)
+async def asset_manager(
+    nats_identity: NatsIdentity, make_database: MakeDatabase, services: Any
+) -> Any:
+    settings = Settings(
+        **nats_identity("asset-manager"), database_url=make_database("proofs"), health_port=None
+    )
     return await services(build_app, settings)
 
 

@@ -35,7 +35,7 @@ from praxis_contracts.protocols import (
     SyncProtocolSource,
 )
 from praxis_contracts.topology import PROTOCOL_CODE
-from praxis_devstack.pytest_plugin import MakeDatabase
+from praxis_devstack.pytest_plugin import MakeDatabase, NatsIdentity
 from praxis_runtime.bus import Bus
 
 pytestmark = pytest.mark.integration
@@ -55,23 +55,30 @@ async def {name}(volume: float = 10.0) -> float:
 '''
 
 
+def settings(
+    nats: dict[str, Any], database_url: str, work_dir: Path, sources: dict[str, Any]
+) -> Settings:
+    return Settings(
+        **nats,
+        **sources,
+        database_url=database_url,
+        protocol_repo_dir=work_dir,
+        health_port=None,
+        graceful_timeout_seconds=5,
+    )
+
+
 @pytest.fixture(scope="module")
 async def code_manager(
-    nats_url: str,
+    nats_identity: NatsIdentity,
     make_database: MakeDatabase,
     tmp_path_factory: pytest.TempPathFactory,
     services: Any,
     local_sources: dict[str, Any],
 ) -> Any:
-    settings = Settings(
-        nats_url=nats_url,
-        database_url=make_database("cm"),
-        protocol_repo_dir=tmp_path_factory.mktemp("code-manager"),
-        health_port=None,
-        graceful_timeout_seconds=5,
-        **local_sources,
-    )
-    return await services(build_app, settings)
+    work_dir = tmp_path_factory.mktemp("code-manager")
+    nats = nats_identity("code-manager")
+    return await services(build_app, settings(nats, make_database("cm"), work_dir, local_sources))
 
 
 @pytest.fixture
@@ -312,8 +319,15 @@ async def test_fresh_replica_resolves_without_the_code(
     (definition,) = await definitions(cm, name=name)
 
     fresh = tmp_path / "fresh-replica"
+    current = code_manager.settings
+    nats = {"nats_url": current.nats_url, "nats_user": current.nats_user}
+    nats["nats_password"] = current.nats_password
+    sources = {
+        "source_allowed_schemes": current.source_allowed_schemes,
+        "source_allowed_roots": current.source_allowed_roots,
+    }
     await code_manager.restart(
-        code_manager.settings.model_copy(update={"protocol_repo_dir": fresh})
+        settings(nats, current.database_url.get_secret_value(), fresh, sources)
     )
 
     resolved = await cm.request(

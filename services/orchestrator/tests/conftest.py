@@ -53,6 +53,8 @@ from praxis_contracts.runs import (
     RunStarted,
 )
 from praxis_contracts.topology import ASSET_LEASES, COMMANDS, EDGES, PROTOCOL_CODE
+from praxis_devstack.natsauth import NatsAuth
+from praxis_devstack.pytest_plugin import NatsAccess
 from praxis_devstack.servers import NatsServer, free_port
 from praxis_orchestrator.app import Orchestrator, Settings, build
 from praxis_orchestrator.edge import EdgeBeacon
@@ -551,9 +553,14 @@ class World:
 
 
 @contextlib.asynccontextmanager
-async def world_on(nats_url: str, tmp_path: Path, **settings: Any) -> AsyncIterator[World]:
-    """A world on ``nats_url``; ``settings`` override the orchestrator's."""
-    client = Bus(nats_url, f"orchestrator-test-{uuid.uuid4().hex[:8]}")
+async def world_on(
+    nats: NatsAccess | NatsServer, tmp_path: Path, **settings: Any
+) -> AsyncIterator[World]:
+    """A world on the session's server (``nats_access``) or a test's own; ``settings`` override
+    the orchestrator's. The test's client is the operator; the orchestrator is itself."""
+    if isinstance(nats, NatsServer):
+        nats = NatsAccess(nats.url, nats.auth)
+    client = Bus(nats.operator_url, f"orchestrator-test-{uuid.uuid4().hex[:8]}")
     await client.connect()
     await ensure_topology(client.js)
     layout = demo_layout(f"wc_{uuid.uuid4().hex[:12]}")
@@ -562,7 +569,7 @@ async def world_on(nats_url: str, tmp_path: Path, **settings: Any) -> AsyncItera
     await client.nc.flush()
     protocols = await upload_protocols(client, tmp_path / "protocols")
     config: dict[str, Any] = {
-        "nats_url": nats_url,
+        **nats.settings_for("orchestrator"),
         "praxis_workcell": layout.workcell.name,
         "protocol_code_cache_dir": tmp_path / "code-cache",
         "health_port": None,
@@ -592,16 +599,17 @@ async def world_on(nats_url: str, tmp_path: Path, **settings: Any) -> AsyncItera
 
 
 @pytest.fixture
-async def world(nats_url: str, tmp_path: Path) -> AsyncIterator[World]:
+async def world(nats_access: NatsAccess, tmp_path: Path) -> AsyncIterator[World]:
     """A started orchestrator on the session's nats-server."""
-    async with world_on(nats_url, tmp_path) as made:
+    async with world_on(nats_access, tmp_path) as made:
         await made.edge.start()
         yield made
 
 
 @pytest.fixture
 def make_world() -> Callable[..., contextlib.AbstractAsyncContextManager[World]]:
-    """``async with make_world(nats_url, tmp_path, **settings) as world``: not yet started."""
+    """``async with make_world(nats_access or own_nats, tmp_path, **settings) as world``: not
+    yet started."""
     return world_on
 
 
@@ -615,7 +623,7 @@ def eventually_fixture() -> Callable[..., Any]:
 def own_nats(tmp_path: Path) -> Iterator[NatsServer]:
     """A nats-server of this test's own on a fixed free port, so it can be stopped and started
     again on the same port with its data (the session's server is never restarted)."""
-    server = NatsServer(tmp_path / "nats", port=free_port())
+    server = NatsServer(tmp_path / "nats", port=free_port(), auth=NatsAuth(("*",)))
     server.start()
     try:
         yield server

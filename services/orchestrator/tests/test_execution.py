@@ -146,9 +146,9 @@ async def test_a_run_held_for_intervention_is_fenced_at_its_next_call(
 
 
 async def test_a_run_a_graceful_stop_abandons_while_preparing_is_prepared_again_elsewhere(
-    nats_url: str, tmp_path: Path, make_world: Any, eventually: Any
+    nats_access: Any, tmp_path: Path, make_world: Any, eventually: Any
 ) -> None:
-    async with make_world(nats_url, tmp_path, graceful_timeout_seconds=1) as world:
+    async with make_world(nats_access, tmp_path, graceful_timeout_seconds=1) as world:
         first = await world.edge.start()
         cmd = await world.command("touch", TOUCH)
         world.layouts.hold()  # the first process never gets past preparing

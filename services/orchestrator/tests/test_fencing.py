@@ -223,7 +223,7 @@ async def test_the_keepers_own_renewals_never_fence_it(leases: LeaseStore) -> No
 async def test_renewals_failing_while_nats_is_down_are_retried_and_do_not_fence(
     own_nats: NatsServer, eventually: Any
 ) -> None:
-    bus = Bus(own_nats.url, "fencing-outage-test")
+    bus = Bus(own_nats.operator_url, "fencing-outage-test")
     await bus.connect()
     await ensure_topology(bus.js)
     leases = LeaseStore(bus.publisher, ASSET_LEASES.bucket)

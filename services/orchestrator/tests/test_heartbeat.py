@@ -68,11 +68,11 @@ def phase_of(beat: EdgeHeartbeat) -> str | None:
 
 
 async def test_heartbeat_lists_runs_as_they_change_and_leaves_on_a_graceful_stop(
-    nats_url: str, tmp_path: Path, make_world: Any
+    nats_access: Any, tmp_path: Path, make_world: Any
 ) -> None:
     # A 30 s TTL beats every 10 s on its own: each beat this test waits at most 5 s for is one
     # the orchestrator sent because something changed.
-    async with make_world(nats_url, tmp_path, edge_heartbeat_ttl_seconds=30) as world:
+    async with make_world(nats_access, tmp_path, edge_heartbeat_ttl_seconds=30) as world:
         beats = await Beats().open(world)
         try:
             await world.edge.start()
@@ -108,9 +108,9 @@ async def test_heartbeat_lists_runs_as_they_change_and_leaves_on_a_graceful_stop
 
 
 async def test_heartbeat_repeats_every_third_of_its_ttl_and_reports_progress(
-    nats_url: str, tmp_path: Path, make_world: Any
+    nats_access: Any, tmp_path: Path, make_world: Any
 ) -> None:
-    async with make_world(nats_url, tmp_path, edge_heartbeat_ttl_seconds=1) as world:
+    async with make_world(nats_access, tmp_path, edge_heartbeat_ttl_seconds=1) as world:
         beats = await Beats().open(world)
         try:
             await world.edge.start()

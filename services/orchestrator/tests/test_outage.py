@@ -20,7 +20,7 @@ async def test_events_survive_a_nats_restart_in_order_none_lost(
     own_nats: NatsServer, tmp_path: Path, make_world: Any, eventually: Any
 ) -> None:
     settings = {"edge_heartbeat_ttl_seconds": 3, "request_timeout_seconds": 2}
-    async with make_world(own_nats.url, tmp_path, **settings) as world:
+    async with make_world(own_nats, tmp_path, **settings) as world:
         edge = await world.edge.start()
         flag = world.flag()
         cmd = await world.command(
@@ -71,7 +71,7 @@ async def test_a_graceful_stop_waits_until_the_queued_events_are_published(
     own_nats: NatsServer, tmp_path: Path, make_world: Any, eventually: Any
 ) -> None:
     settings = {"edge_heartbeat_ttl_seconds": 3, "graceful_timeout_seconds": 15}
-    async with make_world(own_nats.url, tmp_path, **settings) as world:
+    async with make_world(own_nats, tmp_path, **settings) as world:
         edge = await world.edge.start()
         flag = world.flag()
         cmd = await world.command("keep_stepping", {"plate": "source_plate"}, {"until": str(flag)})

@@ -26,7 +26,7 @@ from praxis_contracts.runs import (
     SubmitRun,
 )
 from praxis_contracts.topology import EDGES
-from praxis_devstack.pytest_plugin import MakeDatabase
+from praxis_devstack.pytest_plugin import MakeDatabase, NatsIdentity
 from praxis_devstack.testdata import plate_grant, plate_protocol
 from praxis_runtime.bus import Bus
 from praxis_runtime.db import Database
@@ -78,14 +78,17 @@ class World:
 
 @pytest.fixture(scope="module")
 async def world(
-    nats_url: str,
+    nats_identity: NatsIdentity,
     make_database: MakeDatabase,
     client: Bus,
     services: Callable[..., Awaitable[Any]],
 ) -> AsyncIterator[World]:
     url = make_database("sched_edges")
     settings = scheduler_app.Settings(
-        nats_url=nats_url, database_url=url, edge_grace_seconds=GRACE, log_format="text"
+        **nats_identity("scheduler"),
+        database_url=url,
+        edge_grace_seconds=GRACE,
+        log_format="text",
     )
     await services(scheduler_app.build_app, settings)
     db = Database(url, "scheduler")  # the test's own way into the scheduler's records

@@ -1,5 +1,5 @@
-"""``python -m praxis_devstack run|demo|bench|chaos``: the local stack, the demo, the benchmark,
-the chaos harness."""
+"""``python -m praxis_devstack run|demo|bench|chaos|nats-config``: the local stack, the demo, the
+benchmark, the chaos harness, the nats-server authorization config."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from praxis_devstack import natsauth
 from praxis_devstack.bench import bench
 from praxis_devstack.chaos import ChaosOptions, chaos
 from praxis_devstack.stack import DEMO_WORKCELL, Stack
@@ -34,7 +35,8 @@ async def run(_: argparse.Namespace) -> int:
             f"\nPraxis is serving.\n"
             f"  API          {stack.api}/api/v1\n"
             f"  API docs     {stack.api}/docs\n"
-            f"  NATS         {stack.infra.nats_url}\n"
+            f"  NATS         {stack.infra.nats_url} (identities and passwords: "
+            f"{stack.base_dir}/nats/credentials.json)\n"
             f"  PostgreSQL   {stack.infra.database_url}\n"
             f"  logs         {stack.base_dir}/logs/\n"
             f"  workcell     {DEMO_WORKCELL}: liquid handler, deck, tip rack, 2 plates, reader\n"
@@ -130,7 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     p_bench.add_argument("--concurrency", type=int, default=32)
     p_bench.add_argument("--output", default=None, help="also write the JSON report here")
     _chaos_arguments(sub)
+    natsauth.add_arguments(sub)
     args = parser.parse_args(argv)
+    if args.command == "nats-config":
+        return natsauth.command(args)
     if args.command == "chaos" and any("=" not in item for item in args.env):
         parser.error("--env takes KEY=VALUE")
     command = {"run": run, "demo": demo, "bench": bench, "chaos": chaos}[args.command]

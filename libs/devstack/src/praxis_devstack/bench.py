@@ -173,12 +173,13 @@ async def bench(args: argparse.Namespace) -> int:
         await stack.seed()
         assert stack.infra is not None
         auth = stack.auth_headers
-        report = await measure(stack.api, stack.infra.nats_url, args.runs, args.concurrency, auth)
+        nats = stack.infra.nats_operator_url
+        report = await measure(stack.api, nats, args.runs, args.concurrency, auth)
         report["run_list"] = await measure_run_list(stack.api, headers=auth)  # needs the scheduler
         # The asset-manager alone: the scheduler would otherwise take every benchmark grant
         # for a run it does not know and dead-letter it, on the same two cores.
         await stack.stop_services(keep=("asset-manager",))
-        report["reservations"] = await measure_reservations(stack.infra.nats_url, args.runs)
+        report["reservations"] = await measure_reservations(nats, args.runs)
         report["isolation"] = await measure_isolation()
         report["id"] = str(uuid.uuid4())
     finally:

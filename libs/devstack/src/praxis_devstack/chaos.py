@@ -703,7 +703,7 @@ class Chaos:
             if not found.json().get("items"):
                 raise RuntimeError(f"protocol {protocol} was not discovered in examples/protocols")
         assert self.stack.infra is not None
-        await self.observer.connect(self.stack.infra.nats_url)
+        await self.observer.connect(self.stack.infra.nats_operator_url)
         self.started = time.time()
 
     # -- workload -------------------------------------------------------------------------

@@ -3,7 +3,12 @@
 Registered through the ``pytest11`` entry point (``praxis``) when ``praxis-devstack`` is
 installed. Fixtures:
 
-* ``nats_url`` -- ``nats://...`` of a JetStream-enabled server;
+* ``nats_url`` -- ``nats://...`` of a JetStream-enabled server, as the ``operator`` identity
+  (its credentials are in the URL): what tests use to connect directly (clients, taps);
+* ``nats_identity`` -- ``nats_identity("scheduler")`` (or ``("orchestrator", workcell)``):
+  settings keywords (``nats_url``, ``nats_user``, ``nats_password``) that make an in-process
+  service connect as its own identity (``praxis_contracts.permissions``);
+* ``nats_access`` -- the server's plain URL and its identities' passwords (``NatsAccess``);
 * ``database_url`` -- ``postgresql+asyncpg://...`` of the ``praxis`` database;
 * ``make_database`` -- ``make_database("prefix") -> url`` of a new, empty database on the same
   server (dropped at the end of the session unless ``PRAXIS_TEST_KEEP_DATABASES=1``);
@@ -18,7 +23,14 @@ Where the servers come from, per fixture, first match wins:
 2. ``PRAXIS_TEST_DOCKER=1`` and a reachable Docker engine: testcontainers (not a dependency of
    this package: install ``testcontainers[nats,postgres]`` yourself);
 3. embedded servers from :mod:`praxis_devstack.servers`, started once per session in a
-   temporary directory (PostgreSQL with ``fast=True``).
+   temporary directory (PostgreSQL with ``fast=True``). The embedded nats-server enforces the
+   declared permissions, with random passwords per session; its orchestrator identity is the
+   any-workcell one (tests name their workcells at random).
+
+External and Docker servers are used as they are. Against an external server that enforces
+the generated authorization, put the operator's credentials in ``NATS_URL``
+(``nats://operator:PASSWORD@host:4222``): tests and in-process services then connect as the
+operator (``NATS_USER``/``NATS_PASSWORD`` in the environment, if set, apply to the services).
 
 A server that cannot be started skips the tests that need it -- except under ``CI=true`` (or
 ``CI=1``), where it is an error: CI must never go green by skipping integration tests.
@@ -32,11 +44,14 @@ import os
 import secrets
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
 import pytest
 
+from praxis_contracts.permissions import ANY_WORKCELL, identity_for_service
 from praxis_devstack import db
+from praxis_devstack.natsauth import NatsAuth
 from praxis_devstack.servers import NatsServer, PostgresServer
 
 MakeDatabase = Callable[[str], str]
@@ -155,18 +170,57 @@ def _postgres_container() -> Iterator[str]:
 # ----------------------------------------------------------------------------------- fixtures
 
 
+@dataclass(frozen=True)
+class NatsAccess:
+    """A test session's NATS server: its URL and, when it enforces them, its identities."""
+
+    url: str
+    auth: NatsAuth | None = None
+
+    @property
+    def operator_url(self) -> str:
+        return self.auth.url_for(self.url) if self.auth is not None else self.url
+
+    def settings_for(self, service: str) -> dict[str, Any]:
+        """Settings keywords connecting ``service`` as its identity (the any-workcell one for
+        an orchestrator); just the URL where the server is not ours."""
+        if self.auth is None:
+            return {"nats_url": self.url}
+        name = identity_for_service(service, ANY_WORKCELL if service == "orchestrator" else None)
+        env = self.auth.env_for(name)
+        return {"nats_url": self.url, "nats_user": name, "nats_password": env["NATS_PASSWORD"]}
+
+
+NatsIdentity = Callable[..., dict[str, Any]]
+"""Type of the ``nats_identity`` fixture: ``nats_identity(service) -> settings keywords``."""
+
+
 @pytest.fixture(scope="session")
-def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """URL of a JetStream-enabled NATS server for the whole session."""
+def nats_access(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsAccess]:
+    """The session's JetStream-enabled NATS server (see the module doc for where it comes from)."""
     external = os.environ.get("NATS_URL")
     if external:
-        yield external
+        yield NatsAccess(external)
     elif _use_docker():
-        yield from _nats_container()
+        for url in _nats_container():
+            yield NatsAccess(url)
     else:
-        server = NatsServer(tmp_path_factory.mktemp("nats"))
+        auth = NatsAuth((ANY_WORKCELL,))
+        server = NatsServer(tmp_path_factory.mktemp("nats"), auth=auth)
         for started in _started(server, "the embedded nats-server"):
-            yield started.url
+            yield NatsAccess(started.url, auth)
+
+
+@pytest.fixture(scope="session")
+def nats_url(nats_access: NatsAccess) -> str:
+    """URL of the session's NATS server, as the operator identity (tools and tests)."""
+    return nats_access.operator_url
+
+
+@pytest.fixture(scope="session")
+def nats_identity(nats_access: NatsAccess) -> NatsIdentity:
+    """``nats_identity("scheduler")``: settings keywords for an in-process service."""
+    return nats_access.settings_for
 
 
 @pytest.fixture(scope="session")

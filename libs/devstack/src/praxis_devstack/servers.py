@@ -26,6 +26,7 @@ from typing import Any, Self
 
 from praxis_devstack import _pgsetup, db
 from praxis_devstack._process import LoggedProcess, RunAs, ServerStartError, clean_env
+from praxis_devstack.natsauth import NatsAuth
 
 __all__ = [
     "LocalInfra",
@@ -140,8 +141,12 @@ class NatsServer(_Managed):
         server_name: str = "praxis-dev",
         start_timeout: float = 30.0,
         binary: Path | None = None,
+        auth: NatsAuth | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
+        self.auth = auth
+        """Identities and passwords the server admits (``praxis_contracts.permissions``);
+        None: no authentication (anyone may do anything)."""
         self.host = host
         self.server_name = server_name
         self.start_timeout = start_timeout
@@ -153,6 +158,16 @@ class NatsServer(_Managed):
     def log_path(self) -> Path:
         """Where the server's output goes."""
         return self.data_dir / "nats.log"
+
+    @property
+    def auth_config_path(self) -> Path:
+        """The generated authorization config (mode 0600), when ``auth`` is set."""
+        return self.data_dir / "auth.conf"
+
+    @property
+    def operator_url(self) -> str:
+        """:attr:`url` with the operator identity's credentials (tools, tests)."""
+        return self.auth.url_for(self.url) if self.auth is not None else self.url
 
     @property
     def port(self) -> int:
@@ -174,6 +189,8 @@ class NatsServer(_Managed):
         if self.running:
             return self
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.auth is not None:
+            self.auth.write(self.auth_config_path)
         self._ports = None
         process = LoggedProcess("nats-server", self._argv(), self.log_path, cwd=self.data_dir)
         self._process = process
@@ -201,8 +218,10 @@ class NatsServer(_Managed):
     def _argv(self) -> list[str]:
         port, http_port = self._requested
         binary = self._binary or find_nats_server_binary()
+        config = ["-c", str(self.auth_config_path)] if self.auth is not None else []
         return [
             str(binary),
+            *config,  # first: the flags below override the file
             *("-a", self.host, "-p", _port_arg(port), "--http_port", _port_arg(http_port)),
             *("-n", self.server_name, "-js", "-sd", str(self.data_dir)),
             *("--ports_file_dir", str(self.data_dir)),
@@ -431,7 +450,10 @@ class LocalInfra:
     """NATS and PostgreSQL for local runs, started in parallel under one base directory.
 
     ``NATS_URL`` / ``DATABASE_URL`` in ``environ`` (default: ``os.environ``) name external servers
-    to use instead of starting the corresponding local one.
+    to use instead of starting the corresponding local one. The local nats-server admits the
+    identities of ``praxis_contracts.permissions`` (orchestrators of ``workcells``) with
+    passwords new at every start; an external one's credentials come from the environment
+    (``NATS_USER``, ``NATS_PASSWORD``).
     """
 
     def __init__(
@@ -440,9 +462,11 @@ class LocalInfra:
         *,
         fast: bool = False,
         environ: Mapping[str, str] | None = None,
+        workcells: Sequence[str] = (),
     ) -> None:
         self.base_dir = Path(base_dir).absolute() if base_dir else default_base_dir()
         self.fast = fast
+        self.workcells = tuple(workcells)
         env = os.environ if environ is None else environ
         self.external_nats_url = env.get("NATS_URL") or None
         external_db = env.get("DATABASE_URL") or None
@@ -460,6 +484,20 @@ class LocalInfra:
         return self.nats.url
 
     @property
+    def nats_operator_url(self) -> str:
+        """:attr:`nats_url` with the operator's credentials when the server is local."""
+        if self.external_nats_url or self.nats is None:
+            return self.nats_url
+        return self.nats.operator_url
+
+    def nats_env(self, identity: str) -> dict[str, str]:
+        """``NATS_USER``/``NATS_PASSWORD`` of ``identity`` on the local server; nothing for an
+        external one (the environment's own credentials apply)."""
+        if self.external_nats_url or self.nats is None or self.nats.auth is None:
+            return {}
+        return self.nats.auth.env_for(identity)
+
+    @property
     def database_url(self) -> str:
         """The external ``DATABASE_URL`` or the local one, as a SQLAlchemy asyncpg URL."""
         if self.external_database_url:
@@ -471,7 +509,7 @@ class LocalInfra:
     def start(self) -> Self:
         """Start the servers that are not external, in parallel; stop all if any fails."""
         if self.external_nats_url is None and self.nats is None:
-            self.nats = NatsServer(self.base_dir / "nats")
+            self.nats = NatsServer(self.base_dir / "nats", auth=NatsAuth(self.workcells))
         if self.external_database_url is None and self.postgres is None:
             self.postgres = PostgresServer(self.base_dir / "postgres", fast=self.fast)
         servers = self._local_servers()
@@ -555,6 +593,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     try:
         urls = {"NATS_URL": infra.nats_url, "DATABASE_URL": infra.database_url}
+        if infra.nats is not None and infra.nats.auth is not None:
+            urls["NATS_CREDENTIALS"] = str(
+                infra.nats.auth_config_path.with_name("credentials.json")
+            )
         print(json.dumps(urls), flush=True)
         return _serve(infra, stop_requested)
     finally:

@@ -16,6 +16,7 @@ from typing import IO, Any
 
 import httpx
 
+from praxis_contracts.permissions import identity_for_service
 from praxis_devstack.servers import (
     LocalInfra,
     NatsServer,
@@ -71,7 +72,9 @@ class Stack:
 
     async def start(self) -> None:
         self.base_dir.mkdir(parents=True, exist_ok=True)
-        infra = LocalInfra(self.base_dir, fast=self.fast, environ=self.environ)
+        infra = LocalInfra(
+            self.base_dir, fast=self.fast, environ=self.environ, workcells=(DEMO_WORKCELL,)
+        )
         self.infra = await asyncio.to_thread(infra.start)
         gateway_port = int(os.environ.get("GATEWAY_PORT") or free_port())
         self.gateway_port = gateway_port
@@ -99,6 +102,7 @@ class Stack:
             PROTOCOL_REPO_DIR=str(self.base_dir / "code-manager"),
             PROTOCOL_CODE_CACHE_DIR=str(self.base_dir / "orchestrator" / "code"),
         )
+        env.update(self.infra.nats_env(identity_for_service(name, DEMO_WORKCELL)))
         return env
 
     def _spawn(

@@ -33,9 +33,10 @@ from typing import Any, Generic, TypeVar, cast
 
 import asyncpg
 import nats.errors
+import nats.js.errors
 import sqlalchemy.exc
 from faststream import AckPolicy
-from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsResponse
+from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsResponse, NatsUserPassword
 from faststream.nats.annotations import NatsMessage
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -254,6 +255,8 @@ class Bus:
         graceful_timeout: float = 20.0,
         max_deliver: int = 5,
         infra_retry_seconds: float = 600.0,
+        user: str | None = None,
+        password: str | None = None,
     ) -> None:
         self.service = service
         self.request_timeout = request_timeout
@@ -270,7 +273,10 @@ class Bus:
             # worker thread; measured, the asset-manager went from 150 to 220 reservations/s
             # without it.
             apply_types=False,
+            **_credentials(user, password),
         )
+        self._inbox_prefix = f"_INBOX.{user}" if user is not None else None
+        self._durables: list[tuple[str, str]] = []  # (stream, durable) of every consumer route
         self._js: JetStreamContext | None = None
         self._publisher: Publisher | None = None
         self._claims: Claims | None = None
@@ -321,9 +327,30 @@ class Bus:
         the socket, so one round trip can overtake them; the second is ordered after them
         (measured: 4 misses in 30 starts with one flush, none in 100 with two).
         """
+        await self._adopt_consumers()
         await self.broker.start()
         await self.nc.flush()
         await self.nc.flush()
+
+    async def _adopt_consumers(self) -> None:
+        """A durable consumer created before this service had its NATS identity delivers to a
+        plain ``_INBOX.<id>``, where the identity may not subscribe (only ``_INBOX.<user>.>``):
+        point it at an inbox of ours (the server updates a push consumer's deliver subject)."""
+        if self._inbox_prefix is None:
+            return
+        for stream, durable in self._durables:
+            try:
+                info = await self.js.consumer_info(stream, durable)
+            except nats.js.errors.NotFoundError:
+                continue
+            config = info.config
+            deliver = config.deliver_subject
+            if deliver is None or deliver.startswith(f"{self._inbox_prefix}."):
+                continue
+            config.name = config.name or durable  # created by name and filter (permissions)
+            config.deliver_subject = self.nc.new_inbox()
+            await self.js.add_consumer(stream, config)
+            log.info("consumer %s now delivers to this identity's inbox", durable)
 
     async def stop_consuming(self) -> None:
         """Stop taking messages and let in-flight handlers finish (up to the graceful
@@ -494,6 +521,7 @@ class Bus:
         CPU per reservation under load, against a plain task here.
         """
         subject = route.message_type.subscription_subject(route.key)
+        self._durables.append((_stream_for(route.message_type), route.durable))
         slots = asyncio.Semaphore(route.max_workers) if route.max_workers > 1 else None
 
         async def handle(msg: NatsMessage) -> None:
@@ -528,8 +556,13 @@ class Bus:
                 stream=JStream(_stream_for(route.message_type), declare=False),
                 durable=route.durable,
                 queue=route.durable,
+                # Named: nats-py then creates it on ``$JS.API.CONSUMER.CREATE.<stream>.<name>.
+                # <filter>``, a subject the server's permissions can restrict by filter.
                 config=ConsumerConfig(
-                    ack_wait=route.ack_wait_seconds, max_ack_pending=1000, max_deliver=-1
+                    name=route.durable,
+                    ack_wait=route.ack_wait_seconds,
+                    max_ack_pending=1000,
+                    max_deliver=-1,
                 ),
                 ack_policy=AckPolicy.MANUAL,
                 decoder=_raw,
@@ -602,6 +635,15 @@ class Bus:
         await self.publisher.publish(dead_letter_subject(raw.subject), raw.data, headers)
         await msg.reject()
         log.error("dead-lettered %s: %s", raw.subject, reason)
+
+
+def _credentials(user: str | None, password: str | None) -> dict[str, Any]:
+    """Connect options of a NATS identity (``praxis_contracts.permissions``): user, password,
+    and replies and push deliveries on ``_INBOX.<user>``, the only inbox it may subscribe to.
+    Without a user the URL's own credentials, if any, apply."""
+    if user is None:
+        return {}
+    return {"security": NatsUserPassword(user, password or ""), "inbox_prefix": f"_INBOX.{user}"}
 
 
 async def _quietly(action: Awaitable[None]) -> None:

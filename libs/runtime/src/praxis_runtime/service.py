@@ -18,7 +18,7 @@ from praxis_runtime.db import Database
 from praxis_runtime.health import HealthServer, ReadinessCheck
 from praxis_runtime.logging import configure_logging
 from praxis_runtime.outbox import OutboxRelay
-from praxis_runtime.settings import DatabaseSettings, ServiceSettings
+from praxis_runtime.settings import DatabaseSettings, ServiceSettings, nats_password
 from praxis_runtime.topology import ensure_topology
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,8 @@ def bus_for(settings: ServiceSettings) -> Bus:
         graceful_timeout=settings.graceful_timeout_seconds,
         max_deliver=settings.max_deliver,
         infra_retry_seconds=settings.infra_retry_seconds,
+        user=settings.nats_user,
+        password=nats_password(settings),
     )
 
 

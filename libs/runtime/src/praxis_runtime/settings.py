@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -13,6 +15,16 @@ class ServiceSettings(BaseSettings):
 
     service_name: str = Field(default="praxis", description="Used in logs and as queue group.")
     nats_url: str = Field(default="nats://127.0.0.1:4222", description="NATS_URL")
+    nats_user: str | None = Field(
+        default=None,
+        description="NATS_USER: the service's NATS identity (see praxis_contracts.permissions)",
+    )
+    nats_password: SecretStr | None = Field(default=None, description="NATS_PASSWORD")
+    nats_password_file: Path | None = Field(
+        default=None,
+        description="NATS_PASSWORD_FILE: a mounted file holding the password (instead of "
+        "NATS_PASSWORD; surrounding whitespace is ignored)",
+    )
     log_level: str = Field(default="INFO", description="LOG_LEVEL")
     log_format: str = Field(default="json", description="LOG_FORMAT: json or text")
     health_host: str = Field(default="0.0.0.0", description="HEALTH_HOST")
@@ -45,3 +57,12 @@ class DatabaseSettings(ServiceSettings):
         description="DATABASE_URL",
     )
     database_pool_size: int = Field(default=10, ge=1, description="DATABASE_POOL_SIZE")
+
+
+def nats_password(settings: ServiceSettings) -> str | None:
+    """The NATS password: ``NATS_PASSWORD``, else the content of ``NATS_PASSWORD_FILE``."""
+    if settings.nats_password is not None:
+        return settings.nats_password.get_secret_value()
+    if settings.nats_password_file is not None:
+        return settings.nats_password_file.read_text().strip()
+    return None
