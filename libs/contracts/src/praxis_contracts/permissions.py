@@ -56,6 +56,7 @@ from praxis_contracts.inventory import (
     UpdateWorkcell,
 )
 from praxis_contracts.protocols import (
+    DeleteProtocolSource,
     ListProtocolDefinitions,
     ListProtocolSources,
     ProtocolSourceSynced,
@@ -71,6 +72,7 @@ from praxis_contracts.runs import (
     GetRun,
     ListRunCalls,
     ListRuns,
+    RunBlocked,
     RunFinished,
     RunPaused,
     RunPreparing,
@@ -79,7 +81,14 @@ from praxis_contracts.runs import (
     RunStatusChanged,
     SubmitRun,
 )
-from praxis_contracts.topology import ASSET_LEASES, EDGES, PROTOCOL_CODE, dead_letter_subject
+from praxis_contracts.topology import (
+    API_TOKENS,
+    ASSET_LEASES,
+    CLAIMS,
+    EDGES,
+    PROTOCOL_CODE,
+    dead_letter_subject,
+)
 
 OPERATOR = "operator"
 ANY_WORKCELL = "*"
@@ -137,8 +146,13 @@ ORCHESTRATOR_EVENTS: tuple[type[Event], ...] = (
     RunPaused,
     RunResumed,
     RunFinished,
+    RunBlocked,
     FunctionCallRecorded,
 )
+
+# Requests and replies over the inline threshold travel through the claims store
+# (``praxis_runtime.claims``): whoever sends or answers requests writes and reads it.
+CLAIMS_STORE = Bucket(CLAIMS.bucket, write=True)
 
 SCHEDULER = Identity(
     name="scheduler",
@@ -163,6 +177,7 @@ SCHEDULER = Identity(
     requests=(ResolveProtocol, CheckReservation),
     responds=(SubmitRun, GetRun, ListRuns, ControlRun, ListRunCalls),
     key_values=(Bucket(EDGES.bucket),),
+    object_stores=(CLAIMS_STORE,),
 )
 
 ASSET_MANAGER = Identity(
@@ -202,6 +217,7 @@ ASSET_MANAGER = Identity(
         ListAssetStatusHistory,
     ),
     key_values=(Bucket(ASSET_LEASES.bucket, write=True),),
+    object_stores=(CLAIMS_STORE,),
 )
 
 CODE_MANAGER = Identity(
@@ -213,8 +229,9 @@ CODE_MANAGER = Identity(
         ListProtocolSources,
         ListProtocolDefinitions,
         ResolveProtocol,
+        DeleteProtocolSource,
     ),
-    object_stores=(Bucket(PROTOCOL_CODE.bucket, write=True),),
+    object_stores=(Bucket(PROTOCOL_CODE.bucket, write=True), CLAIMS_STORE),
 )
 
 GATEWAY = Identity(
@@ -244,8 +261,12 @@ GATEWAY = Identity(
         UpdateAsset,
         DeleteAsset,
         ListAssetStatusHistory,
+        DeleteProtocolSource,
     ),
     reads_events=True,
+    # API tokens: each gateway watches the bucket and writes tokens, revocations, last use.
+    key_values=(Bucket(API_TOKENS.bucket, write=True),),
+    object_stores=(CLAIMS_STORE,),
 )
 
 OPERATOR_IDENTITY = Identity(name=OPERATOR, admin=True)
@@ -276,7 +297,7 @@ def orchestrator(workcell: str) -> Identity:
             Bucket(ASSET_LEASES.bucket, write=True),
             Bucket(EDGES.bucket, write=True, keys=f"edge.{workcell}.>"),
         ),
-        object_stores=(Bucket(PROTOCOL_CODE.bucket),),
+        object_stores=(Bucket(PROTOCOL_CODE.bucket), CLAIMS_STORE),
     )
 
 
