@@ -56,6 +56,7 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("POST", "/api/v1/protocols/sources"): AD,
     ("GET", "/api/v1/protocols/sources"): RD,
     ("POST", "/api/v1/protocols/sources/{source_id}/sync"): AD,
+    ("DELETE", "/api/v1/protocols/sources/{source_id}"): AD,
     ("GET", "/api/v1/protocols/definitions"): RD,
     ("POST", "/api/v1/protocols/runs"): OP,
     ("GET", "/api/v1/protocols/runs"): RD,

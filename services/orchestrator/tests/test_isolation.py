@@ -53,10 +53,10 @@ def source_volumes(world: Any) -> list[float]:
 
 @pytest.mark.parametrize("protocol", ["block", "spin"])
 async def test_a_protocol_that_hogs_its_loop_leaves_the_edge_alive_and_is_cancelled_in_time(
-    protocol: str, nats_url: str, tmp_path: Path, make_world: Any, eventually: Any
+    protocol: str, nats_access: Any, tmp_path: Path, make_world: Any, eventually: Any
 ) -> None:
     port = free_port()
-    async with make_world(nats_url, tmp_path, health_port=port, **ISOLATION) as world:
+    async with make_world(nats_access, tmp_path, health_port=port, **ISOLATION) as world:
         await world.edge.start()
         flag = world.flag()
         cmd = await world.command(
@@ -106,9 +106,9 @@ async def test_a_protocol_that_hogs_its_loop_leaves_the_edge_alive_and_is_cancel
 
 
 async def test_a_protocol_awaiting_without_checkpoints_is_cancelled_cleanly(
-    nats_url: str, tmp_path: Path, make_world: Any
+    nats_access: Any, tmp_path: Path, make_world: Any
 ) -> None:
-    async with make_world(nats_url, tmp_path, **ISOLATION) as world:
+    async with make_world(nats_access, tmp_path, **ISOLATION) as world:
         await world.edge.start()
         cmd = await world.command("await_forever", {"plate": "source_plate"})
         log = await world.execute(cmd)

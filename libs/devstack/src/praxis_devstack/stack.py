@@ -73,7 +73,7 @@ class Stack:
     async def start(self) -> None:
         self.base_dir.mkdir(parents=True, exist_ok=True)
         infra = LocalInfra(
-            self.base_dir, fast=self.fast, environ=self.environ, workcells=(DEMO_WORKCELL,)
+            self.base_dir, fast=self.fast, environ=self.environ, workcells=(self.workcell,)
         )
         self.infra = await asyncio.to_thread(infra.start)
         gateway_port = int(os.environ.get("GATEWAY_PORT") or free_port())
@@ -102,7 +102,7 @@ class Stack:
             PROTOCOL_REPO_DIR=str(self.base_dir / "code-manager"),
             PROTOCOL_CODE_CACHE_DIR=str(self.base_dir / "orchestrator" / "code"),
         )
-        env.update(self.infra.nats_env(identity_for_service(name, DEMO_WORKCELL)))
+        env.update(self.infra.nats_env(identity_for_service(name, self.workcell)))
         return env
 
     def _spawn(
