@@ -49,7 +49,15 @@ class Asset(BaseModel):
         default=None, description="Machines: backend + settings."
     )
     state: dict[str, Any] | None = Field(
-        default=None, description="PyLabRobot serialize_all_state() to load, e.g. well volumes."
+        default=None,
+        description="PyLabRobot serialize_all_state() to load, e.g. well volumes: the newest "
+        "recorded state (see state_recorded_at), else the state it was created with.",
+    )
+    state_recorded_at: datetime | None = Field(
+        default=None, description="When the orchestrator recorded ``state``; None: as created."
+    )
+    state_snapshot_id: UUID | None = Field(
+        default=None, description="The snapshot ``state`` comes from, if recorded."
     )
     parent_id: UUID | None = None
     slot: str | None = Field(default=None, description="Location within the parent, if any.")

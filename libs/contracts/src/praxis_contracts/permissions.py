@@ -81,12 +81,20 @@ from praxis_contracts.runs import (
     RunStatusChanged,
     SubmitRun,
 )
+from praxis_contracts.state import (
+    GetSnapshot,
+    ListSnapshots,
+    RestoreSnapshot,
+    WorkcellStateRecorded,
+    WorkcellStateRestored,
+)
 from praxis_contracts.topology import (
     API_TOKENS,
     ASSET_LEASES,
     CLAIMS,
     EDGES,
     PROTOCOL_CODE,
+    WORKCELL_STATE,
     dead_letter_subject,
 )
 
@@ -148,6 +156,7 @@ ORCHESTRATOR_EVENTS: tuple[type[Event], ...] = (
     RunFinished,
     RunBlocked,
     FunctionCallRecorded,
+    WorkcellStateRecorded,
 )
 
 # Requests and replies over the inline threshold travel through the claims store
@@ -191,12 +200,14 @@ ASSET_MANAGER = Identity(
         LeaseExpired,
         LeaseForceReleased,
         AssetStatusChanged,
+        WorkcellStateRestored,
     ),
     consumes=(
         Consumes(ReserveAssets, "asset-manager-reserve"),
         Consumes(ReleaseAssets, "asset-manager-release"),
         Consumes(HoldAssets, "asset-manager-hold"),
         Consumes(RunStarted, "asset-manager-run-started"),
+        Consumes(WorkcellStateRecorded, "asset-manager-state-recorded"),
     ),
     responds=(
         RegisterWorkcell,
@@ -215,9 +226,13 @@ ASSET_MANAGER = Identity(
         UpdateAsset,
         DeleteAsset,
         ListAssetStatusHistory,
+        ListSnapshots,
+        GetSnapshot,
+        RestoreSnapshot,
     ),
     key_values=(Bucket(ASSET_LEASES.bucket, write=True),),
-    object_stores=(CLAIMS_STORE,),
+    # Snapshots: reads them, writes the ``restored`` ones, prunes old ones.
+    object_stores=(CLAIMS_STORE, Bucket(WORKCELL_STATE.bucket, write=True)),
 )
 
 CODE_MANAGER = Identity(
@@ -262,6 +277,9 @@ GATEWAY = Identity(
         DeleteAsset,
         ListAssetStatusHistory,
         DeleteProtocolSource,
+        ListSnapshots,
+        GetSnapshot,
+        RestoreSnapshot,
     ),
     reads_events=True,
     # API tokens: each gateway watches the bucket and writes tokens, revocations, last use.
@@ -283,12 +301,14 @@ def orchestrator(workcell: str) -> Identity:
     workcell (test fixtures, whose workcells are named at random)."""
     durable = "*" if workcell == ANY_WORKCELL else f"orchestrator-{workcell}"
     control = "*" if workcell == ANY_WORKCELL else f"orchestrator-control-{workcell}"
+    state = "*" if workcell == ANY_WORKCELL else f"orchestrator-state-{workcell}"
     return Identity(
         name=orchestrator_identity_name(workcell),
         publishes=ORCHESTRATOR_EVENTS,
         consumes=(
             Consumes(ExecuteRun, durable, workcell),
             Consumes(ControlRunExecution, control, workcell),
+            Consumes(WorkcellStateRestored, state, workcell),
         ),
         requests=(GetWorkcellLayout,),
         # It renews and releases the leases of the runs it executes (compare-and-set on the
@@ -297,7 +317,13 @@ def orchestrator(workcell: str) -> Identity:
             Bucket(ASSET_LEASES.bucket, write=True),
             Bucket(EDGES.bucket, write=True, keys=f"edge.{workcell}.>"),
         ),
-        object_stores=(Bucket(PROTOCOL_CODE.bucket), CLAIMS_STORE),
+        object_stores=(
+            Bucket(PROTOCOL_CODE.bucket),
+            CLAIMS_STORE,
+            # Object stores cannot be narrowed by name (meta subjects carry the name encoded,
+            # chunks a random id): it may write the whole bucket, by convention <workcell>/….
+            Bucket(WORKCELL_STATE.bucket, write=True),
+        ),
     )
 
 

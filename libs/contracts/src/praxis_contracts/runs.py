@@ -12,6 +12,7 @@ from praxis_contracts.assets import AssetBinding
 from praxis_contracts.base import Command, Event, Request
 from praxis_contracts.common import ErrorInfo, Page, RunStatus, SearchFilters
 from praxis_contracts.protocols import ProtocolDefinition
+from praxis_contracts.state import OnFailure
 
 
 class RunView(BaseModel):
@@ -31,6 +32,7 @@ class RunView(BaseModel):
     workcell_name: str | None = None
     bindings: list[AssetBinding] = Field(default_factory=list)
     priority: int = 0
+    on_failure: OnFailure = "keep"
     result: Any = None
     error: ErrorInfo | None = None
     final_state: dict[str, Any] | None = None
@@ -125,6 +127,11 @@ class SubmitRun(Request[RunView]):
     )
     initial_state: dict[str, Any] = Field(default_factory=dict)
     priority: int = Field(default=0, ge=-100, le=100)
+    on_failure: OnFailure = Field(
+        default="keep",
+        description="If the run fails or is cancelled: keep what really happened in its assets' "
+        "recorded state, or roll them back to their state before the run.",
+    )
     actor: str | None = Field(
         default=None, max_length=200, description="Who asked (the gateway's principal)."
     )
@@ -187,6 +194,7 @@ class ExecuteRun(Command):
     parameters: dict[str, Any]
     bindings: list[AssetBinding]
     initial_state: dict[str, Any] = Field(default_factory=dict)
+    on_failure: OnFailure = "keep"
 
     def subject_key(self) -> str:
         return self.workcell_name

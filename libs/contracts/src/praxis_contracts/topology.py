@@ -90,6 +90,12 @@ PROTOCOL_CODE = ObjectStoreSpec(
     bucket="praxis_protocol_code",
     description="Protocol source archives, one per (source, commit).",
 )
+# Snapshots of live labware state (``praxis_contracts.state``): written by orchestrators, pruned
+# by the asset-manager to the newest SNAPSHOTS_KEPT per workcell.
+WORKCELL_STATE = ObjectStoreSpec(
+    bucket="praxis_workcell_state",
+    description="Workcell state snapshots: <workcell>/<snapshot id>, JSON.",
+)
 # Bodies too large for one message (``praxis_runtime.claims``): each is read once and deleted;
 # the TTL removes what a receiver that died never read.
 CLAIMS = ObjectStoreSpec(
@@ -100,7 +106,7 @@ CLAIMS = ObjectStoreSpec(
 
 STREAMS = (EVENTS, COMMANDS, DEAD_LETTERS)
 KEY_VALUES = (ASSET_LEASES, EDGES, API_TOKENS)
-OBJECT_STORES = (PROTOCOL_CODE, CLAIMS)
+OBJECT_STORES = (PROTOCOL_CODE, CLAIMS, WORKCELL_STATE)
 
 DEAD_LETTER_PREFIX = "praxis.dlq"
 
