@@ -35,6 +35,7 @@ SERVICES = {
 }
 DB_SERVICES = {"scheduler", "code-manager", "asset-manager"}
 DB_SECRET = "praxis-database"
+GATEWAY_SECRET = "praxis-gateway"
 CONFIG_MAP = "praxis-config"
 CONFIG = {
     "NATS_URL": "nats://nats:4222",
@@ -47,6 +48,12 @@ CONFIG = {
     "EDGE_GRACE_SECONDS": "30",
     "CANCEL_TIMEOUT_SECONDS": "60",
     "EDGE_HEARTBEAT_TTL_SECONDS": "10",
+    "RUN_BLOCKED_SECONDS": "60",
+    "CANCEL_ESCALATION_SECONDS": "10",
+    "SOURCE_ALLOWED_SCHEMES": "https,ssh",
+    "SOURCE_ALLOWED_HOSTS": "",
+    "DISCOVERY_TIMEOUT_SECONDS": "60",
+    "DISCOVERY_MEMORY_MB": "1024",
 }
 CLUSTER_SCOPED_KINDS = {
     "Namespace",
@@ -146,7 +153,12 @@ def test_expected_workloads_exist() -> None:
     assert set(deployments()) == set(SERVICES)
     assert set(by_kind("StatefulSet")) == {"nats"}
     assert set(by_kind("ConfigMap")) == {CONFIG_MAP}
-    assert set(by_kind("Secret")) == {DB_SECRET, NATS_AUTH_SECRET, NATS_CREDENTIALS_SECRET}
+    assert set(by_kind("Secret")) == {
+        DB_SECRET,
+        NATS_AUTH_SECRET,
+        NATS_CREDENTIALS_SECRET,
+        GATEWAY_SECRET,
+    }
 
 
 def test_labels_and_selectors() -> None:
