@@ -115,6 +115,26 @@ async def touch(lh: LiquidHandler, plate: Plate, tips: TipRack, state: PraxisSta
     return plate.name
 
 
+@protocol_function(version="1.0.0")
+async def fail_holding_tips(lh: LiquidHandler, tips: TipRack, wells: list[str]) -> None:
+    """Picks up tips from ``wells`` of the rack, then fails holding them."""
+    await lh.pick_up_tips([tips.get_item(w) for w in wells], use_channels=list(range(len(wells))))
+    raise RuntimeError("the protocol failed holding tips")
+
+
+@protocol_function(version="1.0.0")
+async def hold_tip_until(lh: LiquidHandler, tips: TipRack, until: str) -> None:
+    """Picks up a tip, then waits at checkpoints (cancel it there)."""
+    await lh.pick_up_tips([tips.get_item("D1")])
+    while not Path(until).exists():
+        await step_nothing()
+
+
+@protocol_function(version="1.0.0", top_level=False)
+async def step_nothing() -> None:
+    await asyncio.sleep(0.02)
+
+
 # -- protocols that misbehave (isolation tests) ----------------------------------------------
 @protocol_function(version="1.0.0")
 async def block(plate: Plate, until: str) -> str:

@@ -106,6 +106,10 @@ class Harness:
         """(status, actor) of each history entry, in order."""
         raise NotImplementedError
 
+    async def reasons(self, run_id: uuid.UUID) -> list[tuple[str, str]]:
+        """(status, reason) of each history entry, in order."""
+        raise NotImplementedError
+
     async def statuses(self) -> list[tuple[RunStatus, RunStatus | None]]:
         return [
             (m.status, m.previous) for m, _ in await self.sent() if isinstance(m, RunStatusChanged)
@@ -127,6 +131,9 @@ class MemoryHarness(Harness):
 
     async def actors(self, run_id: uuid.UUID) -> list[tuple[str, str | None]]:
         return [(h.status, h.actor) for h in self.uow.store.history if h.run_id == run_id]
+
+    async def reasons(self, run_id: uuid.UUID) -> list[tuple[str, str]]:
+        return [(h.status, h.reason) for h in self.uow.store.history if h.run_id == run_id]
 
 
 class _NoPublisher:
@@ -170,6 +177,17 @@ class SqlHarness(Harness):
                 {"r": run_id},
             )
             return [(r.status, r.actor) for r in rows]
+
+    async def reasons(self, run_id: uuid.UUID) -> list[tuple[str, str]]:
+        async with self.db.transaction() as session:
+            rows = await session.execute(
+                text(
+                    "SELECT status, reason FROM scheduler.run_status_history "
+                    "WHERE run_id = :r ORDER BY id"
+                ),
+                {"r": run_id},
+            )
+            return [(r.status, r.reason) for r in rows]
 
 
 @pytest.fixture(scope="module")
@@ -595,3 +613,12 @@ async def test_a_run_its_edge_gave_up_keeps_its_leases_for_an_operator(h: Harnes
     view = await h.runs.get(stuck.accession_id)
     assert (view.status, view.finished_at) == (S.REQUIRES_INTERVENTION, None)
     assert kinds(await h.sent()) == [HoldAssets]  # held, not released
+
+
+async def test_what_the_edge_did_to_clean_up_is_in_the_status_history(h: Harness) -> None:
+    run = await running(h)
+    cleanup = ["liquid_handler: returned the tips on channels [0]"]
+    await h.runs.on_finished(finished(run.accession_id, "cancelled", cleanup=cleanup))
+    status, reason = (await h.reasons(run.accession_id))[-1]
+    assert status == "cancelled"
+    assert reason.endswith("clean-up: " + cleanup[0])

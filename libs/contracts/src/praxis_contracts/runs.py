@@ -246,6 +246,11 @@ class RunFinished(_RunEvent):
         description="PyLabRobot state each bound asset owns, by name (a labware's includes its "
         "wells or tip spots; a machine's or deck's not the labware on it).",
     )
+    cleanup: list[str] = Field(
+        default_factory=list,
+        description="What the edge did to leave the run's machines safe after it failed or was "
+        "cancelled (e.g. tips returned), and what it could not do.",
+    )
 
 
 ExecutionAction = Literal["pause", "resume", "cancel"]

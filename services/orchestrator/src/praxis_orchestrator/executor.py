@@ -72,6 +72,7 @@ from praxis_contracts.runs import (
     RunResumed,
     RunStarted,
 )
+from praxis_orchestrator.cleanup import Cleanup, make_safe, tip_policy
 from praxis_orchestrator.code import CodeCache
 from praxis_orchestrator.isolation import RunThread
 from praxis_orchestrator.keeper import LeaseKeeper
@@ -381,9 +382,44 @@ class Executor:
             raise
         finally:
             stop_watching()
+        cleanup: list[str] = []
+        if end.outcome in ("failed", "cancelled"):
+            end, cleanup = await self._make_safe(run, end)
         await self._finish(
-            run, end.outcome, result=end.result, error=end.error, state=_state_of(call.ctx)
+            run,
+            end.outcome,
+            result=end.result,
+            error=end.error,
+            state=_state_of(call.ctx),
+            cleanup=cleanup,
         )
+
+    async def _make_safe(self, run: ActiveRun, end: Ended) -> tuple[Ended, list[str]]:
+        """Clean up the run's machines (``cleanup``); a machine that cannot be made safe ends
+        the run ``requires_intervention`` (its leases are then held for an operator)."""
+        live = self.workcell.live
+        if live is None:
+            return end, []
+        properties = {asset.name: asset.properties for asset in live.layout.assets}
+        machines = {
+            b.asset_name: (live.get(b.asset_name), tip_policy(properties.get(b.asset_name, {})))
+            for b in run.cmd.bindings
+            if b.kind == "machine" and b.asset_name in properties
+        }
+        try:
+            done = await make_safe(machines)
+        except Exception as exc:  # never lose the run's outcome to its clean-up
+            log.exception("clean-up after run %s failed", run.run_id)
+            done = Cleanup(problems=[f"clean-up failed: {type(exc).__name__}: {exc}"])
+        for action in done.actions:
+            log.info("run %s clean-up: %s", run.run_id, action)
+        if done.safe:
+            return end, done.actions
+        before = f" (the run had {end.outcome}: {end.error.message})" if end.error else ""
+        message = "its machines could not be made safe: " + "; ".join(done.problems) + before
+        log.error("run %s: %s", run.run_id, message)
+        error = _ended_error("MachineNotSafe", message)
+        return Ended("requires_intervention", error=error), [*done.actions, *done.problems]
 
     async def _protocol(
         self, run: ActiveRun, call: PreparedCall, context: contextvars.Context
@@ -511,6 +547,7 @@ class Executor:
         result: Any = None,
         error: ErrorInfo | None = None,
         state: dict[str, Any],
+        cleanup: list[str] | None = None,
     ) -> None:
         # The keeper stops before the run is reported finished: from then on the scheduler
         # releases the leases, and that is no lease lost.
@@ -525,6 +562,7 @@ class Executor:
             error=error,
             final_state=state,
             asset_states=self._asset_states(run),
+            cleanup=cleanup or [],
         )
         # Through the same queue as the run's other events, so it is published after them. The
         # id is this process's: a second process handed the same run reports separately (the

@@ -152,6 +152,8 @@ class RunService:
             if row is None or not self._from_its_edge(row, status, event.edge_instance):
                 return
             reason = event.error.message if event.error else f"{status} on the edge"
+            if event.cleanup:  # what the edge did to leave the machines safe: in the history
+                reason = f"{reason}; clean-up: {'; '.join(event.cleanup)}"[:2000]
             if not self._advance(uow, row, status, reason):
                 return
             row.result = event.result
