@@ -15,49 +15,23 @@ from typing import Any
 
 import httpx
 import pytest
-from pylabrobot.liquid_handling import LiquidHandler
-from pylabrobot.liquid_handling.backends import LiquidHandlerChatterboxBackend
-from pylabrobot.resources import (
-    PLT_CAR_L5AC_A00,
-    TIP_CAR_480_A00,
-    STARDeck,
-    cor_96_wellplate_360uL_Fb,
-)
 
 from praxis_devstack.pytest_plugin import MakeDatabase
 from praxis_devstack.stack import Stack
-from praxis_plr.layout import drafts_for_tree
+from praxis_devstack.testdata import (
+    CARRIER_SITES,
+    STAR_PLATE_CARRIERS,
+    STAR_TIP_CARRIERS,
+    star_labware,
+    star_with_empty_carriers,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 WORKCELL = "star"
-TIP_CARRIERS, PLATE_CARRIERS, SITES = 2, 6, 5
 STORED_PLATES = 30
+LABWARE = STAR_TIP_CARRIERS * CARRIER_SITES + STAR_PLATE_CARRIERS * CARRIER_SITES + STORED_PLATES
 COR_96 = "cor_96_wellplate_360uL_Fb"
-TIPS_1000 = "hamilton_96_tiprack_1000uL"
-
-
-def star_with_empty_carriers() -> list[dict[str, Any]]:
-    """The liquid handler and its deck, carriers in place, no labware yet (that is added one
-    asset at a time, as a lab would, each well under the gateway's body limit)."""
-    deck = STARDeck()
-    handler = LiquidHandler(
-        backend=LiquidHandlerChatterboxBackend(num_channels=8), deck=deck, name="star"
-    )
-    for i in range(TIP_CARRIERS):
-        deck.assign_child_resource(TIP_CAR_480_A00(name=f"tip_car{i}"), rails=1 + 6 * i)
-    for i in range(PLATE_CARRIERS):
-        rails = 1 + 6 * (TIP_CARRIERS + i)
-        deck.assign_child_resource(PLT_CAR_L5AC_A00(name=f"plate_car{i}"), rails=rails)
-    return [draft.model_dump(mode="json") for draft in drafts_for_tree(handler)]
-
-
-def filled_plate(name: str, volume: float) -> dict[str, Any]:
-    plate = cor_96_wellplate_360uL_Fb(name=name)
-    for well in plate.get_all_items():
-        well.tracker.set_volume(volume)
-    (draft,) = drafts_for_tree(plate)
-    return {"name": name, "fqn": draft.fqn, "definition": draft.definition, "state": draft.state}
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +64,7 @@ async def api(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture(scope="module")
 async def workcell(api: httpx.AsyncClient) -> dict[str, Any]:
     created = await api.post(
-        "/api/v1/workcells", json={"name": WORKCELL, "assets": star_with_empty_carriers()}
+        "/api/v1/workcells", json={"name": WORKCELL, "assets": star_with_empty_carriers(WORKCELL)}
     )
     assert created.status_code == 201, created.text
 
@@ -98,25 +72,7 @@ async def workcell(api: httpx.AsyncClient) -> dict[str, Any]:
         response = await api.post("/api/v1/resources", json={"workcell": WORKCELL, **body})
         assert response.status_code == 201, response.text
 
-    adds = [
-        add({"name": f"tips{c}_{s}", "fqn": TIPS_1000, "parent": "deck", "slot": f"tip_car{c}-{s}"})
-        for c in range(TIP_CARRIERS)
-        for s in range(SITES)
-    ]
-    for c in range(PLATE_CARRIERS):
-        for s in range(SITES):
-            plate = filled_plate(f"plate{c}_{s}", 200.0) if c == 0 else {"fqn": COR_96}
-            adds.append(
-                add(
-                    {
-                        "name": f"plate{c}_{s}",
-                        **plate,
-                        "parent": "deck",
-                        "slot": f"plate_car{c}-{s}",
-                    }
-                )
-            )
-    adds += [add({"name": f"stored{i}", "fqn": COR_96}) for i in range(STORED_PLATES)]
+    adds = [add(body) for body in star_labware(STORED_PLATES)]
     for batch in range(0, len(adds), 10):
         await asyncio.gather(*adds[batch : batch + 10])
     response = await api.get(f"/api/v1/workcells/{WORKCELL}")
@@ -135,7 +91,7 @@ async def finished(api: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
 async def test_the_layout_of_a_filled_deck_is_served_whole(workcell: dict[str, Any]) -> None:
     names = {asset["name"] for asset in workcell["assets"]}
     labware = [a for a in workcell["assets"] if a["kind"] == "resource"]
-    assert len(labware) == TIP_CARRIERS * SITES + PLATE_CARRIERS * SITES + STORED_PLATES
+    assert len(labware) == LABWARE
     assert {"star", "deck", "plate5_4", "tips1_4", "stored29"} <= names
     assert len(httpx.Response(200, json=workcell).content) > 4_000_000  # several NATS messages
     stored = next(a for a in labware if a["name"] == "stored0")

@@ -28,6 +28,7 @@ from praxis_contracts.protocols import (
 )
 from praxis_contracts.runs import SUMMARY_ERROR_CHARS, ListRuns, RunSummary, RunView, SubmitRun
 from praxis_devstack.pytest_plugin import MakeDatabase
+from praxis_devstack.testdata import BULK_PROTOCOLS, BULK_STATUSES, bulk_runs_sql
 from praxis_runtime.db import Database
 from praxis_runtime.outbox import OutboxRelay
 from praxis_scheduler.orm import OUTBOX, Base
@@ -201,8 +202,6 @@ async def test_list_items_are_summaries_filtered_by_bound_asset(runs: Runs) -> N
 # -- lab-sized data -----------------------------------------------------------------------------
 
 BULK_RUNS = 10_000
-BULK_STATUSES = ("completed", "failed", "cancelled", "queued", "running")
-BULK_PROTOCOLS = 7
 BULK_PLATES = 50
 MAX_PAGE_BYTES = PAGE_BUDGET_BYTES + 1024  # items within budget, plus the page's envelope
 
@@ -244,61 +243,6 @@ def _bulk_rows(workcells: list[uuid.UUID], machines: list[uuid.UUID], plates: li
     ]
 
 
-def _uuid_array(ids: list[uuid.UUID]) -> str:
-    return "ARRAY[" + ",".join(f"'{i}'::uuid" for i in ids) + "]"
-
-
-def _bulk_insert_sql(
-    workcells: list[uuid.UUID], machines: list[uuid.UUID], plates: list[uuid.UUID]
-) -> str:
-    """One ``INSERT … SELECT generate_series``: 10,000 runs in well under a second.
-
-    Every run carries what made lists break: ~20 KB of asset states, a result, a final state and
-    (for failures) a long traceback; every hundredth run has parameters too large for a summary.
-    """
-    statuses = "ARRAY[" + ",".join(f"'{s}'" for s in BULK_STATUSES) + "]"
-    wc, mc, pl = (_uuid_array(x) for x in (workcells, machines, plates))
-    binding = (
-        "jsonb_build_object('requirement', {req}, 'asset_id', {id}::text, 'asset_name', {name}, "
-        "'kind', {kind}, 'fqn', 'pylabrobot.x', 'lease_key', 'asset.' || {id}::text, 'token', i)"
-    )
-    machine = binding.format(
-        req="'lh'", id=f"({mc})[1 + i % {len(machines)}]", name="'lh'", kind="'machine'"
-    )
-    plate = binding.format(
-        req="'plate'",
-        id=f"({pl})[1 + i % {len(plates)}]",
-        name=f"'plate_' || (i % {len(plates)})",
-        kind="'resource'",
-    )
-    return f"""
-        INSERT INTO scheduler.protocol_runs (
-            accession_id, protocol_name, protocol_version, definition_id, source_commit,
-            definition, status, parameters, initial_state, workcell, workcell_id,
-            workcell_name, pins, asset_properties, priority, bindings, result, error,
-            final_state, asset_states, created_at, updated_at, started_at, finished_at)
-        SELECT
-            gen_random_uuid(), 'proto_' || (i % {BULK_PROTOCOLS}), '1.0.0', gen_random_uuid(),
-            repeat('c', 40), '{{}}'::jsonb, ({statuses})[1 + i % {len(BULK_STATUSES)}],
-            CASE WHEN i % 100 = 0
-                 THEN jsonb_build_object('wells', repeat('A1,', 1000))
-                 ELSE jsonb_build_object('volume', i, 'tag', 'bulk-' || i) END,
-            '{{}}'::jsonb, NULL, ({wc})[1 + i % {len(workcells)}],
-            'wc_' || (i % {len(workcells)}), '{{}}'::jsonb, '{{}}'::jsonb, i % 11 - 5,
-            jsonb_build_array({machine}, {plate}),
-            jsonb_build_object('readings', repeat('0.5,', 2000)),
-            CASE WHEN i % {len(BULK_STATUSES)} = 1
-                 THEN jsonb_build_object('type', 'RuntimeError', 'message', repeat('e', 3000),
-                                         'traceback', repeat('t', 20000)) END,
-            jsonb_build_object('log', repeat('s', 5000)),
-            jsonb_build_object('source_plate', repeat('w', 20000)),
-            TIMESTAMPTZ '{T0.isoformat()}' + i * INTERVAL '1 minute',
-            TIMESTAMPTZ '{T0.isoformat()}' + i * INTERVAL '1 minute',
-            NULL, NULL
-        FROM generate_series(0, {BULK_RUNS - 1}) AS i
-    """
-
-
 @pytest.fixture(scope="module")
 async def bulk(make_database: MakeDatabase) -> AsyncIterator[Bulk]:
     """A database of its own holding 10,000 runs (totals are exact)."""
@@ -307,7 +251,9 @@ async def bulk(make_database: MakeDatabase) -> AsyncIterator[Bulk]:
     workcells, machines = [uuid.uuid4() for _ in range(3)], [uuid.uuid4() for _ in range(2)]
     plates = [uuid.uuid4() for _ in range(BULK_PLATES)]
     async with db.transaction() as session:
-        await session.execute(text(_bulk_insert_sql(workcells, machines, plates)))
+        await session.execute(
+            text(bulk_runs_sql(workcells, machines, plates, runs=BULK_RUNS, start=T0))
+        )
         await session.execute(text("ANALYZE scheduler.protocol_runs"))
     yield Bulk(RunQueries(db), _bulk_rows(workcells, machines, plates), workcells, machines, plates)
     await db.dispose()

@@ -131,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     p_bench.add_argument("--runs", type=int, default=200)
     p_bench.add_argument("--concurrency", type=int, default=32)
     p_bench.add_argument("--output", default=None, help="also write the JSON report here")
+    p_bench.add_argument(
+        "--no-scale", action="store_true", help="skip the lab-scale phase (its own stack, ~1 min)"
+    )
     _chaos_arguments(sub)
     natsauth.add_arguments(sub)
     args = parser.parse_args(argv)

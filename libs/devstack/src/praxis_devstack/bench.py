@@ -25,6 +25,7 @@ import nats
 
 from praxis_devstack.bench_isolation import measure_isolation
 from praxis_devstack.bench_reservations import measure_reservations
+from praxis_devstack.bench_scale import measure_scale
 from praxis_devstack.stack import DEMO_WORKCELL, Stack
 from praxis_devstack.stats import summary
 
@@ -184,6 +185,8 @@ async def bench(args: argparse.Namespace) -> int:
         report["id"] = str(uuid.uuid4())
     finally:
         await stack.stop()
+    if not args.no_scale:
+        report["scale"] = await measure_scale()  # a stack of its own, one at a time
     text = json.dumps(report, indent=2)
     print(text)
     if args.output:
