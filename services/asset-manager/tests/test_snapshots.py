@@ -22,7 +22,9 @@ from pylabrobot.resources import Plate
 from sqlalchemy import func, select
 
 from praxis_asset_manager.app import Settings, build_app
-from praxis_asset_manager.orm import SnapshotRow
+from praxis_asset_manager.inventory import Inventory
+from praxis_asset_manager.orm import OUTBOX, SnapshotRow
+from praxis_asset_manager.snapshots import Snapshots
 from praxis_contracts.assets import (
     Asset,
     AssetsReleased,
@@ -36,7 +38,7 @@ from praxis_contracts.assets import (
 )
 from praxis_contracts.common import SearchFilters
 from praxis_contracts.errors import Conflict, InvalidInput, NotFound
-from praxis_contracts.inventory import AssetStatusChanged
+from praxis_contracts.inventory import AssetStatusChanged, DeleteAsset
 from praxis_contracts.protocols import AssetRequirementSpec
 from praxis_contracts.state import (
     AssetState,
@@ -55,6 +57,7 @@ from praxis_plr.layout import demo_workcell
 from praxis_plr.types import fqn
 from praxis_runtime.bus import Bus
 from praxis_runtime.db import Database
+from praxis_runtime.outbox import OutboxRelay
 
 pytestmark = pytest.mark.integration
 
@@ -377,3 +380,67 @@ async def test_restore_is_refused_while_a_run_holds_an_asset(
         RestoreSnapshot(workcell=name, snapshot_id=snap.snapshot_id, reason="x")
     )
     assert (await restores.next()).restored == info
+
+
+async def test_assets_deleted_since_are_skipped(am: AM, workcell: WorkcellLayout) -> None:
+    dest = by_name(workcell, "dest_plate")
+    await am.bus.request(DeleteAsset(accession_id=dest.accession_id))
+    snap = await written(am, workcell, {"source_plate": well(4), "dest_plate": well(4)}, T0)
+    await recorded(am, snap)
+    assert (await asset(am, workcell, "source_plate")).state == well(4)
+    assert await listed(am, workcell) == [snap.snapshot_id]
+    info = await am.bus.request(
+        RestoreSnapshot(workcell=workcell.workcell.name, snapshot_id=snap.snapshot_id, reason="x")
+    )
+    assert info.asset_names == ["source_plate"]  # nothing to restore into the deleted one
+
+
+class FailingDeletes:
+    """The real object store, except that deleting fails while ``failing``."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+        self.failing = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def delete(self, name: str) -> Any:
+        if self.failing:
+            raise ConnectionError("object store unreachable")
+        return await self.store.delete(name)
+
+
+async def test_a_failed_object_delete_is_retried_at_the_next_prune(
+    am: AM, workcell: WorkcellLayout
+) -> None:
+    """Driven on the service object (against the module's database and object store), so the
+    object store can fail its deletes."""
+    store = FailingDeletes(am.store)
+    relay = OutboxRelay(am.db, OUTBOX, lambda: am.bus.publisher)
+    snapshots = Snapshots(
+        am.db,
+        Inventory(am.db),
+        relay,
+        lambda: store,  # type: ignore[arg-type, return-value]
+        KEPT,
+        lambda _: False,
+    )
+    events = [
+        await written(am, workcell, {"source_plate": well(i)}, T0 + timedelta(seconds=i))
+        for i in range(KEPT + 1)
+    ]
+    for event in events:
+        await snapshots.record(event)
+    oldest = events[0]
+    assert await listed(am, workcell) == [e.snapshot_id for e in reversed(events[1:])]
+    assert await rows(am, workcell) == KEPT + 1  # the pruned row waits for its object
+    assert (await am.store.get(oldest.object_name)).data
+
+    store.failing = False
+    assert await snapshots.prune(workcell.workcell.name) == 1
+    assert await rows(am, workcell) == KEPT
+    with pytest.raises(ObjectNotFoundError):
+        await am.store.get(oldest.object_name)
+    for event in events[1:]:
+        assert (await am.store.get(event.object_name)).data  # the newest are never touched
