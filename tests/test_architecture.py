@@ -152,6 +152,9 @@ def handler_groups() -> dict[str, Handlers[Any]]:
     groups["praxis_asset_manager.inventory"] = importlib.import_module(
         "praxis_asset_manager.inventory_handlers"
     ).handlers
+    groups["praxis_asset_manager.snapshots"] = importlib.import_module(
+        "praxis_asset_manager.snapshots"
+    ).handlers
     return groups
 
 

@@ -67,6 +67,7 @@ def service_handlers() -> dict[str, list[Handlers[Any]]]:
         "asset-manager": [
             group("praxis_asset_manager.handlers"),
             group("praxis_asset_manager.inventory_handlers"),
+            group("praxis_asset_manager.snapshots"),
         ],
         "code-manager": [group("praxis_code_manager.handlers")],
         "gateway": [],

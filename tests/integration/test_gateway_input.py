@@ -302,6 +302,11 @@ WRITES: dict[tuple[str, str], Case] = {
         None,
         "path",
     ),
+    ("POST", "/api/v1/workcells/{workcell}/restore"): lambda i: (
+        f"/api/v1/workcells/{i.workcell}/restore",
+        {"snapshot_id": str(uuid.uuid4()), "reason": NUL},
+        "body.reason",
+    ),
     ("POST", "/api/v1/locks/{asset_id}/force-release"): lambda i: (
         f"/api/v1/locks/{i.asset_id}/force-release",
         {"reason": NUL},

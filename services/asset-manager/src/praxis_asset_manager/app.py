@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from pathlib import Path
 
 from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 from pydantic import Field
 
 from praxis_asset_manager.catalog import Catalog
@@ -18,8 +20,10 @@ from praxis_asset_manager.inventory_handlers import InventoryDeps
 from praxis_asset_manager.inventory_handlers import handlers as inventory_handlers
 from praxis_asset_manager.orm import OUTBOX, SCHEMA, Base
 from praxis_asset_manager.reservations import Reservations, StatusUpdate
+from praxis_asset_manager.snapshots import Snapshots
+from praxis_asset_manager.snapshots import handlers as snapshot_handlers
 from praxis_asset_manager.status import StatusChange, StatusQueue, StatusRecorder
-from praxis_contracts.topology import ASSET_LEASES
+from praxis_contracts.topology import ASSET_LEASES, WORKCELL_STATE
 from praxis_runtime.leases import LeaseStore
 from praxis_runtime.outbox import OutboxRelay
 from praxis_runtime.service import Migrations, Service, bus_for, database_for
@@ -32,6 +36,9 @@ class Settings(DatabaseSettings):
     service_name: str = "asset-manager"
     asset_lock_timeout_seconds: int = Field(
         default=3600, ge=1, description="ASSET_LOCK_TIMEOUT_SECONDS"
+    )
+    snapshots_kept: int = Field(
+        default=50, ge=1, description="SNAPSHOTS_KEPT: workcell state snapshots kept per workcell"
     )
 
 
@@ -59,6 +66,24 @@ def build_app(settings: Settings) -> Service:
         statuses.submit(StatusChange(*update) for update in updates)
 
     holder: dict[str, Reservations] = {}
+    stores: dict[str, ObjectStore] = {}
+
+    def leased(asset_id: uuid.UUID) -> bool:
+        return "r" in holder and holder["r"].index.holder(asset_id) is not None
+
+    async def bind_store() -> None:
+        stores[WORKCELL_STATE.bucket] = await bus.js.object_store(WORKCELL_STATE.bucket)
+
+    snapshots = Snapshots(
+        db,
+        inventory,
+        relay,
+        lambda: stores[WORKCELL_STATE.bucket],
+        settings.snapshots_kept,
+        leased,
+    )
+    service.on_start.append(bind_store)
+    service.include(snapshot_handlers, snapshots)
     tasks: list[asyncio.Task[None]] = []
     watchers: list[KeyValue.KeyWatcher] = []
 

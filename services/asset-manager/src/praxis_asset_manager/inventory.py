@@ -293,6 +293,8 @@ def asset_view(row: AssetRow) -> Asset:
         definition=row.definition,
         backend=row.backend,
         state=row.state,
+        state_recorded_at=row.state_recorded_at,
+        state_snapshot_id=row.state_snapshot_id,
         parent_id=row.parent_id,
         slot=row.slot,
         properties=row.properties,

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -58,6 +59,9 @@ class AssetRow(Base):
     definition: Mapped[dict[str, Any]] = mapped_column(JSON)
     backend: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     state: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Set when a snapshot (or a restore) recorded ``state``; None: the state it was created with.
+    state_recorded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    state_snapshot_id: Mapped[uuid.UUID | None] = mapped_column()
     parent_id: Mapped[uuid.UUID | None] = mapped_column(index=True)
     slot: Mapped[str | None] = mapped_column(String(200))
     properties: Mapped[dict[str, Any]] = mapped_column(JsonB)
@@ -112,6 +116,30 @@ class StatusHistoryRow(Base):
     reason: Mapped[str] = mapped_column(String(2000))
     run_id: Mapped[uuid.UUID | None] = mapped_column(index=True)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class SnapshotRow(Base):
+    """What is known of a workcell state snapshot; its body is in the object store.
+
+    ``pruned_at`` is set when retention drops it: the row goes once its object is deleted (a
+    failed delete is retried at the next prune), and lists and reads no longer show it.
+    """
+
+    __tablename__ = "snapshots"
+    __table_args__ = (Index("ix_snapshots_workcell_taken", "workcell_name", "taken_at"),)
+
+    snapshot_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    workcell_name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(20))
+    run_id: Mapped[uuid.UUID | None] = mapped_column(index=True)
+    checkpoint: Mapped[str | None] = mapped_column(Text)
+    taken_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    asset_ids: Mapped[list[str]] = mapped_column(JsonB)
+    asset_names: Mapped[list[str]] = mapped_column(JsonB)
+    object_name: Mapped[str] = mapped_column(String(500))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    pruned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 OUTBOX = outbox_table(Base.metadata)

@@ -25,6 +25,14 @@ from praxis_contracts.inventory import (
     UpdateAsset,
     UpdateWorkcell,
 )
+from praxis_contracts.state import (
+    GetSnapshot,
+    ListSnapshots,
+    RestoreSnapshot,
+    SnapshotInfo,
+    SnapshotPage,
+    WorkcellSnapshot,
+)
 from praxis_gateway.routes import BusDep, Filters
 from praxis_gateway.security import ActorDep
 
@@ -71,6 +79,51 @@ async def delete_workcell(workcell: str, b: BusDep, actor: ActorDep) -> Response
     """Delete a workcell and its assets; 409 while a run holds any of them."""
     await b.request(DeleteWorkcell(workcell=workcell, actor=actor))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# -- workcell state snapshots ---------------------------------------------------------------------
+@router.get("/workcells/{workcell}/snapshots")
+async def list_snapshots(
+    workcell: str,
+    b: BusDep,
+    filters: Filters,
+    asset: Annotated[str | None, Query(description="Covered asset: name or id")] = None,
+) -> SnapshotPage:
+    """The workcell's state snapshots, newest first (``protocol_run_accession_id``: a run's)."""
+    return await b.request(ListSnapshots(workcell=workcell, asset=asset, filters=filters))
+
+
+@router.get("/workcells/{workcell}/snapshots/{snapshot_id}")
+async def get_snapshot(workcell: str, snapshot_id: UUID, b: BusDep) -> WorkcellSnapshot:
+    """One snapshot with the state of each asset it covers; 404 once pruned."""
+    return await b.request(GetSnapshot(workcell=workcell, snapshot_id=snapshot_id))
+
+
+class RestoreIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    snapshot_id: UUID
+    reason: str = Field(min_length=1, max_length=2000, description="Why; kept in the audit event.")
+    assets: list[str] | None = Field(default=None, description="Asset names; all if omitted.")
+
+
+@router.post("/workcells/{workcell}/restore")
+async def restore_snapshot(
+    workcell: str, body: RestoreIn, b: BusDep, actor: ActorDep
+) -> SnapshotInfo:
+    """Make a snapshot's states the recorded state of its assets (all, or those named) and have
+    the workcell's orchestrator load them, audited as ``WorkcellStateRestored``. 409 while a run
+    holds any of them; 422 for an asset the snapshot does not cover. Replies with the
+    ``restored`` snapshot recorded for it."""
+    return await b.request(
+        RestoreSnapshot(
+            workcell=workcell,
+            snapshot_id=body.snapshot_id,
+            reason=body.reason,
+            assets=body.assets,
+            actor=actor,
+        )
+    )
 
 
 class AssetIn(BaseModel):

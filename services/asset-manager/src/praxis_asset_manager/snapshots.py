@@ -1,0 +1,450 @@
+"""Workcell state snapshots: record them, keep the newest state of each asset, prune, restore.
+
+The orchestrator writes each snapshot's body (``WorkcellSnapshot`` JSON) into the
+``praxis_workcell_state`` object store and publishes ``WorkcellStateRecorded`` naming it. Here:
+
+- the snapshot's metadata becomes a row (the same snapshot twice is one row: the second is a
+  no-op), and each asset it covers takes its state as the asset's recorded ``state`` unless the
+  asset already holds a state recorded at or after the snapshot was taken (events may arrive out
+  of order: an older snapshot never overwrites newer state). Assets deleted since are skipped;
+- retention keeps the newest ``kept`` snapshots of each workcell. Older rows are marked pruned in
+  the recording transaction; their objects are deleted after the commit and the rows with them.
+  A failed delete leaves the row marked, and the next prune of the workcell tries again. An
+  asset's recorded state lives in its own row, so pruning never loses current state;
+- ``restore`` writes a snapshot of kind ``restored`` (the chosen assets' states from the source),
+  makes those states the assets' recorded state and emits ``WorkcellStateRestored`` through the
+  outbox in the same transaction. Refused while a run holds any of the assets: a live lease in
+  the mirror, or a ``reserved``/``in_use`` status (the status follows the lease moments later).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from nats.js.errors import ObjectNotFoundError
+from nats.js.object_store import ObjectStore
+from pydantic import ValidationError
+from sqlalchemy import JSON, Table, bindparam, delete, or_, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from praxis_asset_manager.inventory import Inventory
+from praxis_asset_manager.inventory_commands import _workcell
+from praxis_asset_manager.orm import AssetRow, SnapshotRow, WorkcellRow
+from praxis_asset_manager.status import BUSY
+from praxis_contracts.errors import Conflict, InvalidInput, InvalidRequest, NotFound
+from praxis_contracts.state import (
+    AssetState,
+    GetSnapshot,
+    ListSnapshots,
+    RestoreSnapshot,
+    SnapshotInfo,
+    SnapshotPage,
+    WorkcellSnapshot,
+    WorkcellStateRecorded,
+    WorkcellStateRestored,
+    snapshot_object_name,
+)
+from praxis_runtime.bus import Handlers
+from praxis_runtime.db import Database
+from praxis_runtime.outbox import OutboxRelay, SqlUnitOfWork
+from praxis_runtime.query import apply_filters, fetch_page, where_all
+
+log = logging.getLogger(__name__)
+
+_ASSETS = cast(Table, AssetRow.__table__)
+_SET_STATE = (
+    update(_ASSETS)
+    .where(_ASSETS.c.accession_id == bindparam("b_id"))
+    .values(
+        state=bindparam("b_state", type_=JSON),
+        state_recorded_at=bindparam("b_at"),
+        state_snapshot_id=bindparam("b_snapshot"),
+        updated_at=bindparam("b_now"),
+    )
+)
+"""One asset's recorded state (executed once per asset, as one batch)."""
+
+
+class Snapshots:
+    def __init__(
+        self,
+        db: Database,
+        inventory: Inventory,
+        relay: OutboxRelay,
+        store: Callable[[], ObjectStore],
+        kept: int,
+        leased: Callable[[uuid.UUID], bool],
+    ) -> None:
+        self.db = db
+        self.inventory = inventory
+        self.relay = relay
+        self.store = store
+        self.kept = kept
+        self.leased = leased
+
+    # -- recording ----------------------------------------------------------------------------
+    async def record(self, event: WorkcellStateRecorded) -> None:
+        """Record a snapshot the orchestrator wrote; a no-op for one already recorded."""
+        async with self.db.transaction() as session:
+            if await session.get(SnapshotRow, event.snapshot_id) is not None:
+                return
+        body = await self._body(event.object_name)
+        if body is None:
+            raise NotFound(
+                f"snapshot {event.snapshot_id} has no body {event.object_name!r}",
+                snapshot_id=str(event.snapshot_id),
+            )
+        if (body.snapshot_id, body.workcell_name) != (event.snapshot_id, event.workcell_name):
+            raise InvalidInput(
+                f"the body {event.object_name!r} is snapshot {body.snapshot_id} of "
+                f"{body.workcell_name!r}, not {event.snapshot_id} of {event.workcell_name!r}"
+            )
+        now = datetime.now(UTC)
+        async with self.db.transaction() as session:
+            workcell_id = await session.scalar(
+                select(WorkcellRow.accession_id).where(WorkcellRow.name == event.workcell_name)
+            )
+            if workcell_id is None:
+                log.warning(
+                    "snapshot %s of unknown workcell %r ignored",
+                    event.snapshot_id,
+                    event.workcell_name,
+                )
+                return
+            info = SnapshotInfo.model_validate(event.model_dump())
+            inserted = await session.scalar(
+                insert(SnapshotRow)
+                .values(_row_values(info, now))
+                .on_conflict_do_nothing()
+                .returning(SnapshotRow.snapshot_id)
+            )
+            if inserted is None:  # a concurrent delivery of the same snapshot recorded it
+                return
+            changed = await _set_states(
+                session, workcell_id, body.assets, info, now, only_older=True
+            )
+            await self._mark_pruned(session, event.workcell_name, now)
+        if changed:
+            self.inventory.invalidate()
+        await self.prune(event.workcell_name)
+
+    # -- retention ----------------------------------------------------------------------------
+    async def _mark_pruned(self, session: AsyncSession, workcell: str, now: datetime) -> None:
+        newest = (
+            select(SnapshotRow.snapshot_id)
+            .where(SnapshotRow.workcell_name == workcell, SnapshotRow.pruned_at.is_(None))
+            .order_by(SnapshotRow.taken_at.desc(), SnapshotRow.snapshot_id.desc())
+            .limit(self.kept)
+        )
+        await session.execute(
+            update(SnapshotRow)
+            .where(
+                SnapshotRow.workcell_name == workcell,
+                SnapshotRow.pruned_at.is_(None),
+                SnapshotRow.snapshot_id.not_in(newest.scalar_subquery()),
+            )
+            .values(pruned_at=now)
+            .execution_options(synchronize_session=False)
+        )
+
+    async def prune(self, workcell: str) -> int:
+        """Delete the objects of the workcell's pruned snapshots, then their rows; what fails
+        to delete stays marked for the next prune. Returns how many went."""
+        async with self.db.transaction() as session:
+            pruned = (
+                await session.execute(
+                    select(SnapshotRow.snapshot_id, SnapshotRow.object_name).where(
+                        SnapshotRow.workcell_name == workcell, SnapshotRow.pruned_at.is_not(None)
+                    )
+                )
+            ).all()
+        gone = []
+        for snapshot_id, object_name in pruned:
+            try:
+                await self.store().delete(object_name)
+            except ObjectNotFoundError:
+                pass  # deleted by an earlier prune that failed before its rows went
+            except Exception as exc:
+                log.warning("deleting pruned snapshot %s failed (retried): %s", snapshot_id, exc)
+                continue
+            gone.append(snapshot_id)
+        if gone:
+            async with self.db.transaction() as session:
+                await session.execute(delete(SnapshotRow).where(SnapshotRow.snapshot_id.in_(gone)))
+        return len(gone)
+
+    # -- reads --------------------------------------------------------------------------------
+    async def list(self, query: ListSnapshots) -> SnapshotPage:
+        async with self.db.transaction() as session:
+            workcell = await _workcell(session, query.workcell)
+            covering = None
+            if query.asset is not None:
+                covering = or_(
+                    SnapshotRow.asset_names.contains([query.asset]),
+                    SnapshotRow.asset_ids.contains([_id_text(query.asset)]),
+                )
+            stmt = where_all(
+                select(SnapshotRow),
+                SnapshotRow.workcell_name == workcell.name,
+                SnapshotRow.pruned_at.is_(None),
+                SnapshotRow.run_id == query.run_id if query.run_id else None,
+                covering,
+            )
+            stmt = apply_filters(
+                stmt,
+                query.filters,
+                created_at=SnapshotRow.taken_at,
+                sortable={"taken_at": SnapshotRow.taken_at, "kind": SnapshotRow.kind},
+                relations={"protocol_run_accession_id": SnapshotRow.run_id},
+            ).order_by(SnapshotRow.snapshot_id.desc())  # stable within equal sort keys
+            rows, total = await fetch_page(session, stmt, query.filters)
+        f = query.filters
+        return SnapshotPage(
+            items=[_info(r) for r in rows], total=total, limit=f.limit, offset=f.offset
+        )
+
+    async def get(self, query: GetSnapshot) -> WorkcellSnapshot:
+        async with self.db.transaction() as session:
+            workcell = await _workcell(session, query.workcell)
+            info = _info(await _snapshot(session, workcell.name, query.snapshot_id))
+        body = await self._body(info.object_name)
+        if body is None:  # pruned since the row was read
+            raise NotFound(f"snapshot {query.snapshot_id} not found")
+        return WorkcellSnapshot(**info.model_dump(), assets=body.assets)
+
+    # -- restore ------------------------------------------------------------------------------
+    async def restore(self, cmd: RestoreSnapshot) -> SnapshotInfo:
+        async with self.db.transaction() as session:
+            workcell = await _workcell(session, cmd.workcell)
+            source = _info(await _snapshot(session, workcell.name, cmd.snapshot_id))
+        body = await self._body(source.object_name)
+        if body is None:
+            raise NotFound(f"snapshot {cmd.snapshot_id} not found")
+        chosen = _chosen(body.assets, cmd.assets)
+        async with self.db.transaction() as session:
+            existing = await _statuses(session, workcell.accession_id, chosen)
+        chosen = [a for a in chosen if a.asset_id in existing]  # deleted since: nothing to restore
+        if not chosen:
+            raise InvalidRequest("none of the snapshot's assets exist any more")
+        self._refuse_if_held(chosen, existing)
+
+        now = datetime.now(UTC)
+        new_id = uuid.uuid4()
+        draft = WorkcellSnapshot(
+            snapshot_id=new_id,
+            workcell_name=workcell.name,
+            kind="restored",
+            taken_at=now,
+            asset_ids=[a.asset_id for a in chosen],
+            asset_names=[a.asset_name for a in chosen],
+            object_name=snapshot_object_name(workcell.name, new_id),
+            assets=chosen,
+        )
+        data = draft.model_dump_json().encode()
+        info = SnapshotInfo.model_validate(
+            draft.model_dump(exclude={"assets"}) | {"size_bytes": len(data)}
+        )
+        await self.store().put(info.object_name, data)
+        try:
+            async with SqlUnitOfWork(self.db, self.relay) as uow:
+                session = uow.session
+                locked = await _statuses(session, workcell.accession_id, chosen, lock=True)
+                if set(locked) != set(existing):
+                    raise Conflict("the workcell's assets changed meanwhile; try again")
+                self._refuse_if_held(chosen, locked)
+                await session.execute(insert(SnapshotRow).values(_row_values(info, now)))
+                await _set_states(session, workcell.accession_id, chosen, info, now)
+                await self._mark_pruned(session, workcell.name, now)
+                uow.emit(
+                    WorkcellStateRestored(
+                        workcell_name=workcell.name,
+                        restored=info,
+                        source_snapshot_id=source.snapshot_id,
+                        reason=cmd.reason,
+                        actor=cmd.actor,
+                    ),
+                    msg_id=f"state-restored:{new_id}",
+                )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.store().delete(info.object_name)
+            raise
+        self.inventory.invalidate()
+        await self.prune(workcell.name)
+        return info
+
+    def _refuse_if_held(self, chosen: Iterable[AssetState], statuses: dict[uuid.UUID, str]) -> None:
+        held = sorted(
+            a.asset_name
+            for a in chosen
+            if self.leased(a.asset_id) or statuses.get(a.asset_id) in BUSY
+        )
+        if held:
+            raise Conflict(
+                f"a run holds {', '.join(held)}: restore once it has released them", assets=held
+            )
+
+    async def _body(self, object_name: str) -> WorkcellSnapshot | None:
+        try:
+            result = await self.store().get(object_name)
+        except ObjectNotFoundError:
+            return None
+        try:
+            return WorkcellSnapshot.model_validate_json(result.data or b"")
+        except ValidationError as exc:
+            raise InvalidInput(f"snapshot body {object_name!r} is malformed: {exc}") from exc
+
+
+async def _snapshot(session: AsyncSession, workcell: str, snapshot_id: uuid.UUID) -> SnapshotRow:
+    row = await session.get(SnapshotRow, snapshot_id)
+    if row is None or row.workcell_name != workcell or row.pruned_at is not None:
+        raise NotFound(
+            f"snapshot {snapshot_id} of workcell {workcell!r} not found",
+            snapshot_id=str(snapshot_id),
+        )
+    return row
+
+
+def _chosen(assets: list[AssetState], names: list[str] | None) -> list[AssetState]:
+    if names is None:
+        return list(assets)
+    by_name = {a.asset_name: a for a in assets}
+    unknown = sorted(set(names) - set(by_name))
+    if unknown:
+        raise InvalidInput(
+            f"the snapshot does not cover {', '.join(unknown)}", field="assets", unknown=unknown
+        )
+    return [by_name[n] for n in dict.fromkeys(names)]
+
+
+async def _statuses(
+    session: AsyncSession,
+    workcell_id: uuid.UUID,
+    assets: Sequence[AssetState],
+    *,
+    lock: bool = False,
+) -> dict[uuid.UUID, str]:
+    """Status of each of ``assets`` still in the workcell (rows locked in id order if ``lock``)."""
+    stmt = (
+        select(AssetRow.accession_id, AssetRow.status)
+        .where(
+            AssetRow.workcell_id == workcell_id,
+            AssetRow.accession_id.in_([a.asset_id for a in assets]),
+        )
+        .order_by(AssetRow.accession_id)
+    )
+    if lock:
+        stmt = stmt.with_for_update()
+    return {asset_id: status for asset_id, status in (await session.execute(stmt)).all()}
+
+
+async def _set_states(
+    session: AsyncSession,
+    workcell_id: uuid.UUID,
+    assets: Sequence[AssetState],
+    info: SnapshotInfo,
+    now: datetime,
+    *,
+    only_older: bool = False,
+) -> int:
+    """Make ``assets``' states the recorded state of those still in the workcell (with
+    ``only_older``: of those whose recorded state is older than the snapshot). Returns how many."""
+    stmt = (
+        select(AssetRow.accession_id)
+        .where(
+            AssetRow.workcell_id == workcell_id,
+            AssetRow.accession_id.in_([a.asset_id for a in assets]),
+        )
+        .order_by(AssetRow.accession_id)  # the lock order of every asset-manager writer
+        .with_for_update()
+    )
+    if only_older:
+        stmt = stmt.where(
+            or_(
+                AssetRow.state_recorded_at.is_(None),
+                AssetRow.state_recorded_at < info.taken_at,
+            )
+        )
+    ids = set((await session.scalars(stmt)).all())
+    params: list[dict[str, Any]] = [
+        {
+            "b_id": a.asset_id,
+            "b_state": a.state,
+            "b_at": info.taken_at,
+            "b_snapshot": info.snapshot_id,
+            "b_now": now,
+        }
+        for a in assets
+        if a.asset_id in ids
+    ]
+    if params:
+        await session.execute(_SET_STATE, params)
+    return len(params)
+
+
+def _row_values(info: SnapshotInfo, now: datetime) -> dict[str, Any]:
+    return {
+        "snapshot_id": info.snapshot_id,
+        "workcell_name": info.workcell_name,
+        "kind": info.kind,
+        "run_id": info.run_id,
+        "checkpoint": info.checkpoint,
+        "taken_at": info.taken_at,
+        "asset_ids": [str(a) for a in info.asset_ids],
+        "asset_names": list(info.asset_names),
+        "object_name": info.object_name,
+        "size_bytes": info.size_bytes,
+        "recorded_at": now,
+    }
+
+
+def _info(row: SnapshotRow) -> SnapshotInfo:
+    return SnapshotInfo(
+        snapshot_id=row.snapshot_id,
+        workcell_name=row.workcell_name,
+        kind=row.kind,
+        run_id=row.run_id,
+        checkpoint=row.checkpoint,
+        taken_at=row.taken_at,
+        asset_ids=[uuid.UUID(a) for a in row.asset_ids],
+        asset_names=row.asset_names,
+        object_name=row.object_name,
+        size_bytes=row.size_bytes,
+    )
+
+
+def _id_text(ref: str) -> str:
+    """An asset id in the form the rows keep, or ``ref`` itself."""
+    try:
+        return str(uuid.UUID(ref))
+    except ValueError:
+        return ref
+
+
+handlers: Handlers[Snapshots] = Handlers()
+
+
+@handlers.consume(WorkcellStateRecorded, durable="asset-manager-state-recorded", max_workers=4)
+async def state_recorded(event: WorkcellStateRecorded, snapshots: Snapshots) -> None:
+    await snapshots.record(event)
+
+
+@handlers.rpc(ListSnapshots)
+async def list_snapshots(query: ListSnapshots, snapshots: Snapshots) -> SnapshotPage:
+    return await snapshots.list(query)
+
+
+@handlers.rpc(GetSnapshot)
+async def get_snapshot(query: GetSnapshot, snapshots: Snapshots) -> WorkcellSnapshot:
+    return await snapshots.get(query)
+
+
+@handlers.rpc(RestoreSnapshot)
+async def restore_snapshot(cmd: RestoreSnapshot, snapshots: Snapshots) -> SnapshotInfo:
+    return await snapshots.restore(cmd)
