@@ -174,6 +174,24 @@ async def test_unchanged_state_is_not_recorded_again_and_a_redelivery_records_on
         assert len(log.of(RunFinished)) == 1
 
 
+async def test_asset_states_too_large_for_the_event_are_sent_as_a_reference(world: Any) -> None:
+    world.edge.executor.asset_states_inline_bytes = 10_000  # the demo's four assets: ~100 KB
+    async with state_log(world) as states:
+        cmd = await world.command("transfer", TRANSFER)
+        finished = await run(world, cmd)
+        assert finished.outcome == "completed", finished.error
+        await states.until(cmd.run_id, "run_finished")
+        final = states.of(cmd.run_id)[-1]
+        assert final.kind == "run_finished"
+        assert finished.asset_states == {
+            "snapshot_id": str(final.snapshot_id),
+            "object_name": final.object_name,
+            "size_bytes": final.size_bytes,
+        }
+        body, _ = await states.body(final)
+        assert volume(body_states(body), "dest_plate") == 20.0
+
+
 # -- rollback -------------------------------------------------------------------------------------
 async def test_a_failed_run_that_asked_for_rollback_is_rolled_back(world: Any) -> None:
     async with state_log(world) as states:

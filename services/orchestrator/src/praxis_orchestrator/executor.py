@@ -213,6 +213,7 @@ class Executor:
         self.run_blocked_seconds = run_blocked_seconds
         self.cancel_escalation_seconds = cancel_escalation_seconds
         self.recorder = recorder
+        self.asset_states_inline_bytes = ASSET_STATES_INLINE_BYTES
         self._loop = asyncio.get_running_loop()  # the supervisor's
         self._thread = threading.get_ident()
         self.on_runs_changed: Callable[[], None] = lambda: None  # the heartbeat beats at once
@@ -636,7 +637,7 @@ class Executor:
             states, info = self._record_snapshot(run, "rolled_back", force=True)
         if states is None:
             return {}
-        if len(json.dumps(states, separators=(",", ":"))) <= ASSET_STATES_INLINE_BYTES:
+        if len(json.dumps(states, separators=(",", ":"))) <= self.asset_states_inline_bytes:
             return states
         if info is None:
             log.error("run %s: its assets' state is too large to report", run.run_id)
