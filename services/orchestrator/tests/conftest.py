@@ -203,6 +203,38 @@ async def transfer(
 
 
 @protocol_function(version="1.0.0")
+async def two_transfers(
+    lh: LiquidHandler, tips: TipRack, source: Plate, dest: Plate, volume: float = 20.0
+) -> float:
+    """Two ``transfer`` calls (two checkpoints that change state)."""
+    await transfer(lh, tips, source, dest, volume)
+    return await transfer(lh, tips, source, dest, volume)
+
+
+@protocol_function(version="1.0.0")
+async def transfer_then_fail(
+    lh: LiquidHandler, tips: TipRack, source: Plate, dest: Plate, volume: float = 20.0
+) -> None:
+    """A ``transfer``, then a failure."""
+    await transfer(lh, tips, source, dest, volume)
+    raise RuntimeError("failed after the transfer")
+
+
+@protocol_function(version="1.0.0")
+async def keep_transferring(
+    lh: LiquidHandler, tips: TipRack, source: Plate, dest: Plate, until: str
+) -> int:
+    """1 uL ``transfer`` calls until the file ``until`` exists, then one more."""
+    count = 0
+    while not Path(until).exists():
+        count += 1
+        await transfer(lh, tips, source, dest, 1.0)
+        await asyncio.sleep(0.02)
+    await transfer(lh, tips, source, dest, 1.0)
+    return count + 1
+
+
+@protocol_function(version="1.0.0")
 async def serial_dilution(
     lh: LiquidHandler, tips: TipRack, source: Plate, dest: Plate, steps: int = 3
 ) -> list[float]:

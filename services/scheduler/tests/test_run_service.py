@@ -334,6 +334,21 @@ async def test_a_run_goes_from_queued_to_completed(h: Harness, clock: Clock) -> 
     ]
 
 
+async def test_on_failure_goes_from_the_submission_to_the_run_its_command_and_a_retry(
+    h: Harness,
+) -> None:
+    run = await submit(h, on_failure="rollback")
+    assert run.on_failure == "rollback"
+    assert (await h.runs.get(run.accession_id)).on_failure == "rollback"
+    await h.runs.on_reserved(reserved(run.accession_id))
+    (execute,) = [m for m, _ in await h.sent() if isinstance(m, ExecuteRun)]
+    assert execute.on_failure == "rollback"
+    await h.runs.on_failed_before_start(run.accession_id, ErrorInfo(type="X", message="no"))
+    _, again = await h.runs.retry_source(run.accession_id)
+    assert again.on_failure == "rollback"
+    assert (await submit(h)).on_failure == "keep"
+
+
 async def test_each_event_delivered_twice_changes_the_run_once(h: Harness) -> None:
     run = await submit(h)
     run_id = run.accession_id

@@ -7,7 +7,8 @@ completed. Completion is pushed to the benchmark by NATS subscriptions, never po
 The run list is then read at pages of 50 and 1,000 (time and bytes). Then the other services
 stop and the reservation figures are taken against the asset-manager
 alone (``bench_reservations``). Last, in-process, what isolating protocols costs: a worker
-thread and loop per run, the lease guard per instrument command (``bench_isolation``).
+thread and loop per run, the lease guard per instrument command (``bench_isolation``), and
+recording a checkpoint's state (``bench_snapshots``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import nats
 from praxis_devstack.bench_isolation import measure_isolation
 from praxis_devstack.bench_reservations import measure_reservations
 from praxis_devstack.bench_scale import measure_scale
+from praxis_devstack.bench_snapshots import measure_snapshots
 from praxis_devstack.stack import DEMO_WORKCELL, Stack
 from praxis_devstack.stats import summary
 
@@ -182,6 +184,7 @@ async def bench(args: argparse.Namespace) -> int:
         await stack.stop_services(keep=("asset-manager",))
         report["reservations"] = await measure_reservations(nats, args.runs)
         report["isolation"] = await measure_isolation()
+        report["snapshots"] = await measure_snapshots()
         report["id"] = str(uuid.uuid4())
     finally:
         await stack.stop()

@@ -287,16 +287,23 @@ class LiveWorkcell:
         if errors:
             raise ExceptionGroup("Stopping machines failed", errors)
 
-    def snapshot(self, names: Iterable[str]) -> dict[str, Any]:
+    def snapshot(self, names: Iterable[str], *, sole_writer: bool = False) -> dict[str, Any]:
         """The state each named asset owns (:func:`own_state`), as detached strict JSON.
 
         Only what the asset owns, never what sits on it: a liquid handler's
         ``serialize_all_state()`` carries its whole deck (94 KB for the demo workcell) and a run
         record must fit in one NATS message. Labware placed on a machine or deck is an asset of
         its own and has its own entry when a run is bound to it.
+
+        ``sole_writer``: the caller is the only one changing these assets (a run's worker thread
+        holding their leases), so it may read them from its own thread. Only a read: the table
+        of objects is copied in one step (atomic under the GIL), and the owner's loop neither
+        changes an asset a run holds (``extend`` leaves leased assets alone) nor loads state
+        into one (restores skip them).
         """
-        self._check_owner()
-        separate = {id(obj) for obj in self._objects.values()}
+        if not sole_writer:
+            self._check_owner()
+        separate = {id(obj) for obj in list(self._objects.values())}
         return {name: state_to_json(own_state(self.get(name), separate)) for name in names}
 
     def restore(self, snapshot: dict[str, Any]) -> None:

@@ -12,12 +12,13 @@ from nats.js.object_store import ObjectStore
 from pydantic import Field
 
 from praxis_contracts.assets import GetWorkcellLayout, WorkcellLayout
-from praxis_contracts.topology import ASSET_LEASES, PROTOCOL_CODE
+from praxis_contracts.topology import ASSET_LEASES, PROTOCOL_CODE, WORKCELL_STATE
 from praxis_orchestrator.code import CodeCache
 from praxis_orchestrator.edge import EdgeBeacon
 from praxis_orchestrator.executor import Executor
 from praxis_orchestrator.handlers import handlers_for
 from praxis_orchestrator.outbox import Outbox
+from praxis_orchestrator.snapshots import StateRecorder
 from praxis_orchestrator.workcell import WorkcellHost
 from praxis_runtime.leases import LeaseStore
 from praxis_runtime.service import Service, bus_for
@@ -72,6 +73,7 @@ class Orchestrator:
     executor: Executor | None = None
     outbox: Outbox | None = None
     beacon: EdgeBeacon | None = None
+    recorder: StateRecorder | None = None
 
 
 def build(settings: Settings) -> tuple[Service, Orchestrator]:
@@ -89,8 +91,12 @@ def build(settings: Settings) -> tuple[Service, Orchestrator]:
 
     async def wire() -> None:
         stores[PROTOCOL_CODE.bucket] = await bus.js.object_store(PROTOCOL_CODE.bucket)
+        stores[WORKCELL_STATE.bucket] = await bus.js.object_store(WORKCELL_STATE.bucket)
         outbox = Outbox(bus.publisher)
         outbox.start()
+        recorder = StateRecorder(
+            settings.praxis_workcell, outbox, lambda: stores[WORKCELL_STATE.bucket]
+        )
         executor = Executor(
             workcell,
             code,
@@ -99,6 +105,7 @@ def build(settings: Settings) -> tuple[Service, Orchestrator]:
             parts.instance,
             run_blocked_seconds=settings.run_blocked_seconds,
             cancel_escalation_seconds=settings.cancel_escalation_seconds,
+            recorder=recorder,
         )
         beacon = EdgeBeacon(
             bus.publisher,
@@ -111,6 +118,7 @@ def build(settings: Settings) -> tuple[Service, Orchestrator]:
         )
         executor.on_runs_changed = beacon.poke
         parts.executor, parts.outbox, parts.beacon = executor, outbox, beacon
+        parts.recorder = recorder
         await beacon.start()  # the first beat goes out before any command is taken
         service.include(
             handlers_for(settings.praxis_workcell, settings.max_concurrent_runs), executor

@@ -36,6 +36,13 @@ Steps 1 and 2 end it ``cancelled``, unless step 2 interrupted an instrument comm
 turning for ``run_blocked_seconds`` is reported once per stall (``RunBlocked``).
 
 Events go through the ``Outbox``: a protocol never waits for NATS, and never fails for its sake.
+
+The state of the run's assets is recorded (``praxis_orchestrator.snapshots``) before the
+protocol is called, after each protocol-function call that completes, and at the end. A run
+with ``on_failure="rollback"`` that fails or is cancelled has its assets' live state put back as
+it was before the protocol was called (and recorded so); one that requires intervention is left
+as it is for the operator. An operator's restore (``WorkcellStateRestored``) is loaded into the
+live objects, except into those a run holds.
 """
 
 from __future__ import annotations
@@ -72,11 +79,13 @@ from praxis_contracts.runs import (
     RunResumed,
     RunStarted,
 )
+from praxis_contracts.state import SnapshotInfo, SnapshotKind, WorkcellStateRestored
 from praxis_orchestrator.cleanup import Cleanup, make_safe, tip_policy
 from praxis_orchestrator.code import CodeCache
 from praxis_orchestrator.isolation import RunThread
 from praxis_orchestrator.keeper import LeaseKeeper
 from praxis_orchestrator.outbox import Outbox
+from praxis_orchestrator.snapshots import StateRecorder
 from praxis_orchestrator.workcell import WorkcellHost
 from praxis_plr.guard import WorkcellView, current_view
 from praxis_plr.types import unwrap_optional
@@ -97,6 +106,13 @@ HANDBACK_SECONDS = 1.0
 
 RUN_BLOCKED_SECONDS = 60.0
 CANCEL_ESCALATION_SECONDS = 10.0
+
+ASSET_STATES_INLINE_BYTES = 256 * 1024
+"""``RunFinished.asset_states`` larger than this encoded are sent as a reference to the
+snapshot that holds them (``{"snapshot_id", "object_name", "size_bytes"}``): a run bound to many
+tip racks would exceed NATS' 1 MB message limit."""
+
+ROLLED_BACK_OUTCOMES = frozenset({"failed", "cancelled"})
 
 
 @dataclass(frozen=True)
@@ -134,6 +150,7 @@ class ActiveRun:
         self.escalation: asyncio.Task[None] | None = None  # a cancel under way
         self.given_up = False  # abandoned: the worker may still be running, fenced
         self.blocked_reported = False
+        self.before: dict[str, Any] | None = None  # its assets' state when the protocol began
 
     @property
     def run_id(self) -> uuid.UUID:
@@ -155,16 +172,25 @@ class ActiveRun:
 
 
 class EventSink:
-    """Queues each protocol-function call record as an event, and notes the last call."""
+    """Queues each protocol-function call record as an event, and notes the last call; a call
+    that completed is a checkpoint (``on_completed``, on the worker's thread)."""
 
-    def __init__(self, emit: Callable[[Event], int], run: ActiveRun) -> None:
+    def __init__(
+        self,
+        emit: Callable[[Event], int],
+        run: ActiveRun,
+        on_completed: Callable[[CallRecord], None] = lambda call: None,
+    ) -> None:
         self.emit = emit
         self.run = run
+        self.on_completed = on_completed
 
     async def record(self, call: CallRecord) -> None:
         if call.status == "running":
             self.run.last_call = call.function
         self.emit(FunctionCallRecorded(**call.__dict__))
+        if call.status == "completed":
+            self.on_completed(call)
 
 
 class Executor:
@@ -178,6 +204,7 @@ class Executor:
         *,
         run_blocked_seconds: float = RUN_BLOCKED_SECONDS,
         cancel_escalation_seconds: float = CANCEL_ESCALATION_SECONDS,
+        recorder: StateRecorder | None = None,
     ) -> None:
         self.workcell = workcell
         self.code = code
@@ -186,6 +213,8 @@ class Executor:
         self.instance = instance
         self.run_blocked_seconds = run_blocked_seconds
         self.cancel_escalation_seconds = cancel_escalation_seconds
+        self.recorder = recorder
+        self.asset_states_inline_bytes = ASSET_STATES_INLINE_BYTES
         self._loop = asyncio.get_running_loop()  # the supervisor's
         self._thread = threading.get_ident()
         self.on_runs_changed: Callable[[], None] = lambda: None  # the heartbeat beats at once
@@ -324,7 +353,7 @@ class Executor:
         ctx = RunContext(
             run_id=cmd.run_id,
             state=PraxisState(cmd.initial_state),
-            sink=EventSink(self._emit, run),
+            sink=EventSink(self._emit, run, lambda done: self._checkpoint_state(run, done)),
             control=run.control,
             on_checkpoint=_checkpoint(run, keeper),
         )
@@ -369,6 +398,7 @@ class Executor:
         ended = run.ended = asyncio.get_running_loop().create_future()
         worker.start()
         self._emit(RunStarted(run_id=cmd.run_id, at=now(), edge_instance=self.instance))
+        run.before = self._record_state(run, "run_started")
         future = worker.submit(self._protocol(run, call, contextvars.copy_context()))
         future.add_done_callback(lambda done: self._on_supervisor(self._protocol_ended, run, done))
         stop_watching = self._watch(run)
@@ -561,7 +591,7 @@ class Executor:
             result=result,
             error=error,
             final_state=state,
-            asset_states=self._asset_states(run),
+            asset_states=self._final_asset_states(run, outcome),
             cleanup=cleanup or [],
         )
         # Through the same queue as the run's other events, so it is published after them. The
@@ -579,6 +609,135 @@ class Executor:
 
     def _emit(self, event: Event) -> int:
         return self.outbox.emit(event)
+
+    # -- the state of its assets --------------------------------------------------------------
+    def _record_state(
+        self,
+        run: ActiveRun,
+        kind: SnapshotKind,
+        *,
+        checkpoint: str | None = None,
+        sole_writer: bool = False,
+        force: bool = False,
+    ) -> dict[str, Any] | None:
+        """Read the run's assets' state, record it if it changed; the state (None if it could
+        not be read: a snapshot never fails a run)."""
+        return self._record_snapshot(run, kind, checkpoint, sole_writer, force)[0]
+
+    def _record_snapshot(
+        self,
+        run: ActiveRun,
+        kind: SnapshotKind,
+        checkpoint: str | None = None,
+        sole_writer: bool = False,
+        force: bool = False,
+    ) -> tuple[dict[str, Any] | None, SnapshotInfo | None]:
+        bindings = run.cmd.bindings
+        try:
+            states = self.workcell.snapshot(
+                [b.asset_name for b in bindings], sole_writer=sole_writer
+            )
+            if self.recorder is None:
+                return states, None
+            ids = {b.asset_name: b.asset_id for b in bindings}
+            info = self.recorder.record(
+                kind, states, ids, run_id=run.run_id, checkpoint=checkpoint, force=force
+            )
+        except Exception:
+            log.exception("could not record the %s state of run %s", kind, run.run_id)
+            return None, None
+        return states, info
+
+    def _checkpoint_state(self, run: ActiveRun, call: CallRecord) -> None:
+        """On the run's worker thread, as a protocol-function call completes: its assets' state
+        now (see ``praxis_orchestrator.snapshots`` for why here)."""
+        if run.given_up:
+            return  # abandoned and fenced: an operator decides what its assets hold
+        if call.parent_call_id is None:
+            return  # the run's own function: its end is the run's (``run_finished``)
+        self._record_state(
+            run, "checkpoint", checkpoint=f"{call.function}#{call.sequence}", sole_writer=True
+        )
+
+    def _final_asset_states(self, run: ActiveRun, outcome: RunOutcome) -> dict[str, Any]:
+        """The state of the run's assets as it ends (rolled back first if it asked for that),
+        recorded; a reference to the snapshot instead when too large for the event."""
+        if not run.started:
+            return self._asset_states(run)
+        # Recorded even when unchanged: one per run, the state it left its assets in.
+        states, info = self._record_snapshot(run, "run_finished", force=True)
+        if (
+            run.cmd.on_failure == "rollback"
+            and outcome in ROLLED_BACK_OUTCOMES
+            and run.before is not None
+        ):
+            self._roll_back(run, run.before)
+            states, info = self._record_snapshot(run, "rolled_back", force=True)
+        if states is None:
+            return {}
+        if len(json.dumps(states, separators=(",", ":"))) <= self.asset_states_inline_bytes:
+            return states
+        if info is None:
+            log.error("run %s: its assets' state is too large to report", run.run_id)
+            return {}
+        return {
+            "snapshot_id": str(info.snapshot_id),
+            "object_name": info.object_name,
+            "size_bytes": info.size_bytes,
+        }
+
+    def _roll_back(self, run: ActiveRun, before: dict[str, Any]) -> None:
+        """Put the run's assets back as they were when its protocol was called."""
+        live = self.workcell.live
+        if live is None:
+            return
+        for name, state in before.items():
+            try:
+                live.restore({name: state})
+            except Exception:
+                log.exception("run %s: could not roll %s back", run.run_id, name)
+        log.info("run %s rolled back: %s", run.run_id, ", ".join(before))
+
+    async def apply_restored(self, event: WorkcellStateRestored) -> None:
+        """Load an operator's restore into the live objects. Skipped for an asset a run has
+        (the asset-manager refused while leased, but a grant may have raced it) and when the
+        workcell is not live yet (it will be built from the layout, which has the restored
+        state). Loading the same state again changes nothing: redelivery is harmless."""
+        if self.workcell.live is None or self.recorder is None:
+            log.info("restore %s: the workcell is not live", event.restored.snapshot_id)
+            return
+        snapshot = await self.recorder.fetch(event.restored.object_name)
+        if snapshot is None:
+            log.warning("restore %s: its snapshot is gone", event.restored.snapshot_id)
+            return
+        live = self.workcell.live  # after the fetch: nothing awaits from here on
+        if live is None:
+            return
+        in_use = {b.asset_id: r.run_id for r in self.runs.values() for b in r.cmd.bindings}
+        loaded: dict[str, Any] = {}
+        for asset in snapshot.assets:
+            if asset.asset_id in in_use:
+                log.warning(
+                    "restore %s: %s is in use by run %s; not loaded",
+                    event.restored.snapshot_id,
+                    asset.asset_name,
+                    in_use[asset.asset_id],
+                )
+            elif not live.has({asset.asset_id: asset.asset_name}):
+                log.warning(
+                    "restore %s: %s is not live here; not loaded",
+                    event.restored.snapshot_id,
+                    asset.asset_name,
+                )
+            else:
+                try:
+                    live.restore({asset.asset_name: asset.state})
+                except Exception:
+                    log.exception("restore: could not load the state of %s", asset.asset_name)
+                    continue
+                loaded[asset.asset_name] = asset.state
+        self.recorder.remember(loaded)
+        log.info("restored %s: %s", event.restored.snapshot_id, ", ".join(loaded) or "nothing")
 
     # -- operators and shutdown ---------------------------------------------------------------
     async def control(self, cmd: ControlRunExecution) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from praxis_contracts.runs import ControlRunExecution, ExecuteRun
+from praxis_contracts.state import WorkcellStateRestored
 from praxis_orchestrator.executor import Executor
 from praxis_runtime.bus import Handlers
 
@@ -23,5 +24,9 @@ def handlers_for(workcell: str, max_concurrent_runs: int) -> Handlers[Executor]:
     @group.consume(ControlRunExecution, durable=f"orchestrator-control-{workcell}", key=workcell)
     async def control(cmd: ControlRunExecution, executor: Executor) -> None:
         await executor.control(cmd)
+
+    @group.consume(WorkcellStateRestored, durable=f"orchestrator-state-{workcell}", key=workcell)
+    async def restored(event: WorkcellStateRestored, executor: Executor) -> None:
+        await executor.apply_restored(event)
 
     return group

@@ -21,6 +21,7 @@ import logging
 import threading
 import uuid
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
 import nats.errors
@@ -35,12 +36,17 @@ from praxis_runtime.publisher import Publisher
 log = logging.getLogger(__name__)
 
 
+class Undeliverable(Exception):
+    """Raised by an event's ``before`` step when no retry can help: the event is dropped."""
+
+
 class _Queued(NamedTuple):
     seq: int
     name: str
     subject: str
     payload: bytes
     headers: dict[str, str]
+    before: Callable[[], Awaitable[None]] | None = None
 
 
 class Outbox:
@@ -69,9 +75,19 @@ class Outbox:
             self._thread = threading.get_ident()
             self._relay = self._loop.create_task(self._run())
 
-    def emit(self, event: Event, msg_id: str | None = None) -> int:
+    def emit(
+        self,
+        event: Event,
+        msg_id: str | None = None,
+        *,
+        before: Callable[[], Awaitable[None]] | None = None,
+    ) -> int:
         """Queue ``event``; returns its sequence (see ``delivered``). Never blocks, never raises
         for NATS' sake: the event is serialised now, so later changes to it cannot leak in.
+
+        ``before``: what must be done (on the relay, retried like the publish, idempotent)
+        before the event goes out, e.g. putting the body it names in an object store (a claim
+        check stays in order with the events, and survives NATS being away like they do).
 
         Safe from any thread (protocols run on threads of their own): the sequence and the
         queue move together under a lock, and the relay is woken on its own loop."""
@@ -84,7 +100,9 @@ class Outbox:
             self.emitted += 1
             seq = self.emitted
             self._queue.append(
-                _Queued(seq, type(event).__name__, event.routing_subject(), payload, headers)
+                _Queued(
+                    seq, type(event).__name__, event.routing_subject(), payload, headers, before
+                )
             )
         if self._loop is None or threading.get_ident() == self._thread:
             self._wake.set()
@@ -132,8 +150,12 @@ class Outbox:
     async def _publish(self, item: _Queued) -> None:
         """Publish one event until the stream has it; the same message id every attempt."""
         attempt = 0
+        before = item.before
         while True:
             try:
+                if before is not None:
+                    await before()
+                    before = None  # done: a retry only publishes
                 await self.publisher.publish(item.subject, item.payload, item.headers)
                 if attempt:
                     log.info("published %s after %d failed attempts", item.name, attempt)
@@ -159,6 +181,6 @@ def _permanent(exc: BaseException) -> bool:
     """An error no retry can cure: a message over the size limit or one the stream refuses.
     Everything else (time-outs, no responders, a closed or reconnecting connection, JetStream
     unavailable while the server recovers) is NATS being away, and is waited out."""
-    if isinstance(exc, nats.errors.MaxPayloadError):
+    if isinstance(exc, nats.errors.MaxPayloadError | Undeliverable):
         return True
     return isinstance(exc, APIError) and exc.code == 400

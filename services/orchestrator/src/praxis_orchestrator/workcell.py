@@ -45,13 +45,17 @@ class WorkcellHost:
                 log.info("workcell %s: followed %s", self.name, ", ".join(changed) or "nothing")
         return self.live
 
-    def snapshot(self, names: list[str]) -> dict[str, Any]:
+    def snapshot(self, names: list[str], *, sole_writer: bool = False) -> dict[str, Any]:
         """The state of the named assets that are live (a run cancelled while the workcell was
-        being extended may name some that are not)."""
-        if self.live is None or not names:
+        being extended may name some that are not); ``sole_writer``: see
+        ``LiveWorkcell.snapshot``."""
+        live_workcell = self.live
+        if live_workcell is None or not names:
             return {}
-        live = set(self.live.names())
-        return self.live.snapshot([name for name in names if name in live])
+        live = set(live_workcell.names())
+        return live_workcell.snapshot(
+            [name for name in names if name in live], sole_writer=sole_writer
+        )
 
     async def stop(self) -> None:
         if self.live is not None:

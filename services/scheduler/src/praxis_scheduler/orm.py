@@ -38,6 +38,7 @@ class RunRow(Base):
     pins: Mapped[dict[str, str]] = mapped_column(JsonB)
     asset_properties: Mapped[dict[str, dict[str, Any]]] = mapped_column(JsonB, default=dict)
     priority: Mapped[int] = mapped_column(Integer)
+    on_failure: Mapped[str] = mapped_column(String(20), default="keep")
     bindings: Mapped[list[dict[str, Any]]] = mapped_column(JsonB)
     result: Mapped[Any] = mapped_column(JsonB, nullable=True)
     error: Mapped[dict[str, Any] | None] = mapped_column(JsonB)

@@ -34,6 +34,7 @@ from praxis_contracts.runs import (
     RunView,
     SubmitRun,
 )
+from praxis_contracts.state import OnFailure
 from praxis_scheduler.domain import EXECUTING, allowed, can_transition, cancel_target
 from praxis_scheduler.edges import Lost
 from praxis_scheduler.orm import RunRow, StatusHistoryRow
@@ -79,6 +80,7 @@ class RunService:
             pins=cmd.assets,
             asset_properties=cmd.asset_properties,
             priority=cmd.priority,
+            on_failure=cmd.on_failure,
             bindings=[],
             retry_of=retry_of,
             submitted_by=cmd.actor,
@@ -285,6 +287,7 @@ class RunService:
             asset_properties=row.asset_properties,
             initial_state=row.initial_state,
             priority=row.priority,
+            on_failure=_on_failure(row),
         )
         return view, cmd
 
@@ -462,7 +465,12 @@ def _execute_command(row: RunRow) -> ExecuteRun:
         parameters=row.parameters,
         bindings=[AssetBinding.model_validate(b) for b in row.bindings],
         initial_state=row.initial_state,
+        on_failure=_on_failure(row),
     )
+
+
+def _on_failure(row: RunRow) -> OnFailure:
+    return "rollback" if row.on_failure == "rollback" else "keep"
 
 
 def run_view(row: RunRow) -> RunView:
@@ -479,6 +487,7 @@ def run_view(row: RunRow) -> RunView:
         workcell_name=row.workcell_name,
         bindings=[AssetBinding.model_validate(b) for b in row.bindings],
         priority=row.priority,
+        on_failure=_on_failure(row),
         result=row.result,
         error=ErrorInfo.model_validate(row.error) if row.error else None,
         final_state=row.final_state,
