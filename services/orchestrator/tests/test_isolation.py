@@ -189,3 +189,5 @@ async def test_a_revoked_lease_refuses_the_next_instrument_command(
     assert [c.status for c in log.of(FunctionCallRecorded)] == ["running", "failed"]
     assert run.view.commands == 1  # the pick-up went out, the return did not
     assert not tips.get_item("C1").has_tip()
+    # Clean-up put the tip in the trash: the rack is no longer the run's to return it to.
+    assert finished.cleanup == ["liquid_handler: discarded the tips on channels [0]"]

@@ -5,7 +5,8 @@ tips failed with ``HasTipError`` until someone ran a clean-up protocol by hand. 
 ends ``failed`` or ``cancelled``, each liquid handler it was bound to is checked (PyLabRobot's tip
 trackers say which channels, and whether the 96-head, still hold tips) and its tips are returned
 to where they came from or discarded, as the machine's ``tips_after_failure`` property says
-(``return``, the default, falls back to discarding when the spot is gone; ``discard``). What was
+(``return``, the default, falls back to discarding when the spot is gone; ``discard``; a run
+fenced off a lease discards: it no longer holds the rack, and another run may). What was
 done is recorded on the run's ``RunFinished`` (``cleanup``). A machine that cannot be made safe
 (the commands fail, or tips remain) ends the run ``requires_intervention``: its leases are held for
 an operator, so no run starts on that machine until someone has looked at it and resolved the run.
@@ -52,6 +53,13 @@ async def make_safe(machines: Mapping[str, tuple[Any, TipPolicy]]) -> Cleanup:
         if isinstance(machine, LiquidHandler):
             await _tips(name, machine, policy, done)
     return done
+
+
+def holds_tips(machine: Any) -> bool:
+    """Whether a liquid handler holds any tip (on a channel or the 96-head)."""
+    if not isinstance(machine, LiquidHandler):
+        return False
+    return bool(_channels_with_tips(machine)) or _head96_has_tips(machine)
 
 
 def _channels_with_tips(lh: LiquidHandler) -> list[int]:
@@ -103,4 +111,11 @@ async def _put_down(lh: LiquidHandler, channels: list[int], policy: TipPolicy) -
         return None
 
 
-__all__ = ["TIP_POLICY_PROPERTY", "Cleanup", "TipPolicy", "make_safe", "tip_policy"]
+__all__ = [
+    "TIP_POLICY_PROPERTY",
+    "Cleanup",
+    "TipPolicy",
+    "holds_tips",
+    "make_safe",
+    "tip_policy",
+]

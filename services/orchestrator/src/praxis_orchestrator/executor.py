@@ -80,7 +80,7 @@ from praxis_contracts.runs import (
     RunStarted,
 )
 from praxis_contracts.state import SnapshotInfo, SnapshotKind, WorkcellStateRestored
-from praxis_orchestrator.cleanup import Cleanup, make_safe, tip_policy
+from praxis_orchestrator.cleanup import Cleanup, holds_tips, make_safe, tip_policy
 from praxis_orchestrator.code import CodeCache
 from praxis_orchestrator.isolation import RunThread
 from praxis_orchestrator.keeper import LeaseKeeper
@@ -431,13 +431,25 @@ class Executor:
         if live is None:
             return end, []
         properties = {asset.name: asset.properties for asset in live.layout.assets}
-        machines = {
-            b.asset_name: (live.get(b.asset_name), tip_policy(properties.get(b.asset_name, {})))
-            for b in run.cmd.bindings
-            if b.kind == "machine" and b.asset_name in properties
-        }
+        held = await self._still_held(run)
+        all_held = len(held) == len(run.cmd.bindings)
+        machines, untouchable = {}, []
+        for b in run.cmd.bindings:
+            if b.kind != "machine" or b.asset_name not in properties:
+                continue
+            if b.asset_name not in held:  # another run may hold it now: hands off
+                untouchable.append(live.get(b.asset_name))
+                continue
+            # A tip goes back only into a rack the run still holds; else into the trash.
+            policy = tip_policy(properties[b.asset_name]) if all_held else "discard"
+            machines[b.asset_name] = (live.get(b.asset_name), policy)
         try:
             done = await make_safe(machines)
+            done.problems += [
+                f"{m.name}: holds tips, not touched: the run lost its lease on it"
+                for m in untouchable
+                if holds_tips(m)
+            ]
         except Exception as exc:  # never lose the run's outcome to its clean-up
             log.exception("clean-up after run %s failed", run.run_id)
             done = Cleanup(problems=[f"clean-up failed: {type(exc).__name__}: {exc}"])
@@ -568,6 +580,21 @@ class Executor:
             run.worker.call(run.protocol_task.cancel)
         if not await _within(run.ended, self.cancel_escalation_seconds / 2):
             self._abandon(run, "the orchestrator stopped while it ran")
+
+    async def _still_held(self, run: ActiveRun) -> set[str]:
+        """Names of the run's assets whose leases it still holds (all, unless it was fenced)."""
+        if run.keeper is None or run.keeper.lost is None:
+            return {b.asset_name for b in run.cmd.bindings}
+        held = set()
+        for binding in run.cmd.bindings:
+            try:
+                state = await self.leases.read(binding.lease_key)
+            except Exception as exc:  # unknown: treat as lost
+                log.warning("could not read %s: %r", binding.lease_key, exc)
+                continue
+            if state.holder is not None and state.holder.run_id == run.run_id:
+                held.add(binding.asset_name)
+        return held
 
     async def _finish(
         self,
