@@ -272,7 +272,11 @@ async def test_failing_protocol_reports_its_error(
     assert finished.outcome == "failed"
     assert finished.error is not None
     assert (finished.error.type, finished.error.message) == ("ValueError", "boom on dest_plate")
-    assert finished.error.traceback and "boom on dest_plate" in finished.error.traceback
+    assert finished.error.code == "protocol_error"
+    # The protocol's own frames, paths relative to its source; no file of the edge's own.
+    trace = finished.error.traceback
+    assert trace and "boom on dest_plate" in trace and 'File "protocols.py"' in trace, trace
+    assert "praxis_orchestrator" not in trace and "site-packages" not in trace
     assert finished.final_state == {"before_failure": True}
     assert set(finished.asset_states) == {"dest_plate"}
     statuses = [call.status for call in events.calls.drained()]

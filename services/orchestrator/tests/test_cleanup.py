@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from pylabrobot.liquid_handling.backends import LiquidHandlerChatterboxBackend
 
+from praxis_contracts.errors import ErrorCode
 from praxis_contracts.runs import ControlRunExecution, FunctionCallRecorded
 from praxis_orchestrator.cleanup import make_safe, tip_policy
 from praxis_plr import demo_liquid_handler, enable_tracking
@@ -106,3 +107,22 @@ async def test_discard_is_used_when_the_machine_says_so() -> None:
             await lh.stop()
     assert done.actions == ["liquid_handler: discarded the tips on channels [0]"]
     assert not rack.get_item("A1").has_tip()  # not returned: in the trash
+
+
+def test_a_run_error_has_a_code_and_no_server_traceback(tmp_path: Any) -> None:
+    """Before, a preparation error reached the run record as ``KeyError: 'pending_volume'``
+    with no code and a traceback of the orchestrator's own files."""
+    from praxis_orchestrator.executor import _error_info
+
+    try:
+        {}["pending_volume"]
+    except KeyError as exc:
+        prepared = _error_info(exc, ErrorCode.PREPARATION_FAILED)
+        in_protocol = _error_info(exc, ErrorCode.PROTOCOL_ERROR, tmp_path)
+    assert (prepared.type, prepared.code, prepared.traceback) == (
+        "KeyError",
+        "preparation_failed",
+        None,
+    )
+    assert in_protocol.code == "protocol_error"
+    assert in_protocol.traceback is None  # no frame of it was the protocol's

@@ -32,6 +32,8 @@ class ErrorCode(StrEnum):
     SOURCE_REFUSED = "source_refused"
     LEASE_LOST = "lease_lost"
     ASSET_NOT_LEASED = "asset_not_leased"
+    PREPARATION_FAILED = "preparation_failed"  # a run's error: its edge could not prepare it
+    PROTOCOL_ERROR = "protocol_error"  # a run's error: the protocol raised
     UNAVAILABLE = "unavailable"
     TIMEOUT = "timeout"
     REPLY_TOO_LARGE = "reply_too_large"
@@ -121,6 +123,18 @@ class UnknownAssetType(PraxisError):
     code = ErrorCode.UNKNOWN_ASSET_TYPE
 
 
+class PreparationFailed(PraxisError):
+    """A run's error: its edge could not prepare it (code, live objects, parameters)."""
+
+    code = ErrorCode.PREPARATION_FAILED
+
+
+class ProtocolError(PraxisError):
+    """A run's error: the protocol function raised."""
+
+    code = ErrorCode.PROTOCOL_ERROR
+
+
 class NoMatchingAssets(PraxisError):
     code = ErrorCode.NO_MATCHING_ASSETS
 
@@ -200,6 +214,8 @@ _BY_CODE: dict[ErrorCode, type[PraxisError]] = {
         Unavailable,
         Timeout,
         ReplyTooLarge,
+        PreparationFailed,
+        ProtocolError,
         InternalError,
     )
 }

@@ -53,6 +53,7 @@ import contextvars
 import inspect
 import json
 import logging
+import os
 import threading
 import traceback
 import typing
@@ -61,11 +62,12 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from praxis_contracts.base import Event
 from praxis_contracts.common import ErrorInfo
-from praxis_contracts.errors import LeaseLost, PraxisError, Unavailable
+from praxis_contracts.errors import ErrorCode, LeaseLost, PraxisError, Unavailable
 from praxis_contracts.runs import (
     ControlRunExecution,
     EdgeRun,
@@ -308,7 +310,8 @@ class Executor:
             await self._finish(run, "cancelled", state=run.cmd.initial_state)
         except Exception as exc:
             log.warning("run could not start: %s: %s", type(exc).__name__, exc)
-            await self._finish(run, "failed", error=_error_info(exc), state={})
+            error = _error_info(exc, ErrorCode.PREPARATION_FAILED)
+            await self._finish(run, "failed", error=error, state={})
         finally:
             run.preparation = None
         return None
@@ -485,7 +488,9 @@ class Executor:
             return Ended("cancelled")
         except Exception as exc:
             log.warning("run failed: %s: %s", type(exc).__name__, exc)
-            return Ended("failed", error=_error_info(exc))
+            return Ended(
+                "failed", error=_error_info(exc, ErrorCode.PROTOCOL_ERROR, self.code.cache_dir)
+            )
         return Ended("completed", result=_json_safe(result))
 
     def _protocol_ended(self, run: ActiveRun, done: Future[Ended]) -> None:
@@ -499,7 +504,7 @@ class Executor:
         try:
             run.ended.set_result(done.result())
         except BaseException as exc:  # the wrapper itself failed, or was cancelled
-            run.ended.set_result(Ended("failed", error=_error_info(exc)))
+            run.ended.set_result(Ended("failed", error=_error_info(exc, ErrorCode.INTERNAL)))
 
     def _on_supervisor(self, callback: Callable[..., None], *args: Any) -> None:
         """Run ``callback`` on the supervisor's loop (now, when already on it)."""
@@ -865,15 +870,40 @@ def _being_cancelled() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-def _error_info(exc: BaseException) -> ErrorInfo:
-    code = exc.code.value if isinstance(exc, PraxisError) else None
+def _error_info(
+    exc: BaseException, fallback: ErrorCode, protocol_root: Path | None = None
+) -> ErrorInfo:
+    """A run's error: its own message and a code (the exception's, else ``fallback``), and the
+    traceback of the protocol's own frames only, paths relative to its source tree (never the
+    orchestrator's or a library's files: run records are read over the API)."""
+    code = exc.code.value if isinstance(exc, PraxisError) else fallback.value
     message = exc.message if isinstance(exc, PraxisError) else str(exc)
     return ErrorInfo(
         type=type(exc).__name__,
         message=message or type(exc).__name__,
         code=code,
-        traceback="".join(traceback.format_exception(exc))[-4000:],
+        traceback=_protocol_traceback(exc, protocol_root) if protocol_root else None,
     )
+
+
+def _protocol_traceback(exc: BaseException, root: Path) -> str | None:
+    """``Traceback`` lines for the frames in the protocol's source tree
+    (``<source>/<commit>/<path>`` under the code cache, shown as ``<path>``), then the exception
+    line; None if none."""
+    base = str(root.resolve()) + os.sep
+    lines = []
+    for frame in traceback.extract_tb(exc.__traceback__):
+        filename = str(Path(frame.filename).resolve())
+        if not filename.startswith(base):
+            continue
+        shown = filename[len(base) :].split(os.sep, 2)[-1]  # <source id>/<commit>/<path>
+        lines.append(f'  File "{shown}", line {frame.lineno}, in {frame.name}\n')
+        if frame.line:
+            lines.append(f"    {frame.line}\n")
+    if not lines:
+        return None
+    last = traceback.format_exception_only(type(exc), exc)[-1]
+    return ("Traceback (protocol frames):\n" + "".join(lines) + last)[-4000:]
 
 
 def _json_safe(value: Any) -> Any:
