@@ -9,6 +9,7 @@ health endpoint answers; a cancel ends it within ``cancel_escalation_seconds``.
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from praxis_devstack.servers import free_port
 pytestmark = pytest.mark.integration
 
 ESCALATION = 2.0
+ESCALATION_MARGIN = 8.0  # before the edge isolation, such a cancel took 28 s
 ISOLATION = {
     "edge_heartbeat_ttl_seconds": 1,
     "run_blocked_seconds": 0.5,
@@ -85,15 +87,17 @@ async def test_a_protocol_that_hogs_its_loop_leaves_the_edge_alive_and_is_cancel
             assert (await health(port)).startswith(b"HTTP/1.1 200")
             assert run.worker.stalled_for() >= 0.5 and log.of(RunFinished) == []
 
+            cancelled_at = time.monotonic()
             await world.client.publish(
                 ControlRunExecution(
                     run_id=cmd.run_id, workcell_name=world.workcell, action="cancel"
                 )
             )
             # The protocol is still blocked (its flag is touched only below): the escalation,
-            # not the protocol, ended the run. (How long it takes is a bench figure, not an
-            # assertion: on a loaded 2-core machine a spinning thread slows everything.)
+            # not the protocol, ended the run, within its documented bound. The margin is wide
+            # on purpose (a loaded 2-core machine): this is the bound holding, not a speed.
             finished = await log.finished()
+            assert time.monotonic() - cancelled_at < ESCALATION + ESCALATION_MARGIN
             assert finished.outcome == "requires_intervention"
             assert finished.error is not None and finished.error.type == "RunAbandoned"
             assert run.view is not None and run.view.abandoned is not None
