@@ -9,7 +9,9 @@ import json
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -64,7 +66,13 @@ def _token_origin() -> str:
 
 
 async def demo(args: argparse.Namespace) -> int:
-    stack = Stack(fast=True)
+    # A fresh workcell every time (``make run``'s keeps the state runs left in its plates, and a
+    # few demos would empty the source plate).
+    with tempfile.TemporaryDirectory(prefix="praxis-demo-") as base:
+        return await _demo(args, Stack(base_dir=Path(base), fast=True))
+
+
+async def _demo(args: argparse.Namespace, stack: Stack) -> int:
     try:
         print("starting the stack ...", flush=True)
         await stack.start()

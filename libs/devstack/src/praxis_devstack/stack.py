@@ -152,11 +152,16 @@ class Stack:
         async with httpx.AsyncClient(
             base_url=self.api, timeout=300.0, headers=self.auth_headers
         ) as client:
-            drafts = [d.model_dump(mode="json") for d in demo_workcell()]
-            response = await client.post(
-                "/api/v1/workcells", json={"name": DEMO_WORKCELL, "assets": drafts}
-            )
-            response.raise_for_status()
+            # Registered once: a restart keeps the workcell and the state runs left in it.
+            known = await client.get(f"/api/v1/workcells/{DEMO_WORKCELL}")
+            if known.status_code == 404:
+                drafts = [d.model_dump(mode="json") for d in demo_workcell()]
+                response = await client.post(
+                    "/api/v1/workcells", json={"name": DEMO_WORKCELL, "assets": drafts}
+                )
+                response.raise_for_status()
+            else:
+                known.raise_for_status()
             existing = (await client.get("/api/v1/protocols/sources", params={"limit": 100})).json()
             source = next((s for s in existing["items"] if s["name"] == EXAMPLES_SOURCE), None)
             repo = await asyncio.to_thread(make_example_repo, self.base_dir / "example-protocols")
