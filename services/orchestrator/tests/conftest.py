@@ -221,6 +221,17 @@ async def transfer_then_fail(
 
 
 @protocol_function(version="1.0.0")
+async def transfer_then_wait(
+    lh: LiquidHandler, tips: TipRack, source: Plate, dest: Plate, until: str
+) -> None:
+    """A ``transfer``, then waits (no checkpoint) for ``until``, then one more command."""
+    await transfer(lh, tips, source, dest, 20.0)
+    while not Path(until).exists():
+        await asyncio.sleep(0.02)
+    await lh.pick_up_tips([tips.get_item("H12")])
+
+
+@protocol_function(version="1.0.0")
 async def keep_transferring(
     lh: LiquidHandler, tips: TipRack, source: Plate, dest: Plate, until: str
 ) -> int:

@@ -214,6 +214,37 @@ async def test_a_failed_run_that_asked_for_rollback_is_rolled_back(world: Any) -
     assert live_volume(world, "source_plate") == 200.0
 
 
+async def test_a_rollback_leaves_an_asset_the_run_lost_to_whoever_holds_it(
+    world: Any, eventually: Any
+) -> None:
+    """A run fenced off ``dest_plate`` (force-released: another run may be pipetting into it)
+    rolls back only what it still holds, and records only that."""
+    async with state_log(world) as states:
+        flag = world.flag()
+        cmd = await world.command("transfer_then_wait", TRANSFER, {"until": str(flag)})
+        cmd = cmd.model_copy(update={"on_failure": "rollback"})
+        log = await world.execute(cmd)
+        live = world.edge.executor.workcell
+        await eventually(
+            lambda: live.live is not None and live_volume(world, "dest_plate") == 20.0,
+            "the transfer",
+        )
+        dest = next(b for b in cmd.bindings if b.asset_name == "dest_plate")
+        assert await world.leases.force_release(dest.lease_key, "taken by the test")
+        run_ = world.edge.executor.runs[cmd.run_id]
+        await eventually(lambda: run_.keeper.lost is not None, "the keeper saw it go")
+        flag.touch()
+        finished = await log.finished()
+        await release(world, cmd)
+        assert finished.outcome == "failed"
+        await states.until(cmd.run_id, "rolled_back")
+        rolled_back = [e for e in states.of(cmd.run_id) if e.kind == "rolled_back"][-1]
+        assert "dest_plate" not in rolled_back.asset_names
+        assert "source_plate" in rolled_back.asset_names
+    assert live_volume(world, "dest_plate") == 20.0  # not its to roll back
+    assert live_volume(world, "source_plate") == 200.0
+
+
 async def test_a_failed_run_that_keeps_its_state_is_not_rolled_back(world: Any) -> None:
     async with state_log(world) as states:
         cmd = await world.command("transfer_then_fail", TRANSFER)  # on_failure: keep

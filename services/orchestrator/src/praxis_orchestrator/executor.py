@@ -65,6 +65,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from pylabrobot.machines.machine import Machine
+from pylabrobot.resources import TipRack
+
 from praxis_contracts.base import Event
 from praxis_contracts.common import ErrorInfo
 from praxis_contracts.errors import ErrorCode, LeaseLost, PraxisError, Unavailable
@@ -110,6 +113,9 @@ RUN_BLOCKED_SECONDS = 60.0
 CANCEL_ESCALATION_SECONDS = 10.0
 
 ASSET_STATES_INLINE_BYTES = 256 * 1024
+CLEANUP_TIMEOUT_SECONDS = 30.0
+"""Clean-up of a failed run's machines that takes longer (a machine stopped answering) leaves
+the run ``requires_intervention``."""
 """``RunFinished.asset_states`` larger than this encoded are sent as a reference to the
 snapshot that holds them (``{"snapshot_id", "object_name", "size_bytes"}``): a run bound to many
 tip racks would exceed NATS' 1 MB message limit."""
@@ -153,6 +159,7 @@ class ActiveRun:
         self.given_up = False  # abandoned: the worker may still be running, fenced
         self.blocked_reported = False
         self.before: dict[str, Any] | None = None  # its assets' state when the protocol began
+        self.held: set[str] | None = None  # names whose leases it still holds as it ends
 
     @property
     def run_id(self) -> uuid.UUID:
@@ -416,6 +423,9 @@ class Executor:
         finally:
             stop_watching()
         cleanup: list[str] = []
+        # What it still holds decides what clean-up, rollback and the last snapshot may touch:
+        # a run fenced off a lease must leave that asset to whoever holds it now.
+        run.held = await self._still_held(run)
         if end.outcome in ("failed", "cancelled"):
             end, cleanup = await self._make_safe(run, end)
         await self._finish(
@@ -434,7 +444,7 @@ class Executor:
         if live is None:
             return end, []
         properties = {asset.name: asset.properties for asset in live.layout.assets}
-        held = await self._still_held(run)
+        held = run.held if run.held is not None else await self._still_held(run)
         all_held = len(held) == len(run.cmd.bindings)
         machines, untouchable = {}, []
         for b in run.cmd.bindings:
@@ -447,12 +457,16 @@ class Executor:
             policy = tip_policy(properties[b.asset_name]) if all_held else "discard"
             machines[b.asset_name] = (live.get(b.asset_name), policy)
         try:
-            done = await make_safe(machines)
+            async with asyncio.timeout(CLEANUP_TIMEOUT_SECONDS):  # a machine that stopped answering
+                done = await make_safe(machines)
             done.problems += [
                 f"{m.name}: holds tips, not touched: the run lost its lease on it"
                 for m in untouchable
                 if holds_tips(m)
             ]
+        except TimeoutError:
+            log.error("clean-up after run %s timed out", run.run_id)
+            done = Cleanup(problems=[f"clean-up did not end in {CLEANUP_TIMEOUT_SECONDS:.0f} s"])
         except Exception as exc:  # never lose the run's outcome to its clean-up
             log.exception("clean-up after run %s failed", run.run_id)
             done = Cleanup(problems=[f"clean-up failed: {type(exc).__name__}: {exc}"])
@@ -597,7 +611,12 @@ class Executor:
             except Exception as exc:  # unknown: treat as lost
                 log.warning("could not read %s: %r", binding.lease_key, exc)
                 continue
-            if state.holder is not None and state.holder.run_id == run.run_id:
+            token = run.keeper.tokens.get(binding.lease_key)
+            if (
+                state.holder is not None
+                and state.holder.run_id == run.run_id
+                and state.revision == token  # the lease it knows, not one granted again since
+            ):
                 held.add(binding.asset_name)
         return held
 
@@ -664,7 +683,7 @@ class Executor:
         sole_writer: bool = False,
         force: bool = False,
     ) -> tuple[dict[str, Any] | None, SnapshotInfo | None]:
-        bindings = run.cmd.bindings
+        bindings = [b for b in run.cmd.bindings if run.held is None or b.asset_name in run.held]
         try:
             states = self.workcell.snapshot(
                 [b.asset_name for b in bindings], sole_writer=sole_writer
@@ -719,11 +738,19 @@ class Executor:
         }
 
     def _roll_back(self, run: ActiveRun, before: dict[str, Any]) -> None:
-        """Put the run's assets back as they were when its protocol was called."""
+        """Put the run's labware back as it was when its protocol was called: the liquid. Not
+        tips (a tip put in the trash is not back in its rack because a tracker says so), not
+        machines, and not an asset the run no longer holds (another run may be using it)."""
         live = self.workcell.live
         if live is None:
             return
         for name, state in before.items():
+            if run.held is not None and name not in run.held:
+                log.warning("run %s: %s not rolled back: no longer its", run.run_id, name)
+                continue
+            obj = live.get(name)
+            if isinstance(obj, TipRack | Machine):
+                continue
             try:
                 live.restore({name: state})
             except Exception:
