@@ -121,3 +121,35 @@ async def test_extend_follows_a_replaced_and_a_moved_plate(layout_from_drafts) -
         await lh.aspirate([source.get_well("A1")], vols=[10])  # still usable where it is now
     finally:
         await workcell.stop()
+
+
+async def test_extend_follows_a_renamed_plate_and_a_renamed_deck(layout_from_drafts) -> None:  # type: ignore[no-untyped-def]
+    """Before, a plate renamed in place kept its old name live and the next extend failed
+    ("plate_carrier-1 already holds 'dest_plate'"); renaming the deck detached what was on it."""
+    workcell = await LiveWorkcell.build(layout_from_drafts(demo_workcell()))
+    try:
+        source = workcell.get("source_plate")
+        source.get_well("A1").tracker.set_volume(123)
+        renamed = {"source_plate": "reagents", "deck": "main_deck"}
+        layout = workcell.layout
+        changed = await workcell.extend(
+            layout.model_copy(
+                update={
+                    "assets": [
+                        a.model_copy(update={"name": renamed.get(a.name, a.name)})
+                        for a in layout.assets
+                    ]
+                }
+            )
+        )
+        assert changed == ["reagents"]
+        assert workcell.get("reagents") is source and source.name == "reagents"
+        assert source.get_well("A1").tracker.get_used_volume() == 123  # its liquid kept
+        deck = workcell.get("main_deck")  # the same deck (PyLabRobot keeps its own name)
+        assert deck is workcell.get("liquid_handler").deck
+        assert deck.get_resource("reagents") is source  # found by its new name
+        assert workcell.get("dest_plate").parent.name == "plate_carrier-1"  # untouched
+        assert workcell.has({a.accession_id: a.name for a in workcell.layout.assets})
+        assert await workcell.extend(workcell.layout) == []  # and stable
+    finally:
+        await workcell.stop()

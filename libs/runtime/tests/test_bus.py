@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -504,3 +505,25 @@ async def test_after_stop_consuming_nothing_is_handled_but_publishing_works(
             COMMANDS.name, subject=ExecuteRun.subscription_subject(key)
         )
         await nc.close()
+
+
+async def test_a_claimed_body_swapped_in_the_store_is_refused(harness: Harness) -> None:
+    """The claims store is shared: a body replaced there is not taken for the sender's."""
+    claims = harness.bus.claims
+    headers: dict[str, str] = {}
+    await claims.put(b"x" * 300_000, headers)
+    store = await claims.store()
+    await store.put(headers[h.CLAIM], zlib.compress(b"y" * 300_000))
+    with pytest.raises(InvalidRequest, match="not the one its sender stored"):
+        await claims.check_out(b"", headers)
+
+
+async def test_a_claimed_body_that_inflates_past_the_limit_is_refused(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    claims = harness.bus.claims
+    headers: dict[str, str] = {}
+    await claims.put(b"z" * 50_000, headers)  # a few hundred bytes stored
+    monkeypatch.setattr(claims, "limit", 10_000)
+    with pytest.raises(InvalidRequest, match="over 10000 bytes"):
+        await claims.check_out(b"", headers)

@@ -36,6 +36,8 @@ class ObjectStoreSpec(BaseModel):
     bucket: str
     ttl_seconds: float = 0
     """Objects older than this are removed by the server (0: kept)."""
+    max_bytes: int = 0
+    """The store's size limit (0: none); a write past it fails."""
     description: str = ""
 
 
@@ -101,6 +103,7 @@ WORKCELL_STATE = ObjectStoreSpec(
 CLAIMS = ObjectStoreSpec(
     bucket="praxis_claims",
     ttl_seconds=DAY,
+    max_bytes=1024**3,  # retries of 64 MiB bodies during an outage must not fill JetStream
     description="Request and reply bodies over the inline threshold, compressed, read once.",
 )
 

@@ -132,33 +132,51 @@ class LiveWorkcell:
 
         Assets are matched by accession id, not name: a plate deleted and created again under
         its name (a new id) is a new plate, not the old one's live object with the old liquid.
-        Labware that was deleted, or that now sits in another slot or parent, is taken out of
-        its holder first, so its replacement can take the site; labware that moved keeps its
-        live object and state. Machines are never stopped or dropped here (other runs may be
-        driving them). Everything else keeps its live state. Returns the names added or moved.
+        Labware that was deleted, or that now sits in another slot or parent (by id) or has
+        another name, is taken out of its holder first, so its replacement can take the site;
+        labware that moved or was renamed keeps its live object and state (its wells keep their
+        names). A renamed machine or deck keeps its live object too. Machines are never stopped
+        or dropped here (other runs may be driving them). Everything else keeps its live state.
+        Returns the names added, moved or renamed.
         The inventory refuses to move or delete an asset a run holds, so none of this touches
         an asset in use.
         """
         self._check_owner()
         by_id = _index(layout.assets)
         live = {asset.accession_id: asset for asset in self._layout.assets}
+        # A machine or deck renamed in the inventory: the same live object, under its new name.
+        for old in live.values():
+            now = by_id.get(old.accession_id)
+            if old.kind == "resource" or now is None or now.name == old.name:
+                continue
+            if old.name in self._objects and now.name not in self._objects:
+                obj = self._objects.pop(old.name)
+                if obj.parent is None:
+                    obj.name = now.name
+                # else PyLabRobot refuses to rename an assigned resource (a deck in its
+                # handler): the live object keeps its name, the workcell knows it by the new one
+                self._objects[now.name] = obj
+                self._machines = [now.name if m == old.name else m for m in self._machines]
         moved: list[Asset] = []
         for old in sorted(live.values(), key=lambda a: -len(_ancestors(a, live))):
             if old.kind != "resource" or old.name not in self._objects:
                 continue
             now = by_id.get(old.accession_id)
-            if now is not None and (now.parent_id and by_id[now.parent_id].name, now.slot) == (
-                old.parent_id and live[old.parent_id].name,
+            if now is not None and (now.parent_id, now.slot, now.name) == (
+                old.parent_id,
                 old.slot,
+                old.name,
             ):
                 continue
+            # Deleted, moved or renamed: out of its holder (a rename too, so the deck's index
+            # of names learns the new one when it is placed again).
             obj = self._objects.pop(old.name)
             if obj.parent is not None:
                 obj.parent.unassign_child_resource(obj)
-            if now is not None and now.name == old.name:
+            if now is not None:
                 moved.append(now)
                 self._detached[now.accession_id] = obj
-            log.info("%s %r", "moving" if now is not None else "dropping", old.name)
+            log.info("%s %r", "dropping" if now is None else "moving", old.name)
         # Labware is the same asset by id; machines and decks by name (they are not replaced
         # under a running orchestrator: a re-registered workcell gives them new ids).
         live_labware = {a.accession_id for a in live.values() if a.name in self._objects}
@@ -199,6 +217,7 @@ class LiveWorkcell:
             detached = self._detached.pop(asset.accession_id, None)
             if detached is not None:  # moved: the same live object (and liquid), a new place
                 moved.add(asset.accession_id)
+                detached.name = asset.name
                 self._objects[asset.name] = (
                     _place(asset, detached, self._objects[by_id[asset.parent_id].name])
                     if asset.parent_id is not None

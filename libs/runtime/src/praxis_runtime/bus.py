@@ -288,7 +288,7 @@ class Bus:
         await self.broker.connect()
         self._js = self.nc.jetstream()
         self._publisher = Publisher(self.nc, timeout=self.request_timeout)
-        self._claims = Claims(self._js)
+        self._claims = Claims(self._js, timeout=self.request_timeout)
 
     @property
     def nc(self) -> Client:
@@ -411,19 +411,37 @@ class Bus:
                 max_payload=self.claims.limit,
             )
         headers = self._headers(None)
-        body = await self.claims.check_in(body, headers)
+        body = await self._claimed(self.claims.check_in(body, headers))
         try:
             response = await self.nc.request(
                 request.subject, body, timeout=timeout or self.request_timeout, headers=headers
             )
         except nats.errors.NoRespondersError as exc:
+            self._unclaim(headers)
             raise Unavailable(f"no service answers {request.subject}") from exc
         except nats.errors.TimeoutError as exc:
+            self._unclaim(headers)
             raise Timeout(f"{request.subject} did not answer in time") from exc
-        data = await self.claims.check_out(response.data, response.headers)
+        data = await self._claimed(self.claims.check_out(response.data, response.headers))
         if response.headers and response.headers.get(h.ERROR):
             raise error_from_reply(ErrorReply.model_validate_json(data))
         return cast(R, request.reply_type.model_validate_json(data))
+
+    @staticmethod
+    async def _claimed(step: Awaitable[bytes]) -> bytes:
+        """A claims-store step of a request: a domain error as it is, a store that cannot be
+        reached as ``unavailable``."""
+        try:
+            return await step
+        except PraxisError:
+            raise
+        except Exception as exc:
+            raise Unavailable(f"the claims store is unavailable: {type(exc).__name__}") from exc
+
+    def _unclaim(self, headers: dict[str, str]) -> None:
+        """A claimed request nobody will read: delete its body now, not at the TTL."""
+        if name := headers.get(h.CLAIM):
+            self.claims.discard(name)
 
     # -- incoming -----------------------------------------------------------------------------
     def include(self, handlers: Handlers[DepsT], deps: DepsT) -> None:

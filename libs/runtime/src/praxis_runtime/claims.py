@@ -18,6 +18,7 @@ bigger message.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import uuid
 import zlib
@@ -47,10 +48,12 @@ class Claims:
         *,
         threshold: int = CLAIM_THRESHOLD,
         limit: int = MAX_CLAIM_BYTES,
+        timeout: float = 5.0,
     ) -> None:
         self.js = js
         self.threshold = threshold
         self.limit = limit
+        self.timeout = timeout
         self._store: ObjectStore | None = None
         self._cleanup: set[asyncio.Task[None]] = set()
 
@@ -73,8 +76,12 @@ class Claims:
         """Store ``body`` whatever its size; see ``check_in``."""
         name = uuid.uuid4().hex
         packed = zlib.compress(body, 1)  # level 1: 6 MB of PyLabRobot JSON in ~30 ms
-        await (await self.store()).put(name, packed)
+        async with asyncio.timeout(self.timeout):
+            await (await self.store()).put(name, packed)
         headers[h.CLAIM] = name
+        # The receiver checks the body is the one the sender stored: the store is shared, and
+        # an identity that may write it must not be able to swap a request it could not send.
+        headers[h.CLAIM_SHA256] = hashlib.sha256(body).hexdigest()
         log.debug("claimed %d bytes (%d stored) as %s", len(body), len(packed), name)
         return b""
 
@@ -85,22 +92,45 @@ class Claims:
         if not name:
             return body
         try:
-            result = await (await self.store()).get(name)
+            async with asyncio.timeout(self.timeout):
+                result = await (await self.store()).get(name)
         except Exception as exc:
             if _missing(exc):
                 raise InvalidRequest(f"claimed body {name} is gone (expired or read)") from exc
             raise
-        data = result.data or b""
+        self.discard(name)
+        unpacked = _bounded_decompress(result.data or b"", self.limit)
+        if unpacked is None:
+            raise InvalidRequest(f"claimed body {name} is over {self.limit} bytes")
+        digest = (headers or {}).get(h.CLAIM_SHA256)
+        if digest != hashlib.sha256(unpacked).hexdigest():
+            raise InvalidRequest(f"claimed body {name} is not the one its sender stored")
+        return unpacked
+
+    def discard(self, name: str) -> None:
+        """Delete a claim in the background (read, or never to be read)."""
         task = asyncio.create_task(self._delete(name))
         self._cleanup.add(task)
         task.add_done_callback(self._cleanup.discard)
-        return zlib.decompress(data)
 
     async def _delete(self, name: str) -> None:
         try:
             await (await self.store()).delete(name)
         except Exception as exc:  # the bucket's TTL removes it anyway
             log.debug("could not delete claim %s: %s", name, exc)
+
+
+def _bounded_decompress(data: bytes, limit: int) -> bytes | None:
+    """``data`` inflated, or None past ``limit`` bytes (a small object must not become a huge
+    one in memory)."""
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error:
+        return None
+    if len(out) > limit or inflater.unconsumed_tail:
+        return None
+    return out
 
 
 def _missing(exc: Exception) -> bool:

@@ -113,6 +113,7 @@ async def ensure_object_store(
                 storage=api.StorageType.FILE,
                 replicas=replicas,
                 ttl=spec.ttl_seconds or None,
+                max_bytes=spec.max_bytes or None,
             ),
         )
         log.info("created object store %s", spec.bucket)
