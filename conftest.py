@@ -204,3 +204,43 @@ class GitRepo:
 def git_repo(tmp_path: Path) -> GitRepo:
     """An empty git repository (branch ``main``) in this test's tmp_path."""
     return GitRepo(tmp_path / "repo")
+
+
+# -- an ASGI app served over a real socket -------------------------------------------------------
+ServeAsgi = Callable[[Any], contextlib.AbstractAsyncContextManager[str]]
+
+
+@contextlib.asynccontextmanager
+async def _serve_asgi(app: Any) -> AsyncIterator[str]:
+    """Serve ``app`` with uvicorn on a free local port (its lifespan run); yields the base URL.
+
+    Started the way ``uvicorn.Server.serve`` starts, but awaited: ``startup`` returns once the
+    lifespan has run and the socket listens, so nothing polls uvicorn's ``started`` flag."""
+    import socket
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, log_level="warning", lifespan="on")
+    config.load()
+    server = uvicorn.Server(config)
+    server.lifespan = config.lifespan_class(config)
+    await server.startup(sockets=[sock])
+    if server.should_exit:
+        sock.close()
+        raise RuntimeError("the app did not start (see its lifespan's log)")
+    main_loop = asyncio.create_task(server.main_loop())
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await main_loop
+        await server.shutdown(sockets=[sock])
+        sock.close()
+
+
+@pytest.fixture(scope="session")
+def serve_asgi() -> ServeAsgi:
+    """``async with serve_asgi(app) as url``: the app on a real socket, lifespan and all."""
+    return _serve_asgi

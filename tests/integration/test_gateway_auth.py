@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 import uuid
@@ -21,7 +20,6 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-import uvicorn
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
@@ -36,7 +34,6 @@ from praxis_runtime.bus import Bus
 
 pytestmark = pytest.mark.integration
 
-SERVE_TIMEOUT = 15.0
 ISSUER = "https://idp.praxis.test"
 AUDIENCE = "praxis-api"
 KID = "test-key"
@@ -144,23 +141,6 @@ class Gateway:
         return httpx.AsyncClient(base_url=self.url, timeout=30.0, headers=headers)
 
 
-async def _serve(settings: Settings) -> AsyncIterator[Gateway]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    serving = asyncio.ensure_future(server.serve(sockets=[sock]))
-    async with asyncio.timeout(SERVE_TIMEOUT):
-        while not server.started:  # uvicorn offers a flag, not an event
-            if serving.done():
-                serving.result()
-            await asyncio.sleep(0.01)
-    yield Gateway(app, f"http://127.0.0.1:{sock.getsockname()[1]}")
-    server.should_exit = True
-    await serving
-    sock.close()
-
-
 def _settings(nats_url: str, admin_token: str, idp: IdentityProvider) -> Settings:
     return Settings(
         nats_url=nats_url,
@@ -173,17 +153,21 @@ def _settings(nats_url: str, admin_token: str, idp: IdentityProvider) -> Setting
 
 
 @pytest.fixture(scope="module")
-async def gateway(nats_url: str, admin_token: str, idp: IdentityProvider) -> AsyncIterator[Gateway]:
-    async for served in _serve(_settings(nats_url, admin_token, idp)):
-        yield served
+async def gateway(
+    nats_url: str, admin_token: str, idp: IdentityProvider, serve_asgi: Any
+) -> AsyncIterator[Gateway]:
+    app = create_app(_settings(nats_url, admin_token, idp))
+    async with serve_asgi(app) as url:
+        yield Gateway(app, url)
 
 
 @pytest.fixture(scope="module")
 async def replica(
-    gateway: Gateway, nats_url: str, admin_token: str, idp: IdentityProvider
+    gateway: Gateway, nats_url: str, admin_token: str, idp: IdentityProvider, serve_asgi: Any
 ) -> AsyncIterator[Gateway]:
-    async for served in _serve(_settings(nats_url, admin_token, idp)):
-        yield served
+    app = create_app(_settings(nats_url, admin_token, idp))
+    async with serve_asgi(app) as url:
+        yield Gateway(app, url)
 
 
 async def create_token(gateway: Gateway, admin_token: str, *scopes: str) -> dict[str, Any]:

@@ -13,8 +13,6 @@ fresh databases. No orchestrator: a run that is granted its assets stays pending
 
 from __future__ import annotations
 
-import asyncio
-import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -24,7 +22,6 @@ from typing import Any
 import git
 import httpx
 import pytest
-import uvicorn
 from pylabrobot.resources import Plate
 
 from praxis_asset_manager import app as asset_manager_app
@@ -44,7 +41,6 @@ pytestmark = pytest.mark.integration
 COR_96 = "pylabrobot.resources.corning.plates.cor_96_wellplate_360uL_Fb"
 NUL = "a\x00b"
 ERROR_SHAPE = {"code", "message", "retryable", "details", "correlation_id"}
-SERVE_TIMEOUT = 15.0
 
 PROTOCOLS = '''"""Protocols for the gateway input tests."""
 
@@ -113,24 +109,12 @@ def _repo(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 async def gateway(
-    stack: WorkcellLayout, nats_identity: NatsIdentity, admin_token: str
+    stack: WorkcellLayout, nats_identity: NatsIdentity, admin_token: str, serve_asgi: Any
 ) -> AsyncIterator[str]:
     """The gateway served by uvicorn on a socket of its own; yields its base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
     app = create_app(Settings(**nats_identity("gateway"), praxis_admin_token=admin_token))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    serving = asyncio.ensure_future(server.serve(sockets=[sock]))
-    async with asyncio.timeout(SERVE_TIMEOUT):
-        while not server.started:  # uvicorn offers a flag, not an event
-            if serving.done():
-                serving.result()
-            await asyncio.sleep(0.01)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await serving
-    sock.close()
+    async with serve_asgi(app) as url:
+        yield url
 
 
 @pytest.fixture
