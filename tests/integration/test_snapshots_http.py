@@ -8,7 +8,6 @@ plays the orchestrator: it puts a snapshot body into the object store and publis
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -27,7 +26,7 @@ from praxis_contracts.state import (
     snapshot_object_name,
 )
 from praxis_contracts.topology import EVENTS, WORKCELL_STATE
-from praxis_devstack.pytest_plugin import MakeDatabase, NatsIdentity
+from praxis_devstack.pytest_plugin import MakeDatabase, NatsIdentity, drained
 from praxis_gateway.app import Settings as GatewaySettings
 from praxis_gateway.app import create_app
 from praxis_plr.layout import demo_workcell
@@ -90,14 +89,8 @@ async def record(
     store = await client.js.object_store(WORKCELL_STATE.bucket)
     await store.put(body.object_name, body.model_dump_json().encode())
     await client.publish(WorkcellStateRecorded(**body.model_dump(exclude={"assets"})))
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 15
-    while True:  # until the asset-manager's durable acknowledged it (its handler returned)
-        info = await client.js.consumer_info(EVENTS.name, "asset-manager-state-recorded")
-        if info.num_pending == 0 and info.num_ack_pending == 0:
-            return snapshot_id
-        assert loop.time() < deadline, f"snapshot still unhandled: {info}"
-        await asyncio.sleep(0.05)
+    await drained(client.js, EVENTS.name, "asset-manager-state-recorded")
+    return snapshot_id
 
 
 async def test_list_get_and_restore(

@@ -8,7 +8,6 @@ at the same time; the lease bucket's own history shows what was written.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -35,7 +34,7 @@ from praxis_contracts.inventory import AssetStatusChanged, ListAssetStatusHistor
 from praxis_contracts.protocols import AssetRequirementSpec
 from praxis_contracts.runs import RunStarted
 from praxis_contracts.topology import ASSET_LEASES, COMMANDS, EVENTS
-from praxis_devstack.pytest_plugin import MakeDatabase, NatsIdentity
+from praxis_devstack.pytest_plugin import MakeDatabase, NatsIdentity, drained
 from praxis_plr.types import fqn
 from praxis_runtime.bus import Bus
 from praxis_runtime.leases import LeaseStore, decode_holder, is_tombstone, lease_key
@@ -183,26 +182,13 @@ async def test_a_release_right_behind_the_reservation_leaves_nothing_held(
 
         await am.publish(reserve(run_id, plates))
         await am.publish(ReleaseAssets(run_id=run_id))
-        await handled(am, "asset-manager-reserve", "asset-manager-release")
+        await drained(am.js, COMMANDS.name, "asset-manager-reserve", "asset-manager-release")
 
         if grants.drained():  # granted before the release was handled: released then
             await releases.next()
         for key in keys_of(plates):
             state = await leases.read(key)
             assert state.holder is None, f"run {run_id} was released but holds {key}"
-
-
-async def handled(am: Bus, *durables: str, timeout: float = 15.0) -> None:
-    """Wait until the asset-manager has acknowledged every command sent to ``durables`` (a
-    command is acknowledged once its handler returned)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        infos = [await am.js.consumer_info(COMMANDS.name, durable) for durable in durables]
-        if all(i.num_pending == 0 and i.num_ack_pending == 0 for i in infos):
-            return
-        assert loop.time() < deadline, f"commands still unhandled: {infos}"
-        await asyncio.sleep(0.05)
 
 
 async def test_release_delivered_twice_releases_once(

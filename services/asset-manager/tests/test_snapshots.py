@@ -8,7 +8,6 @@ acknowledged every delivery (the handler returned). One asset-manager runs for t
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -52,7 +51,7 @@ from praxis_contracts.state import (
     snapshot_object_name,
 )
 from praxis_contracts.topology import EVENTS, WORKCELL_STATE
-from praxis_devstack.pytest_plugin import MakeDatabase, NatsIdentity
+from praxis_devstack.pytest_plugin import MakeDatabase, NatsIdentity, drained
 from praxis_plr.layout import demo_workcell
 from praxis_plr.types import fqn
 from praxis_runtime.bus import Bus
@@ -138,22 +137,10 @@ async def written(
     return WorkcellStateRecorded(**info)
 
 
-async def handled(am: AM, timeout: float = 15.0) -> None:
-    """Wait until the asset-manager acknowledged every WorkcellStateRecorded delivered to it."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        info = await am.bus.js.consumer_info(EVENTS.name, DURABLE)
-        if info.num_pending == 0 and info.num_ack_pending == 0:
-            return
-        assert loop.time() < deadline, f"snapshots still unhandled: {info}"
-        await asyncio.sleep(0.05)
-
-
 async def recorded(am: AM, *events: WorkcellStateRecorded) -> None:
     for event in events:
         await am.bus.publish(event)  # a fresh message id each time: a redelivery, not a retry
-    await handled(am)
+    await drained(am.bus.js, EVENTS.name, DURABLE)
 
 
 async def asset(am: AM, layout: WorkcellLayout, name: str) -> Asset:

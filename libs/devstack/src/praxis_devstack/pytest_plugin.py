@@ -38,6 +38,7 @@ A server that cannot be started skips the tests that need it -- except under ``C
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import importlib
 import os
@@ -279,3 +280,20 @@ def _drop_all(database_url: str, names: list[str]) -> None:
             db.drop_database(database_url, name)
         except Exception as exc:
             warnings.warn(f"could not drop test database {name!r}: {exc}", stacklevel=1)
+
+
+async def drained(js: Any, stream: str, *durables: str, timeout: float = 15.0) -> None:
+    """Wait until each durable consumer of ``stream`` has acknowledged everything delivered to
+    it (a message is acknowledged once its handler returned).
+
+    Acks go to the server and no one else, so this asks the server for the consumers' pending
+    counts, a short interval apart, up to ``timeout``: a condition checked where no event tells
+    that a handler has returned."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        infos = [await js.consumer_info(stream, durable) for durable in durables]
+        if all(i.num_pending == 0 and i.num_ack_pending == 0 for i in infos):
+            return
+        assert loop.time() < deadline, f"still unhandled after {timeout} s: {infos}"
+        await asyncio.sleep(0.05)
