@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import nats
 import pytest
 
-from praxis_devstack.pytest_plugin import MakeDatabase
+from praxis_contracts.topology import EVENTS
+from praxis_devstack.pytest_plugin import MakeDatabase, drained
 from praxis_devstack.stack import Stack
 from praxis_devstack.testdata import (
     CARRIER_SITES,
@@ -200,11 +202,14 @@ async def test_a_killed_orchestrator_resumes_with_the_volumes_runs_left(
 ) -> None:
     run = await transfer(api, "plate0_3", "plate4_3", "C5")
     assert run["asset_states"]["plate0_3"]["plate0_3_well_C5"]["volume"] == 175.0
-    # The asset-manager takes the run's snapshots in (an event each): the inventory follows.
-    for _ in range(200):
-        if await recorded_volume(api, "plate0_3", "C5") == 175.0:
-            break
-        await asyncio.sleep(0.05)
+    # The asset-manager takes the run's snapshots in (an event each, all in the stream before
+    # RunFinished): once its consumer has caught up, the inventory shows what the run left.
+    assert stack.infra is not None
+    nc = await nats.connect(stack.infra.nats_operator_url)
+    try:
+        await drained(nc.jetstream(), EVENTS.name, "asset-manager-state-recorded")
+    finally:
+        await nc.close()
     assert await recorded_volume(api, "plate0_3", "C5") == 175.0
 
     await stack.kill_service("orchestrator")  # SIGKILL: nothing saved on the way out
