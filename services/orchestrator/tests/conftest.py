@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import inspect
 import io
 import tarfile
@@ -31,14 +30,11 @@ from nats.aio.subscription import Subscription
 from nats.js.api import ConsumerInfo
 
 from praxis_contracts.assets import (
-    Asset,
     AssetBinding,
     GetWorkcellLayout,
-    Workcell,
     WorkcellLayout,
 )
 from praxis_contracts.base import Event
-from praxis_contracts.errors import UnknownAssetType
 from praxis_contracts.protocols import ProtocolDefinition, ProtocolFunctionSpec
 from praxis_contracts.runs import (
     EdgeHeartbeat,
@@ -56,11 +52,12 @@ from praxis_contracts.topology import ASSET_LEASES, COMMANDS, EDGES, PROTOCOL_CO
 from praxis_devstack.natsauth import NatsAuth
 from praxis_devstack.pytest_plugin import NatsAccess
 from praxis_devstack.servers import NatsServer, free_port
+from praxis_devstack.testdata import layout_from_drafts
 from praxis_orchestrator.app import Orchestrator, Settings, build
 from praxis_orchestrator.edge import EdgeBeacon
 from praxis_orchestrator.executor import Executor
 from praxis_orchestrator.outbox import Outbox
-from praxis_plr import demo_workcell, import_type, type_ancestry
+from praxis_plr import demo_workcell
 from praxis_runtime.bus import Bus
 from praxis_runtime.leases import EXPECTED_LAST_SUBJECT_SEQ, Claim, LeaseStore, lease_key
 from praxis_runtime.publisher import Outgoing
@@ -292,44 +289,10 @@ async def eventually(
 
 
 # -- the world around the orchestrator --------------------------------------------------------
-def _ancestry(name: str) -> list[str]:
-    """Type ancestry of a class name, or of what a factory name builds (as the catalog does)."""
-    try:
-        return type_ancestry(import_type(name))
-    except UnknownAssetType:
-        module, _, attr = name.rpartition(".")
-        factory = getattr(importlib.import_module(module), attr)
-        return type_ancestry(type(factory(name="probe")))
-
-
 def demo_layout(workcell: str) -> WorkcellLayout:
     """The demo workcell (chatterbox liquid handler, tips, two plates) as the asset-manager
     would hand it out, with asset ids of its own (so lease keys are this test's)."""
-    now = datetime.now(UTC)
-    cell = Workcell(accession_id=uuid.uuid4(), name=workcell, created_at=now)
-    drafts = demo_workcell()
-    ids = {draft.name: uuid.uuid4() for draft in drafts}
-    assets = [
-        Asset(
-            accession_id=ids[d.name],
-            workcell_id=cell.accession_id,
-            kind=d.kind,
-            name=d.name,
-            fqn=d.fqn,
-            type_mro=_ancestry(d.fqn),
-            definition=d.definition,
-            backend=d.backend,
-            state=d.state,
-            parent_id=ids[d.parent] if d.parent is not None else None,
-            slot=d.slot,
-            properties=d.properties,
-            shareable=d.shareable,
-            created_at=now,
-            updated_at=now,
-        )
-        for d in drafts
-    ]
-    return WorkcellLayout(workcell=cell, assets=assets)
+    return layout_from_drafts(demo_workcell(), workcell)
 
 
 class LayoutService:
