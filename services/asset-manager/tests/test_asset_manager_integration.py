@@ -16,7 +16,6 @@ import pytest
 from pylabrobot.liquid_handling import LiquidHandler
 from pylabrobot.resources import Plate, TipRack, Trough
 
-from praxis_asset_manager.app import Settings, build_app
 from praxis_contracts.assets import (
     AssetsReleased,
     AssetsReserved,
@@ -31,8 +30,6 @@ from praxis_contracts.assets import (
 )
 from praxis_contracts.errors import ErrorCode, NotFound, UnknownAssetType
 from praxis_contracts.protocols import AssetRequirementSpec
-from praxis_contracts.topology import ASSET_LEASES
-from praxis_devstack.pytest_plugin import MakeDatabase, NatsIdentity
 from praxis_plr.layout import demo_workcell
 from praxis_plr.types import fqn
 from praxis_runtime.bus import Bus
@@ -45,35 +42,11 @@ STOP_TIMEOUT = 3.0
 STOP_ATTEMPTS = 8
 
 
-@pytest.fixture(scope="module")
-async def asset_manager(
-    nats_identity: NatsIdentity, make_database: MakeDatabase, services: Any
-) -> Any:
-    settings = Settings(
-        **nats_identity("asset-manager"),
-        database_url=make_database("am"),
-        health_port=None,
-        graceful_timeout_seconds=5,
-    )
-    return await services(build_app, settings)
-
-
-@pytest.fixture
-async def am(asset_manager: Any, client: Bus) -> Bus:
-    """The client bus, once the asset-manager is serving."""
-    return client
-
-
 @pytest.fixture
 async def workcell(am: Bus) -> WorkcellLayout:
     """A fresh demo workcell (new asset ids, so new lease keys) under a unique name."""
     name = f"wc-{uuid.uuid4().hex[:10]}"
     return await am.request(RegisterWorkcell(name=name, assets=demo_workcell()), timeout=30)
-
-
-@pytest.fixture
-def leases(client: Bus) -> LeaseStore:
-    return LeaseStore(client.publisher, ASSET_LEASES.bucket)
 
 
 def plate(name: str = "plate") -> AssetRequirementSpec:

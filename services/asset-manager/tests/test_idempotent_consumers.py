@@ -16,7 +16,6 @@ import pytest
 from nats.js.errors import NotFoundError
 from pylabrobot.resources import Plate
 
-from praxis_asset_manager.app import Settings, build_app
 from praxis_contracts.assets import (
     AssetDraft,
     AssetsHeld,
@@ -34,7 +33,7 @@ from praxis_contracts.inventory import AssetStatusChanged, ListAssetStatusHistor
 from praxis_contracts.protocols import AssetRequirementSpec
 from praxis_contracts.runs import RunStarted
 from praxis_contracts.topology import ASSET_LEASES, COMMANDS, EVENTS
-from praxis_devstack.pytest_plugin import MakeDatabase, NatsIdentity, drained
+from praxis_devstack.pytest_plugin import drained
 from praxis_plr.types import fqn
 from praxis_runtime.bus import Bus
 from praxis_runtime.leases import LeaseStore, decode_holder, is_tombstone, lease_key
@@ -43,29 +42,6 @@ pytestmark = pytest.mark.integration
 
 PLATE = fqn(Plate)
 STREAM = f"KV_{ASSET_LEASES.bucket}"
-
-
-@pytest.fixture(scope="module")
-async def asset_manager(
-    nats_identity: NatsIdentity, make_database: MakeDatabase, services: Any
-) -> Any:
-    settings = Settings(
-        **nats_identity("asset-manager"),
-        database_url=make_database("twice"),
-        health_port=None,
-        graceful_timeout_seconds=5,
-    )
-    return await services(build_app, settings)
-
-
-@pytest.fixture
-async def am(asset_manager: Any, client: Bus) -> Bus:
-    return client
-
-
-@pytest.fixture
-def leases(client: Bus) -> LeaseStore:
-    return LeaseStore(client.publisher, ASSET_LEASES.bucket)
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 from pylabrobot.resources import Plate
 
-from praxis_asset_manager.app import Settings, build_app
 from praxis_contracts.assets import (
     AssetDraft,
     AssetsHeld,
@@ -38,8 +37,6 @@ from praxis_contracts.assets import (
 )
 from praxis_contracts.errors import LeaseLost, NotFound
 from praxis_contracts.protocols import AssetRequirementSpec
-from praxis_contracts.topology import ASSET_LEASES
-from praxis_devstack.pytest_plugin import MakeDatabase, NatsIdentity
 from praxis_plr.types import fqn
 from praxis_runtime.bus import Bus
 from praxis_runtime.leases import EXPECTED_LAST_SUBJECT_SEQ, LeaseStore, lease_key
@@ -49,29 +46,6 @@ pytestmark = pytest.mark.integration
 PLATE = fqn(Plate)
 EXPIRY_TIMEOUT = 10.0
 """A 1-2 s lease must be reported expired well within this (generous for a loaded machine)."""
-
-
-@pytest.fixture(scope="module")
-async def asset_manager(
-    nats_identity: NatsIdentity, make_database: MakeDatabase, services: Any
-) -> Any:
-    settings = Settings(
-        **nats_identity("asset-manager"),
-        database_url=make_database("expiry"),
-        health_port=None,
-        graceful_timeout_seconds=5,
-    )
-    return await services(build_app, settings)
-
-
-@pytest.fixture
-async def am(asset_manager: Any, client: Bus) -> Bus:
-    return client
-
-
-@pytest.fixture
-def leases(client: Bus) -> LeaseStore:
-    return LeaseStore(client.publisher, ASSET_LEASES.bucket)
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ import pytest
 from nats.js.errors import NotFoundError
 from pylabrobot.resources import Plate
 
-from praxis_asset_manager.app import Settings, build_app
 from praxis_contracts.assets import (
     AssetDraft,
     AssetsReserved,
@@ -36,7 +35,6 @@ from praxis_contracts.assets import (
 from praxis_contracts.protocols import AssetRequirementSpec
 from praxis_contracts.topology import ASSET_LEASES
 from praxis_devstack.bench_reservations import Events
-from praxis_devstack.pytest_plugin import MakeDatabase, NatsIdentity
 from praxis_plr.types import fqn
 from praxis_runtime.bus import Bus
 from praxis_runtime.leases import LeaseStore, decode_holder, is_tombstone, lease_key
@@ -45,16 +43,6 @@ pytestmark = pytest.mark.integration
 
 PLATE = fqn(Plate)
 STREAM = f"KV_{ASSET_LEASES.bucket}"
-
-
-@pytest.fixture(scope="module")
-async def asset_manager(
-    nats_identity: NatsIdentity, make_database: MakeDatabase, services: Any
-) -> Any:
-    settings = Settings(
-        **nats_identity("asset-manager"), database_url=make_database("proofs"), health_port=None
-    )
-    return await services(build_app, settings)
 
 
 async def plates_workcell(client: Bus, count: int) -> WorkcellLayout:
