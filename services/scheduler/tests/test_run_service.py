@@ -99,16 +99,18 @@ class Harness:
     async def sent(self) -> list[tuple[Message, str | None]]:
         raise NotImplementedError
 
-    async def history(self, run_id: uuid.UUID) -> list[tuple[str, str | None]]:
+    async def entries(self, run_id: uuid.UUID, column: str) -> list[tuple[str, Any]]:
+        """(status, ``column``) of each status-history entry of the run, in order."""
         raise NotImplementedError
+
+    async def history(self, run_id: uuid.UUID) -> list[tuple[str, str | None]]:
+        return await self.entries(run_id, "previous")
 
     async def actors(self, run_id: uuid.UUID) -> list[tuple[str, str | None]]:
-        """(status, actor) of each history entry, in order."""
-        raise NotImplementedError
+        return await self.entries(run_id, "actor")
 
     async def reasons(self, run_id: uuid.UUID) -> list[tuple[str, str]]:
-        """(status, reason) of each history entry, in order."""
-        raise NotImplementedError
+        return await self.entries(run_id, "reason")
 
     async def statuses(self) -> list[tuple[RunStatus, RunStatus | None]]:
         return [
@@ -126,14 +128,9 @@ class MemoryHarness(Harness):
         new, self._read = self.uow.published[self._read :], len(self.uow.published)
         return [decode(m) for m in new]
 
-    async def history(self, run_id: uuid.UUID) -> list[tuple[str, str | None]]:
-        return [(h.status, h.previous) for h in self.uow.store.history if h.run_id == run_id]
-
-    async def actors(self, run_id: uuid.UUID) -> list[tuple[str, str | None]]:
-        return [(h.status, h.actor) for h in self.uow.store.history if h.run_id == run_id]
-
-    async def reasons(self, run_id: uuid.UUID) -> list[tuple[str, str]]:
-        return [(h.status, h.reason) for h in self.uow.store.history if h.run_id == run_id]
+    async def entries(self, run_id: uuid.UUID, column: str) -> list[tuple[str, Any]]:
+        history = self.uow.store.history
+        return [(h.status, getattr(h, column)) for h in history if h.run_id == run_id]
 
 
 class _NoPublisher:
@@ -156,38 +153,17 @@ class SqlHarness(Harness):
         rows = sorted(rows, key=lambda r: r.id)
         return [decode(Outgoing(r.subject, bytes(r.payload), r.headers)) for r in rows]
 
-    async def history(self, run_id: uuid.UUID) -> list[tuple[str, str | None]]:
+    async def entries(self, run_id: uuid.UUID, column: str) -> list[tuple[str, Any]]:
+        assert column in ("previous", "actor", "reason")  # a column name, never input
         async with self.db.transaction() as session:
             rows = await session.execute(
                 text(
-                    "SELECT status, previous FROM scheduler.run_status_history "
+                    f"SELECT status, {column} AS value FROM scheduler.run_status_history "
                     "WHERE run_id = :r ORDER BY id"
                 ),
                 {"r": run_id},
             )
-            return [(r.status, r.previous) for r in rows]
-
-    async def actors(self, run_id: uuid.UUID) -> list[tuple[str, str | None]]:
-        async with self.db.transaction() as session:
-            rows = await session.execute(
-                text(
-                    "SELECT status, actor FROM scheduler.run_status_history "
-                    "WHERE run_id = :r ORDER BY id"
-                ),
-                {"r": run_id},
-            )
-            return [(r.status, r.actor) for r in rows]
-
-    async def reasons(self, run_id: uuid.UUID) -> list[tuple[str, str]]:
-        async with self.db.transaction() as session:
-            rows = await session.execute(
-                text(
-                    "SELECT status, reason FROM scheduler.run_status_history "
-                    "WHERE run_id = :r ORDER BY id"
-                ),
-                {"r": run_id},
-            )
-            return [(r.status, r.reason) for r in rows]
+            return [(r.status, r.value) for r in rows]
 
 
 @pytest.fixture(scope="module")
