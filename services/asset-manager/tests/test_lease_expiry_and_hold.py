@@ -242,3 +242,67 @@ async def test_holding_a_run_that_holds_nothing_is_acknowledged(am: Bus, tap: An
     await held.assert_silent()
     info = await am.js.consumer_info("PRAXIS_COMMANDS", "asset-manager-hold")
     assert (info.num_pending, info.num_ack_pending, info.num_redelivered) == (0, 0, 0)
+
+
+# -- a claimed lease that runs out is held, never freed -----------------------------------------
+
+
+async def claim(client: Bus, leases: LeaseStore, plate: uuid.UUID, edge: str) -> int:
+    """Stamp ``edge`` into the plate's lease at its token, as an orchestrator accepting the run
+    does with its first renewal (same TTL); the new token."""
+    key = lease_key(plate)
+    state = await leases.read(key)
+    assert state.holder is not None
+    stamped = replace(state.holder, renewed_at=datetime.now(UTC), edge=edge)
+    expected = {EXPECTED_LAST_SUBJECT_SEQ: str(state.revision)}
+    return await client.publisher.publish(
+        leases.subject(key), stamped.encode(), expected, ttl=state.holder.ttl_seconds
+    )
+
+
+@pytest.mark.parametrize("history", [False, True], ids=["expiry-marker", "deadline"])
+async def test_a_claimed_lease_that_runs_out_is_held_and_never_granted_on(
+    am: Bus, tap: Any, leases: LeaseStore, client: Bus, plate_id: uuid.UUID, history: bool
+) -> None:
+    """The edge accepted the run, then stopped renewing (killed): its lease runs out long
+    before the edge could be declared lost. The asset may be mid-transfer: it is held for an
+    operator (both ways an expiry is learnt), and a run queued for it is not started."""
+    if history:
+        await give_key_history(am, tap, plate_id)  # no expiry marker: the deadline finds it
+    run_id, _ = await lease_of(am, tap, plate_id, ttl_seconds=2)
+    claimed = await claim(client, leases, plate_id, "edge-killed")
+    waiter = uuid.uuid4()
+    waiting, granted = await tap(ReservationWaiting, str(waiter)), await tap(AssetsReserved)
+    expired = await tap(LeaseExpired, str(plate_id))
+    await am.publish(reserve(waiter, plate_id))
+    assert (await waiting.next()).blocked_by == [run_id]
+
+    event = await expired.next(EXPIRY_TIMEOUT)
+
+    assert (event.run_id, event.token, event.held) == (run_id, claimed, True)
+    assert event.edge_instance == "edge-killed"
+    state = await leases.read(lease_key(plate_id))
+    assert state.holder is not None and state.holder.run_id == run_id
+    assert state.holder.held and state.revision > claimed  # the token moved: the edge is fenced
+    (lease,) = await leases_of(am, plate_id)
+    assert (lease.run_id, lease.held_for_intervention) == (run_id, True)
+    await granted.assert_silent(2.5)  # well past the lease's TTL: nobody got the plate
+    await expired.assert_silent(0)  # reported once
+
+    # The operator resolves the run: its leases go, and the queued run gets the plate.
+    assert (await released(am, tap, run_id)).asset_ids == [plate_id]
+    (binding,) = (await granted.next()).bindings
+    assert (await leases.read(lease_key(plate_id))).holder.run_id == waiter  # type: ignore[union-attr]
+    assert binding.token > state.revision
+    await released(am, tap, waiter)
+
+
+async def test_an_unclaimed_lease_that_runs_out_frees_its_asset(
+    am: Bus, tap: Any, plate_id: uuid.UUID
+) -> None:
+    """Granted but never accepted by an edge: nothing happened to the asset, it is free."""
+    expired = await tap(LeaseExpired, str(plate_id))
+    run_id, _ = await lease_of(am, tap, plate_id, ttl_seconds=1)
+    event = await expired.next(EXPIRY_TIMEOUT)
+    assert (event.run_id, event.held) == (run_id, False)
+    assert await live_runs(am, plate_id) == []

@@ -16,12 +16,14 @@ from praxis_contracts.assets import AssetBinding
 from praxis_contracts.errors import LeaseLost
 from praxis_contracts.topology import ASSET_LEASES
 from praxis_devstack.servers import NatsServer
-from praxis_orchestrator.keeper import LeaseKeeper
+from praxis_orchestrator.keeper import ClaimedElsewhere, LeaseKeeper
 from praxis_runtime.bus import Bus
 from praxis_runtime.leases import EXPECTED_LAST_SUBJECT_SEQ, Claim, LeaseStore, lease_key
 from praxis_runtime.topology import ensure_topology
 
 pytestmark = pytest.mark.integration
+
+EDGE = "edge-under-test"
 
 
 @pytest.fixture
@@ -64,7 +66,7 @@ async def test_an_expired_holder_is_fenced_and_cannot_disturb_its_successor(
     asset, stale_run, successor = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     key = lease_key(asset)
     granted = await leases.acquire_all(stale_run, [Claim(asset, "plate")], ttl_seconds=1)
-    keeper = LeaseKeeper(leases, stale_run, [binding(asset, granted[asset].revision)], 1)
+    keeper = LeaseKeeper(leases, stale_run, [binding(asset, granted[asset].revision)], EDGE, 1)
     await keeper.renew()  # the holder may renew while the lease is live: the token moves on
     assert keeper.tokens[key] > granted[asset].revision
     await keeper.check()
@@ -92,7 +94,7 @@ async def test_an_expired_holder_is_fenced_and_cannot_disturb_its_successor(
 async def test_a_live_holder_keeps_its_lease_by_renewing(leases: LeaseStore) -> None:
     asset, run = uuid.uuid4(), uuid.uuid4()
     granted = await leases.acquire_all(run, [Claim(asset, "plate")], ttl_seconds=1)
-    keeper = LeaseKeeper(leases, run, [binding(asset, granted[asset].revision)], 1)
+    keeper = LeaseKeeper(leases, run, [binding(asset, granted[asset].revision)], EDGE, 1)
     kv = await leases.js.key_value(ASSET_LEASES.bucket)
     watcher = await kv.watch(lease_key(asset))
     keeper.start()
@@ -119,7 +121,7 @@ async def test_a_force_release_fences_the_holder_at_once(leases: LeaseStore) -> 
     asset, run = uuid.uuid4(), uuid.uuid4()
     granted = await leases.acquire_all(run, [Claim(asset, "plate")], ttl_seconds=3600)
     # A one-hour lease renews every twenty minutes: only the push can fence this run in time.
-    keeper = LeaseKeeper(leases, run, [binding(asset, granted[asset].revision)], 3600)
+    keeper = LeaseKeeper(leases, run, [binding(asset, granted[asset].revision)], EDGE, 3600)
     keeper.start()
     try:
         await keeper.renew()  # the run's own writes never fence it
@@ -137,7 +139,7 @@ async def test_a_force_release_fences_the_holder_at_once(leases: LeaseStore) -> 
 async def test_a_lease_lost_before_the_keeper_starts_fences_at_once(leases: LeaseStore) -> None:
     asset, run, other = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     granted = await leases.acquire_all(run, [Claim(asset, "plate")], ttl_seconds=3600)
-    keeper = LeaseKeeper(leases, run, [binding(asset, granted[asset].revision)], 3600)
+    keeper = LeaseKeeper(leases, run, [binding(asset, granted[asset].revision)], EDGE, 3600)
     await leases.force_release(lease_key(asset), "reassigned")
     await leases.acquire_all(other, [Claim(asset, "plate")], ttl_seconds=3600)
     keeper.start()
@@ -164,7 +166,7 @@ async def hold(leases: LeaseStore, key: str, **changes: Any) -> int:
 async def test_a_hold_for_intervention_fences_the_holder(leases: LeaseStore) -> None:
     asset, run = uuid.uuid4(), uuid.uuid4()
     granted = await leases.acquire_all(run, [Claim(asset, "plate")], ttl_seconds=3600)
-    keeper = LeaseKeeper(leases, run, [binding(asset, granted[asset].revision)], 3600)
+    keeper = LeaseKeeper(leases, run, [binding(asset, granted[asset].revision)], EDGE, 3600)
     keeper.start()
     try:
         await keeper.renew()
@@ -186,7 +188,7 @@ async def test_a_revision_the_keeper_did_not_write_fences_it(leases: LeaseStore)
     as this keeper's own renewals do; only the value tells them apart."""
     asset, run = uuid.uuid4(), uuid.uuid4()
     granted = await leases.acquire_all(run, [Claim(asset, "plate")], ttl_seconds=3600)
-    keeper = LeaseKeeper(leases, run, [binding(asset, granted[asset].revision)], 3600)
+    keeper = LeaseKeeper(leases, run, [binding(asset, granted[asset].revision)], EDGE, 3600)
     keeper.start()
     try:
         await hold(leases, lease_key(asset), renewed_at=datetime.now(UTC))  # ttl unchanged
@@ -205,7 +207,7 @@ async def test_the_keepers_own_renewals_never_fence_it(leases: LeaseStore) -> No
     asset, run = uuid.uuid4(), uuid.uuid4()
     key = lease_key(asset)
     granted = await leases.acquire_all(run, [Claim(asset, "plate")], ttl_seconds=3600)
-    keeper = LeaseKeeper(leases, run, [binding(asset, granted[asset].revision)], 3600)
+    keeper = LeaseKeeper(leases, run, [binding(asset, granted[asset].revision)], EDGE, 3600)
     keeper.start()
     try:
         for _ in range(40):
@@ -231,7 +233,7 @@ async def test_renewals_failing_while_nats_is_down_are_retried_and_do_not_fence(
     key = lease_key(asset)
     # 15 s lease, renewed every 5 s: it outlives the outage below plus the reconnect.
     granted = await leases.acquire_all(run, [Claim(asset, "plate")], ttl_seconds=15)
-    keeper = LeaseKeeper(leases, run, [binding(asset, granted[asset].revision)], 15)
+    keeper = LeaseKeeper(leases, run, [binding(asset, granted[asset].revision)], EDGE, 15)
     kv = await bus.js.key_value(ASSET_LEASES.bucket)
     watcher = await kv.watch(key)
     keeper.start()
@@ -262,3 +264,51 @@ async def test_renewals_failing_while_nats_is_down_are_retried_and_do_not_fence(
     finally:
         await keeper.stop()
         await bus.stop()
+
+
+async def test_the_claim_stamps_the_edge_and_a_second_process_finds_it_taken(
+    leases: LeaseStore,
+) -> None:
+    """Two processes handed the same command: the first claim wins, the second is told whose
+    the run is; once the first withdraws its claim (it stops before starting), the second can
+    claim it."""
+    asset, run = uuid.uuid4(), uuid.uuid4()
+    key = lease_key(asset)
+    granted = await leases.acquire_all(run, [Claim(asset, "plate")], ttl_seconds=3600)
+    first = LeaseKeeper(leases, run, [binding(asset, granted[asset].revision)], EDGE)
+    second = LeaseKeeper(leases, run, [binding(asset, granted[asset].revision)], "edge-2")
+
+    await first.claim()
+    state = await leases.read(key)
+    assert state.holder is not None and state.holder.edge == EDGE and state.holder.claimed
+    assert state.revision == first.tokens[key] > granted[asset].revision
+    assert first.ttl_seconds == 3600  # paced by the lease's own TTL
+    await first.claim()  # claiming again (a lost ack) is no conflict with itself
+
+    with pytest.raises(ClaimedElsewhere) as taken:
+        await second.claim()
+    assert taken.value.edge == EDGE
+
+    await first.unclaim()
+    unclaimed = await leases.read(key)
+    assert unclaimed.holder is not None and unclaimed.holder.edge is None
+    await second.claim()
+    claimed = await leases.read(key)
+    assert claimed.holder is not None and claimed.holder.edge == "edge-2"
+    await leases.release(key, claimed.revision)
+
+
+async def test_a_lease_held_or_gone_cannot_be_claimed(leases: LeaseStore) -> None:
+    asset, run, other = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    key = lease_key(asset)
+    granted = await leases.acquire_all(run, [Claim(asset, "plate")], ttl_seconds=3600)
+    keeper = LeaseKeeper(leases, run, [binding(asset, granted[asset].revision)], EDGE)
+    await hold(leases, key, ttl_seconds=0)
+    with pytest.raises(LeaseLost, match="held for an intervention"):
+        await keeper.claim()
+
+    await leases.force_release(key, "operator")
+    await leases.acquire_all(other, [Claim(asset, "plate")], ttl_seconds=3600)
+    with pytest.raises(LeaseLost, match="no longer held"):
+        await keeper.claim()
+    await leases.release_holder(key, other)

@@ -21,6 +21,7 @@ from praxis_contracts.assets import (
     AssetBinding,
     AssetsReserved,
     HoldAssets,
+    LeaseExpired,
     ReleaseAssets,
     ReserveAssets,
 )
@@ -451,6 +452,61 @@ async def test_a_run_only_the_lost_heartbeat_knew_of_needs_an_operator(h: Harnes
 
     assert (await h.runs.get(run.accession_id)).status == S.REQUIRES_INTERVENTION
     assert (await h.runs.get(other.accession_id)).status == S.PENDING
+
+
+def lapsed(run_id: uuid.UUID, held: bool = True) -> LeaseExpired:
+    asset_id = uuid.uuid4()
+    return LeaseExpired(
+        asset_id=asset_id,
+        run_id=run_id,
+        lease_key=f"asset.{asset_id}",
+        token=42,
+        at=T0,
+        held=held,
+        edge_instance=EDGE if held else None,
+    )
+
+
+async def test_a_claimed_lease_that_ran_out_leaves_its_run_to_an_operator(h: Harness) -> None:
+    """Whatever the lease TTL and the edge grace period: the lease ran out before the edge was
+    declared lost, the asset-manager held it, and the run needs an operator now."""
+    run = await running(h, EDGE)
+    event = lapsed(run.accession_id)
+
+    assert await h.runs.lease_lapsed(event)
+    ((hold, hold_id),) = [(m, i) for m, i in await h.sent() if isinstance(m, HoldAssets)]
+    assert hold.run_id == run.accession_id and hold_id == f"hold:{run.accession_id}"
+    after = await h.runs.get(run.accession_id)
+    assert after.status == S.REQUIRES_INTERVENTION
+    assert after.error is not None and after.error.code == "lease_lapsed"
+    assert event.lease_key in after.error.message and EDGE in after.error.message
+
+    assert not await h.runs.lease_lapsed(event)  # delivered twice: nothing more
+    assert await h.sent() == []
+
+
+async def test_a_lapsed_lease_of_a_run_not_yet_reported_preparing_needs_an_operator(
+    h: Harness,
+) -> None:
+    """The edge claimed the run and died before its ``RunPreparing`` reached the scheduler."""
+    run = await submit(h)
+    await h.runs.on_reserved(reserved(run.accession_id))
+    await h.sent()
+
+    assert await h.runs.lease_lapsed(lapsed(run.accession_id))
+    assert (await h.runs.get(run.accession_id)).status == S.REQUIRES_INTERVENTION
+
+
+async def test_an_unclaimed_or_late_lease_expiry_changes_no_run(h: Harness) -> None:
+    run = await running(h, EDGE)
+    assert not await h.runs.lease_lapsed(lapsed(run.accession_id, held=False))
+    assert (await h.runs.get(run.accession_id)).status == S.RUNNING
+
+    await h.runs.on_finished(finished(run.accession_id))
+    await h.sent()
+    assert not await h.runs.lease_lapsed(lapsed(run.accession_id))  # it ended: released
+    assert await h.sent() == []
+    assert (await h.runs.get(run.accession_id)).status == S.COMPLETED
 
 
 async def test_a_restarted_edge_releases_runs_of_its_dead_predecessor(h: Harness) -> None:

@@ -357,7 +357,12 @@ class ReservationWaiting(Event):
 
 
 class LeaseExpired(Event):
-    """A lease reached its TTL without renewal; the asset is available again."""
+    """A lease reached its TTL without renewal.
+
+    An unclaimed lease (granted, never accepted by an edge) frees its asset. A claimed one
+    (``held``: an edge accepted the run and then stopped renewing) does not: the run's state on
+    its edge is unknown, so the asset-manager holds the lease for an operator (no TTL, a new
+    fencing token) and the scheduler moves the run to ``requires_intervention``."""
 
     subject: ClassVar[str] = "praxis.evt.asset.lease.expired"
     keyed: ClassVar[bool] = True
@@ -367,6 +372,13 @@ class LeaseExpired(Event):
     lease_key: str
     token: int = Field(description="The expired lease's last revision.")
     at: datetime
+    held: bool = Field(
+        default=False,
+        description="The lease had been claimed by an edge: it is held for an operator, not freed.",
+    )
+    edge_instance: str | None = Field(
+        default=None, description="The edge process that had claimed it (``held`` only)."
+    )
 
     def subject_key(self) -> str:
         return str(self.asset_id)

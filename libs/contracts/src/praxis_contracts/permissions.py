@@ -176,6 +176,7 @@ SCHEDULER = Identity(
     consumes=(
         Consumes(AssetsReserved, "scheduler-reserved"),
         Consumes(ReservationFailed, "scheduler-reservation-failed"),
+        Consumes(LeaseExpired, "scheduler-lease-expired"),
         Consumes(FunctionCallRecorded, "scheduler-calls"),
         Consumes(RunFinished, "scheduler-run-finished"),
         Consumes(RunPreparing, "scheduler-run-preparing"),

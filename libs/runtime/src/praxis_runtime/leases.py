@@ -24,6 +24,13 @@ A lease can be held for an intervention (``hold_all``): rewritten at its token w
 key stops expiring (a TTL belongs to each write, not to the key) and the token moves, so the edge
 that held it can no longer renew it; only a release or force-release ends it.
 
+A lease records the edge process that *claimed* it (``Holder.edge``): the orchestrator that
+accepted the run stamps its instance into the lease with its first renewal. From then on the
+run's state lives on that edge, so a claimed lease that runs out is not freed: its asset may be
+mid-transfer on an edge that stopped answering. The asset-manager holds it for an operator
+instead (``hold_lapsed``), and only an unclaimed lease (granted, never accepted by an edge)
+expires into freedom.
+
 Reads use the stream's last message per subject rather than ``kv.get`` (nats-py 2.16 reports a
 TTL expiry marker as a live entry); tombstones and markers are recognised from headers.
 """
@@ -67,6 +74,13 @@ class Holder:
     acquired_at: datetime
     renewed_at: datetime
     ttl_seconds: int
+    edge: str | None = None
+    """The edge process (``EdgeHeartbeat.instance``) that accepted the run; None until then."""
+
+    @property
+    def claimed(self) -> bool:
+        """An edge accepted the run: the asset's state is that edge's to know."""
+        return self.edge is not None
 
     @property
     def held(self) -> bool:
@@ -86,11 +100,12 @@ class Holder:
         acquired = self.acquired_at.isoformat()
         renewed = acquired if self.renewed_at == self.acquired_at else self.renewed_at.isoformat()
         workcell = f'"{self.workcell_id}"' if self.workcell_id else "null"
+        edge = "" if self.edge is None else f',"edge":{json.dumps(self.edge)}'
         return (
             f'{{"run_id":"{self.run_id}","asset_id":"{self.asset_id}",'
             f'"requirement":{json.dumps(self.requirement)},"workcell_id":{workcell},'
             f'"acquired_at":"{acquired}","renewed_at":"{renewed}",'
-            f'"ttl_seconds":{int(self.ttl_seconds)}}}'
+            f'"ttl_seconds":{int(self.ttl_seconds)}{edge}}}'
         ).encode()
 
 
@@ -105,6 +120,7 @@ def decode_holder(data: bytes) -> Holder:
         acquired_at=acquired,
         renewed_at=datetime.fromisoformat(raw.get("renewed_at") or raw["acquired_at"]),
         ttl_seconds=int(raw["ttl_seconds"]),
+        edge=str(raw["edge"]) if raw.get("edge") else None,
     )
 
 
@@ -390,6 +406,15 @@ class LeaseStore:
         if todo := {k: s for k, s in todo.items() if _unheld(s, run_id)}:
             raise LeaseConflict(sorted(todo))  # kept changing: retried as a whole
         return held
+
+    async def hold_lapsed(self, key: str, holder: Holder, revision: int) -> KeyState | None:
+        """Write ``holder``'s lease back, held, over the key's last message ``revision`` (the
+        expiry marker, or the tombstone its expired message left as the last one): a claimed
+        lease that ran out stays with its run for an operator. The held lease, or None if the
+        key changed meanwhile."""
+        held = replace(holder, renewed_at=datetime.now(UTC), ttl_seconds=HELD)
+        written = await self._cas(self._put(key, held, revision))
+        return None if written is None else KeyState(written, held)
 
     async def force_release(self, key: str, reason: str) -> tuple[KeyState, int] | None:
         """Release the key whoever holds it; the tombstone records the reason."""

@@ -9,7 +9,10 @@ force-released, or when a waiter ahead of it leaves the queue.
 
 Expiry is learnt two ways: the server's expiry marker (pushed by the watcher), and a deadline per
 live lease (``Deadlines``) for the keys whose expiry the server does not mark (any key with an
-earlier revision). Both end in ``_expired``, once per lease.
+earlier revision). Both end in ``_expired``, once per lease. A lease an edge had claimed
+(``Holder.claimed``: the edge accepted the run) never expires into freedom: the state of its run
+is unknown, so the lease is written back held for an operator (``_lapsed``) and the mirror shows
+it busy throughout, so no grant can slip in between.
 
 Commands for one run are handled one at a time (``_exclusive``): a run's reserve, release and
 hold reach different consumers, JetStream may deliver a command twice, and copies may be handled
@@ -56,6 +59,7 @@ from praxis_contracts.assets import (
     WorkcellMatch,
 )
 from praxis_contracts.errors import NoMatchingAssets, NotFound, PraxisError, Timeout
+from praxis_runtime.bus import INFRA_RETRY_CAP, retry_delay
 from praxis_runtime.db import Database
 from praxis_runtime.leases import (
     Claim,
@@ -449,6 +453,12 @@ class Reservations:
         if known is not None and known.revision >= revision:
             return None  # the echo of our own write
         deleted = operation in ("DEL", "PURGE") or not value
+        if operation == "PURGE" and known is not None and _claimed(known):
+            # The server's expiry marker of a lease an edge claimed: still busy, held next.
+            self.index.apply(key, KeyState(revision, known.holder))
+            self.deadlines.cancel(key)
+            self._spawn(self._lapsed(key, known, revision))
+            return None
         holder = None if deleted or value is None else decode_holder(value)
         return self._mirror(key, KeyState(revision, holder))
 
@@ -499,10 +509,72 @@ class Reservations:
         if current.revision >= state.revision:
             self.deadlines.recheck(key, state, attempt + 1)
             return
+        if _claimed(state):  # its run is on an edge that stopped renewing: held, not freed
+            await self._lapsed(key, state, current.revision)
+            return
         change = self.index.expire(key, state.revision)
         if change is not None and state.holder is not None:
             self.deadlines.track(key, change.current)
             await self._expired(change.asset_id, state.holder.run_id, state.revision)
+
+    async def _lapsed(self, key: str, lease: KeyState, revision: int) -> None:
+        """A claimed lease ran out (its edge stopped renewing): write it back held, over the
+        key's last message ``revision``, so its asset stays with its run until an operator
+        resolves it; the scheduler moves the run to ``requires_intervention`` on the event.
+
+        The mirror shows the lease busy all along (no grant can take the asset), the run's
+        commands are kept out meanwhile (a release that came first wins: nothing is held then),
+        and NATS being away only delays the write."""
+        holder = lease.holder
+        assert holder is not None
+        async with self._exclusive(holder.run_id):
+            attempt = 0
+            while True:
+                if self.index.states.get(key, lease).holder != holder:
+                    return  # released, force-released or held meanwhile: nothing lapsed
+                try:
+                    written = await self.leases.hold_lapsed(key, holder, revision)
+                    current = None if written is not None else await self.leases.read(key)
+                except Exception as exc:
+                    attempt += 1
+                    log.warning("holding the lapsed lease %s failed, will retry: %s", key, exc)
+                    await asyncio.sleep(retry_delay(attempt, INFRA_RETRY_CAP))
+                    continue
+                if written is not None:
+                    self._mirror(key, written)
+                    break
+                assert current is not None
+                if current.holder is None:  # another marker, or a tombstone: hold over it
+                    revision = current.revision
+                    continue
+                self._mirror(key, current)  # held or taken by a writer we did not expect
+                if current.holder.run_id != holder.run_id:
+                    log.error("lapsed lease %s was taken by run %s", key, current.holder.run_id)
+                return
+        log.warning(
+            "lease %s of run %s ran out on edge %s: held for an operator",
+            key,
+            holder.run_id,
+            holder.edge,
+        )
+        event = LeaseExpired(
+            asset_id=holder.asset_id,
+            run_id=holder.run_id,
+            lease_key=key,
+            token=lease.revision,
+            at=now(),
+            held=True,
+            edge_instance=holder.edge,
+        )
+        attempt = 0
+        while True:  # the scheduler must hear of it: retried until stored (the id de-duplicates)
+            try:
+                await self.publish(event, msg_id=f"expired:{key}:{lease.revision}")
+                return
+            except Exception as exc:
+                attempt += 1
+                log.warning("announcing the lapsed lease %s failed, will retry: %s", key, exc)
+                await asyncio.sleep(retry_delay(attempt, INFRA_RETRY_CAP))
 
     async def _expired(self, asset_id: uuid.UUID, run_id: uuid.UUID, token: int) -> None:
         """The lease at ``token`` expired (seen by its marker or its deadline, once in this
@@ -542,6 +614,12 @@ class Reservations:
         self._tasks.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("%s failed", task.get_coro(), exc_info=exc)
+
+
+def _claimed(state: KeyState) -> bool:
+    """A live lease an edge has claimed and nobody holds for an operator yet."""
+    holder = state.holder
+    return holder is not None and holder.claimed and not holder.held
 
 
 def _workcell_match(site: Site, found: Match) -> WorkcellMatch:

@@ -15,6 +15,12 @@ twice). The keeper recognises its own writes by their value (each renewal stamps
 ``renewed_at``), not by the revision ``renew`` returns: the watcher often reports a renewal
 before the publish's ack arrives, and an ack lost to a disconnect leaves only the value to go by.
 
+The first renewal is the *claim* (``claim``): it stamps this process (``edge``) into every lease
+at the tokens the grant carried, the moment the edge accepts the run. From then on the leases say
+whose the run is: of two processes handed the same command only the first claims it (the other
+finds ``ClaimedElsewhere``), and a claimed lease that runs out is held for an operator by the
+asset-manager, never handed to another run.
+
 NATS being away is not a lost lease: a renewal that fails for that reason is retried with backoff
 (capped at ``INFRA_RETRY_CAP``) until it succeeds or the lease really is gone. Watchers are
 re-created when they end or when NATS comes back (``resync``); a new watcher first reports the
@@ -56,17 +62,28 @@ OWN_WRITES_REMEMBERED = 8
 """Renewals per key whose outcome may still be unknown; older ones are settled long since."""
 
 
+class ClaimedElsewhere(Exception):
+    """Another edge process claimed the run's leases first: the run is that process's."""
+
+    def __init__(self, edge: str) -> None:
+        super().__init__(f"the run was claimed by edge process {edge}")
+        self.edge = edge
+
+
 class LeaseKeeper:
     def __init__(
         self,
         leases: LeaseStore,
         run_id: uuid.UUID,
         bindings: list[AssetBinding],
-        ttl_seconds: int,
+        edge: str,
+        ttl_seconds: int = 0,
     ) -> None:
         self.leases = leases
         self.run_id = run_id
+        self.edge = edge
         self.tokens = {b.lease_key: b.token for b in bindings}
+        self.ttl_seconds = ttl_seconds
         self.interval = max(0.2, ttl_seconds / 3)
         # A renewal attempt is a read and a write, milliseconds on a live server: one that has
         # no answer after this long is treated as failed and retried, rather than waiting for
@@ -150,6 +167,7 @@ class LeaseKeeper:
         if holder is not None and holder.run_id == self.run_id and holder in self._written[key]:
             self.tokens[key] = revision  # our renewal, possibly before renew() heard its ack
             return
+
         self._lose(
             LeaseLost(f"lease {key} {_why(holder, self.run_id)} (revision {revision})", key=key)
         )
@@ -209,15 +227,75 @@ class LeaseKeeper:
         return renewed and self.lost is None
 
     async def claim(self) -> None:
-        """Renew every lease until it succeeds: from then on the tokens are this process's, so
-        a second process preparing the same run (a redelivered command) cannot claim them too.
-        Raises ``LeaseLost`` if a lease is gone."""
+        """Stamp this process into every lease, at the granted tokens, retrying while NATS is
+        away: from then on the leases are this process's, so a second process handed the same
+        command (a redelivery) cannot claim them too, and they are renewed from here on.
+
+        Raises ``ClaimedElsewhere`` if another process claimed the run first, ``LeaseLost`` if a
+        lease is gone or another run's."""
         attempt = 0
-        while not await self.renew():
+        while True:
+            try:
+                states = await asyncio.gather(*map(self.leases.read, self.tokens))
+            except Exception as exc:
+                attempt += 1
+                log.warning("reading the leases to claim failed (attempt %d): %s", attempt, exc)
+                await asyncio.sleep(retry_delay(attempt, INFRA_RETRY_CAP))
+                continue
+            for key, state in zip(self.tokens, states, strict=True):
+                self._check_claimable(key, state)
+            if self.ttl_seconds == 0:  # the lease's own TTL paces the renewals
+                self._pace(min(s.holder.ttl_seconds for s in states if s.holder is not None))
+            if await self.renew():
+                return
             if self.lost is not None:
                 raise self.lost
             attempt += 1
             await asyncio.sleep(retry_delay(attempt, INFRA_RETRY_CAP))
+
+    async def unclaim(self) -> None:
+        """Withdraw the claim of a run that never started here (this process is stopping):
+        each lease still stamped with this process is written back without the stamp, at its
+        token, so the next process handed the command can claim it. Call after ``stop``. Best
+        effort: a lease that changed, or a write that fails, is left as it is (it then runs
+        out claimed and is held for an operator)."""
+        for key in self.tokens:
+            try:
+                state = await self.leases.read(key)
+                holder = state.holder
+                if holder is None or holder.run_id != self.run_id or holder.edge != self.edge:
+                    continue
+                free = replace(holder, renewed_at=datetime.now(UTC), edge=None)
+                write = Outgoing(
+                    self.leases.subject(key),
+                    free.encode(),
+                    {EXPECTED_LAST_SUBJECT_SEQ: str(state.revision)},
+                    free.ttl_seconds,
+                )
+                (result,) = await self.leases.publisher.publish_all([write])
+                if isinstance(result, Exception):
+                    raise result
+            except Exception as exc:
+                log.warning("could not withdraw the claim on %s: %r", key, exc)
+
+    def _check_claimable(self, key: str, state: KeyState) -> None:
+        """Whether this process may claim ``key``: the run's lease, claimed by nobody (at the
+        granted token, or later if a stopping process withdrew its claim) or by itself."""
+        holder = state.holder
+        if holder is None or holder.run_id != self.run_id or state.revision < self.tokens[key]:
+            raise LeaseLost(f"lease {key} is no longer held at token {self.tokens[key]}", key=key)
+        if holder.held:
+            raise LeaseLost(f"lease {key} is held for an intervention", key=key)
+        if holder.edge is None:
+            self.tokens[key] = state.revision
+        elif holder.edge != self.edge:
+            raise ClaimedElsewhere(holder.edge)
+        # else our own claim, whose ack was lost: ``renew`` knows it by its value
+
+    def _pace(self, ttl_seconds: int) -> None:
+        self.ttl_seconds = ttl_seconds
+        self.interval = max(0.2, ttl_seconds / 3)
+        self.attempt_timeout = min(max(1.0, self.interval), ATTEMPT_TIMEOUT_CAP)
 
     async def _heartbeat(self) -> None:
         """Renew every ``interval``; after a failure, retry with backoff instead of waiting a
@@ -248,7 +326,7 @@ class LeaseKeeper:
         if self.lost is not None or state.holder is None:
             return
         token = self.tokens[key]
-        renewed = replace(state.holder, renewed_at=datetime.now(UTC))
+        renewed = replace(state.holder, renewed_at=datetime.now(UTC), edge=self.edge)
         self._written[key].append(renewed)  # before sending: the watcher may echo it first
         write = Outgoing(
             self.leases.subject(key),

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from praxis_contracts.assets import AssetsReserved, ReservationFailed
+from praxis_contracts.assets import AssetsReserved, LeaseExpired, ReservationFailed
 from praxis_contracts.common import ErrorInfo, RunStatus
 from praxis_contracts.protocols import ResolveProtocol
 from praxis_contracts.runs import (
@@ -112,6 +112,11 @@ async def assets_reserved(event: AssetsReserved, deps: Deps) -> None:
 async def reservation_failed(event: ReservationFailed, deps: Deps) -> None:
     error = ErrorInfo(type="ReservationFailed", message=event.error.message, code=event.error.code)
     await deps.runs.on_failed_before_start(event.run_id, error)
+
+
+@handlers.consume(LeaseExpired, durable="scheduler-lease-expired", max_workers=WORKERS)
+async def lease_expired(event: LeaseExpired, deps: Deps) -> None:
+    await deps.runs.lease_lapsed(event)
 
 
 @handlers.consume(FunctionCallRecorded, durable="scheduler-calls", max_workers=WORKERS)

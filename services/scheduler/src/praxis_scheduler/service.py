@@ -18,6 +18,7 @@ from praxis_contracts.assets import (
     AssetBinding,
     AssetsReserved,
     HoldAssets,
+    LeaseExpired,
     ReleaseAssets,
     ReserveAssets,
 )
@@ -346,6 +347,30 @@ class RunService:
                 mode="json"
             )
             uow.emit(HoldAssets(run_id=run_id, reason=reason), msg_id=f"hold:{run_id}")
+            return True
+
+    async def lease_lapsed(self, event: LeaseExpired) -> bool:
+        """A lease its edge had claimed ran out: the edge stopped renewing, so the run's state
+        is unknown. The asset-manager held the lease; the run needs an operator (every lease of
+        it is held too). Whether the run was moved now (not if it had ended or was moved)."""
+        if not event.held or event.run_id is None:
+            return False  # an unclaimed lease freed its asset: no edge had the run
+        async with self.uow() as uow:
+            row = await uow.runs.get(event.run_id, lock=True)
+            if row is None or S(row.status).is_terminal:
+                return False
+            if row.status == S.REQUIRES_INTERVENTION:
+                return False
+            edge = event.edge_instance or row.edge_instance or "unknown"
+            reason = (
+                f"lease {event.lease_key} ran out on edge {edge} while the run was {row.status} "
+                "(the edge stopped renewing it); leases kept until an operator resolves the run"
+            )
+            self._advance(uow, row, S.REQUIRES_INTERVENTION, reason)
+            row.error = ErrorInfo(
+                type="LeaseLapsed", message=reason, code="lease_lapsed"
+            ).model_dump(mode="json")
+            uow.emit(HoldAssets(run_id=event.run_id, reason=reason), msg_id=f"hold:{event.run_id}")
             return True
 
     async def cancel_overdue(self, run_id: uuid.UUID, edges: Edges, seconds: float) -> None:
