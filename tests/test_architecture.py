@@ -148,7 +148,7 @@ def handler_groups() -> dict[str, Handlers[Any]]:
         name: importlib.import_module(f"{name}.handlers").handlers
         for name in ("praxis_scheduler", "praxis_code_manager", "praxis_asset_manager")
     }
-    groups["praxis_orchestrator"] = handlers_for("demo", 1)
+    groups["praxis_orchestrator"] = handlers_for("demo")
     groups["praxis_asset_manager.inventory"] = importlib.import_module(
         "praxis_asset_manager.inventory_handlers"
     ).handlers

@@ -71,7 +71,7 @@ def service_handlers() -> dict[str, list[Handlers[Any]]]:
         ],
         "code-manager": [group("praxis_code_manager.handlers")],
         "gateway": [],
-        "orchestrator-wc-x": [handlers_for("wc-x", 4)],
+        "orchestrator-wc-x": [handlers_for("wc-x")],
     }
 
 

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import io
 import tarfile
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -269,23 +267,6 @@ async def fenced_between_commands(lh: LiquidHandler, tips: TipRack, until: str) 
 
 T = TypeVar("T")
 E = TypeVar("E", bound=Event)
-
-
-async def eventually(
-    condition: Callable[[], T | Awaitable[T]], what: str, timeout: float = WAIT
-) -> T:
-    """Wait until ``condition()`` (or what it returns, if awaitable) is truthy, checking every
-    20 ms; fail after ``timeout``. Returns that value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout} s: {what}")
-        await asyncio.sleep(0.02)
 
 
 # -- the world around the orchestrator --------------------------------------------------------
@@ -637,12 +618,6 @@ def make_world() -> Callable[..., contextlib.AbstractAsyncContextManager[World]]
     """``async with make_world(nats_access or own_nats, tmp_path, **settings) as world``: not
     yet started."""
     return world_on
-
-
-@pytest.fixture(name="eventually")
-def eventually_fixture() -> Callable[..., Any]:
-    """``await eventually(condition, what, timeout)``: a bounded wait for a condition."""
-    return eventually
 
 
 @pytest.fixture

@@ -56,6 +56,24 @@ def test_a_suspected_edge_that_never_beats_is_gone_after_the_grace_period() -> N
     assert lost is not None and lost.instance is None
 
 
+def test_a_nats_outage_gives_every_edge_a_full_period_from_its_end() -> None:
+    """Nobody could beat, or be seen beating, while NATS was away: the keys that expired
+    meanwhile say nothing about the edges. Deadlines count again from the reconnection."""
+    book = EdgeBook(grace_seconds=6)
+    book.beat(beat("a", 6), now=0.0)  # due at 12
+    book.beat(beat("b", 6), now=0.0)
+    book.left("b", now=7.0)  # its key expired during the outage: due at 12
+    book.suspect("c", now=1.0)  # a run names it, it never beat: due at 7
+
+    assert sorted(book.outage_over(now=20.0)) == ["a", "b", "c"]
+
+    assert (book.deadline("a"), book.deadline("b"), book.deadline("c")) == (32.0, 32.0, 26.0)
+    assert book.expire("a", now=31.9) is None
+    book.beat(beat("b", 6), now=22.0)  # it beat again soon after: alive
+    assert book.is_live("b") and book.expire("b", now=32.0) is None
+    assert book.outage_over(now=10.0) == []  # a deadline is never brought forward
+
+
 def test_live_processes_of_a_workcell() -> None:
     book = EdgeBook(grace_seconds=5)
     book.beat(beat("a", workcell="w1"), now=0.0)

@@ -41,8 +41,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import importlib
+import inspect
 import os
 import secrets
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -297,3 +299,27 @@ async def drained(js: Any, stream: str, *durables: str, timeout: float = 15.0) -
             return
         assert loop.time() < deadline, f"still unhandled after {timeout} s: {infos}"
         await asyncio.sleep(0.05)
+
+
+async def eventually(
+    condition: Callable[[], Any], what: str, timeout: float = 15.0, every: float = 0.02
+) -> Any:
+    """Wait until ``condition()`` (or what it returns, if awaitable) is truthy, looking every
+    ``every`` seconds; fail the test after ``timeout``. Returns that value. For conditions
+    nothing pushes (a process table, a file); prefer an event where one exists."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout} s: {what}")
+        await asyncio.sleep(every)
+
+
+@pytest.fixture(name="eventually")
+def eventually_fixture() -> Callable[..., Any]:
+    """``await eventually(condition, what, timeout)``: a bounded wait for a condition."""
+    return eventually

@@ -51,7 +51,7 @@ class Settings(ServiceSettings):
         "abandoned (fenced) and the run requires intervention",
     )
     edge_heartbeat_ttl_seconds: int = Field(
-        default=10,
+        default=6,
         ge=1,
         description="EDGE_HEARTBEAT_TTL_SECONDS: this process's key in the edges bucket expires "
         "this long after its last beat; it beats every third of it",
@@ -106,6 +106,7 @@ def build(settings: Settings) -> tuple[Service, Orchestrator]:
             run_blocked_seconds=settings.run_blocked_seconds,
             cancel_escalation_seconds=settings.cancel_escalation_seconds,
             recorder=recorder,
+            max_concurrent_runs=settings.max_concurrent_runs,
         )
         beacon = EdgeBeacon(
             bus.publisher,
@@ -117,12 +118,11 @@ def build(settings: Settings) -> tuple[Service, Orchestrator]:
             on_recovered=executor.resync_leases,
         )
         executor.on_runs_changed = beacon.poke
+        executor.list_runs = beacon.sync
         parts.executor, parts.outbox, parts.beacon = executor, outbox, beacon
         parts.recorder = recorder
         await beacon.start()  # the first beat goes out before any command is taken
-        service.include(
-            handlers_for(settings.praxis_workcell, settings.max_concurrent_runs), executor
-        )
+        service.include(handlers_for(settings.praxis_workcell), executor)
 
     async def drain() -> None:
         # Runs and the flush of their last events share the graceful timeout; the flush gets

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 
 from praxis_contracts.runs import EdgeHeartbeat, EdgeRun, edge_key
 from praxis_contracts.topology import EDGES
+from praxis_runtime.bus import INFRA_RETRY_CAP, retry_delay
 from praxis_runtime.publisher import Outgoing, Publisher
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,14 @@ class EdgeBeacon:
     def poke(self) -> None:
         """Beat now: the runs changed."""
         self._wake.set()
+
+    async def sync(self) -> None:
+        """Beat now and return once a beat listing the current runs is stored, retrying while
+        NATS is away: a run is listed before this process claims its leases."""
+        attempt = 0
+        while not await self.beat():
+            attempt += 1
+            await asyncio.sleep(retry_delay(attempt, INFRA_RETRY_CAP))
 
     async def stop(self) -> None:
         """Stop beating and delete the key (graceful stop: the process is not lost)."""

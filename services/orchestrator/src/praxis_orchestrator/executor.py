@@ -8,17 +8,23 @@ leased assets (``praxis_plr.guard``).
 
 A run's life, and why in this order:
 
-1. It is registered as active (the heartbeat lists it as ``preparing``) and ``RunPreparing``,
-   naming this process (``edge_instance``), is queued.
-2. It is prepared in a task of its own, so that a cancel can abort a layout fetch or a code load
-   that hangs: live objects, fence check, code, parameters.
-3. ``RunPreparing`` has been published (the scheduler knows which process has the run before
-   the command is gone), and the ``ExecuteRun`` is acknowledged, waiting until the server
-   recorded the ack. From then on a crash cannot hand the command to another process, which
-   would drive the instruments again; a crash before it redelivers the command, and the next
-   process simply prepares again.
-4. The keeper starts and claims the leases (renews each once at its token): of two processes
-   handed the same run, only one gets past this.
+1. It is registered as active and ``RunPreparing``, naming this process (``edge_instance``), is
+   queued. A heartbeat listing it (phase ``preparing``) is stored before anything else, so if
+   this process dies from here on the scheduler learns of the run when the heartbeat expires.
+2. Its leases are *claimed* (``LeaseKeeper.claim``): renewed once at the granted tokens with
+   this process stamped in, and renewed from then on. Of two processes handed the same command
+   only one claims it (the other drops it); a claimed lease that runs out is held for an
+   operator, never handed on. Every delivery of the command is kept "in progress" meanwhile,
+   so it is not redelivered while this process works on it.
+3. It is prepared in a task of its own, so that a cancel can abort a layout fetch or a code load
+   that hangs: live objects, fence check, code, parameters. Then it waits for one of the
+   ``max_concurrent_runs`` slots (its leases renewed all along).
+4. ``RunPreparing`` has been published, and a delivery of ``ExecuteRun`` is acknowledged, each
+   retried while NATS is away (the leases are renewed meanwhile: an outage delays the run, it
+   does not fail it). From then on a crash cannot hand the command to another process; a crash
+   before it redelivers the command, whose next process finds the claim (the run then waits for
+   an operator, as the dead process's heartbeat says). A process that stops gracefully before
+   that withdraws its claim and hands the command back.
 5. ``RunStarted``, and the protocol function is called on the run's worker thread.
 6. The keeper stops, then ``RunFinished`` (the scheduler releases the leases when it sees it).
 
@@ -88,13 +94,19 @@ from praxis_contracts.state import SnapshotInfo, SnapshotKind, WorkcellStateRest
 from praxis_orchestrator.cleanup import Cleanup, holds_tips, make_safe, tip_policy
 from praxis_orchestrator.code import CodeCache
 from praxis_orchestrator.isolation import RunThread
-from praxis_orchestrator.keeper import LeaseKeeper
+from praxis_orchestrator.keeper import ClaimedElsewhere, LeaseKeeper
 from praxis_orchestrator.outbox import Outbox
 from praxis_orchestrator.snapshots import StateRecorder
 from praxis_orchestrator.workcell import WorkcellHost
 from praxis_plr.guard import WorkcellView, current_view
 from praxis_plr.types import unwrap_optional
-from praxis_runtime.bus import INFRA_RETRY_CAP, acknowledge, is_infrastructure, retry_delay
+from praxis_runtime.bus import (
+    INFRA_RETRY_CAP,
+    acknowledge,
+    in_progress_until,
+    is_infrastructure,
+    retry_delay,
+)
 from praxis_runtime.leases import LeaseStore
 from praxis_runtime.logging import log_context
 from praxis_runtime.recent import RecentIds
@@ -149,7 +161,10 @@ class ActiveRun:
         self.keeper: LeaseKeeper | None = None
         self.preparation: asyncio.Task[PreparedCall] | None = None
         self.task: asyncio.Task[None] | None = None
-        self.accepted = asyncio.Event()  # its command needs no handler any more
+        self.accepted = asyncio.Event()  # ready to start, or ended: its deliveries confirm now
+        self.confirmed = asyncio.Event()  # a delivery of its command was acknowledged
+        self.declined = False  # another process claimed it first: not this process's run
+        self.slot = False  # it holds one of the ``max_concurrent_runs`` slots
         # Once the protocol function is called:
         self.worker: RunThread | None = None
         self.view: WorkcellView | None = None
@@ -214,6 +229,7 @@ class Executor:
         run_blocked_seconds: float = RUN_BLOCKED_SECONDS,
         cancel_escalation_seconds: float = CANCEL_ESCALATION_SECONDS,
         recorder: StateRecorder | None = None,
+        max_concurrent_runs: int = 4,
     ) -> None:
         self.workcell = workcell
         self.code = code
@@ -227,6 +243,8 @@ class Executor:
         self._loop = asyncio.get_running_loop()  # the supervisor's
         self._thread = threading.get_ident()
         self.on_runs_changed: Callable[[], None] = lambda: None  # the heartbeat beats at once
+        self.list_runs: Callable[[], Awaitable[None]] = _nothing  # a heartbeat listing them, stored
+        self._slots = asyncio.Semaphore(max_concurrent_runs)
         self.runs: dict[uuid.UUID, ActiveRun] = {}
         self.done = RecentIds()  # runs that ended here: a redelivered command is dropped
         self.cancelled_early = RecentIds()  # cancels that overtook their ExecuteRun
@@ -238,12 +256,15 @@ class Executor:
 
     # -- accepting a run ----------------------------------------------------------------------
     async def accept(self, cmd: ExecuteRun) -> None:
-        """Take the run; returns once the protocol function has been called (or the run ended
-        before that). A redelivery of a run this process has waits for the first delivery to
-        get that far; a redelivery of a run that ended here is dropped."""
+        """Take the run; returns once this delivery of its command is confirmed (or declined).
+
+        Every delivery of a run's command (a redelivery too) waits, keeping the command in
+        progress, until the run is ready to start here, then confirms itself; the protocol is
+        called only after one delivery was confirmed. A delivery of a run that ended here, or
+        that another process claimed, is confirmed and dropped."""
         run = self.runs.get(cmd.run_id)
         if run is not None:
-            log.info("run %s is already being prepared here; redelivery waits", cmd.run_id)
+            log.info("run %s is already accepted here; this delivery waits", cmd.run_id)
         elif cmd.run_id in self.done:
             log.info("run %s already executed here; ignoring redelivery", cmd.run_id)
             return
@@ -251,10 +272,31 @@ class Executor:
             run = self._register(cmd)
             run.task = asyncio.create_task(self._lifecycle(run))
         self._track_handler()
-        await run.accepted.wait()
+        await in_progress_until(run.accepted)
         if run.abandoned:
-            # Not acknowledged, not started: the command is redelivered (to the next process).
+            # Not confirmed, not started, its claim withdrawn: the command is redelivered.
             raise Unavailable(f"the orchestrator stopped before run {cmd.run_id} started")
+        await self._confirm(run)
+
+    async def _confirm(self, run: ActiveRun) -> None:
+        """Acknowledge this delivery, waiting until the server recorded it; retried while NATS
+        is away, until it works or another delivery of the run was confirmed (this one then
+        comes back later and is dropped as a run this process has or had)."""
+        attempt = 0
+        while True:
+            try:
+                await acknowledge()
+                run.confirmed.set()
+                return
+            except Exception as exc:
+                if not is_infrastructure(exc):
+                    raise
+                attempt += 1
+                log.warning("confirming the command failed (attempt %d): %r", attempt, exc)
+            if run.confirmed.is_set():
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(run.confirmed.wait(), retry_delay(attempt, INFRA_RETRY_CAP))
 
     def _track_handler(self) -> None:
         handler = asyncio.current_task()
@@ -278,13 +320,24 @@ class Executor:
         return run
 
     def _unregister(self, run: ActiveRun) -> None:
+        if run.slot:
+            run.slot = False
+            self._slots.release()
         self.runs.pop(run.run_id, None)
         if not run.abandoned:
             self.done.add(run.run_id)
         run.accepted.set()
+        run.confirmed.set()
         self.on_runs_changed()
 
     async def _lifecycle(self, run: ActiveRun) -> None:
+        """Accept (listed, claimed), prepare, wait for a slot, confirm, call, report.
+
+        The run is listed in a stored heartbeat before its leases are claimed, so whatever
+        happens to this process from then on, the scheduler learns of it (the heartbeat
+        expires) or the asset-manager does (a claimed lease that runs out is held, never
+        freed). The leases are renewed from the claim on, through preparation and confirmation
+        alike: a NATS outage there delays the run, it does not fail it."""
         cmd = run.cmd
         with log_context(run_id=cmd.run_id):
             try:
@@ -294,20 +347,47 @@ class Executor:
                 preparing = self._emit(
                     RunPreparing(run_id=cmd.run_id, at=now(), edge_instance=self.instance)
                 )
+                if not await self._claim(run):
+                    return
                 call = await self._preparation(run, preparing)
                 if call is not None:
                     await self._call(run, call)
             except asyncio.CancelledError:
-                run.abandoned = not run.started  # shutdown: the next process prepares again
+                if not run.started:  # shutdown: the next process takes the command
+                    run.abandoned = True
+                    if run.keeper is not None and run.keeper.lost is None:
+                        await run.keeper.stop()
+                        await run.keeper.unclaim()
                 raise
             finally:
                 if run.keeper is not None:
                     await run.keeper.stop()
                 self._unregister(run)
 
+    async def _claim(self, run: ActiveRun) -> bool:
+        """Listed in a stored heartbeat, then the leases claimed and kept from here on; False
+        if the run ended here (a lease lost: failed) or is another process's (dropped)."""
+        cmd = run.cmd
+        await self.list_runs()
+        keeper = LeaseKeeper(self.leases, cmd.run_id, cmd.bindings, self.instance)
+        try:
+            await keeper.claim()
+        except ClaimedElsewhere as exc:
+            log.warning("run %s is another process's (%s): dropped here", cmd.run_id, exc.edge)
+            run.declined = True
+            return False
+        except LeaseLost as exc:
+            log.warning("run could not start: %s", exc.message)
+            error = _error_info(exc, ErrorCode.PREPARATION_FAILED)
+            await self._finish(run, "failed", error=error, state={})
+            return False
+        run.keeper = keeper
+        keeper.start()
+        return True
+
     async def _preparation(self, run: ActiveRun, preparing: int) -> PreparedCall | None:
-        """Prepare and confirm the run in a task a cancel can abort; None if the run ended
-        there (failed, or cancelled by an operator)."""
+        """Prepare the run in a task a cancel can abort, wait for a slot, have its command
+        confirmed; None if the run ended there (failed, or cancelled by an operator)."""
         run.preparation = asyncio.create_task(self._prepare_and_confirm(run, preparing))
         try:
             return await run.preparation
@@ -325,36 +405,21 @@ class Executor:
 
     async def _prepare_and_confirm(self, run: ActiveRun, preparing: int) -> PreparedCall:
         call = await self._prepare(run)
+        await self._slots.acquire()  # at most ``max_concurrent_runs`` protocols at once
+        run.slot = True
         await self.outbox.delivered(preparing)  # the scheduler knows which process has it
-        await self._acknowledge()
-        # Only now are the leases renewed: a command redelivered after a crash before the ack
-        # finds the tokens it carries and prepares again. The claim is one renewal of each
-        # lease at its token, so of two processes handed the same run (a redelivery while the
-        # first was still preparing) only one gets past it.
-        run.keeper = call.keeper
-        call.keeper.start()
-        await call.keeper.claim()
+        # Confirmed by the handlers of its deliveries: from here a crash redelivers nothing,
+        # and the process that claimed the leases is the one that calls the protocol.
+        run.accepted.set()
+        await run.confirmed.wait()
         return call
-
-    async def _acknowledge(self) -> None:
-        """Confirm the ExecuteRun and wait until the server recorded it; retried while NATS is
-        away (a second ack of an acknowledged message is answered too, so retrying is safe)."""
-        attempt = 0
-        while True:
-            try:
-                await acknowledge()
-                return
-            except Exception as exc:
-                if not is_infrastructure(exc):
-                    raise
-                attempt += 1
-                log.warning("acknowledging the command failed (attempt %d): %r", attempt, exc)
-                await asyncio.sleep(retry_delay(attempt, INFRA_RETRY_CAP))
 
     async def _prepare(self, run: ActiveRun) -> PreparedCall:
         cmd = run.cmd
+        keeper = run.keeper
+        assert keeper is not None
         live = await self.workcell.ensure(cmd.bindings)
-        keeper = LeaseKeeper(self.leases, cmd.run_id, cmd.bindings, await self.check_fence(cmd))
+        keeper.check_now()
         fn = await self.code.function(cmd.definition)
         kwargs: dict[str, Any] = validate_parameters(fn, cmd.parameters)
         view = live.view(cmd.run_id, [b.asset_name for b in cmd.bindings], keeper.check_now)
@@ -378,25 +443,6 @@ class Executor:
                 kwargs[name] = None  # an optional asset left unbound
         return PreparedCall(fn, kwargs, ctx, keeper, view)
 
-    async def check_fence(self, cmd: ExecuteRun) -> int:
-        """Refuse to drive hardware unless every lease is still this run's, at its token.
-
-        Returns the shortest lease TTL (the renewal heartbeat follows it)."""
-        ttls = []
-        for binding in cmd.bindings:
-            state = await self.leases.read(binding.lease_key)
-            if (
-                state.holder is None
-                or state.holder.run_id != cmd.run_id
-                or state.revision != binding.token
-            ):
-                raise LeaseLost(
-                    f"lease on {binding.asset_name} is no longer held at token {binding.token}",
-                    asset=binding.asset_name,
-                )
-            ttls.append(state.holder.ttl_seconds)
-        return min(ttls, default=0)
-
     # -- running it ---------------------------------------------------------------------------
     async def _call(self, run: ActiveRun, call: PreparedCall) -> None:
         cmd = run.cmd
@@ -414,7 +460,6 @@ class Executor:
         stop_watching = self._watch(run)
         if run.control.cancelled:  # a cancel came while it was being confirmed
             self._escalate_cancel(run)
-        run.accepted.set()
         try:
             end = await asyncio.shield(ended)
         except asyncio.CancelledError:
@@ -871,6 +916,10 @@ def _checkpoint(run: ActiveRun, keeper: LeaseKeeper) -> Callable[[], Awaitable[N
         await keeper.check()
 
     return checkpoint
+
+
+async def _nothing() -> None:
+    return None
 
 
 async def _within(future: asyncio.Future[Any], seconds: float) -> bool:

@@ -7,16 +7,18 @@ from praxis_contracts.state import WorkcellStateRestored
 from praxis_orchestrator.executor import Executor
 from praxis_runtime.bus import Handlers
 
+ACCEPTING = 256
+"""``ExecuteRun`` deliveries handled at once: every run the scheduler dispatches here is accepted
+at once (listed, its leases claimed and renewed), then waits for one of the executor's
+``MAX_CONCURRENT_RUNS`` slots; a delivery left unhandled would let its leases run out."""
 
-def handlers_for(workcell: str, max_concurrent_runs: int) -> Handlers[Executor]:
+
+def handlers_for(workcell: str) -> Handlers[Executor]:
     """Handlers bound to this orchestrator's workcell (its commands carry the name as key)."""
     group: Handlers[Executor] = Handlers()
 
     @group.consume(
-        ExecuteRun,
-        durable=f"orchestrator-{workcell}",
-        key=workcell,
-        max_workers=max_concurrent_runs,
+        ExecuteRun, durable=f"orchestrator-{workcell}", key=workcell, max_workers=ACCEPTING
     )
     async def execute(cmd: ExecuteRun, executor: Executor) -> None:
         await executor.accept(cmd)

@@ -101,6 +101,19 @@ class EdgeBook:
         edge = self._edges.get(instance)
         return None if edge is None else edge.heartbeat
 
+    def outage_over(self, now: float) -> list[str]:
+        """NATS is back after this process lost it: no edge could beat, nor could we see its
+        beats, meanwhile. Every edge gets a full period again, counted from now (its TTL, then
+        the grace period), so an outage never passes for the death of every edge. The
+        processes whose deadline moved."""
+        moved = []
+        for edge in self._edges.values():
+            ttl = edge.heartbeat.ttl_seconds if edge.heartbeat is not None else 0
+            if edge.deadline < now + ttl + self.grace:
+                edge.deadline = now + ttl + self.grace
+                moved.append(edge.instance)
+        return moved
+
     def extend(self, instance: str, deadline: float) -> None:
         if (edge := self._edges.get(instance)) is not None:
             edge.deadline = max(edge.deadline, deadline)
@@ -175,6 +188,12 @@ class EdgeMonitor:
             if task is not None:
                 task.cancel()
         await asyncio.gather(*[t for t in [self._task, *self._tasks] if t], return_exceptions=True)
+
+    def nats_back(self) -> None:
+        """The connection is back after a loss (``Bus.on_reconnected``): see
+        ``EdgeBook.outage_over``."""
+        for instance in self.book.outage_over(self.now()):
+            self._arm(instance)
 
     def suspect(self, instance: str | None) -> None:
         """See ``EdgeBook.suspect``; arms the process's timer."""
