@@ -18,6 +18,7 @@ from praxis_runtime.db import Database
 from praxis_runtime.health import HealthServer, ReadinessCheck
 from praxis_runtime.logging import configure_logging
 from praxis_runtime.outbox import OutboxRelay
+from praxis_runtime.sandbox import harden
 from praxis_runtime.settings import DatabaseSettings, ServiceSettings, nats_password
 from praxis_runtime.topology import ensure_topology
 
@@ -139,6 +140,8 @@ async def serve(service: Service) -> None:
 
 
 def run(build: Callable[[Any], Service], settings: ServiceSettings) -> None:
-    """Entry point used by every service's ``__main__``."""
+    """Entry point used by every service's ``__main__``: the process is hardened first
+    (``praxis_runtime.sandbox.harden``: not readable by processes of its own user)."""
+    harden()
     configure_logging(settings.service_name, settings.log_level, settings.log_format)
     asyncio.run(serve(build(settings)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,11 +17,14 @@ from praxis_code_manager.policy import KNOWN_SCHEMES, SourcePolicy
 from praxis_code_manager.service import CodeService, Secrets
 from praxis_contracts.topology import PROTOCOL_CODE
 from praxis_runtime.outbox import OutboxRelay
+from praxis_runtime.sandbox import Sandbox
 from praxis_runtime.service import Migrations, Service, bus_for, database_for
-from praxis_runtime.settings import DatabaseSettings
+from praxis_runtime.settings import DatabaseSettings, SandboxedSettings
+
+log = logging.getLogger(__name__)
 
 
-class Settings(DatabaseSettings):
+class Settings(DatabaseSettings, SandboxedSettings):
     service_name: str = "code-manager"
     protocol_git_timeout_seconds: float = Field(
         default=300, gt=0, description="PROTOCOL_GIT_TIMEOUT_SECONDS"
@@ -55,6 +59,13 @@ class Settings(DatabaseSettings):
     )
     discovery_memory_mb: int = Field(
         default=1024, ge=256, description="DISCOVERY_MEMORY_MB: address space of the child"
+    )
+    discovery_concurrency: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="DISCOVERY_CONCURRENCY: discovery children running at once; the others "
+        "are paused and take turns, those that ran least first",
     )
 
     @field_validator(
@@ -95,6 +106,8 @@ def build_app(settings: Settings) -> Service:
         stores[PROTOCOL_CODE.bucket] = await bus.js.object_store(PROTOCOL_CODE.bucket)
 
     relay = OutboxRelay(db, OUTBOX, lambda: bus.publisher)
+    sandbox = Sandbox(settings)
+    log.info("discovery children run confined: %s", sandbox.describe())
     code = CodeService(
         db,
         store,
@@ -107,7 +120,10 @@ def build_app(settings: Settings) -> Service:
             DiscoveryLimits(
                 timeout=settings.discovery_timeout_seconds,
                 memory_mb=settings.discovery_memory_mb,
-            )
+                concurrency=settings.discovery_concurrency,
+            ),
+            sandbox,
+            settings.protocol_repo_dir.absolute() / "scratch",
         ),
     )
     service = Service(

@@ -1,9 +1,9 @@
 """The discovery child: imports untrusted protocol modules, reports each as one JSON line.
 
-Run as ``python -m praxis_code_manager.discovery_child MEMORY_MB CPU_SECONDS`` by
-``praxis_code_manager.discovery`` with a minimal environment, in its own process group. The
-request (``{"root", "identity", "modules"}``) comes on stdin; the answers go to the stdout the
-child was started with, which is kept for them alone: protocol code printing goes to stderr.
+Run by ``praxis_code_manager.discovery`` in the service's sandbox (``praxis_runtime.sandbox``;
+confined by ``praxis_runtime.confine`` before this module is imported). The request
+(``{"root", "identity", "modules"}``) comes on stdin; the answers go to the stdout the child was
+started with, which is kept for them alone: protocol code printing goes to stderr.
 
 Lines written, in order: ``{"modules": [...]}`` (when the request lists none), then per module
 ``{"begin": m}`` before importing it and ``{"module": m, "functions": [...], "error": ...}``
@@ -15,21 +15,11 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 from typing import Any
 
 
-def limit(memory_mb: int, cpu_seconds: int) -> None:
-    """Address space and CPU time limits: before anything untrusted (or large) is imported."""
-    size = memory_mb * 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_AS, (size, size))
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 5))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-
-def main(argv: list[str]) -> int:
-    limit(int(argv[1]), int(argv[2]))
+def main() -> int:
     results = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)  # print() in protocol code lands on stderr, not in the results
     request = json.loads(sys.stdin.read())
@@ -63,4 +53,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    os._exit(main(sys.argv))  # no interpreter teardown: protocol code's atexit hooks do not run
+    os._exit(main())  # no interpreter teardown: protocol code's atexit hooks do not run

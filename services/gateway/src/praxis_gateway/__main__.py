@@ -1,4 +1,5 @@
 from praxis_gateway.app import Settings, serve
+from praxis_runtime.settings import load_settings
 
 if __name__ == "__main__":
-    serve(Settings())
+    serve(load_settings(Settings))

@@ -30,6 +30,7 @@ from praxis_gateway.security import Authenticate, Authenticator, authorize
 from praxis_gateway.token_routes import router as token_router
 from praxis_gateway.tokens import TokenStore
 from praxis_runtime.logging import configure_logging, correlation_id_var
+from praxis_runtime.sandbox import harden
 from praxis_runtime.service import bus_for
 from praxis_runtime.settings import ServiceSettings
 from praxis_runtime.topology import ensure_topology
@@ -163,6 +164,7 @@ def _add_probes(app: FastAPI) -> None:
 
 
 def serve(settings: Settings) -> None:
+    harden()  # it holds the admin token: not readable by processes of its own user
     configure_logging(settings.service_name, settings.log_level, settings.log_format)
     uvicorn.run(
         create_app(settings),
