@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import TypeVar
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+S = TypeVar("S", bound="ServiceSettings")
+
+EX_CONFIG = 78
+"""Exit status of a service that refused its configuration (sysexits' EX_CONFIG)."""
+
+MIN_INFRA_RETRY_SECONDS = 60.0
+
+
+def at_least(value: float, minimum: float, name: str, why: str) -> float:
+    """``value`` if it is at least ``minimum``; else a refusal saying why the floor exists."""
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum:g} (got {value:g}): {why}")
+    return value
 
 
 class ServiceSettings(BaseSettings):
@@ -48,6 +64,35 @@ class ServiceSettings(BaseSettings):
         default=1, ge=1, le=5, description="NATS_REPLICAS: replicas of every stream and bucket"
     )
 
+    @field_validator("infra_retry_seconds")
+    @classmethod
+    def _outlives_a_restart(cls, value: float) -> float:
+        return at_least(
+            value,
+            MIN_INFRA_RETRY_SECONDS,
+            "INFRA_RETRY_SECONDS",
+            "a PostgreSQL or NATS restart takes tens of seconds, and a message whose handler "
+            "waits for one must be delayed, not dead-lettered (nothing may be lost)",
+        )
+
+
+class SandboxedSettings(BaseSettings):
+    """Settings of a service that runs untrusted code (``praxis_runtime.sandbox``)."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
+
+    sandbox_uid: int | None = Field(
+        default=None,
+        description="SANDBOX_UID: the user sandboxed children run as when the service is root "
+        "(default 65534, nobody)",
+    )
+    sandbox_gid: int | None = Field(default=None, description="SANDBOX_GID (default: the uid)")
+    sandbox_require_landlock: bool = Field(
+        default=True,
+        description="SANDBOX_REQUIRE_LANDLOCK: refuse to start where the kernel has no "
+        "Landlock (sandboxed code could then read the service's files)",
+    )
+
 
 class DatabaseSettings(ServiceSettings):
     """Settings of a service that owns a PostgreSQL schema."""
@@ -66,3 +111,17 @@ def nats_password(settings: ServiceSettings) -> str | None:
     if settings.nats_password_file is not None:
         return settings.nats_password_file.read_text().strip()
     return None
+
+
+def load_settings(cls: type[S]) -> S:
+    """The service's settings from the environment; a setting that would weaken a guarantee
+    (or is malformed) stops the process at once with a message naming it and why."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        lines = [f"{cls.__module__.split('.')[0]} refused to start; fix its configuration:"]
+        for error in exc.errors(include_url=False, include_input=False):
+            name = ".".join(map(str, error["loc"])).upper() or "settings"
+            lines.append(f"  {name}: {error['msg'].removeprefix('Value error, ')}")
+        print("\n".join(lines), file=sys.stderr, flush=True)
+        raise SystemExit(EX_CONFIG) from None

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from praxis_asset_manager.catalog import Catalog
 from praxis_asset_manager.handlers import Deps, handlers
@@ -27,7 +27,7 @@ from praxis_contracts.topology import ASSET_LEASES, WORKCELL_STATE
 from praxis_runtime.leases import LeaseStore
 from praxis_runtime.outbox import OutboxRelay
 from praxis_runtime.service import Migrations, Service, bus_for, database_for
-from praxis_runtime.settings import DatabaseSettings
+from praxis_runtime.settings import DatabaseSettings, at_least
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +35,29 @@ log = logging.getLogger(__name__)
 class Settings(DatabaseSettings):
     service_name: str = "asset-manager"
     asset_lock_timeout_seconds: int = Field(
-        default=3600, ge=1, description="ASSET_LOCK_TIMEOUT_SECONDS"
+        default=3600,
+        description="ASSET_LOCK_TIMEOUT_SECONDS: lease TTL; its edge renews a lease every "
+        "third of it",
     )
     snapshots_kept: int = Field(
         default=50, ge=1, description="SNAPSHOTS_KEPT: workcell state snapshots kept per workcell"
     )
+
+    @field_validator("asset_lock_timeout_seconds")
+    @classmethod
+    def _survives_a_slow_renewal(cls, value: int) -> int:
+        at_least(
+            value,
+            MIN_LEASE_SECONDS,
+            "ASSET_LOCK_TIMEOUT_SECONDS",
+            "an edge renews its leases every third of the TTL and gives each attempt up to "
+            "a second; a shorter lease runs out under one slow renewal, and every run whose "
+            "lease runs out needs an operator",
+        )
+        return value
+
+
+MIN_LEASE_SECONDS = 3
 
 
 def build_app(settings: Settings) -> Service:

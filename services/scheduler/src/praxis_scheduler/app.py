@@ -25,12 +25,22 @@ log = logging.getLogger(__name__)
 
 
 class Settings(DatabaseSettings):
+    """Edge loss is declared within ``TTL + EDGE_GRACE_SECONDS`` of an edge's last beat: with
+    the defaults (the orchestrator's ``EDGE_HEARTBEAT_TTL_SECONDS`` 6, beating every 2 s, and a
+    grace of 6 s) at most 12 s after it died. The TTL spans three beats, so one or two late
+    beats (a pause, a slow write) do not expire the key; the grace covers a key that expired
+    while its edge was alive but could not write, e.g. through a NATS leader election (3.75-7.1
+    s measured on a 3-node cluster): the edge beats again at most one interval after the stall.
+    An outage of NATS itself restarts every edge's period (``EdgeBook.outage_over``). Whatever
+    these settings, an asset of a run whose edge stopped answering is never handed on: its
+    claimed leases are held when they run out (``LeaseExpired.held``)."""
+
     service_name: str = "scheduler"
     edge_grace_seconds: float = Field(
-        default=30.0,
+        default=6.0,
         gt=0,
-        description="EDGE_GRACE_SECONDS: how long an orchestrator may be gone before its "
-        "runs need an operator",
+        description="EDGE_GRACE_SECONDS: how long an orchestrator may be gone (its heartbeat "
+        "key expired) before its runs need an operator",
     )
     cancel_timeout_seconds: float = Field(
         default=60.0,
@@ -51,6 +61,7 @@ def build_app(settings: Settings) -> Service:
         return await bus.js.key_value(EDGES.bucket)
 
     recovery = Recovery(runs, book, edges_bucket, cancels)
+    bus.on_reconnected.append(recovery.monitor.nats_back)
     service = Service(
         name=settings.service_name,
         settings=settings,
