@@ -103,14 +103,6 @@ def is_main_guard(node: ast.stmt) -> bool:
     )
 
 
-def call_names(node: ast.AST) -> set[str]:
-    return {
-        n.func.id
-        for n in ast.walk(node)
-        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
-    }
-
-
 @pytest.mark.parametrize("package", sorted(PACKAGES))
 def test_main_only_builds_settings_and_runs(package: str) -> None:
     path = PACKAGES[package] / "__main__.py"
@@ -129,7 +121,13 @@ def test_main_only_builds_settings_and_runs(package: str) -> None:
     call = guard.body[0].value
     assert isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
     assert call.func.id in {"run", "serve"}
-    assert "Settings" in call_names(call), "settings are built in __main__ and passed down"
+    # Built in __main__ and passed down: ``load_settings(Settings)`` (which refuses, with a
+    # message, a setting that would weaken a guarantee).
+    (load,) = [n for n in ast.walk(call) if isinstance(n, ast.Call) and n.func is not call.func]
+    assert isinstance(load.func, ast.Name) and load.func.id == "load_settings", (
+        "settings are loaded in __main__ (load_settings) and passed down"
+    )
+    assert [a.id for a in load.args if isinstance(a, ast.Name)] == ["Settings"]
 
 
 def test_importing_a_main_module_does_not_start_the_service() -> None:

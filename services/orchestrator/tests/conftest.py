@@ -456,10 +456,25 @@ class World:
     edge: Edge
     tmp_path: Path
     logs: list[RunLog] = field(default_factory=list)
+    commands: dict[uuid.UUID, ExecuteRun] = field(default_factory=dict)
 
     @property
     def workcell(self) -> str:
         return self.layout.workcell.name
+
+    async def take_back(self, msg: Msg) -> None:
+        """What the scheduler does with a ``RunFinished``: release the run's leases, or hold
+        them for an operator (the edge keeps renewing them until then)."""
+        finished = RunFinished.model_validate_json(msg.data)
+        cmd = self.commands.get(finished.run_id)
+        if cmd is None:
+            return
+        for binding in cmd.bindings:
+            if finished.outcome == "requires_intervention":
+                with contextlib.suppress(Exception):
+                    await self.hold_for_intervention(binding.lease_key)
+            else:
+                await self.leases.release_holder(binding.lease_key, finished.run_id)
 
     @property
     def durable(self) -> str:
@@ -496,7 +511,7 @@ class World:
             )
             for req, name in assets.items()
         ]
-        return ExecuteRun(
+        cmd = ExecuteRun(
             run_id=run_id,
             workcell_id=self.layout.workcell.accession_id,
             workcell_name=self.workcell,
@@ -504,6 +519,8 @@ class World:
             parameters=parameters or {},
             bindings=bindings,
         )
+        self.commands[run_id] = cmd
+        return cmd
 
     async def follow(self, run_id: uuid.UUID) -> RunLog:
         log = await RunLog(run_id).open(self.client)
@@ -593,9 +610,11 @@ async def world_on(
         edge,
         tmp_path,
     )
+    finished = await client.nc.subscribe(RunFinished.subscription_subject(), cb=world.take_back)
     try:
         yield world
     finally:
+        await finished.unsubscribe()
         for log in world.logs:
             await log.close()
         layouts.release()

@@ -101,7 +101,9 @@ async def test_a_protocol_that_hogs_its_loop_leaves_the_edge_alive_and_is_cancel
             assert finished.outcome == "requires_intervention"
             assert finished.error is not None and finished.error.type == "RunAbandoned"
             assert run.view is not None and run.view.abandoned is not None
-            assert cmd.run_id not in world.edge.executor.runs
+            await eventually(
+                lambda: cmd.run_id not in world.edge.executor.runs, "its leases were held"
+            )
         finally:
             await asyncio.to_thread(flag.touch)
         # Released, the abandoned worker's protocol ends (at its cancelled checkpoint) and the

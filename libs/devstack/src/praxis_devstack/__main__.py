@@ -188,6 +188,18 @@ def _chaos_arguments(sub: Any) -> None:
         action="store_true",
         help="resolve interventions as they appear, not only after the workload",
     )
+    p.add_argument(
+        "--nats-phase-repeats",
+        type=int,
+        default=defaults.nats_phase_repeats,
+        help="nats-server restarts in each phase of a run (dispatching ... finishing)",
+    )
+    p.add_argument(
+        "--hostile-sources",
+        type=int,
+        default=defaults.hostile_sources,
+        help="sources whose module loops at import, registered beside a normal one",
+    )
     p.add_argument("--output", default=None, help="also write the JSON report here")
 
 

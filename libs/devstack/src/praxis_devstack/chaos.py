@@ -41,6 +41,7 @@ import json
 import random
 import re
 import shutil
+import subprocess
 import tempfile
 import time
 from collections import Counter
@@ -68,16 +69,45 @@ PROGRESS = frozenset({"running", "completed"})
 
 NATS_FAULT = "nats-server"
 POSTGRES_FAULT = "postgresql"
-FAULTS = (*SERVICES, NATS_FAULT, POSTGRES_FAULT)
+NATS_PHASES = ("dispatching", "preparing", "starting", "running", "finishing")
+"""The phases of a run in which nats-server is stopped and started (see ``phase_of``)."""
+
+
+def faults(nats_phase_repeats: int = 2) -> tuple[str, ...]:
+    """Every service SIGKILLed in turn, nats-server stopped and started in each phase of a run
+    (``nats-server@<phase>``, each ``nats_phase_repeats`` times), then PostgreSQL."""
+    phases = [f"{NATS_FAULT}@{p}" for _ in range(nats_phase_repeats) for p in NATS_PHASES]
+    return (*SERVICES, *phases, POSTGRES_FAULT)
+
+
+FAULTS = faults()
 
 SERVICE_ENV = {
-    "EDGE_GRACE_SECONDS": "5",
+    "EDGE_GRACE_SECONDS": "10",
     "EDGE_HEARTBEAT_TTL_SECONDS": "3",
-    "ASSET_LOCK_TIMEOUT_SECONDS": "30",
+    "ASSET_LOCK_TIMEOUT_SECONDS": "10",
+    "DISCOVERY_TIMEOUT_SECONDS": "5",
     "LOG_FORMAT": "json",
 }
-"""Short recovery timings: an edge is declared lost 5 s after its heartbeat key (3 s TTL) goes,
-and a lease whose holder died expires after 30 s. JSON logs: every line has its time and run id."""
+"""Short timings, and a lease TTL (10 s) *shorter* than the time it takes to declare a killed edge
+lost (its heartbeat key's 3 s TTL, then 10 s of grace): its runs' leases run out first, and must
+be held for an operator, never handed on. A NATS outage (2 s, plus reconnection) fits within a
+lease renewed every 3.3 s. A protocol module gets 5 s of running time at discovery. JSON logs:
+every line has its time and run id."""
+
+HOSTILE_SOURCES = 8
+DISCOVERY_BOUND_SECONDS = 10.0
+"""A normal source registered while ``HOSTILE_SOURCES`` sources loop at import must be
+discovered within this long."""
+LOOPING_MODULE = "while True:\n    pass\n"
+NORMAL_MODULE = """
+from praxis_sdk import protocol_function
+
+
+@protocol_function(version="1.0.0")
+async def chaos_discovery_probe(value: int = 1) -> int:
+    return value
+"""
 
 LEASE_BUCKET = "praxis_asset_leases"
 LEASE_STREAM = f"KV_{LEASE_BUCKET}"
@@ -133,6 +163,10 @@ class ChaosOptions:
     deadline: float | None = None
     """The whole run (start, workload, faults, checks) ends by then, with what it has found
     so far and an error saying so: a test's own time limit never cuts the report off."""
+    nats_phase_repeats: int = 2
+    """How many times nats-server is restarted in each phase of a run."""
+    hostile_sources: int = HOSTILE_SOURCES
+    """Sources whose module loops at import, registered beside a normal one (0: none)."""
 
 
 @dataclass(frozen=True)
@@ -210,6 +244,7 @@ class LeaseRecord:
     run_id: str | None = None
     ttl: float | None = None  # seconds; None: the message never expires
     reason: str | None = None
+    edge: str | None = None  # the edge process that claimed the lease (accepted the run)
 
     @property
     def live(self) -> bool:
@@ -254,10 +289,12 @@ def lease_record(msg: Msg, bucket: str = LEASE_BUCKET) -> LeaseRecord:
     if not msg.data:
         return LeaseRecord(seq, key, at, "del")
     try:
-        run_id = str(json.loads(msg.data)["run_id"])
+        value = json.loads(msg.data)
+        run_id, edge = str(value["run_id"]), value.get("edge")
     except (ValueError, KeyError, TypeError):
-        run_id = None
-    return LeaseRecord(seq, key, at, "put", run_id, parse_ttl(headers.get("Nats-TTL")))
+        run_id, edge = None, None
+    ttl = parse_ttl(headers.get("Nats-TTL"))
+    return LeaseRecord(seq, key, at, "put", run_id, ttl, edge=str(edge) if edge else None)
 
 
 def find_overlaps(
@@ -310,6 +347,39 @@ def find_overlaps(
     return overlaps
 
 
+def find_lapsed_handovers(records: Iterable[LeaseRecord]) -> list[dict[str, Any]]:
+    """Every moment a key went to another run after a lease an edge had *claimed* (accepted
+    its run) ran out, with no release or force-release in between: an asset handed on while
+    the run holding it was in an unknown state. Only a tombstone (``del``) ends a claimed
+    lease; an expiry (a marker, or the TTL passing) must be followed by the same run's lease,
+    held for an operator."""
+    by_key: dict[str, list[LeaseRecord]] = {}
+    for record in records:
+        by_key.setdefault(record.key, []).append(record)
+    found = []
+    for key, history in sorted(by_key.items()):
+        claimed: LeaseRecord | None = None  # the last live write, if claimed and not ended
+        for record in sorted(history, key=lambda r: r.seq):
+            if record.op == "del":
+                claimed = None
+            elif record.live:
+                if claimed is not None and record.run_id != claimed.run_id:
+                    found.append(
+                        {
+                            "key": key,
+                            "claimed_by": claimed.run_id,
+                            "edge": claimed.edge,
+                            "claimed_revision": claimed.seq,
+                            "ran_out_at": _iso(claimed.expires) if claimed.expires else None,
+                            "taken_by": record.run_id,
+                            "taken_at": _iso(record.at),
+                            "taken_revision": record.seq,
+                        }
+                    )
+                claimed = record if record.edge is not None else None
+    return found
+
+
 def blocked_behind_interventions(runs: Iterable[Run], held: set[str]) -> set[str]:
     """Queued runs that wait, directly or behind an earlier queued run that does, for an asset
     held for a run requiring intervention (``held``: those assets' names). Those legitimately
@@ -329,6 +399,19 @@ def _iso(epoch: float) -> str:
 
 def _epoch(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()
+
+
+def phase_of(subject: str, event: dict[str, Any]) -> str | None:
+    """The phase an orchestrator event (subject without ``praxis.evt.orchestrator.``) shows its
+    run entering: ``preparing`` (accepted), ``starting`` (the protocol is called), ``running``
+    (a nested step completed), ``finishing`` (the protocol function itself returned)."""
+    if subject.startswith("run.preparing."):
+        return "preparing"
+    if subject.startswith("run.started."):
+        return "starting"
+    if subject.startswith("call.recorded.") and event.get("status") == "completed":
+        return "running" if event.get("parent_call_id") else "finishing"
+    return None
 
 
 # ----------------------------------------------------------------------------------- observer
@@ -356,6 +439,9 @@ class Observer:
         self.nc: Any = None
         self.lease_sub: Any = None
         self.supervise: Callable[[], Any] | None = None
+        self.signals: dict[str, list[tuple[float, str]]] = {p: [] for p in NATS_PHASES}
+        """Per phase of a run, when (arrival time) a run was seen entering it, and which."""
+        self.lease_expiries: Counter[str] = Counter()  # "held" / "freed"
 
     # -- NATS -----------------------------------------------------------------------------
     async def connect(self, nats_url: str) -> None:
@@ -386,6 +472,9 @@ class Observer:
             idle_heartbeat=1.0,
             cb=self._on_status,
         )
+        # Live only (core subscriptions): the phases runs enter now, and lease expiries.
+        await self.nc.subscribe("praxis.evt.orchestrator.>", cb=self._on_edge_event)
+        await self.nc.subscribe("praxis.evt.asset.lease.expired.*", cb=self._on_expiry)
 
     async def close(self) -> None:
         if self.nc is not None:
@@ -411,8 +500,33 @@ class Observer:
         try:
             data = json.loads(msg.data)
             self.note(str(data["run_id"]), str(data["status"]), _epoch(data["at"]))
+            if data["status"] == "pending":
+                self._signal("dispatching", str(data["run_id"]))
         except (ValueError, KeyError, TypeError):
             self.nats_errors["status event"] += 1
+
+    async def _on_edge_event(self, msg: Msg) -> None:
+        """A run entering a phase on its edge: accepted, started, in its steps, returning."""
+        try:
+            data = json.loads(msg.data)
+            subject = msg.subject.removeprefix("praxis.evt.orchestrator.")
+            phase = phase_of(subject, data)
+            if phase is not None:
+                self._signal(phase, str(data["run_id"]))
+        except (ValueError, KeyError, TypeError):
+            self.nats_errors["edge event"] += 1
+
+    async def _on_expiry(self, msg: Msg) -> None:
+        with contextlib.suppress(ValueError, TypeError):
+            self.lease_expiries["held" if json.loads(msg.data).get("held") else "freed"] += 1
+
+    def _signal(self, phase: str, run_id: str) -> None:
+        self.signals[phase].append((time.time(), run_id))
+        self.notify()
+
+    def entered(self, phase: str, since: float) -> tuple[float, str] | None:
+        """The first run seen entering ``phase`` at or after ``since``."""
+        return next(((at, run) for at, run in self.signals[phase] if at >= since), None)
 
     async def caught_up(self, timeout: float) -> bool:
         """Wait until the lease tail has every message the stream holds now."""
@@ -642,6 +756,7 @@ class Chaos:
         self.restarted_at: dict[str, float] = {}
         self.interventions: dict[str, dict[str, Any]] = {}
         self.killed_edges: set[str] = set()
+        self.discovery: dict[str, Any] = {}
         self.last_fault: str | None = None
         self.fault_times: list[tuple[float, str]] = []
 
@@ -704,7 +819,48 @@ class Chaos:
                 raise RuntimeError(f"protocol {protocol} was not discovered in examples/protocols")
         assert self.stack.infra is not None
         await self.observer.connect(self.stack.infra.nats_operator_url)
+        self.discovery = await self._hostile_discovery()
         self.started = time.time()
+
+    async def _hostile_discovery(self) -> dict[str, Any]:
+        """``hostile_sources`` sources whose only module loops at import are registered at
+        once, then a normal source: it must be discovered within ``DISCOVERY_BOUND_SECONDS``
+        (the looping modules get their budget of running time each, and delay only their own
+        sources). Every registration is awaited, so the workload starts on a quiet machine."""
+        count = self.options.hostile_sources
+        if not count:
+            return {}
+        folder = self.base_dir / "chaos-sources"
+        hostile = [
+            asyncio.create_task(
+                self._register(
+                    await asyncio.to_thread(_git_repo, folder / f"loops{i}", LOOPING_MODULE),
+                    f"chaos-loops-{i}",
+                )
+            )
+            for i in range(count)
+        ]
+        normal = await asyncio.to_thread(_git_repo, folder / "normal", NORMAL_MODULE)
+        started = time.monotonic()
+        outcome = await self._register(normal, "chaos-normal")
+        took = time.monotonic() - started
+        hostile_outcomes = await asyncio.gather(*hostile)
+        return {
+            "hostile_sources": count,
+            "hostile_outcomes": dict(Counter(o["status"] for o in hostile_outcomes)),
+            "normal_source_s": round(took, 2),
+            "normal_source": outcome,
+            "bound_s": DISCOVERY_BOUND_SECONDS,
+        }
+
+    async def _register(self, url: str, name: str) -> dict[str, Any]:
+        body = {"name": name, "kind": "git", "url": url}
+        try:
+            response = await self.api.post("/api/v1/protocols/sources", json=body, timeout=600)
+        except httpx.HTTPError as exc:
+            return {"status": type(exc).__name__}
+        data = response.json()
+        return {"http": response.status_code, "status": data.get("status") or data.get("code")}
 
     # -- workload -------------------------------------------------------------------------
     async def _submit_all(self) -> None:
@@ -767,19 +923,41 @@ class Chaos:
     # -- faults ---------------------------------------------------------------------------
     async def _faults(self) -> None:
         """Fault ``i`` of ``F`` once ``(i + 1) / (F + 1)`` of the runs have settled (or nothing
-        is left to do, or ``spacing_timeout`` has passed): spread over the whole workload."""
-        for number, target in enumerate(FAULTS, start=1):
-            threshold = max(1, round(number * self.options.runs / (len(FAULTS) + 1)))
+        is left to do, or ``spacing_timeout`` has passed): spread over the whole workload. A
+        service dies while a protocol is executing; nats-server stops the moment a run enters
+        the fault's phase (``nats-server@<phase>``)."""
+        targets = faults(self.options.nats_phase_repeats)
+        for number, target in enumerate(targets, start=1):
+            threshold = max(1, round(number * self.options.runs / (len(targets) + 1)))
             await self.observer.until(
                 lambda: self.observer.settled() >= threshold or not self._work_left(),  # noqa: B023
                 self.options.spacing_timeout,
             )
-            # Strike while a protocol is executing (the orchestrator then dies mid-run).
-            await self.observer.until(
-                lambda: self.observer.count({"running"}) > 0 or not self._work_left(),
-                self.options.spacing_timeout,
-            )
-            self.kills.append(await self._inject(target))
+            _, _, phase = target.partition("@")
+            hit: tuple[float, str] | None = None
+            if phase:
+                since = time.time()
+                await self.observer.until(
+                    lambda: (
+                        self.observer.entered(phase, since) is not None  # noqa: B023
+                        or not self._work_left()
+                    ),
+                    self.options.spacing_timeout,
+                )
+                hit = self.observer.entered(phase, since)
+            else:
+                await self.observer.until(
+                    lambda: self.observer.count({"running"}) > 0 or not self._work_left(),
+                    self.options.spacing_timeout,
+                )
+            record = await self._inject(target)
+            if phase:
+                record["phase"] = phase
+                record["phase_run"] = hit[1] if hit else None
+                record["phase_entered_before_s"] = (
+                    round(_epoch(record["at"]) - hit[0], 3) if hit else None
+                )
+            self.kills.append(record)
 
     def _work_left(self) -> bool:
         return self.submitting or self.observer.active_unblocked() > 0
@@ -801,7 +979,16 @@ class Chaos:
         self.last_fault = target
         self.fault_times.append((at, target))
         try:
-            if target in SERVICES:
+            if target.startswith(NATS_FAULT):
+                record["action"] = "stop, start"
+                await self.stack.stop_nats()
+                await asyncio.sleep(self.options.outage_seconds)  # the outage itself
+                await self.stack.start_nats()
+                record["down_s"] = round(time.time() - at, 2)
+                await asyncio.gather(
+                    *(self.stack.wait_ready(n, self.options.recover_timeout) for n in SERVICES)
+                )
+            elif target in SERVICES:
                 if target == "orchestrator":
                     record["edge_instances"] = await self._edge_instances()
                     self.killed_edges.update(record["edge_instances"])
@@ -809,14 +996,9 @@ class Chaos:
                 self.stack.start_service(target, note=f"chaos: SIGKILLed at {_iso(at)}, restarted")
                 await self.stack.wait_ready(target, self.options.recover_timeout)
             else:
-                stop, start = (
-                    (self.stack.stop_nats, self.stack.start_nats)
-                    if target == NATS_FAULT
-                    else (self.stack.stop_postgres, self.stack.start_postgres)
-                )
-                await stop()
+                await self.stack.stop_postgres()
                 await asyncio.sleep(self.options.outage_seconds)  # the outage itself
-                await start()
+                await self.stack.start_postgres()
                 record["down_s"] = round(time.time() - at, 2)
                 await asyncio.gather(
                     *(self.stack.wait_ready(n, self.options.recover_timeout) for n in SERVICES)
@@ -911,9 +1093,17 @@ class Chaos:
             overlap["asset"] = observer.names.get(overlap["key"], overlap["key"])
             for role in ("held_by", "taken_by"):
                 overlap[f"{role}_status"] = await self._status(str(overlap[role]))
+        handovers = find_lapsed_handovers(observer.leases)
+        for handover in handovers:
+            handover["asset"] = observer.names.get(handover["key"], handover["key"])
         stuck = [*stuck_before, *stuck_after]
         live_edge = [dict(r) for r in interventions["runs"] if r.get("edge_was_killed") is False]
-        self._add_log_lines(stuck[:10] + overlaps[:5] + live_edge[:5])
+        failed_by_faults = [
+            {"run_id": run.run_id, "status": run.status, "error": run.error}
+            for run in observer.runs.values()
+            if run.status in ("failed", "cancelled") and run.run_id not in self.interventions
+        ]
+        self._add_log_lines(stuck[:10] + overlaps[:5] + live_edge[:5] + failed_by_faults[:5])
         return {
             "runs_planned": len(self.planned),
             "runs_submitted": len(self.submitted),
@@ -925,8 +1115,14 @@ class Chaos:
             "by_status_before_resolve": before["counts"],
             "kills": self.kills,
             "interventions": interventions,
+            "edge_loss": self._edge_loss(interventions),
+            "nats_phases": [k for k in self.kills if k.get("phase")],
+            "discovery": self.discovery,
             "violations": {
                 "overlaps": overlaps,
+                "handed_on_while_unknown": handovers,
+                "failed_by_faults": failed_by_faults,
+                "discovery_starved": self._discovery_problems(),
                 "stuck": stuck,
                 "not_ready": not_ready,
                 "leases_left": leases_left,
@@ -945,6 +1141,28 @@ class Chaos:
             "nats_client_errors": dict(observer.nats_errors),
             "api_errors": dict(observer.api_errors),
         }
+
+    def _edge_loss(self, interventions: dict[str, Any]) -> dict[str, Any]:
+        """How runs on a killed edge came to an operator: their claimed leases ran out first
+        (``lease_lapsed``) or the edge was declared lost (``edge_lost``)."""
+        env = {**SERVICE_ENV, **self.options.env}
+        detection = float(env["EDGE_HEARTBEAT_TTL_SECONDS"]) + float(env["EDGE_GRACE_SECONDS"])
+        codes = Counter((r.get("error") or {}).get("code") or "none" for r in interventions["runs"])
+        return {
+            "lease_ttl_s": float(env["ASSET_LOCK_TIMEOUT_SECONDS"]),
+            "edge_loss_detection_s": detection,
+            "leases_ran_out": dict(self.observer.lease_expiries),
+            "interventions_by_cause": dict(codes),
+        }
+
+    def _discovery_problems(self) -> list[dict[str, Any]]:
+        found = self.discovery
+        if not found:
+            return []
+        normal = found.get("normal_source") or {}
+        if normal.get("status") == "synced" and found["normal_source_s"] < found["bound_s"]:
+            return []
+        return [{"normal_source": normal, "took_s": found.get("normal_source_s")}]
 
     def _quiet(self) -> bool:
         """Every run is terminal, requires intervention, or is queued behind one; every planned
@@ -1202,6 +1420,17 @@ class Chaos:
             item["log"] = lines
 
 
+def _git_repo(path: Path, module: str) -> str:
+    """A git repository with one protocol module, committed (a source to register)."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "protocols.py").write_text(module)
+    git = ["git", "-C", str(path), "-c", "user.name=Praxis", "-c", "user.email=praxis@localhost"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "chaos"], check=True)
+    return str(path)
+
+
 def _tail(path: Path, lines: int) -> list[str]:
     try:
         return [line[:400] for line in path.read_text(errors="replace").splitlines()[-lines:]]
@@ -1234,6 +1463,8 @@ async def chaos(args: Any) -> int:
         drain_timeout=args.drain_timeout,
         env=env,
         resolve_during=args.resolve_during,
+        nats_phase_repeats=args.nats_phase_repeats,
+        hostile_sources=args.hostile_sources,
     )
     report = await run_chaos(options)
     text = json.dumps(report, indent=2, default=str)
@@ -1250,8 +1481,10 @@ __all__ = [
     "LeaseRecord",
     "Planned",
     "blocked_behind_interventions",
+    "find_lapsed_handovers",
     "find_overlaps",
     "parse_ttl",
+    "phase_of",
     "plan_workload",
     "run_chaos",
 ]

@@ -73,6 +73,9 @@ HANDLER_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5),
 )
 
+RECONNECT_SECONDS = 0.5
+"""Between reconnection attempts to a server that went away."""
+
 RPC_WORKERS = 16
 """Requests of one type a service process answers at once."""
 
@@ -289,6 +292,10 @@ class Bus:
             graceful_timeout=graceful_timeout,
             logger=logging.getLogger(f"faststream.{service}"),
             max_reconnect_attempts=-1,
+            # A restarted server is back in about a second: retry every half second (nats-py
+            # waits 2 s by default), so leases renewed every third of their TTL and heartbeats
+            # catch up long before either runs out.
+            reconnect_time_wait=RECONNECT_SECONDS,
             # Handlers take the raw message (see ``_raw``) and validate it themselves. With
             # FastDepends on, every message's ``NatsMessage`` context field was resolved in a
             # worker thread; measured, the asset-manager went from 150 to 220 reservations/s

@@ -11,8 +11,8 @@ spawned by ``praxis_runtime.sandbox``. Before anything untrusted is imported the
   libraries and the folders it was given, writing only its scratch folder, no TCP, and no
   signal or abstract socket outside its domain.
 
-Then the module (or the script file) runs as ``__main__`` with ``args``. Nothing here imports more than the standard
-library, so the confinement is in place before any third-party code runs.
+Then the module (or the script file) runs as ``__main__`` with ``args``. Nothing here imports
+more than the standard library, so the confinement is in place before any third-party code runs.
 """
 
 from __future__ import annotations

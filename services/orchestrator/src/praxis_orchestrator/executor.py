@@ -26,7 +26,8 @@ A run's life, and why in this order:
    an operator, as the dead process's heartbeat says). A process that stops gracefully before
    that withdraws its claim and hands the command back.
 5. ``RunStarted``, and the protocol function is called on the run's worker thread.
-6. The keeper stops, then ``RunFinished`` (the scheduler releases the leases when it sees it).
+6. ``RunFinished``; the keeper renews the leases until the scheduler takes them back (it
+   releases them, or holds them for an operator, once it has the report), then stops.
 
 A cancel of a running protocol escalates, each step given half of ``cancel_escalation_seconds``
 (``CANCEL_ESCALATION_SECONDS``, default 10 s: a cancel ends the run within that bound, well
@@ -319,10 +320,13 @@ class Executor:
         self.on_runs_changed()
         return run
 
-    def _unregister(self, run: ActiveRun) -> None:
+    def _free_slot(self, run: ActiveRun) -> None:
         if run.slot:
             run.slot = False
             self._slots.release()
+
+    def _unregister(self, run: ActiveRun) -> None:
+        self._free_slot(run)
         self.runs.pop(run.run_id, None)
         if not run.abandoned:
             self.done.add(run.run_id)
@@ -675,10 +679,7 @@ class Executor:
         state: dict[str, Any],
         cleanup: list[str] | None = None,
     ) -> None:
-        # The keeper stops before the run is reported finished: from then on the scheduler
-        # releases the leases, and that is no lease lost.
-        if run.keeper is not None:
-            await run.keeper.stop()
+        self._free_slot(run)
         event = RunFinished(
             run_id=run.run_id,
             at=now(),
@@ -694,6 +695,11 @@ class Executor:
         # id is this process's: a second process handed the same run reports separately (the
         # scheduler heeds the one executing it), and is not de-duplicated against it.
         self.outbox.emit(event, msg_id=f"finished:{run.run_id}:{self.instance}")
+        if run.keeper is not None:
+            # The leases stay claimed and renewed until the scheduler takes them back (it
+            # releases or holds them once it has the report): a report held up by a NATS outage
+            # must not let a claimed lease run out, which would send the run to an operator.
+            await run.keeper.hand_back()
 
     def _asset_states(self, run: ActiveRun) -> dict[str, Any]:
         try:

@@ -83,6 +83,7 @@ class LeaseKeeper:
         self.run_id = run_id
         self.edge = edge
         self.tokens = {b.lease_key: b.token for b in bindings}
+        self.names = {b.lease_key: b.asset_name for b in bindings}
         self.ttl_seconds = ttl_seconds
         self.interval = max(0.2, ttl_seconds / 3)
         # A renewal attempt is a read and a write, milliseconds on a live server: one that has
@@ -97,6 +98,7 @@ class LeaseKeeper:
         }
         self._renewing = asyncio.Lock()
         self._stopping = asyncio.Event()
+        self._handing_back = False
         self._task: asyncio.Task[None] | None = None
         self._watching: list[asyncio.Task[None]] = []
         self._watchers: dict[str, KeyValue.KeyWatcher] = {}
@@ -152,11 +154,23 @@ class LeaseKeeper:
         if lost is not None:
             raise lost
 
+    async def hand_back(self) -> None:
+        """The run ended and its report is queued: keep renewing until the scheduler takes the
+        leases back (the first change this keeper did not write: a release, or a hold), then
+        stop. Returns at once if a lease was lost already."""
+        self._handing_back = True
+        if self._task is not None and self.lost is None:
+            await self.fenced.wait()
+        await self.stop()
+
     def _lose(self, lost: LeaseLost) -> None:
         if self.lost is None:
             self.lost = lost
             self.fenced.set()
-            log.warning("run %s lost a lease: %s", self.run_id, lost.message)
+            if self._handing_back:
+                log.info("run %s handed its leases back: %s", self.run_id, lost.message)
+            else:
+                log.warning("run %s lost a lease: %s", self.run_id, lost.message)
 
     def _observe(self, key: str, state: KeyState) -> None:
         """Judge a state of ``key`` (pushed by the watcher or read): a revision this keeper
@@ -234,7 +248,7 @@ class LeaseKeeper:
         Raises ``ClaimedElsewhere`` if another process claimed the run first, ``LeaseLost`` if a
         lease is gone or another run's."""
         attempt = 0
-        while True:
+        while self.tokens:  # a run that needs no asset has nothing to claim
             try:
                 states = await asyncio.gather(*map(self.leases.read, self.tokens))
             except Exception as exc:
@@ -281,11 +295,13 @@ class LeaseKeeper:
     def _check_claimable(self, key: str, state: KeyState) -> None:
         """Whether this process may claim ``key``: the run's lease, claimed by nobody (at the
         granted token, or later if a stopping process withdrew its claim) or by itself."""
-        holder = state.holder
+        holder, name = state.holder, self.names[key]
         if holder is None or holder.run_id != self.run_id or state.revision < self.tokens[key]:
-            raise LeaseLost(f"lease {key} is no longer held at token {self.tokens[key]}", key=key)
+            raise LeaseLost(
+                f"lease on {name} is no longer held at token {self.tokens[key]}", asset=name
+            )
         if holder.held:
-            raise LeaseLost(f"lease {key} is held for an intervention", key=key)
+            raise LeaseLost(f"lease on {name} is held for an intervention", asset=name)
         if holder.edge is None:
             self.tokens[key] = state.revision
         elif holder.edge != self.edge:

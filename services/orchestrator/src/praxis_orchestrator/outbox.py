@@ -69,6 +69,11 @@ class Outbox:
         """Events waiting to be published."""
         return len(self._queue)
 
+    def pending(self) -> list[str]:
+        """The types of the events waiting to be published, in order."""
+        with self._lock:
+            return [item.name for item in self._queue]
+
     def start(self) -> None:
         if self._relay is None:
             self._loop = asyncio.get_running_loop()
