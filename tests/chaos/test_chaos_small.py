@@ -7,9 +7,9 @@ The harness starts its own stack on embedded servers (it stops and starts them),
 ``NATS_URL`` / ``DATABASE_URL`` are not used. The checks do not depend on timing: every run ends
 (after interventions are resolved), no asset ever had two live holders in the lease bucket's
 history, none went to another run after a claimed lease ran out, no run failed for a fault, the
-normal source was discovered in time, every service is ready again and no lease is left. A failure prints the whole report
-(kills with their recovery times, the runs and leases at fault, log lines about them); the stack's
-logs stay in the test's temporary folder.
+normal source was discovered in time, every service is ready again and no lease is left. A
+failure prints the whole report (kills with their recovery times, the runs and leases at fault,
+log lines about them); the stack's logs stay in the test's temporary folder.
 """
 
 from __future__ import annotations
