@@ -15,16 +15,18 @@ from praxis_contracts.permissions import (
     ANY_WORKCELL,
     GATEWAY,
     OPERATOR,
-    SERVICES,
     Consumes,
     Identity,
     identities,
     identity_for_service,
+    needs,
     orchestrator,
+    services,
 )
 from praxis_contracts.runs import ControlRunExecution, ExecuteRun, RunFinished, RunStatusChanged
-from praxis_contracts.topology import KEY_VALUES, OBJECT_STORES, STREAMS, dead_letter_subject
-from praxis_devstack.natsauth import (
+from praxis_contracts.topology import dead_letter_subject
+from praxis_runtime.bus import Handlers
+from praxis_runtime.natsauth import (
     allows,
     authorization_config,
     kv_stream,
@@ -32,7 +34,6 @@ from praxis_devstack.natsauth import (
     permissions,
     subject_matches,
 )
-from praxis_runtime.bus import Handlers
 
 WORKCELLS = ("wc-x", "wc-y")
 DECLARED = identities(WORKCELLS)
@@ -82,15 +83,19 @@ def test_every_message_type_has_an_owner_that_may_send_it(message_type: type[Mes
         assert len(senders) == 1, f"{message_type.__name__} is answered by {senders}"
         assert owner(BY_NAME[senders[0]]) == CONTEXT_OWNER[context_of(message_type)]
         return
-    senders = [owner(i) for i in DECLARED if not i.admin and message_type in i.publishes]
+    senders = [owner(i) for i in DECLARED if not i.admin and message_type in published(i)]
     assert senders, f"nobody may publish {message_type.__name__}"
     if issubclass(message_type, Event):  # an event is published by its context alone
         assert set(senders) == {CONTEXT_OWNER[context_of(message_type)]}, senders
 
 
+def published(identity: Identity) -> set[type[Message]]:
+    return {p.message_type for p in identity.publishes}
+
+
 def test_events_of_one_context_are_published_by_that_context_only() -> None:
     for identity in DECLARED:
-        for message_type in identity.publishes:
+        for message_type in published(identity):
             if issubclass(message_type, Event):
                 assert CONTEXT_OWNER[context_of(message_type)] == owner(identity)
 
@@ -116,13 +121,13 @@ def test_handlers_subscribe_only_to_what_their_identity_may_consume(name: str) -
         assert allows(allowed, "publish", create)
         assert allows(allowed, "publish", f"$JS.ACK.{stream}.{consumer.durable}.1.2.3.4.5")
         # What the bus dead-letters a message of that consumer to.
-        routing = consumer.filter_subject.replace("*", "some-key")
+        routing = consumer.filter_subject.replace("*", "some-key").replace(">", "a.b")
         assert allows(allowed, "publish", dead_letter_subject(routing))
 
 
 def test_every_service_identity_is_declared_and_named_as_the_stack_names_it() -> None:
     for service in ("scheduler", "asset-manager", "code-manager", "gateway"):
-        assert identity_for_service(service) in SERVICES
+        assert identity_for_service(service) in services(WORKCELLS)
     assert identity_for_service("orchestrator", "wc-x") == "orchestrator-wc-x"
     with pytest.raises(KeyError):
         identity_for_service("nobody")
@@ -141,26 +146,31 @@ def test_the_gateway_may_send_every_request_its_routes_send() -> None:
 
 
 @pytest.mark.parametrize("identity", DECLARED, ids=lambda i: i.name)
-def test_every_identity_may_ensure_the_topology_and_read_only_its_own_inbox(
+def test_every_identity_may_check_what_it_binds_to_and_read_only_its_own_inbox(
     identity: Identity,
 ) -> None:
     allowed = permissions(identity)
-    streams = [s.name for s in STREAMS]
-    streams += [kv_stream(k.bucket) for k in KEY_VALUES]
-    streams += [object_stream(o.bucket) for o in OBJECT_STORES]
+    topology = needs(identity)
+    streams = [s.name for s in topology.streams]
+    streams += [kv_stream(k.bucket) for k in topology.key_values]
+    streams += [object_stream(o.bucket) for o in topology.object_stores]
     for stream in streams:
         assert allows(allowed, "publish", f"$JS.API.STREAM.INFO.{stream}")
-        assert allows(allowed, "publish", f"$JS.API.STREAM.CREATE.{stream}")
     assert allows(allowed, "subscribe", f"_INBOX.{identity.name}.abc")
     if not identity.admin:
         others = [i for i in DECLARED if i.name != identity.name]
         assert not any(allows(allowed, "subscribe", f"_INBOX.{o.name}.abc") for o in others)
-        assert not allows(allowed, "publish", "$JS.API.STREAM.DELETE.PRAXIS_EVENTS")
+        for verb in ("DELETE", "PURGE"):
+            assert not allows(allowed, "publish", f"$JS.API.STREAM.{verb}.PRAXIS_EVENTS")
+            assert not allows(allowed, "publish", f"$JS.API.STREAM.{verb}.KV_praxis_api_tokens")
+        for verb in ("CREATE", "UPDATE"):  # the provisioner's alone
+            may = allows(allowed, "publish", f"$JS.API.STREAM.{verb}.KV_praxis_api_tokens")
+            assert may == identity.provisions, (identity.name, verb)
         assert not allows(allowed, "publish", "$JS.API.CONSUMER.DURABLE.CREATE.PRAXIS_COMMANDS.x")
 
 
-def test_only_the_orchestrators_publish_run_events_and_only_the_scheduler_run_status() -> None:
-    finished = RunFinished.subscription_subject("run-1")
+def test_only_a_workcells_orchestrator_publishes_its_run_events() -> None:
+    finished = RunFinished.subscription_subject("wc-x.run-1")
     status = RunStatusChanged.subscription_subject("run-1")
     for identity in DECLARED:
         allowed = permissions(identity)
@@ -168,8 +178,11 @@ def test_only_the_orchestrators_publish_run_events_and_only_the_scheduler_run_st
         may_status = allows(allowed, "publish", status)
         if identity.admin:
             continue
-        assert may_finish == identity.name.startswith("orchestrator-"), identity.name
+        assert may_finish == (identity.name == "orchestrator-wc-x"), identity.name
         assert may_status == (identity.name == "scheduler"), identity.name
+        lease = "$KV.praxis_asset_leases.asset.wc-x.some-asset"
+        may_lease = allows(allowed, "publish", lease)
+        assert may_lease == (identity.name in ("orchestrator-wc-x", "asset-manager")), identity
     gateway = permissions(GATEWAY)
     assert not any(allows(gateway, "publish", f"praxis.{kind}.x.y") for kind in ("evt", "cmd"))
 

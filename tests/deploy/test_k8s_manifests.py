@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from praxis_contracts.permissions import identities, identity_for_service
-from praxis_devstack.natsauth import NATS_AUTH_SECRET, NATS_CREDENTIALS_SECRET, permissions
+from praxis_runtime.natsauth import NATS_AUTH_SECRET, NATS_CREDENTIALS_SECRET, permissions
 
 K8S_DIR = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 NAMESPACE = "praxis"

@@ -87,13 +87,22 @@ async def test_a_database_restart_loses_no_run_result(
         )
         released = await tap(ReleaseAssets, where=lambda c: c.run_id == run_id)
         await client.publish(plate_grant(run_id, WORKCELL))
-        await client.publish(RunPreparing(run_id=run_id, at=_now(), edge_instance=EDGE))
-        await client.publish(RunStarted(run_id=run_id, at=_now(), edge_instance=EDGE))
+        await client.publish(
+            RunPreparing(run_id=run_id, at=_now(), workcell=WORKCELL, edge_instance=EDGE)
+        )
+        await client.publish(
+            RunStarted(run_id=run_id, at=_now(), workcell=WORKCELL, edge_instance=EDGE)
+        )
         await running.next()
 
         await asyncio.to_thread(postgres.stop)
         finished = RunFinished(
-            run_id=run_id, at=_now(), outcome="completed", result=42, edge_instance=EDGE
+            run_id=run_id,
+            at=_now(),
+            outcome="completed",
+            result=42,
+            workcell=WORKCELL,
+            edge_instance=EDGE,
         )
         await client.publish(finished, msg_id=f"finished:{run_id}")
         await asyncio.sleep(OUTAGE_SECONDS)  # the outage itself, not a wait for a condition

@@ -27,11 +27,10 @@ from nats.js.errors import NotFoundError
 from praxis_contracts.permissions import OPERATOR
 from praxis_contracts.runs import ExecuteRun, RunFinished, RunStarted, RunStatusChanged
 from praxis_contracts.topology import COMMANDS, EVENTS
-from praxis_devstack.natsauth import NatsAuth
 from praxis_devstack.pytest_plugin import server_unavailable
-from praxis_devstack.servers import NatsServer
+from praxis_devstack.servers import NatsServer, provision_blocking
 from praxis_runtime.bus import Bus, Handlers
-from praxis_runtime.topology import ensure_topology
+from praxis_runtime.natsauth import NatsAuth
 
 pytestmark = pytest.mark.integration
 
@@ -63,6 +62,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
         nats_server.start()
     except Exception as exc:
         server_unavailable(f"could not start nats-server: {exc}")
+    provision_blocking(nats_server.operator_url, ("wc-x", "wc-y"))
     yield nats_server
     nats_server.stop()
 
@@ -87,8 +87,6 @@ async def connect(server: NatsServer) -> AsyncIterator[Any]:
             allow_reconnect=False,
         )
         opened.append(nc)
-        if identity == OPERATOR:
-            await ensure_topology(nc.jetstream())
         return Connection(nc, errors)
 
     yield as_identity
@@ -131,15 +129,23 @@ async def test_the_gateway_cannot_forge_a_run_event(connect: Any, event_type: An
 
 
 async def test_the_orchestrator_may_publish_run_events_and_they_are_stored(connect: Any) -> None:
+    """Under its own workcell's key only: a run event about a run on another workcell, or with
+    no workcell in its key, never reaches the stream."""
     operator = await connect(OPERATOR)
     orchestrator = await connect("orchestrator-wc-x")
-    subject = RunFinished.subscription_subject(str(uuid.uuid4()))
+    run = str(uuid.uuid4())
+    subject = RunFinished.subscription_subject(f"wc-x.{run}")
 
     ack = await orchestrator.nc.jetstream().publish(subject, b"{}")
 
     stored = await operator.nc.jetstream().get_last_msg(EVENTS.name, subject)
     assert stored.seq == ack.seq
     assert orchestrator.errors.empty()
+    for forged in (f"wc-y.{run}", run):
+        subject = RunFinished.subscription_subject(forged)
+        with pytest.raises(nats.errors.TimeoutError):
+            await orchestrator.nc.jetstream(timeout=2).publish(subject, b"{}")
+        assert f'publish to "{subject}"' in await orchestrator.violation()
 
 
 async def test_only_workcell_x_orchestrator_consumes_its_commands(connect: Any) -> None:
@@ -221,7 +227,7 @@ async def test_a_consumer_from_before_identities_is_taken_over_by_its_identity(
         ),
     )
     run_id = uuid.uuid4()
-    event = RunStarted(run_id=run_id, at=datetime.now(UTC), edge_instance="edge-1")
+    event = RunStarted(run_id=run_id, at=datetime.now(UTC), workcell="wc-x", edge_instance="edge-1")
     await orchestrator.nc.jetstream().publish(
         event.routing_subject(), event.model_dump_json().encode()
     )

@@ -40,6 +40,7 @@ from praxis_contracts.runs import (
 )
 from praxis_contracts.topology import ASSET_LEASES
 from praxis_devstack.pytest_plugin import MakeDatabase, NatsIdentity
+from praxis_devstack.servers import provision_blocking
 from praxis_orchestrator import app as orchestrator_app
 from praxis_plr.layout import demo_workcell
 from praxis_runtime.bus import Bus
@@ -82,6 +83,7 @@ def workcell_name() -> str:
 @pytest.fixture(scope="module")
 async def stack(
     nats_identity: NatsIdentity,
+    nats_url: str,
     make_database: MakeDatabase,
     tmp_path_factory: pytest.TempPathFactory,
     services: Any,
@@ -105,11 +107,13 @@ async def stack(
             **local_sources,
         ),
     )
+    provision_blocking(nats_url, [workcell_name])  # its state store, as deployment does
     await services(
         orchestrator_app.build_app,
         orchestrator_app.Settings(
             praxis_workcell=workcell_name,
             protocol_code_cache_dir=tmp_path_factory.mktemp("orchestrator-code"),
+            run_scratch_dir=tmp_path_factory.mktemp("orchestrator-runs"),
             **nats_identity("orchestrator"),
             **common,
         ),
@@ -193,9 +197,9 @@ class RunEvents:
 
 
 @pytest.fixture
-def follow(tap: Any) -> Callable[[uuid.UUID], Awaitable[RunEvents]]:
+def follow(tap: Any, workcell_name: str) -> Callable[[uuid.UUID], Awaitable[RunEvents]]:
     async def subscribe(run_id: uuid.UUID) -> RunEvents:
-        key = str(run_id)
+        key = f"{workcell_name}.{run_id}"  # run events are keyed by workcell, then run
         return RunEvents(
             await tap(RunPreparing, key),
             await tap(RunStarted, key),

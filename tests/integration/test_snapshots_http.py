@@ -25,8 +25,8 @@ from praxis_contracts.state import (
     WorkcellStateRestored,
     snapshot_object_name,
 )
-from praxis_contracts.topology import EVENTS, WORKCELL_STATE
-from praxis_devstack.pytest_plugin import MakeDatabase, NatsIdentity, drained
+from praxis_contracts.topology import EVENTS, workcell_state
+from praxis_devstack.pytest_plugin import MakeDatabase, NatsIdentity, drained, provide_workcell
 from praxis_gateway.app import Settings as GatewaySettings
 from praxis_gateway.app import create_app
 from praxis_plr.layout import demo_workcell
@@ -64,6 +64,7 @@ async def api(
 @pytest.fixture
 async def workcell(api: httpx.AsyncClient, client: Bus) -> WorkcellLayout:
     name = f"wc-{uuid.uuid4().hex[:10]}"
+    await provide_workcell(client.js, name)
     return await client.request(RegisterWorkcell(name=name, assets=demo_workcell()), timeout=30)
 
 
@@ -86,7 +87,7 @@ async def record(
             AssetState(asset_id=plate.accession_id, asset_name=plate.name, state={"v": volume})
         ],
     )
-    store = await client.js.object_store(WORKCELL_STATE.bucket)
+    store = await client.js.object_store(workcell_state(name).bucket)
     await store.put(body.object_name, body.model_dump_json().encode())
     await client.publish(WorkcellStateRecorded(**body.model_dump(exclude={"assets"})))
     await drained(client.js, EVENTS.name, "asset-manager-state-recorded")

@@ -65,7 +65,10 @@ def nats_match(pattern: str, subject: str) -> bool:
 def sample_key_instance(cls: type[Message]) -> Message:
     """An instance carrying only the fields a keyed message derives its key from."""
     return cls.model_construct(
-        run_id=uuid.UUID(int=7), workcell_name="wc-key", asset_id=uuid.UUID(int=7)
+        run_id=uuid.UUID(int=7),
+        workcell_name="wc-key",
+        workcell="wc-key",
+        asset_id=uuid.UUID(int=7),
     )
 
 
@@ -178,12 +181,14 @@ def test_no_subject_is_a_prefix_of_another_keyed_subject() -> None:
 def test_keyed_subjects() -> None:
     keyed = [t for t in MESSAGES if t.keyed]
     assert keyed
+    run = str(uuid.UUID(int=7))
     for t in keyed:
-        assert t.subscription_subject().endswith(".*")
+        assert t.subscription_subject().endswith(".>")
         assert t.subscription_subject("k1") == f"{t.subject}.k1"
         instance = sample_key_instance(t)
         key = instance.subject_key()
-        assert key in {str(uuid.UUID(int=7)), "wc-key"}
+        # Entity ids; an edge's run events carry their workcell first (its permissions).
+        assert key in {run, "wc-key", f"wc-key.{run}"}
         assert instance.routing_subject() == f"{t.subject}.{key}"
         assert nats_match(t.subscription_subject(), instance.routing_subject())
 

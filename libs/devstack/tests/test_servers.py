@@ -20,7 +20,6 @@ import pytest
 import praxis_devstack
 from praxis_contracts.permissions import OPERATOR
 from praxis_devstack import db
-from praxis_devstack.natsauth import with_credentials
 from praxis_devstack.servers import (
     LocalInfra,
     NatsServer,
@@ -28,6 +27,7 @@ from praxis_devstack.servers import (
     ServerStartError,
     free_port,
 )
+from praxis_runtime.natsauth import with_credentials
 
 pytestmark = pytest.mark.integration
 

@@ -39,9 +39,8 @@ from praxis_contracts.errors import (
 )
 from praxis_contracts.protocols import ProtocolDefinition, ProtocolFunctionSpec
 from praxis_contracts.runs import ExecuteRun, GetRun, RunView
-from praxis_contracts.topology import COMMANDS, dead_letter_subject
+from praxis_contracts.topology import COMMANDS, claims, dead_letter_subject
 from praxis_runtime.bus import Bus, Handlers, acknowledge, is_infrastructure
-from praxis_runtime.topology import ensure_topology
 
 pytestmark = pytest.mark.integration
 
@@ -180,7 +179,6 @@ async def harness(nats_url: str) -> AsyncIterator[Harness]:
         nats_url, f"bus-test-{SUFFIX}", request_timeout=5.0, max_deliver=3, infra_retry_seconds=3
     )
     await bus.connect()
-    await ensure_topology(bus.js)
     dead_letters = await bus.nc.subscribe("praxis.dlq.>", cb=rec.dead_letters.put)
     acks = await bus.nc.subscribe("$JS.ACK.>", cb=rec.on_ack)
     bus.include(handlers(), rec)
@@ -305,7 +303,8 @@ async def test_a_request_without_responders_is_unavailable_at_once(harness: Harn
 
 async def test_a_reply_over_the_max_payload_travels_by_claim_check(harness: Harness) -> None:
     """nats-server refuses a message over its max payload: a larger reply goes through the
-    claims object store, compressed, and the requester gets it whole; the claim is read once."""
+    sender's claims object store, compressed, and the requester gets it whole. Only the sender
+    may write (or delete) its store, so the claim stays until the store's TTL removes it."""
     limit = harness.bus.nc.max_payload
     huge = run_view(uuid.uuid4()).model_copy(
         update={"asset_states": {"deck": [f"well {i}" for i in range(limit // 4)]}}
@@ -314,14 +313,15 @@ async def test_a_reply_over_the_max_payload_travels_by_claim_check(harness: Harn
     harness.rec.runs[huge.accession_id] = huge
     assert await harness.bus.request(GetRun(run_id=huge.accession_id)) == huge
 
-    await asyncio.gather(*harness.bus.claims._cleanup)  # the deletion runs in the background
-    assert await live_claims(harness) == 0
+    assert await live_claims(harness) == 1
+    status = await (await harness.bus.claims.store()).status()
+    assert status.ttl == claims(harness.bus.claims.owner).ttl_seconds
 
     # A small reply travels inline: no object is written for it.
     small = run_view(uuid.uuid4())
     harness.rec.runs[small.accession_id] = small
     assert await harness.bus.request(GetRun(run_id=small.accession_id)) == small
-    assert await live_claims(harness) == 0
+    assert await live_claims(harness) == 1
 
 
 async def live_claims(harness: Harness) -> int:
@@ -484,7 +484,6 @@ async def test_after_stop_consuming_nothing_is_handled_but_publishing_works(
 
     bus = Bus(nats_url, durable)
     await bus.connect()
-    await ensure_topology(bus.js)
     bus.include(group, handled)
     await bus.start()
     try:
@@ -508,12 +507,13 @@ async def test_after_stop_consuming_nothing_is_handled_but_publishing_works(
 
 
 async def test_a_claimed_body_swapped_in_the_store_is_refused(harness: Harness) -> None:
-    """The claims store is shared: a body replaced there is not taken for the sender's."""
+    """A body replaced in the sender's store after it was sent is not taken for the one it
+    sent (the digest travels in the message)."""
     claims = harness.bus.claims
     headers: dict[str, str] = {}
     await claims.put(b"x" * 300_000, headers)
     store = await claims.store()
-    await store.put(headers[h.CLAIM], zlib.compress(b"y" * 300_000))
+    await store.put(headers[h.CLAIM].rpartition("/")[2], zlib.compress(b"y" * 300_000))
     with pytest.raises(InvalidRequest, match="not the one its sender stored"):
         await claims.check_out(b"", headers)
 

@@ -28,7 +28,6 @@ from praxis_runtime.outbox import (
     outbox_table,
 )
 from praxis_runtime.publisher import Outgoing, Publisher, Result
-from praxis_runtime.topology import ensure_topology
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +60,6 @@ async def world(database_url: str, nats_url: str) -> AsyncIterator[World]:
         await conn.run_sync(metadata.create_all)
     bus = Bus(nats_url, f"outbox-test-{schema}")
     await bus.connect()
-    await ensure_topology(bus.js)
     yield World(db, bus, table, things)
     await bus.stop()
     await db.dispose()

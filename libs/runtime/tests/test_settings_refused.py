@@ -24,9 +24,8 @@ def test_a_service_refuses_a_setting_that_weakens_a_guarantee(
     service: str, setting: str, value: str, why: str
 ) -> None:
     env = {**os.environ, setting: value, "NATS_URL": "nats://127.0.0.1:1"}  # never reached
-    done = subprocess.run(
-        [sys.executable, "-m", service], env=env, capture_output=True, text=True, timeout=60
-    )
+    argv = [sys.executable, "-m", service]
+    done = subprocess.run(argv, check=False, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == EX_CONFIG, done.stderr
     assert "refused to start" in done.stderr and setting in done.stderr and why in done.stderr
     assert "Traceback" not in done.stderr

@@ -194,7 +194,7 @@ async def test_grant_binds_and_fences_with_the_kv_revision(
         plate_id,
     )
     assert (binding.kind, binding.fqn) == ("resource", PLATE)
-    assert binding.lease_key == lease_key(plate_id)
+    assert binding.lease_key == lease_key(workcell.workcell.name, plate_id)
     lease = await leases.read(binding.lease_key)
     assert lease.revision == binding.token
     assert lease.holder is not None
@@ -267,7 +267,7 @@ async def test_reservation_is_all_or_nothing(
     await reserve(am, both, workcell, two_plates, pins=pins)
     await both.granted.assert_silent()
 
-    dest = await leases.read(lease_key(asset_id(workcell, "dest_plate")))
+    dest = await leases.read(lease_key(workcell.workcell.name, asset_id(workcell, "dest_plate")))
     assert dest.holder is None or dest.holder.run_id != both.id  # no hold-and-wait
     # A later run wanting only the free plate queues behind the earlier, bigger request.
     await reserve(am, later, workcell, [plate()], pins={"plate": "dest_plate"})

@@ -27,11 +27,11 @@ from praxis_contracts.assets import (
 )
 from praxis_contracts.protocols import AssetRequirementSpec
 from praxis_contracts.topology import ASSET_LEASES
-from praxis_devstack.natsauth import NatsAuth
 from praxis_devstack.pytest_plugin import MakeDatabase
-from praxis_devstack.servers import NatsServer
+from praxis_devstack.servers import NatsServer, provision_blocking
 from praxis_runtime.bus import Bus
 from praxis_runtime.leases import LeaseStore, lease_key
+from praxis_runtime.natsauth import NatsAuth
 
 pytestmark = pytest.mark.integration
 
@@ -42,6 +42,7 @@ PLATE = "pylabrobot.resources.plate.Plate"
 def own_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
     auth = NatsAuth(())
     with NatsServer(tmp_path_factory.mktemp("nats-sigkill"), auth=auth) as server:
+        provision_blocking(server.operator_url, ())  # as a deployment's provisioning step
         yield server
 
 
@@ -157,7 +158,7 @@ async def _scenario(client: Bus, processes: AssetManagerProcess) -> None:
     await processes.kill()
 
     leases = LeaseStore(client.publisher, ASSET_LEASES.bucket)
-    state = await leases.read(lease_key(plate_id))
+    state = await leases.read(lease_key("sigkill", plate_id))
     assert state.holder is not None and state.holder.run_id == first
     assert state.revision == held.bindings[0].token
 

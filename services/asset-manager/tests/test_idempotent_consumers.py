@@ -68,7 +68,7 @@ def reserve(run_id: uuid.UUID, layout: WorkcellLayout) -> ReserveAssets:
 
 
 def keys_of(layout: WorkcellLayout) -> set[str]:
-    return {lease_key(a.accession_id) for a in layout.assets}
+    return {lease_key(layout.workcell.name, a.accession_id) for a in layout.assets}
 
 
 async def last_seq(am: Bus) -> int:
@@ -217,7 +217,16 @@ async def test_run_started_delivered_twice_marks_the_assets_in_use_once(
         AssetStatusChanged, str(asset), where=lambda e: e.status == AssetStatus.IN_USE
     )
 
-    await twice(am, RunStarted(run_id=run_id, at=datetime.now(UTC)))
+    # Another workcell's orchestrator names the run (under its own key): nothing is marked.
+    await twice(
+        am,
+        RunStarted(run_id=run_id, at=datetime.now(UTC), workcell="elsewhere", edge_instance="e"),
+    )
+    await in_use.assert_silent(1.0)
+    started = RunStarted(
+        run_id=run_id, at=datetime.now(UTC), workcell=plates.workcell.name, edge_instance="e"
+    )
+    await twice(am, started)
 
     event = await in_use.next()
     assert (event.run_id, event.previous) == (run_id, AssetStatus.RESERVED)

@@ -48,6 +48,14 @@ EXPIRY_TIMEOUT = 10.0
 """A 1-2 s lease must be reported expired well within this (generous for a loaded machine)."""
 
 
+WORKCELL_OF: dict[uuid.UUID, str] = {}
+
+
+def key_of(plate: uuid.UUID) -> str:
+    """The plate's lease key (``asset.<workcell>.<id>``)."""
+    return lease_key(WORKCELL_OF[plate], plate)
+
+
 @pytest.fixture
 async def plate_id(am: Bus) -> uuid.UUID:
     """A plate in a fresh workcell: a lease key nobody has written yet."""
@@ -55,6 +63,7 @@ async def plate_id(am: Bus) -> uuid.UUID:
     name = f"expiry-{uuid.uuid4().hex[:8]}"
     request = RegisterWorkcell(name=name, assets=drafts)
     layout: WorkcellLayout = await am.request(request, timeout=30)
+    WORKCELL_OF[layout.assets[0].accession_id] = name
     return layout.assets[0].accession_id
 
 
@@ -113,11 +122,11 @@ async def test_expiry_of_a_key_with_history_is_observed_and_wakes_the_waiter(
     event = await expired.next(EXPIRY_TIMEOUT)
 
     assert (event.run_id, event.asset_id, event.token) == (short, plate_id, token)
-    assert event.lease_key == lease_key(plate_id)
+    assert event.lease_key == key_of(plate_id)
     (binding,) = (await granted.next(EXPIRY_TIMEOUT)).bindings
     assert binding.token > token
     assert await live_runs(am, plate_id) == [waiter]
-    assert await leases.release(lease_key(plate_id), token) is None  # its token is stale
+    assert await leases.release(key_of(plate_id), token) is None  # its token is stale
     await expired.assert_silent(1.5)  # reported once
 
 
@@ -142,7 +151,7 @@ async def test_a_lease_is_not_reported_expired_while_the_server_keeps_it(
     asset-manager believes the bucket: it reports the expiry only once the key is gone."""
     await give_key_history(am, tap, plate_id)
     run_id, token = await lease_of(am, tap, plate_id, ttl_seconds=60)
-    key = lease_key(plate_id)
+    key = key_of(plate_id)
     state = await leases.read(key)
     assert state.holder is not None and state.revision == token
     long_ago = datetime.now(UTC) - timedelta(minutes=5)
@@ -182,7 +191,7 @@ async def test_held_leases_outlive_their_ttl_and_fence_the_old_holder(
     await give_key_history(am, tap, plate_id)  # so no expiry marker could save the day either
     run_id, token = await lease_of(am, tap, plate_id, ttl_seconds=2)
     held, expired = await tap(AssetsHeld, str(run_id)), await tap(LeaseExpired, str(plate_id))
-    key = lease_key(plate_id)
+    key = key_of(plate_id)
 
     await am.publish(HoldAssets(run_id=run_id, reason="edge lost"))
 
@@ -224,12 +233,12 @@ async def test_a_held_lease_can_be_force_released(
     held = await tap(AssetsHeld, str(run_id))
     await am.publish(HoldAssets(run_id=run_id))
     await held.next()
-    token = (await leases.read(lease_key(plate_id))).revision
+    token = (await leases.read(key_of(plate_id))).revision
 
     lease = await am.request(ForceReleaseLease(asset_id=plate_id, reason="operator took it"))
 
     assert (lease.run_id, lease.token, lease.held_for_intervention) == (run_id, token, True)
-    assert (await leases.read(lease_key(plate_id))).holder is None
+    assert (await leases.read(key_of(plate_id))).holder is None
     assert await live_runs(am, plate_id) == []
 
 
@@ -250,7 +259,7 @@ async def test_holding_a_run_that_holds_nothing_is_acknowledged(am: Bus, tap: An
 async def claim(client: Bus, leases: LeaseStore, plate: uuid.UUID, edge: str) -> int:
     """Stamp ``edge`` into the plate's lease at its token, as an orchestrator accepting the run
     does with its first renewal (same TTL); the new token."""
-    key = lease_key(plate)
+    key = key_of(plate)
     state = await leases.read(key)
     assert state.holder is not None
     stamped = replace(state.holder, renewed_at=datetime.now(UTC), edge=edge)
@@ -281,7 +290,7 @@ async def test_a_claimed_lease_that_runs_out_is_held_and_never_granted_on(
 
     assert (event.run_id, event.token, event.held) == (run_id, claimed, True)
     assert event.edge_instance == "edge-killed"
-    state = await leases.read(lease_key(plate_id))
+    state = await leases.read(key_of(plate_id))
     assert state.holder is not None and state.holder.run_id == run_id
     assert state.holder.held and state.revision > claimed  # the token moved: the edge is fenced
     (lease,) = await leases_of(am, plate_id)
@@ -292,7 +301,7 @@ async def test_a_claimed_lease_that_runs_out_is_held_and_never_granted_on(
     # The operator resolves the run: its leases go, and the queued run gets the plate.
     assert (await released(am, tap, run_id)).asset_ids == [plate_id]
     (binding,) = (await granted.next()).bindings
-    assert (await leases.read(lease_key(plate_id))).holder.run_id == waiter  # type: ignore[union-attr]
+    assert (await leases.read(key_of(plate_id))).holder.run_id == waiter  # type: ignore[union-attr]
     assert binding.token > state.revision
     await released(am, tap, waiter)
 

@@ -21,7 +21,7 @@ def holder(run_id: uuid.UUID, asset_id: uuid.UUID) -> Holder:
 def test_newer_revisions_win_and_released_runs_are_forgotten() -> None:
     index = LeaseIndex()
     run, asset = uuid.uuid4(), uuid.uuid4()
-    key = lease_key(asset)
+    key = lease_key("wc", asset)
 
     change = index.apply(key, KeyState(5, holder(run, asset)))
     assert change is not None and change.asset_id == asset and change.previous is None
@@ -39,7 +39,7 @@ def test_newer_revisions_win_and_released_runs_are_forgotten() -> None:
 def test_a_tombstone_for_an_unknown_key_names_its_asset() -> None:
     index = LeaseIndex()
     asset = uuid.uuid4()
-    change = index.apply(lease_key(asset), KeyState(3, None))
+    change = index.apply(lease_key("wc", asset), KeyState(3, None))
     assert change is not None and change.asset_id == asset
     assert index.apply("not-a-lease", KeyState(9, None)) is None
 
@@ -47,7 +47,7 @@ def test_a_tombstone_for_an_unknown_key_names_its_asset() -> None:
 def test_an_unmarked_expiry_frees_the_key_and_keeps_the_revision() -> None:
     index = LeaseIndex()
     run, asset = uuid.uuid4(), uuid.uuid4()
-    key = lease_key(asset)
+    key = lease_key("wc", asset)
     index.apply(key, KeyState(7, holder(run, asset)))
 
     assert index.expire(key, 6) is None  # not the lease the mirror shows
@@ -79,7 +79,7 @@ async def test_deadlines_fire_once_per_lease_and_follow_its_changes() -> None:
 
     deadlines = Deadlines(passed)
     run, asset = uuid.uuid4(), uuid.uuid4()
-    key = lease_key(asset)
+    key = lease_key("wc", asset)
     due_now = replace(holder(run, asset), renewed_at=datetime.now(UTC) - timedelta(seconds=60))
 
     deadlines.track(key, KeyState(3, due_now))
@@ -90,7 +90,7 @@ async def test_deadlines_fire_once_per_lease_and_follow_its_changes() -> None:
 
     deadlines.recheck(key, KeyState(4, due_now), 1)
     deadlines.track(key, KeyState(5, None))  # released: no timer
-    deadlines.track(lease_key(uuid.uuid4()), KeyState(6, replace(due_now, ttl_seconds=HELD)))
+    deadlines.track(lease_key("wc", uuid.uuid4()), KeyState(6, replace(due_now, ttl_seconds=HELD)))
     assert len(deadlines) == 0
     deadlines.track(key, KeyState(7, holder(run, asset)))  # a minute away
     assert len(deadlines) == 1

@@ -95,7 +95,7 @@ async def history(client: Bus, since: int, keys: set[str]) -> list[tuple[str, in
 async def test_no_asset_ever_has_two_live_holders(asset_manager: Any, client: Bus) -> None:
     layout = await plates_workcell(client, 8)
     names = [a.name for a in layout.assets]
-    keys = {lease_key(a.accession_id) for a in layout.assets}
+    keys = {lease_key(layout.workcell.name, a.accession_id) for a in layout.assets}
     start = (await client.js.stream_info(STREAM)).state.last_seq
     events = Events()
     await events.subscribe(client)
@@ -220,7 +220,7 @@ async def test_a_waiter_that_times_out_holds_nothing(asset_manager: Any, client:
     failed = await asyncio.wait_for(events.future("failed", waiter), 15)
     assert failed.error.code == "timeout"
     for asset in layout.assets:
-        state = await leases.read(lease_key(asset.accession_id))
+        state = await leases.read(lease_key(name, asset.accession_id))
         assert state.holder is None or state.holder.run_id != waiter
 
 
@@ -265,6 +265,6 @@ async def test_expiry_and_force_release_are_events(asset_manager: Any, client: B
     assert (lease.run_id, lease.token) == (forced, held.bindings[0].token)
     audit = await asyncio.wait_for(forced_q.get(), 15)
     assert (audit.run_id, audit.reason) == (forced, "stuck gripper")
-    assert (await leases.read(lease_key(plate_1))).holder is None
+    assert (await leases.read(lease_key(name, plate_1))).holder is None
     message = json.dumps(audit.model_dump(mode="json"))
     assert "stuck gripper" in message

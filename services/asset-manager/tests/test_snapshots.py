@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 from praxis_asset_manager.app import Settings, build_app
 from praxis_asset_manager.inventory import Inventory
 from praxis_asset_manager.orm import OUTBOX, SnapshotRow
-from praxis_asset_manager.snapshots import Snapshots
+from praxis_asset_manager.snapshots import Snapshots, StateStores
 from praxis_contracts.assets import (
     Asset,
     AssetsReleased,
@@ -50,8 +50,8 @@ from praxis_contracts.state import (
     WorkcellStateRestored,
     snapshot_object_name,
 )
-from praxis_contracts.topology import EVENTS, WORKCELL_STATE
-from praxis_devstack.pytest_plugin import MakeDatabase, NatsIdentity, drained
+from praxis_contracts.topology import EVENTS, workcell_state
+from praxis_devstack.pytest_plugin import MakeDatabase, NatsIdentity, drained, provide_workcell
 from praxis_plr.layout import demo_workcell
 from praxis_plr.types import fqn
 from praxis_runtime.bus import Bus
@@ -68,8 +68,18 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 @dataclass(frozen=True)
 class AM:
     bus: Bus
-    store: ObjectStore
     db: Database
+
+    async def store(self, object_name: str) -> ObjectStore:
+        """The state store of the workcell a snapshot's object belongs to."""
+        workcell = object_name.split("/", 1)[0]
+        return await self.bus.js.object_store(workcell_state(workcell).bucket)
+
+    async def get(self, object_name: str) -> Any:
+        return await (await self.store(object_name)).get(object_name)
+
+    async def put(self, object_name: str, data: bytes) -> None:
+        await (await self.store(object_name)).put(object_name, data)
 
 
 @pytest.fixture(scope="module")
@@ -86,13 +96,14 @@ async def am(
     )
     await services(build_app, settings)
     db = Database(url, "asset_manager")
-    yield AM(client, await client.js.object_store(WORKCELL_STATE.bucket), db)
+    yield AM(client, db)
     await db.dispose()
 
 
 @pytest.fixture
 async def workcell(am: AM) -> WorkcellLayout:
     name = f"wc-{uuid.uuid4().hex[:10]}"
+    await provide_workcell(am.bus.js, name)
     return await am.bus.request(RegisterWorkcell(name=name, assets=demo_workcell()), timeout=30)
 
 
@@ -132,7 +143,7 @@ async def written(
         assets=assets,
     )
     data = body.model_dump_json().encode()
-    await am.store.put(body.object_name, data)
+    await am.put(body.object_name, data)
     info = body.model_dump(exclude={"assets"}) | {"size_bytes": len(data)}
     return WorkcellStateRecorded(**info)
 
@@ -228,13 +239,13 @@ async def test_retention_keeps_the_newest_rows_and_objects(
     assert await rows(am, workcell) == KEPT
     for event in events[:2]:
         with pytest.raises(ObjectNotFoundError):
-            await am.store.get(event.object_name)
+            await am.get(event.object_name)
         with pytest.raises(NotFound):
             await am.bus.request(
                 GetSnapshot(workcell=workcell.workcell.name, snapshot_id=event.snapshot_id)
             )
     for event in events[2:]:
-        assert (await am.store.get(event.object_name)).data
+        assert (await am.get(event.object_name)).data
     assert (await asset(am, workcell, "source_plate")).state == well(KEPT + 1)
 
 
@@ -296,7 +307,7 @@ async def test_restore_makes_a_restored_snapshot_and_announces_it_once(
         "source_plate": well(50),
         "dest_plate": well(5),
     }
-    assert body.size_bytes == len((await am.store.get(info.object_name)).data)
+    assert body.size_bytes == len((await am.get(info.object_name)).data)
     assert (await listed(am, workcell))[0] == info.snapshot_id
 
 
@@ -403,16 +414,11 @@ async def test_a_failed_object_delete_is_retried_at_the_next_prune(
 ) -> None:
     """Driven on the service object (against the module's database and object store), so the
     object store can fail its deletes."""
-    store = FailingDeletes(am.store)
     relay = OutboxRelay(am.db, OUTBOX, lambda: am.bus.publisher)
-    snapshots = Snapshots(
-        am.db,
-        Inventory(am.db),
-        relay,
-        lambda: store,  # type: ignore[arg-type, return-value]
-        KEPT,
-        lambda _: False,
-    )
+    stores = StateStores(lambda: am.bus.js)
+    store = FailingDeletes(await stores.of(workcell.workcell.name))
+    stores._stores[workcell.workcell.name] = store  # type: ignore[assignment]
+    snapshots = Snapshots(am.db, Inventory(am.db), relay, stores, KEPT, lambda _: False)
     events = [
         await written(am, workcell, {"source_plate": well(i)}, T0 + timedelta(seconds=i))
         for i in range(KEPT + 1)
@@ -422,12 +428,12 @@ async def test_a_failed_object_delete_is_retried_at_the_next_prune(
     oldest = events[0]
     assert await listed(am, workcell) == [e.snapshot_id for e in reversed(events[1:])]
     assert await rows(am, workcell) == KEPT + 1  # the pruned row waits for its object
-    assert (await am.store.get(oldest.object_name)).data
+    assert (await am.get(oldest.object_name)).data
 
     store.failing = False
     assert await snapshots.prune(workcell.workcell.name) == 1
     assert await rows(am, workcell) == KEPT
     with pytest.raises(ObjectNotFoundError):
-        await am.store.get(oldest.object_name)
+        await am.get(oldest.object_name)
     for event in events[1:]:
-        assert (await am.store.get(event.object_name)).data  # the newest are never touched
+        assert (await am.get(event.object_name)).data  # the newest are never touched

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 import praxis_scheduler
+from praxis_contracts.assets import AssetsReserved
+from praxis_contracts.common import RunStatus
 from praxis_contracts.protocols import (
     ProtocolDefinition,
     ProtocolFunctionSpec,
@@ -37,7 +39,9 @@ async def database(make_database: MakeDatabase) -> AsyncIterator[Database]:
     await db.dispose()
 
 
-def call(run_id: uuid.UUID, call_id: uuid.UUID, status: str) -> FunctionCallRecorded:
+def call(
+    run_id: uuid.UUID, call_id: uuid.UUID, status: str, edge: str = "edge-1"
+) -> FunctionCallRecorded:
     finished = status != "running"
     return FunctionCallRecorded(
         call_id=call_id,
@@ -50,6 +54,8 @@ def call(run_id: uuid.UUID, call_id: uuid.UUID, status: str) -> FunctionCallReco
         status=status,  # type: ignore[arg-type]
         started_at=T0,
         finished_at=T0 + timedelta(seconds=1) if finished else None,
+        workcell="wc-1",
+        edge_instance=edge,
     )
 
 
@@ -69,11 +75,20 @@ async def test_a_call_delivered_twice_or_late_is_recorded_once(database: Databas
     run = await runs.create(
         SubmitRun(protocol_name="mix"), ResolvedProtocol(definition=definition, parameters={})
     )
+    await runs.on_reserved(
+        AssetsReserved(
+            run_id=run.accession_id, workcell_id=uuid.uuid4(), workcell_name="wc-1", bindings=[]
+        )
+    )
+    await runs.on_progress(run.accession_id, RunStatus.RUNNING, T0, "wc-1", "edge-1")
     log, call_id = CallLog(database), uuid.uuid4()
 
     for status in ("running", "running", "completed", "completed", "running"):
-        await log.record(call(run.accession_id, call_id, status))
-    await log.record(call(uuid.uuid4(), uuid.uuid4(), "running"))  # a run nobody knows
+        assert await log.record(call(run.accession_id, call_id, status)) is None
+    assert await log.record(call(uuid.uuid4(), uuid.uuid4(), "running")) is None  # unknown run
+    # Another process of the workcell says it ran a call of this run: refused, not recorded.
+    why = await log.record(call(run.accession_id, uuid.uuid4(), "running", edge="edge-2"))
+    assert why is not None and "edge-2" in why and "edge-1" in why
 
     page = await log.list(ListRunCalls(run_id=run.accession_id))
     assert [(c.call_id, c.status) for c in page.items] == [(call_id, "completed")]

@@ -70,8 +70,12 @@ class World:
         run_id = run.accession_id
         started = await tap(RunStatusChanged, str(run_id), where=lambda e: e.status == "running")
         await self.bus.publish(plate_grant(run_id, WORKCELL))
-        await self.bus.publish(RunPreparing(run_id=run_id, at=_now(), edge_instance=edge))
-        await self.bus.publish(RunStarted(run_id=run_id, at=_now(), edge_instance=edge))
+        await self.bus.publish(
+            RunPreparing(run_id=run_id, at=_now(), workcell=WORKCELL, edge_instance=edge)
+        )
+        await self.bus.publish(
+            RunStarted(run_id=run_id, at=_now(), workcell=WORKCELL, edge_instance=edge)
+        )
         await started.next()
         return run_id
 

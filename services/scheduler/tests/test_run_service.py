@@ -40,6 +40,7 @@ from praxis_contracts.runs import (
     ControlRunExecution,
     EdgeRun,
     ExecuteRun,
+    RunEventRefused,
     RunFinished,
     RunStatusChanged,
     RunView,
@@ -247,6 +248,7 @@ def reserved(run_id: uuid.UUID, asset_id: uuid.UUID | None = None) -> AssetsRese
 def finished(run_id: uuid.UUID, outcome: Any = "completed", **fields: Any) -> RunFinished:
     fields.setdefault("at", T0 + timedelta(minutes=5))
     fields.setdefault("edge_instance", EDGE)
+    fields.setdefault("workcell", "wc-1")
     return RunFinished(run_id=run_id, outcome=outcome, **fields)
 
 
@@ -254,8 +256,8 @@ async def running(h: Harness, edge: str = EDGE) -> RunView:
     """A run its edge has started."""
     run = await submit(h)
     await h.runs.on_reserved(reserved(run.accession_id))
-    await h.runs.on_progress(run.accession_id, S.PREPARING, T0, edge)
-    await h.runs.on_progress(run.accession_id, S.RUNNING, T0, edge)
+    await h.runs.on_progress(run.accession_id, S.PREPARING, T0, "wc-1", edge)
+    await h.runs.on_progress(run.accession_id, S.RUNNING, T0, "wc-1", edge)
     await h.sent()
     return await h.runs.get(run.accession_id)
 
@@ -290,8 +292,8 @@ async def test_a_run_goes_from_queued_to_completed(h: Harness, clock: Clock) -> 
     assert msg_id == f"execute:{run.accession_id}"
     assert (execute.bindings, execute.initial_state) == (grant.bindings, {"count": 1})
 
-    await h.runs.on_progress(run.accession_id, S.PREPARING, T0, EDGE)
-    await h.runs.on_progress(run.accession_id, S.RUNNING, T0 + timedelta(minutes=1), EDGE)
+    await h.runs.on_progress(run.accession_id, S.PREPARING, T0, "wc-1", EDGE)
+    await h.runs.on_progress(run.accession_id, S.RUNNING, T0 + timedelta(minutes=1), "wc-1", EDGE)
     assert (await h.runs.get(run.accession_id)).edge_instance == EDGE
     await h.sent()
 
@@ -332,8 +334,8 @@ async def test_each_event_delivered_twice_changes_the_run_once(h: Harness) -> No
     grant = reserved(run_id)
     steps: list[Any] = [
         lambda: h.runs.on_reserved(grant),
-        lambda: h.runs.on_progress(run_id, S.PREPARING, T0, EDGE),
-        lambda: h.runs.on_progress(run_id, S.RUNNING, T0, EDGE),
+        lambda: h.runs.on_progress(run_id, S.PREPARING, T0, "wc-1", EDGE),
+        lambda: h.runs.on_progress(run_id, S.RUNNING, T0, "wc-1", EDGE),
         lambda: h.runs.on_finished(finished(run_id)),
     ]
     for step in steps:
@@ -384,20 +386,45 @@ async def test_a_reservation_failure_delivered_twice_fails_the_run_once(h: Harne
 
 
 async def test_reports_from_another_edge_process_are_not_the_runs(h: Harness) -> None:
+    """Refused, never applied, and each recorded once as a security event (a redelivery of
+    the same forged report adds nothing)."""
+    run = await running(h, EDGE)
+    forged = finished(run.accession_id, "failed", edge_instance=OTHER_EDGE)
+
+    for _ in range(2):
+        await h.runs.on_progress(run.accession_id, S.PAUSED, T0, "wc-1", OTHER_EDGE)
+        await h.runs.on_finished(forged)
+
+    sent = await h.sent()
+    refused = [m for m, _ in sent]
+    assert [type(m) for m in refused] == [RunEventRefused] * 4
+    assert [(m.event, m.edge_instance, m.run_edge_instance) for m in refused[:2]] == [
+        ("RunPaused", OTHER_EDGE, EDGE),
+        ("RunFinished", OTHER_EDGE, EDGE),
+    ]
+    assert len({msg_id for _, msg_id in sent}) == 2  # the stream keeps one of each
+    assert (await h.runs.get(run.accession_id)).status == S.RUNNING
+
+
+async def test_reports_from_another_workcell_are_refused_naming_both(h: Harness) -> None:
+    """A workcell's orchestrator may publish only under its own key: a report about a run on
+    another workcell is somebody else's claim, whatever edge process it names."""
     run = await running(h, EDGE)
 
-    await h.runs.on_progress(run.accession_id, S.PAUSED, T0, OTHER_EDGE)
-    await h.runs.on_finished(finished(run.accession_id, "failed", edge_instance=OTHER_EDGE))
+    await h.runs.on_finished(finished(run.accession_id, "completed", workcell="wc-2"))
 
-    assert await h.sent() == []
+    [(refused, _)] = await h.sent()
+    assert isinstance(refused, RunEventRefused)
+    assert (refused.workcell, refused.run_workcell) == ("wc-2", "wc-1")
+    assert "wc-2" in refused.reason and "wc-1" in refused.reason
     assert (await h.runs.get(run.accession_id)).status == S.RUNNING
 
 
 async def test_a_process_that_takes_a_redelivered_command_takes_the_run(h: Harness) -> None:
     run = await submit(h)
     await h.runs.on_reserved(reserved(run.accession_id))
-    await h.runs.on_progress(run.accession_id, S.PREPARING, T0, EDGE)
-    await h.runs.on_progress(run.accession_id, S.PREPARING, T0, OTHER_EDGE)  # EDGE died
+    await h.runs.on_progress(run.accession_id, S.PREPARING, T0, "wc-1", EDGE)
+    await h.runs.on_progress(run.accession_id, S.PREPARING, T0, "wc-1", OTHER_EDGE)  # EDGE died
 
     assert (await h.runs.get(run.accession_id)).edge_instance == OTHER_EDGE
 
@@ -407,9 +434,9 @@ async def test_of_two_processes_preparing_a_run_the_one_that_starts_it_has_it(
 ) -> None:
     run = await submit(h)
     await h.runs.on_reserved(reserved(run.accession_id))
-    await h.runs.on_progress(run.accession_id, S.PREPARING, T0, EDGE)
-    await h.runs.on_progress(run.accession_id, S.PREPARING, T0, OTHER_EDGE)
-    await h.runs.on_progress(run.accession_id, S.RUNNING, T0, EDGE)  # EDGE won the leases
+    await h.runs.on_progress(run.accession_id, S.PREPARING, T0, "wc-1", EDGE)
+    await h.runs.on_progress(run.accession_id, S.PREPARING, T0, "wc-1", OTHER_EDGE)
+    await h.runs.on_progress(run.accession_id, S.RUNNING, T0, "wc-1", EDGE)  # EDGE won the leases
 
     await h.runs.on_finished(finished(run.accession_id, "failed", edge_instance=OTHER_EDGE))
 

@@ -108,7 +108,7 @@ class RegisterWorkcell(Request[WorkcellLayout]):
     subject: ClassVar[str] = "praxis.rpc.asset.register_workcell"
     reply_type: ClassVar[type[BaseModel]] = WorkcellLayout
 
-    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     description: str = ""
     properties: dict[str, Any] = Field(default_factory=dict)
     assets: list[AssetDraft] = Field(default_factory=list)

@@ -6,8 +6,10 @@ Subject grammar, broad to narrow so wildcards work:
 - ``praxis.evt.<context>.<aggregate>.<action>[.<key>]``  JetStream events (audit, fan-out)
 - ``praxis.rpc.<context>.<name>``  core NATS request/reply (queries and synchronous commands)
 
-A ``<key>`` token (an entity id) is appended only where a consumer filters on it: run events are
-keyed by run id (live per-run streams), orchestrator commands by workcell id (edge routing).
+A ``<key>`` (entity ids, one token or more) is appended only where a consumer filters on it or a
+permission narrows by it: run events are keyed ``<workcell>.<run id>`` (only the workcell's edge
+may publish them; live per-run streams filter on the run), orchestrator commands by workcell name
+(edge routing). A consumer of a keyed type takes every key with ``<subject>.>``.
 """
 
 from __future__ import annotations
@@ -43,10 +45,11 @@ class Message(BaseModel):
 
     @classmethod
     def subscription_subject(cls, key: str | None = None) -> str:
-        """The subject to subscribe to: one key, or every key (``*``) for keyed types."""
+        """The subject to subscribe to: one key (pattern), or every key (``>``) of a keyed
+        type."""
         if not cls.keyed:
             return cls.subject
-        return f"{cls.subject}.{key or '*'}"
+        return f"{cls.subject}.{key or '>'}"
 
 
 class Command(Message):

@@ -22,7 +22,9 @@ USER_SETTABLE_STATUSES = frozenset(
 )
 """Statuses a user may set; ``reserved`` and ``in_use`` follow leases and runs only."""
 
-_WORKCELL_NAME = r"^[A-Za-z0-9_.-]+$"
+_WORKCELL_NAME = r"^[A-Za-z0-9_-]{1,64}$"
+"""A workcell's name is a NATS subject token, a bucket suffix and its orchestrator's user name:
+letters, digits, ``_`` and ``-`` (no dot), at most 64."""
 
 
 # -- catalog ------------------------------------------------------------------------------------

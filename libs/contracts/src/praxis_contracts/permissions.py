@@ -1,20 +1,27 @@
 """Who may publish, consume, request and answer what on NATS: the one declaration.
 
-Each service connects as its own identity (a NATS user); ``praxis_devstack.natsauth`` turns
+Each service connects as its own identity (a NATS user); ``praxis_runtime.natsauth`` turns
 these declarations into a nats-server ``authorization`` block. Everything is stated with the
 message classes and the topology specs, so a renamed subject or bucket cannot drift from it; a
-unit test checks the declaration against the services' handler registrations.
+unit test checks the declaration against the services' handler registrations, and an
+integration test tries every identity against every JetStream verb, store and subject family.
 
-- ``publishes``: message types the identity may publish (every key of a keyed type).
+- ``publishes``: message types the identity may publish, with the keys it may use
+  (``Publishes``): ``orchestrator-X`` publishes run events only under workcell X's key.
 - ``consumes``: JetStream consumers the identity may create and read: type, durable name and
   key (the filter subject). Only the orchestrator of workcell X consumes ``...execute.X``.
 - ``requests`` / ``responds``: core request/reply (``praxis.rpc...``).
 - ``reads_events``: may open ephemeral (ordered) consumers on the events stream (live streams).
 - ``key_values`` / ``object_stores``: buckets, read-only or writable; ``keys`` narrows writes.
+- ``claims``: it has a claims store of its own (it sends requests or replies over the inline
+  threshold); whoever requests or responds reads every claims store.
 - Consumers dead-letter what they cannot process: a consumer of ``S`` may publish
   ``praxis.dlq.<S minus praxis.>`` (``dead_letter_subject``).
 
-The ``operator`` identity (tooling, tests, the chaos harness) may do everything.
+No service identity creates, updates, seals, purges or deletes a stream, bucket or store:
+``provisioner`` does that, once at deploy or start-up (``praxis_runtime.provision``), and the
+services only bind to what exists. ``audit`` reads events and nothing else. The ``operator``
+identity (tooling, tests, the chaos harness) may do everything.
 """
 
 from __future__ import annotations
@@ -73,6 +80,7 @@ from praxis_contracts.runs import (
     ListRunCalls,
     ListRuns,
     RunBlocked,
+    RunEventRefused,
     RunFinished,
     RunPaused,
     RunPreparing,
@@ -91,15 +99,39 @@ from praxis_contracts.state import (
 from praxis_contracts.topology import (
     API_TOKENS,
     ASSET_LEASES,
-    CLAIMS,
     EDGES,
+    KEY_VALUES,
+    OBJECT_STORES,
     PROTOCOL_CODE,
-    WORKCELL_STATE,
+    STATE_PREFIX,
+    STREAMS,
+    KeyValueSpec,
+    ObjectStoreSpec,
+    StreamSpec,
+    claims,
     dead_letter_subject,
+    workcell_state,
 )
 
 OPERATOR = "operator"
+PROVISIONER = "provisioner"
+AUDIT = "audit"
 ANY_WORKCELL = "*"
+
+
+@dataclass(frozen=True)
+class Publishes:
+    """A message type an identity may publish; ``key`` is the pattern its key tokens must
+    match (``None``: any key of a keyed type)."""
+
+    message_type: type[Message]
+    key: str | None = None
+
+    @property
+    def subject(self) -> str:
+        if not self.message_type.keyed:
+            return self.message_type.subject
+        return f"{self.message_type.subject}.{self.key or '>'}"
 
 
 @dataclass(frozen=True)
@@ -133,22 +165,33 @@ class Identity:
     """One NATS user: what it may do. ``name`` is its user name and inbox token."""
 
     name: str
-    publishes: tuple[type[Message], ...] = ()
+    publishes: tuple[Publishes, ...] = ()
     consumes: tuple[Consumes, ...] = ()
     requests: tuple[type[Request[Any]], ...] = ()
     responds: tuple[type[Request[Any]], ...] = ()
     reads_events: bool = False
     key_values: tuple[Bucket, ...] = ()
     object_stores: tuple[Bucket, ...] = ()
+    claims: bool = False
     admin: bool = False
+    provisions: bool = False
 
     @property
     def inbox_prefix(self) -> str:
         """Where its replies and push deliveries arrive; only it may subscribe there."""
         return f"_INBOX.{self.name}"
 
+    @property
+    def uses_claims(self) -> bool:
+        """It sends or answers requests: it reads claimed bodies."""
+        return bool(self.requests or self.responds)
 
-ORCHESTRATOR_EVENTS: tuple[type[Event], ...] = (
+
+def _any(*types: type[Message]) -> tuple[Publishes, ...]:
+    return tuple(Publishes(t) for t in types)
+
+
+RUN_EVENTS: tuple[type[Event], ...] = (
     RunPreparing,
     RunStarted,
     RunPaused,
@@ -156,17 +199,15 @@ ORCHESTRATOR_EVENTS: tuple[type[Event], ...] = (
     RunFinished,
     RunBlocked,
     FunctionCallRecorded,
-    WorkcellStateRecorded,
 )
-
-# Requests and replies over the inline threshold travel through the claims store
-# (``praxis_runtime.claims``): whoever sends or answers requests writes and reads it.
-CLAIMS_STORE = Bucket(CLAIMS.bucket, write=True)
+"""Events an edge publishes about its runs, keyed ``<workcell>.<run id>``."""
+ORCHESTRATOR_EVENTS: tuple[type[Event], ...] = (*RUN_EVENTS, WorkcellStateRecorded)
 
 SCHEDULER = Identity(
     name="scheduler",
-    publishes=(
+    publishes=_any(
         RunStatusChanged,
+        RunEventRefused,
         ReserveAssets,
         ReleaseAssets,
         HoldAssets,
@@ -187,58 +228,12 @@ SCHEDULER = Identity(
     requests=(ResolveProtocol, CheckReservation),
     responds=(SubmitRun, GetRun, ListRuns, ControlRun, ListRunCalls),
     key_values=(Bucket(EDGES.bucket),),
-    object_stores=(CLAIMS_STORE,),
-)
-
-ASSET_MANAGER = Identity(
-    name="asset-manager",
-    publishes=(
-        AssetsReserved,
-        AssetsReleased,
-        AssetsHeld,
-        ReservationFailed,
-        ReservationWaiting,
-        LeaseExpired,
-        LeaseForceReleased,
-        AssetStatusChanged,
-        WorkcellStateRestored,
-    ),
-    consumes=(
-        Consumes(ReserveAssets, "asset-manager-reserve"),
-        Consumes(ReleaseAssets, "asset-manager-release"),
-        Consumes(HoldAssets, "asset-manager-hold"),
-        Consumes(RunStarted, "asset-manager-run-started"),
-        Consumes(WorkcellStateRecorded, "asset-manager-state-recorded"),
-    ),
-    responds=(
-        RegisterWorkcell,
-        GetWorkcellLayout,
-        ListWorkcells,
-        ListAssets,
-        GetAsset,
-        ListLeases,
-        ForceReleaseLease,
-        CheckReservation,
-        ListCatalog,
-        CreateWorkcell,
-        UpdateWorkcell,
-        DeleteWorkcell,
-        CreateAsset,
-        UpdateAsset,
-        DeleteAsset,
-        ListAssetStatusHistory,
-        ListSnapshots,
-        GetSnapshot,
-        RestoreSnapshot,
-    ),
-    key_values=(Bucket(ASSET_LEASES.bucket, write=True),),
-    # Snapshots: reads them, writes the ``restored`` ones, prunes old ones.
-    object_stores=(CLAIMS_STORE, Bucket(WORKCELL_STATE.bucket, write=True)),
+    claims=True,
 )
 
 CODE_MANAGER = Identity(
     name="code-manager",
-    publishes=(ProtocolSourceSynced,),
+    publishes=_any(ProtocolSourceSynced),
     responds=(
         RegisterProtocolSource,
         SyncProtocolSource,
@@ -247,7 +242,8 @@ CODE_MANAGER = Identity(
         ResolveProtocol,
         DeleteProtocolSource,
     ),
-    object_stores=(Bucket(PROTOCOL_CODE.bucket, write=True), CLAIMS_STORE),
+    object_stores=(Bucket(PROTOCOL_CODE.bucket, write=True),),
+    claims=True,
 )
 
 GATEWAY = Identity(
@@ -285,10 +281,66 @@ GATEWAY = Identity(
     reads_events=True,
     # API tokens: each gateway watches the bucket and writes tokens, revocations, last use.
     key_values=(Bucket(API_TOKENS.bucket, write=True),),
-    object_stores=(CLAIMS_STORE,),
+    claims=True,
 )
 
+AUDIT_IDENTITY = Identity(name=AUDIT, reads_events=True)
+"""Event subscribers (audit trails, metrics): they read the events stream, nothing else."""
+PROVISIONER_IDENTITY = Identity(name=PROVISIONER, provisions=True)
+"""Creates and updates the streams, buckets and stores, once at deploy or start-up."""
 OPERATOR_IDENTITY = Identity(name=OPERATOR, admin=True)
+
+
+def asset_manager(workcells: Sequence[str]) -> Identity:
+    """The asset-manager: it reads, prunes and writes (``restored``) every workcell's state
+    snapshots, so its permissions name each workcell's store."""
+    return Identity(
+        name="asset-manager",
+        publishes=_any(
+            AssetsReserved,
+            AssetsReleased,
+            AssetsHeld,
+            ReservationFailed,
+            ReservationWaiting,
+            LeaseExpired,
+            LeaseForceReleased,
+            AssetStatusChanged,
+            WorkcellStateRestored,
+        ),
+        consumes=(
+            Consumes(ReserveAssets, "asset-manager-reserve"),
+            Consumes(ReleaseAssets, "asset-manager-release"),
+            Consumes(HoldAssets, "asset-manager-hold"),
+            Consumes(RunStarted, "asset-manager-run-started"),
+            Consumes(WorkcellStateRecorded, "asset-manager-state-recorded"),
+        ),
+        responds=(
+            RegisterWorkcell,
+            GetWorkcellLayout,
+            ListWorkcells,
+            ListAssets,
+            GetAsset,
+            ListLeases,
+            ForceReleaseLease,
+            CheckReservation,
+            ListCatalog,
+            CreateWorkcell,
+            UpdateWorkcell,
+            DeleteWorkcell,
+            CreateAsset,
+            UpdateAsset,
+            DeleteAsset,
+            ListAssetStatusHistory,
+            ListSnapshots,
+            GetSnapshot,
+            RestoreSnapshot,
+        ),
+        key_values=(Bucket(ASSET_LEASES.bucket, write=True),),
+        object_stores=tuple(
+            Bucket(workcell_state(w).bucket, write=True) for w in dict.fromkeys(workcells)
+        ),
+        claims=True,
+    )
 
 
 def orchestrator_identity_name(workcell: str) -> str:
@@ -297,48 +349,50 @@ def orchestrator_identity_name(workcell: str) -> str:
 
 
 def orchestrator(workcell: str) -> Identity:
-    """The orchestrator of ``workcell``: it alone consumes that workcell's commands and
-    heartbeats under ``edge.<workcell>.``. ``ANY_WORKCELL`` gives one identity for every
-    workcell (test fixtures, whose workcells are named at random)."""
+    """The orchestrator of ``workcell``: it alone consumes that workcell's commands, publishes
+    events of its runs (keyed ``<workcell>.<run>``), renews and releases leases under
+    ``asset.<workcell>.``, beats under ``edge.<workcell>.`` and writes its state snapshots
+    into its workcell's store. ``ANY_WORKCELL`` gives one identity for every workcell (test
+    fixtures, whose workcells are named at random)."""
     durable = "*" if workcell == ANY_WORKCELL else f"orchestrator-{workcell}"
     control = "*" if workcell == ANY_WORKCELL else f"orchestrator-control-{workcell}"
     state = "*" if workcell == ANY_WORKCELL else f"orchestrator-state-{workcell}"
     return Identity(
         name=orchestrator_identity_name(workcell),
-        publishes=ORCHESTRATOR_EVENTS,
+        publishes=(
+            *(Publishes(t, f"{workcell}.*") for t in RUN_EVENTS),
+            Publishes(WorkcellStateRecorded, workcell),
+        ),
         consumes=(
             Consumes(ExecuteRun, durable, workcell),
             Consumes(ControlRunExecution, control, workcell),
             Consumes(WorkcellStateRestored, state, workcell),
         ),
         requests=(GetWorkcellLayout,),
-        # It renews and releases the leases of the runs it executes (compare-and-set on the
-        # holder's own revision; the asset-manager grants them).
         key_values=(
-            Bucket(ASSET_LEASES.bucket, write=True),
+            Bucket(ASSET_LEASES.bucket, write=True, keys=f"asset.{workcell}.>"),
             Bucket(EDGES.bucket, write=True, keys=f"edge.{workcell}.>"),
         ),
         object_stores=(
             Bucket(PROTOCOL_CODE.bucket),
-            CLAIMS_STORE,
-            # Object stores cannot be narrowed by name (meta subjects carry the name encoded,
-            # chunks a random id): it may write the whole bucket, by convention <workcell>/….
-            Bucket(WORKCELL_STATE.bucket, write=True),
+            Bucket(workcell_state(workcell).bucket, write=True),
         ),
     )
 
 
-SERVICES: dict[str, Identity] = {
-    i.name: i for i in (SCHEDULER, ASSET_MANAGER, CODE_MANAGER, GATEWAY)
-}
-"""The fixed service identities, by name (the orchestrator's depends on its workcell)."""
+def services(workcells: Sequence[str]) -> dict[str, Identity]:
+    """The service identities of a deployment (the orchestrators' depend on their workcells)."""
+    fixed = (SCHEDULER, asset_manager(workcells), CODE_MANAGER, GATEWAY)
+    return {i.name: i for i in fixed}
 
 
 def identities(workcells: Sequence[str]) -> list[Identity]:
     """Every identity of a deployment whose orchestrators serve ``workcells``."""
     return [
-        *SERVICES.values(),
+        *services(workcells).values(),
         *(orchestrator(w) for w in dict.fromkeys(workcells)),
+        AUDIT_IDENTITY,
+        PROVISIONER_IDENTITY,
         OPERATOR_IDENTITY,
     ]
 
@@ -349,6 +403,45 @@ def identity_for_service(service: str, workcell: str | None = None) -> str:
         if workcell is None:
             raise ValueError("the orchestrator's identity depends on its workcell")
         return orchestrator_identity_name(workcell)
-    if service not in SERVICES:
+    if service not in services(()):
         raise KeyError(f"no NATS identity is declared for service {service!r}")
     return service
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Every stream, bucket and store a deployment needs (what provisioning creates)."""
+
+    streams: tuple[StreamSpec, ...]
+    key_values: tuple[KeyValueSpec, ...]
+    object_stores: tuple[ObjectStoreSpec, ...]
+
+
+def topology(workcells: Sequence[str]) -> Topology:
+    """The topology of a deployment whose orchestrators serve ``workcells``: the fixed
+    streams, buckets and stores, a state store per workcell, a claims store per identity that
+    sends large bodies."""
+    writers = [i.name for i in services(workcells).values() if i.claims]
+    stores = (
+        *OBJECT_STORES,
+        *(workcell_state(w) for w in dict.fromkeys(workcells) if w != ANY_WORKCELL),
+        *(claims(name) for name in writers),
+    )
+    return Topology(tuple(STREAMS), tuple(KEY_VALUES), stores)
+
+
+def needs(identity: Identity) -> Topology:
+    """What ``identity`` binds to (and checks at start-up): the streams, the buckets and stores
+    it uses, and every claims store if it sends or answers requests."""
+    used_kv = {b.bucket for b in identity.key_values}
+    used_os = {b.bucket for b in identity.object_stores}
+    stores = [spec for spec in OBJECT_STORES if spec.bucket in used_os]
+    stores += [
+        workcell_state(bucket.removeprefix(STATE_PREFIX))
+        for bucket in sorted(used_os)
+        if bucket.startswith(STATE_PREFIX) and ANY_WORKCELL not in bucket
+    ]
+    if identity.uses_claims:
+        stores += [claims(i.name) for i in services(()).values() if i.claims]
+    kvs = tuple(kv for kv in KEY_VALUES if kv.bucket in used_kv)
+    return Topology(tuple(STREAMS), kvs, tuple(stores))

@@ -181,6 +181,29 @@ class RunStatusChanged(Event):
         return str(self.run_id)
 
 
+class RunEventRefused(Event):
+    """A security event: the scheduler refused a run event (progress, call, finish) that did not
+    come from the edge running the run: another workcell's orchestrator, or another process than
+    the one executing it. Never applied; recorded here (and in the scheduler's log)."""
+
+    subject: ClassVar[str] = "praxis.evt.scheduler.security.run_event_refused"
+    keyed: ClassVar[bool] = True
+
+    run_id: UUID
+    event: str = Field(description="The refused event's type, e.g. RunFinished.")
+    workcell: str = Field(description="The workcell that reported it (its subject key).")
+    edge_instance: str = Field(description="The process that claimed to report it.")
+    run_workcell: str | None = Field(default=None, description="The workcell the run is on.")
+    run_edge_instance: str | None = Field(
+        default=None, description="The process executing the run."
+    )
+    reason: str
+    at: datetime
+
+    def subject_key(self) -> str:
+        return str(self.run_id)
+
+
 class ExecuteRun(Command):
     """Run a protocol on one workcell's orchestrator with leased assets."""
 
@@ -200,17 +223,26 @@ class ExecuteRun(Command):
         return self.workcell_name
 
 
+WORKCELL_NAME = r"^[A-Za-z0-9_-]{1,64}$"
+"""A workcell's name is a subject token, a bucket suffix and its orchestrator's user name."""
+
+
 class _RunEvent(Event):
+    """An edge's report on one of its runs, keyed ``<workcell>.<run id>``: the server lets only
+    that workcell's orchestrator publish it, and the scheduler believes it only from the edge
+    process that runs it (``edge_instance``)."""
+
     keyed: ClassVar[bool] = True
 
     run_id: UUID
+    workcell: str = Field(pattern=WORKCELL_NAME, description="The workcell whose edge reports.")
     at: datetime
-    edge_instance: str | None = Field(
-        default=None, description="The orchestrator process that reports (EdgeHeartbeat.instance)."
+    edge_instance: str = Field(
+        min_length=1, description="The orchestrator process that reports (EdgeHeartbeat.instance)."
     )
 
     def subject_key(self) -> str:
-        return str(self.run_id)
+        return f"{self.workcell}.{self.run_id}"
 
 
 class RunPreparing(_RunEvent):
@@ -342,13 +374,17 @@ class FunctionCall(BaseModel):
 
 
 class FunctionCallRecorded(Event, FunctionCall):
-    """A protocol-function call started or ended (nested calls point at their parent)."""
+    """A protocol-function call started or ended (nested calls point at their parent); keyed
+    ``<workcell>.<run id>`` like the other run events."""
 
     subject: ClassVar[str] = "praxis.evt.orchestrator.call.recorded"
     keyed: ClassVar[bool] = True
 
+    workcell: str = Field(pattern=WORKCELL_NAME, description="The workcell whose edge reports.")
+    edge_instance: str = Field(min_length=1, description="The orchestrator process that reports.")
+
     def subject_key(self) -> str:
-        return str(self.run_id)
+        return f"{self.workcell}.{self.run_id}"
 
 
 class FunctionCallPage(Page[FunctionCall]):

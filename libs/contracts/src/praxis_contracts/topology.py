@@ -92,24 +92,37 @@ PROTOCOL_CODE = ObjectStoreSpec(
     bucket="praxis_protocol_code",
     description="Protocol source archives, one per (source, commit).",
 )
-# Snapshots of live labware state (``praxis_contracts.state``): written by orchestrators, pruned
-# by the asset-manager to the newest SNAPSHOTS_KEPT per workcell.
-WORKCELL_STATE = ObjectStoreSpec(
-    bucket="praxis_workcell_state",
-    description="Workcell state snapshots: <workcell>/<snapshot id>, JSON.",
-)
-# Bodies too large for one message (``praxis_runtime.claims``): each is read once and deleted;
-# the TTL removes what a receiver that died never read.
-CLAIMS = ObjectStoreSpec(
-    bucket="praxis_claims",
-    ttl_seconds=DAY,
-    max_bytes=1024**3,  # retries of 64 MiB bodies during an outage must not fill JetStream
-    description="Request and reply bodies over the inline threshold, compressed, read once.",
-)
-
 STREAMS = (EVENTS, COMMANDS, DEAD_LETTERS)
 KEY_VALUES = (ASSET_LEASES, EDGES, API_TOKENS)
-OBJECT_STORES = (PROTOCOL_CODE, CLAIMS, WORKCELL_STATE)
+OBJECT_STORES = (PROTOCOL_CODE,)
+"""What every deployment has; per workcell and per identity stores come on top (below)."""
+
+STATE_PREFIX = "praxis_state_"
+CLAIMS_PREFIX = "praxis_claims_"
+CLAIMS_TTL_SECONDS = 600
+
+
+def workcell_state(workcell: str) -> ObjectStoreSpec:
+    """Snapshots of one workcell's live labware state (``praxis_contracts.state``): written by
+    its orchestrator alone (a store per workcell: object-store access cannot be narrowed by
+    object name), read and pruned by the asset-manager to the newest ``SNAPSHOTS_KEPT``."""
+    return ObjectStoreSpec(
+        bucket=f"{STATE_PREFIX}{workcell}",
+        description=f"State snapshots of workcell {workcell}: <workcell>/<snapshot id>, JSON.",
+    )
+
+
+def claims(identity: str) -> ObjectStoreSpec:
+    """Request and reply bodies over the inline threshold (``praxis_runtime.claims``) one
+    identity sends: only it writes (and deletes) them, every requester or responder reads
+    them. The TTL removes what was read, or never will be."""
+    return ObjectStoreSpec(
+        bucket=f"{CLAIMS_PREFIX}{identity}",
+        ttl_seconds=CLAIMS_TTL_SECONDS,
+        max_bytes=1024**3,  # retries of 64 MiB bodies during an outage must not fill JetStream
+        description=f"Bodies {identity} sends over the inline threshold, compressed.",
+    )
+
 
 DEAD_LETTER_PREFIX = "praxis.dlq"
 

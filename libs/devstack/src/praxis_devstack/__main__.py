@@ -16,10 +16,10 @@ from typing import Any
 
 import httpx
 
-from praxis_devstack import natsauth
 from praxis_devstack.bench import bench
 from praxis_devstack.chaos import ChaosOptions, chaos
 from praxis_devstack.stack import DEMO_WORKCELL, Stack
+from praxis_runtime import natsauth
 
 
 async def run(_: argparse.Namespace) -> int:

@@ -811,7 +811,8 @@ class Chaos:
         self.observer.supervise = self._supervise
         layout = (await self.api.get(f"/api/v1/workcells/{DEMO_WORKCELL}")).json()
         self.observer.names = {
-            f"asset.{asset['accession_id']}": asset["name"] for asset in layout["assets"]
+            f"asset.{DEMO_WORKCELL}.{asset['accession_id']}": asset["name"]
+            for asset in layout["assets"]
         }
         for protocol in {p.protocol for p in self.planned}:
             found = await self.api.get("/api/v1/protocols/definitions", params={"name": protocol})

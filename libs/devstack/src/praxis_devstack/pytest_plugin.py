@@ -52,10 +52,12 @@ from typing import Any, NoReturn, TypeVar
 
 import pytest
 
-from praxis_contracts.permissions import ANY_WORKCELL, identity_for_service
+from praxis_contracts.permissions import ANY_WORKCELL, Topology, identity_for_service
+from praxis_contracts.topology import workcell_state
 from praxis_devstack import db
-from praxis_devstack.natsauth import NatsAuth
-from praxis_devstack.servers import NatsServer, PostgresServer
+from praxis_devstack.servers import NatsServer, PostgresServer, provision_blocking
+from praxis_runtime.natsauth import NatsAuth
+from praxis_runtime.topology import provision
 
 MakeDatabase = Callable[[str], str]
 """Type of the ``make_database`` fixture: ``make_database(name_prefix) -> SQLAlchemy URL``."""
@@ -203,15 +205,27 @@ def nats_access(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsAccess
     """The session's JetStream-enabled NATS server (see the module doc for where it comes from)."""
     external = os.environ.get("NATS_URL")
     if external:
-        yield NatsAccess(external)
+        yield _provisioned(NatsAccess(external))
     elif _use_docker():
         for url in _nats_container():
-            yield NatsAccess(url)
+            yield _provisioned(NatsAccess(url))
     else:
         auth = NatsAuth((ANY_WORKCELL,))
         server = NatsServer(tmp_path_factory.mktemp("nats"), auth=auth)
         for started in _started(server, "the embedded nats-server"):
-            yield NatsAccess(started.url, auth)
+            yield _provisioned(NatsAccess(started.url, auth))
+
+
+def _provisioned(access: NatsAccess) -> NatsAccess:
+    """The session's topology, created as a deployment's provisioning step would (services only
+    bind to it); each test workcell's state store is added by ``provide_workcell``."""
+    provision_blocking(access.operator_url, ())
+    return access
+
+
+async def provide_workcell(js: Any, workcell: str) -> None:
+    """Provision ``workcell``'s state store (tests name their workcells at random)."""
+    await provision(js, Topology((), (), (workcell_state(workcell),)))
 
 
 @pytest.fixture(scope="session")

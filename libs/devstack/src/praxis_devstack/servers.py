@@ -10,6 +10,7 @@ Run ``python -m praxis_devstack.servers --dir DIR`` to start both and print thei
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
@@ -24,9 +25,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+import nats
+
+from praxis_contracts.permissions import OPERATOR, Topology, topology
+from praxis_contracts.topology import claims
 from praxis_devstack import _pgsetup, db
 from praxis_devstack._process import LoggedProcess, RunAs, ServerStartError, clean_env
-from praxis_devstack.natsauth import NatsAuth
+from praxis_runtime.natsauth import NatsAuth
+from praxis_runtime.topology import provision
 
 __all__ = [
     "LocalInfra",
@@ -507,7 +513,10 @@ class LocalInfra:
         return self.postgres.url
 
     def start(self) -> Self:
-        """Start the servers that are not external, in parallel; stop all if any fails."""
+        """Start the servers that are not external, in parallel; stop all if any fails. Then
+        provision the local nats-server's topology (streams, buckets, stores) of
+        ``workcells``, as a deployment's provisioning step does: the services only bind to it
+        (an external server is provisioned with ``python -m praxis_runtime.provision``)."""
         if self.external_nats_url is None and self.nats is None:
             self.nats = NatsServer(self.base_dir / "nats", auth=NatsAuth(self.workcells))
         if self.external_database_url is None and self.postgres is None:
@@ -518,7 +527,17 @@ class LocalInfra:
             with ThreadPoolExecutor(len(servers), thread_name_prefix="praxis-devstack") as pool:
                 errors = [f.exception() for f in [pool.submit(s.start) for s in servers]]
             self._raise_first([e for e in errors if e is not None])
+        if self.nats is not None:  # an external server is provisioned by its deployment
+            self.provision()
         return self
+
+    def provision(self) -> None:
+        """(Re-)provision the topology of ``workcells`` (idempotent)."""
+        try:
+            provision_blocking(self.nats_operator_url, self.workcells)
+        except Exception as exc:
+            self.stop()
+            raise ServerStartError(f"provisioning the NATS topology failed: {exc}") from exc
 
     def _raise_first(self, errors: Sequence[BaseException]) -> None:
         if not errors:
@@ -553,6 +572,25 @@ class LocalInfra:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def provision_blocking(url: str, workcells: Sequence[str]) -> list[str]:
+    """Provision a deployment's topology (``praxis_runtime.provision``) at ``url`` (with the
+    operator's or provisioner's credentials in it), plus the claims store of the operator (the
+    identity of tools and tests). Runs on a thread of its own: callable from any context."""
+
+    async def run() -> list[str]:
+        nc = await nats.connect(url)
+        try:
+            wanted = topology(workcells)
+            stores = (*wanted.object_stores, claims(OPERATOR))
+            full = Topology(wanted.streams, wanted.key_values, stores)
+            return await provision(nc.jetstream(), full)
+        finally:
+            await nc.close()
+
+    with ThreadPoolExecutor(1, thread_name_prefix="praxis-provision") as pool:
+        return pool.submit(asyncio.run, run()).result()
 
 
 # ------------------------------------------------------------------------------------------ CLI

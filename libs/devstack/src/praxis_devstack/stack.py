@@ -101,6 +101,7 @@ class Stack:
             PRAXIS_WORKCELL=self.workcell,
             PROTOCOL_REPO_DIR=str(self.base_dir / "code-manager"),
             PROTOCOL_CODE_CACHE_DIR=str(self.base_dir / "orchestrator" / "code"),
+            RUN_SCRATCH_DIR=str(self.base_dir / "orchestrator" / "runs"),
         )
         env.update(self.infra.nats_env(identity_for_service(name, self.workcell)))
         return env

@@ -36,7 +36,7 @@ def plate_grant(run_id: uuid.UUID, workcell: str) -> AssetsReserved:
         asset_name="plate",
         kind="resource",
         fqn=PLATE,
-        lease_key=f"asset.{asset_id}",
+        lease_key=f"asset.{workcell}.{asset_id}",
         token=1,
     )
     return AssetsReserved(

@@ -57,11 +57,13 @@ from praxis_contracts.errors import (
     Unavailable,
     error_from_reply,
 )
+from praxis_contracts.permissions import OPERATOR
 from praxis_contracts.topology import COMMANDS, EVENTS, dead_letter_subject
 from praxis_runtime.claims import Claims
 from praxis_runtime.dberrors import as_domain_error
 from praxis_runtime.logging import correlation_id_var, log_context
 from praxis_runtime.publisher import Outgoing, Publisher
+from praxis_runtime.settings import nats_servers
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +289,7 @@ class Bus:
         self.max_deliver = max_deliver
         self.infra_retry_seconds = infra_retry_seconds
         self.broker = NatsBroker(
-            nats_url,
+            nats_servers(nats_url),
             name=service,
             graceful_timeout=graceful_timeout,
             logger=logging.getLogger(f"faststream.{service}"),
@@ -295,7 +297,8 @@ class Bus:
             # A restarted server is back in about a second: retry every half second (nats-py
             # waits 2 s by default), so leases renewed every third of their TTL and heartbeats
             # catch up long before either runs out.
-            reconnect_time_wait=RECONNECT_SECONDS,
+            # (FastStream annotates it ``int``; nats-py takes seconds as a float.)
+            reconnect_time_wait=cast(Any, RECONNECT_SECONDS),
             # Handlers take the raw message (see ``_raw``) and validate it themselves. With
             # FastDepends on, every message's ``NatsMessage`` context field was resolved in a
             # worker thread; measured, the asset-manager went from 150 to 220 reservations/s
@@ -307,6 +310,8 @@ class Bus:
         self.on_reconnected: list[Callable[[], None]] = []
         """Called (on the loop) each time the connection is back after a loss: what the
         service saw while it was away may be stale (e.g. heartbeats it could not read)."""
+        self.identity = user or OPERATOR
+        """The NATS identity this bus is (the operator's when the URL carries credentials)."""
         self._inbox_prefix = f"_INBOX.{user}" if user is not None else None
         self._durables: list[tuple[str, str]] = []  # (stream, durable) of every consumer route
         self._js: JetStreamContext | None = None
@@ -327,7 +332,7 @@ class Bus:
         await self.broker.connect()
         self._js = self.nc.jetstream()
         self._publisher = Publisher(self.nc, timeout=self.request_timeout)
-        self._claims = Claims(self._js, timeout=self.request_timeout)
+        self._claims = Claims(self._js, self.identity, timeout=self.request_timeout)
 
     @property
     def nc(self) -> Client:
@@ -632,6 +637,13 @@ class Bus:
             message = route.message_type.model_validate_json(msg.body)
         except ValidationError as exc:
             await self._dead_letter(msg, f"malformed {name}: {_errors(exc)}")
+            return "dead_lettered"
+        subject = msg.raw_message.subject
+        if subject != message.routing_subject():
+            # The server let the sender publish on ``subject`` (permissions narrow by key, e.g.
+            # a workcell): a body claiming another key is a forgery, never handled.
+            await self._dead_letter(msg, f"{name} on {subject} names {message.routing_subject()}")
+            log.warning("%s refused: its body does not match its subject %s", name, subject)
             return "dead_lettered"
         delivery = _Delivery(msg, route.ack_wait_seconds)
         token = _delivery.set(delivery)

@@ -3,11 +3,12 @@
 nats-server refuses a message over its ``max_payload`` (1 MB by default). Some replies are
 legitimately larger: the layout of a workcell with sixty 96-well plates is about 6 MB of JSON,
 because every well's geometry is in its plate's PyLabRobot definition. Paging would split what an
-orchestrator needs in one piece, so instead the body goes to the ``praxis_claims`` object store
-(chunked by the server, no size limit of its own), compressed (PyLabRobot JSON shrinks ~30x:
-6.4 MB -> 230 KB), and the message carries only the object's name in the ``Praxis-Claim`` header.
-The receiver fetches, decompresses and deletes it; what a crashed receiver leaves behind expires
-with the bucket's TTL.
+orchestrator needs in one piece, so instead the body goes to the sender's own claims store
+(``praxis_claims_<identity>``, chunked by the server, no size limit of its own), compressed
+(PyLabRobot JSON shrinks ~30x: 6.4 MB -> 230 KB), and the message carries only
+``<identity>/<object>`` in the ``Praxis-Claim`` header. Only the sender may write (or delete) its
+store; receivers read it. A claim is read once and expires with the store's TTL (ten minutes); a
+request nobody answered is deleted by its sender at once.
 
 Bodies up to ``CLAIM_THRESHOLD`` travel inline as before: most messages are far smaller, and a
 round trip to the object store costs more than sending them. Bodies over ``MAX_CLAIM_BYTES`` are
@@ -28,7 +29,7 @@ from nats.js.object_store import ObjectStore
 
 from praxis_contracts import headers as h
 from praxis_contracts.errors import InvalidRequest
-from praxis_contracts.topology import CLAIMS
+from praxis_contracts.topology import claims
 
 log = logging.getLogger(__name__)
 
@@ -45,22 +46,26 @@ class Claims:
     def __init__(
         self,
         js: JetStreamContext,
+        owner: str,
         *,
         threshold: int = CLAIM_THRESHOLD,
         limit: int = MAX_CLAIM_BYTES,
         timeout: float = 5.0,
     ) -> None:
         self.js = js
+        self.owner = owner
         self.threshold = threshold
         self.limit = limit
         self.timeout = timeout
-        self._store: ObjectStore | None = None
+        self._stores: dict[str, ObjectStore] = {}
         self._cleanup: set[asyncio.Task[None]] = set()
 
-    async def store(self) -> ObjectStore:
-        if self._store is None:
-            self._store = await self.js.object_store(CLAIMS.bucket)
-        return self._store
+    async def store(self, owner: str | None = None) -> ObjectStore:
+        """The claims store of ``owner`` (default: this sender's own)."""
+        owner = owner or self.owner
+        if owner not in self._stores:
+            self._stores[owner] = await self.js.object_store(claims(owner).bucket)
+        return self._stores[owner]
 
     def needed(self, body: bytes) -> bool:
         return len(body) > self.threshold
@@ -78,37 +83,42 @@ class Claims:
         packed = zlib.compress(body, 1)  # level 1: 6 MB of PyLabRobot JSON in ~30 ms
         async with asyncio.timeout(self.timeout):
             await (await self.store()).put(name, packed)
-        headers[h.CLAIM] = name
-        # The receiver checks the body is the one the sender stored: the store is shared, and
-        # an identity that may write it must not be able to swap a request it could not send.
+        headers[h.CLAIM] = f"{self.owner}/{name}"
+        # The receiver checks the body is the one the sender sent: an object replaced in the
+        # store afterwards (only its owner may write it) is refused, not taken for it.
         headers[h.CLAIM_SHA256] = hashlib.sha256(body).hexdigest()
         log.debug("claimed %d bytes (%d stored) as %s", len(body), len(packed), name)
         return b""
 
     async def check_out(self, body: bytes, headers: dict[str, str] | None) -> bytes:
-        """The body a message stands for: fetched from the store if it carries a claim (which
-        is then deleted in the background: each claim is read once)."""
-        name = (headers or {}).get(h.CLAIM)
-        if not name:
+        """The body a message stands for: fetched from its sender's store if it carries a
+        claim (``<identity>/<object>``)."""
+        claim = (headers or {}).get(h.CLAIM)
+        if not claim:
             return body
+        owner, _, name = claim.rpartition("/")
+        if not owner or not name:
+            raise InvalidRequest(f"malformed claim {claim!r}")
         try:
             async with asyncio.timeout(self.timeout):
-                result = await (await self.store()).get(name)
+                result = await (await self.store(owner)).get(name)
         except Exception as exc:
             if _missing(exc):
-                raise InvalidRequest(f"claimed body {name} is gone (expired or read)") from exc
+                raise InvalidRequest(f"claimed body {claim} is gone (expired)") from exc
             raise
-        self.discard(name)
         unpacked = _bounded_decompress(result.data or b"", self.limit)
         if unpacked is None:
-            raise InvalidRequest(f"claimed body {name} is over {self.limit} bytes")
+            raise InvalidRequest(f"claimed body {claim} is over {self.limit} bytes")
         digest = (headers or {}).get(h.CLAIM_SHA256)
         if digest != hashlib.sha256(unpacked).hexdigest():
-            raise InvalidRequest(f"claimed body {name} is not the one its sender stored")
+            raise InvalidRequest(f"claimed body {claim} is not the one its sender stored")
         return unpacked
 
-    def discard(self, name: str) -> None:
-        """Delete a claim in the background (read, or never to be read)."""
+    def discard(self, claim: str) -> None:
+        """Delete one of this sender's claims in the background (never to be read)."""
+        owner, _, name = claim.rpartition("/")
+        if owner != self.owner:
+            return  # only the sender may delete; the TTL removes the rest
         task = asyncio.create_task(self._delete(name))
         self._cleanup.add(task)
         task.add_done_callback(self._cleanup.discard)

@@ -145,13 +145,17 @@ class LeaseConflict(Exception):
         self.keys = keys
 
 
-def lease_key(asset_id: uuid.UUID) -> str:
-    return f"asset.{asset_id}"
+def lease_key(workcell: str, asset_id: uuid.UUID) -> str:
+    """``asset.<workcell>.<asset id>``: the workcell's orchestrator may write only its keys."""
+    return f"asset.{workcell}.{asset_id}"
 
 
 def asset_of(key: str) -> uuid.UUID | None:
+    """The asset a lease key is about (its last token)."""
+    if not key.startswith("asset."):
+        return None
     try:
-        return uuid.UUID(key.removeprefix("asset.")) if key.startswith("asset.") else None
+        return uuid.UUID(key.rsplit(".", 1)[-1])
     except ValueError:
         return None
 
@@ -241,6 +245,7 @@ class LeaseStore:
         claims: list[Claim],
         ttl_seconds: int,
         *,
+        workcell: str,
         workcell_id: uuid.UUID | None = None,
         known: dict[str, KeyState] | None = None,
     ) -> dict[uuid.UUID, KeyState]:
@@ -252,7 +257,7 @@ class LeaseStore:
         costs one re-read. Keys the run already holds are kept (a redelivered request).
         """
         now = datetime.now(UTC)
-        by_key = {lease_key(claim.asset_id): claim for claim in claims}
+        by_key = {lease_key(workcell, claim.asset_id): claim for claim in claims}
         states: dict[str, KeyState | None] = {key: (known or {}).get(key) for key in by_key}
         states |= await self._read_all([key for key, state in states.items() if state is None])
         granted: dict[uuid.UUID, KeyState] = {}

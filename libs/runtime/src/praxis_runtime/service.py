@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import MetaData
 
+from praxis_contracts.permissions import Topology
 from praxis_runtime.bus import Bus, Handlers
 from praxis_runtime.db import Database
 from praxis_runtime.health import HealthServer, ReadinessCheck
@@ -20,7 +21,7 @@ from praxis_runtime.logging import configure_logging
 from praxis_runtime.outbox import OutboxRelay
 from praxis_runtime.sandbox import harden
 from praxis_runtime.settings import DatabaseSettings, ServiceSettings, nats_password
-from praxis_runtime.topology import ensure_topology
+from praxis_runtime.topology import verify
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,9 @@ class Service:
     on_stop: list[Hook] = field(default_factory=list)
     checks: dict[str, ReadinessCheck] = field(default_factory=dict)
     health: HealthServer | None = None
+    topology: Topology | None = None
+    """What the service binds to: checked at start-up (``praxis_runtime.topology.verify``);
+    a service never creates a stream, bucket or store (provisioning does)."""
 
     def include(self, handlers: Handlers[Any], deps: Any) -> None:
         self.handlers.append((handlers, deps))
@@ -58,7 +62,8 @@ class Service:
     async def start(self) -> None:
         """Bring the service up; returns once it is serving."""
         await self.bus.connect()
-        await ensure_topology(self.bus.js, replicas=self.settings.nats_replicas)
+        if self.topology is not None:
+            await verify(self.bus.js, self.topology)
         if self.database is not None and self.migrations is not None:
             await self.database.migrate(self.migrations.path, self.migrations.metadata)
         if self.outbox is not None:

@@ -30,7 +30,11 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
 
     service_name: str = Field(default="praxis", description="Used in logs and as queue group.")
-    nats_url: str = Field(default="nats://127.0.0.1:4222", description="NATS_URL")
+    nats_url: str = Field(
+        default="nats://127.0.0.1:4222",
+        description="NATS_URL: one server, or a comma-separated list of a cluster's members "
+        "(the client fails over between them)",
+    )
     nats_user: str | None = Field(
         default=None,
         description="NATS_USER: the service's NATS identity (see praxis_contracts.permissions)",
@@ -102,6 +106,14 @@ class DatabaseSettings(ServiceSettings):
         description="DATABASE_URL",
     )
     database_pool_size: int = Field(default=10, ge=1, description="DATABASE_POOL_SIZE")
+
+
+def nats_servers(url: str) -> list[str]:
+    """``NATS_URL`` as the list of servers it names (one, or a cluster's members)."""
+    servers = [part.strip() for part in url.split(",") if part.strip()]
+    if not servers:
+        raise ValueError("NATS_URL names no server")
+    return servers
 
 
 def nats_password(settings: ServiceSettings) -> str | None:

@@ -9,7 +9,6 @@ import uuid
 from pathlib import Path
 
 from nats.js.kv import KeyValue
-from nats.js.object_store import ObjectStore
 from pydantic import Field, field_validator
 
 from praxis_asset_manager.catalog import Catalog
@@ -20,10 +19,11 @@ from praxis_asset_manager.inventory_handlers import InventoryDeps
 from praxis_asset_manager.inventory_handlers import handlers as inventory_handlers
 from praxis_asset_manager.orm import OUTBOX, SCHEMA, Base
 from praxis_asset_manager.reservations import Reservations, StatusUpdate
-from praxis_asset_manager.snapshots import Snapshots
+from praxis_asset_manager.snapshots import Snapshots, StateStores
 from praxis_asset_manager.snapshots import handlers as snapshot_handlers
 from praxis_asset_manager.status import StatusChange, StatusQueue, StatusRecorder
-from praxis_contracts.topology import ASSET_LEASES, WORKCELL_STATE
+from praxis_contracts.permissions import asset_manager, needs
+from praxis_contracts.topology import ASSET_LEASES
 from praxis_runtime.leases import LeaseStore
 from praxis_runtime.outbox import OutboxRelay
 from praxis_runtime.service import Migrations, Service, bus_for, database_for
@@ -67,6 +67,7 @@ def build_app(settings: Settings) -> Service:
     relay = OutboxRelay(db, OUTBOX, lambda: bus.publisher)
     service = Service(
         name=settings.service_name,
+        topology=needs(asset_manager(())),
         settings=settings,
         bus=bus,
         database=db,
@@ -84,23 +85,18 @@ def build_app(settings: Settings) -> Service:
         statuses.submit(StatusChange(*update) for update in updates)
 
     holder: dict[str, Reservations] = {}
-    stores: dict[str, ObjectStore] = {}
 
     def leased(asset_id: uuid.UUID) -> bool:
         return "r" in holder and holder["r"].index.holder(asset_id) is not None
-
-    async def bind_store() -> None:
-        stores[WORKCELL_STATE.bucket] = await bus.js.object_store(WORKCELL_STATE.bucket)
 
     snapshots = Snapshots(
         db,
         inventory,
         relay,
-        lambda: stores[WORKCELL_STATE.bucket],
+        StateStores(lambda: bus.js),
         settings.snapshots_kept,
         leased,
     )
-    service.on_start.append(bind_store)
     service.include(snapshot_handlers, snapshots)
     tasks: list[asyncio.Task[None]] = []
     watchers: list[KeyValue.KeyWatcher] = []

@@ -96,4 +96,4 @@ async def hold(cmd: HoldAssets, deps: Deps) -> None:
 
 @handlers.consume(RunStarted, durable="asset-manager-run-started", max_workers=8)
 async def run_started(event: RunStarted, deps: Deps) -> None:
-    deps.reservations.mark_in_use(event.run_id)
+    deps.reservations.mark_in_use(event.run_id, event.workcell)

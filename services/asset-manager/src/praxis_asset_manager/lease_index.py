@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from praxis_runtime.leases import Holder, KeyState, asset_of, lease_key
+from praxis_runtime.leases import Holder, KeyState, asset_of
 
 EXPIRY_MARGIN = 0.25
 """Seconds after a lease's deadline before its key is read: the server stores a write a moment
@@ -40,6 +40,7 @@ class Change:
 class LeaseIndex:
     def __init__(self) -> None:
         self.states: dict[str, KeyState] = {}
+        self.keys: dict[uuid.UUID, str] = {}  # asset -> its lease key (``asset.<wc>.<id>``)
         self._by_run: dict[uuid.UUID, set[str]] = {}
 
     def apply(self, key: str, state: KeyState) -> Change | None:
@@ -66,6 +67,7 @@ class LeaseIndex:
         asset_id = known.asset_id if known else asset_of(key)
         if asset_id is None:
             return None
+        self.keys[asset_id] = key
         if previous is not None and previous.holder is not None:
             run_id = previous.holder.run_id
             keys = self._by_run.get(run_id)
@@ -78,8 +80,13 @@ class LeaseIndex:
         self.states[key] = state
         return Change(asset_id, previous, state)
 
+    def key_of(self, asset_id: uuid.UUID) -> str | None:
+        """The asset's lease key, once any of its leases was seen."""
+        return self.keys.get(asset_id)
+
     def holder(self, asset_id: uuid.UUID) -> Holder | None:
-        state = self.states.get(lease_key(asset_id))
+        key = self.keys.get(asset_id)
+        state = self.states.get(key) if key else None
         return state.holder if state else None
 
     def held_by(self, run_id: uuid.UUID) -> dict[str, KeyState]:

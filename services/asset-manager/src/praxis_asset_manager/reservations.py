@@ -225,15 +225,19 @@ class Reservations:
                 cmd.run_id,
                 claims,
                 cmd.ttl_seconds or self.default_ttl,
+                workcell=layout.workcell.name,
                 workcell_id=layout.workcell.accession_id,
                 known=self.index.states,
             )
         except LeaseConflict as exc:
             log.debug("run %s must wait: %s taken", cmd.run_id, exc)
             return False
+        workcell = layout.workcell.name
         for asset_id, state in states.items():
-            self._mirror(lease_key(asset_id), state)
-        granted = _in_order(cmd, [_binding(b, states[b.asset.accession_id]) for b in bindings])
+            self._mirror(lease_key(workcell, asset_id), state)
+        granted = _in_order(
+            cmd, [_binding(workcell, b, states[b.asset.accession_id]) for b in bindings]
+        )
         # Queued before the grant is announced: once it is out, the run may start at once, and
         # its RunStarted (in use) must not be overtaken by this change (seen in tests: the
         # assets of a running run were left "reserved").
@@ -260,7 +264,11 @@ class Reservations:
         bindings = _in_order(
             cmd,
             [
-                _binding(Binding(_requirement(cmd, h.requirement), assets[h.asset_id]), state)
+                _binding(
+                    layout.workcell.name,
+                    Binding(_requirement(cmd, h.requirement), assets[h.asset_id]),
+                    state,
+                )
                 for state in held.values()
                 if (h := state.holder) is not None
             ],
@@ -391,7 +399,9 @@ class Reservations:
         self, asset_id: uuid.UUID, reason: str, actor: str | None = None
     ) -> Lease:
         """Release a lease whoever holds it; audited as ``LeaseForceReleased``."""
-        key = lease_key(asset_id)
+        key = self.index.key_of(asset_id)
+        if key is None:
+            raise NotFound(f"asset {asset_id} has no live lease", asset_id=str(asset_id))
         result = await self.leases.force_release(key, reason)
         if result is None or result[0].holder is None:
             raise NotFound(f"asset {asset_id} has no live lease", asset_id=str(asset_id))
@@ -436,10 +446,13 @@ class Reservations:
                 msg_id=f"held:{cmd.run_id}",
             )
 
-    def mark_in_use(self, run_id: uuid.UUID) -> None:
-        """The run's protocol started: its leased assets are in use."""
+    def mark_in_use(self, run_id: uuid.UUID, workcell: str) -> None:
+        """The run's protocol started on ``workcell`` (the key its orchestrator published
+        under): its leased assets there are in use. Another workcell's orchestrator naming
+        the run marks nothing."""
         reason = f"in use by run {run_id}"
-        held = self.index.held_by(run_id).values()
+        prefix = lease_key(workcell, uuid.UUID(int=0)).rpartition(".")[0] + "."
+        held = [s for k, s in self.index.held_by(run_id).items() if k.startswith(prefix)]
         self.status(
             [(s.holder.asset_id, AssetStatus.IN_USE, reason, run_id) for s in held if s.holder]
         )
@@ -579,7 +592,7 @@ class Reservations:
     async def _expired(self, asset_id: uuid.UUID, run_id: uuid.UUID, token: int) -> None:
         """The lease at ``token`` expired (seen by its marker or its deadline, once in this
         process; the message id keeps one event per lease in the stream across replicas)."""
-        key = lease_key(asset_id)
+        key = self.index.key_of(asset_id) or ""
         await self.publish(
             LeaseExpired(asset_id=asset_id, run_id=run_id, lease_key=key, token=token, at=now()),
             msg_id=f"expired:{key}:{token}",
@@ -592,9 +605,9 @@ class Reservations:
     async def list_leases(self, run_id: uuid.UUID | None) -> LeaseList:
         names = await self._asset_names()
         items = [
-            _lease_view(lease_key(asset_id), self.index.states[lease_key(asset_id)], names)
-            for asset_id, holder in self.index.live().items()
-            if run_id is None or holder.run_id == run_id
+            _lease_view(key, state, names)
+            for key, state in self.index.states.items()
+            if state.holder is not None and run_id in (None, state.holder.run_id)
         ]
         return LeaseList(items=sorted(items, key=lambda lease: lease.acquired_at))
 
@@ -700,7 +713,7 @@ def _requirement(cmd: ReserveAssets, name: str) -> Any:
     return next(r for r in cmd.requirements if r.name == name)
 
 
-def _binding(binding: Binding, state: KeyState) -> AssetBinding:
+def _binding(workcell: str, binding: Binding, state: KeyState) -> AssetBinding:
     asset = binding.asset
     return AssetBinding(
         requirement=binding.requirement.name,
@@ -708,6 +721,6 @@ def _binding(binding: Binding, state: KeyState) -> AssetBinding:
         asset_name=asset.name,
         kind=asset.kind,
         fqn=asset.fqn,
-        lease_key=lease_key(asset.accession_id),
+        lease_key=lease_key(workcell, asset.accession_id),
         token=state.revision,
     )

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
+from nats.js import JetStreamContext
 from nats.js.errors import ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 from pydantic import ValidationError
@@ -50,10 +51,12 @@ from praxis_contracts.state import (
     WorkcellStateRestored,
     snapshot_object_name,
 )
+from praxis_contracts.topology import workcell_state
 from praxis_runtime.bus import Handlers
 from praxis_runtime.db import Database
 from praxis_runtime.outbox import OutboxRelay, SqlUnitOfWork
 from praxis_runtime.query import apply_filters, fetch_page, where_all
+from praxis_runtime.topology import TopologyMissing, verify_store
 
 log = logging.getLogger(__name__)
 
@@ -71,20 +74,43 @@ _SET_STATE = (
 """One asset's recorded state (executed once per asset, as one batch)."""
 
 
+class StateStores:
+    """Each workcell's state store (``praxis_state_<workcell>``), bound when first needed and
+    checked to exist (provisioning creates one per workcell of the deployment)."""
+
+    def __init__(self, js: Callable[[], JetStreamContext]) -> None:
+        self._js = js
+        self._stores: dict[str, ObjectStore] = {}
+
+    async def of(self, workcell: str) -> ObjectStore:
+        if workcell not in self._stores:
+            spec = workcell_state(workcell)
+            try:
+                await verify_store(self._js(), spec)
+            except TopologyMissing as exc:
+                raise InvalidInput(str(exc), workcell=workcell) from exc
+            self._stores[workcell] = await self._js().object_store(spec.bucket)
+        return self._stores[workcell]
+
+
+def _workcell_of(object_name: str) -> str:
+    return object_name.split("/", 1)[0]
+
+
 class Snapshots:
     def __init__(
         self,
         db: Database,
         inventory: Inventory,
         relay: OutboxRelay,
-        store: Callable[[], ObjectStore],
+        stores: StateStores,
         kept: int,
         leased: Callable[[uuid.UUID], bool],
     ) -> None:
         self.db = db
         self.inventory = inventory
         self.relay = relay
-        self.store = store
+        self.stores = stores
         self.kept = kept
         self.leased = leased
 
@@ -94,6 +120,9 @@ class Snapshots:
         async with self.db.transaction() as session:
             if await session.get(SnapshotRow, event.snapshot_id) is not None:
                 return
+        expected = snapshot_object_name(event.workcell_name, event.snapshot_id)
+        if event.object_name != expected:  # a body is read from its workcell's own store only
+            raise InvalidInput(f"snapshot {event.snapshot_id} must be named {expected!r}")
         body = await self._body(event.object_name)
         if body is None:
             raise NotFound(
@@ -167,7 +196,7 @@ class Snapshots:
         gone = []
         for snapshot_id, object_name in pruned:
             try:
-                await self.store().delete(object_name)
+                await (await self.stores.of(workcell)).delete(object_name)
             except ObjectNotFoundError:
                 pass  # deleted by an earlier prune that failed before its rows went
             except Exception as exc:
@@ -250,7 +279,8 @@ class Snapshots:
         info = SnapshotInfo.model_validate(
             draft.model_dump(exclude={"assets"}) | {"size_bytes": len(data)}
         )
-        await self.store().put(info.object_name, data)
+        store = await self.stores.of(workcell.name)
+        await store.put(info.object_name, data)
         try:
             async with SqlUnitOfWork(self.db, self.relay) as uow:
                 session = uow.session
@@ -273,7 +303,7 @@ class Snapshots:
                 )
         except BaseException:
             with contextlib.suppress(Exception):
-                await self.store().delete(info.object_name)
+                await store.delete(info.object_name)
             raise
         self.inventory.invalidate()
         await self.prune(workcell.name)
@@ -292,7 +322,7 @@ class Snapshots:
 
     async def _body(self, object_name: str) -> WorkcellSnapshot | None:
         try:
-            result = await self.store().get(object_name)
+            result = await (await self.stores.of(_workcell_of(object_name))).get(object_name)
         except ObjectNotFoundError:
             return None
         try:

@@ -15,6 +15,7 @@ from praxis_code_manager.handlers import Deps, handlers
 from praxis_code_manager.orm import OUTBOX, SCHEMA, Base
 from praxis_code_manager.policy import KNOWN_SCHEMES, SourcePolicy
 from praxis_code_manager.service import CodeService, Secrets
+from praxis_contracts.permissions import CODE_MANAGER, needs
 from praxis_contracts.topology import PROTOCOL_CODE
 from praxis_runtime.outbox import OutboxRelay
 from praxis_runtime.sandbox import Sandbox
@@ -128,6 +129,7 @@ def build_app(settings: Settings) -> Service:
     )
     service = Service(
         name=settings.service_name,
+        topology=needs(CODE_MANAGER),
         settings=settings,
         bus=bus,
         database=db,

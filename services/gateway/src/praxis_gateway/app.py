@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from pydantic import Field, SecretStr, ValidationError, model_validator
 
 from praxis_contracts.errors import PraxisError
+from praxis_contracts.permissions import GATEWAY, needs
 from praxis_gateway.errors import (
     on_payload_too_large,
     on_praxis_error,
@@ -33,7 +34,7 @@ from praxis_runtime.logging import configure_logging, correlation_id_var
 from praxis_runtime.sandbox import harden
 from praxis_runtime.service import bus_for
 from praxis_runtime.settings import ServiceSettings
-from praxis_runtime.topology import ensure_topology
+from praxis_runtime.topology import verify
 
 REQUESTS = Counter("praxis_http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram("praxis_http_request_seconds", "HTTP latency", ["method", "route"])
@@ -95,7 +96,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         bus = bus_for(settings)
         await bus.connect()
-        await ensure_topology(bus.js, replicas=settings.nats_replicas)
+        await verify(bus.js, needs(GATEWAY))
         tokens = TokenStore(bus.js)
         await tokens.start()
         app.state.bus = bus

@@ -221,17 +221,21 @@ async def run_events(run_id: UUID, b: BusDep) -> StreamingResponse:
 
 async def _event_stream(b: Bus, run_id: UUID) -> AsyncIterator[bytes]:
     queue: asyncio.Queue[Any] = asyncio.Queue()
+    # A run's events end in its id: keyed by run (the scheduler's, the asset-manager's) or by
+    # workcell and run (the edge's).
+    keyed = [f"praxis.evt.*.*.*.{run_id}", f"praxis.evt.*.*.*.*.{run_id}"]
     sub = await b.js.subscribe(
-        f"praxis.evt.*.*.*.{run_id}",
+        keyed[0],
         stream=EVENTS.name,
         ordered_consumer=True,
         deliver_policy=api.DeliverPolicy.ALL,
+        config=api.ConsumerConfig(filter_subjects=keyed),
         cb=queue.put,
     )
     try:
         while True:
             msg = await queue.get()
-            name = msg.subject.rsplit(".", 1)[0].removeprefix("praxis.evt.")
+            name = ".".join(msg.subject.split(".")[2:5])  # context.aggregate.action
             yield f"event: {name}\ndata: {msg.data.decode()}\n\n".encode()
             if (
                 name == "scheduler.run.status_changed"

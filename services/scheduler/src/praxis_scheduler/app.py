@@ -8,6 +8,7 @@ from pathlib import Path
 from nats.js.kv import KeyValue
 from pydantic import Field
 
+from praxis_contracts.permissions import SCHEDULER, needs
 from praxis_contracts.topology import EDGES
 from praxis_runtime.outbox import OutboxRelay
 from praxis_runtime.service import Migrations, Service, bus_for, database_for
@@ -64,6 +65,7 @@ def build_app(settings: Settings) -> Service:
     bus.on_reconnected.append(recovery.monitor.nats_back)
     service = Service(
         name=settings.service_name,
+        topology=needs(SCHEDULER),
         settings=settings,
         bus=bus,
         database=db,

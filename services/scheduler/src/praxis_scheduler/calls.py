@@ -7,9 +7,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 
+from praxis_contracts.common import RunStatus
 from praxis_contracts.runs import FunctionCall, FunctionCallPage, FunctionCallRecorded, ListRunCalls
 from praxis_runtime.db import Database
 from praxis_runtime.query import apply_filters, fetch_page, where_all
+from praxis_scheduler.domain import refusal
 from praxis_scheduler.orm import CallRow, RunRow
 
 _SORTABLE: dict[str, Any] = {"sequence": CallRow.sequence, "started_at": CallRow.started_at}
@@ -19,9 +21,10 @@ class CallLog:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def record(self, event: FunctionCallRecorded) -> None:
-        """Upsert one call; a late 'running' never overwrites a finished record."""
-        values = event.model_dump(exclude={"at"})
+    async def record(self, event: FunctionCallRecorded) -> str | None:
+        """Upsert one call; a late 'running' never overwrites a finished record. A call from
+        an edge that does not run the run is not recorded: why (``domain.refusal``), or None."""
+        values = event.model_dump(exclude={"at", "workcell", "edge_instance"})
         stmt = insert(CallRow).values(**values)
         stmt = stmt.on_conflict_do_update(
             index_elements=[CallRow.call_id],
@@ -33,8 +36,19 @@ class CallLog:
             where=stmt.excluded.status != "running",
         )
         async with self.db.transaction() as session:
-            if await session.get(RunRow, event.run_id) is not None:
+            run = await session.get(RunRow, event.run_id)
+            if run is None:
+                return None
+            why = refusal(
+                RunStatus(run.status),
+                run.workcell_name,
+                run.edge_instance,
+                event.workcell,
+                event.edge_instance,
+            )
+            if why is None:
                 await session.execute(stmt)
+            return why
 
     async def list(self, query: ListRunCalls) -> FunctionCallPage:
         stmt = where_all(

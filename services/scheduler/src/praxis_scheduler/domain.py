@@ -67,3 +67,27 @@ def cancel_target(current: RunStatus, edge_has_it: bool) -> RunStatus:
     if current in EXECUTING and edge_has_it:
         return S.CANCELING
     return S.CANCELLED
+
+
+def refusal(
+    run_status: RunStatus,
+    run_workcell: str | None,
+    run_edge: str | None,
+    workcell: str,
+    edge: str,
+    reported: RunStatus | None = None,
+) -> str | None:
+    """Why a run event from ``edge`` of ``workcell`` (``reported``: the status it reports, None
+    for a call record) is not to be believed, or None. Only the edge running the run speaks for
+    it: its workcell's orchestrator (the server lets nobody else publish under its key), and the
+    process that took it (``run_edge``, once one is recorded). Before the run starts, another
+    process of the workcell may take over a redelivered command."""
+    if run_workcell is None:
+        return "the run was dispatched to no workcell"
+    if workcell != run_workcell:
+        return f"reported by workcell {workcell!r}; the run is on {run_workcell!r}"
+    if run_edge is None or edge == run_edge:
+        return None
+    if reported in (S.PREPARING, S.RUNNING) and run_status in (S.PENDING, S.PREPARING):
+        return None  # a redelivered command taken by another process before it started
+    return f"reported by edge process {edge}; the run is on {run_edge}"

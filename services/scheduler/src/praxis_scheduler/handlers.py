@@ -121,7 +121,9 @@ async def lease_expired(event: LeaseExpired, deps: Deps) -> None:
 
 @handlers.consume(FunctionCallRecorded, durable="scheduler-calls", max_workers=WORKERS)
 async def call_recorded(event: FunctionCallRecorded, deps: Deps) -> None:
-    await deps.calls.record(event)
+    refused = await deps.calls.record(event)
+    if refused is not None:
+        await deps.runs.refuse_call(event, refused)
 
 
 @handlers.consume(RunFinished, durable="scheduler-run-finished", max_workers=WORKERS)
@@ -142,7 +144,9 @@ def _progress(status: RunStatus) -> Any:
     async def on_progress(
         event: RunPreparing | RunStarted | RunPaused | RunResumed, deps: Deps
     ) -> None:
-        await deps.runs.on_progress(event.run_id, status, event.at, event.edge_instance)
+        await deps.runs.on_progress(
+            event.run_id, status, event.at, event.workcell, event.edge_instance
+        )
 
     return on_progress
 

@@ -30,13 +30,21 @@ from praxis_contracts.runs import (
     ControlRunExecution,
     ExecuteRun,
     ExecutionAction,
+    FunctionCallRecorded,
+    RunEventRefused,
     RunFinished,
     RunStatusChanged,
     RunView,
     SubmitRun,
 )
 from praxis_contracts.state import OnFailure
-from praxis_scheduler.domain import EXECUTING, allowed, can_transition, cancel_target
+from praxis_scheduler.domain import (
+    EXECUTING,
+    allowed,
+    can_transition,
+    cancel_target,
+    refusal,
+)
 from praxis_scheduler.edges import Lost
 from praxis_scheduler.orm import RunRow, StatusHistoryRow
 from praxis_scheduler.repository import SchedulerUnitOfWork
@@ -124,14 +132,17 @@ class RunService:
             uow.emit(_execute_command(row), msg_id=f"execute:{row.accession_id}")
 
     async def on_progress(
-        self, run_id: uuid.UUID, status: RunStatus, at: datetime, edge: str | None = None
+        self, run_id: uuid.UUID, status: RunStatus, at: datetime, workcell: str, edge: str
     ) -> None:
         """The edge reports preparing, running, paused or resumed."""
         async with self.uow() as uow:
             row = await uow.runs.get(run_id, lock=True)
-            if row is None or not self._from_its_edge(row, status, edge):
+            believed = row is not None and self._believed(
+                uow, row, type_of(status), workcell, edge, status, seen=at.isoformat()
+            )
+            if row is None or not believed:
                 return
-            if edge is not None and row.status in (S.PENDING, S.PREPARING):
+            if row.status in (S.PENDING, S.PREPARING):
                 # The process that prepares it, and finally the one that starts it (of two
                 # handed the same command, only the lease claim's winner starts it).
                 row.edge_instance = edge
@@ -152,7 +163,15 @@ class RunService:
         status = S(event.outcome)
         async with self.uow() as uow:
             row = await uow.runs.get(event.run_id, lock=True)
-            if row is None or not self._from_its_edge(row, status, event.edge_instance):
+            if row is None or not self._believed(
+                uow,
+                row,
+                "RunFinished",
+                event.workcell,
+                event.edge_instance,
+                status,
+                seen=event.at.isoformat(),
+            ):
                 return
             reason = event.error.message if event.error else f"{status} on the edge"
             if event.cleanup:  # what the edge did to leave the machines safe: in the history
@@ -176,21 +195,52 @@ class RunService:
                 msg_id=f"release:{event.run_id}",
             )
 
-    def _from_its_edge(self, row: RunRow, status: RunStatus, edge: str | None) -> bool:
-        """Progress counts only from the process executing the run: another one (which took a
-        redelivered command) is fenced by the leases, and its reports are not the run's."""
-        if edge is None or row.edge_instance is None or edge == row.edge_instance:
+    def _believed(
+        self,
+        uow: SchedulerUnitOfWork,
+        row: RunRow,
+        event: str,
+        workcell: str,
+        edge: str,
+        reported: RunStatus | None = None,
+        *,
+        seen: str,
+    ) -> bool:
+        """Whether an event about the run comes from the edge running it (``domain.refusal``);
+        one that does not is refused, and recorded as a security event, never applied (once
+        per refused message: ``seen`` tells it from another, redeliveries are de-duplicated)."""
+        why = refusal(S(row.status), row.workcell_name, row.edge_instance, workcell, edge, reported)
+        if why is None:
             return True
-        if status in (S.PREPARING, S.RUNNING) and row.status in (S.PENDING, S.PREPARING):
-            return True  # the command was redelivered to another process before it started
-        log.info(
-            "run %s: %s from edge %s ignored (run is on %s)",
-            row.accession_id,
-            status,
-            edge,
-            row.edge_instance,
+        log.warning("run %s: %s refused: %s", row.accession_id, event, why)
+        uow.emit(
+            RunEventRefused(
+                run_id=row.accession_id,
+                event=event,
+                workcell=workcell,
+                edge_instance=edge,
+                run_workcell=row.workcell_name,
+                run_edge_instance=row.edge_instance,
+                reason=why,
+                at=self.clock(),
+            ),
+            msg_id=f"refused:{row.accession_id}:{event}:{workcell}:{edge}:{seen}"[:250],
         )
         return False
+
+    async def refuse_call(self, event: FunctionCallRecorded, why: str) -> None:
+        """A call record the call log did not believe (see ``_believed``): the security event."""
+        async with self.uow() as uow:
+            row = await uow.runs.get(event.run_id)
+            if row is not None:
+                self._believed(
+                    uow,
+                    row,
+                    "FunctionCallRecorded",
+                    event.workcell,
+                    event.edge_instance,
+                    seen=f"{event.call_id}:{event.status}",
+                )
 
     # -- operators ----------------------------------------------------------------------------
     async def control(self, cmd: ControlRun, edges: Edges) -> RunView:
@@ -451,6 +501,18 @@ class RunService:
         change = {"status": status, "previous": previous, "reason": reason, "at": at}
         uow.runs.record(StatusHistoryRow(run_id=row.accession_id, actor=actor, **change))
         uow.emit(RunStatusChanged(run_id=row.accession_id, actor=actor, **change))
+
+
+_EVENT_OF = {
+    S.PREPARING: "RunPreparing",
+    S.RUNNING: "RunStarted",
+    S.PAUSED: "RunPaused",
+}
+
+
+def type_of(status: RunStatus) -> str:
+    """The edge event that reports ``status`` (for the security record)."""
+    return _EVENT_OF.get(status, f"progress {status}")
 
 
 def _assets(bindings: list[dict[str, object]]) -> set[uuid.UUID]:

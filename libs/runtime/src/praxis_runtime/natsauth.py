@@ -2,7 +2,8 @@
 
 :func:`permissions` is pure: one identity's publish/subscribe allow lists. What JetStream needs
 was measured by running the services' tests on a server with this config (nats-server logs every
-``Permissions Violation``), not guessed:
+``Permissions Violation``), not guessed, and ``tests/integration/test_permission_matrix.py``
+tries every identity against every JetStream verb, stream, bucket, store and subject family:
 
 - Replies and push deliveries arrive on the identity's own inbox, ``_INBOX.<name>.>`` (the bus
   connects with that ``inbox_prefix``), so no identity can read another's replies or deliveries.
@@ -12,22 +13,22 @@ was measured by running the services' tests on a server with this config (nats-s
   the consumer on ``praxis.cmd.orchestrator.execute.X``. The legacy
   ``$JS.API.CONSUMER.DURABLE.CREATE`` form, which names no filter, is allowed to nobody.
 - Acks go to ``$JS.ACK.<stream>.<durable>.>``: only the consumer's owner can ack its messages.
-- What cannot be narrowed, and why:
-  * ephemeral ordered consumers (KV watches, object-store reads, the gateway's live event
-    streams) are created by ``$JS.API.CONSUMER.CREATE.<stream>`` with no name or filter in the
-    subject (nats-py's form for a consumer without a name), so an identity that may watch a
-    bucket, or read events, may create any consumer on that one stream -- with a deliver
-    subject only on its own inbox, since it can subscribe nowhere else. Such a consumer could
-    squat the name of a durable another identity has not created yet; that stops that service's
-    consumer (it cannot subscribe to the squatter's deliver subject), it never lets the squatter
-    publish or read more than it already could;
-  * run events are keyed by run id, not workcell: an orchestrator may publish any run's events
-    (``praxis.evt.orchestrator.>`` is the orchestrators' as a group), and an any-workcell
-    orchestrator identity (tests) consumes every workcell's commands;
-  * every service ensures the topology at start-up, so every service identity may create the
-    declared streams, buckets and stores (``$JS.API.STREAM.CREATE.<name>``), with the same names
-    the topology declares, never delete or purge them (object-store writers purge their own
-    store's chunks).
+- Keyed subjects narrow by key: ``orchestrator-X`` publishes run events only under
+  ``<event>.X.*`` and KV writes only under ``asset.X.`` and ``edge.X.``; its state snapshots go
+  to workcell X's own store.
+- No service creates, updates, purges or deletes a stream: only ``provisioner`` may
+  (``$JS.API.STREAM.CREATE|UPDATE|INFO``), and services only read stream information to check
+  what they bind to. Deleting an object is a purge of its subject within the store, so an
+  identity may purge only the stores it owns (its claims store; the asset-manager the state
+  stores whose snapshots it prunes).
+- What cannot be narrowed, and why: ephemeral ordered consumers (KV watches, object-store reads,
+  the gateway's live event streams) are created by ``$JS.API.CONSUMER.CREATE.<stream>`` with no
+  name or filter in the subject (nats-py's form for a consumer without a name), so an identity
+  that may watch a bucket, or read events, may create any consumer on that one stream -- with a
+  deliver subject only on its own inbox, since it can subscribe nowhere else. Such a consumer
+  could squat the name of a durable another identity has not created yet; that stops that
+  service's consumer, it never lets the squatter publish or read more than it already could.
+  The any-workcell orchestrator identity (test fixtures only) reaches every workcell.
 """
 
 from __future__ import annotations
@@ -44,15 +45,16 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import bcrypt
 
 from praxis_contracts.base import Command, Message
-from praxis_contracts.permissions import OPERATOR, Bucket, Identity, identities
-from praxis_contracts.topology import (
-    COMMANDS,
-    DEAD_LETTERS,
-    EVENTS,
-    KEY_VALUES,
-    OBJECT_STORES,
-    STREAMS,
+from praxis_contracts.permissions import (
+    ANY_WORKCELL,
+    OPERATOR,
+    Bucket,
+    Identity,
+    identities,
+    needs,
+    services,
 )
+from praxis_contracts.topology import COMMANDS, DEAD_LETTERS, EVENTS, claims
 
 API = "$JS.API"
 BCRYPT_ROUNDS = 11
@@ -67,30 +69,25 @@ def kv_stream(bucket: str) -> str:
 
 
 def object_stream(bucket: str) -> str:
-    return f"OBJ_{bucket}"
+    # A store of any workcell (the test fixtures' identity): any stream name.
+    return "*" if ANY_WORKCELL in bucket else f"OBJ_{bucket}"
 
 
 def _stream_of(message_type: type[Message]) -> str:
     return COMMANDS.name if issubclass(message_type, Command) else EVENTS.name
 
 
-def _publish_subject(message_type: type[Message]) -> str:
-    return f"{message_type.subject}.*" if message_type.keyed else message_type.subject
-
-
-def _topology_api() -> list[str]:
-    """What ``ensure_topology`` calls: stream info and create for each declared name, update
-    for the KV streams (aligning the expiry-marker TTL)."""
+def _bound(identity: Identity) -> list[str]:
+    """What a service checks at start-up (``praxis_runtime.topology.verify``): the stream
+    information of everything it binds to, nothing more."""
+    topology = needs(identity)
     names = [
-        *(s.name for s in STREAMS),
-        *(kv_stream(k.bucket) for k in KEY_VALUES),
-        *(object_stream(o.bucket) for o in OBJECT_STORES),
+        *(s.name for s in topology.streams),
+        *(kv_stream(k.bucket) for k in topology.key_values),
+        *(object_stream(o.bucket) for o in topology.object_stores),
+        *(object_stream(b.bucket) for b in identity.object_stores),
     ]
-    allowed = [f"{API}.INFO"]
-    for name in names:
-        allowed += [f"{API}.STREAM.INFO.{name}", f"{API}.STREAM.CREATE.{name}"]
-    allowed += [f"{API}.STREAM.UPDATE.{kv_stream(k.bucket)}" for k in KEY_VALUES]
-    return allowed
+    return [f"{API}.STREAM.INFO.{name}" for name in dict.fromkeys(names)]
 
 
 def _ephemeral_reader(stream: str) -> list[str]:
@@ -118,24 +115,36 @@ def _key_value(access: Bucket) -> list[str]:
 
 def _object_store(access: Bucket) -> list[str]:
     stream = object_stream(access.bucket)
+    bucket = "*" if ANY_WORKCELL in access.bucket else access.bucket
     allowed = [
         *_ephemeral_reader(stream),
         f"{API}.STREAM.NAMES",  # nats-py's object get looks the stream up by subject
         f"{API}.DIRECT.GET.{stream}.>",
         f"{API}.STREAM.MSG.GET.{stream}",
     ]
-    if access.write:
-        allowed += [f"$O.{access.bucket}.>", f"{API}.STREAM.PURGE.{stream}"]
+    if access.write:  # deleting an object purges its chunks' subject
+        allowed += [f"$O.{bucket}.>", f"{API}.STREAM.PURGE.{stream}"]
     return allowed
+
+
+def _provisioning() -> list[str]:
+    """The provisioner: create, update and inspect streams (buckets and stores are streams)."""
+    return [
+        f"{API}.INFO",
+        f"{API}.STREAM.NAMES",
+        f"{API}.STREAM.INFO.*",
+        f"{API}.STREAM.CREATE.*",
+        f"{API}.STREAM.UPDATE.*",
+    ]
 
 
 def permissions(identity: Identity) -> dict[str, Any]:
     """nats-server ``permissions`` of one identity (allow lists: all else is denied)."""
     if identity.admin:
         return {"publish": {"allow": [">"]}, "subscribe": {"allow": [">"]}}
-    publish = [_publish_subject(t) for t in identity.publishes]
+    publish = [p.subject for p in identity.publishes]
     publish += [r.subject for r in identity.requests]
-    publish += _topology_api()
+    publish += _provisioning() if identity.provisions else _bound(identity)
     for consumer in identity.consumes:
         stream = _stream_of(consumer.message_type)
         durable = consumer.durable
@@ -153,6 +162,12 @@ def permissions(identity: Identity) -> dict[str, Any]:
         publish += _key_value(kv)
     for store in identity.object_stores:
         publish += _object_store(store)
+    if identity.claims:
+        publish += _object_store(Bucket(claims(identity.name).bucket, write=True))
+    if identity.uses_claims:
+        for writer in services(()).values():
+            if writer.claims and writer.name != identity.name:
+                publish += _object_store(Bucket(claims(writer.name).bucket))
     subscribe = [f"{identity.inbox_prefix}.>", *(r.subject for r in identity.responds)]
     result: dict[str, Any] = {
         "publish": {"allow": _unique(publish)},
@@ -191,7 +206,7 @@ def authorization_config(
     ]
     body = json.dumps({"users": users}, indent=2)
     return (
-        "# Generated by praxis_devstack.natsauth from praxis_contracts.permissions: do not edit.\n"
+        "# Generated by praxis_runtime.natsauth from praxis_contracts.permissions: do not edit.\n"
         f"authorization: {body}\n"
     )
 
