@@ -47,9 +47,8 @@ from praxis_contracts.runs import (
     RunStarted,
 )
 from praxis_contracts.topology import ASSET_LEASES, COMMANDS, EDGES, PROTOCOL_CODE
-from praxis_devstack.natsauth import NatsAuth
-from praxis_devstack.pytest_plugin import NatsAccess
-from praxis_devstack.servers import NatsServer, free_port
+from praxis_devstack.pytest_plugin import NatsAccess, provide_workcell
+from praxis_devstack.servers import NatsServer, free_port, provision_blocking
 from praxis_devstack.testdata import layout_from_drafts
 from praxis_orchestrator.app import Orchestrator, Settings, build
 from praxis_orchestrator.edge import EdgeBeacon
@@ -58,9 +57,9 @@ from praxis_orchestrator.outbox import Outbox
 from praxis_plr import demo_workcell
 from praxis_runtime.bus import Bus
 from praxis_runtime.leases import EXPECTED_LAST_SUBJECT_SEQ, Claim, LeaseStore, lease_key
+from praxis_runtime.natsauth import NatsAuth
 from praxis_runtime.publisher import Outgoing
 from praxis_runtime.service import Service
-from praxis_runtime.topology import ensure_topology
 from praxis_sdk.loader import SourceTree
 
 WAIT = 15.0
@@ -73,7 +72,8 @@ import time
 from pathlib import Path
 
 from pylabrobot.liquid_handling import LiquidHandler
-from pylabrobot.resources import Plate, TipRack
+from pylabrobot.plate_reading import PlateReader
+from pylabrobot.resources import Plate, Resource, TipRack
 
 from praxis_sdk import PraxisState, protocol_function
 
@@ -183,6 +183,46 @@ async def steal_via_children(lh: LiquidHandler, tips: TipRack, dest: Plate) -> N
         await lh.aspirate([source.get_well("A1")], vols=[20])
     finally:
         await lh.return_tips()
+
+
+@protocol_function(version="1.0.0")
+async def steal_via_channel(lh: LiquidHandler, tips: TipRack, dest: Plate) -> None:
+    """Names a well of the source plate it did not lease in a command it makes up."""
+    well = dest.get_well("A1")
+    forged = Resource(
+        name=well.name.replace("dest_plate", "source_plate"), size_x=1, size_y=1, size_z=1
+    )
+    await lh.pick_up_tips([tips.get_item("A1")])
+    try:
+        await lh.aspirate([forged], vols=[20])
+    finally:
+        await lh.return_tips()
+
+
+@protocol_function(version="1.0.0")
+async def read_by_hand(reader: PlateReader, plate: Plate) -> list[float | None]:
+    """Moves the plate into the reader by hand, reads a row, puts the plate back."""
+    site, location = plate.parent, plate.location
+    plate.unassign()
+    reader.assign_child_resource(plate)
+    try:
+        (reading,) = await reader.read_absorbance(
+            wavelength=450, wells=[plate.get_well("A1")], use_new_return_type=True
+        )
+    finally:
+        plate.unassign()
+        site.assign_child_resource(plate, location=location)
+    return reading["data"][0][:2]
+
+
+@protocol_function(version="1.0.0")
+async def misplace(plate: Plate) -> str:
+    """Moves its plate by hand onto a free site of the deck it did not lease."""
+    carrier = plate.parent.parent
+    free = next(site for site in carrier.children if site.resource is None)
+    plate.unassign()
+    free.assign_child_resource(plate)
+    return free.name
 
 
 @protocol_function(version="1.0.0")
@@ -373,7 +413,7 @@ class RunLog:
 
     async def open(self, client: Bus) -> RunLog:
         self._sub = await client.js.subscribe(
-            f"praxis.evt.orchestrator.*.*.{self.run_id}", ordered_consumer=True, cb=self._on
+            f"praxis.evt.orchestrator.*.*.*.{self.run_id}", ordered_consumer=True, cb=self._on
         )
         return self
 
@@ -383,7 +423,7 @@ class RunLog:
                 await self._sub.unsubscribe()
 
     async def _on(self, msg: Msg) -> None:
-        subject = msg.subject.rsplit(".", 1)[0]
+        subject = msg.subject.rsplit(".", 2)[0]  # without the workcell and run keys
         self.events.append(RUN_EVENTS[subject].model_validate_json(msg.data))
         self._changed.set()
 
@@ -497,7 +537,11 @@ class World:
         by_name = {asset.name: asset for asset in self.layout.assets}
         claims = [Claim(by_name[name].accession_id, req) for req, name in assets.items()]
         granted = await self.leases.acquire_all(
-            run_id, claims, lease_ttl, workcell_id=self.layout.workcell.accession_id
+            run_id,
+            claims,
+            lease_ttl,
+            workcell=self.workcell,
+            workcell_id=self.layout.workcell.accession_id,
         )
         bindings = [
             AssetBinding(
@@ -506,7 +550,7 @@ class World:
                 asset_name=name,
                 kind=by_name[name].kind,
                 fqn=by_name[name].fqn,
-                lease_key=lease_key(by_name[name].accession_id),
+                lease_key=lease_key(self.workcell, by_name[name].accession_id),
                 token=granted[by_name[name].accession_id].revision,
             )
             for req, name in assets.items()
@@ -586,8 +630,8 @@ async def world_on(
         nats = NatsAccess(nats.url, nats.auth)
     client = Bus(nats.operator_url, f"orchestrator-test-{uuid.uuid4().hex[:8]}")
     await client.connect()
-    await ensure_topology(client.js)
     layout = demo_layout(f"wc_{uuid.uuid4().hex[:12]}")
+    await provide_workcell(client.js, layout.workcell.name)
     layouts = LayoutService(layout)
     responder = await client.nc.subscribe(GetWorkcellLayout.subject, cb=layouts.on_request)
     await client.nc.flush()
@@ -596,6 +640,7 @@ async def world_on(
         **nats.settings_for("orchestrator"),
         "praxis_workcell": layout.workcell.name,
         "protocol_code_cache_dir": tmp_path / "code-cache",
+        "run_scratch_dir": tmp_path / "runs",
         "health_port": None,
         "graceful_timeout_seconds": 5,
         **settings,
@@ -645,6 +690,7 @@ def own_nats(tmp_path: Path) -> Iterator[NatsServer]:
     again on the same port with its data (the session's server is never restarted)."""
     server = NatsServer(tmp_path / "nats", port=free_port(), auth=NatsAuth(("*",)))
     server.start()
+    provision_blocking(server.operator_url, ())
     try:
         yield server
     finally:

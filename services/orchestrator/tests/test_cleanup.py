@@ -111,18 +111,25 @@ async def test_discard_is_used_when_the_machine_says_so() -> None:
 
 def test_a_run_error_has_a_code_and_no_server_traceback(tmp_path: Any) -> None:
     """Before, a preparation error reached the run record as ``KeyError: 'pending_volume'``
-    with no code and a traceback of the orchestrator's own files."""
-    from praxis_orchestrator.executor import _error_info
+    with no code and a traceback of the orchestrator's own files. The orchestrator's errors
+    and the runner's (which sees the protocol's frames) both carry a code and no server file."""
+    from praxis_orchestrator.executor import PreparationFailed, _error_info
+    from praxis_orchestrator.runner import _error
 
     try:
         {}["pending_volume"]
     except KeyError as exc:
         prepared = _error_info(exc, ErrorCode.PREPARATION_FAILED)
-        in_protocol = _error_info(exc, ErrorCode.PROTOCOL_ERROR, tmp_path)
+        in_protocol = _error(exc, tmp_path)
+        in_runner = _error(exc, None)
     assert (prepared.type, prepared.code, prepared.traceback) == (
         "KeyError",
         "preparation_failed",
         None,
     )
-    assert in_protocol.code == "protocol_error"
-    assert in_protocol.traceback is None  # no frame of it was the protocol's
+    assert in_protocol["code"] == "protocol_error"
+    assert in_protocol["traceback"] is None  # no frame of it was the protocol's
+    assert in_runner["code"] == "preparation_failed"
+    # A runner's report is checked before it reaches a record: a forged traceback is dropped.
+    forged = PreparationFailed({**in_runner, "traceback": "/srv/praxis/secret.py"})
+    assert _error_info(forged, ErrorCode.PREPARATION_FAILED).traceback is None

@@ -44,7 +44,7 @@ async def test_the_command_is_acknowledged_before_the_protocol_is_called(
     nc = world.client.nc
     subs = [
         await nc.subscribe(f"$JS.ACK.{COMMANDS.name}.{world.durable}.>", cb=on_ack),
-        await nc.subscribe(f"praxis.evt.orchestrator.run.*.{cmd.run_id}", cb=on_event),
+        await nc.subscribe(f"praxis.evt.orchestrator.run.*.*.{cmd.run_id}", cb=on_event),
     ]
     await nc.flush()
     try:

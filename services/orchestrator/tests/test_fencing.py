@@ -19,18 +19,17 @@ from praxis_devstack.servers import NatsServer
 from praxis_orchestrator.keeper import ClaimedElsewhere, LeaseKeeper
 from praxis_runtime.bus import Bus
 from praxis_runtime.leases import EXPECTED_LAST_SUBJECT_SEQ, Claim, LeaseStore, lease_key
-from praxis_runtime.topology import ensure_topology
 
 pytestmark = pytest.mark.integration
 
 EDGE = "edge-under-test"
+WC = "wc-fencing"
 
 
 @pytest.fixture
 async def leases(nats_url: str) -> AsyncIterator[LeaseStore]:
     bus = Bus(nats_url, "fencing-test")
     await bus.connect()
-    await ensure_topology(bus.js)
     yield LeaseStore(bus.publisher, ASSET_LEASES.bucket)
     await bus.stop()
 
@@ -55,7 +54,7 @@ def binding(asset_id: uuid.UUID, token: int) -> AssetBinding:
         asset_name="plate",
         kind="resource",
         fqn="pylabrobot.resources.plate.Plate",
-        lease_key=lease_key(asset_id),
+        lease_key=lease_key(WC, asset_id),
         token=token,
     )
 
@@ -64,15 +63,19 @@ async def test_an_expired_holder_is_fenced_and_cannot_disturb_its_successor(
     leases: LeaseStore,
 ) -> None:
     asset, stale_run, successor = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    key = lease_key(asset)
-    granted = await leases.acquire_all(stale_run, [Claim(asset, "plate")], ttl_seconds=1)
+    key = lease_key(WC, asset)
+    granted = await leases.acquire_all(
+        stale_run, [Claim(asset, "plate")], ttl_seconds=1, workcell=WC
+    )
     keeper = LeaseKeeper(leases, stale_run, [binding(asset, granted[asset].revision)], EDGE, 1)
     await keeper.renew()  # the holder may renew while the lease is live: the token moves on
     assert keeper.tokens[key] > granted[asset].revision
     await keeper.check()
 
     await expiry_of(leases, key)
-    taken = await leases.acquire_all(successor, [Claim(asset, "plate")], ttl_seconds=30)
+    taken = await leases.acquire_all(
+        successor, [Claim(asset, "plate")], ttl_seconds=30, workcell=WC
+    )
     before = await leases.read(key)
     assert before.holder is not None and before.holder.run_id == successor
 
@@ -93,10 +96,10 @@ async def test_an_expired_holder_is_fenced_and_cannot_disturb_its_successor(
 
 async def test_a_live_holder_keeps_its_lease_by_renewing(leases: LeaseStore) -> None:
     asset, run = uuid.uuid4(), uuid.uuid4()
-    granted = await leases.acquire_all(run, [Claim(asset, "plate")], ttl_seconds=1)
+    granted = await leases.acquire_all(run, [Claim(asset, "plate")], ttl_seconds=1, workcell=WC)
     keeper = LeaseKeeper(leases, run, [binding(asset, granted[asset].revision)], EDGE, 1)
     kv = await leases.js.key_value(ASSET_LEASES.bucket)
-    watcher = await kv.watch(lease_key(asset))
+    watcher = await kv.watch(lease_key(WC, asset))
     keeper.start()
     try:
         renewals = 0
@@ -112,21 +115,21 @@ async def test_a_live_holder_keeps_its_lease_by_renewing(leases: LeaseStore) -> 
         await keeper.stop()
         await watcher.stop()
     await keeper.check()
-    state = await leases.read(lease_key(asset))
+    state = await leases.read(lease_key(WC, asset))
     assert state.holder is not None and state.holder.run_id == run
-    assert state.revision == keeper.tokens[lease_key(asset)]
+    assert state.revision == keeper.tokens[lease_key(WC, asset)]
 
 
 async def test_a_force_release_fences_the_holder_at_once(leases: LeaseStore) -> None:
     asset, run = uuid.uuid4(), uuid.uuid4()
-    granted = await leases.acquire_all(run, [Claim(asset, "plate")], ttl_seconds=3600)
+    granted = await leases.acquire_all(run, [Claim(asset, "plate")], ttl_seconds=3600, workcell=WC)
     # A one-hour lease renews every twenty minutes: only the push can fence this run in time.
     keeper = LeaseKeeper(leases, run, [binding(asset, granted[asset].revision)], EDGE, 3600)
     keeper.start()
     try:
         await keeper.renew()  # the run's own writes never fence it
         await keeper.check()
-        released = await leases.force_release(lease_key(asset), "the operator needs the plate")
+        released = await leases.force_release(lease_key(WC, asset), "the operator needs the plate")
         assert released is not None
         async with asyncio.timeout(5):
             await keeper.fenced.wait()
@@ -138,10 +141,10 @@ async def test_a_force_release_fences_the_holder_at_once(leases: LeaseStore) -> 
 
 async def test_a_lease_lost_before_the_keeper_starts_fences_at_once(leases: LeaseStore) -> None:
     asset, run, other = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    granted = await leases.acquire_all(run, [Claim(asset, "plate")], ttl_seconds=3600)
+    granted = await leases.acquire_all(run, [Claim(asset, "plate")], ttl_seconds=3600, workcell=WC)
     keeper = LeaseKeeper(leases, run, [binding(asset, granted[asset].revision)], EDGE, 3600)
-    await leases.force_release(lease_key(asset), "reassigned")
-    await leases.acquire_all(other, [Claim(asset, "plate")], ttl_seconds=3600)
+    await leases.force_release(lease_key(WC, asset), "reassigned")
+    await leases.acquire_all(other, [Claim(asset, "plate")], ttl_seconds=3600, workcell=WC)
     keeper.start()
     try:
         async with asyncio.timeout(5):
@@ -150,7 +153,7 @@ async def test_a_lease_lost_before_the_keeper_starts_fences_at_once(leases: Leas
             await keeper.check()
     finally:
         await keeper.stop()
-        await leases.release_holder(lease_key(asset), other)
+        await leases.release_holder(lease_key(WC, asset), other)
 
 
 async def hold(leases: LeaseStore, key: str, **changes: Any) -> int:
@@ -165,48 +168,48 @@ async def hold(leases: LeaseStore, key: str, **changes: Any) -> int:
 
 async def test_a_hold_for_intervention_fences_the_holder(leases: LeaseStore) -> None:
     asset, run = uuid.uuid4(), uuid.uuid4()
-    granted = await leases.acquire_all(run, [Claim(asset, "plate")], ttl_seconds=3600)
+    granted = await leases.acquire_all(run, [Claim(asset, "plate")], ttl_seconds=3600, workcell=WC)
     keeper = LeaseKeeper(leases, run, [binding(asset, granted[asset].revision)], EDGE, 3600)
     keeper.start()
     try:
         await keeper.renew()
-        await hold(leases, lease_key(asset), ttl_seconds=0)  # same run, no expiry
+        await hold(leases, lease_key(WC, asset), ttl_seconds=0)  # same run, no expiry
         async with asyncio.timeout(5):
             await keeper.fenced.wait()
         with pytest.raises(LeaseLost, match="held for intervention"):
             await keeper.check()
         assert not await keeper.renew()  # and it does not write over the hold
-        state = await leases.read(lease_key(asset))
+        state = await leases.read(lease_key(WC, asset))
         assert state.holder is not None and state.holder.ttl_seconds == 0
     finally:
         await keeper.stop()
-        await leases.release_holder(lease_key(asset), run)
+        await leases.release_holder(lease_key(WC, asset), run)
 
 
 async def test_a_revision_the_keeper_did_not_write_fences_it(leases: LeaseStore) -> None:
     """Another process renewing the same run's lease (a command prepared twice) moves the token
     as this keeper's own renewals do; only the value tells them apart."""
     asset, run = uuid.uuid4(), uuid.uuid4()
-    granted = await leases.acquire_all(run, [Claim(asset, "plate")], ttl_seconds=3600)
+    granted = await leases.acquire_all(run, [Claim(asset, "plate")], ttl_seconds=3600, workcell=WC)
     keeper = LeaseKeeper(leases, run, [binding(asset, granted[asset].revision)], EDGE, 3600)
     keeper.start()
     try:
-        await hold(leases, lease_key(asset), renewed_at=datetime.now(UTC))  # ttl unchanged
+        await hold(leases, lease_key(WC, asset), renewed_at=datetime.now(UTC))  # ttl unchanged
         async with asyncio.timeout(5):
             await keeper.fenced.wait()
         with pytest.raises(LeaseLost, match="rewritten by another writer"):
             await keeper.check()
     finally:
         await keeper.stop()
-        await leases.release_holder(lease_key(asset), run)
+        await leases.release_holder(lease_key(WC, asset), run)
 
 
 async def test_the_keepers_own_renewals_never_fence_it(leases: LeaseStore) -> None:
     """Back-to-back renewals with the watcher on: its echo of a renewal often arrives before
     the publish's ack, and must be recognised as the keeper's own."""
     asset, run = uuid.uuid4(), uuid.uuid4()
-    key = lease_key(asset)
-    granted = await leases.acquire_all(run, [Claim(asset, "plate")], ttl_seconds=3600)
+    key = lease_key(WC, asset)
+    granted = await leases.acquire_all(run, [Claim(asset, "plate")], ttl_seconds=3600, workcell=WC)
     keeper = LeaseKeeper(leases, run, [binding(asset, granted[asset].revision)], EDGE, 3600)
     keeper.start()
     try:
@@ -227,12 +230,11 @@ async def test_renewals_failing_while_nats_is_down_are_retried_and_do_not_fence(
 ) -> None:
     bus = Bus(own_nats.operator_url, "fencing-outage-test")
     await bus.connect()
-    await ensure_topology(bus.js)
     leases = LeaseStore(bus.publisher, ASSET_LEASES.bucket)
     asset, run = uuid.uuid4(), uuid.uuid4()
-    key = lease_key(asset)
+    key = lease_key(WC, asset)
     # 15 s lease, renewed every 5 s: it outlives the outage below plus the reconnect.
-    granted = await leases.acquire_all(run, [Claim(asset, "plate")], ttl_seconds=15)
+    granted = await leases.acquire_all(run, [Claim(asset, "plate")], ttl_seconds=15, workcell=WC)
     keeper = LeaseKeeper(leases, run, [binding(asset, granted[asset].revision)], EDGE, 15)
     kv = await bus.js.key_value(ASSET_LEASES.bucket)
     watcher = await kv.watch(key)
@@ -273,8 +275,8 @@ async def test_the_claim_stamps_the_edge_and_a_second_process_finds_it_taken(
     the run is; once the first withdraws its claim (it stops before starting), the second can
     claim it."""
     asset, run = uuid.uuid4(), uuid.uuid4()
-    key = lease_key(asset)
-    granted = await leases.acquire_all(run, [Claim(asset, "plate")], ttl_seconds=3600)
+    key = lease_key(WC, asset)
+    granted = await leases.acquire_all(run, [Claim(asset, "plate")], ttl_seconds=3600, workcell=WC)
     first = LeaseKeeper(leases, run, [binding(asset, granted[asset].revision)], EDGE)
     second = LeaseKeeper(leases, run, [binding(asset, granted[asset].revision)], "edge-2")
 
@@ -300,15 +302,15 @@ async def test_the_claim_stamps_the_edge_and_a_second_process_finds_it_taken(
 
 async def test_a_lease_held_or_gone_cannot_be_claimed(leases: LeaseStore) -> None:
     asset, run, other = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    key = lease_key(asset)
-    granted = await leases.acquire_all(run, [Claim(asset, "plate")], ttl_seconds=3600)
+    key = lease_key(WC, asset)
+    granted = await leases.acquire_all(run, [Claim(asset, "plate")], ttl_seconds=3600, workcell=WC)
     keeper = LeaseKeeper(leases, run, [binding(asset, granted[asset].revision)], EDGE)
     await hold(leases, key, ttl_seconds=0)
     with pytest.raises(LeaseLost, match="held for an intervention"):
         await keeper.claim()
 
     await leases.force_release(key, "operator")
-    await leases.acquire_all(other, [Claim(asset, "plate")], ttl_seconds=3600)
+    await leases.acquire_all(other, [Claim(asset, "plate")], ttl_seconds=3600, workcell=WC)
     with pytest.raises(LeaseLost, match="no longer held"):
         await keeper.claim()
     await leases.release_holder(key, other)

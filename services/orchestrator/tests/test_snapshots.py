@@ -26,7 +26,7 @@ from praxis_contracts.state import (
     WorkcellStateRestored,
     snapshot_object_name,
 )
-from praxis_contracts.topology import WORKCELL_STATE
+from praxis_contracts.topology import workcell_state
 from praxis_devstack.servers import NatsServer
 from praxis_runtime.bus import Bus
 
@@ -78,7 +78,7 @@ class StateLog:
                 await self._changed.wait()
 
     async def body(self, info: SnapshotInfo) -> tuple[WorkcellSnapshot, int]:
-        store = await self.client.js.object_store(WORKCELL_STATE.bucket)
+        store = await self.client.js.object_store(workcell_state(info.workcell_name).bucket)
         result = await store.get(info.object_name)
         assert result.data is not None
         return WorkcellSnapshot.model_validate_json(result.data), len(result.data)
@@ -274,7 +274,7 @@ async def put_restored(world: Any, assets: list[AssetState]) -> WorkcellStateRes
         object_name=snapshot_object_name(world.workcell, snapshot_id),
     )
     body = WorkcellSnapshot(**info.model_dump(), assets=assets).model_dump_json().encode()
-    store = await world.client.js.object_store(WORKCELL_STATE.bucket)
+    store = await world.client.js.object_store(workcell_state(world.workcell).bucket)
     await store.put(info.object_name, body)
     return WorkcellStateRestored(
         workcell_name=world.workcell,

@@ -6,8 +6,9 @@ submitted with bounded concurrency; the clock stops when the scheduler has recor
 completed. Completion is pushed to the benchmark by NATS subscriptions, never polled.
 The run list is then read at pages of 50 and 1,000 (time and bytes). Then the other services
 stop and the reservation figures are taken against the asset-manager
-alone (``bench_reservations``). Last, in-process, what isolating protocols costs: a worker
-thread and loop per run, the lease guard per instrument command (``bench_isolation``), and
+alone (``bench_reservations``). Last, in-process, what isolating protocols costs: the zygote's
+cold start, a runner process per run, the lease guard and the round trip per instrument command
+(``bench_isolation``), and
 recording a checkpoint's state (``bench_snapshots``).
 """
 
@@ -96,7 +97,7 @@ async def measure(
 ) -> dict[str, Any]:
     nc = await nats.connect(nats_url)
     watcher = RunWatcher()
-    await nc.subscribe("praxis.evt.orchestrator.run.finished.*", cb=watcher.on_finished)
+    await nc.subscribe("praxis.evt.orchestrator.run.finished.>", cb=watcher.on_finished)
     await nc.subscribe("praxis.evt.scheduler.run.status_changed.*", cb=watcher.on_status)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(

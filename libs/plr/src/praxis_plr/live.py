@@ -107,6 +107,19 @@ class LiveWorkcell:
         self._detached: dict[UUID, Resource] = {}  # moved by ``extend``, placed again by ``_add``
 
     @classmethod
+    def copies(cls, layout: WorkcellLayout) -> LiveWorkcell:
+        """Copies of the layout's assets for a run's own process (``praxis_plr.remote``): the
+        same classes, names, geometry and state, but no machine is set up or guarded (their
+        commands are forwarded to the orchestrator's live objects)."""
+        workcell = cls(layout, {}, [])
+        workcell._build_objects(layout, layout.assets)
+        workcell._machines = [
+            a.name for a in layout.assets if isinstance(workcell._objects[a.name], Machine)
+        ]
+        workcell._load_states(layout.assets, set())
+        return workcell
+
+    @classmethod
     async def build(cls, layout: WorkcellLayout) -> LiveWorkcell:
         """Build, set up and load the state of a workcell's live objects.
 
@@ -200,6 +213,29 @@ class LiveWorkcell:
         )
 
     async def _add(self, layout: WorkcellLayout, assets: list[Asset]) -> None:
+        moved, ordered = self._build_objects(layout, assets)
+        machines = [a.name for a in ordered if isinstance(self._objects[a.name], Machine)]
+        self._machines.extend(machines)
+        install_navigation_guard()
+        for name in machines:
+            machine = self._objects[name]
+            assert isinstance(machine, Machine)
+            if not machine.setup_finished:
+                await machine.setup()
+            guard_machine(machine, name, self._thread)
+        # After setup: LiquidHandler.setup() replaces its head trackers, dropping head state.
+        self._load_states(ordered, moved)
+
+    def _load_states(self, assets: Iterable[Asset], moved: set[UUID]) -> None:
+        for asset in assets:
+            if asset.state is not None and asset.accession_id not in moved:
+                self._objects[asset.name].load_all_state(state_from_json(asset.state))
+
+    def _build_objects(
+        self, layout: WorkcellLayout, assets: list[Asset]
+    ) -> tuple[set[UUID], list[Asset]]:
+        """Deserialize (or move) ``assets`` into ``self._objects``; the ids that moved, and the
+        assets parents first."""
         enable_tracking()
         by_id = _index(layout.assets)
         for asset in assets:
@@ -236,20 +272,7 @@ class LiveWorkcell:
                     f"{type(self._objects[asset.name]).__name__}.",
                     asset=asset.name,
                 )
-
-        machines = [a.name for a in ordered if isinstance(self._objects[a.name], Machine)]
-        self._machines.extend(machines)
-        install_navigation_guard()
-        for name in machines:
-            machine = self._objects[name]
-            assert isinstance(machine, Machine)
-            if not machine.setup_finished:
-                await machine.setup()
-            guard_machine(machine, name, self._thread)
-        # After setup: LiquidHandler.setup() replaces its head trackers, dropping head state.
-        for asset in ordered:
-            if asset.state is not None and asset.accession_id not in moved:
-                self._objects[asset.name].load_all_state(state_from_json(asset.state))
+        return moved, ordered
 
     @property
     def layout(self) -> WorkcellLayout:

@@ -121,10 +121,19 @@ class _PathBeneath(ctypes.Structure):
     ]
 
 
-def restrict(read: Iterable[Path], write: Iterable[Path], *, deny_network: bool = True) -> int:
+def restrict(
+    read: Iterable[Path],
+    write: Iterable[Path],
+    *,
+    deny_network: bool = True,
+    writes_only: bool = False,
+) -> int:
     """Confine this process (and its future children) to reading ``read`` and reading and
     writing ``write``; no TCP (ABI 4+); no signals or abstract sockets outside (ABI 6+).
     Paths that do not exist are skipped. Returns the ABI version used.
+
+    ``writes_only``: this layer handles only the kinds of writing (a nested domain that narrows
+    where an already confined process may write, leaving what it may read to the outer one).
 
     Raises:
         LandlockUnavailable: the kernel has no Landlock.
@@ -134,7 +143,7 @@ def restrict(read: Iterable[Path], write: Iterable[Path], *, deny_network: bool 
     if abi < 1:
         raise LandlockUnavailable("Landlock is not available on this kernel")
     libc = _libc()
-    fs = _fs_rights(abi)
+    fs = _fs_rights(abi) & (~READ if writes_only else ~0)
     attr = _RulesetAttr(
         handled_access_fs=fs,
         handled_access_net=(NET_BIND_TCP | NET_CONNECT_TCP) if abi >= 4 and deny_network else 0,

@@ -149,7 +149,8 @@ class Sandbox:
             identity = {"user": self.uid, "group": self.gid, "extra_groups": []}
         for folder in confinement.write:
             _own(Path(folder), self.uid, self.gid)
-        process = await asyncio.create_subprocess_exec(
+        spawn: Any = asyncio.create_subprocess_exec  # ``identity`` and ``streams`` are Popen's
+        process: asyncio.subprocess.Process = await spawn(
             *argv,
             env=child_environment(cwd),
             cwd=cwd,

@@ -12,23 +12,26 @@ from nats.js.object_store import ObjectStore
 from pydantic import Field
 
 from praxis_contracts.assets import GetWorkcellLayout, WorkcellLayout
-from praxis_contracts.topology import ASSET_LEASES, PROTOCOL_CODE, WORKCELL_STATE
+from praxis_contracts.permissions import needs, orchestrator
+from praxis_contracts.topology import ASSET_LEASES, PROTOCOL_CODE, workcell_state
 from praxis_orchestrator.code import CodeCache
 from praxis_orchestrator.edge import EdgeBeacon
 from praxis_orchestrator.executor import Executor
 from praxis_orchestrator.handlers import handlers_for
+from praxis_orchestrator.isolation import Zygote
 from praxis_orchestrator.outbox import Outbox
 from praxis_orchestrator.snapshots import StateRecorder
 from praxis_orchestrator.workcell import WorkcellHost
 from praxis_runtime.leases import LeaseStore
+from praxis_runtime.sandbox import Sandbox
 from praxis_runtime.service import Service, bus_for
-from praxis_runtime.settings import ServiceSettings
+from praxis_runtime.settings import SandboxedSettings, ServiceSettings
 
 FLUSH_FLOOR_SECONDS = 1.0
 """Least time a graceful stop gives the outbox to publish what is queued."""
 
 
-class Settings(ServiceSettings):
+class Settings(ServiceSettings, SandboxedSettings):
     service_name: str = "orchestrator"
     praxis_workcell: str = Field(
         default="demo", pattern=r"^[A-Za-z0-9_-]+$", description="PRAXIS_WORKCELL"
@@ -37,6 +40,16 @@ class Settings(ServiceSettings):
         default=Path(".praxis/orchestrator/code"), description="PROTOCOL_CODE_CACHE_DIR"
     )
     max_concurrent_runs: int = Field(default=4, ge=1, description="MAX_CONCURRENT_RUNS")
+    run_scratch_dir: Path = Field(
+        default=Path(".praxis/orchestrator/runs"),
+        description="RUN_SCRATCH_DIR: where each run's process gets the one folder it may write",
+    )
+    run_memory_mb: int = Field(
+        default=4096,
+        ge=256,
+        description="RUN_MEMORY_MB: address space of a run's process (its protocol, its copies "
+        "of the leased assets)",
+    )
     run_blocked_seconds: float = Field(
         default=60.0,
         gt=0,
@@ -71,6 +84,7 @@ class Orchestrator:
 
     instance: str = field(default_factory=lambda: uuid.uuid4().hex)  # new at every start
     executor: Executor | None = None
+    zygote: Zygote | None = None
     outbox: Outbox | None = None
     beacon: EdgeBeacon | None = None
     recorder: StateRecorder | None = None
@@ -86,17 +100,27 @@ def build(settings: Settings) -> tuple[Service, Orchestrator]:
 
     workcell = WorkcellHost(settings.praxis_workcell, fetch_layout)
     code = CodeCache(lambda: stores[PROTOCOL_CODE.bucket], settings.protocol_code_cache_dir)
-    service = Service(name=settings.service_name, settings=settings, bus=bus)
-    parts = Orchestrator()
+    zygote = Zygote(
+        Sandbox(settings),
+        settings.protocol_code_cache_dir.absolute(),
+        settings.run_scratch_dir.absolute(),
+        settings.run_memory_mb,
+    )
+    service = Service(
+        name=settings.service_name,
+        settings=settings,
+        bus=bus,
+        topology=needs(orchestrator(settings.praxis_workcell)),
+    )
+    parts = Orchestrator(zygote=zygote)
 
     async def wire() -> None:
         stores[PROTOCOL_CODE.bucket] = await bus.js.object_store(PROTOCOL_CODE.bucket)
-        stores[WORKCELL_STATE.bucket] = await bus.js.object_store(WORKCELL_STATE.bucket)
+        state = workcell_state(settings.praxis_workcell).bucket
+        stores[state] = await bus.js.object_store(state)
         outbox = Outbox(bus.publisher)
         outbox.start()
-        recorder = StateRecorder(
-            settings.praxis_workcell, outbox, lambda: stores[WORKCELL_STATE.bucket]
-        )
+        recorder = StateRecorder(settings.praxis_workcell, outbox, lambda: stores[state])
         executor = Executor(
             workcell,
             code,
@@ -107,6 +131,7 @@ def build(settings: Settings) -> tuple[Service, Orchestrator]:
             cancel_escalation_seconds=settings.cancel_escalation_seconds,
             recorder=recorder,
             max_concurrent_runs=settings.max_concurrent_runs,
+            zygote=zygote,
         )
         beacon = EdgeBeacon(
             bus.publisher,
@@ -121,6 +146,7 @@ def build(settings: Settings) -> tuple[Service, Orchestrator]:
         executor.list_runs = beacon.sync
         parts.executor, parts.outbox, parts.beacon = executor, outbox, beacon
         parts.recorder = recorder
+        await zygote.start()  # warms up (imports) while the first beat goes out
         await beacon.start()  # the first beat goes out before any command is taken
         service.include(handlers_for(settings.praxis_workcell), executor)
 
@@ -135,6 +161,7 @@ def build(settings: Settings) -> tuple[Service, Orchestrator]:
             await parts.outbox.close(max(FLUSH_FLOOR_SECONDS, deadline - loop.time()))
         if parts.beacon is not None:
             await parts.beacon.stop()  # last: the scheduler sees RunFinished before the key go
+        await zygote.stop()
         await workcell.stop()
 
     service.on_start.append(wire)

@@ -8,37 +8,34 @@ import shutil
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from nats.js.object_store import ObjectStore
 
 from praxis_contracts.errors import ProtocolLoadFailed
 from praxis_contracts.protocols import ProtocolDefinition
-from praxis_sdk.loader import SourceTree
 
 
 class CodeCache:
+    """Protocol code unpacked once per commit under ``cache_dir``; never imported here (the
+    runners import it, in their sandbox)."""
+
     def __init__(self, store: Callable[[], ObjectStore], cache_dir: Path) -> None:
         self._store = store
         self.cache_dir = cache_dir
-        self._trees: dict[str, SourceTree] = {}
+        self._ready: set[str] = set()
         self._lock = asyncio.Lock()
 
-    async def function(self, definition: ProtocolDefinition) -> Callable[..., Any]:
-        tree = await self._tree(definition)
-        return tree.function(definition.spec.module, definition.spec.qualname)
-
-    async def _tree(self, definition: ProtocolDefinition) -> SourceTree:
+    async def folder(self, definition: ProtocolDefinition) -> tuple[Path, str]:
+        """The folder holding the definition's commit, unpacked, and the identity its modules
+        are imported under (one package per source and commit)."""
         key = f"{definition.source_id}@{definition.commit}"
-        if key in self._trees:
-            return self._trees[key]
-        async with self._lock:
-            if key not in self._trees:
-                target = self.cache_dir / str(definition.source_id) / definition.commit
+        target = self.cache_dir / str(definition.source_id) / definition.commit
+        if key not in self._ready:
+            async with self._lock:
                 if not target.exists():
                     await self._unpack(definition.code_bundle, target)
-                self._trees[key] = SourceTree(target, key)
-        return self._trees[key]
+                self._ready.add(key)
+        return target, key
 
     async def _unpack(self, bundle: str, target: Path) -> None:
         try:

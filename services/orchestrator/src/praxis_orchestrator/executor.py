@@ -2,9 +2,9 @@
 
 The orchestrator never touches the database: it learns what to run from ``ExecuteRun`` and reports
 through events. Each run is a task on the one event loop that owns the live PyLabRobot objects
-(the *supervisor*), and its protocol function runs on a worker thread with a loop of its own
-(``praxis_orchestrator.isolation``), behind a view of the workcell that reaches only the run's
-leased assets (``praxis_plr.guard``).
+(the *supervisor*); its protocol function runs in a sandboxed process of its own, forked for
+the run (``praxis_orchestrator.isolation``), whose instrument commands this process executes
+behind a view of the workcell that reaches only the run's leased assets (``praxis_plr.guard``).
 
 A run's life, and why in this order:
 
@@ -17,7 +17,8 @@ A run's life, and why in this order:
    operator, never handed on. Every delivery of the command is kept "in progress" meanwhile,
    so it is not redelivered while this process works on it.
 3. It is prepared in a task of its own, so that a cancel can abort a layout fetch or a code load
-   that hangs: live objects, fence check, code, parameters. Then it waits for one of the
+   that hangs: live objects, fence check, code, a runner forked and given the code, the
+   parameters and copies of the leased assets. Then it waits for one of the
    ``max_concurrent_runs`` slots (its leases renewed all along).
 4. ``RunPreparing`` has been published, and a delivery of ``ExecuteRun`` is acknowledged, each
    retried while NATS is away (the leases are renewed meanwhile: an outage delays the run, it
@@ -25,21 +26,25 @@ A run's life, and why in this order:
    before it redelivers the command, whose next process finds the claim (the run then waits for
    an operator, as the dead process's heartbeat says). A process that stops gracefully before
    that withdraws its claim and hands the command back.
-5. ``RunStarted``, and the protocol function is called on the run's worker thread.
+5. ``RunStarted``, and the protocol function is called in the run's runner process
+   (``praxis_orchestrator.isolation``), which holds copies of the leased assets; each
+   instrument command it sends is checked and executed here, on the live objects.
 6. ``RunFinished``; the keeper renews the leases until the scheduler takes them back (it
    releases them, or holds them for an operator, once it has the report), then stops.
 
-A cancel of a running protocol escalates, each step given half of ``cancel_escalation_seconds``
-(``CANCEL_ESCALATION_SECONDS``, default 10 s: a cancel ends the run within that bound, well
-inside the scheduler's ``CANCEL_TIMEOUT_SECONDS``):
+A cancel of a running protocol escalates (default ``CANCEL_ESCALATION_SECONDS`` 10 s: a cancel
+ends the run within that bound, well inside the scheduler's ``CANCEL_TIMEOUT_SECONDS``):
 
-1. cooperative: ``RunCancelled`` at the protocol's next checkpoint (a protocol-function call);
-2. its task is cancelled on its own loop (a protocol awaiting something without checkpoints);
-3. the worker is abandoned: its view is fenced (no instrument command goes out any more) and the
-   run ends ``requires_intervention`` (its leases are held for an operator).
+1. cooperative: ``RunCancelled`` at the protocol's next checkpoint (a protocol-function call),
+   for half the bound;
+2. its task is cancelled on the runner's loop (a protocol awaiting something without
+   checkpoints), for a quarter;
+3. the runner's process group is killed (a protocol blocking or spinning its loop). The
+   instrument commands under way run here, not in the runner: they finish, within the last
+   quarter, before the run ends.
 
-Steps 1 and 2 end it ``cancelled``, unless step 2 interrupted an instrument command midway
-(then ``requires_intervention``: that instrument's state is unknown). A worker whose loop stops
+The run ends ``cancelled``, unless an instrument command had to be cut short (then
+``requires_intervention``: that instrument's state is unknown). A runner whose loop stops
 turning for ``run_blocked_seconds`` is reported once per stall (``RunBlocked``).
 
 Events go through the ``Outbox``: a protocol never waits for NATS, and never fails for its sake.
@@ -56,20 +61,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
-import inspect
 import json
 import logging
-import os
 import threading
-import traceback
-import typing
 import uuid
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 
 from pylabrobot.machines.machine import Machine
@@ -94,13 +92,13 @@ from praxis_contracts.runs import (
 from praxis_contracts.state import SnapshotInfo, SnapshotKind, WorkcellStateRestored
 from praxis_orchestrator.cleanup import Cleanup, holds_tips, make_safe, tip_policy
 from praxis_orchestrator.code import CodeCache
-from praxis_orchestrator.isolation import RunThread
+from praxis_orchestrator.isolation import RunnerLink, Zygote
 from praxis_orchestrator.keeper import ClaimedElsewhere, LeaseKeeper
 from praxis_orchestrator.outbox import Outbox
 from praxis_orchestrator.snapshots import StateRecorder
 from praxis_orchestrator.workcell import WorkcellHost
-from praxis_plr.guard import WorkcellView, current_view
-from praxis_plr.types import unwrap_optional
+from praxis_plr.guard import WorkcellView
+from praxis_plr.remote import RunObjects, copy_layout, run_assets
 from praxis_runtime.bus import (
     INFRA_RETRY_CAP,
     acknowledge,
@@ -111,9 +109,7 @@ from praxis_runtime.bus import (
 from praxis_runtime.leases import LeaseStore
 from praxis_runtime.logging import log_context
 from praxis_runtime.recent import RecentIds
-from praxis_sdk.context import CallRecord, RunCancelled, RunContext, RunControl, current_run
-from praxis_sdk.decorators import validate_parameters
-from praxis_sdk.state import PraxisState
+from praxis_sdk.context import RunControl
 
 log = logging.getLogger(__name__)
 
@@ -138,11 +134,12 @@ ROLLED_BACK_OUTCOMES = frozenset({"failed", "cancelled"})
 
 @dataclass(frozen=True)
 class Ended:
-    """How a protocol function ended, as its worker reports it."""
+    """How a protocol function ended, as its runner reports it (with the run's final state)."""
 
     outcome: RunOutcome
     result: Any = None
     error: ErrorInfo | None = None
+    state: dict[str, Any] = field(default_factory=dict)
 
 
 def now() -> datetime:
@@ -166,13 +163,13 @@ class ActiveRun:
         self.confirmed = asyncio.Event()  # a delivery of its command was acknowledged
         self.declined = False  # another process claimed it first: not this process's run
         self.slot = False  # it holds one of the ``max_concurrent_runs`` slots
+        self.link: RunnerLink | None = None  # its runner process, once forked
+        self.waiting = False  # its protocol waits at a checkpoint (paused)
         # Once the protocol function is called:
-        self.worker: RunThread | None = None
         self.view: WorkcellView | None = None
-        self.protocol_task: asyncio.Task[Ended] | None = None  # on the worker's loop
-        self.ended: asyncio.Future[Ended] | None = None  # on the supervisor's loop
+        self.ended: asyncio.Future[Ended] | None = None
         self.escalation: asyncio.Task[None] | None = None  # a cancel under way
-        self.given_up = False  # abandoned: the worker may still be running, fenced
+        self.given_up = False  # its runner was killed before the protocol ended
         self.blocked_reported = False
         self.before: dict[str, Any] | None = None  # its assets' state when the protocol began
         self.held: set[str] | None = None  # names whose leases it still holds as it ends
@@ -185,7 +182,7 @@ class ActiveRun:
     def phase(self) -> Phase:
         if not self.started:
             return "preparing"
-        return "paused" if self.control.blocked else "running"
+        return "paused" if self.waiting else "running"
 
     def report(self) -> EdgeRun:
         return EdgeRun(
@@ -194,28 +191,6 @@ class ActiveRun:
             last_call=self.last_call,
             last_checkpoint_at=self.last_checkpoint_at,
         )
-
-
-class EventSink:
-    """Queues each protocol-function call record as an event, and notes the last call; a call
-    that completed is a checkpoint (``on_completed``, on the worker's thread)."""
-
-    def __init__(
-        self,
-        emit: Callable[[Event], int],
-        run: ActiveRun,
-        on_completed: Callable[[CallRecord], None] = lambda call: None,
-    ) -> None:
-        self.emit = emit
-        self.run = run
-        self.on_completed = on_completed
-
-    async def record(self, call: CallRecord) -> None:
-        if call.status == "running":
-            self.run.last_call = call.function
-        self.emit(FunctionCallRecorded(**call.__dict__))
-        if call.status == "completed":
-            self.on_completed(call)
 
 
 class Executor:
@@ -231,8 +206,11 @@ class Executor:
         cancel_escalation_seconds: float = CANCEL_ESCALATION_SECONDS,
         recorder: StateRecorder | None = None,
         max_concurrent_runs: int = 4,
+        zygote: Zygote | None = None,
     ) -> None:
         self.workcell = workcell
+        self.reporter = {"workcell": workcell.name, "edge_instance": instance}
+        """Who reports a run event: the workcell (its subject key) and this process."""
         self.code = code
         self.leases = leases
         self.outbox = outbox
@@ -246,6 +224,8 @@ class Executor:
         self.on_runs_changed: Callable[[], None] = lambda: None  # the heartbeat beats at once
         self.list_runs: Callable[[], Awaitable[None]] = _nothing  # a heartbeat listing them, stored
         self._slots = asyncio.Semaphore(max_concurrent_runs)
+        self.zygote = zygote
+        self.machine_locks: dict[str, asyncio.Lock] = {}  # one command per machine at a time
         self.runs: dict[uuid.UUID, ActiveRun] = {}
         self.done = RecentIds()  # runs that ended here: a redelivered command is dropped
         self.cancelled_early = RecentIds()  # cancels that overtook their ExecuteRun
@@ -306,16 +286,7 @@ class Executor:
             handler.add_done_callback(self._handlers.discard)
 
     def _register(self, cmd: ExecuteRun) -> ActiveRun:
-        # Called on the run's worker thread: the outbox is thread-safe, the beacon is not.
-        async def paused() -> None:
-            self._emit(RunPaused(run_id=cmd.run_id, at=now(), edge_instance=self.instance))
-            self._on_supervisor(self.on_runs_changed)
-
-        async def resumed() -> None:
-            self._emit(RunResumed(run_id=cmd.run_id, at=now(), edge_instance=self.instance))
-            self._on_supervisor(self.on_runs_changed)
-
-        run = ActiveRun(cmd, RunControl(on_pause=paused, on_resume=resumed))
+        run = ActiveRun(cmd, RunControl())
         self.runs[cmd.run_id] = run
         self.on_runs_changed()
         return run
@@ -348,9 +319,7 @@ class Executor:
                 if cmd.run_id in self.cancelled_early:
                     await self._finish(run, "cancelled", state=cmd.initial_state)
                     return
-                preparing = self._emit(
-                    RunPreparing(run_id=cmd.run_id, at=now(), edge_instance=self.instance)
-                )
+                preparing = self._emit(RunPreparing(run_id=cmd.run_id, at=now(), **self.reporter))
                 if not await self._claim(run):
                     return
                 call = await self._preparation(run, preparing)
@@ -364,6 +333,7 @@ class Executor:
                         await run.keeper.unclaim()
                 raise
             finally:
+                await self._close_runner(run)
                 if run.keeper is not None:
                     await run.keeper.stop()
                 self._unregister(run)
@@ -407,6 +377,13 @@ class Executor:
             run.preparation = None
         return None
 
+    @staticmethod
+    async def _close_runner(run: ActiveRun) -> None:
+        """The run's runner (if one was forked) killed, its channel closed, its watch on the
+        live objects ended; again is harmless."""
+        if run.link is not None:
+            await asyncio.shield(run.link.close())
+
     async def _prepare_and_confirm(self, run: ActiveRun, preparing: int) -> PreparedCall:
         call = await self._prepare(run)
         await self._slots.acquire()  # at most ``max_concurrent_runs`` protocols at once
@@ -419,58 +396,106 @@ class Executor:
         return call
 
     async def _prepare(self, run: ActiveRun) -> PreparedCall:
+        """Live objects, the fence, the code unpacked, a runner forked and prepared: it imports
+        the code, checks the parameters and builds copies of the leased assets."""
         cmd = run.cmd
         keeper = run.keeper
-        assert keeper is not None
+        assert keeper is not None and self.zygote is not None
         live = await self.workcell.ensure(cmd.bindings)
         keeper.check_now()
-        fn = await self.code.function(cmd.definition)
-        kwargs: dict[str, Any] = validate_parameters(fn, cmd.parameters)
-        view = live.view(cmd.run_id, [b.asset_name for b in cmd.bindings], keeper.check_now)
-        for binding in cmd.bindings:
-            kwargs[binding.requirement] = live.get(binding.asset_name)
-        ctx = RunContext(
+        root, identity = await self.code.folder(cmd.definition)
+        leased = [b.asset_name for b in cmd.bindings]
+        view = live.view(cmd.run_id, leased, keeper.check_now)
+        names = run_assets(live.layout, leased)  # and the decks they are on or own
+        objects = RunObjects(
+            {name: live.get(name) for name in names},
+            [b.asset_name for b in cmd.bindings if b.kind == "machine"],
+            others=[live.get(name) for name in live.names()],
             run_id=cmd.run_id,
-            state=PraxisState(cmd.initial_state),
-            sink=EventSink(self._emit, run, lambda done: self._checkpoint_state(run, done)),
-            control=run.control,
-            on_checkpoint=_checkpoint(run, keeper),
+            leased=leased,
+            view=view,
         )
-        for name, hint in typing.get_type_hints(fn).items():
-            inner, _ = unwrap_optional(hint)
-            if inner is PraxisState:
-                kwargs[name] = ctx.state
-            elif inner is RunContext:
-                kwargs[name] = ctx
-        for name, param in inspect.signature(fn).parameters.items():
-            if name not in kwargs and param.default is inspect.Parameter.empty:
-                kwargs[name] = None  # an optional asset left unbound
-        return PreparedCall(fn, kwargs, ctx, keeper, view)
+        link = run.link = await self.zygote.fork(cmd.run_id)
+        link.attach(objects, view, self.machine_locks)
+        link.on_call = lambda message: self._on_call(run, message)
+        link.on_paused = lambda _: self._waiting(run, True)
+        link.on_resumed = lambda _: self._waiting(run, False)
+        answer = await link.prepare(
+            {
+                "run_id": str(cmd.run_id),
+                "code_root": str(root),
+                "code_identity": identity,
+                "module": cmd.definition.spec.module,
+                "qualname": cmd.definition.spec.qualname,
+                "parameters": cmd.parameters,
+                "bindings": {b.requirement: b.asset_name for b in cmd.bindings},
+                "layout": copy_layout(live.layout, names).model_dump(mode="json"),
+                "states": live.snapshot(names),
+                "initial_state": cmd.initial_state,
+                "tick": self._tick,
+            }
+        )
+        if answer.get("op") != "ready":
+            raise PreparationFailed(answer.get("error") or {"message": "the runner ended"})
+        return PreparedCall(link, view)
+
+    @property
+    def _tick(self) -> float:
+        """How often a runner's loop reports it is turning."""
+        return min(1.0, self.run_blocked_seconds / 4)
+
+    def _on_call(self, run: ActiveRun, message: dict[str, Any]) -> None:
+        """A protocol-function call started or ended in the runner: published (stamped with
+        this run, workcell and process whatever the runner said), noted for the heartbeat; a
+        nested call that completed is a checkpoint: its assets' state is recorded."""
+        try:
+            record = FunctionCallRecorded.model_validate(
+                {**message.get("record", {}), "run_id": str(run.run_id), **self.reporter}
+            )
+        except ValueError as exc:
+            log.warning("run %s sent a malformed call record: %s", run.run_id, exc)
+            return
+        if record.status == "running":
+            run.last_call = record.function
+        run.last_checkpoint_at = now()
+        self._emit(record)
+        if record.status == "completed" and record.parent_call_id is not None and not run.given_up:
+            self._record_state(run, "checkpoint", checkpoint=f"{record.function}#{record.sequence}")
+
+    def _waiting(self, run: ActiveRun, waiting: bool) -> None:
+        run.waiting = waiting
+        event = RunPaused if waiting else RunResumed
+        self._emit(event(run_id=run.run_id, at=now(), **self.reporter))
+        self.on_runs_changed()
 
     # -- running it ---------------------------------------------------------------------------
     async def _call(self, run: ActiveRun, call: PreparedCall) -> None:
         cmd = run.cmd
+        link = call.link
         run.started = True
+        run.view = call.view
         self.on_runs_changed()
-        worker = RunThread(f"run-{cmd.run_id}", tick=min(0.25, self.run_blocked_seconds / 4))
-        run.worker, run.view = worker, call.view
-        run.control.bind(worker.loop)
-        ended = run.ended = asyncio.get_running_loop().create_future()
-        worker.start()
-        self._emit(RunStarted(run_id=cmd.run_id, at=now(), edge_instance=self.instance))
+        self._emit(RunStarted(run_id=cmd.run_id, at=now(), **self.reporter))
         run.before = self._record_state(run, "run_started")
-        future = worker.submit(self._protocol(run, call, contextvars.copy_context()))
-        future.add_done_callback(lambda done: self._on_supervisor(self._protocol_ended, run, done))
+        run.ended = asyncio.get_running_loop().create_future()
+        link.ended.add_done_callback(lambda done: self._runner_ended(run, done))
         stop_watching = self._watch(run)
+        fence = asyncio.create_task(self._fence_when_lost(run))
+        await link.send("go")
         if run.control.cancelled:  # a cancel came while it was being confirmed
+            await link.send("cancel")
             self._escalate_cancel(run)
+        elif run.control.paused:
+            await link.send("pause")
         try:
-            end = await asyncio.shield(ended)
+            end = await asyncio.shield(run.ended)
         except asyncio.CancelledError:
             await self._stop_on_shutdown(run)
             raise
         finally:
             stop_watching()
+            fence.cancel()
+            await link.close()
         cleanup: list[str] = []
         # What it still holds decides what clean-up, rollback and the last snapshot may touch:
         # a run fenced off a lease must leave that asset to whoever holds it now.
@@ -478,13 +503,30 @@ class Executor:
         if end.outcome in ("failed", "cancelled"):
             end, cleanup = await self._make_safe(run, end)
         await self._finish(
-            run,
-            end.outcome,
-            result=end.result,
-            error=end.error,
-            state=_state_of(call.ctx),
-            cleanup=cleanup,
+            run, end.outcome, result=end.result, error=end.error, state=end.state, cleanup=cleanup
         )
+
+    async def _fence_when_lost(self, run: ActiveRun) -> None:
+        """A lost lease fences the runner too (its next checkpoint raises ``LeaseLost``); its
+        commands are refused by the supervisor anyway."""
+        keeper = run.keeper
+        if keeper is None or run.link is None:
+            return
+        await keeper.fenced.wait()
+        if keeper.lost is not None:
+            await run.link.send("fence", message=keeper.lost.message)
+
+    def _runner_ended(self, run: ActiveRun, done: asyncio.Future[dict[str, Any]]) -> None:
+        """The runner reported how the protocol ended, or its process is gone."""
+        if run.ended is None or run.ended.done():
+            return
+        report = done.result()
+        if report.get("lost"):
+            if run.given_up:
+                return  # killed by a cancel's last step: the escalation ends the run
+            message = "the protocol's process ended without reporting how the protocol ended"
+            report = {"outcome": "failed", "error": {"type": "RunnerExited", "message": message}}
+        run.ended.set_result(_ended(report))
 
     async def _make_safe(self, run: ActiveRun, end: Ended) -> tuple[Ended, list[str]]:
         """Clean up the run's machines (``cleanup``); a machine that cannot be made safe ends
@@ -529,81 +571,33 @@ class Executor:
         error = _ended_error("MachineNotSafe", message)
         return Ended("requires_intervention", error=error), [*done.actions, *done.problems]
 
-    async def _protocol(
-        self, run: ActiveRun, call: PreparedCall, context: contextvars.Context
-    ) -> Ended:
-        """The protocol function, on the run's worker loop, in a task of its own."""
-        for var, value in context.items():  # log context, correlation id
-            var.set(value)
-        current_run.set(call.ctx)
-        current_view.set(call.view)
-        run.protocol_task = asyncio.current_task()
-        try:
-            result = await call.fn(**call.kwargs)
-        except RunCancelled:
-            return Ended("cancelled")
-        except asyncio.CancelledError:  # a cancel's second step, or a shutdown
-            if call.view.interrupted:
-                message = "cancelled in the middle of an instrument command: its state is unknown"
-                return Ended(
-                    "requires_intervention", error=_ended_error("CommandInterrupted", message)
-                )
-            return Ended("cancelled")
-        except Exception as exc:
-            log.warning("run failed: %s: %s", type(exc).__name__, exc)
-            return Ended(
-                "failed", error=_error_info(exc, ErrorCode.PROTOCOL_ERROR, self.code.cache_dir)
-            )
-        return Ended("completed", result=_json_safe(result))
-
-    def _protocol_ended(self, run: ActiveRun, done: Future[Ended]) -> None:
-        """On the supervisor: the worker's task is over (also long after it was abandoned)."""
-        assert run.worker is not None and run.ended is not None
-        run.worker.stop()
-        if run.ended.done():
-            if run.given_up:
-                log.info("abandoned run %s: its worker's protocol returned at last", run.run_id)
-            return
-        try:
-            run.ended.set_result(done.result())
-        except BaseException as exc:  # the wrapper itself failed, or was cancelled
-            run.ended.set_result(Ended("failed", error=_error_info(exc, ErrorCode.INTERNAL)))
-
-    def _on_supervisor(self, callback: Callable[..., None], *args: Any) -> None:
-        """Run ``callback`` on the supervisor's loop (now, when already on it)."""
-        if threading.get_ident() == self._thread:
-            callback(*args)
-        else:
-            with contextlib.suppress(RuntimeError):  # the process is stopping: loop closed
-                self._loop.call_soon_threadsafe(callback, *args)
-
     def _watch(self, run: ActiveRun) -> Callable[[], None]:
-        """The watchdog: ``RunBlocked`` once the worker's loop has not turned for
+        """The watchdog: ``RunBlocked`` once the runner's loop has not turned (no tick) for
         ``run_blocked_seconds``, once per stall. Returns what stops it."""
-        worker, limit = run.worker, self.run_blocked_seconds
-        assert worker is not None
+        link, limit = run.link, self.run_blocked_seconds
+        assert link is not None
         loop = asyncio.get_running_loop()
         handle: list[asyncio.TimerHandle] = []
 
         def check() -> None:
-            stalled = worker.stalled_for()
+            stalled = loop.time() - link.last_tick
             if stalled < limit:
                 run.blocked_reported = False
                 delay = limit - stalled
             else:
                 if not run.blocked_reported:
                     run.blocked_reported = True
-                    log.warning("run %s has blocked its worker for %.1f s", run.run_id, stalled)
+                    log.warning("run %s has blocked its runner for %.1f s", run.run_id, stalled)
                     self._emit(
                         RunBlocked(
                             run_id=run.run_id,
                             at=now(),
-                            edge_instance=self.instance,
                             blocked_seconds=round(stalled, 3),
                             last_call=run.last_call,
+                            **self.reporter,
                         )
                     )
-                delay = worker.tick
+                delay = self._tick
             handle[0] = loop.call_later(delay, check)
 
         handle.append(loop.call_later(limit, check))
@@ -615,39 +609,46 @@ class Executor:
 
     async def _escalation(self, run: ActiveRun) -> None:
         """A cancel of a running protocol, step by step (see the module's docstring)."""
-        assert run.ended is not None and run.worker is not None
+        assert run.ended is not None and run.link is not None
         step = self.cancel_escalation_seconds / 2
         if await _within(run.ended, step):
             return
-        log.warning("run %s did not stop at a checkpoint; cancelling its task", run.run_id)
-        if run.protocol_task is not None:
-            run.worker.call(run.protocol_task.cancel)
-        if await _within(run.ended, step):
+        log.warning("run %s did not stop at a checkpoint; interrupting its protocol", run.run_id)
+        await run.link.send("interrupt")
+        if await _within(run.ended, step / 2):
             return
-        self._abandon(
-            run, f"it did not stop within {self.cancel_escalation_seconds:g} s of a cancel"
+        await self._kill(run, f"it did not stop within {self.cancel_escalation_seconds:g} s")
+
+    async def _kill(self, run: ActiveRun, why: str) -> None:
+        """Kill the runner; the instrument commands under way (in this process) finish first,
+        within the escalation's bound, or are cancelled (their instruments' state unknown)."""
+        assert run.link is not None and run.ended is not None
+        run.given_up = True
+        run.link.kill()
+        log.error("run %s killed: %s", run.run_id, why)
+        settled = await run.link.settle(self.cancel_escalation_seconds / 4)
+        if run.ended.done():
+            return
+        if settled:
+            run.ended.set_result(Ended("cancelled"))
+            return
+        if run.view is not None:
+            run.view.interrupted = True
+        message = (
+            f"run killed ({why}) with an instrument command still under way: its "
+            "instrument's state is unknown"
+        )
+        run.ended.set_result(
+            Ended("requires_intervention", error=_ended_error("CommandInterrupted", message))
         )
 
-    def _abandon(self, run: ActiveRun, why: str) -> None:
-        """Give the worker up: fence it and end the run for an operator."""
-        assert run.view is not None and run.ended is not None
-        run.view.abandon(why)
-        run.given_up = True
-        log.error("run %s abandoned: %s", run.run_id, why)
-        if not run.ended.done():
-            message = f"run abandoned: {why}; the instruments' state is unknown"
-            run.ended.set_result(
-                Ended("requires_intervention", error=_ended_error("RunAbandoned", message))
-            )
-
     async def _stop_on_shutdown(self, run: ActiveRun) -> None:
-        """The process is stopping while the protocol runs: cancel its task on its loop, wait
-        a bounded time, abandon it if it does not stop."""
-        assert run.ended is not None and run.worker is not None
-        if run.protocol_task is not None:
-            run.worker.call(run.protocol_task.cancel)
+        """The process is stopping while the protocol runs: interrupt it, wait a bounded time,
+        kill it if it does not stop."""
+        assert run.ended is not None and run.link is not None
+        await run.link.send("interrupt")
         if not await _within(run.ended, self.cancel_escalation_seconds / 2):
-            self._abandon(run, "the orchestrator stopped while it ran")
+            await self._kill(run, "the orchestrator stopped while it ran")
 
     async def _still_held(self, run: ActiveRun) -> set[str]:
         """Names of the run's assets whose leases it still holds (all, unless it was fenced)."""
@@ -683,7 +684,7 @@ class Executor:
         event = RunFinished(
             run_id=run.run_id,
             at=now(),
-            edge_instance=self.instance,
+            **self.reporter,
             outcome=outcome,
             result=result,
             error=error,
@@ -749,17 +750,6 @@ class Executor:
             log.exception("could not record the %s state of run %s", kind, run.run_id)
             return None, None
         return states, info
-
-    def _checkpoint_state(self, run: ActiveRun, call: CallRecord) -> None:
-        """On the run's worker thread, as a protocol-function call completes: its assets' state
-        now (see ``praxis_orchestrator.snapshots`` for why here)."""
-        if run.given_up:
-            return  # abandoned and fenced: an operator decides what its assets hold
-        if call.parent_call_id is None:
-            return  # the run's own function: its end is the run's (``run_finished``)
-        self._record_state(
-            run, "checkpoint", checkpoint=f"{call.function}#{call.sequence}", sole_writer=True
-        )
 
     def _final_asset_states(self, run: ActiveRun, outcome: RunOutcome) -> dict[str, Any]:
         """The state of the run's assets as it ends (rolled back first if it asked for that),
@@ -859,18 +849,24 @@ class Executor:
             log.info("run %s is not executing here; %s noted", cmd.run_id, cmd.action)
             return
         control = run.control
+        started = run.started and run.link is not None
         if cmd.action == "pause":
             control.pause()
+            if started:
+                await run.link.send("pause")  # type: ignore[union-attr]
         elif cmd.action == "cancel":
             control.cancel()
             if run.preparation is not None:
                 run.preparation.cancel()  # a layout fetch or code load may hang: abort it
+            if started:
+                await run.link.send("cancel")  # type: ignore[union-attr]
             self._escalate_cancel(run)  # a running protocol that does not stop is made to
         else:
-            was_waiting = control.blocked
             control.resume()
-            if not was_waiting:  # paused before any checkpoint was reached: nothing waited
-                self._emit(RunResumed(run_id=cmd.run_id, at=now(), edge_instance=self.instance))
+            if started:
+                await run.link.send("resume")  # type: ignore[union-attr]
+            if not run.waiting:  # paused before any checkpoint was reached: nothing waited
+                self._emit(RunResumed(run_id=cmd.run_id, at=now(), **self.reporter))
 
     async def resync_leases(self) -> None:
         """NATS came back: every keeper re-creates its watchers (see ``LeaseKeeper.resync``)."""
@@ -899,29 +895,40 @@ class Executor:
 
 
 class PreparedCall:
-    def __init__(
-        self,
-        fn: Callable[..., Any],
-        kwargs: dict[str, Any],
-        ctx: RunContext,
-        keeper: LeaseKeeper,
-        view: WorkcellView,
-    ) -> None:
-        self.fn = fn
-        self.kwargs = kwargs
-        self.keeper = keeper
-        self.ctx = ctx
+    """A run ready to start: its prepared runner and its view of the workcell (the guard)."""
+
+    def __init__(self, link: RunnerLink, view: WorkcellView) -> None:
+        self.link = link
         self.view = view
 
 
-def _checkpoint(run: ActiveRun, keeper: LeaseKeeper) -> Callable[[], Awaitable[None]]:
-    """The run's check at every protocol-function boundary: noted for the heartbeat, fenced."""
+class PreparationFailed(Exception):
+    """The runner could not prepare the run (code, parameters, copies): its error."""
 
-    async def checkpoint() -> None:
-        run.last_checkpoint_at = now()
-        await keeper.check()
+    def __init__(self, error: dict[str, Any]) -> None:
+        super().__init__(str(error.get("message", "the run could not be prepared")))
+        self.error = error
 
-    return checkpoint
+
+def _ended(report: dict[str, Any]) -> Ended:
+    """How the runner reports its protocol ended (``finished``), checked: the runner is not
+    trusted to say more than an outcome, a JSON result, an error and its state."""
+    outcome = report.get("outcome")
+    if outcome not in ("completed", "failed", "cancelled"):
+        outcome = "failed"
+    error = None
+    if report.get("error") is not None:
+        try:
+            error = ErrorInfo.model_validate(report["error"])
+        except ValueError:
+            error = ErrorInfo(type="RunnerError", message="the runner reported a malformed error")
+    state = report.get("state")
+    return Ended(
+        outcome,
+        result=report.get("result"),
+        error=error,
+        state=state if isinstance(state, dict) else {},
+    )
 
 
 async def _nothing() -> None:
@@ -934,15 +941,6 @@ async def _within(future: asyncio.Future[Any], seconds: float) -> bool:
     return future.done()
 
 
-def _state_of(ctx: RunContext) -> dict[str, Any]:
-    """The run's state; an abandoned worker may still be changing it."""
-    try:
-        return ctx.state.to_dict()
-    except Exception:
-        log.exception("could not read the state of run %s", ctx.run_id)
-        return {}
-
-
 def _ended_error(kind: str, message: str) -> ErrorInfo:
     return ErrorInfo(type=kind, message=message, code="requires_intervention")
 
@@ -952,41 +950,15 @@ def _being_cancelled() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-def _error_info(
-    exc: BaseException, fallback: ErrorCode, protocol_root: Path | None = None
-) -> ErrorInfo:
-    """A run's error: its own message and a code (the exception's, else ``fallback``), and the
-    traceback of the protocol's own frames only, paths relative to its source tree (never the
-    orchestrator's or a library's files: run records are read over the API)."""
+def _error_info(exc: BaseException, fallback: ErrorCode) -> ErrorInfo:
+    """A run's error before its protocol was called: the runner's own report (its message and
+    code, checked), or this exception's message and code (else ``fallback``). No file of the
+    orchestrator's reaches a run record."""
+    if isinstance(exc, PreparationFailed):
+        try:
+            return ErrorInfo.model_validate({**exc.error, "traceback": None})
+        except ValueError:
+            return ErrorInfo(type="PreparationFailed", message=str(exc), code=fallback.value)
     code = exc.code.value if isinstance(exc, PraxisError) else fallback.value
     message = exc.message if isinstance(exc, PraxisError) else str(exc)
-    return ErrorInfo(
-        type=type(exc).__name__,
-        message=message or type(exc).__name__,
-        code=code,
-        traceback=_protocol_traceback(exc, protocol_root) if protocol_root else None,
-    )
-
-
-def _protocol_traceback(exc: BaseException, root: Path) -> str | None:
-    """``Traceback`` lines for the frames in the protocol's source tree
-    (``<source>/<commit>/<path>`` under the code cache, shown as ``<path>``), then the exception
-    line; None if none."""
-    base = str(root.resolve()) + os.sep
-    lines = []
-    for frame in traceback.extract_tb(exc.__traceback__):
-        filename = str(Path(frame.filename).resolve())
-        if not filename.startswith(base):
-            continue
-        shown = filename[len(base) :].split(os.sep, 2)[-1]  # <source id>/<commit>/<path>
-        lines.append(f'  File "{shown}", line {frame.lineno}, in {frame.name}\n')
-        if frame.line:
-            lines.append(f"    {frame.line}\n")
-    if not lines:
-        return None
-    last = traceback.format_exception_only(type(exc), exc)[-1]
-    return ("Traceback (protocol frames):\n" + "".join(lines) + last)[-4000:]
-
-
-def _json_safe(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=repr))
+    return ErrorInfo(type=type(exc).__name__, message=message or type(exc).__name__, code=code)

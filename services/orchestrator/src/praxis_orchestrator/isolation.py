@@ -1,156 +1,339 @@
-"""Each run's protocol runs on a worker thread with an event loop of its own.
+"""Each run's protocol runs in a sandboxed process of its own, forked from a warm zygote.
 
-Why: protocol code is arbitrary Python. A ``time.sleep(30)`` or a busy loop on the orchestrator's
-event loop froze everything that keeps the process honest: the edge heartbeat, the lease keepers'
-renewals (another run then lost its leases), control commands, the health endpoint. The loop that
-talks to NATS (the *supervisor*) must stay free, so protocols never run on it.
+Why a process: protocol code is arbitrary, and not fully trusted, Python. In the orchestrator's
+process it could read the process's memory and environment (the edge's NATS login), switch the
+asset guard off for every later run (``current_view``, the wrapped backend methods' originals),
+reach other runs' objects (``gc.get_objects``), end every run on the edge (``os._exit``), or
+change process-wide PyLabRobot settings under the others. In a process of its own it can do all
+of that to itself only. The orchestrator (the *supervisor*) keeps everything that matters: the
+edge's login, the heartbeat, the lease keepers, the event stream, and the live PyLabRobot objects
+with their backends; the runner holds no credential and reaches no network.
 
-Why threads and not child processes: a child process could be killed, which is stronger, but the
-live PyLabRobot objects (the machines with their backends, the tip and volume trackers every run
-on the workcell shares) would have to live in the child, or every instrument command be shipped
-across a process boundary; one process per workcell owning them is the model today. PyLabRobot
-0.2.2's liquid handler, plate reader and chatterbox backends create no loop-bound asyncio objects,
-so they can be driven from another loop (see ``praxis_plr.live``). The price of a thread: it
-cannot be killed. A run that will not stop is *abandoned* instead: its view of the workcell is
-fenced (``WorkcellView.abandon``: every later instrument command is refused before the backend
-sees it), its leases are handed to an operator, and it ends ``requires_intervention``. The thread
-is a daemon: it lives on until its code returns, and cannot hold the process up at exit.
+Why the supervisor keeps the live objects and executes every instrument command: a machine is
+set up once (homing a STAR takes minutes) by one long-lived process and its backend's I/O belongs
+to one event loop. So the runner works on *copies* of its leased assets (``praxis_plr.remote``:
+same classes, names, geometry, state), and each instrument command a protocol sends becomes a
+message: the supervisor executes it on the live object inside the run's ``WorkcellView`` (fence,
+leased machine, leased resources: ``praxis_plr.guard``), one command per machine at a time
+(two runs sharing a shareable machine never drive it at once), and answers with the result and
+what changed, which the runner loads into its copies. Nothing a protocol does to its own process
+can send a command the supervisor did not check.
 
-What crosses between the loops, and how:
+Why a zygote: a fresh interpreter importing PyLabRobot costs a second or more; the zygote
+(``praxis_orchestrator.zygote``) is started once, in the service's sandbox
+(``praxis_runtime.sandbox``), imports everything, and forks a runner per run in milliseconds.
+Each runner narrows its confinement further (its own scratch folder; no signal to the zygote or
+another run). ``make bench`` reports the cold start, the per-run cost and the per-command cost.
 
-* The protocol is started with ``asyncio.run_coroutine_threadsafe``; its end comes back through
-  the concurrent future (the supervisor waits on it with ``asyncio.wrap_future``).
-* Pause, resume and cancel: ``RunControl`` wakes the protocol's loop with ``call_soon_threadsafe``.
-  The harder steps of a cancel (``Executor``) cancel the protocol's task on its own loop, the
-  same way.
-* Events (call records, pause/resume) go into the ``Outbox``, whose ``emit`` is thread-safe; other
-  supervisor-side effects (the heartbeat's poke) are handed over with ``call_soon_threadsafe``.
-* The fence: the lease keeper's local state, read by the guard before every instrument command.
-
-A watchdog on the supervisor notices a worker whose loop has stopped turning (``RunThread`` beats
-on its own loop every ``tick`` seconds): ``RunBlocked`` once per stall.
+A cancel escalates (``Executor``): the runner's next checkpoint raises ``RunCancelled``; then its
+protocol task is cancelled (``interrupt``); then its process group is killed. Killing a runner
+never interrupts an instrument command: commands run in the supervisor, which lets the one under
+way finish (within the escalation's bound) before the run ends ``cancelled``. Only a command
+that does not finish in that bound is cancelled, and the run ends ``requires_intervention``.
+A runner whose loop stops turning (blocking code, a busy loop) stops sending its ticks: the
+supervisor reports ``RunBlocked`` once per stall.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
+import json
 import logging
-import sys
-import threading
-import time
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+import os
+import signal
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from praxis_orchestrator.channel import Channel, ChannelClosed
+from praxis_plr.guard import WorkcellView, current_view
+from praxis_plr.remote import CodecError, RunObjects, decode, encode, error_reply
+from praxis_runtime.confine import Confinement
+from praxis_runtime.sandbox import Sandbox
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
+RUN_CPU_SECONDS = 7 * 24 * 3600
+"""CPU seconds a runner may use (a long protocol mostly waits on its instruments)."""
+FORK_TIMEOUT = 120.0
+"""How long a fork may take, the zygote's first start (imports) included."""
 
 
-SWITCH_INTERVAL = 0.001
-"""Seconds a thread may hold the GIL while another waits for it (Python's default is 0.005)."""
-
-YIELD_EVERY = 0.005
-"""A worker running Python code gives the GIL away for a moment at least this often."""
+class RunnerFailed(RuntimeError):
+    """A runner could not be started, or the zygote is gone for good."""
 
 
-def favour_the_supervisor() -> None:
-    """Shorten the GIL switch interval (process-wide, once; never lengthen it)."""
-    if sys.getswitchinterval() > SWITCH_INTERVAL:
-        sys.setswitchinterval(SWITCH_INTERVAL)
+class Zygote:
+    """This orchestrator's zygote, started in its sandbox; forks a ``RunnerLink`` per run."""
 
+    def __init__(self, sandbox: Sandbox, code_root: Path, scratch: Path, memory_mb: int) -> None:
+        self.sandbox = sandbox
+        self.code_root = code_root
+        self.scratch = scratch
+        self.memory_mb = memory_mb
+        self.process: asyncio.subprocess.Process | None = None
+        self.control: socket.socket | None = None
+        self._lock = asyncio.Lock()
+        self.forks = 0
 
-def yielding_profile(every: float = YIELD_EVERY) -> Callable[[Any, str, Any], None]:
-    """A profile function for a worker thread: every ``every`` seconds of its Python code, it
-    sleeps 0.2 ms, handing the GIL to whoever waits for it (the supervisor).
+    def confinement(self) -> Confinement:
+        return self.sandbox.confinement(
+            read=[self.code_root],
+            write=[self.scratch],
+            memory_mb=self.memory_mb,
+            cpu_seconds=RUN_CPU_SECONDS,
+            processes=4096,
+        )
 
-    Why: a protocol that spins *and* makes short system calls (``while not path.exists():``,
-    polling a port) starved the supervisor. Each system call releases the GIL and takes it
-    straight back, which restarts the waiting thread's switch-interval clock, so the supervisor
-    almost never got the GIL back: measured on this machine, its loop lagged 100 ms at the median
-    and 3-7 s at worst (heartbeats and lease renewals timed out); with this profile 1-3 ms and
-    under 12 ms. A pure spin without system calls is already handled by the switch interval.
-
-    The price: a Python-level hook on each call and return of the worker's Python code
-    (protocol and PyLabRobot), counted before the clock is read: about 0.2 us per call, several
-    times slower for call-heavy pure-Python code; ``make bench`` gives the figure per instrument
-    command. Instrument commands on real hardware take 100 ms and more."""
-    last = time.perf_counter()
-    calls = 0
-
-    def profile(frame: Any, event: str, arg: Any) -> None:
-        nonlocal last, calls
-        calls += 1
-        if calls & 255:
-            return
-        now = time.perf_counter()
-        if now - last > every:
-            time.sleep(0.0002)
-            last = time.perf_counter()
-
-    return profile
-
-
-class RunThread:
-    """A daemon thread running an event loop of its own, for one run's protocol."""
-
-    def __init__(self, name: str, tick: float = 0.25) -> None:
-        self.name = name
-        self.tick = tick
-        self.loop = asyncio.new_event_loop()
-        self.alive_at = time.monotonic()  # the worker loop's last beat
-        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
-
-    def start(self) -> None:
-        favour_the_supervisor()
-        self._thread.start()
-
-    def submit(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        """Run ``coroutine`` as a task on the worker's loop."""
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
-
-    def call(self, callback: Any, *args: Any) -> None:
-        """Call ``callback(*args)`` on the worker's loop (nothing if it has stopped)."""
-        with contextlib.suppress(RuntimeError):  # closed: the worker is gone
-            self.loop.call_soon_threadsafe(callback, *args)
-
-    def stalled_for(self) -> float:
-        """Seconds since the worker's loop last turned (about ``tick`` when it is free)."""
-        return time.monotonic() - self.alive_at
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def stop(self) -> None:
-        """Stop the worker's loop once it is free: its leftover tasks are cancelled, the loop
-        closed, the thread ends. Returns at once."""
-        self.call(self.loop.stop)
-
-    def join(self, timeout: float | None = None) -> bool:
-        """Wait (blocking) for the thread to end; whether it did."""
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-    def _beat(self) -> None:
-        self.alive_at = time.monotonic()
-        self.loop.call_later(self.tick, self._beat)
-
-    def _main(self) -> None:
-        sys.setprofile(yielding_profile())  # this thread only
-        asyncio.set_event_loop(self.loop)
-        self.loop.call_soon(self._beat)
+    async def start(self) -> None:
+        self.code_root.mkdir(parents=True, exist_ok=True)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self.loop.run_forever()
-            left = [task for task in asyncio.all_tasks(self.loop) if not task.done()]
-            for task in left:
-                task.cancel()
-            if left:
-                self.loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
-            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
-            self.loop.run_until_complete(self.loop.shutdown_default_executor())
-        except Exception:
-            log.exception("run worker %s did not shut down cleanly", self.name)
+            self.process = await self.sandbox.spawn(
+                "praxis_orchestrator.zygote",
+                ["--fd", str(theirs.fileno()), "--scratch", str(self.scratch)],
+                self.confinement(),
+                cwd=self.scratch,
+                pass_fds=[theirs.fileno()],
+            )
         finally:
-            self.loop.close()
+            theirs.close()
+        self.control = ours
+        log.info("zygote %d started (%s)", self.process.pid, self.sandbox.describe())
+
+    async def fork(self, run_id: uuid.UUID) -> RunnerLink:
+        """A new runner for ``run_id``, connected; the zygote is (re)started as needed."""
+        async with self._lock:
+            for attempt in range(2):
+                if self.control is None or self._dead():
+                    await self._restart()
+                try:
+                    return await asyncio.wait_for(self._fork(run_id), FORK_TIMEOUT)
+                except (OSError, ValueError, TimeoutError) as exc:
+                    log.warning("forking a runner failed (attempt %d): %r", attempt + 1, exc)
+                    await self._restart()
+        raise RunnerFailed("the zygote could not fork a runner")
+
+    async def _fork(self, run_id: uuid.UUID) -> RunnerLink:
+        assert self.control is not None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        request = json.dumps({"op": "fork", "run": str(run_id)}).encode()
+        control = self.control
+        try:
+            await asyncio.to_thread(socket.send_fds, control, [request], [theirs.fileno()])
+            answer = await asyncio.to_thread(control.recv, 4096)
+        finally:
+            theirs.close()
+        if not answer:
+            ours.close()
+            raise OSError("the zygote closed its control socket")
+        pid = int(json.loads(answer)["pid"])
+        self.forks += 1
+        return RunnerLink(pid, await Channel.open(ours))
+
+    def _dead(self) -> bool:
+        return self.process is None or self.process.returncode is not None
+
+    async def _restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+    async def stop(self) -> None:
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+        process, self.process = self.process, None
+        if process is not None:
+            self.sandbox.kill(process)
+            with contextlib.suppress(ProcessLookupError):
+                await process.wait()
+            self.sandbox.forget(process)
+
+
+Hook = Callable[[dict[str, Any]], Awaitable[None] | None]
+
+
+class RunnerLink:
+    """The supervisor's end of one run's runner: prepare it, start it, steer it, execute its
+    instrument commands, learn how it ended."""
+
+    def __init__(self, pid: int, channel: Channel) -> None:
+        self.pid = pid
+        self.channel = channel
+        self.objects: RunObjects | None = None
+        self.view: WorkcellView | None = None
+        self.locks: dict[str, asyncio.Lock] = {}
+        self.on_call: Hook = lambda record: None
+        self.on_paused: Hook = lambda message: None
+        self.on_resumed: Hook = lambda message: None
+        self.last_tick = asyncio.get_running_loop().time()
+        self.commands: set[asyncio.Task[None]] = set()
+        self.ended: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._ready: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._serving: asyncio.Task[None] | None = None
+        self.killed = False
+        self.refused: dict[str, Any] | None = None  # why a move by hand was refused
+
+    def attach(
+        self, objects: RunObjects, view: WorkcellView, locks: dict[str, asyncio.Lock]
+    ) -> None:
+        """What the run may command: its leased live objects, its view (the guard), the
+        machines' locks (one command per machine at a time, whichever run sends it)."""
+        self.objects, self.view, self.locks = objects, view, locks
+
+    async def prepare(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Send ``prepare``; its answer: ``ready``, or ``failed`` with the error."""
+        self._serving = asyncio.create_task(self._serve())
+        await self.channel.send({"op": "prepare", **message})
+        return await asyncio.shield(self._ready)
+
+    async def send(self, op: str, **fields: Any) -> None:
+        """A control message (``go``, ``pause``, ``resume``, ``cancel``, ``interrupt``,
+        ``fence``); nothing if the runner is gone."""
+        with contextlib.suppress(ConnectionError, OSError):
+            await self.channel.send({"op": op, **fields})
+
+    def kill(self) -> None:
+        """Kill the runner's process group (a cancel's last step, or a shutdown)."""
+        self.killed = True
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+
+    async def close(self) -> None:
+        self.kill()
+        if self.objects is not None:
+            self.objects.close()
+        if self._serving is not None:
+            self._serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._serving
+        await self.channel.close()
+
+    async def settle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the instrument commands under way; whether they all
+        finished (else they are cancelled: those instruments' state is unknown)."""
+        if not self.commands:
+            return True
+        _, late = await asyncio.wait(set(self.commands), timeout=timeout)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late)
+        return not late
+
+    # -- what the runner sends ------------------------------------------------------------------
+    async def _serve(self) -> None:
+        try:
+            while True:
+                message = await self.channel.receive()
+                await self._handle(message)
+        except ChannelClosed:
+            pass
+        except Exception:
+            log.exception("runner %d: its channel failed", self.pid)
+        finally:
+            self._end({"outcome": "failed", "lost": True})
+
+    async def _handle(self, message: dict[str, Any]) -> None:
+        op = message["op"]
+        if op == "tick":
+            self.last_tick = asyncio.get_running_loop().time()
+        elif op == "move":
+            self._move(message)  # before any later command: the read loop keeps the order
+        elif op == "sync":
+            await self._reply(message, {})
+        elif op == "command":
+            task = asyncio.create_task(self._command(message))
+            self.commands.add(task)
+            task.add_done_callback(self.commands.discard)
+        elif op == "call":
+            await _maybe(self.on_call(message))
+        elif op == "paused":
+            await _maybe(self.on_paused(message))
+        elif op == "resumed":
+            await _maybe(self.on_resumed(message))
+        elif op in ("ready", "failed"):
+            if not self._ready.done():
+                self._ready.set_result(message)
+        elif op == "finished":
+            self._end(message)
+
+    def _end(self, message: dict[str, Any]) -> None:
+        if not self._ready.done():
+            self._ready.set_result({"op": "failed", "lost": True})
+        if not self.ended.done():
+            self.ended.set_result(message)
+
+    def _move(self, message: dict[str, Any]) -> None:
+        """A leased labware asset moved by hand in the runner: moved here too, or refused (the
+        runner's next command, checkpoint or end then fails with why)."""
+        assert self.objects is not None
+        if self.refused is not None:
+            return
+        try:
+            parent = message.get("parent")
+            self.objects.move(
+                str(message.get("child")),
+                None if parent is None else str(parent),
+                message.get("location"),
+            )
+        except Exception as exc:
+            log.warning("runner %d: a move by hand was refused: %s", self.pid, exc)
+            self.refused = error_reply(exc)
+
+    async def _reply(self, message: dict[str, Any], reply: dict[str, Any]) -> None:
+        assert self.objects is not None
+        answer = {"op": "reply", "id": message.get("id"), **reply}
+        if self.refused is not None:
+            answer["error"] = self.refused
+        else:
+            self.objects.settle()
+        answer["changes"] = self.objects.changes()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self.channel.send(answer)
+
+    async def _command(self, message: dict[str, Any]) -> None:
+        objects, view = self.objects, self.view
+        assert objects is not None and view is not None
+        if self.refused is not None:  # a refused move: no command after it goes out
+            await self._reply(message, {})
+            return
+        objects.settle()  # labware lifted by hand is off its site when the command runs
+        machine = str(message.get("machine"))
+        reply: dict[str, Any] = {"op": "reply", "id": message.get("id")}
+        try:
+            method = objects.method(machine, str(message.get("target")), str(message.get("method")))
+            args = decode(message.get("args") or [], objects.resolve)
+            kwargs = decode(message.get("kwargs") or {}, objects.resolve)
+            if not isinstance(args, list) or not isinstance(kwargs, dict):
+                raise CodecError("a command's arguments are a list and a dict")
+            lock = self.locks.setdefault(machine, asyncio.Lock())
+            async with lock:
+                token = current_view.set(view)
+                try:
+                    result = await method(*args, **kwargs)
+                finally:
+                    current_view.reset(token)
+            reply["result"] = encode(result, result=True)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            reply["error"] = error_reply(exc)
+        reply["changes"] = objects.changes()
+        try:
+            await self.channel.send(reply)
+        except (ConnectionError, OSError):
+            pass  # the runner is gone
+        except ValueError as exc:  # whatever went wrong, the runner is answered
+            log.error("runner %d: a command's answer could not be sent: %s", self.pid, exc)
+            error = error_reply(CodecError(f"the instrument's answer could not be sent: {exc}"))
+            with contextlib.suppress(ConnectionError, OSError):
+                await self.channel.send({"op": "reply", "id": message.get("id"), "error": error})
+
+
+async def _maybe(value: Awaitable[None] | None) -> None:
+    if value is not None:
+        await value

@@ -1,0 +1,133 @@
+"""The zygote: a warm, sandboxed process that forks one runner per run.
+
+Started once per orchestrator (``praxis_orchestrator.runners.Zygote``) in the service's sandbox
+(``praxis_runtime.sandbox``: no credential, another user when root, Landlock: read the
+interpreter and the protocol code cache, write its scratch folder, no network), it imports
+PyLabRobot, the SDK and the adapters once, then waits on its control socket. For each run the
+supervisor sends ``{"op": "fork", "run": id}`` with one end of a fresh socketpair (SCM_RIGHTS);
+the zygote forks, answers with the child's pid, and the child:
+
+- starts a session of its own (the supervisor kills its whole group),
+- confines itself further (a nested Landlock domain: it may write only ``<scratch>/<run>``, and,
+  from ABI 6, cannot signal the zygote or another run),
+- serves its run (``praxis_orchestrator.runner``) over the socket it was given, then exits.
+
+A fork costs milliseconds where a fresh interpreter importing PyLabRobot costs a second or more
+(``make bench`` reports both). The zygote keeps no thread (forking is safe) and ignores
+``SIGCHLD`` (its children are reaped at once: the supervisor learns a run's end from its channel).
+
+Run as ``python -m praxis_orchestrator.zygote --fd N --scratch DIR`` (a socketpair end inherited
+from the supervisor) or ``--listen PATH`` (a Unix socket in a shared folder: the Kubernetes
+sidecar, a container of its own with no Secret mounted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import importlib
+import json
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from praxis_runtime import landlock
+
+PRELOAD = (
+    "pylabrobot.resources",
+    "pylabrobot.liquid_handling",
+    "pylabrobot.plate_reading",
+    "pylabrobot.heating_shaking",
+    "pylabrobot.temperature_controlling",
+    "pylabrobot.shaking",
+    "praxis_sdk",
+    "praxis_plr.live",
+    "praxis_plr.remote",
+    "praxis_orchestrator.runner",
+)
+MAX_REQUEST = 64 * 1024
+
+
+def preload() -> None:
+    for module in PRELOAD:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # an optional hardware dependency: imported on demand instead
+            print(f"zygote: could not preload {module}: {exc}", file=sys.stderr)
+
+
+def receive(control: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    """One request and the descriptors that came with it; ({}, []) when the supervisor left."""
+    fds = array.array("i")
+    data, ancillary, _, _ = control.recvmsg(MAX_REQUEST, socket.CMSG_LEN(4 * fds.itemsize))
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
+    if not data:
+        return {}, list(fds)
+    return json.loads(data), list(fds)
+
+
+def serve(control: socket.socket, scratch: Path) -> None:
+    """Fork a runner for every request until the supervisor closes the control socket."""
+    while True:
+        request, fds = receive(control)
+        if not request:
+            return
+        run = str(request.get("run", ""))
+        if request.get("op") != "fork" or len(fds) != 1 or not run.replace("-", "").isalnum():
+            for fd in fds:
+                os.close(fd)
+            control.sendall(json.dumps({"error": "malformed fork request"}).encode())
+            continue
+        (channel,) = fds
+        pid = os.fork()
+        if pid == 0:
+            control.close()
+            _become_runner(channel, scratch / run)
+        os.close(channel)
+        control.sendall(json.dumps({"pid": pid}).encode())
+
+
+def _become_runner(channel: int, scratch: Path) -> None:
+    try:
+        os.setsid()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        scratch.mkdir(mode=0o700, exist_ok=True)
+        os.chdir(scratch)
+        os.environ["HOME"] = os.environ["TMPDIR"] = str(scratch)
+        if landlock.abi_version() >= 1:  # nested: narrows where the zygote's domain may write
+            landlock.restrict(read=[], write=[scratch], writes_only=True)
+        from praxis_orchestrator.runner import run_child
+
+        run_child(channel)
+    finally:
+        os._exit(1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m praxis_orchestrator.zygote")
+    parser.add_argument("--fd", type=int, default=None, help="an inherited control socket")
+    parser.add_argument("--listen", default=None, help="a Unix socket path to serve instead")
+    parser.add_argument("--scratch", required=True, help="where runs get scratch folders")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # runners are reaped at once
+    preload()
+    scratch = Path(args.scratch)
+    if args.fd is not None:
+        serve(socket.socket(fileno=args.fd), scratch)
+        return 0
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(args.listen)
+    listener.listen(1)
+    while True:  # one supervisor at a time; a new one (a restarted edge) takes over
+        control, _ = listener.accept()
+        with control:
+            serve(control, scratch)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
