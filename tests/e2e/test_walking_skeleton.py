@@ -316,3 +316,23 @@ async def test_an_operator_force_releases_a_paused_runs_plate(api: httpx.AsyncCl
     done = (await api.get(f"/api/v1/protocols/runs/{run_id}")).json()
     assert done["error"]["code"] == "lease_lost", done["error"]
     assert done["final_state"]["completed_steps"] < 400
+
+
+def _environ_of(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
+
+
+async def test_each_service_process_holds_only_its_own_secrets(stack: Stack) -> None:
+    """Before, every service got the whole environment: the admin token, the database URL and
+    (under ``make run``) every identity's NATS password."""
+    seen: dict[str, dict[str, str]] = {}
+    for service in stack.processes:
+        seen[service.name] = _environ_of(service.process.pid)
+    for name, env in seen.items():
+        assert env["NATS_USER"].startswith(name.split("-")[0]), name
+        assert ("PRAXIS_ADMIN_TOKEN" in env) == (name == "gateway"), name
+        has_db = name in ("scheduler", "code-manager", "asset-manager")
+        assert ("DATABASE_URL" in env) == has_db, name
+        others = [p for n, e in seen.items() if n != name for p in [e["NATS_PASSWORD"]]]
+        assert not any(password in env.values() for password in others), name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import os
@@ -134,8 +135,9 @@ async def test_postgres_select_1_and_stop_with_client_connected(tmp_path: Path) 
     server = PostgresServer(tmp_path / "pg", fast=True)
     with server:
         assert server.port not in MACHINE_PORTS
-        assert server.url == f"postgresql+asyncpg://postgres@127.0.0.1:{server.port}/praxis"
-        assert server.dsn == f"postgresql://postgres@127.0.0.1:{server.port}/praxis"
+        login = f"postgres:{server.password}@127.0.0.1:{server.port}"
+        assert server.url == f"postgresql+asyncpg://{login}/praxis"
+        assert server.dsn == f"postgresql://{login}/praxis"
         conn = await asyncpg.connect(server.dsn, timeout=10)
         assert await conn.fetchval("SELECT 1") == 1
         assert await conn.fetchval("SELECT current_database()") == "praxis"
@@ -195,6 +197,18 @@ async def test_local_infra_starts_and_stops_both(tmp_path: Path) -> None:
         await assert_nats_round_trip(infra.nats_operator_url)
         await assert_nats_refuses_strangers(infra.nats_url)
         await assert_postgres_answers(infra.database_url)
+        # Each service with a database logs in as its own role; the others get no URL.
+        for service in ("scheduler", "code-manager", "asset-manager"):
+            url = infra.database_url_for(service)
+            assert url is not None and "postgres:" not in url
+            conn = await asyncpg.connect(db.to_libpq_dsn(url), timeout=10)
+            try:
+                role = await conn.fetchval("SELECT current_user")
+                assert role == "praxis_" + service.replace("-", "_")
+            finally:
+                await conn.close()
+        assert infra.database_url_for("gateway") is None
+        assert infra.database_url_for("orchestrator") is None
         assert infra.dead_servers() == []
         assert infra.nats is not None and infra.postgres is not None
         ports = [infra.nats.port, infra.postgres.port]
@@ -208,6 +222,8 @@ def test_local_infra_uses_external_servers_from_env(tmp_path: Path) -> None:
         assert infra.nats is None and infra.postgres is None
         assert infra.nats_url == "nats://nats.example:4222"
         assert infra.database_url == "postgresql+asyncpg://u@db:5/x"
+        assert infra.database_url_for("scheduler") == "postgresql+asyncpg://u@db:5/x"
+        assert infra.database_url_for("gateway") is None
     assert not (tmp_path / "infra").exists()
 
 
@@ -321,3 +337,74 @@ def test_plugin_docker_requested_without_testcontainers_fails(tmp_path: Path) ->
     result = run_inner_pytest(tmp_path, source, PRAXIS_TEST_DOCKER="1")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "1 error" in result.stdout and "testcontainers is not installed" in result.stdout
+
+
+async def test_postgres_asks_every_client_for_a_password(postgres: PostgresServer) -> None:
+    """Loopback is not trusted: before, any local process connected as the superuser."""
+    no_password = f"postgresql://{postgres.user}@{postgres.host}:{postgres.port}/praxis"
+    for dsn in (no_password, postgres.dsn_for("praxis", password="wrong")):
+        with pytest.raises(asyncpg.InvalidPasswordError):
+            await asyncpg.connect(dsn, timeout=10)
+    assert (postgres.password_path.stat().st_mode & 0o777) == 0o600
+    await assert_postgres_answers(postgres.dsn)
+
+
+async def test_each_service_role_owns_only_its_schema(postgres: PostgresServer) -> None:
+    """A service's login can use its own schema and nothing else: not another service's
+    tables, not the public schema, and none of a superuser's powers (``COPY ... FROM
+    PROGRAM`` ran a shell command as the server before)."""
+    roles = {"alpha": "praxis_alpha", "beta": "praxis_beta"}
+    passwords = postgres.provision_roles("praxis", roles)
+
+    async def connect(role: str) -> asyncpg.Connection:
+        return await asyncpg.connect(postgres.dsn_for("praxis", role, passwords[role]), timeout=10)
+
+    alpha, beta = await connect("praxis_alpha"), await connect("praxis_beta")
+    try:
+        await beta.execute("CREATE TABLE IF NOT EXISTS beta.secrets (v text)")
+        await beta.execute("INSERT INTO beta.secrets VALUES ('beta only')")
+        await alpha.execute("CREATE TABLE IF NOT EXISTS alpha.mine (v text)")
+        assert not await alpha.fetchval(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+        )
+        for statement in (
+            "SELECT * FROM beta.secrets",
+            "CREATE TABLE beta.planted (v text)",
+            "CREATE TABLE public.planted (v text)",
+            "COPY alpha.mine FROM PROGRAM 'id'",
+            "CREATE DATABASE planted",
+            "CREATE ROLE planted",
+            "ALTER ROLE praxis_alpha SUPERUSER",
+        ):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await alpha.execute(statement)
+    finally:
+        await alpha.close()
+        await beta.close()
+    # Provisioning again (every start) keeps the data and changes the passwords.
+    again = postgres.provision_roles("praxis", roles)
+    assert again["praxis_beta"] != passwords["praxis_beta"]
+    beta = await asyncpg.connect(
+        postgres.dsn_for("praxis", "praxis_beta", again["praxis_beta"]), timeout=10
+    )
+    try:
+        assert await beta.fetchval("SELECT v FROM beta.secrets") == "beta only"
+    finally:
+        await beta.close()
+
+
+def test_a_cluster_that_trusted_loopback_asks_for_passwords_after_its_next_start(
+    tmp_path: Path,
+) -> None:
+    server = PostgresServer(tmp_path / "pg", fast=True)
+    with server:
+        (server.pgdata / "pg_hba.conf").write_text("host all all 127.0.0.1/32 trust\n")
+    with PostgresServer(tmp_path / "pg", fast=True) as again:
+        dsn = f"postgresql://{again.user}@{again.host}:{again.port}/praxis"
+
+        async def check() -> None:
+            with pytest.raises(asyncpg.InvalidPasswordError):
+                await asyncpg.connect(dsn, timeout=10)
+            await assert_postgres_answers(again.dsn)
+
+        asyncio.run(check())

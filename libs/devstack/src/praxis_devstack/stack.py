@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -34,6 +35,31 @@ EXAMPLES_SOURCE = "examples"
 def admin_token_from_env() -> str:
     """``PRAXIS_ADMIN_TOKEN`` from the environment, else a new random one (per stack start)."""
     return os.environ.get("PRAXIS_ADMIN_TOKEN") or secrets.token_urlsafe(32)
+
+
+SECRET_MARKERS = ("PASSWORD", "TOKEN", "SECRET", "CREDENTIAL", "PRIVATE", "_KEY", "DATABASE_URL")
+"""Names of variables that hold a secret (or may): never passed on to a service unless it is
+that service's own (``Stack._env``)."""
+
+
+def service_environment(name: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` without any secret for ``name``'s process: no NATS login, database URL,
+    token, password or key of anyone. The code-manager keeps ``SOURCE_SECRET_*`` (the private
+    repositories' credentials it alone uses); what each service needs of its own is added by
+    the caller."""
+    kept: dict[str, str] = {}
+    for key, value in environ.items():
+        upper = key.upper()
+        if upper.startswith("NATS_") and upper != "NATS_REPLICAS":
+            continue  # the caller sets this service's NATS URL and login
+        if upper.startswith("SOURCE_SECRET_"):
+            if name == "code-manager":
+                kept[key] = value
+            continue
+        if any(marker in upper for marker in SECRET_MARKERS):
+            continue
+        kept[key] = value
+    return kept
 
 
 def repo_root() -> Path:
@@ -84,25 +110,31 @@ class Stack:
         await asyncio.gather(*(self._wait_ready(p) for p in self.processes))
 
     def _env(self, name: str, health_port: int, gateway_port: int) -> dict[str, str]:
+        """``name``'s environment: this one's settings, without anybody's secrets, plus its
+        own: its NATS login, its database role (the three services with a database), the admin
+        bearer (the gateway), source secrets (the code-manager)."""
         assert self.infra is not None
-        env = dict(os.environ)
+        env = service_environment(name, os.environ)
         # The code-manager's source policy: the example repository is a local git repository
         env.update(SOURCE_ALLOWED_SCHEMES="https,ssh,file", SOURCE_ALLOWED_ROOTS=str(self.base_dir))
         env.update(self.service_env)
         env.update(
             NATS_URL=self.infra.nats_url,
-            DATABASE_URL=self.infra.database_url,
             SERVICE_NAME=name,
             LOG_FORMAT=env.get("LOG_FORMAT", "text"),
             HEALTH_HOST="127.0.0.1",
             HEALTH_PORT=str(health_port),
             GATEWAY_PORT=str(gateway_port),
-            PRAXIS_ADMIN_TOKEN=self.admin_token,
             PRAXIS_WORKCELL=self.workcell,
             PROTOCOL_REPO_DIR=str(self.base_dir / "code-manager"),
             PROTOCOL_CODE_CACHE_DIR=str(self.base_dir / "orchestrator" / "code"),
             RUN_SCRATCH_DIR=str(self.base_dir / "orchestrator" / "runs"),
         )
+        database_url = self.infra.database_url_for(name)
+        if database_url is not None:
+            env["DATABASE_URL"] = database_url
+        if name == "gateway":
+            env["PRAXIS_ADMIN_TOKEN"] = self.admin_token
         env.update(self.infra.nats_env(identity_for_service(name, self.workcell)))
         return env
 

@@ -59,7 +59,14 @@ class Database:
             await conn.execute(
                 text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(self.schema)}
             )
-            await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
+            # Only if it is missing: a role that owns its schema but may not create schemas in
+            # the database (a role per service) is refused even ``IF NOT EXISTS``.
+            found = await conn.scalar(
+                text("SELECT 1 FROM pg_namespace WHERE nspname = :schema"),
+                {"schema": self.schema},
+            )
+            if not found:
+                await conn.execute(text(f'CREATE SCHEMA "{self.schema}"'))
             await conn.run_sync(_upgrade, migrations, self.schema, metadata)
 
     def kept_connection(self) -> KeptConnection:
