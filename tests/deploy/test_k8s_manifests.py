@@ -115,6 +115,13 @@ def containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
     return [*spec.get("initContainers", []), *spec["containers"]]
 
 
+def main_container(deployment: dict[str, Any]) -> dict[str, Any]:
+    """The service's own container (named after it); a pod may have a sandbox beside it."""
+    name = deployment["metadata"]["name"]
+    (c,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == name]
+    return c
+
+
 def all_containers() -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
     for w in workloads():
         for c in containers(w):
@@ -195,7 +202,7 @@ def test_no_latest_or_untagged_images() -> None:
         assert "@sha256:" in image or ":" in image.rsplit("/", 1)[-1], f"{name}: {image}"
         assert not image.endswith(":latest"), f"{name}: {image}"
     for name, d in deployments().items():
-        assert [c["image"] for c in containers(d)] == [IMAGE], name
+        assert {c["image"] for c in containers(d)} == {IMAGE}, name
 
 
 def test_probes() -> None:
@@ -246,7 +253,7 @@ def test_deployment_basics() -> None:
     for name, d in deployments().items():
         pod = d["spec"]["template"]["spec"]
         assert pod["terminationGracePeriodSeconds"] == 30, name
-        (c,) = pod["containers"]
+        c = main_container(d)
         assert c["command"] == ["python", "-m", SERVICES[name]], name
         refs = [e.get("configMapRef", {}).get("name") for e in c.get("envFrom", [])]
         assert CONFIG_MAP in refs, f"{name} must load {CONFIG_MAP} with envFrom"
@@ -273,7 +280,7 @@ def test_every_configmap_key_is_a_setting_some_service_reads() -> None:
 
 def test_health_endpoints() -> None:
     for name, d in deployments().items():
-        (c,) = d["spec"]["template"]["spec"]["containers"]
+        c = main_container(d)
         port = 8000 if name == "gateway" else 8080
         variable = "GATEWAY_PORT" if name == "gateway" else "HEALTH_PORT"
         assert env(c)[variable]["value"] == str(port), name
@@ -289,7 +296,7 @@ def test_gateway_service() -> None:
     assert svc["spec"].get("type", "ClusterIP") == "ClusterIP"
     (port,) = svc["spec"]["ports"]
     assert port["port"] == 80
-    (c,) = deployments()["gateway"]["spec"]["template"]["spec"]["containers"]
+    c = main_container(deployments()["gateway"])
     assert {p["name"]: p["containerPort"] for p in c["ports"]}[port["targetPort"]] == 8000
 
 
@@ -301,7 +308,7 @@ def test_database_url_only_from_secret_and_only_where_needed() -> None:
             assert "DATABASE_URL" not in json.dumps(doc.get("data", {})), doc_id(doc)
     for name, d in deployments().items():
         pod = d["spec"]["template"]["spec"]
-        (c,) = pod["containers"]
+        c = main_container(d)
         if name in DB_SERVICES:
             var = env(c)["DATABASE_URL"]
             assert "value" not in var, f"{name}: DATABASE_URL must not be a literal"
@@ -316,7 +323,7 @@ def test_database_url_only_from_secret_and_only_where_needed() -> None:
 
 def test_code_manager_repo_dir() -> None:
     d = deployments()["code-manager"]
-    (c,) = d["spec"]["template"]["spec"]["containers"]
+    c = main_container(d)
     assert env(c)["PROTOCOL_REPO_DIR"]["value"] == "/var/lib/praxis/repos"
     assert "/var/lib/praxis/repos" in {m["mountPath"] for m in c["volumeMounts"]}
 
@@ -333,7 +340,7 @@ def test_orchestrator_runs_once_on_its_workcell() -> None:
         "value": "true",
         "effect": "NoSchedule",
     } in pod["tolerations"]
-    (c,) = pod["containers"]
+    c = main_container(d)
     assert env(c)["PRAXIS_WORKCELL"]["value"] == "demo"
     cache_dir = env(c)["PROTOCOL_CODE_CACHE_DIR"]["value"]
     assert cache_dir == "/var/cache/praxis/code"
@@ -341,6 +348,49 @@ def test_orchestrator_runs_once_on_its_workcell() -> None:
     assert "/var/cache/praxis" in mounts
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert "emptyDir" in volumes[mounts["/var/cache/praxis"]]
+
+
+def test_protocol_code_runs_in_a_container_holding_no_credential() -> None:
+    """The zygote and the runs it forks: no Secret, no env from one, no service account
+    token, only emptyDir volumes; the code read-only; the socket shared with the orchestrator
+    at ZYGOTE_SOCKET; separate PID namespaces (runners are killed by the zygote)."""
+    d = deployments()["orchestrator"]
+    pod = d["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert not pod.get("shareProcessNamespace", False)
+    (zygote,) = [c for c in pod["containers"] if c["name"] == "zygote"]
+    assert zygote["command"][:3] == ["python", "-m", "praxis_orchestrator.zygote"]
+    assert "envFrom" not in zygote
+    assert all("valueFrom" not in e for e in zygote.get("env", []))
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in zygote["volumeMounts"]}
+    assert all(set(volumes[m["name"]]) == {"name", "emptyDir"} for m in mounts.values())
+    assert mounts["/var/cache/praxis"].get("readOnly") is True
+    main = main_container(d)
+    socket_path = env(main)["ZYGOTE_SOCKET"]["value"]
+    assert zygote["command"][zygote["command"].index("--listen") + 1] == socket_path
+    main_mounts = {m["mountPath"]: m["name"] for m in main["volumeMounts"]}
+    folder = socket_path.rsplit("/", 1)[0]
+    assert main_mounts[folder] == mounts[folder]["name"]  # one volume, both containers
+    assert (
+        zygote["command"][zygote["command"].index("--scratch") + 1]
+        == (env(main)["RUN_SCRATCH_DIR"]["value"])
+    )
+
+
+def test_provisioning_is_a_job_of_the_provisioner_identity_alone() -> None:
+    (job,) = by_kind("Job").values()
+    pod = job["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["command"][:3] == ["python", "-m", "praxis_runtime.provision"]
+    assert c["command"][3:] == ["--workcell", "demo"]
+    assert env(c)["NATS_USER"]["value"] == "provisioner"
+    ref = env(c)["NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": NATS_CREDENTIALS_SECRET, "key": "provisioner"}
+    assert pod["automountServiceAccountToken"] is False
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    for name, d in deployments().items():
+        assert env(main_container(d))["NATS_USER"]["value"] != "provisioner", name
 
 
 # --------------------------------------------------------------------------- NATS
@@ -385,7 +435,7 @@ def test_nats() -> None:
 def test_every_service_connects_to_nats_as_its_own_identity() -> None:
     passwords = by_kind("Secret")[NATS_CREDENTIALS_SECRET]["stringData"]
     for name, d in deployments().items():
-        (c,) = d["spec"]["template"]["spec"]["containers"]
+        c = main_container(d)
         workcell = env(c).get("PRAXIS_WORKCELL", {}).get("value")
         identity = identity_for_service(name, workcell)
         assert env(c)["NATS_USER"]["value"] == identity, name

@@ -226,6 +226,62 @@ async def misplace(plate: Plate) -> str:
 
 
 @protocol_function(version="1.0.0")
+async def probe(pid: int, secret_file: str, port: int) -> dict:
+    """Looks for the orchestrator's secrets from inside a run."""
+    import gc
+    import os
+    import socket
+
+    found = {"environ": sorted(os.environ)}
+    for name, path in (("parent_environ", f"/proc/{pid}/environ"), ("file", secret_file)):
+        try:
+            with open(path, "rb") as handle:
+                found[name] = handle.read().decode(errors="replace")
+        except OSError as exc:
+            found[name] = f"refused: {type(exc).__name__}"
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        found["tcp"] = "connected"
+    except OSError as exc:
+        found["tcp"] = f"refused: {type(exc).__name__}"
+    names = {type(o).__name__ for o in gc.get_objects()}
+    found["objects"] = sorted(names & {"LeaseKeeper", "Bus", "Client", "WorkcellView", "Executor"})
+    return found
+
+
+@protocol_function(version="1.0.0")
+async def exit_now(plate: Plate) -> None:
+    """Ends its own process, abruptly."""
+    import os
+
+    os._exit(0)
+
+
+@protocol_function(version="1.0.0")
+async def exhaust_memory(plate: Plate) -> int:
+    """Allocates until it cannot."""
+    hoard = []
+    while True:
+        hoard.append(bytearray(64 * 1024 * 1024))
+
+
+@protocol_function(version="1.0.0")
+async def unguard(lh: LiquidHandler, tips: TipRack, dest: Plate) -> None:
+    """Switches off whatever guard it can find in its own process, then aspirates from the
+    source plate it did not lease, naming it."""
+    import praxis_plr.guard as guard
+
+    guard.current_view.set(None)
+    guard.WorkcellView.check_reachable = lambda self, resource: None
+    forged = Resource(name="source_plate", size_x=1, size_y=1, size_z=1)
+    await lh.pick_up_tips([tips.get_item("A1")])
+    try:
+        await lh.aspirate([forged], vols=[20])
+    finally:
+        await lh.return_tips()
+
+
+@protocol_function(version="1.0.0")
 async def transfer(
     lh: LiquidHandler, tips: TipRack, source: Plate, dest: Plate, volume: float = 20.0
 ) -> float:

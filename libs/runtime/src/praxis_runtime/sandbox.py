@@ -175,6 +175,22 @@ class Sandbox:
         kill_strays(self._children)
 
 
+def own_confinement(
+    *, read: Iterable[Path] = (), write: Iterable[Path] = (), memory_mb: int, cpu_seconds: int
+) -> Confinement:
+    """The confinement of a process that confines itself (``confine.apply``): a sandbox
+    container's own program, the zygote in Kubernetes, which has no service to spawn it. No
+    user switch (the container's user is its own); the rest as ``Sandbox.confinement``."""
+    readable = [*_interpreter_paths(), *SYSTEM_READ, *(str(p) for p in read)]
+    return Confinement(
+        read=tuple(dict.fromkeys(readable)),
+        write=tuple(str(p) for p in write),
+        memory_mb=memory_mb,
+        cpu_seconds=cpu_seconds,
+        landlock=landlock.abi_version() >= 1,
+    )
+
+
 def child_environment(home: Path) -> dict[str, str]:
     """Only what an interpreter needs: nothing of the service's configuration or secrets."""
     return {"PATH": os.defpath, "HOME": str(home), "LANG": "C.UTF-8", "TMPDIR": str(home)}

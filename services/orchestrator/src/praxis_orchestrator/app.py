@@ -50,6 +50,12 @@ class Settings(ServiceSettings, SandboxedSettings):
         description="RUN_MEMORY_MB: address space of a run's process (its protocol, its copies "
         "of the leased assets)",
     )
+    zygote_socket: Path | None = Field(
+        default=None,
+        description="ZYGOTE_SOCKET: reach the zygote (which forks each run's process) at this "
+        "Unix socket instead of starting it: in Kubernetes it runs in a container of its own "
+        "with no Secret mounted (python -m praxis_orchestrator.zygote --listen ...)",
+    )
     run_blocked_seconds: float = Field(
         default=60.0,
         gt=0,
@@ -101,10 +107,12 @@ def build(settings: Settings) -> tuple[Service, Orchestrator]:
     workcell = WorkcellHost(settings.praxis_workcell, fetch_layout)
     code = CodeCache(lambda: stores[PROTOCOL_CODE.bucket], settings.protocol_code_cache_dir)
     zygote = Zygote(
-        Sandbox(settings),
+        # A zygote in a container of its own confines itself; none is spawned here then.
+        Sandbox(settings) if settings.zygote_socket is None else None,
         settings.protocol_code_cache_dir.absolute(),
         settings.run_scratch_dir.absolute(),
         settings.run_memory_mb,
+        socket_path=settings.zygote_socket,
     )
     service = Service(
         name=settings.service_name,

@@ -43,6 +43,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -67,19 +68,34 @@ class RunnerFailed(RuntimeError):
 
 
 class Zygote:
-    """This orchestrator's zygote, started in its sandbox; forks a ``RunnerLink`` per run."""
+    """This orchestrator's zygote, started in its sandbox; forks a ``RunnerLink`` per run.
 
-    def __init__(self, sandbox: Sandbox, code_root: Path, scratch: Path, memory_mb: int) -> None:
+    With ``socket_path`` (``ZYGOTE_SOCKET``: Kubernetes) the zygote is not started here but
+    runs in a container of its own beside the orchestrator's, with no Secret mounted, and is
+    reached through a Unix socket in a folder both mount. Its runners are then in another PID
+    namespace: they are killed by the zygote (``kill``), never by a PID looked up here."""
+
+    def __init__(
+        self,
+        sandbox: Sandbox | None,
+        code_root: Path,
+        scratch: Path,
+        memory_mb: int,
+        socket_path: Path | None = None,
+    ) -> None:
         self.sandbox = sandbox
         self.code_root = code_root
         self.scratch = scratch
         self.memory_mb = memory_mb
+        self.socket_path = socket_path
         self.process: asyncio.subprocess.Process | None = None
         self.control: socket.socket | None = None
         self._lock = asyncio.Lock()
+        self._io = threading.Lock()  # one request and its answer at a time on ``control``
         self.forks = 0
 
     def confinement(self) -> Confinement:
+        assert self.sandbox is not None
         return self.sandbox.confinement(
             read=[self.code_root],
             write=[self.scratch],
@@ -90,6 +106,11 @@ class Zygote:
 
     async def start(self) -> None:
         self.code_root.mkdir(parents=True, exist_ok=True)
+        if self.socket_path is not None:
+            self.control = await self._connect(self.socket_path)
+            log.info("zygote reached at %s (a container of its own)", self.socket_path)
+            return
+        assert self.sandbox is not None, "a zygote is spawned only with a sandbox"
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.process = await self.sandbox.spawn(
@@ -123,8 +144,7 @@ class Zygote:
         request = json.dumps({"op": "fork", "run": str(run_id)}).encode()
         control = self.control
         try:
-            await asyncio.to_thread(socket.send_fds, control, [request], [theirs.fileno()])
-            answer = await asyncio.to_thread(control.recv, 4096)
+            answer = await asyncio.to_thread(self._ask, control, request, [theirs.fileno()])
         finally:
             theirs.close()
         if not answer:
@@ -132,9 +152,49 @@ class Zygote:
             raise OSError("the zygote closed its control socket")
         pid = int(json.loads(answer)["pid"])
         self.forks += 1
-        return RunnerLink(pid, await Channel.open(ours))
+        return RunnerLink(pid, await Channel.open(ours), kill=self.kill)
+
+    def _ask(self, control: socket.socket, request: bytes, fds: list[int]) -> bytes:
+        with self._io:
+            socket.send_fds(control, [request], fds)
+            return control.recv(4096)
+
+    def kill(self, pid: int) -> None:
+        """Kill runner ``pid`` and its process group, at once."""
+        if self.socket_path is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            return
+        control = self.control
+        if control is None:
+            return  # the zygote is gone, and its runners with their channels
+        request = json.dumps({"op": "kill", "pid": pid}).encode()
+        try:
+            control.settimeout(5.0)
+            self._ask(control, request, [])
+        except OSError as exc:
+            log.warning("asking the zygote to kill runner %d failed: %r", pid, exc)
+        finally:
+            with contextlib.suppress(OSError):
+                control.settimeout(None)
+
+    async def _connect(self, path: Path) -> socket.socket:
+        """The sidecar's socket, waiting for it to appear (both containers start together)."""
+        deadline = asyncio.get_running_loop().time() + FORK_TIMEOUT
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                await asyncio.to_thread(sock.connect, str(path))
+                return sock
+            except OSError as exc:
+                sock.close()
+                if asyncio.get_running_loop().time() > deadline:
+                    raise RunnerFailed(f"no zygote answers at {path}: {exc}") from exc
+                await asyncio.sleep(0.5)
 
     def _dead(self) -> bool:
+        if self.socket_path is not None:
+            return self.control is None
         return self.process is None or self.process.returncode is not None
 
     async def _restart(self) -> None:
@@ -146,7 +206,7 @@ class Zygote:
             self.control.close()
             self.control = None
         process, self.process = self.process, None
-        if process is not None:
+        if process is not None and self.sandbox is not None:
             self.sandbox.kill(process)
             with contextlib.suppress(ProcessLookupError):
                 await process.wait()
@@ -160,9 +220,12 @@ class RunnerLink:
     """The supervisor's end of one run's runner: prepare it, start it, steer it, execute its
     instrument commands, learn how it ended."""
 
-    def __init__(self, pid: int, channel: Channel) -> None:
+    def __init__(
+        self, pid: int, channel: Channel, kill: Callable[[int], None] | None = None
+    ) -> None:
         self.pid = pid
         self.channel = channel
+        self._kill = kill or _kill_group
         self.objects: RunObjects | None = None
         self.view: WorkcellView | None = None
         self.locks: dict[str, asyncio.Lock] = {}
@@ -198,9 +261,10 @@ class RunnerLink:
 
     def kill(self) -> None:
         """Kill the runner's process group (a cancel's last step, or a shutdown)."""
+        if self.killed:
+            return
         self.killed = True
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
+        self._kill(self.pid)
 
     async def close(self) -> None:
         self.kill()
@@ -332,6 +396,11 @@ class RunnerLink:
             error = error_reply(CodecError(f"the instrument's answer could not be sent: {exc}"))
             with contextlib.suppress(ConnectionError, OSError):
                 await self.channel.send({"op": "reply", "id": message.get("id"), "error": error})
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 async def _maybe(value: Awaitable[None] | None) -> None:

@@ -1,6 +1,6 @@
 """The zygote: a warm, sandboxed process that forks one runner per run.
 
-Started once per orchestrator (``praxis_orchestrator.runners.Zygote``) in the service's sandbox
+Started once per orchestrator (``praxis_orchestrator.isolation.Zygote``) in the service's sandbox
 (``praxis_runtime.sandbox``: no credential, another user when root, Landlock: read the
 interpreter and the protocol code cache, write its scratch folder, no network), it imports
 PyLabRobot, the SDK and the adapters once, then waits on its control socket. For each run the
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import array
+import contextlib
 import importlib
 import json
 import os
@@ -49,6 +50,7 @@ PRELOAD = (
     "praxis_orchestrator.runner",
 )
 MAX_REQUEST = 64 * 1024
+RUN_CPU = 7 * 24 * 3600  # as ``isolation.RUN_CPU_SECONDS`` (not imported: nothing heavy here)
 
 
 def preload() -> None:
@@ -71,12 +73,25 @@ def receive(control: socket.socket) -> tuple[dict[str, Any], list[int]]:
     return json.loads(data), list(fds)
 
 
-def serve(control: socket.socket, scratch: Path) -> None:
-    """Fork a runner for every request until the supervisor closes the control socket."""
+def serve(control: socket.socket, scratch: Path, runners: set[int] | None = None) -> None:
+    """Fork a runner for every request until the supervisor closes the control socket; kill a
+    runner's process group when asked (``{"op": "kill", "pid": N}``: only a runner of ours)."""
+    runners = runners if runners is not None else set()
     while True:
         request, fds = receive(control)
         if not request:
             return
+        if request.get("op") == "kill":
+            for fd in fds:
+                os.close(fd)
+            pid = request.get("pid")
+            killed = isinstance(pid, int) and pid in runners
+            if killed:
+                runners.discard(pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+            control.sendall(json.dumps({"killed": killed}).encode())
+            continue
         run = str(request.get("run", ""))
         if request.get("op") != "fork" or len(fds) != 1 or not run.replace("-", "").isalnum():
             for fd in fds:
@@ -89,7 +104,21 @@ def serve(control: socket.socket, scratch: Path) -> None:
             control.close()
             _become_runner(channel, scratch / run)
         os.close(channel)
+        runners.add(pid)
+        if len(runners) > 4096:  # long gone ones (reaped at once, SIGCHLD ignored)
+            runners.intersection_update(_alive(runners))
         control.sendall(json.dumps({"pid": pid}).encode())
+
+
+def _alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        alive.add(pid)
+    return alive
 
 
 def _become_runner(channel: int, scratch: Path) -> None:
@@ -113,20 +142,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fd", type=int, default=None, help="an inherited control socket")
     parser.add_argument("--listen", default=None, help="a Unix socket path to serve instead")
     parser.add_argument("--scratch", required=True, help="where runs get scratch folders")
+    parser.add_argument("--code", default=None, help="--listen: the protocol code it reads")
+    parser.add_argument("--memory-mb", type=int, default=4096, help="--listen: per process")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # runners are reaped at once
-    preload()
     scratch = Path(args.scratch)
-    if args.fd is not None:
+    if args.fd is not None:  # spawned by the orchestrator's sandbox: already confined
+        preload()
         serve(socket.socket(fileno=args.fd), scratch)
         return 0
+    # The Kubernetes sidecar: a container of its own (no Secret mounted), listening on a
+    # socket in a folder it shares with the orchestrator. It confines itself the way the
+    # sandbox would have, once the socket is bound: reads the interpreter and the code, writes
+    # only the runs' scratch folders, no TCP.
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(args.listen)
     listener.bind(args.listen)
     listener.listen(1)
+    from praxis_runtime.confine import apply
+    from praxis_runtime.sandbox import own_confinement
+
+    code = [Path(args.code)] if args.code else []
+    apply(
+        own_confinement(read=code, write=[scratch], memory_mb=args.memory_mb, cpu_seconds=RUN_CPU)
+    )
+    preload()
+    runners: set[int] = set()
     while True:  # one supervisor at a time; a new one (a restarted edge) takes over
         control, _ = listener.accept()
         with control:
-            serve(control, scratch)
+            serve(control, scratch, runners)
 
 
 if __name__ == "__main__":
