@@ -8,11 +8,18 @@ fresh databases. No orchestrator: a run that is granted its assets stays pending
 - a NUL character anywhere in a body, query or path is 422 ``invalid_input`` naming the field,
   on every write endpoint (the walk fails if a write route is added without a case);
 - a submission whose assets could never be reserved is 422 naming the workcell, requirement or
-  pin, and leaves no run behind; assets that are merely busy are no reason to refuse.
+  pin, and leaves no run behind; assets that are merely busy are no reason to refuse;
+- JSON nested deeper than ``GATEWAY_MAX_JSON_DEPTH`` (a body, or ``property_filters``) is 400
+  ``invalid_request`` on every route, however deep: never a 500 from a recursion limit;
+- paging parameters out of range are 400 naming the parameter, and what a service's database
+  refuses is answered without SQL, table or index names, tracebacks or server paths;
+- every error, FastAPI's own (unknown route, wrong method) included, is in the error shape with
+  the request's correlation id, the one in the ``X-Correlation-Id`` header.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -30,7 +37,9 @@ from praxis_contracts.assets import CheckReservation, RegisterWorkcell, Workcell
 from praxis_contracts.errors import NoMatchingAssets
 from praxis_contracts.protocols import AssetRequirementSpec, RegisterProtocolSource
 from praxis_devstack.pytest_plugin import MakeDatabase, NatsIdentity
-from praxis_gateway.app import MAX_BODY_BYTES, Settings, create_app
+from praxis_gateway.app import MAX_BODY_BYTES, MAX_JSON_DEPTH, Settings, create_app
+from praxis_gateway.guard import json_depth
+from praxis_gateway.routes import WorkcellIn
 from praxis_plr.layout import demo_workcell
 from praxis_plr.types import fqn
 from praxis_runtime.bus import Bus
@@ -195,7 +204,10 @@ async def test_a_failed_source_is_deleted_with_204(
 ) -> None:
     name = f"failed-{uuid.uuid4().hex[:8]}"
     body = {"name": name, "url": str(tmp_path / "no-such-repo")}
-    assert_error(await api.post("/api/v1/protocols/sources", json=body), 502, "source_sync_failed")
+    refused = await api.post("/api/v1/protocols/sources", json=body)
+    error = assert_error(refused, 502, "source_sync_failed")
+    assert "no-such-repo" in error["message"]  # it still says what failed
+    assert_no_internals(refused)  # but names no folder of the server's (nor the test's)
     listed = (await api.get("/api/v1/protocols/sources", params={"limit": 500})).json()["items"]
     (failed,) = [s for s in listed if s["name"] == name]
 
@@ -463,3 +475,198 @@ async def test_the_asset_manager_answers_where_a_run_could_go(
     with pytest.raises(NoMatchingAssets) as refused:
         await client.request(CheckReservation(requirements=[plate], pins={"plate": "nothing"}))
     assert refused.value.details["problems"][0]["pin"] == "nothing"
+
+
+# -- JSON nesting depth -------------------------------------------------------------------------
+JSON = {"content-type": "application/json"}
+
+
+def nested(depth: int) -> bytes:
+    """A JSON array ``depth`` levels deep."""
+    return b"[" * depth + b"]" * depth
+
+
+def run_body(depth: int) -> bytes:
+    """A ``POST /protocols/runs`` body ``depth`` levels deep in all (the body and its
+    ``parameters`` are two of them)."""
+    return b'{"protocol_name": "stamp", "parameters": {"nope": ' + nested(depth - 2) + b"}}"
+
+
+DEEP = {
+    "arrays-50000": b"[" * 50_000,
+    "objects-10000": b'{"a":' * 10_000 + b"1" + b"}" * 10_000,
+    "closed-2000": nested(2000),
+    "limit-plus-one": run_body(MAX_JSON_DEPTH + 1),
+    "100-in-parameters": run_body(100),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DEEP))
+async def test_json_nested_past_the_limit_is_400(api: httpx.AsyncClient, name: str) -> None:
+    """However deep: a recursion limit never surfaces as a 500, and moderately deep documents
+    (which Python parses, but the services' parsers may not) are refused alike."""
+    response = await api.post("/api/v1/protocols/runs", content=DEEP[name], headers=JSON)
+    error = assert_error(response, 400, "invalid_request")
+    assert error["details"]["field"] == "body"
+    assert error["details"]["max_depth"] == MAX_JSON_DEPTH
+    assert str(MAX_JSON_DEPTH) in error["message"]
+
+
+async def test_json_at_the_depth_limit_reaches_the_route(api: httpx.AsyncClient) -> None:
+    response = await api.post(
+        "/api/v1/protocols/runs", content=run_body(MAX_JSON_DEPTH), headers=JSON
+    )
+    assert_error(response, 422, "invalid_parameters")  # the protocol's answer, not the guard's
+
+
+async def test_every_route_refuses_deep_json(api: httpx.AsyncClient) -> None:
+    """One check in front of every route: none can forget it."""
+    paths = create_app(Settings()).openapi()["paths"]
+    wrong = []
+    for path, operations in sorted(paths.items()):
+        url = "/".join(str(uuid.uuid4()) if p.startswith("{") else p for p in path.split("/"))
+        for method in operations:
+            response = await api.request(method, url, content=DEEP["arrays-50000"], headers=JSON)
+            if response.status_code != 400 or response.json().get("code") != "invalid_request":
+                wrong.append(f"{method} {path}: {response.status_code} {response.text[:100]}")
+    assert wrong == []
+
+
+def test_the_depth_limit_is_generous_for_plr_definitions() -> None:
+    """A workcell registration carrying the demo's PyLabRobot trees (a liquid handler with its
+    deck and head) uses a fraction of the depth allowed."""
+    body = WorkcellIn(name="wc", assets=demo_workcell()).model_dump(mode="json")
+    assert 8 < json_depth(body) <= MAX_JSON_DEPTH // 4
+
+
+@pytest.mark.parametrize(
+    "value", ["[" * 2000, '{"a":' * (MAX_JSON_DEPTH + 1) + "1" + "}" * (MAX_JSON_DEPTH + 1)]
+)
+async def test_a_deep_property_filter_is_400(api: httpx.AsyncClient, value: str) -> None:
+    response = await api.get("/api/v1/machines", params={"property_filters": value})
+    error = assert_error(response, 400, "invalid_request")
+    assert error["details"]["field"] == "query.property_filters"
+
+
+async def test_a_number_python_will_not_read_is_400(api: httpx.AsyncClient) -> None:
+    """Python refuses integers over 4300 digits (a ``ValueError``, not a JSON syntax error)."""
+    body = b'{"protocol_name": "stamp", "priority": ' + b"9" * 5000 + b"}"
+    response = await api.post("/api/v1/protocols/runs", content=body, headers=JSON)
+    assert_error(response, 400, "invalid_request")
+
+
+# -- no internals in answers --------------------------------------------------------------------
+INTERNALS = re.compile(
+    r"Traceback|File \"|\[SQL|\bSELECT\b|\bINSERT\b|\bUPDATE\b|\bOFFSET\b|\$\d|query argument"
+    r"|asyncpg|sqlalchemy|psycopg|site-packages|\.venv|\.praxis/|/work/|/tmp/"
+    r"|(?<![\w:/.~-])/[\w.@+~-]+/"  # an absolute path of two components or more
+)
+
+
+def assert_no_internals(response: httpx.Response) -> None:
+    found = INTERNALS.search(response.text)
+    assert found is None, f"{found.group()!r} in {response.text}"
+
+
+LISTS = [
+    "/api/v1/protocols/runs",  # scheduler
+    "/api/v1/protocols/sources",  # code-manager
+    "/api/v1/protocols/definitions",
+    "/api/v1/workcells",  # asset-manager
+    "/api/v1/machines",
+    "/api/v1/catalog",
+]
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"offset": str(10**30)}, "query.offset"),
+        ({"offset": str(2**63)}, "query.offset"),
+        ({"offset": "-1"}, "query.offset"),
+        ({"offset": "1e3"}, "query.offset"),
+        ({"limit": "0"}, "query.limit"),
+        ({"limit": str(10**30)}, "query.limit"),
+    ],
+    ids=["offset-1e30", "offset-2^63", "offset-negative", "offset-float", "limit-0", "limit-1e30"],
+)
+async def test_paging_out_of_range_is_400_naming_it(
+    api: httpx.AsyncClient, params: dict[str, str], field: str
+) -> None:
+    for url in LISTS:
+        response = await api.get(url, params=params)
+        error = assert_error(response, 400, "invalid_request")
+        assert [e["loc"] for e in error["details"]["errors"]] == [field], url
+        assert_no_internals(response)
+
+
+async def test_the_largest_offset_is_an_empty_page(api: httpx.AsyncClient) -> None:
+    """PostgreSQL's ``OFFSET`` is a bigint: its largest value is served, past it is refused."""
+    for url in LISTS:
+        response = await api.get(url, params={"offset": 2**63 - 1})
+        assert response.status_code == 200, (url, response.text)
+        page = response.json()
+        assert (page["items"], page["offset"]) == ([], 2**63 - 1), url
+
+
+@pytest.mark.parametrize(
+    "when", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"], ids=["min", "max"]
+)
+async def test_a_date_with_no_utc_equivalent_is_400_naming_it(
+    api: httpx.AsyncClient, when: str
+) -> None:
+    """Valid ISO 8601, but past year 1 or 9999 once in UTC: it used to reach the database
+    driver and come back as its complaint about a query argument."""
+    for url in LISTS:
+        for field in ("date_range_start", "date_range_end"):
+            response = await api.get(url, params={field: when})
+            error = assert_error(response, 400, "invalid_request")
+            assert error["details"]["field"] == f"query.{field}", url
+            assert_no_internals(response)
+
+
+# -- correlation ids ----------------------------------------------------------------------------
+
+
+async def test_unknown_routes_and_wrong_methods_answer_in_the_error_shape(
+    api: httpx.AsyncClient,
+) -> None:
+    assert_error(await api.get("/api/v1/no-such-thing"), 404, "not_found")
+    assert_error(await api.get("/no-such-thing"), 404, "not_found")
+    wrong = await api.put("/api/v1/protocols/runs", json={})
+    error = assert_error(wrong, 405, "method_not_allowed")
+    assert error["details"]["allowed"] == ["GET", "POST"]  # both routes at this path
+    assert wrong.headers["allow"] == "GET, POST"
+
+
+async def test_every_error_carries_the_callers_correlation_id(api: httpx.AsyncClient) -> None:
+    """The middleware's refusals (401, 413, 422, 400), the routes' (403, 404), FastAPI's
+    validation (400) and Starlette's routing (404, 405) alike."""
+    created = await api.post("/api/v1/tokens", json={"name": "reader", "scopes": ["read"]})
+    reader = {"Authorization": f"Bearer {created.json()['token']}"}
+    runs = "/api/v1/protocols/runs"
+    cases: list[tuple[int, str, dict[str, Any]]] = [
+        (401, "unauthenticated", {"url": runs, "headers": {"Authorization": ""}}),
+        (403, "forbidden", {"method": "POST", "url": runs, "json": {}, "headers": reader}),
+        (404, "not_found", {"url": "/api/v1/nothing-here"}),
+        (404, "not_found", {"url": f"{runs}/{uuid.uuid4()}"}),
+        (405, "method_not_allowed", {"method": "DELETE", "url": runs}),
+        (413, "payload_too_large", {"method": "POST", "url": runs, "content": b"x" * 2**21}),
+        (422, "invalid_input", {"url": "/api/v1/machines", "params": {"name": NUL}}),
+        (400, "invalid_request", {"url": "/api/v1/machines", "params": {"limit": 0}}),
+        (400, "invalid_request", {"method": "POST", "url": runs, "content": b"{"}),
+        (400, "invalid_request", {"method": "POST", "url": runs, "content": b"[" * 50_000}),
+    ]
+    for status, code, request in cases:
+        sent = f"test-{status}-{uuid.uuid4().hex[:8]}"
+        headers = {**JSON, **request.pop("headers", {}), "X-Correlation-Id": sent}
+        response = await api.request(request.pop("method", "GET"), headers=headers, **request)
+        error = assert_error(response, status, code)
+        assert error["correlation_id"] == sent, request["url"]
+
+
+@pytest.mark.parametrize("sent", ["x" * 500, "two words"], ids=["too-long", "spaces"])
+async def test_an_unusable_correlation_id_is_replaced(api: httpx.AsyncClient, sent: str) -> None:
+    response = await api.get("/api/v1/nothing-here", headers={"X-Correlation-Id": sent})
+    error = assert_error(response, 404, "not_found")
+    assert re.fullmatch(r"[0-9a-f]{32}", error["correlation_id"])

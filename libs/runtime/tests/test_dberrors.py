@@ -62,7 +62,15 @@ async def test_data_errors_wrapped_by_sqlalchemy_are_invalid_input(
     assert isinstance(error, InvalidInput)
     assert error.code == ErrorCode.INVALID_INPUT
     assert error.details["sqlstate"] == sqlstate
-    assert "INSERT" not in error.message  # what PostgreSQL said, never the statement
+    assert_no_internals(error.message)
+
+
+def assert_no_internals(message: str) -> None:
+    """Neither the statement nor what PostgreSQL or asyncpg said: no table (``things``), index
+    (``things_name``), column type, query argument or driver name."""
+    for internal in ("INSERT", "things", "int4", "int8", "$1", "argument", "asyncpg", "\n"):
+        assert internal not in message, (internal, message)
+    assert message.startswith("the database cannot store this input: ")
 
 
 async def test_an_argument_asyncpg_cannot_encode_is_invalid_input(db: Database) -> None:
@@ -72,6 +80,8 @@ async def test_an_argument_asyncpg_cannot_encode_is_invalid_input(db: Database) 
         await refusal(db, "INSERT INTO things (n) VALUES (:v)", v=2**40)  # int4 column
     )
     assert isinstance(error, InvalidInput)
+    assert_no_internals(error.message)  # asyncpg says "invalid input for query argument $1"
+    assert "out of range" in error.message
 
 
 async def test_a_kept_connection_refusal_is_invalid_input(db: Database) -> None:

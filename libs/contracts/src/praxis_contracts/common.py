@@ -40,13 +40,19 @@ class RunStatus(StrEnum):
 TERMINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
 
 
+MAX_OFFSET = 2**63 - 1
+"""The largest ``offset`` of a list: PostgreSQL's ``OFFSET`` is a bigint. A larger one used to
+reach the database and come back as the driver's complaint about a query argument; any offset
+past the rows there are is an empty page anyway."""
+
+
 class SearchFilters(BaseModel):
     """Standard filters every list query accepts; entity-specific filters sit beside them."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     limit: int = Field(default=50, ge=1, le=1000, description="Page size.")
-    offset: int = Field(default=0, ge=0, description="Rows to skip.")
+    offset: int = Field(default=0, ge=0, le=MAX_OFFSET, description="Rows to skip.")
     sort_by: str | None = Field(
         default=None, description="Field to sort by; prefix with '-' for descending."
     )

@@ -23,6 +23,7 @@ class ErrorCode(StrEnum):
     INVALID_INPUT = "invalid_input"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
     CONFLICT = "conflict"
     INVALID_TRANSITION = "invalid_transition"
     UNKNOWN_ASSET_TYPE = "unknown_asset_type"
@@ -109,6 +110,12 @@ class PayloadTooLarge(PraxisError):
 
 class NotFound(PraxisError):
     code = ErrorCode.NOT_FOUND
+
+
+class MethodNotAllowed(PraxisError):
+    """An HTTP method the route does not take (the gateway's 405; ``details["allowed"]``)."""
+
+    code = ErrorCode.METHOD_NOT_ALLOWED
 
 
 class Conflict(PraxisError):
@@ -202,6 +209,7 @@ _BY_CODE: dict[ErrorCode, type[PraxisError]] = {
         InvalidInput,
         PayloadTooLarge,
         NotFound,
+        MethodNotAllowed,
         Conflict,
         InvalidTransition,
         UnknownAssetType,

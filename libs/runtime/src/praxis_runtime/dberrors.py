@@ -7,6 +7,12 @@ outage (asyncpg's client-side ``DataError`` is an ``InterfaceError``, which ``is
 takes for a dead connection) retries it for minutes. ``as_domain_error`` recognises these errors
 however they arrive: raised by asyncpg directly, or wrapped by SQLAlchemy (its asyncpg adapter
 re-raises them as a generic ``DBAPIError`` whose cause is the asyncpg exception).
+
+The message says, in the service's words, what kind of value was refused (by SQLSTATE), never
+what PostgreSQL or asyncpg said: their texts name indexes (``index row size ... for index
+"<name>"``), column types (``character varying(200)``) and query arguments (``invalid input for
+query argument $3``), which are the database's internals, not the caller's concern.
+``details["sqlstate"]`` keeps the exact code for whoever needs it.
 """
 
 from __future__ import annotations
@@ -25,15 +31,37 @@ _INPUT_ERRORS: tuple[type[BaseException], ...] = (
 _INPUT_SQLSTATES = ("22", "54000")
 """SQLSTATE prefixes of input errors, for wrappers that carry only the code."""
 
+_UNSTORABLE_TEXT = "a text holds a character the database cannot store (such as NUL, \\u0000)"
+_REASONS = {
+    "22001": "a text is longer than its field allows",
+    "22003": "a number is out of range",
+    "22007": "a date or time is malformed",
+    "22008": "a date or time is out of range",
+    "22021": _UNSTORABLE_TEXT,  # e.g. a NUL in text
+    "22P02": "a value is malformed for its type",
+    "22P05": _UNSTORABLE_TEXT,  # e.g. \u0000 in jsonb
+    "54000": "a value is too large to store (a name or key too long to index)",
+}
+"""What a SQLSTATE means for the caller, in words that name nothing of the schema."""
+
+_DEFAULT_REASON = "a value is out of the range or of a type the database can store"
+
 
 def as_domain_error(exc: BaseException) -> PraxisError | None:
     """The domain error ``exc`` stands for if PostgreSQL (or asyncpg) rejected the input; None
-    for anything else. The message says what PostgreSQL said, never the statement."""
+    for anything else. The message says what kind of value was refused, never the statement
+    nor PostgreSQL's own text (see the module's docstring)."""
     found = _input_error(exc)
     if found is None:
         return None
-    reason = _first_line(found)
     sqlstate = getattr(found, "sqlstate", None)
+    said = str(found)  # asyncpg's client side: "... (value out of int32 range)", SQLSTATE 22000
+    if isinstance(sqlstate, str) and sqlstate in _REASONS:
+        reason = _REASONS[sqlstate]
+    elif "out of" in said and "range" in said:
+        reason = "a value is out of range"
+    else:
+        reason = _DEFAULT_REASON
     details = {"sqlstate": sqlstate} if isinstance(sqlstate, str) else {}
     return InvalidInput(f"the database cannot store this input: {reason}", **details)
 
@@ -59,11 +87,6 @@ def _input_error(exc: BaseException) -> BaseException | None:
 def _input_sqlstate(exc: BaseException) -> bool:
     sqlstate = getattr(exc, "sqlstate", None)
     return isinstance(sqlstate, str) and sqlstate.startswith(_INPUT_SQLSTATES)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
 
 
 __all__ = ["as_domain_error"]

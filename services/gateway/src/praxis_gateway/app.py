@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,16 +15,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from pydantic import Field, SecretStr, ValidationError, model_validator
+from starlette.exceptions import HTTPException
 
 from praxis_contracts.errors import PraxisError
 from praxis_contracts.permissions import GATEWAY, needs
 from praxis_gateway.errors import (
+    on_http_error,
     on_payload_too_large,
     on_praxis_error,
     on_unexpected_error,
     on_validation_error,
 )
-from praxis_gateway.guard import InputGuard
+from praxis_gateway.guard import MAX_JSON_DEPTH, MAX_JSON_DEPTH_CEILING, InputGuard
 from praxis_gateway.inventory_routes import router as inventory_router
 from praxis_gateway.oidc import OidcVerifier
 from praxis_gateway.routes import router
@@ -53,6 +56,13 @@ class Settings(ServiceSettings):
         default=MAX_BODY_BYTES,
         ge=1,
         description="GATEWAY_MAX_BODY_BYTES: larger request bodies get 413 payload_too_large",
+    )
+    gateway_max_json_depth: int = Field(
+        default=MAX_JSON_DEPTH,
+        ge=1,
+        le=MAX_JSON_DEPTH_CEILING,
+        description="GATEWAY_MAX_JSON_DEPTH: JSON (a body, property_filters) nested deeper gets "
+        "400 invalid_request",
     )
     praxis_admin_token: SecretStr | None = Field(
         default=None,
@@ -115,13 +125,19 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(router)
     app.include_router(inventory_router)
     app.include_router(token_router)
+    app.state.max_json_depth = settings.gateway_max_json_depth
     app.add_exception_handler(PraxisError, on_praxis_error)
+    app.add_exception_handler(HTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(ValidationError, on_validation_error)
     app.add_exception_handler(nats.errors.MaxPayloadError, on_payload_too_large)
     app.add_exception_handler(Exception, on_unexpected_error)
     # Added first, so it runs inside ``_correlate``: its refusals carry the correlation id.
-    app.add_middleware(InputGuard, max_body_bytes=settings.gateway_max_body_bytes)
+    app.add_middleware(
+        InputGuard,
+        max_body_bytes=settings.gateway_max_body_bytes,
+        max_json_depth=settings.gateway_max_json_depth,
+    )
     # Outside the input guard: a caller without credentials is refused before its body is read.
     app.add_middleware(Authenticate, authenticator=authenticator)
     app.middleware("http")(_correlate)
@@ -129,14 +145,34 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
+_CORRELATION_ID = re.compile(r"[!-~]{1,128}")
+"""A caller's ``X-Correlation-Id`` is taken if it is up to 128 visible ASCII characters; it
+travels on in NATS headers, events and logs, so anything else is replaced by a new one."""
+
+
+def correlation_id(sent: str | None) -> str:
+    """The caller's correlation id if usable (``_CORRELATION_ID``), else a new one."""
+    if sent is not None and _CORRELATION_ID.fullmatch(sent):
+        return sent
+    return uuid.uuid4().hex
+
+
 async def _correlate(
     request: Request, call_next: Callable[[Request], Awaitable[Response]]
 ) -> Response:
-    correlation = request.headers.get("x-correlation-id") or uuid.uuid4().hex
+    """Outermost: every response, errors included, carries ``X-Correlation-Id``, the same id
+    as an error body's ``correlation_id``.
+
+    An exception no handler took is answered here, not by Starlette's outer error middleware:
+    there the correlation id would already be gone (a 500 with ``correlation_id: null`` and no
+    header)."""
+    correlation = correlation_id(request.headers.get("x-correlation-id"))
     token = correlation_id_var.set(correlation)
     started = time.perf_counter()
     try:
         response = await call_next(request)
+    except Exception as exc:
+        response = await on_unexpected_error(request, exc)
     finally:
         correlation_id_var.reset(token)
     route = getattr(request.scope.get("route"), "path", "unmatched")
@@ -177,4 +213,4 @@ def serve(settings: Settings) -> None:
     )
 
 
-__all__ = ["Settings", "create_app", "serve"]
+__all__ = ["MAX_BODY_BYTES", "MAX_JSON_DEPTH", "Settings", "create_app", "serve"]

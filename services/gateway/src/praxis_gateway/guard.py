@@ -13,6 +13,13 @@
   the query string or in the path that contains one is refused with 422 ``invalid_input``
   naming where it is. The check walks the parsed JSON, so it covers every route and every field,
   nested or not, without per-route code.
+- **Depth.** A JSON body nested deeper than ``GATEWAY_MAX_JSON_DEPTH`` levels (64) is refused
+  with 400 ``invalid_request`` (``details.max_depth``). Python's parser raises
+  ``RecursionError`` somewhere under a thousand levels, which surfaced as a 500; pydantic's,
+  in the services, refuses past 200 levels, so a document the gateway accepted could still fail
+  at the service. Legitimate payloads stay far below 64: a workcell registration carrying a
+  liquid handler's whole PyLabRobot tree nests about a dozen levels. ``property_filters``, JSON
+  in a query parameter, is held to the same limit (``load_json``).
 
 The body is read here (bounded), checked, and handed to the route as if unread.
 """
@@ -26,20 +33,34 @@ from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from praxis_contracts.errors import InvalidInput, PayloadTooLarge, PraxisError
+from praxis_contracts.errors import InvalidInput, InvalidRequest, PayloadTooLarge, PraxisError
 from praxis_gateway.errors import error_response
 
 NUL = "\x00"
 MAX_REPORTED = 20
 """Places named in one refusal, at most (a body full of NULs needs no exhaustive list)."""
 
+MAX_JSON_DEPTH = 64
+"""Nesting levels a JSON document may have (``[]`` and ``{}`` are one, ``{"a": [1]}`` two):
+generous for protocol parameters and PyLabRobot definitions (a dozen levels for a liquid handler
+with its deck), far below where the parsers on the way give up (Python's, under 1000 levels;
+pydantic's, in the services, at 200)."""
+
+MAX_JSON_DEPTH_CEILING = 128
+"""The largest ``GATEWAY_MAX_JSON_DEPTH`` allowed: a service receives the body inside its request
+message, a few levels deeper, and its parser stops at 200."""
+
 
 class InputGuard:
-    """ASGI middleware: refuse oversized bodies (413) and NUL characters (422)."""
+    """ASGI middleware: refuse oversized bodies (413), JSON nested too deep (400) and NUL
+    characters (422)."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, max_json_depth: int = MAX_JSON_DEPTH
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_json_depth = max_json_depth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -49,7 +70,8 @@ class InputGuard:
             body = await self._read_body(scope, receive)
             if body is None:
                 return  # the client went away before it finished sending: nobody to answer
-            reject_nul_in_request(scope, body)
+            parsed = _json_body(scope, body, self.max_json_depth)
+            reject_nul_in_request(scope, parsed)
         except PraxisError as exc:
             await error_response(exc.to_reply())(scope, receive, send)
             return
@@ -76,9 +98,70 @@ class InputGuard:
                 return b"".join(chunks)
 
 
-def reject_nul_in_request(scope: Scope, body: bytes) -> None:
+def load_json(text: str | bytes, *, max_depth: int, field: str) -> Any:
+    """``text`` parsed, or ``InvalidRequest`` (400) naming ``field`` if it nests deeper than
+    ``max_depth``; malformed JSON raises ``ValueError`` for the caller to answer as it does.
+
+    Bounded without a parser of our own: Python's C parser recurses, and gives up with a
+    ``RecursionError`` as soon as it passes the interpreter's recursion limit (under a thousand
+    levels, so ``[`` times 50 000 fails after its first thousand bytes); anything it does parse
+    is measured without recursion (``json_depth``)."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise _too_deep(field, max_depth) from None
+    if json_depth(value, stop_past=max_depth) > max_depth:
+        raise _too_deep(field, max_depth)
+    return value
+
+
+def json_depth(value: Any, *, stop_past: int | None = None) -> int:
+    """How many levels of arrays and objects ``value`` nests (0 for a scalar); with
+    ``stop_past``, at most ``stop_past + 1`` (the walk ends there).
+
+    Level by level, without recursion (the point is documents too deep to recurse into), and
+    fast: each level's values are gathered with ``list.extend``, not one Python step each."""
+    level = 0
+    items = [value]
+    while containers := [item for item in items if isinstance(item, dict | list)]:
+        level += 1
+        if stop_past is not None and level > stop_past:
+            break
+        items = []
+        for container in containers:
+            items.extend(container.values() if isinstance(container, dict) else container)
+    return level
+
+
+def _too_deep(field: str, max_depth: int) -> InvalidRequest:
+    return InvalidRequest(
+        f"{field}: JSON nested deeper than {max_depth} levels",
+        field=field,
+        max_depth=max_depth,
+    )
+
+
+class _Unparsed:
+    """No JSON body to walk: none, not JSON, or malformed (the route answers 400 for that)."""
+
+
+UNPARSED = _Unparsed()
+
+
+def _json_body(scope: Scope, body: bytes, max_depth: int) -> Any:
+    """The body parsed, if it is one the route would parse as JSON; ``InvalidRequest`` if it
+    nests too deep (malformed or not)."""
+    if not body or not _is_json(scope):
+        return UNPARSED
+    try:
+        return load_json(body, max_depth=max_depth, field="body")
+    except ValueError:
+        return UNPARSED  # malformed JSON is the route's to refuse (400 invalid_request)
+
+
+def reject_nul_in_request(scope: Scope, body: Any = UNPARSED) -> None:
     """``InvalidInput`` naming every place (up to ``MAX_REPORTED``) a NUL occurs: the path,
-    query parameters (names and values), and strings and keys of a JSON body."""
+    query parameters (names and values), and strings and keys of the parsed JSON ``body``."""
     places = [p for _, p in zip(range(MAX_REPORTED), _nul_places(scope, body), strict=False)]
     if places:
         raise InvalidInput(
@@ -109,19 +192,15 @@ def _shown(text: str) -> str:
     return text.replace(NUL, "\\u0000")
 
 
-def _nul_places(scope: Scope, body: bytes) -> Iterator[str]:
+def _nul_places(scope: Scope, body: Any) -> Iterator[str]:
     if NUL in scope.get("path", ""):
         yield "path"
     query = scope.get("query_string", b"").decode("latin-1")
     for name, value in parse_qsl(query, keep_blank_values=True):
         if NUL in name or NUL in value:
             yield f"query.{_shown(name)}"
-    if body and _is_json(scope):
-        try:
-            parsed = json.loads(body)
-        except ValueError:
-            return  # malformed JSON is the route's to refuse (400 invalid_request)
-        yield from nul_locations(parsed, "body")
+    if body is not UNPARSED:
+        yield from nul_locations(body, "body")
 
 
 def _is_json(scope: Scope) -> bool:
@@ -175,4 +254,11 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-__all__ = ["InputGuard", "nul_locations", "reject_nul_in_request"]
+__all__ = [
+    "MAX_JSON_DEPTH",
+    "InputGuard",
+    "json_depth",
+    "load_json",
+    "nul_locations",
+    "reject_nul_in_request",
+]
