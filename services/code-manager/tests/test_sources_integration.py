@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
+import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -171,6 +174,92 @@ async def test_a_refused_source_is_a_422_naming_the_rule_and_leaves_nothing(
         sock.accept()
     reused = await register(cm, name=name, url=git_repo.url)
     assert reused.status == "synced"
+
+
+@pytest.fixture
+def outside(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A folder outside SOURCE_ALLOWED_ROOTS (the session's temporary folder), beside it."""
+    folder = Path(tempfile.mkdtemp(prefix="outside-", dir=tmp_path_factory.getbasetemp().parent))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def commit_symlink(git_repo: Any, name: str, target: str) -> str:
+    (git_repo.path / name).parent.mkdir(parents=True, exist_ok=True)
+    (git_repo.path / name).symlink_to(target)
+    git_repo.repo.index.add([name])
+    commit = git_repo.repo.index.commit("link", author=git_repo.AUTHOR, committer=git_repo.AUTHOR)
+    return str(commit.hexsha)
+
+
+def gitfile_out(tmp_path: Path, outside: Path, git_repo: Any) -> str:
+    """A folder under the roots whose ``.git`` file names a repository outside them."""
+    shutil.move(git_repo.path / ".git", outside / "real.git")
+    (tmp_path / "door").mkdir()
+    (tmp_path / "door" / ".git").write_text(f"gitdir: {outside / 'real.git'}\n")
+    return f"file://{tmp_path / 'door'}"
+
+
+def alternates_out(tmp_path: Path, outside: Path, git_repo: Any) -> str:
+    """A bare repository under the roots whose objects are lent from outside them."""
+    lender = outside / "lender"
+    shutil.copytree(git_repo.path, lender, symlinks=True)
+    borrower = tmp_path / "borrower.git"
+    subprocess.run(
+        ["git", "clone", "-q", "--bare", "--shared", str(lender), str(borrower)], check=True
+    )
+    return str(borrower)
+
+
+def symlink_out(tmp_path: Path, outside: Path, git_repo: Any) -> str:
+    """A repository under the roots holding (and having checked out) a link to a secret."""
+    (outside / "secret.txt").write_text(SECRET)
+    commit_symlink(git_repo, "protos/leak.py", str(outside / "secret.txt"))
+    return str(git_repo.path)
+
+
+@pytest.mark.parametrize(
+    "door", [gitfile_out, alternates_out, symlink_out], ids=lambda f: f.__name__
+)
+async def test_a_local_repository_leading_out_of_the_roots_is_refused_and_leaves_nothing(
+    code_manager: Any, cm: Bus, git_repo: Any, tmp_path: Path, outside: Path, door: Any
+) -> None:
+    git_repo.commit({"protos/good.py": GOOD.format(name=protocol_name())})
+    url = door(tmp_path, outside, git_repo)
+    name, before = source_name(), mirrors(code_manager)
+    (root,) = code_manager.settings.source_allowed_roots
+
+    with pytest.raises(SourceRefused) as refused:
+        await register(cm, name=name, url=url)
+
+    assert refused.value.details["rule"] == "outside_roots"
+    assert refused.value.message.startswith("outside_roots: ")
+    assert f"SOURCE_ALLOWED_ROOTS ({root})" in refused.value.message
+    assert SECRET not in refused.value.message
+    assert await named(cm, name) == []
+    assert mirrors(code_manager) == before
+
+
+async def test_a_commit_holding_a_link_out_of_its_tree_fails_the_sync_cleanly(
+    code_manager: Any, cm: Bus, git_repo: Any
+) -> None:
+    git_repo.commit({"protos/good.py": GOOD.format(name=protocol_name())})
+    up = commit_symlink(git_repo, "protos/up", "../../..")  # still under the roots
+    leak = commit_symlink(git_repo, "protos/leak", "/etc/passwd")
+    git_repo.repo.index.remove(["protos/up", "protos/leak"], working_tree=True)
+    git_repo.repo.index.commit("no links", author=git_repo.AUTHOR, committer=git_repo.AUTHOR)
+
+    for commit, link in ((up, "protos/up -> ../../.."), (leak, "protos/leak -> /etc/passwd")):
+        name = source_name()
+        with pytest.raises(SourceSyncFailed) as failed:
+            await register(cm, name=name, url=git_repo.url, commit=commit)
+
+        assert link in failed.value.message
+        (source,) = await named(cm, name)
+        assert source.status == "failed"
+        assert link in (source.error or "")
+        page = await cm.request(ListProtocolDefinitions(source_id=source.accession_id))
+        assert page.items == []
 
 
 async def test_a_failed_source_can_be_deleted_and_its_name_reused(

@@ -4,16 +4,22 @@ git runs as a plain subprocess with an explicit environment: nothing of the serv
 (``DATABASE_URL``, NATS credentials) is inherited, no system or user git configuration is read,
 and ``GIT_ALLOW_PROTOCOL`` holds git to the policy's transports, also on redirects (which are
 off) and submodules. Credentials travel in the environment or a private temporary file, never in
-the URL, the command line or an error message.
+the URL, the command line or an error message, and only to the host they were declared for: the
+HTTP header is configured for that scheme, host and port alone, the SSH key in a ``Host`` block
+of its own, every fetch names the source's URL (not whatever a mirror's ``origin`` says), and
+commands that stay on this machine get no secret at all.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import io
 import os
+import posixpath
+import shlex
 import shutil
 import signal
 import subprocess
@@ -38,6 +44,16 @@ class GitAccess:
     secret: bytes | None = None
     scheme: str = "https"
     pin: str | None = None  # http.curloptResolve "host:port:address"
+    host: str | None = None  # the host the secret is for: no other is ever offered it
+    port: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.secret is not None and not self.host:
+            raise ValueError("a secret is given with the host it is for")
+
+    def without_secret(self) -> GitAccess:
+        """For commands that stay on this machine (rev-parse, archive): nothing to present."""
+        return dataclasses.replace(self, secret=None)
 
     @contextlib.contextmanager
     def environment(self) -> Iterator[dict[str, str]]:
@@ -51,14 +67,17 @@ class GitAccess:
             config["http.curloptResolve"] = self.pin
         ssh = "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new"
         with contextlib.ExitStack() as stack:
-            if self.secret is not None and self.scheme in ("http", "https"):
+            if self.secret is not None and self.host and self.scheme in ("http", "https"):
                 token = self.secret.decode().strip()
                 user_token = token if ":" in token else f"x-access-token:{token}"
                 basic = base64.b64encode(user_token.encode()).decode()
-                config["http.extraHeader"] = f"Authorization: Basic {basic}"
-            elif self.secret is not None:
+                scope = http_scope(self.scheme, self.host, self.port)
+                config[f"http.{scope}.extraHeader"] = f"Authorization: Basic {basic}"
+            elif self.secret is not None and self.host:
                 key = stack.enter_context(_private_file(self.home, self.secret))
-                ssh += f" -o IdentitiesOnly=yes -i {key}"
+                ssh_config = ssh_host_config(self.host, key).encode()
+                hosts = stack.enter_context(_private_file(self.home, ssh_config))
+                ssh += f" -o IdentitiesOnly=yes -F {shlex.quote(str(hosts))}"
             env = {
                 "PATH": os.environ.get("PATH", os.defpath),
                 "HOME": str(self.home),
@@ -110,6 +129,19 @@ class GitAccess:
         return text[-STDERR_LIMIT:]
 
 
+def http_scope(scheme: str, host: str, port: int | None) -> str:
+    """The URL git's ``http.<url>.*`` settings apply to: this scheme, host and port only (git
+    compares the host exactly, and a port left out as the scheme's default)."""
+    netloc = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{netloc}{f':{port}' if port else ''}/"
+
+
+def ssh_host_config(host: str, key: Path) -> str:
+    """An ssh_config that offers ``key`` to ``host`` alone (``%`` is ssh's token sign)."""
+    path = str(key).replace("%", "%%")
+    return f'Host {host}\n    IdentityFile "{path}"\n    IdentitiesOnly yes\n'
+
+
 @contextlib.contextmanager
 def _private_file(folder: Path, content: bytes) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(dir=folder, prefix=".key-")  # mode 0600
@@ -122,7 +154,12 @@ def _private_file(folder: Path, content: bytes) -> Iterator[Path]:
 
 
 class GitMirror:
-    """A bare mirror of one remote repository under ``path``."""
+    """A bare mirror of one remote repository under ``path``.
+
+    A local path is cloned with ``--no-local``: through git's transport, as a remote would be,
+    rather than git copying the object folder file by file, which would carry over the
+    repository's alternates (objects lent from elsewhere) into the mirror for good. Fetches
+    name ``url`` (the source's URL as checked now), never the mirror's ``origin``."""
 
     def __init__(self, path: Path, url: str, access: GitAccess) -> None:
         self.path = path
@@ -134,18 +171,16 @@ class GitMirror:
             if not (self.path / "HEAD").exists():
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 shutil.rmtree(self.path, ignore_errors=True)
-                self.access.run(
-                    "clone", "--mirror", "--no-hardlinks", "--", self.url, str(self.path)
-                )
+                self.access.run("clone", "--mirror", "--no-local", "--", self.url, str(self.path))
             else:
-                self.access.run("fetch", "--prune", "origin", "+refs/*:refs/*", cwd=self.path)
+                self.access.run("fetch", "--prune", "--", self.url, "+refs/*:refs/*", cwd=self.path)
         except SourceSyncFailed as exc:
             raise SourceSyncFailed(f"git fetch of {self.url} failed: {exc.message}") from exc
 
     def resolve(self, rev: str) -> str:
         """The full sha of ``rev``; a full sha is not trusted until git has the commit."""
         try:
-            out = self.access.run(
+            out = self.access.without_secret().run(
                 "rev-parse",
                 "--verify",
                 "--quiet",
@@ -159,7 +194,9 @@ class GitMirror:
 
     def archive(self, commit: str) -> bytes:
         try:
-            return self.access.run("archive", "--format=tar", commit, cwd=self.path)
+            return self.access.without_secret().run(
+                "archive", "--format=tar", commit, cwd=self.path
+            )
         except SourceSyncFailed as exc:
             raise SourceSyncFailed(f"cannot archive {self.url} at {commit}: {exc.message}") from exc
 
@@ -167,9 +204,17 @@ class GitMirror:
 def archive_folder(folder: Path) -> tuple[str, bytes]:
     """A filesystem source: (content hash standing in for a commit, tar of the tree).
 
-    Files whose real path leaves the folder (symlinks out of it) are left out."""
+    Files whose real path leaves the folder (symlinks out of it) are left out. A file that
+    cannot be read is a failed sync, not an error of the service's."""
     if not folder.is_dir():
         raise SourceSyncFailed(f"{folder} is not a directory")
+    try:
+        return _archive_folder(folder)
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Path.resolve)
+        raise SourceSyncFailed(f"cannot read {folder}: {exc}") from exc
+
+
+def _archive_folder(folder: Path) -> tuple[str, bytes]:
     root = folder.resolve()
     digest = hashlib.sha1()
     buffer = io.BytesIO()
@@ -186,15 +231,48 @@ def archive_folder(folder: Path) -> tuple[str, bytes]:
     return digest.hexdigest(), buffer.getvalue()
 
 
+def links_leaving(members: list[tarfile.TarInfo]) -> list[str]:
+    """``name -> target`` of each link (or entry) in an archive that leads out of its tree: an
+    absolute target, or one whose ``..`` climb above the top. Read as written (before anything
+    is unpacked), so what it reports does not depend on what was unpacked first."""
+    leaving = []
+    for member in members:
+        name = posixpath.normpath(member.name)
+        target = name
+        if member.issym():
+            target = posixpath.normpath(posixpath.join(posixpath.dirname(name), member.linkname))
+        elif member.islnk():
+            target = posixpath.normpath(member.linkname)
+        if any(p.startswith("/") or p == ".." or p.startswith("../") for p in (name, target)):
+            link = f" -> {member.linkname[:200]}" if member.issym() or member.islnk() else ""
+            leaving.append(f"{member.name[:200]}{link}")
+    return leaving
+
+
 def extract(archive: bytes, target: Path) -> Path:
-    """Unpack an archive into ``target`` atomically (a finished target is reused as is)."""
+    """Unpack an archive into ``target`` atomically (a finished target is reused as is).
+
+    A tree holding a link out of itself (``leak -> /etc/passwd``, ``up -> ../..``) is a failed
+    sync naming the links, checked before anything is unpacked; whatever else the unpacking
+    refuses is one too, and leaves nothing behind."""
     if target.exists():
         return target
-    staging = target.with_name(f".{target.name}.{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(staging, filter="data")
+        members = tar.getmembers()
+        leaving = links_leaving(members)
+        if leaving:
+            shown = ", ".join(leaving[:5]) + (
+                f" and {len(leaving) - 5} more" if len(leaving) > 5 else ""
+            )
+            raise SourceSyncFailed(f"the tree holds links leading out of it: {shown}")
+        staging = target.with_name(f".{target.name}.{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        try:
+            tar.extractall(staging, members=members, filter="data")
+        except (tarfile.TarError, OSError) as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise SourceSyncFailed(f"cannot unpack the tree: {exc}") from exc
     try:
         staging.rename(target)
     except OSError:

@@ -165,6 +165,10 @@ class CodeService:
             except (SourceSyncFailed, SourceRefused) as exc:
                 await self._mark_failed(source_id, exc.message, exc.details.get("problems", []))
                 raise
+            except Exception as exc:  # a bug, not the source's: still not left pending
+                log.exception("sync of %s failed unexpectedly", source_id)
+                await self._mark_failed(source_id, f"internal error ({type(exc).__name__})", [])
+                raise
             ids = await self._record(source_id, fetched.commit, found, bundle, actor)
             return await self.get_source(source_id), ids
 
@@ -191,7 +195,9 @@ class CodeService:
             assert target.path is not None
             commit, archive = archive_folder(target.path)
             return Fetched(commit, archive)
-        secret = self.secrets.read(row.credentials_ref) if row.credentials_ref else None
+        secret = None  # for the host the source names now, and no other (see git.py)
+        if row.credentials_ref and target.host:
+            secret = self.secrets.read(row.credentials_ref)
         access = GitAccess(
             protocols=self.policy.git_protocols(),
             timeout=self.git_timeout,
@@ -199,6 +205,8 @@ class CodeService:
             secret=secret,
             scheme=target.scheme,
             pin=target.pinned_address(),
+            host=target.host,
+            port=target.port,
         )
         url = str(target.path) if target.path is not None else row.url
         mirror = GitMirror(self._mirror_path(row.accession_id), url, access)
