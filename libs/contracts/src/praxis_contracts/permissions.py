@@ -19,9 +19,12 @@ integration test tries every identity against every JetStream verb, store and su
   ``praxis.dlq.<S minus praxis.>`` (``dead_letter_subject``).
 
 No service identity creates, updates, seals, purges or deletes a stream, bucket or store:
-``provisioner`` does that, once at deploy or start-up (``praxis_runtime.provision``), and the
-services only bind to what exists. ``audit`` reads events and nothing else. The ``operator``
-identity (tooling, tests, the chaos harness) may do everything.
+``provisioner`` creates and updates them, once at deploy or start-up
+(``praxis_runtime.provision``), and deletes or purges nothing; the services only bind to what
+exists. One exception cannot be narrowed: deleting or replacing an object purges its chunks'
+subject, a filter in the purge request's body, so a store's writers may purge that store.
+``audit`` reads events and nothing else. The ``operator`` identity (tooling, tests, the chaos
+harness) may do everything.
 """
 
 from __future__ import annotations
@@ -100,6 +103,7 @@ from praxis_contracts.topology import (
     API_TOKENS,
     ASSET_LEASES,
     EDGES,
+    EVENTS,
     KEY_VALUES,
     OBJECT_STORES,
     PROTOCOL_CODE,
@@ -431,8 +435,9 @@ def topology(workcells: Sequence[str]) -> Topology:
 
 
 def needs(identity: Identity) -> Topology:
-    """What ``identity`` binds to (and checks at start-up): the streams, the buckets and stores
-    it uses, and every claims store if it sends or answers requests."""
+    """What ``identity`` binds to (and checks at start-up): the bus's streams if it uses the bus
+    (only the events stream if it only reads events: ``audit`` reads events and nothing else),
+    the buckets and stores it uses, and every claims store if it sends or answers requests."""
     used_kv = {b.bucket for b in identity.key_values}
     used_os = {b.bucket for b in identity.object_stores}
     stores = [spec for spec in OBJECT_STORES if spec.bucket in used_os]
@@ -444,4 +449,6 @@ def needs(identity: Identity) -> Topology:
     if identity.uses_claims:
         stores += [claims(i.name) for i in services(()).values() if i.claims]
     kvs = tuple(kv for kv in KEY_VALUES if kv.bucket in used_kv)
-    return Topology(tuple(STREAMS), kvs, tuple(stores))
+    bus = identity.publishes or identity.consumes or identity.requests or identity.responds
+    streams = tuple(STREAMS) if bus else (EVENTS,) if identity.reads_events else ()
+    return Topology(streams, kvs, tuple(stores))

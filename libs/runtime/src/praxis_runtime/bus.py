@@ -503,7 +503,10 @@ class Bus:
             correlation = (msg.headers or {}).get(h.CORRELATION_ID) or uuid.uuid4().hex
             headers = {h.CORRELATION_ID: correlation, h.ERROR: "1"}  # the larger set
             with log_context(correlation_id=correlation):
-                body, error = await self._answer(route, deps, msg)
+                if not msg.reply_to.startswith(INBOX):
+                    body, error = _not_a_request(route, msg.reply_to), True
+                else:
+                    body, error = await self._answer(route, deps, msg)
                 if not error:
                     body, error = await self._deliverable(route, body, headers)
             if not error:
@@ -633,6 +636,14 @@ class Bus:
 
     async def _process(self, route: ConsumeRoute[DepsT], deps: DepsT, msg: Any) -> str:
         name = route.message_type.__name__
+        echoed = [k for k in (msg.headers or {}) if k in JETSTREAM_REPLY_HEADERS]
+        if echoed:
+            # Stored from a JetStream reply sent to this subject (a direct get whose reply
+            # subject was set to an event's): its body is whatever was stored elsewhere, by
+            # whoever may write there. The server cannot refuse it; no handler takes it.
+            await self._dead_letter(msg, f"{name} stored from a JetStream reply ({echoed[0]})")
+            log.warning("%s refused: stored from a JetStream reply, not published", name)
+            return "dead_lettered"
         try:
             message = route.message_type.model_validate_json(msg.body)
         except ValidationError as exc:
@@ -726,6 +737,22 @@ async def _quietly(action: Awaitable[None]) -> None:
 async def _raw(msg: NatsMessage) -> NatsMessage:
     """The "decoder" that hands handlers the message itself: they parse the body once, typed."""
     return msg
+
+
+INBOX = "_INBOX."
+JETSTREAM_REPLY_HEADERS = frozenset({"Nats-Stream", "Nats-Subject", "Nats-Sequence"})
+"""Headers nats-server puts on a direct get's reply, never on a publish of ours."""
+
+
+def _not_a_request(route: RpcRoute[Any], reply_to: str) -> bytes:
+    """A request must come from a requester: with a reply subject in an inbox (each identity
+    may only receive on ``_INBOX.<identity>``). A message delivered here by a JetStream push
+    consumer (its reply subject ``$JS.ACK...``), or by a JetStream reply sent to this subject
+    (none), is somebody's way round the publish permissions: not handled."""
+    name = route.request_type.__name__
+    log.warning("%s refused: not a request (reply subject %r)", name, reply_to[:64])
+    error = InvalidRequest(f"{name} is answered only to a requester's inbox")
+    return error.to_reply().model_dump_json().encode()
 
 
 def _errors(exc: ValidationError) -> list[dict[str, Any]]:

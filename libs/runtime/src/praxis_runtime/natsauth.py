@@ -2,7 +2,7 @@
 
 :func:`permissions` is pure: one identity's publish/subscribe allow lists. What JetStream needs
 was measured by running the services' tests on a server with this config (nats-server logs every
-``Permissions Violation``), not guessed, and ``tests/integration/test_permission_matrix.py``
+``Permissions Violation``), not guessed, and ``tests/integration/test_nats_permission_matrix.py``
 tries every identity against every JetStream verb, stream, bucket, store and subject family:
 
 - Replies and push deliveries arrive on the identity's own inbox, ``_INBOX.<name>.>`` (the bus

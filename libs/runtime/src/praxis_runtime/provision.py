@@ -38,6 +38,8 @@ async def provision_deployment(
     options: dict[str, object] = {"servers": nats_servers(settings.nats_url)}
     if settings.nats_user is not None:
         options |= {"user": settings.nats_user, "password": nats_password(settings) or ""}
+        # Every identity receives replies on its own inbox only (the server refuses the rest).
+        options["inbox_prefix"] = f"_INBOX.{settings.nats_user}"
     nc = await nats.connect(**options)  # type: ignore[arg-type]
     try:
         wanted = topology(workcells)
