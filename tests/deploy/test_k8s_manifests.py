@@ -378,6 +378,49 @@ def test_protocol_code_runs_in_a_container_holding_no_credential() -> None:
     )
 
 
+def test_discovery_runs_in_a_container_holding_no_credential() -> None:
+    """The code-manager's sandbox and the discovery children it starts: no Secret, no env from
+    one, no service account token, only emptyDir volumes; it may run discovery alone; the
+    socket shared with the code-manager at DISCOVERY_SOCKET, the scratch folders at
+    DISCOVERY_SCRATCH_DIR (one volume, the same path in both); the trees read-only and nothing
+    else of the code-manager's (not its git mirrors or git's home, where keys are written)."""
+    d = deployments()["code-manager"]
+    pod = d["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert not pod.get("shareProcessNamespace", False)  # its children's pids are its own
+    (sandbox,) = [c for c in pod["containers"] if c["name"] == "sandbox"]
+    command = sandbox["command"]
+    assert command[:3] == ["python", "-m", "praxis_runtime.spawner"]
+
+    def options(flag: str) -> list[str]:
+        return [command[i + 1] for i, word in enumerate(command) if word == flag]
+
+    assert options("--module") == ["praxis_code_manager.discovery_child"]
+    assert "envFrom" not in sandbox
+    assert all("valueFrom" not in e for e in sandbox.get("env", []))
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in sandbox["volumeMounts"]}
+    assert all(set(volumes[m["name"]]) == {"name", "emptyDir"} for m in mounts.values())
+    main = main_container(d)
+    main_mounts = {m["mountPath"]: m["name"] for m in main["volumeMounts"]}
+
+    (socket_path,) = options("--listen")
+    assert env(main)["DISCOVERY_SOCKET"]["value"] == socket_path
+    folder = socket_path.rsplit("/", 1)[0]
+    assert main_mounts[folder] == mounts[folder]["name"]  # one volume, both containers
+    (scratch,) = options("--write")
+    assert env(main)["DISCOVERY_SCRATCH_DIR"]["value"] == scratch
+    assert main_mounts[scratch] == mounts[scratch]["name"]
+    assert not mounts[scratch].get("readOnly")
+    (trees,) = options("--read")
+    assert trees == env(main)["PROTOCOL_REPO_DIR"]["value"] + "/trees"
+    assert main_mounts[trees] == mounts[trees]["name"] and mounts[trees]["readOnly"] is True
+    shared = {m["name"] for m in mounts.values()} & set(main_mounts.values())
+    assert shared == {main_mounts[folder], main_mounts[scratch], main_mounts[trees]}
+    for kind in ("livenessProbe", "readinessProbe"):
+        assert sandbox[kind]["exec"]["command"] == ["test", "-S", socket_path]
+
+
 def test_provisioning_is_a_job_of_the_provisioner_identity_alone() -> None:
     (job,) = by_kind("Job").values()
     pod = job["spec"]["template"]["spec"]

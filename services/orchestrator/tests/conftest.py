@@ -282,6 +282,35 @@ async def unguard(lh: LiquidHandler, tips: TipRack, dest: Plate) -> None:
 
 
 @protocol_function(version="1.0.0")
+async def dial_zygote(path: str) -> str:
+    """Asks the zygote (whose socket it can reach) to fork a process for it."""
+    import json
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError as exc:
+        return f"cannot connect: {type(exc).__name__}"
+    ours, theirs = socket.socketpair()
+    request = json.dumps({"op": "fork", "run": "deadbeef"}).encode()
+    socket.send_fds(sock, [request], [theirs.fileno()])
+    await step_nothing()  # its call record says the request is queued at the zygote
+
+    def answer() -> str:
+        sock.settimeout(60)
+        try:
+            data = sock.recv(4096)
+        except ConnectionResetError:
+            return "refused"  # closed with the request unread
+        except OSError as exc:
+            return f"no answer: {type(exc).__name__}"
+        return f"served: {data.decode()}" if data else "refused"
+
+    return await asyncio.to_thread(answer)
+
+
+@protocol_function(version="1.0.0")
 async def transfer(
     lh: LiquidHandler, tips: TipRack, source: Plate, dest: Plate, volume: float = 20.0
 ) -> float:
@@ -486,10 +515,12 @@ class RunLog:
     def of(self, kind: type[E]) -> list[E]:
         return [e for e in self.events if isinstance(e, kind)]
 
-    async def first(self, kind: type[E], timeout: float = WAIT) -> E:
-        """The first event of ``kind``, waiting for it if need be."""
+    async def first(
+        self, kind: type[E], timeout: float = WAIT, where: Callable[[E], bool] = lambda e: True
+    ) -> E:
+        """The first event of ``kind`` (that ``where`` accepts), waiting for it if need be."""
         async with asyncio.timeout(timeout):
-            while not (found := self.of(kind)):
+            while not (found := [e for e in self.of(kind) if where(e)]):
                 self._changed.clear()
                 await self._changed.wait()
         return found[0]

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from praxis_contracts.runs import ControlRunExecution, RunBlocked
+from praxis_contracts.runs import ControlRunExecution, FunctionCallRecorded, RunBlocked
 
 pytestmark = pytest.mark.integration
 
@@ -96,3 +96,33 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+async def test_a_runner_that_reaches_the_zygotes_socket_is_refused(
+    sidecar: tuple[Path, subprocess.Popen[bytes]],
+    nats_access: Any,
+    tmp_path: Path,
+    make_world: Any,
+) -> None:
+    """Landlock does not confine connecting to a named socket: a runner can queue a connection
+    at the zygote. When the orchestrator's connection ends (a restart), the zygote takes the
+    next one in line: a process of its own is refused, never served as a supervisor."""
+    path, process = sidecar
+    settings = {
+        "zygote_socket": path,
+        "protocol_code_cache_dir": tmp_path / "code",
+        "run_scratch_dir": tmp_path / "runs",
+    }
+    async with make_world(nats_access, tmp_path, **settings) as world:
+        await world.edge.start()
+        cmd = await world.command("dial_zygote", {}, {"path": str(path)})
+        log = await world.execute(cmd)
+        await log.first(FunctionCallRecorded, where=lambda c: c.function == "step_nothing")
+        await world.edge.executor.zygote.stop()  # the orchestrator lets go of the zygote
+        finished = await log.finished()
+        assert (finished.outcome, finished.result) == ("completed", "refused"), finished
+        # The zygote serves the orchestrator again (it reconnects for the next run).
+        touch = {"lh": "liquid_handler", "plate": "dest_plate", "tips": "tip_rack"}
+        again = await (await world.execute(await world.command("touch", touch))).finished()
+        assert again.outcome == "completed", again.error
+    assert process.poll() is None

@@ -22,8 +22,10 @@ credentials, in layers:
 
 A kernel without Landlock leaves only the first two layers; ``SANDBOX_REQUIRE_LANDLOCK`` (on by
 default) then refuses to start a service that would run untrusted code. In Kubernetes the
-children also run in a container of their own, with no Secret mounted
-(``deploy/k8s``, the ``sandbox`` container).
+children also run in a container of their own, with no Secret mounted (``deploy/k8s``: the
+orchestrator's ``zygote``, the code-manager's ``sandbox``, where ``praxis_runtime.spawner``
+starts them with ``start_confined`` as ``Sandbox.spawn`` does here). What uses a sandbox sees
+it as a ``Spawner``: this module's ``Sandbox``, or the spawner's ``RemoteSandbox``.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import stat
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from praxis_runtime import landlock
 from praxis_runtime.confine import Confinement
@@ -68,6 +70,54 @@ hold nothing."""
 
 class SandboxRefused(RuntimeError):
     """The sandbox cannot give the protection this deployment asks for."""
+
+
+class Child(Protocol):
+    """A sandboxed child as its service uses it: ``asyncio.subprocess.Process`` when spawned
+    here, ``praxis_runtime.spawner.RemoteProcess`` when spawned in a container of its own."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def returncode(self) -> int | None: ...
+    @property
+    def stdin(self) -> asyncio.StreamWriter | None: ...
+    @property
+    def stdout(self) -> asyncio.StreamReader | None: ...
+    @property
+    def stderr(self) -> asyncio.StreamReader | None: ...
+    async def wait(self) -> int: ...
+
+
+class Spawner(Protocol):
+    """What starts, signals and ends sandboxed children: ``Sandbox`` (here) or
+    ``praxis_runtime.spawner.RemoteSandbox`` (in another container of the pod)."""
+
+    def describe(self) -> str: ...
+    def confinement(
+        self,
+        *,
+        read: Iterable[Path] = (),
+        write: Iterable[Path] = (),
+        memory_mb: int = 1024,
+        cpu_seconds: int = 3600,
+        processes: int = 64,
+    ) -> Confinement: ...
+    async def spawn(
+        self,
+        module: str,
+        args: Sequence[str],
+        confinement: Confinement,
+        *,
+        cwd: Path,
+        stdin: int = ...,
+        stdout: int = ...,
+        stderr: int = ...,
+        limit: int = ...,
+    ) -> Child: ...
+    def signal(self, process: Child | int, sig: int) -> None: ...
+    def kill(self, process: Child) -> None: ...
+    def forget(self, process: Child) -> None: ...
 
 
 class Sandbox:
@@ -142,37 +192,76 @@ class Sandbox:
         """Start ``python -m module args`` confined; ``streams`` are ``stdin``/``stdout``/
         ``stderr`` (and ``limit``) for ``asyncio.create_subprocess_exec``. ``cwd`` should be
         one of its write folders (its home)."""
-        argv = [sys.executable, "-I", "-B", "-u", "-m", "praxis_runtime.confine"]
-        argv += [confinement.to_json(), module, *args]
-        identity: dict[str, Any] = {}
-        if self.uid is not None:
-            identity = {"user": self.uid, "group": self.gid, "extra_groups": []}
-        for folder in confinement.write:
-            _own(Path(folder), self.uid, self.gid)
-        spawn: Any = asyncio.create_subprocess_exec  # ``identity`` and ``streams`` are Popen's
-        process: asyncio.subprocess.Process = await spawn(
-            *argv,
-            env=child_environment(cwd),
+        process = await start_confined(
+            module,
+            args,
+            confinement,
             cwd=cwd,
-            start_new_session=True,
-            close_fds=True,
-            pass_fds=tuple(pass_fds),
-            **identity,
+            uid=self.uid,
+            gid=self.gid,
+            pass_fds=pass_fds,
             **streams,
         )
         self._children.add(process.pid)
         return process
 
-    def kill(self, process: asyncio.subprocess.Process) -> None:
-        """Kill the child's whole process group at once (no clean-up of any kind)."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
+    def signal(self, process: Child | int, sig: int) -> None:
+        """Send ``sig`` to the child's whole process group (pausing, resuming, killing)."""
+        kill_group(process if isinstance(process, int) else process.pid, sig)
 
-    def forget(self, process: asyncio.subprocess.Process) -> None:
+    def kill(self, process: Child) -> None:
+        """Kill the child's whole process group at once (no clean-up of any kind)."""
+        self.signal(process, signal.SIGKILL)
+
+    def forget(self, process: Child) -> None:
         """The child was reaped: kill its group and whatever it left behind."""
         self.kill(process)
         self._children.discard(process.pid)
         kill_strays(self._children)
+
+
+async def start_confined(
+    module: str,
+    args: Sequence[str],
+    confinement: Confinement,
+    *,
+    cwd: Path,
+    uid: int | None = None,
+    gid: int | None = None,
+    pass_fds: Sequence[int] = (),
+    **streams: Any,
+) -> asyncio.subprocess.Process:
+    """``python -m praxis_runtime.confine <confinement> module args``: its write folders made
+    (private; owned by ``uid`` when it runs as that user), nothing of this process's
+    environment (``child_environment``), a session of its own (its group is killed with it), no
+    descriptor but ``streams`` and ``pass_fds``. How ``Sandbox.spawn`` starts a child, and the
+    spawner's host (``praxis_runtime.spawner``) in a sandbox container."""
+    argv = [sys.executable, "-I", "-B", "-u", "-m", "praxis_runtime.confine"]
+    argv += [confinement.to_json(), module, *args]
+    identity: dict[str, Any] = {}
+    if uid is not None:
+        identity = {"user": uid, "group": gid, "extra_groups": []}
+    for folder in confinement.write:
+        _own(Path(folder), uid, gid)
+    spawn: Any = asyncio.create_subprocess_exec  # ``identity`` and ``streams`` are Popen's
+    process: asyncio.subprocess.Process = await spawn(
+        *argv,
+        env=child_environment(cwd),
+        cwd=cwd,
+        start_new_session=True,
+        close_fds=True,
+        pass_fds=tuple(pass_fds),
+        **identity,
+        **streams,
+    )
+    return process
+
+
+def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
+    """Signal the process group ``pid`` leads (a child started in a session of its own);
+    nothing if it is gone."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
 
 
 def own_confinement(

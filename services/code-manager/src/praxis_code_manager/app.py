@@ -18,9 +18,10 @@ from praxis_code_manager.service import CodeService, Secrets
 from praxis_contracts.permissions import CODE_MANAGER, needs
 from praxis_contracts.topology import PROTOCOL_CODE
 from praxis_runtime.outbox import OutboxRelay
-from praxis_runtime.sandbox import Sandbox
+from praxis_runtime.sandbox import Sandbox, Spawner
 from praxis_runtime.service import Migrations, Service, bus_for, database_for
 from praxis_runtime.settings import DatabaseSettings, SandboxedSettings
+from praxis_runtime.spawner import RemoteSandbox
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,19 @@ class Settings(DatabaseSettings, SandboxedSettings):
         description="DISCOVERY_CONCURRENCY: discovery children running at once; the others "
         "are paused and take turns, those that ran least first",
     )
+    discovery_socket: Path | None = Field(
+        default=None,
+        description="DISCOVERY_SOCKET: ask for discovery children at this Unix socket instead "
+        "of starting them here: a sandbox container beside this one (Kubernetes), with no "
+        "Secret mounted (python -m praxis_runtime.spawner --listen ...); no local sandbox is "
+        "set up then",
+    )
+    discovery_scratch_dir: Path | None = Field(
+        default=None,
+        description="DISCOVERY_SCRATCH_DIR: where discovery children get their scratch "
+        "folders (default <PROTOCOL_REPO_DIR>/scratch); with DISCOVERY_SOCKET a folder the "
+        "sandbox container mounts at the same path and may write (its --write)",
+    )
 
     @field_validator(
         "source_allowed_schemes", "source_allowed_hosts", "source_allowed_roots", mode="before"
@@ -107,8 +121,15 @@ def build_app(settings: Settings) -> Service:
         stores[PROTOCOL_CODE.bucket] = await bus.js.object_store(PROTOCOL_CODE.bucket)
 
     relay = OutboxRelay(db, OUTBOX, lambda: bus.publisher)
-    sandbox = Sandbox(settings)
+    # A sandbox container confines its children itself: no local sandbox then (a node without
+    # Landlock does not refuse the service: that container, holding no Secret, is the boundary).
+    sandbox: Spawner = (
+        Sandbox(settings)
+        if settings.discovery_socket is None
+        else RemoteSandbox(settings.discovery_socket)
+    )
     log.info("discovery children run confined: %s", sandbox.describe())
+    scratch = settings.discovery_scratch_dir or settings.protocol_repo_dir / "scratch"
     code = CodeService(
         db,
         store,
@@ -124,7 +145,7 @@ def build_app(settings: Settings) -> Service:
                 concurrency=settings.discovery_concurrency,
             ),
             sandbox,
-            settings.protocol_repo_dir.absolute() / "scratch",
+            scratch.absolute(),
         ),
     )
     service = Service(

@@ -9,7 +9,10 @@ the interpreter and SDK start-up to once per sync when nothing goes wrong.
 Children run in the service's ``Sandbox`` (``praxis_runtime.sandbox``): no credential, another
 user when the service is root, Landlock (read the tree and the interpreter, write a scratch
 folder of their own, no network), limits, killed with their process group and whatever they
-leave behind.
+leave behind. In Kubernetes (``DISCOVERY_SOCKET``) they run in a container of their own with no
+Secret mounted, asked of it through a ``RemoteSandbox`` (``praxis_runtime.spawner``): the same
+confinement, and every signal goes through the sandbox object, never to a pid looked up here
+(that pid is of another PID namespace).
 
 **Nobody waits behind a module that hangs.** Children share the CPU by *least attained
 service* (``FairShare``): at most ``DISCOVERY_CONCURRENCY`` run at once, those that have run the
@@ -25,10 +28,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import shutil
 import signal
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +40,7 @@ from pydantic import ValidationError
 
 from praxis_contracts.errors import SourceSyncFailed
 from praxis_contracts.protocols import DiscoveryProblem, ProtocolFunctionSpec
-from praxis_runtime.sandbox import Sandbox
+from praxis_runtime.sandbox import Spawner
 
 LINE_LIMIT = 1024 * 1024
 START_ALLOWANCE = 30.0
@@ -91,10 +94,17 @@ class Share:
 class FairShare:
     """Least-attained-service scheduling of children: ``concurrency`` run at once, the ones
     that ran least; the rest are paused with SIGSTOP and resumed with SIGCONT, and turns are
-    retaken every ``slice_seconds`` while some wait."""
+    retaken every ``slice_seconds`` while some wait. ``send`` signals a child's process group
+    (the sandbox's ``signal``)."""
 
-    def __init__(self, concurrency: int, slice_seconds: float = SLICE_SECONDS) -> None:
+    def __init__(
+        self,
+        concurrency: int,
+        send: Callable[[int, int], None],
+        slice_seconds: float = SLICE_SECONDS,
+    ) -> None:
         self.concurrency = concurrency
+        self.send = send
         self.slice = slice_seconds
         self._shares: dict[int, Share] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -130,27 +140,22 @@ class FairShare:
         for index, share in enumerate(ordered):
             runs = index < self.concurrency
             if runs and share.running_since is None:
-                _signal(share.pid, signal.SIGCONT)
+                self.send(share.pid, signal.SIGCONT)
                 share.running_since = now
             elif not runs and share.running_since is not None:
-                _signal(share.pid, signal.SIGSTOP)
+                self.send(share.pid, signal.SIGSTOP)
                 share.attained += now - share.running_since
                 share.running_since = None
         if len(ordered) > self.concurrency:
             self._timer = asyncio.get_running_loop().call_later(self.slice, self._rebalance)
 
 
-def _signal(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-
-
 class Discovery:
-    def __init__(self, limits: DiscoveryLimits, sandbox: Sandbox, scratch: Path) -> None:
+    def __init__(self, limits: DiscoveryLimits, sandbox: Spawner, scratch: Path) -> None:
         self.limits = limits
         self.sandbox = sandbox
         self.scratch = scratch
-        self.fair = FairShare(limits.concurrency)
+        self.fair = FairShare(limits.concurrency, sandbox.signal)
 
     async def discover(self, root: Path, identity: str) -> Discovered:
         """Every protocol function in the tree at ``root``; each failing module is a problem."""

@@ -73,7 +73,12 @@ def receive(control: socket.socket) -> tuple[dict[str, Any], list[int]]:
     return json.loads(data), list(fds)
 
 
-def serve(control: socket.socket, scratch: Path, runners: set[int] | None = None) -> None:
+def serve(
+    control: socket.socket,
+    scratch: Path,
+    runners: set[int] | None = None,
+    reads: list[str] | None = None,
+) -> None:
     """Fork a runner for every request until the supervisor closes the control socket; kill a
     runner's process group when asked (``{"op": "kill", "pid": N}``: only a runner of ours)."""
     runners = runners if runners is not None else set()
@@ -102,7 +107,7 @@ def serve(control: socket.socket, scratch: Path, runners: set[int] | None = None
         pid = os.fork()
         if pid == 0:
             control.close()
-            _become_runner(channel, scratch / run)
+            _become_runner(channel, scratch / run, reads)
         os.close(channel)
         runners.add(pid)
         if len(runners) > 4096:  # long gone ones (reaped at once, SIGCHLD ignored)
@@ -121,15 +126,20 @@ def _alive(pids: set[int]) -> set[int]:
     return alive
 
 
-def _become_runner(channel: int, scratch: Path) -> None:
+def _become_runner(channel: int, scratch: Path, reads: list[str] | None) -> None:
     try:
         os.setsid()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         scratch.mkdir(mode=0o700, exist_ok=True)
         os.chdir(scratch)
         os.environ["HOME"] = os.environ["TMPDIR"] = str(scratch)
-        if landlock.abi_version() >= 1:  # nested: narrows where the zygote's domain may write
-            landlock.restrict(read=[], write=[scratch], writes_only=True)
+        if landlock.abi_version() >= 1:
+            # Nested: it may write only its own scratch folder; and, under a zygote that reads
+            # /proc to check who connects (--listen), read only what a run needs.
+            if reads is None:
+                landlock.restrict(read=[], write=[scratch], writes_only=True)
+            else:
+                landlock.restrict(read=[Path(r) for r in reads], write=[scratch])
         from praxis_orchestrator.runner import run_child
 
         run_child(channel)
@@ -162,17 +172,26 @@ def main(argv: list[str] | None = None) -> int:
     listener.listen(1)
     from praxis_runtime.confine import apply
     from praxis_runtime.sandbox import own_confinement
+    from praxis_runtime.spawner import descends_from, peer_pid
 
     code = [Path(args.code)] if args.code else []
-    apply(
-        own_confinement(read=code, write=[scratch], memory_mb=args.memory_mb, cpu_seconds=RUN_CPU)
+    landlock.abi_version()  # looked up before confining (finding libc needs a temp folder)
+    domain = own_confinement(
+        read=[*code, Path("/proc")], write=[scratch], memory_mb=args.memory_mb, cpu_seconds=RUN_CPU
     )
+    apply(domain)
+    reads = [r for r in domain.read if r != "/proc"]
     preload()
     runners: set[int] = set()
     while True:  # one supervisor at a time; a new one (a restarted edge) takes over
         control, _ = listener.accept()
         with control:
-            serve(control, scratch, runners)
+            # A runner can reach the socket (Landlock does not confine connecting to a named
+            # one): a connection from a process of ours is never a supervisor.
+            if descends_from(peer_pid(control), os.getpid()):
+                print("zygote: refused a connection from one of its runners", file=sys.stderr)
+                continue
+            serve(control, scratch, runners, reads)
 
 
 if __name__ == "__main__":
