@@ -11,8 +11,10 @@ ARGS   ?=
 CHAOS_RUNS ?= 100
 IN_FLIGHT  ?= 8
 SEED       ?= 1
+IMAGE      ?= praxis:dev
+DOCKER     ?= docker
 
-.PHONY: help install run demo test lint format bench chaos clean
+.PHONY: help install run demo test lint format bench chaos image clean
 
 help:
 	@echo "make run    - the whole system on embedded NATS + PostgreSQL (Ctrl-C stops it)"
@@ -21,6 +23,7 @@ help:
 	@echo "make lint   - ruff + mypy"
 	@echo "make bench  - latency/throughput benchmark (N=$(N) runs)"
 	@echo "make chaos  - kill every part in turn under load, check runs and leases (CHAOS_RUNS=$(CHAOS_RUNS))"
+	@echo "make image  - the one image of every service: $(DOCKER) build -t $(IMAGE) . (needs a container engine)"
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -55,6 +58,15 @@ bench: install
 
 chaos: install
 	$(RUN) python -m praxis_devstack chaos --runs $(CHAOS_RUNS) --in-flight $(IN_FLIGHT) --seed $(SEED) --resolve-during $(ARGS)
+
+# The image needs a container engine; say so plainly when none answers (the Dockerfile's
+# runtime set is tested without one: tests/deploy/test_image.py).
+image:
+	@$(DOCKER) info >/dev/null 2>&1 || { \
+	  echo "make image: no container engine reachable ('$(DOCKER) info' failed)." >&2; \
+	  echo "Start Docker (or set DOCKER=podman), or build elsewhere: docker build -t $(IMAGE) ." >&2; \
+	  exit 1; }
+	$(DOCKER) build --build-arg UV_VERSION=$(UV_VERSION) -t $(IMAGE) .
 
 clean:
 	rm -rf .venv $(TOOLS) .praxis
