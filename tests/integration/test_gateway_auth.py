@@ -69,6 +69,8 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("GET", "/api/v1/workcells/{workcell}/snapshots"): RD,
     ("GET", "/api/v1/workcells/{workcell}/snapshots/{snapshot_id}"): RD,
     ("POST", "/api/v1/workcells/{workcell}/restore"): AD,
+    ("POST", "/api/v1/workcells/{workcell}/drain"): OP,
+    ("POST", "/api/v1/workcells/{workcell}/resume"): OP,
     ("GET", "/api/v1/locks"): RD,
     ("POST", "/api/v1/locks/{asset_id}/force-release"): AD,
     ("GET", "/api/v1/catalog"): RD,

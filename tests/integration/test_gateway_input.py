@@ -80,7 +80,10 @@ async def stack(
     await services(
         asset_manager_app.build_app,
         asset_manager_app.Settings(
-            database_url=make_database("input_am"), **nats_identity("asset-manager"), **common
+            database_url=make_database("input_am"),
+            **nats_identity("asset-manager"),
+            **common,
+            edge_placement=False,  # no orchestrator here: runs are placed without one
         ),
     )
     await services(
@@ -297,6 +300,16 @@ WRITES: dict[tuple[str, str], Case] = {
         f"/api/v1/workcells/{i.workcell}%00",
         None,
         "path",
+    ),
+    ("POST", "/api/v1/workcells/{workcell}/drain"): lambda i: (
+        f"/api/v1/workcells/{i.workcell}/drain",
+        {"reason": f"maintenance{NUL}"},
+        "body.reason",
+    ),
+    ("POST", "/api/v1/workcells/{workcell}/resume"): lambda i: (
+        f"/api/v1/workcells/{i.workcell}/resume",
+        {"reason": f"done{NUL}"},
+        "body.reason",
     ),
     ("POST", "/api/v1/workcells/{workcell}/restore"): lambda i: (
         f"/api/v1/workcells/{i.workcell}/restore",

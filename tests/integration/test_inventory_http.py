@@ -48,8 +48,8 @@ def build_inventory(settings: Settings) -> Service:
         database=db,
         migrations=Migrations(MIGRATIONS, Base.metadata),
     )
-    inventory, catalog = Inventory(db), Catalog(db)
     relay = OutboxRelay(db, OUTBOX, lambda: bus.publisher)
+    inventory, catalog = Inventory(db, relay), Catalog(db)
     status = StatusRecorder(db, relay, inventory.apply_statuses)
 
     service.outbox = relay

@@ -24,7 +24,10 @@ async def test_the_reservation_bench_reports_every_phase(
     nats_url: str, nats_identity: NatsIdentity, make_database: MakeDatabase, services: Any
 ) -> None:
     settings = Settings(
-        **nats_identity("asset-manager"), database_url=make_database("bench"), health_port=None
+        **nats_identity("asset-manager"),
+        database_url=make_database("bench"),
+        health_port=None,
+        edge_placement=False,  # no orchestrator here: runs are placed without one
     )
     await services(build_app, settings)
 

@@ -50,6 +50,7 @@ async def api(
         database_url=make_database("snapshots_http"),
         health_port=None,
         graceful_timeout_seconds=5,
+        edge_placement=False,  # no orchestrator here: runs are placed without one
     )
     await services(build_app, settings)
     app = create_app(GatewaySettings(**nats_identity("gateway"), praxis_admin_token=admin_token))

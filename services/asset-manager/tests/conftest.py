@@ -26,6 +26,7 @@ async def asset_manager(
         database_url=make_database(request.module.__name__.rpartition(".")[2]),
         health_port=None,
         graceful_timeout_seconds=5,
+        edge_placement=False,  # no orchestrator here: runs are placed without one
     )
     return await services(build_app, settings)
 

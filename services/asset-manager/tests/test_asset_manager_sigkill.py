@@ -101,6 +101,7 @@ async def processes(
         "DATABASE_URL": make_database("sigkill"),
         "LOG_FORMAT": "text",
         "SERVICE_NAME": "asset-manager",
+        "EDGE_PLACEMENT": "false",  # no orchestrator here: runs are placed without one
     }
     env.pop("HEALTH_PORT", None)
     process = AssetManagerProcess(env, tmp_path / "asset-manager.log")

@@ -68,8 +68,8 @@ async def stack(make_database: MakeDatabase) -> AsyncIterator[Stack]:
     await db.migrate(MIGRATIONS, Base.metadata)
     catalog = Catalog(db)
     await catalog.sync()  # an empty table is always synced
-    inventory = Inventory(db)
     relay = OutboxRelay(db, OUTBOX, lambda: None)  # type: ignore[arg-type, return-value]
+    inventory = Inventory(db, relay)
     yield Stack(
         db=db,
         catalog=catalog,

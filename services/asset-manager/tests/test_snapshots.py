@@ -93,6 +93,7 @@ async def am(
         health_port=None,
         graceful_timeout_seconds=5,
         snapshots_kept=KEPT,
+        edge_placement=False,  # no orchestrator here: runs are placed without one
     )
     await services(build_app, settings)
     db = Database(url, "asset_manager")
@@ -418,7 +419,7 @@ async def test_a_failed_object_delete_is_retried_at_the_next_prune(
     stores = StateStores(lambda: am.bus.js)
     store = FailingDeletes(await stores.of(workcell.workcell.name))
     stores._stores[workcell.workcell.name] = store  # type: ignore[assignment]
-    snapshots = Snapshots(am.db, Inventory(am.db), relay, stores, KEPT, lambda _: False)
+    snapshots = Snapshots(am.db, Inventory(am.db, relay), relay, stores, KEPT, lambda _: False)
     events = [
         await written(am, workcell, {"source_plate": well(i)}, T0 + timedelta(seconds=i))
         for i in range(KEPT + 1)

@@ -730,6 +730,9 @@ async def world_on(
         "run_scratch_dir": tmp_path / "runs",
         "health_port": None,
         "graceful_timeout_seconds": 5,
+        # A stop lets running protocols finish for this long, then interrupts them (tests of
+        # the interruption need it short; the hand-over tests set it).
+        "edge_stop_grace_seconds": 5,
         **settings,
     }
     edge = Edge(Settings(**config))

@@ -23,7 +23,9 @@ from praxis_contracts.assets import (
     HoldAssets,
     LeaseExpired,
     ReleaseAssets,
+    ReservationWaiting,
     ReserveAssets,
+    WaitReason,
 )
 from praxis_contracts.base import Message, all_message_types
 from praxis_contracts.common import ErrorInfo, RunStatus
@@ -42,6 +44,7 @@ from praxis_contracts.runs import (
     ExecuteRun,
     RunEventRefused,
     RunFinished,
+    RunHandedBack,
     RunStatusChanged,
     RunView,
     SubmitRun,
@@ -696,3 +699,57 @@ async def test_what_the_edge_did_to_clean_up_is_in_the_status_history(h: Harness
     status, reason = (await h.reasons(run.accession_id))[-1]
     assert status == "cancelled"
     assert reason.endswith("clean-up: " + cleanup[0])
+
+
+async def test_why_a_queued_run_waits_is_on_the_run_until_it_is_placed(h: Harness) -> None:
+    run = await submit(h)
+    waiting = ReservationWaiting(
+        run_id=run.accession_id,
+        blocked_by=[],
+        reason=WaitReason.WAITING_FOR_EDGE,
+        workcells=["wc-1"],
+    )
+    for _ in range(2):  # delivered twice: the same answer, nothing sent
+        await h.runs.on_waiting(waiting)
+        view = await h.runs.get(run.accession_id)
+        assert (view.waiting_for, view.waiting_since) == ("waiting_for_edge", T0)
+        assert await h.sent() == []
+
+    await h.runs.on_reserved(reserved(run.accession_id))
+    placed = await h.runs.get(run.accession_id)
+    assert (placed.status, placed.waiting_for, placed.waiting_since) == (S.PENDING, None, None)
+    await h.runs.on_waiting(waiting)  # a late copy after the grant changes nothing
+    assert (await h.runs.get(run.accession_id)).waiting_for is None
+
+
+async def test_a_run_handed_back_by_a_stopping_edge_is_not_lost_with_it(h: Harness) -> None:
+    run = await submit(h)
+    await h.runs.on_reserved(reserved(run.accession_id))
+    await h.runs.on_progress(run.accession_id, S.PREPARING, T0, "wc-1", EDGE)
+    back = RunHandedBack(run_id=run.accession_id, at=T0, workcell="wc-1", edge_instance=EDGE)
+    for _ in range(2):
+        await h.runs.on_handed_back(back)
+        view = await h.runs.get(run.accession_id)
+        assert (view.status, view.edge_instance) == (S.PREPARING, None)
+
+    # The stopped process's heartbeat goes; the run is not among its runs any more.
+    assert await h.runs.edge_lost(Lost(EDGE, "wc-1", "stopped", {})) == []
+    # The next process of the workcell takes the command and the run.
+    await h.runs.on_progress(run.accession_id, S.PREPARING, T0, "wc-1", OTHER_EDGE)
+    await h.runs.on_progress(run.accession_id, S.RUNNING, T0, "wc-1", OTHER_EDGE)
+    view = await h.runs.get(run.accession_id)
+    assert (view.status, view.edge_instance) == (S.RUNNING, OTHER_EDGE)
+    # A late hand-back from the old process does not take the run from the new one.
+    await h.runs.on_handed_back(back)
+    assert (await h.runs.get(run.accession_id)).edge_instance == OTHER_EDGE
+
+
+async def test_a_hand_back_from_another_workcell_is_refused(h: Harness) -> None:
+    run = await submit(h)
+    await h.runs.on_reserved(reserved(run.accession_id))
+    await h.runs.on_progress(run.accession_id, S.PREPARING, T0, "wc-1", EDGE)
+    await h.sent()
+    forged = RunHandedBack(run_id=run.accession_id, at=T0, workcell="wc-2", edge_instance=EDGE)
+    await h.runs.on_handed_back(forged)
+    assert (await h.runs.get(run.accession_id)).edge_instance == EDGE
+    assert kinds(await h.sent()) == [RunEventRefused]

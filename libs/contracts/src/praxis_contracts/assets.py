@@ -31,6 +31,12 @@ class Workcell(BaseModel):
     description: str = ""
     properties: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime
+    drained: bool = Field(
+        default=False,
+        description="Drained (maintenance, an upgrade): no new run is placed here; runs already "
+        "on it go on. Runs that want it wait (``waiting_for: workcell_drained``).",
+    )
+    drain_reason: str | None = Field(default=None, description="Why, as the operator said.")
 
 
 class Asset(BaseModel):
@@ -343,17 +349,70 @@ class AssetsReleased(Event):
         return str(self.run_id)
 
 
+class WaitReason(StrEnum):
+    """Why a run that could be placed somewhere is not placed now."""
+
+    ASSETS_BUSY = "assets_busy"
+    """Other runs hold (or queue ahead for) the assets it wants."""
+    WAITING_FOR_EDGE = "waiting_for_edge"
+    """No workcell that could host it has a live orchestrator accepting runs (none started,
+    lost, or stopping for an upgrade); it holds no lease while it waits."""
+    WORKCELL_DRAINED = "workcell_drained"
+    """Every workcell that could host it is drained by an operator."""
+
+
 class ReservationWaiting(Event):
-    """The run's assets are held by others; it waits (by priority, then submission order)."""
+    """The run cannot be placed now; it waits (by priority, then submission order), holding no
+    lease, and is placed as soon as the reason goes."""
 
     subject: ClassVar[str] = "praxis.evt.asset.reservation.waiting"
     keyed: ClassVar[bool] = True
 
     run_id: UUID
     blocked_by: list[UUID] = Field(description="Runs holding or queued for the wanted assets.")
+    reason: WaitReason = WaitReason.ASSETS_BUSY
+    workcells: list[str] = Field(
+        default_factory=list,
+        description="The workcells that could host the run (for waiting_for_edge and "
+        "workcell_drained: the ones it waits for).",
+    )
 
     def subject_key(self) -> str:
         return str(self.run_id)
+
+
+class SetWorkcellDrain(Request[Workcell]):
+    """Drain a workcell (no new run is placed on it; runs on it go on) or resume it. Idempotent:
+    draining a drained workcell changes nothing (its reason stays the first one)."""
+
+    subject: ClassVar[str] = "praxis.rpc.asset.drain_workcell"
+    reply_type: ClassVar[type[BaseModel]] = Workcell
+
+    workcell: str = Field(description="Workcell name or accession id.")
+    drained: bool
+    reason: str | None = Field(default=None, max_length=2000)
+    actor: str | None = Field(
+        default=None, max_length=200, description="Who asked (the gateway's principal)."
+    )
+
+
+class WorkcellChanged(Event):
+    """A workcell was created, registered, changed, deleted, drained or resumed (audit; the
+    local stack starts an orchestrator for each new workcell from it)."""
+
+    subject: ClassVar[str] = "praxis.evt.asset.workcell.changed"
+    keyed: ClassVar[bool] = True
+
+    workcell: str
+    workcell_id: UUID
+    change: str = Field(description="created, updated, deleted, drained or resumed")
+    drained: bool = False
+    reason: str | None = None
+    actor: str | None = None
+    at: datetime
+
+    def subject_key(self) -> str:
+        return self.workcell
 
 
 class LeaseExpired(Event):

@@ -52,6 +52,8 @@ from praxis_contracts.assets import (
     ReservationFailed,
     ReservationWaiting,
     ReserveAssets,
+    SetWorkcellDrain,
+    WorkcellChanged,
 )
 from praxis_contracts.base import Event, Message, Request
 from praxis_contracts.inventory import (
@@ -85,6 +87,7 @@ from praxis_contracts.runs import (
     RunBlocked,
     RunEventRefused,
     RunFinished,
+    RunHandedBack,
     RunPaused,
     RunPreparing,
     RunResumed,
@@ -202,6 +205,7 @@ RUN_EVENTS: tuple[type[Event], ...] = (
     RunResumed,
     RunFinished,
     RunBlocked,
+    RunHandedBack,
     FunctionCallRecorded,
 )
 """Events an edge publishes about its runs, keyed ``<workcell>.<run id>``."""
@@ -228,6 +232,8 @@ SCHEDULER = Identity(
         Consumes(RunStarted, "scheduler-run-started"),
         Consumes(RunPaused, "scheduler-run-paused"),
         Consumes(RunResumed, "scheduler-run-resumed"),
+        Consumes(RunHandedBack, "scheduler-run-handed-back"),
+        Consumes(ReservationWaiting, "scheduler-reservation-waiting"),
     ),
     requests=(ResolveProtocol, CheckReservation),
     responds=(SubmitRun, GetRun, ListRuns, ControlRun, ListRunCalls),
@@ -281,6 +287,7 @@ GATEWAY = Identity(
         ListSnapshots,
         GetSnapshot,
         RestoreSnapshot,
+        SetWorkcellDrain,
     ),
     reads_events=True,
     # API tokens: each gateway watches the bucket and writes tokens, revocations, last use.
@@ -310,6 +317,7 @@ def asset_manager(workcells: Sequence[str]) -> Identity:
             LeaseForceReleased,
             AssetStatusChanged,
             WorkcellStateRestored,
+            WorkcellChanged,
         ),
         consumes=(
             Consumes(ReserveAssets, "asset-manager-reserve"),
@@ -338,8 +346,10 @@ def asset_manager(workcells: Sequence[str]) -> Identity:
             ListSnapshots,
             GetSnapshot,
             RestoreSnapshot,
+            SetWorkcellDrain,
         ),
-        key_values=(Bucket(ASSET_LEASES.bucket, write=True),),
+        # Edge heartbeats (read only): a run is placed only where an orchestrator accepts it.
+        key_values=(Bucket(ASSET_LEASES.bucket, write=True), Bucket(EDGES.bucket)),
         object_stores=tuple(
             Bucket(workcell_state(w).bucket, write=True) for w in dict.fromkeys(workcells)
         ),

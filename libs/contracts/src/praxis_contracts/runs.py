@@ -42,6 +42,12 @@ class RunView(BaseModel):
     edge_instance: str | None = Field(
         default=None, description="The orchestrator process executing (or that executed) it."
     )
+    waiting_for: str | None = Field(
+        default=None,
+        description="Why a queued run is not placed yet: assets_busy, waiting_for_edge or "
+        "workcell_drained (ReservationWaiting); None once placed.",
+    )
+    waiting_since: datetime | None = None
     retry_of: UUID | None = Field(default=None, description="The run this one retries.")
     retried_by: UUID | None = Field(default=None, description="The run that retried this one.")
     submitted_by: str | None = Field(
@@ -332,6 +338,16 @@ class ControlRunExecution(Command):
         return self.workcell_name
 
 
+class RunHandedBack(_RunEvent):
+    """The orchestrator is stopping and gives back a run it accepted but never started: its
+    leases are unclaimed and its command goes to the workcell's next orchestrator. The run
+    is no longer this process's (a lost process must not take it down with it)."""
+
+    subject: ClassVar[str] = "praxis.evt.orchestrator.run.handed_back"
+
+    reason: str = ""
+
+
 class RunBlocked(_RunEvent):
     """The protocol has kept its worker's event loop busy (blocking code such as
     ``time.sleep``, or a busy loop) for ``blocked_seconds``: it reaches no checkpoint and no
@@ -428,6 +444,12 @@ class EdgeHeartbeat(BaseModel):
     at: datetime
     ttl_seconds: int = Field(description="The key expires this long after ``at``.")
     runs: list[EdgeRun] = Field(default_factory=list)
+    accepting: bool = Field(
+        default=True,
+        description="False once the process is stopping (an upgrade, a node drain): it takes no "
+        "new run and lets its running protocols finish; new runs for its workcell wait for the "
+        "next orchestrator.",
+    )
 
     @property
     def key(self) -> str:

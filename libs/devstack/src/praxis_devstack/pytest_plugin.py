@@ -162,14 +162,17 @@ def _postgres_container() -> Iterator[str]:
     postgres_container = _container_class("postgres", "PostgresContainer")
     image = os.environ.get("PRAXIS_TEST_POSTGRES_IMAGE", DEFAULT_POSTGRES_IMAGE)
     command = "postgres -c max_connections=200 -c fsync=off -c synchronous_commit=off"
+    # Random, like every password a service is given: a well-known one is refused by the
+    # services' settings (praxis_runtime.settings.refuse_weak_secret).
+    password = secrets.token_hex(16)
 
     def make() -> Any:
-        credentials = {"username": "postgres", "password": "postgres", "dbname": "praxis"}
+        credentials = {"username": "postgres", "password": password, "dbname": "praxis"}
         return postgres_container(image, **credentials).with_command(command)
 
     for started in _container(make, "PostgreSQL"):
         host, port = started.get_container_host_ip(), started.get_exposed_port(5432)
-        yield f"postgresql+asyncpg://postgres:postgres@{host}:{port}/praxis"
+        yield f"postgresql+asyncpg://postgres:{password}@{host}:{port}/praxis"
 
 
 # ----------------------------------------------------------------------------------- fixtures

@@ -23,6 +23,7 @@ import contextlib
 import errno
 import logging
 import socket
+import ssl
 import time
 import uuid
 import warnings
@@ -39,6 +40,7 @@ import sqlalchemy.exc
 from faststream import AckPolicy
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsResponse, NatsUserPassword
 from faststream.nats.annotations import NatsMessage
+from faststream.nats.security import NatsSecurity
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from prometheus_client import Counter, Histogram
@@ -283,6 +285,7 @@ class Bus:
         infra_retry_seconds: float = 600.0,
         user: str | None = None,
         password: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.service = service
         self.request_timeout = request_timeout
@@ -305,7 +308,7 @@ class Bus:
             # without it.
             apply_types=False,
             reconnected_cb=self._reconnected,
-            **_credentials(user, password),
+            **_credentials(user, password, tls),
         )
         self.on_reconnected: list[Callable[[], None]] = []
         """Called (on the loop) each time the connection is back after a loss: what the
@@ -318,6 +321,7 @@ class Bus:
         self._publisher: Publisher | None = None
         self._claims: Claims | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._consumers: dict[type[Message], Any] = {}  # the subscriber of each consumed type
         self.graceful_timeout = graceful_timeout
 
     # -- connection ---------------------------------------------------------------------------
@@ -396,9 +400,18 @@ class Bus:
             await self.js.add_consumer(stream, config)
             log.info("consumer %s now delivers to this identity's inbox", durable)
 
-    async def stop_consuming(self) -> None:
+    async def stop_consuming(self, only: Sequence[type[Message]] | None = None) -> None:
         """Stop taking messages and let in-flight handlers finish (up to the graceful
-        timeout); the connection stays open for whatever shutdown still publishes."""
+        timeout); the connection stays open for whatever shutdown still publishes.
+
+        ``only``: stop taking just these types, and return at once (the orchestrator stops
+        taking new runs first, and keeps taking pause, resume and cancel for the runs it lets
+        finish)."""
+        if only is not None:
+            for message_type in only:
+                if (subscriber := self._consumers.pop(message_type, None)) is not None:
+                    await subscriber.stop()
+            return
         for subscriber in self.broker.subscribers:
             await subscriber.stop()
         if self._in_flight:
@@ -633,6 +646,7 @@ class Bus:
                 decoder=_raw,
             )
         subscriber(consume)
+        self._consumers[route.message_type] = subscriber
 
     async def _process(self, route: ConsumeRoute[DepsT], deps: DepsT, msg: Any) -> str:
         name = route.message_type.__name__
@@ -717,13 +731,17 @@ class Bus:
         log.error("dead-lettered %s: %s", raw.subject, reason)
 
 
-def _credentials(user: str | None, password: str | None) -> dict[str, Any]:
+def _credentials(
+    user: str | None, password: str | None, tls: ssl.SSLContext | None = None
+) -> dict[str, Any]:
     """Connect options of a NATS identity (``praxis_contracts.permissions``): user, password,
     and replies and push deliveries on ``_INBOX.<user>``, the only inbox it may subscribe to.
-    Without a user the URL's own credentials, if any, apply."""
+    Without a user the URL's own credentials, if any, apply. ``tls`` (``NATS_TLS_CA_FILE``):
+    the server's certificate is verified against that CA, not the system's."""
     if user is None:
-        return {}
-    return {"security": NatsUserPassword(user, password or ""), "inbox_prefix": f"_INBOX.{user}"}
+        return {} if tls is None else {"security": NatsSecurity(ssl_context=tls)}
+    security = NatsUserPassword(user, password or "", ssl_context=tls)
+    return {"security": security, "inbox_prefix": f"_INBOX.{user}"}
 
 
 async def _quietly(action: Awaitable[None]) -> None:

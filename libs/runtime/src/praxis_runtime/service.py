@@ -20,7 +20,13 @@ from praxis_runtime.health import HealthServer, ReadinessCheck
 from praxis_runtime.logging import configure_logging
 from praxis_runtime.outbox import OutboxRelay
 from praxis_runtime.sandbox import harden
-from praxis_runtime.settings import DatabaseSettings, ServiceSettings, nats_password
+from praxis_runtime.settings import (
+    DatabaseSettings,
+    ServiceSettings,
+    database_url,
+    nats_password,
+    nats_tls,
+)
 from praxis_runtime.topology import verify
 
 log = logging.getLogger(__name__)
@@ -49,9 +55,14 @@ class Service:
     handlers: list[tuple[Handlers[Any], Any]] = field(default_factory=list)
     on_start: list[Hook] = field(default_factory=list)
     on_started: list[Hook] = field(default_factory=list)
+    on_stopping: list[Hook] = field(default_factory=list)
+    """Run first when the service is asked to stop, while it still consumes everything and its
+    health endpoints answer (the orchestrator stops taking runs and lets running ones finish
+    here, for as long as its grace period allows)."""
     on_stop: list[Hook] = field(default_factory=list)
     checks: dict[str, ReadinessCheck] = field(default_factory=dict)
     health: HealthServer | None = None
+    stopping: bool = False
     topology: Topology | None = None
     """What the service binds to: checked at start-up (``praxis_runtime.topology.verify``);
     a service never creates a stream, bucket or store (provisioning does)."""
@@ -81,7 +92,11 @@ class Service:
     async def _start_health(self) -> None:
         if self.settings.health_port is None:
             return
-        checks: dict[str, ReadinessCheck] = {"nats": self._nats_ready, **self.checks}
+        checks: dict[str, ReadinessCheck] = {
+            "serving": self._serving,
+            "nats": self._nats_ready,
+            **self.checks,
+        }
         if self.database is not None:
             checks["database"] = self.database.ping
         self.health = HealthServer(self.settings.health_host, self.settings.health_port, checks)
@@ -92,9 +107,12 @@ class Service:
         return self.bus.connected
 
     async def stop(self) -> None:
-        """Stop taking messages, let in-flight handlers finish, then release resources."""
-        if self.health is not None:
-            await self.health.stop()
+        """Stop taking messages, let in-flight handlers finish, then release resources. The
+        health endpoints answer until the end (a long stop is not a dead process), and
+        ``/readyz`` says not ready from the start."""
+        self.stopping = True
+        for hook in self.on_stopping:
+            await hook()
         await self.bus.stop_consuming()  # no message starts work the hooks below wind down
         for hook in reversed(self.on_stop):
             await hook()  # before the bus closes: hooks may still publish (e.g. drained runs)
@@ -103,13 +121,17 @@ class Service:
         await self.bus.stop()
         if self.database is not None:
             await self.database.dispose()
+        if self.health is not None:
+            await self.health.stop()
         log.info("%s stopped", self.name)
+
+    async def _serving(self) -> bool:
+        return not self.stopping
 
 
 def database_for(settings: DatabaseSettings, schema: str) -> Database:
-    return Database(
-        settings.database_url.get_secret_value(), schema, pool_size=settings.database_pool_size
-    )
+    """The service's database: ``DATABASE_URL_FILE`` (a mounted Secret) or ``DATABASE_URL``."""
+    return Database(database_url(settings), schema, pool_size=settings.database_pool_size)
 
 
 def bus_for(settings: ServiceSettings) -> Bus:
@@ -122,6 +144,7 @@ def bus_for(settings: ServiceSettings) -> Bus:
         infra_retry_seconds=settings.infra_retry_seconds,
         user=settings.nats_user,
         password=nats_password(settings),
+        tls=nats_tls(settings),
     )
 
 

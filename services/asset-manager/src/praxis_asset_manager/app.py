@@ -12,6 +12,7 @@ from nats.js.kv import KeyValue
 from pydantic import Field, field_validator
 
 from praxis_asset_manager.catalog import Catalog
+from praxis_asset_manager.edges import EdgeWatch
 from praxis_asset_manager.handlers import Deps, handlers
 from praxis_asset_manager.inventory import Inventory
 from praxis_asset_manager.inventory_commands import InventoryCommands
@@ -23,7 +24,7 @@ from praxis_asset_manager.snapshots import Snapshots, StateStores
 from praxis_asset_manager.snapshots import handlers as snapshot_handlers
 from praxis_asset_manager.status import StatusChange, StatusQueue, StatusRecorder
 from praxis_contracts.permissions import asset_manager, needs
-from praxis_contracts.topology import ASSET_LEASES
+from praxis_contracts.topology import ASSET_LEASES, EDGES
 from praxis_runtime.leases import LeaseStore
 from praxis_runtime.outbox import OutboxRelay
 from praxis_runtime.service import Migrations, Service, bus_for, database_for
@@ -41,6 +42,13 @@ class Settings(DatabaseSettings):
     )
     snapshots_kept: int = Field(
         default=50, ge=1, description="SNAPSHOTS_KEPT: workcell state snapshots kept per workcell"
+    )
+    edge_placement: bool = Field(
+        default=True,
+        description="EDGE_PLACEMENT: place a run only on a workcell whose orchestrator beats and "
+        "accepts runs (elsewhere it waits holding no lease: waiting_for_edge). false places "
+        "runs whether or not an orchestrator serves the workcell: only for testing the "
+        "asset-manager alone",
     )
 
     @field_validator("asset_lock_timeout_seconds")
@@ -63,8 +71,8 @@ MIN_LEASE_SECONDS = 3
 def build_app(settings: Settings) -> Service:
     bus = bus_for(settings)
     db = database_for(settings, SCHEMA)
-    inventory = Inventory(db)
     relay = OutboxRelay(db, OUTBOX, lambda: bus.publisher)
+    inventory = Inventory(db, relay)
     service = Service(
         name=settings.service_name,
         topology=needs(asset_manager(())),
@@ -101,6 +109,11 @@ def build_app(settings: Settings) -> Service:
     tasks: list[asyncio.Task[None]] = []
     watchers: list[KeyValue.KeyWatcher] = []
 
+    def opened(workcells: frozenset[str]) -> None:
+        holder["r"].workcells_opened(workcells)  # the reservations exist once it is called
+
+    edges = EdgeWatch(opened)
+
     async def start_reservations() -> None:
         leases = LeaseStore(bus.publisher, ASSET_LEASES.bucket)
         reservations = Reservations(
@@ -110,9 +123,13 @@ def build_app(settings: Settings) -> Service:
             settings.asset_lock_timeout_seconds,
             bus.publish,
             status=record_statuses,
+            placement=edges if settings.edge_placement else None,
         )
         statuses.start()
         holder["r"] = reservations
+        commands.on_resumed = lambda workcell: reservations.workcells_opened([workcell])
+        if settings.edge_placement:
+            await edges.start(await bus.js.key_value(EDGES.bucket))
         ready = asyncio.Event()
         watcher = await (await bus.js.key_value(ASSET_LEASES.bucket)).watchall()
         watchers.append(watcher)
@@ -127,6 +144,7 @@ def build_app(settings: Settings) -> Service:
         await holder["r"].serve_all()
 
     async def stop_watch() -> None:
+        await edges.stop()
         await statuses.stop()
         # Stopping the watcher ends its iterator; cancelling alone is not enough, since
         # CPython 3.11's wait_for (inside nats-py requests) can swallow a cancellation.

@@ -20,6 +20,7 @@ from praxis_contracts.assets import (
     ListWorkcells,
     RegisterWorkcell,
     Workcell,
+    WorkcellChanged,
     WorkcellLayout,
     WorkcellPage,
 )
@@ -28,6 +29,7 @@ from praxis_contracts.inventory import AssetStatusChanged
 from praxis_plr.types import import_type, type_ancestry
 from praxis_plr.validate import check_buildable
 from praxis_runtime.db import Database
+from praxis_runtime.outbox import OutboxRelay, SqlUnitOfWork
 from praxis_runtime.query import apply_filters, fetch_page, where_all
 
 
@@ -57,8 +59,9 @@ class Inventory:
     ``layouts``/``layout``; the sites matching uses are rebuilt only for changes that matter to it.
     """
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, relay: OutboxRelay | None = None) -> None:
         self.db = db
+        self.relay = relay  # WorkcellChanged of a registration goes out through the outbox
         self._sites: dict[uuid.UUID, Site] | None = None
         self._workcells: dict[str, uuid.UUID] = {}  # name and id -> id
         self._pending: dict[uuid.UUID, AssetStatusChanged] = {}
@@ -68,10 +71,15 @@ class Inventory:
         # Types, parents, and that each asset can be built, before touching the database.
         rows = await asyncio.to_thread(_checked_rows, cmd)
         now = datetime.now(UTC)
-        async with self.db.transaction() as session:
+        async with _unit(self.db, self.relay) as uow:
+            session = uow.session
             workcell = await session.scalar(select(WorkcellRow).where(WorkcellRow.name == cmd.name))
+            change = "updated"
             if workcell is None:
-                workcell = WorkcellRow(accession_id=uuid.uuid4(), name=cmd.name, created_at=now)
+                change = "created"
+                workcell = WorkcellRow(
+                    accession_id=uuid.uuid4(), name=cmd.name, created_at=now, drained=False
+                )
                 session.add(workcell)
             workcell.description, workcell.properties = cmd.description, cmd.properties
             await session.execute(
@@ -82,6 +90,16 @@ class Inventory:
                 session.add(row)
             layout = WorkcellLayout(
                 workcell=workcell_view(workcell), assets=[asset_view(r) for r in rows]
+            )
+            uow.emit(
+                WorkcellChanged(
+                    workcell=workcell.name,
+                    workcell_id=workcell.accession_id,
+                    change=change,
+                    drained=bool(workcell.drained),
+                    actor=cmd.actor,
+                    at=now,
+                )
             )
         self.invalidate()
         return layout
@@ -272,6 +290,12 @@ def _asset_rows(cmd: RegisterWorkcell) -> list[AssetRow]:
     return rows
 
 
+def _unit(db: Database, relay: OutboxRelay | None) -> SqlUnitOfWork:
+    if relay is None:
+        raise RuntimeError("the inventory has no outbox relay")
+    return SqlUnitOfWork(db, relay)
+
+
 def workcell_view(row: WorkcellRow) -> Workcell:
     return Workcell(
         accession_id=row.accession_id,
@@ -279,6 +303,8 @@ def workcell_view(row: WorkcellRow) -> Workcell:
         description=row.description,
         properties=row.properties,
         created_at=row.created_at,
+        drained=bool(row.drained),
+        drain_reason=row.drain_reason,
     )
 
 

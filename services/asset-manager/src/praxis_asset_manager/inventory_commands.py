@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,7 +24,13 @@ from praxis_asset_manager.catalog import Catalog
 from praxis_asset_manager.inventory import Inventory, asset_view, workcell_view
 from praxis_asset_manager.orm import AssetRow, StatusHistoryRow, WorkcellRow
 from praxis_asset_manager.status import BUSY, emit_status, history_values
-from praxis_contracts.assets import Asset, AssetStatus, Workcell
+from praxis_contracts.assets import (
+    Asset,
+    AssetStatus,
+    SetWorkcellDrain,
+    Workcell,
+    WorkcellChanged,
+)
 from praxis_contracts.errors import Conflict, InvalidRequest, NotFound
 from praxis_contracts.inventory import (
     USER_SETTABLE_STATUSES,
@@ -50,6 +56,8 @@ class InventoryCommands:
         self.inventory = inventory
         self.catalog = catalog
         self.relay = relay
+        self.on_resumed: Callable[[str], None] | None = None
+        """Called with a workcell's name once it is resumed (reservations place its waiters)."""
 
     def _unit(self) -> SqlUnitOfWork:
         return SqlUnitOfWork(self.db, self.relay)
@@ -64,10 +72,26 @@ class InventoryCommands:
             created_at=datetime.now(UTC),
         )
         taken = Conflict(f"workcell {cmd.name!r} already exists", workcell=cmd.name)
-        async with self._changing(taken), self.db.transaction() as session:
-            if await _find_workcell(session, cmd.name) is not None:
+        async with self._changing(taken), self._unit() as uow:
+            if await _find_workcell(uow.session, cmd.name) is not None:
                 raise taken
-            session.add(row)
+            uow.session.add(row)
+            uow.emit(workcell_changed(row, "created"))
+        return workcell_view(row)
+
+    async def set_drain(self, cmd: SetWorkcellDrain) -> Workcell:
+        """Drain or resume the workcell (idempotent: no change, no event). Placement reads the
+        flag from the inventory, so the cache is dropped; a resume places the waiting runs."""
+        async with self._changing(), self._unit() as uow:
+            row = await _workcell(uow.session, cmd.workcell, lock=True)
+            if bool(row.drained) == cmd.drained:
+                return workcell_view(row)
+            row.drained = cmd.drained
+            row.drain_reason = (cmd.reason or "drained by an operator") if cmd.drained else None
+            change = "drained" if cmd.drained else "resumed"
+            uow.emit(workcell_changed(row, change, cmd.reason, cmd.actor))
+        if not cmd.drained and self.on_resumed is not None:
+            self.on_resumed(row.name)
         return workcell_view(row)
 
     async def update_workcell(self, cmd: UpdateWorkcell) -> Workcell:
@@ -80,8 +104,10 @@ class InventoryCommands:
         return workcell_view(row)
 
     async def delete_workcell(self, cmd: DeleteWorkcell) -> None:
-        async with self._changing(), self.db.transaction() as session:
+        async with self._changing(), self._unit() as uow:
+            session = uow.session
             row = await _workcell(session, cmd.workcell)
+            uow.emit(workcell_changed(row, "deleted", actor=cmd.actor))
             assets = (
                 await session.execute(
                     select(AssetRow.name, AssetRow.status)
@@ -284,6 +310,20 @@ async def _refuse_cycle(session: AsyncSession, row: AssetRow, parent: AssetRow) 
         current = await session.get(AssetRow, current.parent_id) if current.parent_id else None
 
 
+def workcell_changed(
+    row: WorkcellRow, change: str, reason: str | None = None, actor: str | None = None
+) -> WorkcellChanged:
+    return WorkcellChanged(
+        workcell=row.name,
+        workcell_id=row.accession_id,
+        change=change,
+        drained=bool(row.drained),
+        reason=reason,
+        actor=actor,
+        at=datetime.now(UTC),
+    )
+
+
 async def _record(uow: SqlUnitOfWork, events: list[AssetStatusChanged]) -> None:
     """History rows and events of status changes, in the unit's transaction."""
     emit_status(uow, events)
@@ -320,13 +360,16 @@ def _by_name_or_id(name: Any, accession_id: Any, ref: str) -> Any:
         return name == ref
 
 
-async def _find_workcell(session: AsyncSession, ref: str) -> WorkcellRow | None:
+async def _find_workcell(
+    session: AsyncSession, ref: str, *, lock: bool = False
+) -> WorkcellRow | None:
     match = _by_name_or_id(WorkcellRow.name, WorkcellRow.accession_id, ref)
-    return await session.scalar(select(WorkcellRow).where(match))
+    query = select(WorkcellRow).where(match)
+    return await session.scalar(query.with_for_update() if lock else query)
 
 
-async def _workcell(session: AsyncSession, ref: str) -> WorkcellRow:
-    row = await _find_workcell(session, ref)
+async def _workcell(session: AsyncSession, ref: str, *, lock: bool = False) -> WorkcellRow:
+    row = await _find_workcell(session, ref, lock=lock)
     if row is None:
         raise NotFound(f"workcell {ref!r} not found", workcell=ref)
     return row

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from praxis_asset_manager.catalog import Catalog
 from praxis_asset_manager.inventory_commands import InventoryCommands
 from praxis_asset_manager.status import StatusRecorder
-from praxis_contracts.assets import Asset, Workcell
+from praxis_contracts.assets import Asset, SetWorkcellDrain, Workcell
 from praxis_contracts.base import Empty
 from praxis_contracts.inventory import (
     AssetStatusHistoryPage,
@@ -47,6 +47,11 @@ async def create_workcell(cmd: CreateWorkcell, deps: InventoryDeps) -> Workcell:
 @handlers.rpc(UpdateWorkcell)
 async def update_workcell(cmd: UpdateWorkcell, deps: InventoryDeps) -> Workcell:
     return await deps.inventory.update_workcell(cmd)
+
+
+@handlers.rpc(SetWorkcellDrain)
+async def drain_workcell(cmd: SetWorkcellDrain, deps: InventoryDeps) -> Workcell:
+    return await deps.inventory.set_drain(cmd)
 
 
 @handlers.rpc(DeleteWorkcell)

@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -41,6 +42,8 @@ class WorkcellRow(Base):
     description: Mapped[str] = mapped_column(String(2000))
     properties: Mapped[dict[str, Any]] = mapped_column(JsonB)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    drained: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    drain_reason: Mapped[str | None] = mapped_column(String(2000))
 
 
 class AssetRow(Base):

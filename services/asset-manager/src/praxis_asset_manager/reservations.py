@@ -26,8 +26,9 @@ import logging
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
@@ -55,6 +56,8 @@ from praxis_contracts.assets import (
     ReservationFailed,
     ReservationWaiting,
     ReserveAssets,
+    WaitReason,
+    Workcell,
     WorkcellLayout,
     WorkcellMatch,
 )
@@ -84,6 +87,31 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+class Placement(Protocol):
+    """Where orchestrators accept runs (``edges.EdgeWatch``)."""
+
+    def accepting(self, workcell: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Planned:
+    """What planning a request found: a grant to make now (``plan``), or why it waits."""
+
+    plan: Plan | None
+    wanted: frozenset[uuid.UUID]
+    reason: WaitReason
+    hosts: list[Workcell]
+
+
+def _why_not(hosts: list[Workcell], is_open: Callable[[Workcell], bool]) -> WaitReason:
+    """Why a request that could be hosted by ``hosts`` is not granted now."""
+    if any(is_open(w) for w in hosts) or not hosts:
+        return WaitReason.ASSETS_BUSY
+    if all(w.drained for w in hosts):
+        return WaitReason.WORKCELL_DRAINED
+    return WaitReason.WAITING_FOR_EDGE
+
+
 class Reservations:
     def __init__(
         self,
@@ -93,7 +121,10 @@ class Reservations:
         default_ttl: int,
         publish: Publish,
         status: StatusSink | None = None,
+        placement: Placement | None = None,
     ) -> None:
+        self.placement = placement
+        """Which workcells have an orchestrator accepting runs (None: place on any)."""
         self.db = db
         self.inventory = inventory
         self.leases = leases
@@ -145,17 +176,25 @@ class Reservations:
         if held:  # a partial set left by an interrupted attempt: never hold while waiting
             await self._release_keys(cmd.run_id, held)
         try:
-            plan, wanted = await self._plan(cmd)
+            planned = await self._plan(cmd)
         except PraxisError as exc:
             await self._fail(cmd, exc)
             return
-        ahead = self.queue.ahead_of((-cmd.priority, sys.maxsize), wanted)  # queued after all
-        if plan is not None and not ahead and await self._grant(cmd, plan):
+        ahead = self.queue.ahead_of((-cmd.priority, sys.maxsize), planned.wanted)  # after all
+        if planned.plan is not None and not ahead and await self._grant(cmd, planned.plan):
             return
-        await self._wait(cmd, wanted, now(), persist=True)
+        await self._wait(cmd, planned, now(), persist=True)
 
-    async def _plan(self, cmd: ReserveAssets) -> tuple[Plan | None, frozenset[uuid.UUID]]:
-        """A grantable binding now (or None), and every asset the request could use."""
+    def _open(self, workcell: Workcell) -> bool:
+        """Whether a run may be placed on ``workcell`` now: not drained, and an orchestrator
+        of it accepts runs."""
+        if workcell.drained:
+            return False
+        return self.placement is None or self.placement.accepting(workcell.name)
+
+    async def _plan(self, cmd: ReserveAssets) -> Planned:
+        """A grantable binding now on an open workcell (or None and why not), and every asset
+        the request could use anywhere."""
         if cmd.workcell:
             sites = [await self.inventory.site(cmd.workcell)]
         else:
@@ -167,6 +206,7 @@ class Reservations:
 
         plan: Plan | None = None
         wanted: set[uuid.UUID] = set()
+        hosts: list[Workcell] = []
         error: PraxisError | None = NoMatchingAssets("there is no workcell to run on")
         for site in sites:
             layout = site.layout
@@ -179,11 +219,13 @@ class Reservations:
                 continue
             error = None  # this workcell could host the run (a run may need no assets at all)
             wanted |= found.wanted
-            if plan is None and (bindings := found.now(is_busy)) is not None:
+            hosts.append(layout.workcell)
+            closed = plan is not None or not self._open(layout.workcell)
+            if not closed and (bindings := found.now(is_busy)) is not None:
                 plan = (layout, bindings)
         if error is not None:
             raise error
-        return plan, frozenset(wanted)
+        return Planned(plan, frozenset(wanted), _why_not(hosts, self._open), hosts)
 
     async def check(self, query: CheckReservation) -> ReservationCheck:
         """Where the request could be granted once its assets are free; ``NoMatchingAssets``
@@ -285,8 +327,9 @@ class Reservations:
 
     # -- waiting ------------------------------------------------------------------------------
     async def _wait(
-        self, cmd: ReserveAssets, wanted: frozenset[uuid.UUID], since: datetime, *, persist: bool
+        self, cmd: ReserveAssets, planned: Planned, since: datetime, *, persist: bool
     ) -> Waiter:
+        wanted = planned.wanted
         waiter = self.queue.add(cmd, since, wanted)
         if persist:
             async with self.db.transaction() as session:
@@ -306,10 +349,26 @@ class Reservations:
             waiter.timer = loop.call_later(
                 max(0.0, left), lambda: self._spawn(self._time_out(run_id))
             )
+        await self._tell_waiting(waiter, planned)
+        return waiter
+
+    async def _tell_waiting(self, waiter: Waiter, planned: Planned) -> None:
+        """``ReservationWaiting``, once per reason a run waits for (it says why)."""
+        if waiter.reason == planned.reason:
+            return
+        waiter.reason = planned.reason
+        wanted = waiter.wanted
         holders = {h.run_id for a in wanted if (h := self.index.holder(a)) is not None}
         blocked_by = sorted(holders | set(self.queue.ahead_of(waiter.order, wanted)), key=str)
-        await self.publish(ReservationWaiting(run_id=cmd.run_id, blocked_by=blocked_by))
-        return waiter
+        closed = [w.name for w in planned.hosts if not self._open(w)]
+        await self.publish(
+            ReservationWaiting(
+                run_id=waiter.cmd.run_id,
+                blocked_by=blocked_by,
+                reason=planned.reason,
+                workcells=closed if planned.reason != WaitReason.ASSETS_BUSY else [],
+            )
+        )
 
     async def serve(self, freed: Iterable[uuid.UUID]) -> None:
         """Try the waiters that want any of ``freed``, in service order."""
@@ -319,13 +378,15 @@ class Reservations:
                 if run_id not in self.queue or self.queue.ahead_of(waiter.order, waiter.wanted):
                     continue
                 try:
-                    plan, _ = await self._plan(waiter.cmd)
+                    planned = await self._plan(waiter.cmd)
                 except PraxisError as exc:
                     await self._fail(waiter.cmd, exc)
                     continue
-                if plan is not None and await self._grant(waiter.cmd, plan):
+                if planned.plan is not None and await self._grant(waiter.cmd, planned.plan):
                     self.queue.remove(run_id)
                     await self._settle(run_id, "granted")
+                else:
+                    await self._tell_waiting(waiter, planned)
 
     async def _time_out(self, run_id: uuid.UUID) -> None:
         waiter = self.queue.get(run_id)
@@ -357,15 +418,21 @@ class Reservations:
         stored = [(ReserveAssets.model_validate(r.request), r.created_at) for r in rows]
         for cmd, since in stored:
             try:
-                _, wanted = await self._plan(cmd)
+                planned = await self._plan(cmd)
             except PraxisError as exc:
                 await self._fail(cmd, exc)
                 continue
-            await self._wait(cmd, wanted, since, persist=False)
+            await self._wait(cmd, planned, since, persist=False)
         return len(stored)
 
     async def serve_all(self) -> None:
         await self.serve({a for w in self.queue.all() for a in w.wanted})
+
+    def workcells_opened(self, workcells: Iterable[str]) -> None:
+        """An orchestrator of each of ``workcells`` accepts runs again, or one was resumed:
+        the runs waiting for it are placed (in service order)."""
+        log.info("placing the runs waiting for %s", ", ".join(sorted(workcells)))
+        self._spawn(self.serve_all())
 
     # -- release ------------------------------------------------------------------------------
     async def release(self, cmd: ReleaseAssets) -> None:

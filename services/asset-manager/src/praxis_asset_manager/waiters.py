@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from praxis_contracts.assets import ReserveAssets
+from praxis_contracts.assets import ReserveAssets, WaitReason
 
 
 @dataclass
@@ -23,6 +23,8 @@ class Waiter:
     seq: int
     wanted: frozenset[uuid.UUID]
     timer: asyncio.TimerHandle | None = field(default=None, compare=False)
+    reason: WaitReason | None = field(default=None, compare=False)
+    """What the last ``ReservationWaiting`` said (one per change of reason)."""
 
     @property
     def order(self) -> tuple[int, int]:

@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import nats.errors
 import uvicorn
@@ -14,7 +15,7 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from starlette.exceptions import HTTPException
 
 from praxis_contracts.errors import PraxisError
@@ -36,7 +37,12 @@ from praxis_gateway.tokens import TokenStore
 from praxis_runtime.logging import configure_logging, correlation_id_var
 from praxis_runtime.sandbox import harden
 from praxis_runtime.service import bus_for
-from praxis_runtime.settings import ServiceSettings
+from praxis_runtime.settings import (
+    MIN_ADMIN_TOKEN_LENGTH,
+    ServiceSettings,
+    read_secret_file,
+    refuse_weak_secret,
+)
 from praxis_runtime.topology import verify
 
 REQUESTS = Counter("praxis_http_requests_total", "HTTP requests", ["method", "route", "status"])
@@ -67,7 +73,13 @@ class Settings(ServiceSettings):
     praxis_admin_token: SecretStr | None = Field(
         default=None,
         description="PRAXIS_ADMIN_TOKEN: a bearer equal to it is admin (principal "
-        "bootstrap-admin); use it to create API tokens",
+        "bootstrap-admin); use it to create API tokens. Unset (and no PRAXIS_ADMIN_TOKEN_FILE): "
+        "no bootstrap admin, only API tokens and OIDC",
+    )
+    praxis_admin_token_file: Path | None = Field(
+        default=None,
+        description="PRAXIS_ADMIN_TOKEN_FILE: a mounted file holding the admin token (instead "
+        "of PRAXIS_ADMIN_TOKEN; surrounding whitespace is ignored)",
     )
     oidc_issuer: str | None = Field(default=None, description="OIDC_ISSUER: the JWT's iss")
     oidc_jwks_url: str | None = Field(default=None, description="OIDC_JWKS_URL: its signing keys")
@@ -79,15 +91,48 @@ class Settings(ServiceSettings):
         description="OIDC_SCOPE_CLAIM: claim holding praxis:read|operate|admin (string or list)",
     )
 
+    @field_validator("praxis_admin_token")
+    @classmethod
+    def _strong_admin_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:  # set but empty is refused too: unset it to have no admin token
+            refuse_weak_secret(value.get_secret_value(), "the token", MIN_ADMIN_TOKEN_LENGTH)
+        return value
+
+    @field_validator("praxis_admin_token_file")
+    @classmethod
+    def _strong_admin_token_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            token = read_secret_file(value)
+            refuse_weak_secret(token, f"the content of {value}", MIN_ADMIN_TOKEN_LENGTH)
+        return value
+
     @model_validator(mode="after")
     def _oidc_complete(self) -> Settings:
         if (self.oidc_issuer is None) != (self.oidc_jwks_url is None):
             raise ValueError("OIDC needs both OIDC_ISSUER and OIDC_JWKS_URL")
         return self
 
+    @model_validator(mode="after")
+    def _one_admin_token(self) -> Settings:
+        if self.praxis_admin_token is not None and self.praxis_admin_token_file is not None:
+            raise ValueError(
+                "PRAXIS_ADMIN_TOKEN and PRAXIS_ADMIN_TOKEN_FILE are both set: set one "
+                "(which is meant is unclear)"
+            )
+        return self
+
+
+def admin_token(settings: Settings) -> str | None:
+    """The bootstrap admin bearer: the content of ``PRAXIS_ADMIN_TOKEN_FILE`` (a mounted
+    Secret) or ``PRAXIS_ADMIN_TOKEN``; None: nobody is the bootstrap admin."""
+    if settings.praxis_admin_token_file is not None:
+        return read_secret_file(settings.praxis_admin_token_file)
+    if settings.praxis_admin_token is not None:
+        return settings.praxis_admin_token.get_secret_value()
+    return None
+
 
 def authenticator_for(settings: Settings) -> Authenticator:
-    admin = settings.praxis_admin_token
     oidc = None
     if settings.oidc_issuer and settings.oidc_jwks_url:
         oidc = OidcVerifier(
@@ -96,7 +141,7 @@ def authenticator_for(settings: Settings) -> Authenticator:
             settings.oidc_audience,
             settings.oidc_scope_claim,
         )
-    return Authenticator(admin.get_secret_value() if admin else None, oidc)
+    return Authenticator(admin_token(settings), oidc)
 
 
 def create_app(settings: Settings) -> FastAPI:

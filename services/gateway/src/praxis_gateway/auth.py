@@ -4,7 +4,7 @@ Scopes form a ladder, each implying those below it:
 
 - ``read``: every ``GET`` (runs, protocols, inventory, locks);
 - ``operate``: submit runs and act on them (``POST /protocols/runs``, ``POST
-  /protocols/runs/{run_id}/actions``);
+  /protocols/runs/{run_id}/actions``), drain and resume workcells;
 - ``admin``: everything else: inventory writes (workcells, machines, resources, decks),
   protocol sources, locks (force-release) and the API tokens themselves, reads included.
 
@@ -80,6 +80,8 @@ OPERATE_ROUTES = frozenset(
     {
         ("POST", "/api/v1/protocols/runs"),
         ("POST", "/api/v1/protocols/runs/{run_id}/actions"),
+        ("POST", "/api/v1/workcells/{workcell}/drain"),
+        ("POST", "/api/v1/workcells/{workcell}/resume"),
     }
 )
 """The writes ``operate`` may make; every other write needs ``admin``."""

@@ -12,7 +12,7 @@ from uuid import UUID
 from fastapi import APIRouter, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from praxis_contracts.assets import Asset, AssetStatus, Workcell
+from praxis_contracts.assets import Asset, AssetStatus, SetWorkcellDrain, Workcell
 from praxis_contracts.common import AssetKind
 from praxis_contracts.inventory import (
     AssetStatusHistoryPage,
@@ -72,6 +72,35 @@ async def update_workcell(
     workcell: str, body: WorkcellPatch, b: BusDep, actor: ActorDep
 ) -> Workcell:
     return await b.request(UpdateWorkcell(workcell=workcell, **body.model_dump(), actor=actor))
+
+
+class DrainBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(default=None, max_length=2000, description="Why (audited).")
+
+
+@router.post("/workcells/{workcell}/drain")
+async def drain_workcell(
+    workcell: str, b: BusDep, actor: ActorDep, body: DrainBody | None = None
+) -> Workcell:
+    """Drain a workcell before maintenance or an upgrade: no new run is placed on it (runs that
+    need it wait, ``waiting_for: workcell_drained``); runs already on it go on. Idempotent."""
+    reason = body.reason if body else None
+    return await b.request(
+        SetWorkcellDrain(workcell=workcell, drained=True, reason=reason, actor=actor)
+    )
+
+
+@router.post("/workcells/{workcell}/resume")
+async def resume_workcell(
+    workcell: str, b: BusDep, actor: ActorDep, body: DrainBody | None = None
+) -> Workcell:
+    """Resume a drained workcell: the runs waiting for it are placed. Idempotent."""
+    reason = body.reason if body else None
+    return await b.request(
+        SetWorkcellDrain(workcell=workcell, drained=False, reason=reason, actor=actor)
+    )
 
 
 @router.delete("/workcells/{workcell}", status_code=status.HTTP_204_NO_CONTENT)

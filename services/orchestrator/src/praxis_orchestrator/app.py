@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import logging
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ from pydantic import Field
 
 from praxis_contracts.assets import GetWorkcellLayout, WorkcellLayout
 from praxis_contracts.permissions import needs, orchestrator
+from praxis_contracts.runs import ExecuteRun
 from praxis_contracts.topology import ASSET_LEASES, PROTOCOL_CODE, workcell_state
 from praxis_orchestrator.code import CodeCache
 from praxis_orchestrator.edge import EdgeBeacon
@@ -26,6 +28,8 @@ from praxis_runtime.leases import LeaseStore
 from praxis_runtime.sandbox import Sandbox
 from praxis_runtime.service import Service, bus_for
 from praxis_runtime.settings import SandboxedSettings, ServiceSettings
+
+log = logging.getLogger(__name__)
 
 FLUSH_FLOOR_SECONDS = 1.0
 """Least time a graceful stop gives the outbox to publish what is queued."""
@@ -68,6 +72,14 @@ class Settings(ServiceSettings, SandboxedSettings):
         description="CANCEL_ESCALATION_SECONDS: a cancel ends a running protocol within this "
         "long: half waiting for a checkpoint, half for its cancelled task; then the worker is "
         "abandoned (fenced) and the run requires intervention",
+    )
+    edge_stop_grace_seconds: float = Field(
+        default=3600.0,
+        ge=0,
+        description="EDGE_STOP_GRACE_SECONDS: asked to stop (an upgrade, a node drain), the "
+        "orchestrator takes no new run, gives back the runs it has not started, and lets "
+        "running protocols finish for up to this long before it interrupts them (they then "
+        "need an operator). Kubernetes: terminationGracePeriodSeconds must exceed it",
     )
     edge_heartbeat_ttl_seconds: int = Field(
         default=6,
@@ -158,6 +170,25 @@ def build(settings: Settings) -> tuple[Service, Orchestrator]:
         await beacon.start()  # the first beat goes out before any command is taken
         service.include(handlers_for(settings.praxis_workcell), executor)
 
+    async def stop_taking_runs() -> None:
+        """First on a stop, while pause, resume and cancel are still taken: no new run (the
+        asset-manager learns it from the heartbeat), unstarted runs handed back, running
+        protocols given up to the grace period to finish."""
+        await bus.stop_consuming(only=[ExecuteRun])
+        if parts.beacon is None or parts.executor is None:
+            return
+        await parts.beacon.stop_accepting()
+        handed = await parts.executor.hand_back()
+        await parts.beacon.sync()  # listing no run it gave back
+        running = len(parts.executor.runs)
+        log.info(
+            "stopping: %d unstarted runs handed back; waiting up to %.0f s for %d running",
+            handed,
+            settings.edge_stop_grace_seconds,
+            running,
+        )
+        await parts.executor.drain(settings.edge_stop_grace_seconds)
+
     async def drain() -> None:
         # Runs and the flush of their last events share the graceful timeout; the flush gets
         # a moment even when the runs used it all (with NATS up it takes milliseconds).
@@ -172,8 +203,13 @@ def build(settings: Settings) -> tuple[Service, Orchestrator]:
         await zygote.stop()
         await workcell.stop()
 
+    async def accepting() -> bool:
+        return parts.beacon is not None and parts.beacon.accepting
+
     service.on_start.append(wire)
+    service.on_stopping.append(stop_taking_runs)
     service.on_stop.append(drain)
+    service.checks["accepting"] = accepting
     return service, parts
 
 

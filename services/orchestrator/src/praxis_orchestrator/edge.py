@@ -55,6 +55,7 @@ class EdgeBeacon:
         self.runs = runs
         self.on_recovered = on_recovered
         self.started_at = datetime.now(UTC)
+        self.accepting = True  # False once stopping: runs are no longer placed here
         self.beats = 0  # beats the server stored
         self.failures = 0  # consecutive beats that failed
         self._reconnects = self._reconnect_count()
@@ -85,6 +86,12 @@ class EdgeBeacon:
         while not await self.beat():
             attempt += 1
             await asyncio.sleep(retry_delay(attempt, INFRA_RETRY_CAP))
+
+    async def stop_accepting(self) -> None:
+        """Say (in a stored beat) that this process takes no new run: the asset-manager places
+        none here from now on; runs for the workcell wait for its next orchestrator."""
+        self.accepting = False
+        await self.sync()
 
     async def stop(self) -> None:
         """Stop beating and delete the key (graceful stop: the process is not lost)."""
@@ -121,6 +128,7 @@ class EdgeBeacon:
             at=datetime.now(UTC),
             ttl_seconds=self.ttl_seconds,
             runs=self.runs(),
+            accepting=self.accepting,
         )
         message = Outgoing(
             self.subject, heartbeat.model_dump_json().encode(), None, self.ttl_seconds

@@ -83,6 +83,7 @@ from praxis_contracts.runs import (
     FunctionCallRecorded,
     RunBlocked,
     RunFinished,
+    RunHandedBack,
     RunOutcome,
     RunPaused,
     RunPreparing,
@@ -331,6 +332,15 @@ class Executor:
                     if run.keeper is not None and run.keeper.lost is None:
                         await run.keeper.stop()
                         await run.keeper.unclaim()
+                    self._emit(
+                        RunHandedBack(
+                            run_id=cmd.run_id,
+                            at=now(),
+                            reason="the orchestrator is stopping; the workcell's next one "
+                            "takes the run",
+                            **self.reporter,
+                        )
+                    )
                 raise
             finally:
                 await self._close_runner(run)
@@ -873,6 +883,19 @@ class Executor:
         for run in list(self.runs.values()):
             if run.keeper is not None:
                 await run.keeper.resync()
+
+    async def hand_back(self) -> int:
+        """On shutdown, first: give back every run accepted here that has not started (its
+        claim withdrawn, ``RunHandedBack``, its command handed back for the workcell's next
+        orchestrator); how many. Running protocols go on (``drain``)."""
+        unstarted = [r.task for r in self.runs.values() if not r.started and r.task is not None]
+        for task in unstarted:
+            task.cancel()
+        if unstarted:
+            await asyncio.wait(unstarted)
+        if self._handlers:
+            await asyncio.wait(set(self._handlers), timeout=HANDBACK_SECONDS)
+        return len(unstarted)
 
     async def drain(self, timeout: float) -> None:
         """On shutdown: let running protocols finish, cancel what is left after ``timeout``.

@@ -8,7 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from praxis_contracts.assets import AssetsReserved, LeaseExpired, ReservationFailed
+from praxis_contracts.assets import (
+    AssetsReserved,
+    LeaseExpired,
+    ReservationFailed,
+    ReservationWaiting,
+)
 from praxis_contracts.common import ErrorInfo, RunStatus
 from praxis_contracts.protocols import ResolveProtocol
 from praxis_contracts.runs import (
@@ -19,6 +24,7 @@ from praxis_contracts.runs import (
     ListRunCalls,
     ListRuns,
     RunFinished,
+    RunHandedBack,
     RunPage,
     RunPaused,
     RunPreparing,
@@ -112,6 +118,16 @@ async def assets_reserved(event: AssetsReserved, deps: Deps) -> None:
 async def reservation_failed(event: ReservationFailed, deps: Deps) -> None:
     error = ErrorInfo(type="ReservationFailed", message=event.error.message, code=event.error.code)
     await deps.runs.on_failed_before_start(event.run_id, error)
+
+
+@handlers.consume(ReservationWaiting, durable="scheduler-reservation-waiting", max_workers=WORKERS)
+async def reservation_waiting(event: ReservationWaiting, deps: Deps) -> None:
+    await deps.runs.on_waiting(event)
+
+
+@handlers.consume(RunHandedBack, durable="scheduler-run-handed-back", max_workers=WORKERS)
+async def run_handed_back(event: RunHandedBack, deps: Deps) -> None:
+    await deps.runs.on_handed_back(event)
 
 
 @handlers.consume(LeaseExpired, durable="scheduler-lease-expired", max_workers=WORKERS)

@@ -49,6 +49,8 @@ class RunRow(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     edge_instance: Mapped[str | None] = mapped_column(String(64), index=True, default=None)
+    waiting_for: Mapped[str | None] = mapped_column(String(40), default=None)
+    waiting_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     retry_of: Mapped[uuid.UUID | None] = mapped_column(default=None)
     retried_by: Mapped[uuid.UUID | None] = mapped_column(default=None)
     submitted_by: Mapped[str | None] = mapped_column(String(200), default=None)

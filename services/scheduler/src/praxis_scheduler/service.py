@@ -20,6 +20,7 @@ from praxis_contracts.assets import (
     HoldAssets,
     LeaseExpired,
     ReleaseAssets,
+    ReservationWaiting,
     ReserveAssets,
 )
 from praxis_contracts.common import ErrorInfo, RunStatus
@@ -33,6 +34,7 @@ from praxis_contracts.runs import (
     FunctionCallRecorded,
     RunEventRefused,
     RunFinished,
+    RunHandedBack,
     RunStatusChanged,
     RunView,
     SubmitRun,
@@ -126,10 +128,42 @@ class RunService:
                     log.warning("run %s: a second, different grant ignored", row.accession_id)
                 return  # the same grant again (a redelivery or a re-announcement)
             self._advance(uow, row, S.PENDING, "assets reserved")
+            row.waiting_for = row.waiting_since = None
             row.workcell_id = event.workcell_id
             row.workcell_name = event.workcell_name
             row.bindings = [b.model_dump(mode="json") for b in event.bindings]
             uow.emit(_execute_command(row), msg_id=f"execute:{row.accession_id}")
+
+    async def on_waiting(self, event: ReservationWaiting) -> None:
+        """Why a queued run is not placed yet, kept on the run (shown in its view). A late
+        copy after the grant changes nothing: only a queued run waits."""
+        async with self.uow() as uow:
+            row = await uow.runs.get(event.run_id, lock=True)
+            if row is None or row.status != S.QUEUED or row.waiting_for == event.reason:
+                return
+            row.waiting_for = str(event.reason)
+            row.waiting_since = self.clock()
+            row.updated_at = row.waiting_since
+
+    async def on_handed_back(self, event: RunHandedBack) -> None:
+        """The edge process stopping (an upgrade) gave back a run it never started: the run is
+        no longer that process's, so the process's end does not take the run down with it; the
+        workcell's next orchestrator takes its command."""
+        async with self.uow() as uow:
+            row = await uow.runs.get(event.run_id, lock=True)
+            if row is None or S(row.status) not in (S.PENDING, S.PREPARING):
+                return
+            if row.edge_instance not in (None, event.edge_instance):
+                return  # another process took it over already
+            if not self._believed(
+                uow, row, "RunHandedBack", event.workcell, event.edge_instance, seen=str(event.at)
+            ):
+                return
+            row.edge_instance = None
+            row.updated_at = self.clock()
+            log.info(
+                "run %s handed back by %s: %s", row.accession_id, event.edge_instance, event.reason
+            )
 
     async def on_progress(
         self, run_id: uuid.UUID, status: RunStatus, at: datetime, workcell: str, edge: str
@@ -580,6 +614,8 @@ def run_view(row: RunRow) -> RunView:
         final_state=row.final_state,
         asset_states=row.asset_states,
         edge_instance=row.edge_instance,
+        waiting_for=row.waiting_for,
+        waiting_since=row.waiting_since,
         retry_of=row.retry_of,
         retried_by=row.retried_by,
         submitted_by=row.submitted_by,
