@@ -34,6 +34,8 @@ async def run(_: argparse.Namespace) -> int:
         await stack.start()
         source = await stack.seed()
         assert stack.infra is not None
+        # An orchestrator for every registered workcell, and each one registered from now on.
+        workcells = asyncio.create_task(stack.serve_registered_workcells())
         print(
             f"\nPraxis is serving.\n"
             f"  API          {stack.api}/api/v1\n"
@@ -44,6 +46,7 @@ async def run(_: argparse.Namespace) -> int:
             f"({_pg_password_note(stack)})\n"
             f"  logs         {stack.base_dir}/logs/\n"
             f"  workcell     {DEMO_WORKCELL}: liquid handler, deck, tip rack, 2 plates, reader\n"
+            f"               (each workcell registered gets an orchestrator of its own)\n"
             f"  protocols    {source['name']} @ {source['commit'][:12]} (git: {source['url']})\n\n"
             f"  admin token  {stack.admin_token}\n"
             f"               ({_token_origin()}; send it as 'Authorization: Bearer <token>')\n\n"
@@ -55,6 +58,7 @@ async def run(_: argparse.Namespace) -> int:
             flush=True,
         )
         await stop.wait()
+        workcells.cancel()
     finally:
         print("\nstopping ...", flush=True)
         await stack.stop()

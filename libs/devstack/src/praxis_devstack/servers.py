@@ -50,6 +50,7 @@ __all__ = [
 
 LOCALHOST = "127.0.0.1"
 _NATS_READY_LINE = "Server is ready"
+_NATS_RELOADED_LINE = "Reloaded server configuration"
 _PORT_IN_USE = "Address already in use"
 
 
@@ -175,6 +176,10 @@ class NatsServer(_Managed):
         return self.data_dir / "auth.conf"
 
     @property
+    def _server_config_path(self) -> Path:
+        return self.data_dir / "server.conf"
+
+    @property
     def operator_url(self) -> str:
         """:attr:`url` with the operator identity's credentials (tools, tests)."""
         return self.auth.url_for(self.url) if self.auth is not None else self.url
@@ -201,6 +206,11 @@ class NatsServer(_Managed):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.auth is not None:
             self.auth.write(self.auth_config_path)
+            # The server's name lives in the file, not in a flag: a reload (``reload``) re-reads
+            # the file alone and refuses a name it does not find there.
+            self._server_config_path.write_text(
+                f'server_name: "{self.server_name}"\ninclude "{self.auth_config_path.name}"\n'
+            )
         self._ports = None
         process = LoggedProcess("nats-server", self._argv(), self.log_path, cwd=self.data_dir)
         self._process = process
@@ -225,10 +235,25 @@ class NatsServer(_Managed):
         as clients that stay configured with the old URL expect)."""
         self._requested = (self.port, _port_of(self.monitor_url))
 
+    def reload(self, timeout: float = 10.0) -> None:
+        """Rewrite the authorization config from ``auth`` and have the running server reload
+        it (SIGHUP; connections stay up); returns once the server says it reloaded."""
+        if self.auth is None:
+            return
+        process = self._require_process()
+        before = process.log_since_start().count(_NATS_RELOADED_LINE)
+        self.auth.write(self.auth_config_path)
+        os.kill(self.pid, signal.SIGHUP)
+        process.wait_until(
+            lambda: process.log_since_start().count(_NATS_RELOADED_LINE) > before,
+            timeout=timeout,
+            what="reloaded its configuration",
+        )
+
     def _argv(self) -> list[str]:
         port, http_port = self._requested
         binary = self._binary or find_nats_server_binary()
-        config = ["-c", str(self.auth_config_path)] if self.auth is not None else []
+        config = ["-c", str(self._server_config_path)] if self.auth is not None else []
         return [
             str(binary),
             *config,  # first: the flags below override the file
@@ -688,6 +713,21 @@ class LocalInfra:
         if service not in self._database_urls:
             raise RuntimeError("LocalInfra has not been started")
         return self._database_urls[service]
+
+    def add_workcell(self, workcell: str) -> None:
+        """Admit ``workcell``'s orchestrator identity on the local server (its config rewritten
+        and reloaded: connections stay up, every password stays) and provision its state
+        store. With an external server both are its deployment's to do."""
+        if workcell in self.workcells:
+            return
+        self.workcells = (*self.workcells, workcell)
+        if self.nats is None:
+            return
+        if self.nats.auth is not None:
+            old = self.nats.auth
+            self.nats.auth = NatsAuth(self.workcells, dict(old.passwords), rounds=old.rounds)
+            self.nats.reload()
+        self.provision()
 
     def provision(self) -> None:
         """(Re-)provision the topology of ``workcells`` (idempotent)."""

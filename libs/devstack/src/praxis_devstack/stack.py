@@ -17,6 +17,7 @@ from typing import IO, Any
 
 import httpx
 
+from praxis_contracts.assets import WorkcellChanged
 from praxis_contracts.permissions import identity_for_service
 from praxis_devstack.servers import (
     LocalInfra,
@@ -62,6 +63,19 @@ def service_environment(name: str, environ: Mapping[str, str]) -> dict[str, str]
     return kept
 
 
+def orchestrator_name(workcell: str) -> str:
+    """The stack's name of the process serving ``workcell`` beside the first one."""
+    return f"orchestrator-{workcell}"
+
+
+def service_of(name: str, first_workcell: str) -> tuple[str, str]:
+    """A stack process's service and workcell: ``orchestrator`` serves the stack's first
+    workcell, ``orchestrator-<w>`` serves ``w``."""
+    if name.startswith("orchestrator-"):
+        return "orchestrator", name.removeprefix("orchestrator-")
+    return name, first_workcell
+
+
 def repo_root() -> Path:
     """The workspace root (where ``examples/`` lives), found from this file, not the cwd."""
     return default_base_dir(Path(__file__).resolve()).parent
@@ -85,6 +99,7 @@ class Stack:
     environ: dict[str, str] | None = None  # NATS_URL / DATABASE_URL overrides; default os.environ
     service_env: dict[str, str] = field(default_factory=dict)  # extra environment, every service
     workcell: str = DEMO_WORKCELL  # the workcell the orchestrator serves
+    workcells: tuple[str, ...] = ()  # more workcells with an orchestrator each from the start
     infra: LocalInfra | None = None
     processes: list[ServiceProcess] = field(default_factory=list)
     api: str = ""
@@ -96,10 +111,15 @@ class Stack:
         """Headers for admin calls to ``api``."""
         return {"Authorization": f"Bearer {self.admin_token}"}
 
+    @property
+    def served(self) -> tuple[str, ...]:
+        """Every workcell with an orchestrator in this stack (the first is ``workcell``)."""
+        return tuple(dict.fromkeys((self.workcell, *self.workcells)))
+
     async def start(self) -> None:
         self.base_dir.mkdir(parents=True, exist_ok=True)
         infra = LocalInfra(
-            self.base_dir, fast=self.fast, environ=self.environ, workcells=(self.workcell,)
+            self.base_dir, fast=self.fast, environ=self.environ, workcells=self.served
         )
         self.infra = await asyncio.to_thread(infra.start)
         gateway_port = int(os.environ.get("GATEWAY_PORT") or free_port())
@@ -107,35 +127,108 @@ class Stack:
         self.api = f"http://127.0.0.1:{gateway_port}"
         for name in SERVICES:
             self.processes.append(self._spawn(name, gateway_port))
+        for workcell in self.served[1:]:
+            self.processes.append(self._spawn(orchestrator_name(workcell), gateway_port))
         await asyncio.gather(*(self._wait_ready(p) for p in self.processes))
+
+    async def add_workcell(self, workcell: str) -> ServiceProcess | None:
+        """Serve ``workcell`` too: its NATS identity and state store (the local server's
+        authorization is reloaded; nothing else restarts), then its orchestrator. None if it
+        is served already."""
+        if workcell in self.served:
+            return None
+        assert self.infra is not None
+        await asyncio.to_thread(self.infra.add_workcell, workcell)
+        self.workcells = (*self.workcells, workcell)
+        service = self._spawn(orchestrator_name(workcell), self.gateway_port)
+        self.processes.append(service)
+        await self._wait_ready(service)
+        return service
+
+    async def serve_registered_workcells(
+        self, ready: asyncio.Event | None = None, started: asyncio.Queue[str] | None = None
+    ) -> None:
+        """Until cancelled: an orchestrator for every registered workcell, and for each one
+        registered from now on (``WorkcellChanged`` events, pushed; the list is read once
+        after subscribing, so none registered in between is missed). ``started`` gets each
+        workcell whose orchestrator came up.
+
+        Admitting a new workcell's identity reloads the server's authorization: a reply in
+        flight at that moment can be refused by the server (it resets the responders'
+        one-time reply permissions), so one request may time out (a retryable 504)."""
+        assert self.infra is not None
+        import nats  # the local stack's own client (operator identity)
+
+        pending: asyncio.Queue[str] = asyncio.Queue()
+
+        async def on_change(msg: Any) -> None:
+            event = WorkcellChanged.model_validate_json(msg.data)
+            if event.change in ("created", "updated"):
+                pending.put_nowait(event.workcell)
+
+        nc = await nats.connect(self.infra.nats_operator_url, max_reconnect_attempts=-1)
+        try:
+            await nc.subscribe(WorkcellChanged.subscription_subject(None), cb=on_change)
+            await nc.flush()
+            for name in await self._registered_workcells():
+                pending.put_nowait(name)
+            if ready is not None:
+                ready.set()
+            while True:
+                workcell = await pending.get()
+                try:
+                    if await self.add_workcell(workcell) is not None:
+                        print(f"  workcell     {workcell}: orchestrator started", flush=True)
+                        if started is not None:
+                            started.put_nowait(workcell)
+                except Exception as exc:  # one workcell's failure never stops the others
+                    print(f"  workcell     {workcell}: orchestrator failed: {exc}", flush=True)
+        finally:
+            await nc.close()
+
+    async def _registered_workcells(self) -> list[str]:
+        names: list[str] = []
+        async with httpx.AsyncClient(
+            base_url=self.api, timeout=30.0, headers=self.auth_headers
+        ) as client:
+            offset = 0
+            while True:
+                params = {"limit": 500, "offset": offset}
+                page = (await client.get("/api/v1/workcells", params=params)).json()
+                names += [w["name"] for w in page["items"]]
+                if len(page["items"]) < 500:
+                    return names
+                offset += 500
 
     def _env(self, name: str, health_port: int, gateway_port: int) -> dict[str, str]:
         """``name``'s environment: this one's settings, without anybody's secrets, plus its
         own: its NATS login, its database role (the three services with a database), the admin
         bearer (the gateway), source secrets (the code-manager)."""
         assert self.infra is not None
-        env = service_environment(name, os.environ)
+        service, workcell = service_of(name, self.workcell)
+        edge_dir = name  # each orchestrator has its own code cache and runs' scratch
+        env = service_environment(service, os.environ)
         # The code-manager's source policy: the example repository is a local git repository
         env.update(SOURCE_ALLOWED_SCHEMES="https,ssh,file", SOURCE_ALLOWED_ROOTS=str(self.base_dir))
         env.update(self.service_env)
         env.update(
             NATS_URL=self.infra.nats_url,
-            SERVICE_NAME=name,
+            SERVICE_NAME=service,
             LOG_FORMAT=env.get("LOG_FORMAT", "text"),
             HEALTH_HOST="127.0.0.1",
             HEALTH_PORT=str(health_port),
             GATEWAY_PORT=str(gateway_port),
-            PRAXIS_WORKCELL=self.workcell,
+            PRAXIS_WORKCELL=workcell,
             PROTOCOL_REPO_DIR=str(self.base_dir / "code-manager"),
-            PROTOCOL_CODE_CACHE_DIR=str(self.base_dir / "orchestrator" / "code"),
-            RUN_SCRATCH_DIR=str(self.base_dir / "orchestrator" / "runs"),
+            PROTOCOL_CODE_CACHE_DIR=str(self.base_dir / edge_dir / "code"),
+            RUN_SCRATCH_DIR=str(self.base_dir / edge_dir / "runs"),
         )
-        database_url = self.infra.database_url_for(name)
+        database_url = self.infra.database_url_for(service)
         if database_url is not None:
             env["DATABASE_URL"] = database_url
-        if name == "gateway":
+        if service == "gateway":
             env["PRAXIS_ADMIN_TOKEN"] = self.admin_token
-        env.update(self.infra.nats_env(identity_for_service(name, self.workcell)))
+        env.update(self.infra.nats_env(identity_for_service(service, workcell)))
         return env
 
     def _spawn(
@@ -148,7 +241,7 @@ class Stack:
         if note:
             log.write(f"---- praxis-devstack: {note}\n".encode())
             log.flush()
-        module = f"praxis_{name.replace('-', '_')}"
+        module = f"praxis_{service_of(name, self.workcell)[0].replace('-', '_')}"
         process = subprocess.Popen(
             [sys.executable, "-m", module],
             env=self._env(name, health_port, gateway_port),
