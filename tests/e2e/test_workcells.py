@@ -189,3 +189,40 @@ async def test_a_drained_workcell_takes_no_new_run_until_resumed(api: httpx.Asyn
         assert resumed.json()["drained"] is False
     done = await ended(api, run_id)
     assert done["status"] == "completed", done["error"]
+
+
+async def test_two_gateway_replicas_serve_at_once(stack: Stack, api: httpx.AsyncClient) -> None:
+    second = await stack.add_gateway()
+    created = await api.post("/api/v1/tokens", json={"name": "replicas", "scopes": ["operate"]})
+    assert created.status_code == 201, created.text
+    token = created.json()
+
+    async with httpx.AsyncClient(
+        base_url=second, timeout=60.0, headers={"Authorization": f"Bearer {token['token']}"}
+    ) as other:
+        # A token made on one replica is known to the other (the tokens bucket, watched).
+        assert await answers(other, 200), "the second replica never accepted the new token"
+        submitted = await other.post(
+            "/api/v1/protocols/runs",
+            json={"protocol_name": "noop", "workcell": DEMO_WORKCELL},
+        )
+        assert submitted.status_code == 201, submitted.text
+        run_id = submitted.json()["accession_id"]
+        done = await ended(api, run_id)  # followed live on the first replica
+        assert done["status"] == "completed"
+        assert done["submitted_by"] == "token:replicas"
+
+        revoked = await api.delete(f"/api/v1/tokens/{token['id']}")
+        assert revoked.status_code == 200, revoked.text
+        assert revoked.json()["revoked_at"] is not None
+        assert await answers(other, 401), "the second replica kept accepting a revoked token"
+
+
+async def answers(client: httpx.AsyncClient, status: int, seconds: float = 10.0) -> bool:
+    """Whether ``client`` gets ``status`` within ``seconds``: the other replica learns of a
+    token change from its watcher of the tokens bucket, which an HTTP client cannot see."""
+    for _ in range(int(seconds / 0.1)):
+        if (await client.get("/api/v1/workcells")).status_code == status:
+            return True
+        await asyncio.sleep(0.1)
+    return False

@@ -70,9 +70,11 @@ def orchestrator_name(workcell: str) -> str:
 
 def service_of(name: str, first_workcell: str) -> tuple[str, str]:
     """A stack process's service and workcell: ``orchestrator`` serves the stack's first
-    workcell, ``orchestrator-<w>`` serves ``w``."""
+    workcell, ``orchestrator-<w>`` serves ``w``; ``gateway-<port>`` is another gateway."""
     if name.startswith("orchestrator-"):
         return "orchestrator", name.removeprefix("orchestrator-")
+    if name.startswith("gateway-"):  # another replica (``add_gateway``)
+        return "gateway", first_workcell
     return name, first_workcell
 
 
@@ -144,6 +146,15 @@ class Stack:
         self.processes.append(service)
         await self._wait_ready(service)
         return service
+
+    async def add_gateway(self) -> str:
+        """One more gateway process beside the first (as a Deployment's second replica); its
+        base URL once it is ready."""
+        port = free_port()
+        service = self._spawn(f"gateway-{port}", port, note="another gateway replica")
+        self.processes.append(service)
+        await self._wait_ready(service)
+        return f"http://127.0.0.1:{port}"
 
     async def serve_registered_workcells(
         self, ready: asyncio.Event | None = None, started: asyncio.Queue[str] | None = None
@@ -234,7 +245,8 @@ class Stack:
     def _spawn(
         self, name: str, gateway_port: int, health_port: int = 0, note: str = ""
     ) -> ServiceProcess:
-        health_port = gateway_port if name == "gateway" else (health_port or free_port())
+        is_gateway = service_of(name, self.workcell)[0] == "gateway"
+        health_port = gateway_port if is_gateway else (health_port or free_port())
         logs = self.base_dir / "logs"
         logs.mkdir(exist_ok=True)
         log = (logs / f"{name}.log").open("ab")
