@@ -350,6 +350,46 @@ for _path, _kind in (("machines", "machine"), ("resources", "resource"), ("decks
     )
 
 
+def _without_nul(value: Any) -> Any:
+    """``value`` with every NUL character replaced (keys too): a body that would be valid."""
+    if isinstance(value, str):
+        return value.replace(NUL, "-")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
+
+
+_SHAPE = Ids("w", "s", "r", {"machine": "m", "resource": "r", "deck": "d"}, "a")
+WITH_BODY = sorted(e for e, case in WRITES.items() if case(_SHAPE)[1] is not None)
+
+
+@pytest.mark.parametrize("endpoint", WITH_BODY, ids=" ".join)
+async def test_an_unknown_field_in_a_write_is_refused_naming_it(
+    api: httpx.AsyncClient, ids: Ids, endpoint: tuple[str, str]
+) -> None:
+    """Nothing sent is silently ignored: a misspelt or unsupported field is refused."""
+    method, _ = endpoint
+    url, body, _ = WRITES[endpoint](ids)
+    assert body is not None
+    response = await api.request(method, url, json={**_without_nul(body), "colour": "red"})
+    # A body that does not fit its model is 400 invalid_request, naming each field (as for a
+    # missing or mistyped one).
+    error = assert_error(response, 400, "invalid_request")
+    assert [e["loc"] for e in error["details"]["errors"]] == ["body.colour"], error
+    assert "body.colour" in error["message"]
+
+
+async def test_on_failure_is_taken_over_http(api: httpx.AsyncClient, ids: Ids) -> None:
+    body = {"protocol_name": "stamp", "workcell": ids.workcell, "on_failure": "rollback"}
+    response = await api.post("/api/v1/protocols/runs", json=body)
+    assert response.status_code == 201, response.text
+    assert response.json()["on_failure"] == "rollback"
+    run_id = response.json()["accession_id"]
+    await api.post(f"/api/v1/protocols/runs/{run_id}/actions", json={"action": "cancel"})
+
+
 def test_every_write_endpoint_has_a_nul_case() -> None:
     paths = create_app(Settings()).openapi()["paths"]
     writes = {

@@ -18,6 +18,7 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 import praxis_contracts
+from praxis_contracts.assets import ReserveAssets
 from praxis_contracts.base import Command, Event, Message, Request, all_message_types
 from praxis_contracts.common import SearchFilters
 from praxis_contracts.errors import (
@@ -27,7 +28,7 @@ from praxis_contracts.errors import (
     PraxisError,
     error_from_reply,
 )
-from praxis_contracts.runs import SubmitRun
+from praxis_contracts.runs import RunStatusChanged, SubmitRun
 from praxis_contracts.topology import COMMANDS, DEAD_LETTERS, EVENTS, STREAMS, dead_letter_subject
 
 SRC = Path(praxis_contracts.__file__).resolve().parent
@@ -351,8 +352,30 @@ def test_search_filters_reject_bad_input(bad: dict[str, Any]) -> None:
         SearchFilters(**bad)
 
 
-def test_messages_are_frozen_and_ignore_unknown_fields() -> None:
-    run = SubmitRun.model_validate({"protocol_name": "p", "added_later": True})
-    assert not hasattr(run, "added_later")
+def test_messages_are_frozen_events_ignore_unknown_fields_commands_refuse_them() -> None:
+    run = SubmitRun.model_validate({"protocol_name": "p"})
     with pytest.raises(ValidationError):
         run.protocol_name = "other"  # type: ignore[misc]
+    # A request or command someone sent must not be half carried out: an unknown field (a
+    # misspelling, a feature this version lacks) is refused, naming it.
+    for message, body in (
+        (SubmitRun, {"protocol_name": "p"}),
+        (ReserveAssets, {"run_id": str(uuid.uuid4()), "requirements": []}),
+    ):
+        with pytest.raises(ValidationError, match="added_later"):
+            message.model_validate({**body, "added_later": True})
+    # An event's readers stay compatible with a newer publisher's additions.
+    changed = RunStatusChanged.model_validate(
+        {
+            "run_id": str(uuid.uuid4()),
+            "status": "queued",
+            "previous": None,
+            "reason": "x",
+            "at": "2030-01-01T00:00:00Z",
+            "added_later": True,
+        }
+    )
+    assert not hasattr(changed, "added_later")
+    for cls in all_message_types():
+        forbid = issubclass(cls, (Command, Request))
+        assert (cls.model_config.get("extra") == "forbid") is forbid, cls

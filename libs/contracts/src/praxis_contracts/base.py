@@ -23,7 +23,8 @@ SUBJECT_ROOT = "praxis"
 
 
 class Message(BaseModel):
-    """A wire message. Readers ignore unknown fields so evolution stays additive."""
+    """A wire message. Event readers ignore unknown fields so evolution stays additive;
+    commands and requests refuse them (see ``Command``, ``Request``)."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -53,7 +54,10 @@ class Message(BaseModel):
 
 
 class Command(Message):
-    """An imperative instruction delivered once through a JetStream work queue."""
+    """An imperative instruction delivered once through a JetStream work queue. An unknown
+    field is refused (dead-lettered): a command someone sent must not be half carried out."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class Event(Message):
@@ -64,7 +68,10 @@ ReplyT = TypeVar("ReplyT", bound=BaseModel)
 
 
 class Request(Message, Generic[ReplyT]):
-    """A request/reply message (query or synchronous command) with a declared reply type."""
+    """A request/reply message (query or synchronous command) with a declared reply type. An
+    unknown field is refused (``invalid_request`` naming it): nothing asked for is ignored."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     reply_type: ClassVar[type[BaseModel]]
 

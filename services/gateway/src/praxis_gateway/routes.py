@@ -11,7 +11,7 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from nats.js import api
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from praxis_contracts.assets import (
     Asset,
@@ -55,6 +55,7 @@ from praxis_contracts.runs import (
     RunView,
     SubmitRun,
 )
+from praxis_contracts.state import OnFailure
 from praxis_contracts.topology import EVENTS
 from praxis_gateway.filters import search_filters
 from praxis_gateway.security import ActorDep
@@ -73,6 +74,8 @@ BusDep = Annotated[Bus, Depends(bus)]
 
 # -- protocols ----------------------------------------------------------------------------------
 class SourceIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is refused (422)
+
     name: str
     kind: SourceKind = "git"
     url: str
@@ -82,6 +85,8 @@ class SourceIn(BaseModel):
 
 
 class SyncIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is refused (422)
+
     commit: str | None = None
 
 
@@ -128,6 +133,8 @@ async def list_definitions(
 
 # -- runs ---------------------------------------------------------------------------------------
 class RunIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is refused (422)
+
     protocol_name: str | None = None
     version: str | None = None
     definition_id: UUID | None = None
@@ -137,6 +144,11 @@ class RunIn(BaseModel):
     asset_properties: dict[str, dict[str, Any]] = Field(default_factory=dict)
     initial_state: dict[str, Any] = Field(default_factory=dict)
     priority: int = Field(default=0, ge=-100, le=100)
+    on_failure: OnFailure = Field(
+        default="keep",
+        description="What a failed or cancelled run leaves in its assets' state: keep, or "
+        "rollback to the snapshot taken when it started.",
+    )
 
 
 @router.post("/protocols/runs", status_code=status.HTTP_201_CREATED, tags=["runs"])
@@ -164,6 +176,8 @@ async def get_run(run_id: UUID, b: BusDep) -> RunView:
 
 
 class ActionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is refused (422)
+
     action: RunAction
     reason: str = Field(default="", max_length=2000)
     outcome: ResolveOutcome | None = Field(
@@ -248,6 +262,8 @@ async def _event_stream(b: Bus, run_id: UUID) -> AsyncIterator[bytes]:
 
 # -- inventory ----------------------------------------------------------------------------------
 class WorkcellIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is refused (422)
+
     name: str
     description: str = ""
     properties: dict[str, Any] = Field(default_factory=dict)
@@ -276,6 +292,8 @@ async def list_locks(b: BusDep, protocol_run_accession_id: UUID | None = None) -
 
 
 class ForceReleaseIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is refused (422)
+
     reason: str = Field(min_length=1, max_length=2000, description="Why; kept in the audit event.")
 
 

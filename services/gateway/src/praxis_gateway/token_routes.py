@@ -9,7 +9,7 @@ from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Request, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from praxis_contracts.errors import Unavailable
 from praxis_gateway.auth import Scope, TokenRecord
@@ -32,6 +32,8 @@ StoreDep = Annotated[TokenStore, Depends(token_store)]
 
 
 class TokenIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is refused (422)
+
     name: str = Field(min_length=1, max_length=200)
     scopes: list[Scope] = Field(min_length=1, description="read, operate and/or admin.")
     expires_in_seconds: int | None = Field(
