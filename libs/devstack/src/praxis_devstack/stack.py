@@ -63,6 +63,18 @@ def service_environment(name: str, environ: Mapping[str, str]) -> dict[str, str]
     return kept
 
 
+def source_policy(env: Mapping[str, str], base_dir: Path) -> dict[str, str]:
+    """The code-manager's source policy in the local stack: what the environment says, plus
+    ``file`` and the stack's data folder (where the example repository lives): a developer's
+    own ``SOURCE_ALLOWED_ROOTS`` (their repositories) and schemes are kept, not replaced."""
+    schemes = [s.strip() for s in env.get("SOURCE_ALLOWED_SCHEMES", "https,ssh").split(",")]
+    roots = [r.strip() for r in env.get("SOURCE_ALLOWED_ROOTS", "").split(",")]
+    return {
+        "SOURCE_ALLOWED_SCHEMES": ",".join(dict.fromkeys([*filter(None, schemes), "file"])),
+        "SOURCE_ALLOWED_ROOTS": ",".join(dict.fromkeys([*filter(None, roots), str(base_dir)])),
+    }
+
+
 def orchestrator_name(workcell: str) -> str:
     """The stack's name of the process serving ``workcell`` beside the first one."""
     return f"orchestrator-{workcell}"
@@ -220,7 +232,7 @@ class Stack:
         edge_dir = name  # each orchestrator has its own code cache and runs' scratch
         env = service_environment(service, os.environ)
         # The code-manager's source policy: the example repository is a local git repository
-        env.update(SOURCE_ALLOWED_SCHEMES="https,ssh,file", SOURCE_ALLOWED_ROOTS=str(self.base_dir))
+        env.update(source_policy(env, self.base_dir))
         env.update(self.service_env)
         env.update(
             NATS_URL=self.infra.nats_url,
