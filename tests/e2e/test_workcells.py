@@ -181,6 +181,9 @@ async def test_a_drained_workcell_takes_no_new_run_until_resumed(api: httpx.Asyn
         run_id = await submit(api, DEMO_WORKCELL)
         run = await waiting_for(api, run_id, "workcell_drained")
         assert run["status"] == "queued" and await leases_of(api, run_id) == []
+        queue = await api.get("/api/v1/protocols/runs", params={"status": "queued"})
+        listed = {r["accession_id"]: r for r in queue.json()["items"]}
+        assert listed[run_id]["waiting_for"] == "workcell_drained"  # the queue says why
         shown = (await api.get(f"/api/v1/workcells/{DEMO_WORKCELL}")).json()
         assert shown["workcell"]["drain_reason"] == "preventive maintenance"
     finally:

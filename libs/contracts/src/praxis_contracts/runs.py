@@ -89,6 +89,9 @@ class RunSummary(BaseModel):
     status: RunStatus
     priority: int = 0
     workcell_name: str | None = Field(default=None, description="Workcell the run was bound to.")
+    waiting_for: str | None = Field(
+        default=None, description="Why a queued run is not placed yet (see RunView)."
+    )
     assets: dict[str, str] = Field(
         default_factory=dict, description="Requirement -> name of the asset bound to it."
     )

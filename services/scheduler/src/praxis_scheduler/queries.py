@@ -48,6 +48,7 @@ _SUMMARY_COLUMNS: tuple[Any, ...] = (
     RunRow.status,
     RunRow.priority,
     RunRow.workcell_name,
+    RunRow.waiting_for,
     RunRow.bindings,  # one small object per asset requirement
     case(
         (
@@ -148,6 +149,7 @@ def run_summary(row: Any) -> RunSummary:
         status=RunStatus(row["status"]),
         priority=row["priority"],
         workcell_name=row["workcell_name"],
+        waiting_for=row["waiting_for"],
         assets={b["requirement"]: b["asset_name"] for b in row["bindings"] or []},
         parameters=row["parameters"],
         error=error,
