@@ -136,8 +136,13 @@ class Snapshots:
             )
         now = datetime.now(UTC)
         async with self.db.transaction() as session:
+            # The workcell's row locked: snapshots of one workcell are recorded one at a time,
+            # so each retention pass sees the others' rows (two at once each kept the newest
+            # ``kept`` it could see, and one too many survived: seen under load).
             workcell_id = await session.scalar(
-                select(WorkcellRow.accession_id).where(WorkcellRow.name == event.workcell_name)
+                select(WorkcellRow.accession_id)
+                .where(WorkcellRow.name == event.workcell_name)
+                .with_for_update()
             )
             if workcell_id is None:
                 log.warning(
@@ -284,6 +289,12 @@ class Snapshots:
         try:
             async with SqlUnitOfWork(self.db, self.relay) as uow:
                 session = uow.session
+                # The workcell first, as recording does (one order of locks: no deadlock).
+                await session.execute(
+                    select(WorkcellRow.accession_id)
+                    .where(WorkcellRow.accession_id == workcell.accession_id)
+                    .with_for_update()
+                )
                 locked = await _statuses(session, workcell.accession_id, chosen, lock=True)
                 if set(locked) != set(existing):
                     raise Conflict("the workcell's assets changed meanwhile; try again")
