@@ -426,6 +426,12 @@ def test_infrastructure_errors_are_told_from_message_errors() -> None:
     wrapped.__cause__ = ConnectionResetError()
     assert is_infrastructure(wrapped)
     assert is_infrastructure(OSError(111, "Connect call failed"))
+    # A stream electing a new leader after a cluster member died (seconds): waited out.
+    import nats.js.errors
+
+    assert is_infrastructure(nats.js.errors.NoStreamResponseError())
+    assert is_infrastructure(nats.js.errors.ServiceUnavailableError())
+    assert not is_infrastructure(nats.js.errors.KeyWrongLastSequenceError())
     assert not is_infrastructure(FileNotFoundError("protocols/missing.py"))
     assert not is_infrastructure(PermissionError("denied"))
     assert not is_infrastructure(ValueError("bad volume"))

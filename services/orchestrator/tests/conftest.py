@@ -41,6 +41,7 @@ from praxis_contracts.runs import (
     FunctionCallRecorded,
     RunBlocked,
     RunFinished,
+    RunHandedBack,
     RunPaused,
     RunPreparing,
     RunResumed,
@@ -482,6 +483,7 @@ RUN_EVENTS: dict[str, type[Event]] = {
         RunResumed,
         RunFinished,
         RunBlocked,
+        RunHandedBack,
     )
 }
 

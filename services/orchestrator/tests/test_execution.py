@@ -16,6 +16,7 @@ from praxis_contracts.runs import (
     ControlRunExecution,
     FunctionCallRecorded,
     RunFinished,
+    RunHandedBack,
     RunPreparing,
     RunStarted,
 )
@@ -165,5 +166,29 @@ async def test_a_run_a_graceful_stop_abandons_while_preparing_is_prepared_again_
         preparing = [e.edge_instance for e in log.of(RunPreparing)]
         assert preparing == [first.instance, second.instance]
         assert [e.edge_instance for e in log.of(RunStarted)] == [second.instance]
+        assert [e.edge_instance for e in log.of(RunHandedBack)] == [first.instance]
         consumer = await world.consumer()
         assert (consumer.num_ack_pending, consumer.num_pending) == (0, 0)
+
+
+async def test_a_run_handed_back_goes_to_the_orchestrator_already_beside_it(
+    nats_access: Any, tmp_path: Path, make_world: Any, eventually: Any
+) -> None:
+    """A rolling restart: the new process is up before the old one stops; the run the old one
+    had not started is handed back (its claim withdrawn) and the new one takes it."""
+    async with make_world(nats_access, tmp_path, graceful_timeout_seconds=1) as world:
+        old = await world.edge.start()
+        cmd = await world.command("touch", TOUCH)
+        world.layouts.hold()  # the process that takes it never gets past preparing
+        log = await world.execute(cmd)
+        await log.first(RunPreparing)
+        await eventually(lambda: world.layouts.requests >= 1, "the layout was asked for")
+        new = await type(old)(old.settings).start()
+
+        await old.stop()
+        world.layouts.release()
+        world.edge = new
+
+        finished = await log.finished()
+        assert (finished.outcome, finished.edge_instance) == ("completed", new.instance)
+        assert [e.edge_instance for e in log.of(RunHandedBack)] == [old.instance]

@@ -185,6 +185,10 @@ _INFRASTRUCTURE: tuple[type[BaseException], ...] = (
     nats.errors.NoRespondersError,
     nats.errors.StaleConnectionError,
     nats.errors.OutboundBufferLimitError,
+    # A stream without a leader for a moment (a cluster member died and the others elect a
+    # new one: seconds): the write got no answer, or JetStream said it is unavailable.
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
     Unavailable,
     Timeout,
 )

@@ -158,6 +158,7 @@ class ActiveRun:
         self.last_call: str | None = None
         self.last_checkpoint_at: datetime | None = None
         self.keeper: LeaseKeeper | None = None
+        self.claiming: LeaseKeeper | None = None  # its claim under way (withdrawn on a stop)
         self.preparation: asyncio.Task[PreparedCall] | None = None
         self.task: asyncio.Task[None] | None = None
         self.accepted = asyncio.Event()  # ready to start, or ended: its deliveries confirm now
@@ -329,9 +330,12 @@ class Executor:
             except asyncio.CancelledError:
                 if not run.started:  # shutdown: the next process takes the command
                     run.abandoned = True
-                    if run.keeper is not None and run.keeper.lost is None:
-                        await run.keeper.stop()
-                        await run.keeper.unclaim()
+                    # A claim cut short may have reached the server: withdrawn all the same
+                    # (else the next process finds the run claimed here and drops it).
+                    keeper = run.keeper or run.claiming
+                    if keeper is not None and keeper.lost is None:
+                        await keeper.stop()
+                        await keeper.unclaim()
                     self._emit(
                         RunHandedBack(
                             run_id=cmd.run_id,
@@ -354,6 +358,7 @@ class Executor:
         cmd = run.cmd
         await self.list_runs()
         keeper = LeaseKeeper(self.leases, cmd.run_id, cmd.bindings, self.instance)
+        run.claiming = keeper
         try:
             await keeper.claim()
         except ClaimedElsewhere as exc:
