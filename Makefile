@@ -14,7 +14,7 @@ SEED       ?= 1
 IMAGE      ?= praxis:dev
 DOCKER     ?= docker
 
-.PHONY: help install run demo test lint format bench chaos image clean
+.PHONY: help install run demo test lint format bench chaos proof image clean
 
 help:
 	@echo "make run    - the whole system on embedded NATS + PostgreSQL (Ctrl-C stops it)"
@@ -22,6 +22,7 @@ help:
 	@echo "make test   - the test suite against real servers"
 	@echo "make lint   - ruff + mypy"
 	@echo "make bench  - latency/throughput benchmark (N=$(N) runs)"
+	@echo "make proof  - the production shape: 3-node NATS cluster, two workcells, a node killed, every service restarted"
 	@echo "make chaos  - kill every part in turn under load, check runs and leases (CHAOS_RUNS=$(CHAOS_RUNS))"
 	@echo "make image  - the one image of every service: $(DOCKER) build -t $(IMAGE) . (needs a container engine)"
 
@@ -55,6 +56,9 @@ format: install
 
 bench: install
 	$(RUN) python -m praxis_devstack bench --runs $(N) $(ARGS)
+
+proof: install
+	$(RUN) python -m praxis_devstack proof $(ARGS)
 
 chaos: install
 	$(RUN) python -m praxis_devstack chaos --runs $(CHAOS_RUNS) --in-flight $(IN_FLIGHT) --seed $(SEED) --resolve-during $(ARGS)

@@ -1,5 +1,6 @@
-"""``python -m praxis_devstack run|demo|bench|chaos|nats-config``: the local stack, the demo, the
-benchmark, the chaos harness, the nats-server authorization config."""
+"""``python -m praxis_devstack run|demo|bench|chaos|proof|nats-config``: the local stack, the
+demo, the benchmark, the chaos harness, the production-shape proof, the nats-server
+authorization config."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import httpx
 
 from praxis_devstack.bench import bench
 from praxis_devstack.chaos import ChaosOptions, chaos
+from praxis_devstack.proof import proof
 from praxis_devstack.stack import DEMO_WORKCELL, Stack
 from praxis_runtime import natsauth
 
@@ -163,13 +165,29 @@ def main(argv: list[str] | None = None) -> int:
         "--no-scale", action="store_true", help="skip the lab-scale phase (its own stack, ~1 min)"
     )
     _chaos_arguments(sub)
+    p_proof = sub.add_parser(
+        "proof",
+        help="the production shape locally: a 3-node NATS cluster at R3, two workcells; kill -9 "
+        "a NATS node, restart every service in turn (each edge while a protocol runs)",
+    )
+    p_proof.add_argument("--runs", type=int, default=80, help="workload runs at least")
+    p_proof.add_argument("--in-flight", type=int, default=4, help="active runs per workcell")
+    p_proof.add_argument("--seed", type=int, default=1)
+    p_proof.add_argument(
+        "--protocol-seconds", type=float, default=30.0, help="the protocol an edge restarts under"
+    )
+    p_proof.add_argument("--base-dir", default=None, help="data and logs (default: a temp folder)")
+    p_proof.add_argument("--keep", action="store_true", help="keep the base dir if all is well")
+    p_proof.add_argument("--output", default=None, help="write the JSON report here")
     natsauth.add_arguments(sub)
     args = parser.parse_args(argv)
     if args.command == "nats-config":
         return natsauth.command(args)
     if args.command == "chaos" and any("=" not in item for item in args.env):
         parser.error("--env takes KEY=VALUE")
-    command = {"run": run, "demo": demo, "bench": bench, "chaos": chaos}[args.command]
+    command = {"run": run, "demo": demo, "bench": bench, "chaos": chaos, "proof": proof}[
+        args.command
+    ]
     try:
         return asyncio.run(_stoppable(command(args)))
     except asyncio.CancelledError:

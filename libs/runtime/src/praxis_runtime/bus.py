@@ -326,6 +326,8 @@ class Bus:
         self._claims: Claims | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         self._consumers: dict[type[Message], Any] = {}  # the subscriber of each consumed type
+        self._refusing: set[type[Message]] = set()  # stopping: handed straight back
+        self._refuse_all = False
         self.graceful_timeout = graceful_timeout
 
     # -- connection ---------------------------------------------------------------------------
@@ -412,16 +414,38 @@ class Bus:
         taking new runs first, and keeps taking pause, resume and cancel for the runs it lets
         finish)."""
         if only is not None:
+            self._refusing.update(only)
             for message_type in only:
                 if (subscriber := self._consumers.pop(message_type, None)) is not None:
-                    await subscriber.stop()
+                    await self._drain(subscriber)
             return
+        self._refuse_all = True
+        drained = list(self._consumers.values())
+        self._consumers.clear()
+        for subscriber in drained:
+            await self._drain(subscriber)
         for subscriber in self.broker.subscribers:
-            await subscriber.stop()
+            if not any(subscriber is d for d in drained):
+                await subscriber.stop()
         if self._in_flight:
             _, late = await asyncio.wait(self._in_flight, timeout=self.graceful_timeout)
             if late:
                 log.warning("%d handlers still running at shutdown", len(late))
+
+    async def _drain(self, subscriber: Any) -> None:
+        """Stop a consumer's subscription without losing what the client holds for it: the
+        messages delivered but not yet handed to a handler go back to the server at once (a
+        nack: to another member of the group, or to the next process), where an unsubscribe
+        would drop them until their ack wait (30 s) ran out."""
+        subscription = getattr(subscriber, "subscription", None)
+        if subscription is not None:
+            inner = getattr(subscription, "_sub", subscription)
+            try:
+                await asyncio.wait_for(inner.drain(), self.graceful_timeout)
+                subscriber.subscription = None  # drained: nothing left to unsubscribe
+            except Exception as exc:  # a handler that would not return: unsubscribe instead
+                log.warning("draining a subscription failed (%r); unsubscribing", exc)
+        await subscriber.stop()
 
     async def stop(self) -> None:
         """``stop_consuming``, then drain and close the connection."""
@@ -621,6 +645,9 @@ class Bus:
             )
 
         async def consume(msg: NatsMessage) -> None:
+            if self._refuse_all or route.message_type in self._refusing:
+                await _quietly(msg.nack())  # stopping: back to the server, for another taker
+                return
             if slots is None:
                 await handle(msg)  # in order, one at a time
                 return

@@ -9,7 +9,8 @@ False once it is stopping for an upgrade or a node drain); elsewhere it waits ho
 ``EdgeBook`` is the pure core (heartbeats in, the accepting workcells out, with each process's
 deadline: its last beat's TTL, or at once when its key is deleted); ``EdgeWatch`` is the shell:
 it watches the bucket (pushed changes, no polling) and keeps one timer per process at its
-deadline, since the server's expiry of a key is not always pushed.
+deadline, since the server's expiry of a key is not always pushed; at the deadline it reads the
+key before it takes the process for gone (a NATS leader election delays beats, it ends no edge).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from praxis_contracts.runs import EdgeHeartbeat
@@ -28,6 +30,7 @@ from praxis_contracts.runs import EdgeHeartbeat
 log = logging.getLogger(__name__)
 
 SLACK_SECONDS = 1.0
+CONFIRM_RETRY_SECONDS = 1.0
 """Past its TTL a heartbeat key has expired on the server; the watcher may say so a moment late."""
 
 
@@ -59,6 +62,10 @@ class EdgeBook:
         del self._edges[instance]
         return True
 
+    def extend(self, instance: str, deadline: float) -> None:
+        if (beat := self._edges.get(instance)) is not None:
+            self._edges[instance] = replace(beat, deadline=max(beat.deadline, deadline))
+
     def deadline(self, instance: str) -> float | None:
         beat = self._edges.get(instance)
         return None if beat is None else beat.deadline
@@ -86,12 +93,16 @@ class EdgeWatch:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._task: asyncio.Task[None] | None = None
         self._watcher: Any = None
+        self._kv: KeyValue | None = None
+        self._keys: dict[str, str] = {}  # instance -> its heartbeat key
+        self._confirming: set[asyncio.Task[None]] = set()
 
     def accepting(self, workcell: str) -> bool:
         return workcell in self.book.accepting()
 
     async def start(self, kv: KeyValue) -> None:
         """Watch the bucket; returns once the current heartbeats have been read."""
+        self._kv = kv
         self._watcher = await kv.watchall()
         self._task = asyncio.create_task(self._watch(self._watcher), name="edge-watch")
         await self.ready.wait()
@@ -102,9 +113,10 @@ class EdgeWatch:
         if self._watcher is not None:
             with contextlib.suppress(Exception):
                 await self._watcher.stop()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        tasks = [t for t in [self._task, *self._confirming] if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _watch(self, watcher: Any) -> None:
         async for entry in watcher:
@@ -119,6 +131,7 @@ class EdgeWatch:
     def observe(self, key: str, value: bytes | None, operation: str | None) -> None:
         before = self.book.accepting()
         instance = key.rsplit(".", 1)[-1]
+        self._keys[instance] = key
         if operation in ("DEL", "PURGE") or not value:
             self.book.gone(instance)
         else:
@@ -139,7 +152,35 @@ class EdgeWatch:
 
     def _due(self, instance: str) -> None:
         self._timers.pop(instance, None)
+        task = asyncio.ensure_future(self._confirm(instance))
+        self._confirming.add(task)
+        task.add_done_callback(self._confirming.discard)
+
+    async def _confirm(self, instance: str) -> None:
+        """Past its deadline without a beat we saw: read its key before taking the edge for
+        gone. While a cluster elects a new leader (seconds) neither beats nor the watcher get
+        through, and a live edge must not lose its runs' placement for that; an unreadable key
+        is no evidence either (asked again a second later)."""
+        key = self._keys.get(instance)
+        if key is None or self._kv is None:
+            return
+        try:
+            entry = await self._kv.get(key)
+        except KeyNotFoundError:
+            entry = None
+        except Exception as exc:
+            log.info("edge %s: its heartbeat cannot be read (%s); asking again", instance, exc)
+            self.book.extend(instance, self._now() + CONFIRM_RETRY_SECONDS)
+            self._arm(instance)
+            return
+        if entry is not None and entry.value and entry.operation not in ("DEL", "PURGE"):
+            before = self.book.accepting()
+            self.book.beat(EdgeHeartbeat.model_validate_json(entry.value), self._now())
+            self._arm(instance)
+            self._changed(before)
+            return
         if self.book.expire(instance, self._now()):
+            self._keys.pop(instance, None)
             log.info("edge %s stopped beating: no new run is placed on it", instance)
 
     def _changed(self, before: frozenset[str]) -> None:

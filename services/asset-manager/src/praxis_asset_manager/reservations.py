@@ -62,7 +62,7 @@ from praxis_contracts.assets import (
     WorkcellMatch,
 )
 from praxis_contracts.errors import NoMatchingAssets, NotFound, PraxisError, Timeout
-from praxis_runtime.bus import INFRA_RETRY_CAP, retry_delay
+from praxis_runtime.bus import INFRA_RETRY_CAP, is_infrastructure, retry_delay
 from praxis_runtime.db import Database
 from praxis_runtime.leases import (
     Claim,
@@ -138,6 +138,7 @@ class Reservations:
         self._serving = asyncio.Lock()
         self._freed: set[uuid.UUID] = set()  # freed by others, not yet served
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._retries: set[asyncio.TimerHandle] = set()  # serves to try again (NATS failed)
         # Runs released in this process's lifetime: a late duplicate ReserveAssets (a
         # redelivery) must not lease again. After a restart the scheduler covers the gap: it
         # releases any grant to a run that is no longer queued.
@@ -370,8 +371,26 @@ class Reservations:
             )
         )
 
-    async def serve(self, freed: Iterable[uuid.UUID]) -> None:
-        """Try the waiters that want any of ``freed``, in service order."""
+    async def serve(self, freed: Iterable[uuid.UUID], attempt: int = 0) -> None:
+        """Try the waiters that want any of ``freed``, in service order. If NATS fails under it
+        (a cluster electing a lease bucket's leader: seconds), it is tried again with backoff
+        until it gets through: nothing else would wake these waiters (a workcell stalled a
+        minute until an unrelated lease changed)."""
+        freed = frozenset(freed)
+        try:
+            await self._serve(freed)
+        except Exception as exc:
+            if not is_infrastructure(exc):
+                raise
+            attempt += 1
+            delay = retry_delay(attempt, INFRA_RETRY_CAP)
+            log.warning("serving the waiters failed (%r); again in %.1f s", exc, delay)
+            loop = asyncio.get_running_loop()
+            self._retries.add(
+                loop.call_later(delay, lambda: self._spawn(self.serve(freed, attempt)))
+            )
+
+    async def _serve(self, freed: frozenset[uuid.UUID]) -> None:
         async with self._serving:
             for waiter in self.queue.wanting(freed):
                 run_id = waiter.cmd.run_id
@@ -682,8 +701,10 @@ class Reservations:
         return {a.accession_id: a.name for lo in await self.inventory.layouts() for a in lo.assets}
 
     def close(self) -> None:
-        """Stop the expiry deadlines (the service is stopping)."""
+        """Stop the expiry deadlines and pending retries (the service is stopping)."""
         self.deadlines.close()
+        for timer in self._retries:
+            timer.cancel()
 
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
