@@ -375,9 +375,13 @@ async def test_mutating_calls_carry_the_principal(
         }
         for token, actor in callers.items():
             async with gateway.http(token) as http:
-                response = await http.post(
+                # Who asks is the token's principal; a body cannot name another one.
+                forged = await http.post(
                     "/api/v1/protocols/runs", json={"protocol_name": "mix", "actor": "forged"}
                 )
+                response = await http.post("/api/v1/protocols/runs", json={"protocol_name": "mix"})
+            error = assert_error(forged, 400, "invalid_request")
+            assert [e["loc"] for e in error["details"]["errors"]] == ["body.actor"]
             assert_error(response, 404, "not_found")
             async with asyncio.timeout(10):
                 assert (await received.get()).actor == actor

@@ -437,8 +437,8 @@ class Proof:
         self.faults.append(fault)
 
     async def _restart_edge(self, workcell: str) -> None:
-        """Start a ``protocol_seconds`` protocol on ``workcell``; once it runs, SIGTERM its edge
-        and start a new instance beside the draining one."""
+        """Start a ``protocol_seconds`` protocol on ``workcell``; once it runs, SIGTERM its edge,
+        let it finish the protocol and exit, then start the new one (Recreate)."""
         name = "orchestrator" if workcell == self.stack.workcell else orchestrator_name(workcell)
         step = 1.0
         steps = max(int(self.options.protocol_seconds / step), 2)
@@ -462,16 +462,11 @@ class Proof:
         fault = Fault(
             f"restart edge {workcell}", (workcell,), time.time(), bound=self.options.stall_bound
         )
+        # As the deployment upgrades an edge (one orchestrator per workcell: Recreate): SIGTERM
+        # to the old one, which takes no new run, hands back what it has not started and
+        # finishes the running protocol; then the new one starts and takes what waited.
         old = self.stack.service(name)
-        index = self.stack.processes.index(old)
-        # A rolling update: the new instance first (its own health port), then SIGTERM to the
-        # old one, which hands back what it has not started and finishes the running run.
-        new = self.stack._spawn(name, self.stack.gateway_port, 0, "proof: rolling restart")
-        self.stack.processes[index] = new
-        await self.stack.wait_ready(name)
-        new_ready = time.time()
         old.process.send_signal(signal.SIGTERM)
-        fault.ended = time.time()
         left = self.options.protocol_seconds + 60.0
         try:
             code = await asyncio.to_thread(old.process.wait, left)
@@ -481,14 +476,18 @@ class Proof:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(old.process.pid, signal.SIGKILL)  # never left behind
             await asyncio.to_thread(old.process.wait, 30)
-        old.log.close()
+        drained = time.time()
         status = self.observer.runs[run_id].status if run_id in self.observer.runs else None
+        self.stack.start_service(name, note="proof: the upgraded orchestrator")
+        await self.stack.wait_ready(name)
+        new_ready = time.time()
+        fault.ended = new_ready
         fault.detail = {
             "long_run": run_id,
             "long_run_status_when_old_exited": status,
             "old_exit": code,
+            "old_drained_s": round(drained - fault.started, 1),
             "new_ready_s": round(new_ready - fault.started, 2),
-            "old_drained_s": round(time.time() - fault.ended, 1),
         }
         self.faults.append(fault)
 

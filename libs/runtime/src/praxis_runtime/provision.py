@@ -21,7 +21,13 @@ import nats
 
 from praxis_contracts.permissions import topology
 from praxis_contracts.topology import claims
-from praxis_runtime.settings import ServiceSettings, load_settings, nats_password, nats_servers
+from praxis_runtime.settings import (
+    ServiceSettings,
+    load_settings,
+    nats_password,
+    nats_servers,
+    nats_tls,
+)
 from praxis_runtime.topology import provision
 
 log = logging.getLogger("praxis.provision")
@@ -40,6 +46,8 @@ async def provision_deployment(
         options |= {"user": settings.nats_user, "password": nats_password(settings) or ""}
         # Every identity receives replies on its own inbox only (the server refuses the rest).
         options["inbox_prefix"] = f"_INBOX.{settings.nats_user}"
+    if (tls := nats_tls(settings)) is not None:  # a cluster that requires TLS (production)
+        options["tls"] = tls
     nc = await nats.connect(**options)  # type: ignore[arg-type]
     try:
         wanted = topology(workcells)

@@ -171,23 +171,28 @@ def build(settings: Settings) -> tuple[Service, Orchestrator]:
         service.include(handlers_for(settings.praxis_workcell), executor)
 
     async def stop_taking_runs() -> None:
-        """First on a stop, while pause, resume and cancel are still taken: no new run (the
-        asset-manager learns it from the heartbeat), unstarted runs handed back, running
-        protocols given up to the grace period to finish."""
-        await bus.stop_consuming(only=[ExecuteRun])
+        """First on a stop, while pause, resume and cancel are still taken: no new run placed
+        here (the asset-manager learns it from the heartbeat) and none started; running
+        protocols given up to the grace period to finish; then every run not started handed
+        back to the workcell's next orchestrator."""
         if parts.beacon is None or parts.executor is None:
+            await bus.stop_consuming(only=[ExecuteRun])
             return
+        executor = parts.executor
+        executor.stopping = True  # a run taken from now on is claimed and kept, never started
         await parts.beacon.stop_accepting()
-        handed = await parts.executor.hand_back()
+        grace = settings.edge_stop_grace_seconds
+        log.info("stopping: waiting up to %.0f s for the running protocols", grace)
+        started = asyncio.get_running_loop().time()
+        await executor.finish_started(grace)
+        # Commands dispatched here meanwhile were taken and their leases renewed (a drain can
+        # outlast an unclaimed lease); now they all go back, claims withdrawn.
+        await bus.stop_consuming(only=[ExecuteRun])
+        handed = await executor.hand_back()
         await parts.beacon.sync()  # listing no run it gave back
-        running = len(parts.executor.runs)
-        log.info(
-            "stopping: %d unstarted runs handed back; waiting up to %.0f s for %d running",
-            handed,
-            settings.edge_stop_grace_seconds,
-            running,
-        )
-        await parts.executor.drain(settings.edge_stop_grace_seconds)
+        log.info("stopping: %d unstarted runs handed back", handed)
+        left = grace - (asyncio.get_running_loop().time() - started)
+        await executor.drain(max(0.0, left))
 
     async def drain() -> None:
         # Runs and the flush of their last events share the graceful timeout; the flush gets

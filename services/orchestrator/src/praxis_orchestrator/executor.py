@@ -232,6 +232,7 @@ class Executor:
         self.done = RecentIds()  # runs that ended here: a redelivered command is dropped
         self.cancelled_early = RecentIds()  # cancels that overtook their ExecuteRun
         self._handlers: set[asyncio.Task[Any]] = set()  # tasks handling an ExecuteRun now
+        self.stopping = False  # set on a graceful stop: no run starts any more
 
     def edge_runs(self) -> list[EdgeRun]:
         """What the heartbeat reports: every run this process has, in any phase."""
@@ -403,6 +404,11 @@ class Executor:
         call = await self._prepare(run)
         await self._slots.acquire()  # at most ``max_concurrent_runs`` protocols at once
         run.slot = True
+        if self.stopping:
+            # The process is stopping: it starts nothing more. The run waits here, its leases
+            # renewed, until the running protocols are done and it is handed back (``hand_back``)
+            # to the workcell's next orchestrator, which takes it at once.
+            await asyncio.Event().wait()
         await self.outbox.delivered(preparing)  # the scheduler knows which process has it
         # Confirmed by the handlers of its deliveries: from here a crash redelivers nothing,
         # and the process that claimed the leases is the one that calls the protocol.
@@ -889,10 +895,23 @@ class Executor:
             if run.keeper is not None:
                 await run.keeper.resync()
 
+    async def finish_started(self, timeout: float) -> None:
+        """On a graceful stop (``stopping`` set): wait up to ``timeout`` for the runs that
+        started (or are about to: their command confirmed) to end. The others wait at the
+        gate, their leases renewed, for ``hand_back``."""
+        committed = [
+            r.task
+            for r in self.runs.values()
+            if r.task is not None and (r.started or r.accepted.is_set())
+        ]
+        if committed:
+            await asyncio.wait(committed, timeout=timeout)
+
     async def hand_back(self) -> int:
-        """On shutdown, first: give back every run accepted here that has not started (its
-        claim withdrawn, ``RunHandedBack``, its command handed back for the workcell's next
-        orchestrator); how many. Running protocols go on (``drain``)."""
+        """On shutdown, once the running protocols are done: give back every run accepted here
+        that has not started (its claim withdrawn, ``RunHandedBack``, its command handed back
+        for the workcell's next orchestrator); how many. Handed back last, not first: until
+        then their leases are renewed here (a drain can outlast a lease's TTL)."""
         unstarted = [r.task for r in self.runs.values() if not r.started and r.task is not None]
         for task in unstarted:
             task.cancel()
