@@ -164,8 +164,9 @@ def retry_delay(attempt: int, cap: float = 10.0) -> float:
     return min(cap, 0.2 * 2.0 ** min(max(0, attempt - 1), 10))
 
 
-INFRA_RETRY_CAP = 2.0
-"""Longest wait between attempts while a dependency is down: recovery is noticed quickly."""
+INFRA_RETRY_CAP = 1.0
+"""Longest wait between attempts while a dependency is down: recovery is noticed within a
+second (a cluster's leader election ends unannounced; 2 s here showed in every stall after it)."""
 
 _INFRASTRUCTURE: tuple[type[BaseException], ...] = (
     ConnectionError,  # a socket to PostgreSQL or NATS was refused, reset or broken

@@ -59,7 +59,7 @@ OUTBOX = "outbox"
 BATCH = 500
 """Rows one relay pass reads back from the table at most."""
 
-RETRY_CAP = 2.0
+RETRY_CAP = 1.0
 """Longest wait between failed passes: a recovered dependency is noticed within this."""
 
 SWEEP_AFTER = 0.2
