@@ -732,8 +732,11 @@ async def test_a_run_handed_back_by_a_stopping_edge_is_not_lost_with_it(h: Harne
         view = await h.runs.get(run.accession_id)
         assert (view.status, view.edge_instance) == (S.PREPARING, None)
 
-    # The stopped process's heartbeat goes; the run is not among its runs any more.
+    # The stopped process's heartbeat goes; the run is not among its runs any more. The
+    # workcell's next process comes up: the run waits for it, it is not its predecessor's.
     assert await h.runs.edge_lost(Lost(EDGE, "wc-1", "stopped", {})) == []
+    assert await h.runs.edge_replaced("wc-1", {OTHER_EDGE}, Lost(EDGE, "wc-1", "new", {})) == []
+    assert (await h.runs.get(run.accession_id)).status == S.PREPARING
     # The next process of the workcell takes the command and the run.
     await h.runs.on_progress(run.accession_id, S.PREPARING, T0, "wc-1", OTHER_EDGE)
     await h.runs.on_progress(run.accession_id, S.RUNNING, T0, "wc-1", OTHER_EDGE)

@@ -403,6 +403,7 @@ class RunService:
                 for r in await uow.runs.active()
                 if r.workcell_name == workcell
                 and S(r.status) in EXECUTING
+                and r.edge_instance is not None  # none: handed back, waiting for this edge
                 and r.edge_instance not in live
             ]
         marked = []
