@@ -158,7 +158,7 @@ class NatsCluster:
                 return self
             self.stop()
             last = failed[0]
-            if "Address already in use" not in str(last):
+            if "address already in use" not in str(last).lower():
                 break  # a port race is retried on new ports; anything else is not
         assert last is not None
         raise last
