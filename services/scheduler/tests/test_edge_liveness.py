@@ -69,7 +69,11 @@ class World:
         )
         run_id = run.accession_id
         started = await tap(RunStatusChanged, str(run_id), where=lambda e: e.status == "running")
+        pending = await tap(RunStatusChanged, str(run_id), where=lambda e: e.status == "pending")
         await self.bus.publish(plate_grant(run_id, WORKCELL))
+        # Dispatched before an edge reports it, as in life (the edge hears of the run from the
+        # ExecuteRun its grant causes): the grant's consumer may lag the progress consumers.
+        await pending.next()
         await self.bus.publish(
             RunPreparing(run_id=run_id, at=_now(), workcell=WORKCELL, edge_instance=edge)
         )

@@ -446,7 +446,10 @@ class Bus:
                 subscriber.subscription = None  # drained: nothing left to unsubscribe
             except Exception as exc:  # a handler that would not return: unsubscribe instead
                 log.warning("draining a subscription failed (%r); unsubscribing", exc)
-        await subscriber.stop()
+        try:
+            await subscriber.stop()
+        except Exception as exc:  # the connection went meanwhile: nothing left to stop
+            log.warning("stopping a subscription failed: %r", exc)
 
     async def stop(self) -> None:
         """``stop_consuming``, then drain and close the connection."""

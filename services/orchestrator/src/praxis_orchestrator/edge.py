@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 Recovered = Callable[[], Awaitable[None]]
 
+STOP_ACCEPTING_SECONDS = 10.0
+"""How long a stopping process tries to store the beat that says it takes no new run."""
+
 COALESCE_SECONDS = 0.05
 """After a change of runs, how long the beacon gathers further changes into the same beat
 (thirty-two runs in flight changed it 80 times a second, each a KV write and a parse at the
@@ -91,7 +94,10 @@ class EdgeBeacon:
         """Say (in a stored beat) that this process takes no new run: the asset-manager places
         none here from now on; runs for the workcell wait for its next orchestrator."""
         self.accepting = False
-        await self.sync()
+        try:  # NATS away: runs still placed here meanwhile are kept, then handed back
+            await asyncio.wait_for(self.sync(), STOP_ACCEPTING_SECONDS)
+        except TimeoutError:
+            log.warning("heartbeat %s: could not say it takes no new run", self.key)
 
     async def stop(self) -> None:
         """Stop beating and delete the key (graceful stop: the process is not lost)."""
