@@ -385,10 +385,18 @@ class Reservations:
             attempt += 1
             delay = retry_delay(attempt, INFRA_RETRY_CAP)
             log.warning("serving the waiters failed (%r); again in %.1f s", exc, delay)
-            loop = asyncio.get_running_loop()
-            self._retries.add(
-                loop.call_later(delay, lambda: self._spawn(self.serve(freed, attempt)))
-            )
+            self._retry_later(delay, freed, attempt)
+
+    def _retry_later(self, delay: float, freed: frozenset[uuid.UUID], attempt: int) -> None:
+        """``serve`` again after ``delay``; the timer is forgotten once it fired (``close``
+        cancels those still pending)."""
+
+        def fire() -> None:
+            self._retries.discard(timer)
+            self._spawn(self.serve(freed, attempt))
+
+        timer = asyncio.get_running_loop().call_later(delay, fire)
+        self._retries.add(timer)
 
     async def _serve(self, freed: frozenset[uuid.UUID]) -> None:
         async with self._serving:
