@@ -191,3 +191,18 @@ def test_durable_consumer_names_are_unique_across_services() -> None:
         route.durable for group in handler_groups().values() for route in group.consumers
     )
     assert {d: n for d, n in durables.items() if n > 1} == {}
+
+
+def test_the_edge_loads_no_database_client() -> None:
+    """The orchestrator has no database: its start-up (a workcell's stall when its edge is
+    upgraded) does not pay for importing SQLAlchemy, Alembic or asyncpg (about a second)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, praxis_orchestrator.app, praxis_orchestrator.__main__; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} "
+        "& {'sqlalchemy', 'alembic', 'asyncpg'}))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout

@@ -24,6 +24,7 @@ import errno
 import logging
 import socket
 import ssl
+import sys
 import time
 import uuid
 import warnings
@@ -33,10 +34,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar, cast
 
-import asyncpg
 import nats.errors
 import nats.js.errors
-import sqlalchemy.exc
 from faststream import AckPolicy
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsResponse, NatsUserPassword
 from faststream.nats.annotations import NatsMessage
@@ -172,14 +171,6 @@ _INFRASTRUCTURE: tuple[type[BaseException], ...] = (
     ConnectionError,  # a socket to PostgreSQL or NATS was refused, reset or broken
     socket.gaierror,
     TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.CrashShutdownError,
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.InterfaceError,
-    sqlalchemy.exc.TimeoutError,  # the pool had no connection for us
     nats.errors.ConnectionClosedError,
     nats.errors.NoServersError,
     nats.errors.TimeoutError,
@@ -195,16 +186,38 @@ _INFRASTRUCTURE: tuple[type[BaseException], ...] = (
 )
 
 
+def _database_infrastructure() -> tuple[type[BaseException], ...]:
+    """asyncpg's and SQLAlchemy's outage errors, for a process that loaded them: one that
+    never did (the edge: no database) cannot have raised them, and importing them (about a
+    second) is spared its start-up."""
+    if "asyncpg" not in sys.modules or "sqlalchemy.exc" not in sys.modules:
+        return ()
+    import asyncpg
+    import sqlalchemy.exc
+
+    return (
+        asyncpg.PostgresConnectionError,
+        asyncpg.InterfaceError,
+        asyncpg.CannotConnectNowError,
+        asyncpg.exceptions.AdminShutdownError,
+        asyncpg.exceptions.CrashShutdownError,
+        sqlalchemy.exc.OperationalError,
+        sqlalchemy.exc.InterfaceError,
+        sqlalchemy.exc.TimeoutError,  # the pool had no connection for us
+    )
+
+
 def is_infrastructure(exc: BaseException) -> bool:
     """Whether ``exc`` (or what caused it) says PostgreSQL or NATS is unavailable for now,
     rather than that the message cannot succeed."""
+    kinds = _INFRASTRUCTURE + _database_infrastructure()
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, _INFRASTRUCTURE) or _network_errno(current):
+        if isinstance(current, kinds) or _network_errno(current):
             return True
-        if isinstance(current, sqlalchemy.exc.DBAPIError) and current.connection_invalidated:
+        if getattr(current, "connection_invalidated", False) is True:  # SQLAlchemy's DBAPIError
             return True
         current = current.__cause__ or current.__context__
     return False

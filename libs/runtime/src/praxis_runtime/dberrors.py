@@ -17,16 +17,25 @@ query argument $3``), which are the database's internals, not the caller's conce
 
 from __future__ import annotations
 
-import asyncpg
-import asyncpg.exceptions._base as asyncpg_base
+import sys
 
 from praxis_contracts.errors import InvalidInput, PraxisError
 
-_INPUT_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.exceptions.DataError,  # SQLSTATE class 22: NUL, bad encoding, out of range ...
-    asyncpg.exceptions.ProgramLimitExceededError,  # 54000: e.g. index row too large
-    asyncpg_base.DataError,  # client side: an argument asyncpg cannot encode
-)
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    """asyncpg's input errors, for a process that loaded asyncpg (none other can raise them;
+    the edge, which has no database, is spared importing it)."""
+    if "asyncpg" not in sys.modules:
+        return ()
+    import asyncpg
+    import asyncpg.exceptions._base as asyncpg_base
+
+    return (
+        asyncpg.exceptions.DataError,  # SQLSTATE class 22: NUL, bad encoding, out of range ...
+        asyncpg.exceptions.ProgramLimitExceededError,  # 54000: e.g. index row too large
+        asyncpg_base.DataError,  # client side: an argument asyncpg cannot encode
+    )
+
 
 _INPUT_SQLSTATES = ("22", "54000")
 """SQLSTATE prefixes of input errors, for wrappers that carry only the code."""
@@ -69,6 +78,7 @@ def as_domain_error(exc: BaseException) -> PraxisError | None:
 def _input_error(exc: BaseException) -> BaseException | None:
     """The first exception along ``exc``'s causes (and SQLAlchemy's ``orig``) that is an input
     error."""
+    kinds = _input_errors()
     seen: set[int] = set()
     pending: list[BaseException] = [exc]
     while pending:
@@ -76,7 +86,7 @@ def _input_error(exc: BaseException) -> BaseException | None:
         if id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, _INPUT_ERRORS) or _input_sqlstate(current):
+        if isinstance(current, kinds) or _input_sqlstate(current):
             return current
         for linked in (getattr(current, "orig", None), current.__cause__, current.__context__):
             if isinstance(linked, BaseException):

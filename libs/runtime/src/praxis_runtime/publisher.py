@@ -61,9 +61,13 @@ class Publisher:
         headers: dict[str, str] | None = None,
         *,
         ttl: int | None = None,
+        timeout: float | None = None,
     ) -> int:
-        """Store one message; its stream sequence. Raises what the server or the clock said."""
-        (result,) = await self.publish_all([Outgoing(subject, payload, headers, ttl)])
+        """Store one message; its stream sequence. Raises what the server or the clock said
+        (waiting ``timeout`` for the ack, the publisher's own by default)."""
+        (result,) = await self.publish_all(
+            [Outgoing(subject, payload, headers, ttl)], timeout=timeout
+        )
         if isinstance(result, Exception):
             raise result
         return result

@@ -9,16 +9,12 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from sqlalchemy import MetaData
+from typing import TYPE_CHECKING, Any
 
 from praxis_contracts.permissions import Topology
 from praxis_runtime.bus import Bus, Handlers
-from praxis_runtime.db import Database
 from praxis_runtime.health import HealthServer, ReadinessCheck
 from praxis_runtime.logging import configure_logging
-from praxis_runtime.outbox import OutboxRelay
 from praxis_runtime.sandbox import harden
 from praxis_runtime.settings import (
     DatabaseSettings,
@@ -28,6 +24,12 @@ from praxis_runtime.settings import (
     nats_tls,
 )
 from praxis_runtime.topology import verify
+
+if TYPE_CHECKING:  # SQLAlchemy is imported only by services with a database (not the edge's)
+    from sqlalchemy import MetaData
+
+    from praxis_runtime.db import Database
+    from praxis_runtime.outbox import OutboxRelay
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +133,8 @@ class Service:
 
 def database_for(settings: DatabaseSettings, schema: str) -> Database:
     """The service's database: ``DATABASE_URL_FILE`` (a mounted Secret) or ``DATABASE_URL``."""
+    from praxis_runtime.db import Database
+
     return Database(database_url(settings), schema, pool_size=settings.database_pool_size)
 
 

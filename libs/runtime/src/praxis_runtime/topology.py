@@ -9,6 +9,7 @@ exists as declared and stops them with a message naming the step to run if not.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterable
 
@@ -153,15 +154,18 @@ async def _object_store(js: JetStreamContext, spec: ObjectStoreSpec, replicas: i
 async def verify(js: JetStreamContext, topology: Topology) -> None:
     """Check that every stream, bucket and store of ``topology`` exists as declared (subjects,
     retention, expiry markers); raise ``TopologyMissing`` naming all that is not."""
-    problems: list[str] = []
-    for stream in topology.streams:
-        problems += await _check(js, stream.name, f"stream {stream.name}", _stream_drift(stream))
-    for kv in topology.key_values:
-        name = kv_stream(kv.bucket)
-        problems += await _check(js, name, f"key-value bucket {kv.bucket}", _kv_drift(kv))
-    for store in topology.object_stores:
-        name = object_stream(store.bucket)
-        problems += await _check(js, name, f"object store {store.bucket}", lambda _: [])
+    checks = [_check(js, s.name, f"stream {s.name}", _stream_drift(s)) for s in topology.streams]
+    checks += [
+        _check(js, kv_stream(kv.bucket), f"key-value bucket {kv.bucket}", _kv_drift(kv))
+        for kv in topology.key_values
+    ]
+    checks += [
+        _check(js, object_stream(store.bucket), f"object store {store.bucket}", lambda _: [])
+        for store in topology.object_stores
+    ]
+    # All at once: one round trip rather than one per stream (an edge's start-up is a
+    # workcell's stall when it restarts).
+    problems = [problem for found in await asyncio.gather(*checks) for problem in found]
     if problems:
         raise TopologyMissing("; ".join(problems) + f". {PROVISION_HINT}")
 

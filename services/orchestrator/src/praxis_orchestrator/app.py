@@ -135,9 +135,11 @@ def build(settings: Settings) -> tuple[Service, Orchestrator]:
     parts = Orchestrator(zygote=zygote)
 
     async def wire() -> None:
-        stores[PROTOCOL_CODE.bucket] = await bus.js.object_store(PROTOCOL_CODE.bucket)
         state = workcell_state(settings.praxis_workcell).bucket
-        stores[state] = await bus.js.object_store(state)
+        code_store, state_store = await asyncio.gather(
+            bus.js.object_store(PROTOCOL_CODE.bucket), bus.js.object_store(state)
+        )
+        stores[PROTOCOL_CODE.bucket], stores[state] = code_store, state_store
         outbox = Outbox(bus.publisher)
         outbox.start()
         recorder = StateRecorder(settings.praxis_workcell, outbox, lambda: stores[state])

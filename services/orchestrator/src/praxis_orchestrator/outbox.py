@@ -11,6 +11,12 @@ connection, and the earlier one's re-publish would then land after it. One in fl
 stream in emission order. Each event carries a stable ``Nats-Msg-Id``, so a re-publish after an
 unknown outcome (the ack was lost, not the message) is dropped by JetStream's duplicate window
 (``EVENTS.duplicate_window_seconds``).
+
+Each attempt waits ``ack_timeout`` (a second) for its ack, not the bus's request timeout: an ack
+takes milliseconds when the stream has a leader, and a message sent while it has none (a cluster
+node died, the others elect) is never answered. Waiting five seconds for that lost ack was most
+of a workcell's stall after a node kill (the events land, and show progress, only once the
+re-publish reaches the new leader); a re-publish that was not needed is a dropped duplicate.
 """
 
 from __future__ import annotations
@@ -49,12 +55,23 @@ class _Queued(NamedTuple):
     before: Callable[[], Awaitable[None]] | None = None
 
 
+ACK_TIMEOUT_SECONDS = 1.0
+"""How long one publish attempt waits for the stream's ack before it sends again."""
+
+
 class Outbox:
     """Events in emission order; ``emit`` queues, the relay publishes until acknowledged."""
 
-    def __init__(self, publisher: Publisher, *, retry_cap: float = INFRA_RETRY_CAP) -> None:
+    def __init__(
+        self,
+        publisher: Publisher,
+        *,
+        retry_cap: float = INFRA_RETRY_CAP,
+        ack_timeout: float = ACK_TIMEOUT_SECONDS,
+    ) -> None:
         self.publisher = publisher
         self.retry_cap = retry_cap
+        self.ack_timeout = ack_timeout
         self.emitted = 0  # sequence of the last event queued
         self.published = 0  # sequence of the last event stored (or given up on)
         self._queue: deque[_Queued] = deque()
@@ -161,7 +178,9 @@ class Outbox:
                 if before is not None:
                     await before()
                     before = None  # done: a retry only publishes
-                await self.publisher.publish(item.subject, item.payload, item.headers)
+                await self.publisher.publish(
+                    item.subject, item.payload, item.headers, timeout=self.ack_timeout
+                )
                 if attempt:
                     log.info("published %s after %d failed attempts", item.name, attempt)
                 return
