@@ -21,13 +21,14 @@ from praxis_orchestrator.edge import EdgeBeacon
 from praxis_orchestrator.executor import Executor
 from praxis_orchestrator.handlers import handlers_for
 from praxis_orchestrator.isolation import Zygote
-from praxis_orchestrator.outbox import Outbox
+from praxis_orchestrator.outbox import ACK_TIMEOUT_SECONDS, Outbox
 from praxis_orchestrator.snapshots import StateRecorder
 from praxis_orchestrator.workcell import WorkcellHost
 from praxis_runtime.leases import LeaseStore
 from praxis_runtime.sandbox import Sandbox
 from praxis_runtime.service import Service, bus_for
 from praxis_runtime.settings import SandboxedSettings, ServiceSettings
+from praxis_runtime.topology import object_stream
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +141,14 @@ def build(settings: Settings) -> tuple[Service, Orchestrator]:
             bus.js.object_store(PROTOCOL_CODE.bucket), bus.js.object_store(state)
         )
         stores[PROTOCOL_CODE.bucket], stores[state] = code_store, state_store
+        # Snapshot bodies are written through a context that waits a second per chunk's ack.
+        quick = bus.nc.jetstream(timeout=ACK_TIMEOUT_SECONDS)
+        writer = ObjectStore(name=state, stream=object_stream(state), js=quick)
         outbox = Outbox(bus.publisher)
         outbox.start()
-        recorder = StateRecorder(settings.praxis_workcell, outbox, lambda: stores[state])
+        recorder = StateRecorder(
+            settings.praxis_workcell, outbox, lambda: stores[state], lambda: writer
+        )
         executor = Executor(
             workcell,
             code,

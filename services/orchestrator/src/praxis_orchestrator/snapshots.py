@@ -52,10 +52,20 @@ log = logging.getLogger(__name__)
 class StateRecorder:
     """Records snapshots of a workcell's assets through the outbox; thread-safe."""
 
-    def __init__(self, workcell: str, outbox: Outbox, store: Callable[[], ObjectStore]) -> None:
+    def __init__(
+        self,
+        workcell: str,
+        outbox: Outbox,
+        store: Callable[[], ObjectStore],
+        put_store: Callable[[], ObjectStore] | None = None,
+    ) -> None:
         self.workcell = workcell
         self.outbox = outbox
         self._store = store
+        self._put_store = put_store or store
+        """Where bodies are written: the same bucket, through a JetStream context that waits
+        only a second per chunk's ack (the outbox's rule: a chunk sent while the store elects
+        its leader is never answered, and the upload is retried whole)."""
         self._last: dict[str, str] = {}  # asset name -> JSON of its last recorded state
         self._lock = threading.Lock()
 
@@ -119,7 +129,7 @@ class StateRecorder:
 
     async def _put(self, name: str, body: bytes) -> None:
         try:
-            await self._store().put(name, body)
+            await self._put_store().put(name, body)
         except nats.errors.MaxPayloadError as exc:
             raise Undeliverable(str(exc)) from exc
         except APIError as exc:
