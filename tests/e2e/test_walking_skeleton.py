@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -336,3 +337,80 @@ async def test_each_service_process_holds_only_its_own_secrets(stack: Stack) -> 
         assert ("DATABASE_URL" in env) == has_db, name
         others = [p for n, e in seen.items() if n != name for p in [e["NATS_PASSWORD"]]]
         assert not any(password in env.values() for password in others), name
+
+
+async def test_runs_on_demand_and_in_time(api: httpx.AsyncClient) -> None:
+    """``mode: immediate`` is placed now (201) or refused (409 naming the holder, nothing left
+    queued); ``not_before`` delays a queued run; ``deadline`` fails one that could not start."""
+    runs = "/api/v1/protocols/runs"
+    slow = {"steps": 600, "step_seconds": 0.05}
+    holder = await submit(
+        api, protocol_name="incubate_plate", parameters=slow, assets={"plate": "dest_plate"}
+    )
+    holder_id = holder["accession_id"]
+    async for status in _status_events(api, holder_id):
+        if status == "running":
+            break
+
+    refused = await api.post(
+        runs,
+        json={
+            "protocol_name": "incubate_plate",
+            "assets": {"plate": "dest_plate"},
+            "mode": "immediate",
+        },
+    )
+    assert refused.status_code == 409, refused.text
+    error = refused.json()
+    assert error["code"] == "assets_unavailable"
+    assert error["details"]["blocked_by"] == [holder_id]
+    recorded = (await api.get(f"{runs}/{error['details']['run_id']}")).json()
+    assert (recorded["status"], recorded["mode"]) == ("failed", "immediate")
+    assert recorded["error"]["code"] == "assets_unavailable"
+    queued = (await api.get(runs, params={"status": "queued", "limit": 1000})).json()["items"]
+    assert error["details"]["run_id"] not in [r["accession_id"] for r in queued]
+
+    placed = await api.post(
+        runs,
+        json={
+            "protocol_name": "incubate_plate",
+            "parameters": {"steps": 2, "step_seconds": 0.01},
+            "assets": {"plate": "source_plate"},
+            "mode": "immediate",
+        },
+    )
+    assert placed.status_code == 201, placed.text
+    assert placed.json()["status"] != "queued"
+    _, done = await finished(api, placed.json()["accession_id"])
+    assert done["status"] == "completed"
+
+    late = await api.post(
+        runs,
+        json={
+            "protocol_name": "incubate_plate",
+            "assets": {"plate": "dest_plate"},
+            "deadline": (datetime.now(UTC) + timedelta(seconds=1)).isoformat(),
+        },
+    )
+    assert late.status_code == 201, late.text
+    _, done = await finished(api, late.json()["accession_id"])
+    assert (done["status"], done["error"]["code"]) == ("failed", "deadline_passed")
+
+    not_before = datetime.now(UTC) + timedelta(seconds=2)
+    later = await submit(api, protocol_name="noop", not_before=not_before.isoformat())
+    assert later["not_before"] is not None
+    _, done = await finished(api, later["accession_id"])
+    assert done["status"] == "completed"
+    assert datetime.fromisoformat(done["started_at"]) >= not_before
+
+    for body, field in (
+        ({"mode": "immediate", "not_before": not_before.isoformat()}, "not_before"),
+        ({"deadline": "2020-01-01T00:00:00+00:00"}, "deadline"),
+        ({"not_before": "2030-01-01T00:00:00"}, "not_before"),  # no time zone
+    ):
+        bad = await api.post(runs, json={"protocol_name": "noop", **body})
+        assert bad.status_code == 400, bad.text
+        assert field in bad.text
+
+    cancel = await api.post(f"{runs}/{holder_id}/actions", json={"action": "cancel"})
+    assert cancel.status_code == 200, cancel.text

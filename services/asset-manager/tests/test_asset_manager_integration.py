@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -26,6 +27,7 @@ from praxis_contracts.assets import (
     ReservationFailed,
     ReservationWaiting,
     ReserveAssets,
+    WaitReason,
     WorkcellLayout,
 )
 from praxis_contracts.errors import ErrorCode, NotFound, UnknownAssetType
@@ -433,3 +435,119 @@ async def test_stop_right_after_a_watcher_grant_is_prompt(
         assert took < STOP_TIMEOUT, f"stop hung for {took:.1f} s (attempt {attempt + 1})"
         await am.publish(ReleaseAssets(run_id=second.id))
         await second.released.next()
+
+
+# -- on demand and in time: immediate, not_before, deadline ------------------------------------
+
+
+def _soon(seconds: float) -> datetime:
+    return datetime.now(UTC) + timedelta(seconds=seconds)
+
+
+async def test_an_immediate_request_is_granted_when_its_assets_are_free(
+    am: Bus, workcell: WorkcellLayout, new_run: Any
+) -> None:
+    run = await new_run()
+    await reserve(am, run, workcell, [plate()], pins={"plate": "dest_plate"}, immediate=True)
+    (binding,) = (await run.granted.next()).bindings
+    assert binding.asset_name == "dest_plate"
+
+
+async def test_an_immediate_request_is_refused_naming_the_holder_and_never_waits(
+    am: Bus, workcell: WorkcellLayout, new_run: Any, tap: Any
+) -> None:
+    first, second = await new_run(), await new_run()
+    await granted(am, first, workcell, "source_plate")
+    waiting = await tap(ReservationWaiting, str(second.id))
+
+    for _ in range(2):  # the same command twice (a redelivery): refused once, never granted
+        await reserve(
+            am, second, workcell, [plate()], pins={"plate": "source_plate"}, immediate=True
+        )
+    refused = await second.failed.next()
+    assert refused.error.code == ErrorCode.ASSETS_UNAVAILABLE
+    assert refused.error.details["blocked_by"] == [str(first.id)]
+    assert refused.error.details["reason"] == "assets_busy"
+    assert str(first.id) in refused.error.message
+    await second.failed.assert_silent()
+    await waiting.assert_silent(0)
+
+    await am.publish(ReleaseAssets(run_id=first.id))
+    await first.released.next()
+    await second.granted.assert_silent()  # it never queued
+
+
+async def test_a_request_waits_for_its_not_before_without_holding_back_others(
+    am: Bus, workcell: WorkcellLayout, new_run: Any, tap: Any
+) -> None:
+    later, now_run = await new_run(), await new_run()
+    waiting = await tap(ReservationWaiting, str(later.id))
+    not_before = _soon(2.0)
+    await reserve(
+        am, later, workcell, [plate()], pins={"plate": "source_plate"}, not_before=not_before
+    )
+    said = await waiting.next()
+    assert said.reason == WaitReason.NOT_BEFORE and said.blocked_by == []
+
+    # A run submitted after it, for the same plate, is not held back by the appointment.
+    await granted(am, now_run, workcell, "source_plate")
+    await am.publish(ReleaseAssets(run_id=now_run.id))
+    await now_run.released.next()
+
+    grant = await later.granted.next(timeout=15)
+    assert grant.bindings[0].asset_name == "source_plate"
+    assert datetime.now(UTC) >= not_before
+
+
+async def test_a_deferred_request_keeps_its_appointment_across_a_restart(
+    asset_manager: Any, am: Bus, workcell: WorkcellLayout, new_run: Any
+) -> None:
+    run = await new_run()
+    not_before = _soon(3.0)
+    await reserve(am, run, workcell, [plate()], pins={"plate": "dest_plate"}, not_before=not_before)
+    await run.granted.assert_silent(0.5)
+
+    assert await asset_manager.restart(within=STOP_TIMEOUT) < STOP_TIMEOUT
+
+    await run.granted.next(timeout=15)
+    assert datetime.now(UTC) >= not_before
+
+
+async def test_a_deferred_request_that_is_released_is_never_granted(
+    am: Bus, workcell: WorkcellLayout, new_run: Any, tap: Any
+) -> None:
+    run = await new_run()
+    waiting = await tap(ReservationWaiting, str(run.id))
+    await reserve(am, run, workcell, [plate()], pins={"plate": "dest_plate"}, not_before=_soon(1.0))
+    await waiting.next()
+    await am.publish(ReleaseAssets(run_id=run.id, reason="cancelled"))
+    await run.released.next()
+    await run.granted.assert_silent(2.0)
+
+
+async def test_a_waiting_request_fails_at_its_deadline(
+    am: Bus, workcell: WorkcellLayout, new_run: Any
+) -> None:
+    first, second = await new_run(), await new_run()
+    await granted(am, first, workcell, "source_plate")
+    deadline = _soon(1.0)
+    await reserve(
+        am, second, workcell, [plate()], pins={"plate": "source_plate"}, deadline=deadline
+    )
+
+    failed = await second.failed.next(timeout=15)
+    assert failed.error.code == ErrorCode.DEADLINE_PASSED
+    assert datetime.now(UTC) >= deadline
+
+    await am.publish(ReleaseAssets(run_id=first.id))
+    await first.released.next()
+    await second.granted.assert_silent()  # it no longer waits
+
+
+async def test_a_request_whose_deadline_has_passed_fails_at_once(
+    am: Bus, workcell: WorkcellLayout, new_run: Any
+) -> None:
+    run = await new_run()
+    await reserve(am, run, workcell, [plate()], pins={"plate": "dest_plate"}, deadline=_soon(-1))
+    assert (await run.failed.next()).error.code == ErrorCode.DEADLINE_PASSED
+    await run.granted.assert_silent(0.5)

@@ -29,7 +29,7 @@ from praxis_contracts.assets import (
 )
 from praxis_contracts.base import Message, all_message_types
 from praxis_contracts.common import ErrorInfo, RunStatus
-from praxis_contracts.errors import InvalidTransition, NotFound
+from praxis_contracts.errors import InvalidRequest, InvalidTransition, NotFound
 from praxis_contracts.protocols import (
     AssetRequirementSpec,
     ParameterSpec,
@@ -329,6 +329,45 @@ async def test_on_failure_goes_from_the_submission_to_the_run_its_command_and_a_
     _, again = await h.runs.retry_source(run.accession_id)
     assert again.on_failure == "rollback"
     assert (await submit(h)).on_failure == "keep"
+
+
+async def test_mode_not_before_and_deadline_go_from_the_submission_to_the_reservation(
+    h: Harness, clock: Clock
+) -> None:
+    hour = timedelta(hours=1)
+    later = await h.runs.create(
+        SubmitRun(protocol_name="mix", not_before=T0 + hour, deadline=T0 + 2 * hour), resolved()
+    )
+    now = await h.runs.create(SubmitRun(protocol_name="mix", mode="immediate"), resolved())
+    assert (later.mode, later.not_before, later.deadline) == ("queued", T0 + hour, T0 + 2 * hour)
+    assert (await h.runs.get(later.accession_id)) == later
+    assert (await h.runs.get(now.accession_id)).mode == "immediate"
+    reserves = {m.run_id: m for m, _ in await h.sent() if isinstance(m, ReserveAssets)}
+    asked = reserves[later.accession_id]
+    assert (asked.not_before, asked.deadline) == (T0 + hour, T0 + 2 * hour)
+    assert not reserves[later.accession_id].immediate
+    assert reserves[now.accession_id].immediate
+
+
+async def test_a_deadline_already_passed_is_refused_and_nothing_is_queued(
+    h: Harness, clock: Clock
+) -> None:
+    with pytest.raises(InvalidRequest, match="deadline"):
+        await submit(h, deadline=T0 - timedelta(seconds=1))
+    assert await h.sent() == []
+
+
+async def test_an_immediate_run_refused_keeps_who_holds_its_assets(h: Harness) -> None:
+    run = await submit(h, mode="immediate")
+    error = ErrorInfo(
+        type="ReservationFailed",
+        message="held by run x",
+        code="assets_unavailable",
+        details={"blocked_by": ["x"], "reason": "assets_busy"},
+    )
+    await h.runs.on_failed_before_start(run.accession_id, error)
+    failed = await h.runs.get(run.accession_id)
+    assert (failed.status, failed.error) == (S.FAILED, error)
 
 
 async def test_each_event_delivered_twice_changes_the_run_once(h: Harness) -> None:

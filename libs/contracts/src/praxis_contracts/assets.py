@@ -7,7 +7,7 @@ from enum import StrEnum
 from typing import Any, ClassVar
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from praxis_contracts.base import Command, Event, Request
 from praxis_contracts.common import AssetKind, Page, SearchFilters
@@ -227,6 +227,20 @@ class ReserveAssets(Command):
     wait_timeout_seconds: float | None = Field(
         default=None, gt=0, description="Give up (ReservationFailed, timeout) after this long."
     )
+    immediate: bool = Field(
+        default=False,
+        description="Grant now or fail (ReservationFailed, assets_unavailable, naming the "
+        "holders); never queued.",
+    )
+    not_before: AwareDatetime | None = Field(
+        default=None,
+        description="Not planned before this time: until then it waits holding nothing and "
+        "blocking no other run.",
+    )
+    deadline: AwareDatetime | None = Field(
+        default=None,
+        description="Give up (ReservationFailed, deadline_passed) if not granted by then.",
+    )
 
 
 class RequirementOptions(BaseModel):
@@ -359,6 +373,8 @@ class WaitReason(StrEnum):
     lost, or stopping for an upgrade); it holds no lease while it waits."""
     WORKCELL_DRAINED = "workcell_drained"
     """Every workcell that could host it is drained by an operator."""
+    NOT_BEFORE = "not_before"
+    """It was submitted to start no earlier than its ``not_before``; it is planned then."""
 
 
 class ReservationWaiting(Event):

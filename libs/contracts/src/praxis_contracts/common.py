@@ -91,6 +91,11 @@ class ErrorInfo(BaseModel):
     message: str
     code: str | None = Field(default=None, description="Praxis error code when one applies.")
     traceback: str | None = Field(default=None, description="Protocol-side traceback, if any.")
+    details: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Structured context of a Praxis error (e.g. the runs holding the assets "
+        "an immediate run wanted).",
+    )
 
 
 AssetKind = Literal["machine", "resource", "deck"]

@@ -35,6 +35,8 @@ class ErrorCode(StrEnum):
     ASSET_NOT_LEASED = "asset_not_leased"
     PREPARATION_FAILED = "preparation_failed"  # a run's error: its edge could not prepare it
     PROTOCOL_ERROR = "protocol_error"  # a run's error: the protocol raised
+    ASSETS_UNAVAILABLE = "assets_unavailable"  # an immediate run could not be placed now
+    DEADLINE_PASSED = "deadline_passed"  # a run's error: it could not start by its deadline
     UNAVAILABLE = "unavailable"
     TIMEOUT = "timeout"
     REPLY_TOO_LARGE = "reply_too_large"
@@ -120,6 +122,19 @@ class MethodNotAllowed(PraxisError):
 
 class Conflict(PraxisError):
     code = ErrorCode.CONFLICT
+
+
+class AssetsUnavailable(Conflict):
+    """An immediate run could not be placed now: ``details`` names the runs holding (or queued
+    ahead for) what it wants, and why (``reason``: a ``WaitReason``)."""
+
+    code = ErrorCode.ASSETS_UNAVAILABLE
+
+
+class DeadlinePassed(PraxisError):
+    """A queued run could not start by its ``deadline``."""
+
+    code = ErrorCode.DEADLINE_PASSED
 
 
 class InvalidTransition(PraxisError):
@@ -224,6 +239,8 @@ _BY_CODE: dict[ErrorCode, type[PraxisError]] = {
         ReplyTooLarge,
         PreparationFailed,
         ProtocolError,
+        AssetsUnavailable,
+        DeadlinePassed,
         InternalError,
     )
 }

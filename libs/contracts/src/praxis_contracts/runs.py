@@ -6,13 +6,17 @@ from datetime import datetime
 from typing import Any, ClassVar, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from praxis_contracts.assets import AssetBinding
 from praxis_contracts.base import Command, Event, Request
 from praxis_contracts.common import ErrorInfo, Page, RunStatus, SearchFilters
 from praxis_contracts.protocols import ProtocolDefinition
 from praxis_contracts.state import OnFailure
+
+RunMode = Literal["queued", "immediate"]
+"""``queued``: the run waits for its assets (by priority, then submission order);
+``immediate``: it is placed now or refused (409 naming the holders), never left queued."""
 
 
 class RunView(BaseModel):
@@ -48,6 +52,11 @@ class RunView(BaseModel):
         "workcell_drained (ReservationWaiting); None once placed.",
     )
     waiting_since: datetime | None = None
+    mode: RunMode = "queued"
+    not_before: datetime | None = Field(default=None, description="Not started before this.")
+    deadline: datetime | None = Field(
+        default=None, description="Failed (deadline_passed) if it has not started by then."
+    )
     retry_of: UUID | None = Field(default=None, description="The run this one retries.")
     retried_by: UUID | None = Field(default=None, description="The run that retried this one.")
     submitted_by: str | None = Field(
@@ -92,6 +101,8 @@ class RunSummary(BaseModel):
     waiting_for: str | None = Field(
         default=None, description="Why a queued run is not placed yet (see RunView)."
     )
+    not_before: datetime | None = None
+    deadline: datetime | None = None
     assets: dict[str, str] = Field(
         default_factory=dict, description="Requirement -> name of the asset bound to it."
     )
@@ -141,6 +152,19 @@ class SubmitRun(Request[RunView]):
         description="If the run fails or is cancelled: keep what really happened in its assets' "
         "recorded state, or roll them back to their state before the run.",
     )
+    mode: RunMode = Field(
+        default="queued",
+        description="queued: wait for the assets; immediate: place now or fail "
+        "(assets_unavailable, naming the holders), never left queued.",
+    )
+    not_before: AwareDatetime | None = Field(
+        default=None, description="A queued run starts no earlier than this (with time zone)."
+    )
+    deadline: AwareDatetime | None = Field(
+        default=None,
+        description="A queued run that has not been placed by then is failed with "
+        "deadline_passed (with time zone).",
+    )
     actor: str | None = Field(
         default=None, max_length=200, description="Who asked (the gateway's principal)."
     )
@@ -149,6 +173,10 @@ class SubmitRun(Request[RunView]):
     def _names_a_protocol(self) -> SubmitRun:
         if self.protocol_name is None and self.definition_id is None:
             raise ValueError("give protocol_name or definition_id")
+        if self.mode == "immediate" and (self.not_before or self.deadline):
+            raise ValueError("an immediate run takes no not_before or deadline")
+        if self.not_before and self.deadline and self.deadline <= self.not_before:
+            raise ValueError("deadline must be after not_before")
         return self
 
 

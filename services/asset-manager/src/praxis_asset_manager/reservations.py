@@ -61,7 +61,14 @@ from praxis_contracts.assets import (
     WorkcellLayout,
     WorkcellMatch,
 )
-from praxis_contracts.errors import NoMatchingAssets, NotFound, PraxisError, Timeout
+from praxis_contracts.errors import (
+    AssetsUnavailable,
+    DeadlinePassed,
+    NoMatchingAssets,
+    NotFound,
+    PraxisError,
+    Timeout,
+)
 from praxis_runtime.bus import INFRA_RETRY_CAP, is_infrastructure, retry_delay
 from praxis_runtime.db import Database
 from praxis_runtime.leases import (
@@ -143,6 +150,9 @@ class Reservations:
         # redelivery) must not lease again. After a restart the scheduler covers the gap: it
         # releases any grant to a run that is no longer queued.
         self._released = RecentIds()
+        # Runs submitted to start later (``not_before``): not waiters (they must not hold back
+        # runs queued behind them), each with the timer that plans it when due.
+        self._deferred: dict[uuid.UUID, asyncio.TimerHandle] = {}
 
     def _exclusive(self, run_id: uuid.UUID) -> _Turn:
         """One command of a run at a time, so the later one finds the earlier one's outcome.
@@ -169,22 +179,99 @@ class Reservations:
             await self._request(cmd)
 
     async def _request(self, cmd: ReserveAssets) -> None:
-        if cmd.run_id in self.queue or cmd.run_id in self._released:
+        run_id = cmd.run_id
+        if run_id in self.queue or run_id in self._deferred or run_id in self._released:
             return  # a redelivered command for a run that already waits, or already ended
-        held = self.index.held_by(cmd.run_id)
+        held = self.index.held_by(run_id)
         if held and await self._reannounce(cmd, held):
             return  # a redelivered command for a granted run: the same answer again
         if held:  # a partial set left by an interrupted attempt: never hold while waiting
-            await self._release_keys(cmd.run_id, held)
+            await self._release_keys(run_id, held)
+        if cmd.deadline is not None and now() >= cmd.deadline:
+            await self._fail(cmd, _deadline_passed(cmd))
+            return
         try:
-            planned = await self._plan(cmd)
+            planned = await self._plan(cmd)  # a run that could never be placed fails now
         except PraxisError as exc:
             await self._fail(cmd, exc)
+            return
+        if cmd.not_before is not None and now() < cmd.not_before:
+            await self._defer(cmd, now(), persist=True)
             return
         ahead = self.queue.ahead_of((-cmd.priority, sys.maxsize), planned.wanted)  # after all
         if planned.plan is not None and not ahead and await self._grant(cmd, planned.plan):
             return
+        if cmd.immediate:
+            await self._refuse(cmd, planned, ahead)
+            return
         await self._wait(cmd, planned, now(), persist=True)
+
+    async def _refuse(self, cmd: ReserveAssets, planned: Planned, ahead: list[uuid.UUID]) -> None:
+        """An immediate run that cannot be placed now: failed, naming what stands in its way;
+        it never waits (nothing is stored, nothing is held)."""
+        holders = {h.run_id for a in planned.wanted if (h := self.index.holder(a)) is not None}
+        holders.discard(cmd.run_id)
+        blocked_by = sorted({str(r) for r in holders | set(ahead)})
+        closed = [w.name for w in planned.hosts if not self._open(w)]
+        if planned.reason == WaitReason.ASSETS_BUSY:
+            said = f"held or queued for by run(s) {', '.join(blocked_by)}" if blocked_by else ""
+            message = f"the assets this run needs are not free now: {said or 'busy'}"
+        else:
+            message = f"no workcell can take the run now ({planned.reason}: {', '.join(closed)})"
+        error = AssetsUnavailable(
+            message, reason=str(planned.reason), blocked_by=blocked_by, workcells=closed
+        )
+        await self.publish(ReservationFailed(run_id=cmd.run_id, error=error.to_reply()))
+        self._released.add(cmd.run_id)  # a redelivered copy must not grant it after all
+
+    async def _defer(self, cmd: ReserveAssets, since: datetime, *, persist: bool) -> None:
+        """Hold the request, planning nothing, until its ``not_before``; stored so that a
+        restart keeps the appointment."""
+        assert cmd.not_before is not None
+        if persist:
+            async with self.db.transaction() as session:
+                row = {
+                    "run_id": cmd.run_id,
+                    "request": cmd.model_dump(mode="json"),
+                    "status": "deferred",
+                    "priority": cmd.priority,
+                    "bindings": [],
+                    "created_at": since,
+                }
+                await session.execute(insert(ReservationRow).values(**row).on_conflict_do_nothing())
+        delay = max(0.0, (cmd.not_before - now()).total_seconds())
+        run_id = cmd.run_id
+        self._deferred[run_id] = asyncio.get_running_loop().call_later(
+            delay, lambda: self._spawn(self._due(run_id, cmd))
+        )
+        if persist:
+            await self.publish(
+                ReservationWaiting(run_id=run_id, blocked_by=[], reason=WaitReason.NOT_BEFORE)
+            )
+
+    async def _due(self, run_id: uuid.UUID, cmd: ReserveAssets) -> None:
+        """A deferred request's ``not_before`` came: planned as if it arrived now."""
+        async with self._exclusive(run_id):
+            if self._deferred.pop(run_id, None) is None:
+                return  # released meanwhile
+            try:
+                await self._request(cmd.model_copy(update={"not_before": None}))
+            except Exception:
+                log.exception("planning run %s at its not_before failed; retried", run_id)
+                self._defer_again(run_id, cmd)
+                return
+            if run_id in self.queue:
+                outcome = "waiting"
+            elif self.index.held_by(run_id):
+                outcome = "granted"
+            else:
+                outcome = "failed"
+            await self._settle(run_id, outcome)  # a restart no longer defers it
+
+    def _defer_again(self, run_id: uuid.UUID, cmd: ReserveAssets) -> None:
+        self._deferred[run_id] = asyncio.get_running_loop().call_later(
+            INFRA_RETRY_CAP, lambda: self._spawn(self._due(run_id, cmd))
+        )
 
     def _open(self, workcell: Workcell) -> bool:
         """Whether a run may be placed on ``workcell`` now: not drained, and an orchestrator
@@ -343,8 +430,13 @@ class Reservations:
                     "created_at": since,
                 }
                 await session.execute(insert(ReservationRow).values(**row).on_conflict_do_nothing())
+        limits = []
         if cmd.wait_timeout_seconds is not None:
-            left = cmd.wait_timeout_seconds - (now() - since).total_seconds()
+            limits.append(cmd.wait_timeout_seconds - (now() - since).total_seconds())
+        if cmd.deadline is not None:
+            limits.append((cmd.deadline - now()).total_seconds())
+        if limits:
+            left = min(limits)
             loop = asyncio.get_running_loop()
             run_id = cmd.run_id  # the coroutine is made when the timer fires, not before
             waiter.timer = loop.call_later(
@@ -416,10 +508,16 @@ class Reservations:
                     await self._tell_waiting(waiter, planned)
 
     async def _time_out(self, run_id: uuid.UUID) -> None:
-        waiter = self.queue.get(run_id)
-        if waiter is not None:
-            seconds = waiter.cmd.wait_timeout_seconds
-            await self._fail(waiter.cmd, Timeout(f"assets not available within {seconds} s"))
+        async with self._exclusive(run_id):
+            waiter = self.queue.get(run_id)
+            if waiter is None:
+                return
+            cmd = waiter.cmd
+            if cmd.deadline is not None and now() >= cmd.deadline:
+                await self._fail(cmd, _deadline_passed(cmd))
+            else:
+                seconds = cmd.wait_timeout_seconds
+                await self._fail(cmd, Timeout(f"assets not available within {seconds} s"))
 
     async def _fail(self, cmd: ReserveAssets, error: PraxisError) -> None:
         waiter = self.queue.remove(cmd.run_id)
@@ -437,13 +535,16 @@ class Reservations:
         """Reload stored waiters after a restart (call once the lease index is current)."""
         waiting = (
             select(ReservationRow)
-            .where(ReservationRow.status == "waiting")
+            .where(ReservationRow.status.in_(("waiting", "deferred")))
             .order_by(ReservationRow.created_at)
         )
         async with self.db.transaction() as session:
             rows = (await session.scalars(waiting)).all()
-        stored = [(ReserveAssets.model_validate(r.request), r.created_at) for r in rows]
-        for cmd, since in stored:
+        stored = [(ReserveAssets.model_validate(r.request), r.created_at, r.status) for r in rows]
+        for cmd, since, status in stored:
+            if status == "deferred" and cmd.not_before is not None:
+                await self._defer(cmd, since, persist=False)  # its appointment stands
+                continue
             try:
                 planned = await self._plan(cmd)
             except PraxisError as exc:
@@ -470,10 +571,12 @@ class Reservations:
     async def _release(self, cmd: ReleaseAssets) -> None:
         self._released.add(cmd.run_id)
         waiter = self.queue.remove(cmd.run_id)
-        if waiter is not None:
+        if (deferred := self._deferred.pop(cmd.run_id, None)) is not None:
+            deferred.cancel()
+        if waiter is not None or deferred is not None:
             await self._settle(cmd.run_id, "cancelled")
         released = await self._release_keys(cmd.run_id, self.index.held_by(cmd.run_id))
-        if not released and waiter is None:
+        if not released and waiter is None and deferred is None:
             return  # nothing held, nothing waiting: a duplicate release changes nothing
         reason = cmd.reason or f"released by run {cmd.run_id}"
         self.status([(a, AssetStatus.AVAILABLE, reason, cmd.run_id) for a in released])
@@ -711,7 +814,7 @@ class Reservations:
     def close(self) -> None:
         """Stop the expiry deadlines and pending retries (the service is stopping)."""
         self.deadlines.close()
-        for timer in self._retries:
+        for timer in [*self._retries, *self._deferred.values()]:
             timer.cancel()
 
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
@@ -723,6 +826,14 @@ class Reservations:
         self._tasks.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("%s failed", task.get_coro(), exc_info=exc)
+
+
+def _deadline_passed(cmd: ReserveAssets) -> DeadlinePassed:
+    assert cmd.deadline is not None
+    return DeadlinePassed(
+        f"the run could not start by its deadline {cmd.deadline.isoformat()}",
+        deadline=cmd.deadline.isoformat(),
+    )
 
 
 def _claimed(state: KeyState) -> bool:

@@ -50,6 +50,8 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_TRANSITION: 409,
     ErrorCode.UNKNOWN_ASSET_TYPE: 422,
     ErrorCode.NO_MATCHING_ASSETS: 422,  # the submission can never be bound as stated
+    ErrorCode.ASSETS_UNAVAILABLE: 409,  # an immediate run: not now (details name who holds)
+    ErrorCode.DEADLINE_PASSED: 409,
     ErrorCode.PROTOCOL_LOAD_FAILED: 422,
     ErrorCode.SOURCE_SYNC_FAILED: 502,
     ErrorCode.SOURCE_REFUSED: 422,

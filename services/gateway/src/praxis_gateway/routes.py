@@ -11,7 +11,7 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from nats.js import api
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from praxis_contracts.assets import (
     Asset,
@@ -31,7 +31,7 @@ from praxis_contracts.assets import (
     WorkcellPage,
 )
 from praxis_contracts.common import AssetKind, RunStatus, SearchFilters
-from praxis_contracts.errors import NotFound
+from praxis_contracts.errors import ErrorCode, ErrorReply, NotFound, Unavailable, error_from_reply
 from praxis_contracts.protocols import (
     DeleteProtocolSource,
     ListProtocolDefinitions,
@@ -51,7 +51,9 @@ from praxis_contracts.runs import (
     ListRuns,
     ResolveOutcome,
     RunAction,
+    RunMode,
     RunPage,
+    RunStatusChanged,
     RunView,
     SubmitRun,
 )
@@ -149,11 +151,74 @@ class RunIn(BaseModel):
         description="What a failed or cancelled run leaves in its assets' state: keep, or "
         "rollback to the snapshot taken when it started.",
     )
+    mode: RunMode = Field(
+        default="queued",
+        description="queued: wait for the assets; immediate: placed now (201) or refused "
+        "(409 assets_unavailable naming the holders), never left queued.",
+    )
+    not_before: AwareDatetime | None = Field(
+        default=None, description="A queued run starts no earlier than this (with time zone)."
+    )
+    deadline: AwareDatetime | None = Field(
+        default=None,
+        description="A queued run not placed by then is failed with deadline_passed.",
+    )
+
+
+IMMEDIATE_SECONDS = 10.0
+"""How long an immediate submission waits to be placed before it is cancelled (503): the
+asset-manager answers in milliseconds; this bounds an outage, it never queues the run."""
 
 
 @router.post("/protocols/runs", status_code=status.HTTP_201_CREATED, tags=["runs"])
 async def submit_run(body: RunIn, b: BusDep, actor: ActorDep) -> RunView:
-    return await b.request(SubmitRun.model_validate({**body.model_dump(), "actor": actor}))
+    """Submit a run. ``queued`` (the default): the reply is the queued run, placed when its
+    assets are free (by priority, then submission order), not before ``not_before``, failed
+    with ``deadline_passed`` if not placed by ``deadline``. ``immediate``: the reply comes once
+    the run is placed (201, status ``pending`` or later) or refused (409 ``assets_unavailable``,
+    ``details.blocked_by`` naming the runs holding or queued for its assets, or
+    ``details.workcells`` the workcells with no edge or drained); a refused run is recorded as
+    failed, nothing stays queued."""
+    cmd = SubmitRun.model_validate({**body.model_dump(), "actor": actor})
+    run = await b.request(cmd)
+    if cmd.mode == "immediate":
+        run = await _placed_now(b, run, actor)
+    return run
+
+
+async def _placed_now(b: Bus, run: RunView, actor: str | None) -> RunView:
+    """Wait (pushed: the scheduler's status events of the run) until the immediate run leaves
+    ``queued``; its view if placed, its error if refused."""
+    loop = asyncio.get_running_loop()
+    left: asyncio.Future[None] = loop.create_future()
+
+    async def seen(msg: Any) -> None:
+        if RunStatus(json.loads(msg.data)["status"]) != RunStatus.QUEUED and not left.done():
+            left.set_result(None)
+
+    sub = await b.js.subscribe(
+        f"{RunStatusChanged.subject}.{run.accession_id}",
+        stream=EVENTS.name,
+        ordered_consumer=True,
+        deliver_policy=api.DeliverPolicy.ALL,
+        cb=seen,
+    )
+    try:
+        await asyncio.wait_for(left, IMMEDIATE_SECONDS)
+    except TimeoutError:
+        reason = f"immediate run not placed within {IMMEDIATE_SECONDS:.0f} s"
+        await b.request(
+            ControlRun(run_id=run.accession_id, action="cancel", reason=reason, actor=actor)
+        )
+        raise Unavailable(f"{reason}: it was cancelled, nothing is queued") from None
+    finally:
+        await sub.unsubscribe()
+    view = await b.request(GetRun(run_id=run.accession_id))
+    if view.status in (RunStatus.FAILED, RunStatus.CANCELLED) and view.error is not None:
+        code = view.error.code if view.error.code in set(ErrorCode) else ErrorCode.INTERNAL
+        details = {**view.error.details, "run_id": str(run.accession_id)}  # recorded, failed
+        raise error_from_reply(ErrorReply(code=code, message=view.error.message, details=details))
+    return view
 
 
 @router.get("/protocols/runs", tags=["runs"])

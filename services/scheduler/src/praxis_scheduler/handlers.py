@@ -116,7 +116,12 @@ async def assets_reserved(event: AssetsReserved, deps: Deps) -> None:
 
 @handlers.consume(ReservationFailed, durable="scheduler-reservation-failed", max_workers=WORKERS)
 async def reservation_failed(event: ReservationFailed, deps: Deps) -> None:
-    error = ErrorInfo(type="ReservationFailed", message=event.error.message, code=event.error.code)
+    error = ErrorInfo(
+        type="ReservationFailed",
+        message=event.error.message,
+        code=event.error.code,
+        details=event.error.details,
+    )
     await deps.runs.on_failed_before_start(event.run_id, error)
 
 

@@ -49,6 +49,8 @@ _SUMMARY_COLUMNS: tuple[Any, ...] = (
     RunRow.priority,
     RunRow.workcell_name,
     RunRow.waiting_for,
+    RunRow.not_before,
+    RunRow.deadline,
     RunRow.bindings,  # one small object per asset requirement
     case(
         (
@@ -150,6 +152,8 @@ def run_summary(row: Any) -> RunSummary:
         priority=row["priority"],
         workcell_name=row["workcell_name"],
         waiting_for=row["waiting_for"],
+        not_before=row["not_before"],
+        deadline=row["deadline"],
         assets={b["requirement"]: b["asset_name"] for b in row["bindings"] or []},
         parameters=row["parameters"],
         error=error,

@@ -24,7 +24,7 @@ from praxis_contracts.assets import (
     ReserveAssets,
 )
 from praxis_contracts.common import ErrorInfo, RunStatus
-from praxis_contracts.errors import InvalidTransition, NotFound
+from praxis_contracts.errors import InvalidRequest, InvalidTransition, NotFound
 from praxis_contracts.protocols import ProtocolDefinition, ResolvedProtocol
 from praxis_contracts.runs import (
     ControlRun,
@@ -77,6 +77,10 @@ class RunService:
     ) -> RunView:
         definition = resolved.definition
         now = self.clock()
+        if cmd.deadline is not None and cmd.deadline <= now:
+            raise InvalidRequest(
+                f"deadline {cmd.deadline.isoformat()} has passed", field="deadline"
+            )
         row = RunRow(
             accession_id=uuid.uuid4(),
             protocol_name=definition.spec.name,
@@ -92,6 +96,9 @@ class RunService:
             asset_properties=cmd.asset_properties,
             priority=cmd.priority,
             on_failure=cmd.on_failure,
+            mode=cmd.mode,
+            not_before=cmd.not_before,
+            deadline=cmd.deadline,
             bindings=[],
             retry_of=retry_of,
             submitted_by=cmd.actor,
@@ -574,6 +581,9 @@ def _reserve_command(row: RunRow) -> ReserveAssets:
         pins=row.pins,
         properties=row.asset_properties,
         priority=row.priority,
+        immediate=row.mode == "immediate",
+        not_before=row.not_before,
+        deadline=row.deadline,
     )
 
 
@@ -617,6 +627,9 @@ def run_view(row: RunRow) -> RunView:
         edge_instance=row.edge_instance,
         waiting_for=row.waiting_for,
         waiting_since=row.waiting_since,
+        mode="immediate" if row.mode == "immediate" else "queued",
+        not_before=row.not_before,
+        deadline=row.deadline,
         retry_of=row.retry_of,
         retried_by=row.retried_by,
         submitted_by=row.submitted_by,
