@@ -247,6 +247,9 @@ async def test_pause_resume_cancel_and_the_call_log(api: httpx.AsyncClient) -> N
     assert steps and all(c["parent_call_id"] == top["call_id"] for c in steps)
     assert [c["sequence"] for c in calls["items"]] == sorted(c["sequence"] for c in calls["items"])
     assert sum(c["status"] == "completed" for c in steps) == done["final_state"]["completed_steps"]
+    # Each step returned its index: the call log keeps what every call returned.
+    returned = [c["result"] for c in steps if c["status"] == "completed"]
+    assert returned == list(range(len(returned)))
 
     again = await api.post(f"/api/v1/protocols/runs/{run_id}/actions", json={"action": "resume"})
     assert again.status_code == 409

@@ -14,6 +14,7 @@ from pylabrobot.liquid_handling import LiquidHandler
 from pylabrobot.resources import Plate, TipRack
 
 from praxis_contracts.errors import InvalidParameters
+from praxis_contracts.runs import CALL_RESULT_BYTES
 from praxis_plr.types import fqn
 from praxis_sdk import (
     CallRecord,
@@ -222,6 +223,30 @@ async def test_nested_calls_are_recorded_with_their_parent() -> None:
     assert inner_end.finished_at is not None and inner_end.error is None
     assert ctx.state["inner"] == 2.0
     assert current_run.get() is None
+
+
+@protocol_function
+async def returns(value: Any) -> Any:
+    return value
+
+
+async def test_completed_calls_record_what_they_returned_bounded() -> None:
+    ctx, sink = new_context()
+    plate = Plate("p1", 127, 86, 14, ordered_items={})
+    big = list(range(5000))  # its JSON is past CALL_RESULT_BYTES
+    async with running(ctx):
+        assert await outer(2.0, ctx.state) == 5.0
+        await returns({"plate": plate, "volumes": [1.5, 2.5]})
+        await returns(big)
+        await returns({1, 2})  # not JSON: by repr
+    results = [c.result for c in sink.calls if c.status == "completed"]
+    assert results[:2] == [4.0, 5.0]  # inner, then outer
+    assert results[2] == {"plate": {"asset": "p1", "type": "Plate"}, "volumes": [1.5, 2.5]}
+    marker = results[3]
+    assert marker["truncated"] is True and marker["type"] == "list"
+    assert marker["size_bytes"] > CALL_RESULT_BYTES and marker["preview"].startswith("[0, 1, 2")
+    assert results[4] == "{1, 2}"
+    assert all(c.result is None for c in sink.calls if c.status == "running")
 
 
 async def test_sequence_keeps_increasing_across_top_level_calls() -> None:

@@ -250,6 +250,28 @@ async def test_retention_keeps_the_newest_rows_and_objects(
     assert (await asset(am, workcell, "source_plate")).state == well(KEPT + 1)
 
 
+async def test_retention_keeps_every_young_snapshot_beyond_the_count(
+    am: AM, workcell: WorkcellLayout
+) -> None:
+    """SNAPSHOTS_KEPT_SECONDS (an hour here): a snapshot taken minutes ago stays listed however
+    many came after it; only old ones beyond the newest KEPT go."""
+    now = datetime.now(UTC)
+    old = [
+        await written(am, workcell, {"source_plate": well(i)}, T0 + timedelta(seconds=i))
+        for i in range(2)
+    ]
+    young = [
+        await written(am, workcell, {"source_plate": well(i)}, now - timedelta(minutes=10 - i))
+        for i in range(KEPT + 2)
+    ]
+    await recorded(am, *old, *young)
+
+    assert await listed(am, workcell) == [e.snapshot_id for e in reversed(young)]
+    for event in old:
+        with pytest.raises(ObjectNotFoundError):
+            await am.get(event.object_name)
+
+
 async def test_list_filters_and_pages(am: AM, workcell: WorkcellLayout) -> None:
     run_a, run_b = uuid.uuid4(), uuid.uuid4()
     a = await written(am, workcell, {"source_plate": well(1)}, T0, run_id=run_a)

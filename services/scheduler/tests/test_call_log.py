@@ -84,12 +84,17 @@ async def test_a_call_delivered_twice_or_late_is_recorded_once(database: Databas
     log, call_id = CallLog(database), uuid.uuid4()
 
     for status in ("running", "running", "completed", "completed", "running"):
-        assert await log.record(call(run.accession_id, call_id, status)) is None
+        event = call(run.accession_id, call_id, status)
+        if status == "completed":
+            event = event.model_copy(update={"result": {"mixed": [1.5, 2.0]}})
+        assert await log.record(event) is None
     assert await log.record(call(uuid.uuid4(), uuid.uuid4(), "running")) is None  # unknown run
     # Another process of the workcell says it ran a call of this run: refused, not recorded.
     why = await log.record(call(run.accession_id, uuid.uuid4(), "running", edge="edge-2"))
     assert why is not None and "edge-2" in why and "edge-1" in why
 
     page = await log.list(ListRunCalls(run_id=run.accession_id))
-    assert [(c.call_id, c.status) for c in page.items] == [(call_id, "completed")]
+    assert [(c.call_id, c.status, c.result) for c in page.items] == [
+        (call_id, "completed", {"mixed": [1.5, 2.0]})
+    ]
     assert page.total == 1

@@ -402,6 +402,11 @@ class RunResumed(_RunEvent):
     subject: ClassVar[str] = "praxis.evt.orchestrator.run.resumed"
 
 
+CALL_RESULT_BYTES = 4096
+"""A nested call's return value is recorded inline up to this JSON size (a page of calls stays
+within one message); beyond, a marker with its size, type and the start of its text."""
+
+
 class FunctionCall(BaseModel):
     """One recorded protocol-function call of a run."""
 
@@ -418,6 +423,11 @@ class FunctionCall(BaseModel):
     started_at: datetime
     finished_at: datetime | None = None
     error: str | None = None
+    result: Any = Field(
+        default=None,
+        description=f"What a completed call returned, as JSON (assets by name); past "
+        f"{CALL_RESULT_BYTES} bytes, {{'truncated': true, 'size_bytes', 'type', 'preview'}}.",
+    )
 
 
 class FunctionCallRecorded(Event, FunctionCall):

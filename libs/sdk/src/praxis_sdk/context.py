@@ -32,6 +32,7 @@ class CallRecord:
     started_at: datetime
     finished_at: datetime | None = None
     error: str | None = None
+    result: Any = None
 
 
 class CallSink(Protocol):

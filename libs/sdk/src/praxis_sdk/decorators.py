@@ -22,6 +22,7 @@ from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from praxis_contracts.errors import InvalidParameters
 from praxis_contracts.protocols import AssetRequirementSpec, ParameterSpec, ProtocolFunctionSpec
+from praxis_contracts.runs import CALL_RESULT_BYTES
 from praxis_plr.types import asset_kind, fqn, unwrap_optional
 from praxis_sdk.context import CallRecord, CallStatus, RunCancelled, RunContext, current_run
 from praxis_sdk.state import PraxisState
@@ -189,7 +190,7 @@ def _logged(
             raise
         finally:
             current_run.reset(token)
-        await _finish(ctx, call, "completed", None)
+        await _finish(ctx, call, "completed", None, _bounded(result))
         return result
 
     return wrapper
@@ -200,13 +201,35 @@ async def _record(ctx: RunContext, call: CallRecord) -> None:
         await ctx.sink.record(call)
 
 
-async def _finish(ctx: RunContext, call: CallRecord, status: CallStatus, error: str | None) -> None:
-    await _record(
-        ctx,
-        CallRecord(
-            **{**call.__dict__, "status": status, "finished_at": datetime.now(UTC), "error": error}
-        ),
-    )
+async def _finish(
+    ctx: RunContext, call: CallRecord, status: CallStatus, error: str | None, result: Any = None
+) -> None:
+    finished = {"status": status, "finished_at": datetime.now(UTC), "error": error}
+    await _record(ctx, CallRecord(**{**call.__dict__, **finished, "result": result}))
+
+
+def _bounded(value: Any) -> Any:
+    """A call's return value as the call log keeps it: its JSON (live objects by name) when at
+    most ``CALL_RESULT_BYTES``, else a marker with its size, type and the start of its text."""
+    described = _describe(value) if not isinstance(value, list | tuple | dict) else value
+    try:
+        text = json.dumps(described, default=_by_name)
+    except (TypeError, ValueError):
+        text = json.dumps(repr(value)[:200])
+    if len(text) <= CALL_RESULT_BYTES:
+        return json.loads(text)
+    return {
+        "truncated": True,
+        "size_bytes": len(text),
+        "type": type(value).__name__,
+        "preview": text[:200],
+    }
+
+
+def _by_name(value: Any) -> Any:
+    """``json.dumps``'s fallback inside a result: assets by name, anything else by repr."""
+    described = _describe(value)
+    return described if described is not value else repr(value)[:200]
 
 
 def _summarise(

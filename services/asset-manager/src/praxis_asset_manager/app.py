@@ -43,6 +43,12 @@ class Settings(DatabaseSettings):
     snapshots_kept: int = Field(
         default=50, ge=1, description="SNAPSHOTS_KEPT: workcell state snapshots kept per workcell"
     )
+    snapshots_kept_seconds: float = Field(
+        default=3600.0,
+        ge=0,
+        description="SNAPSHOTS_KEPT_SECONDS: and every snapshot younger than this is kept too, "
+        "however many there are",
+    )
     edge_placement: bool = Field(
         default=True,
         description="EDGE_PLACEMENT: place a run only on a workcell whose orchestrator beats and "
@@ -104,6 +110,7 @@ def build_app(settings: Settings) -> Service:
         StateStores(lambda: bus.js),
         settings.snapshots_kept,
         leased,
+        kept_seconds=settings.snapshots_kept_seconds,
     )
     service.include(snapshot_handlers, snapshots)
     tasks: list[asyncio.Task[None]] = []

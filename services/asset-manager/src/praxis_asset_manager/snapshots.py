@@ -7,8 +7,10 @@ The orchestrator writes each snapshot's body (``WorkcellSnapshot`` JSON) into th
   no-op), and each asset it covers takes its state as the asset's recorded ``state`` unless the
   asset already holds a state recorded at or after the snapshot was taken (events may arrive out
   of order: an older snapshot never overwrites newer state). Assets deleted since are skipped;
-- retention keeps the newest ``kept`` snapshots of each workcell. Older rows are marked pruned in
-  the recording transaction; their objects are deleted after the commit and the rows with them.
+- retention keeps the newest ``kept`` snapshots of each workcell, and every one taken less
+  than ``kept_seconds`` ago (a snapshot just listed is not gone a minute later). Others are
+  marked pruned in the recording transaction; their objects are deleted after the commit and
+  the rows with them.
   A failed delete leaves the row marked, and the next prune of the workcell tries again. An
   asset's recorded state lives in its own row, so pruning never loses current state;
 - ``restore`` writes a snapshot of kind ``restored`` (the chosen assets' states from the source),
@@ -23,7 +25,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from nats.js import JetStreamContext
@@ -106,12 +108,14 @@ class Snapshots:
         stores: StateStores,
         kept: int,
         leased: Callable[[uuid.UUID], bool],
+        kept_seconds: float = 0.0,
     ) -> None:
         self.db = db
         self.inventory = inventory
         self.relay = relay
         self.stores = stores
         self.kept = kept
+        self.kept_seconds = kept_seconds
         self.leased = leased
 
     # -- recording ----------------------------------------------------------------------------
@@ -182,6 +186,7 @@ class Snapshots:
                 SnapshotRow.workcell_name == workcell,
                 SnapshotRow.pruned_at.is_(None),
                 SnapshotRow.snapshot_id.not_in(newest.scalar_subquery()),
+                SnapshotRow.taken_at < now - timedelta(seconds=self.kept_seconds),
             )
             .values(pruned_at=now)
             .execution_options(synchronize_session=False)

@@ -13,6 +13,7 @@ from praxis_runtime.db import Database
 from praxis_runtime.query import apply_filters, fetch_page, where_all
 from praxis_scheduler.domain import refusal
 from praxis_scheduler.orm import CallRow, RunRow
+from praxis_scheduler.queries import within_budget
 
 _SORTABLE: dict[str, Any] = {"sequence": CallRow.sequence, "started_at": CallRow.started_at}
 
@@ -32,6 +33,7 @@ class CallLog:
                 "status": stmt.excluded.status,
                 "finished_at": stmt.excluded.finished_at,
                 "error": stmt.excluded.error,
+                "result": stmt.excluded.result,
             },
             where=stmt.excluded.status != "running",
         )
@@ -63,7 +65,7 @@ class CallLog:
         )
         async with self.db.transaction() as session:
             rows, total = await fetch_page(session, stmt, query.filters)
-            items = [_call(r) for r in rows]
+            items = within_budget([_call(r) for r in rows])
         f = query.filters
         return FunctionCallPage(items=items, total=total, limit=f.limit, offset=f.offset)
 
@@ -81,4 +83,5 @@ def _call(row: CallRow) -> FunctionCall:
         started_at=row.started_at,
         finished_at=row.finished_at,
         error=row.error,
+        result=row.result,
     )

@@ -91,6 +91,7 @@ class CallRow(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     error: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[Any] = mapped_column(JsonB, nullable=True, default=None)
 
 
 OUTBOX = outbox_table(Base.metadata)

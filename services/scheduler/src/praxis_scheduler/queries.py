@@ -7,9 +7,10 @@ never read for a list, let alone sent.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
+from pydantic import BaseModel
 from sqlalchemy import ColumnElement, Select, String, Text, case, cast, func, select
 
 from praxis_contracts.common import RunStatus, SearchFilters
@@ -93,12 +94,15 @@ class RunQueries:
         return RunPage(items=items, total=total, limit=f.limit, offset=f.offset)
 
 
-def within_budget(items: list[RunSummary], budget: int = PAGE_BUDGET_BYTES) -> list[RunSummary]:
+Item = TypeVar("Item", bound=BaseModel)
+
+
+def within_budget(items: list[Item], budget: int = PAGE_BUDGET_BYTES) -> list[Item]:
     """The leading items whose JSON fits in ``budget`` bytes (at least one).
 
-    Each summary's fields are bounded, but a thousand of them with long names and parameters
-    could still pass NATS's 1 MB: the page is cut short instead, and the client continues at
-    ``offset + len(items)`` (``total`` says how many remain).
+    Each item's fields are bounded (a run summary's, a call's arguments and result), but a
+    thousand of them could still pass NATS's 1 MB: the page is cut short instead, and the
+    client continues at ``offset + len(items)`` (``total`` says how many remain).
     """
     used = 0
     for n, item in enumerate(items):
