@@ -417,3 +417,41 @@ async def test_runs_on_demand_and_in_time(api: httpx.AsyncClient) -> None:
 
     cancel = await api.post(f"{runs}/{holder_id}/actions", json={"action": "cancel"})
     assert cancel.status_code == 200, cancel.text
+
+
+async def test_an_operator_sets_a_wells_volume_and_the_next_run_finds_it(
+    api: httpx.AsyncClient,
+) -> None:
+    found = await api.get("/api/v1/resources", params={"name": "source_plate"})
+    (plate,) = [p for p in found.json()["items"] if p["name"] == "source_plate"]
+    url = f"/api/v1/resources/{plate['accession_id']}/state"
+
+    done = await api.post(
+        url, json={"state": {"source_plate_well_D5": {"volume": 77}}, "reason": "refilled D5"}
+    )
+    assert done.status_code == 200, done.text
+    assert done.json()["kind"] == "set"
+    now = (await api.get(f"/api/v1/resources/{plate['accession_id']}")).json()
+    assert now["state"]["source_plate_well_D5"]["volume"] == 77
+
+    run = await submit(
+        api, protocol_name="transfer", parameters={"volume": 7, "wells": ["D5"]}, assets=PLATES
+    )
+    _, finished_run = await finished(api, run["accession_id"])
+    assert finished_run["status"] == "completed", finished_run["error"]
+    source = finished_run["asset_states"]["source_plate"]["source_plate_well_D5"]["volume"]
+    assert source == 70.0  # the live plate had the operator's 77 µL
+
+    for body, status, code in (
+        (
+            {"state": {"source_plate_well_D5": {"volume": 9999}}, "reason": "x"},
+            422,
+            "invalid_input",
+        ),
+        ({"state": {"nope": {"volume": 1}}, "reason": "x"}, 422, "invalid_input"),
+        ({"tips": {"A1": True}, "reason": "x"}, 422, "invalid_input"),  # a plate has no tips
+        ({"state": {"source_plate_well_D5": {"volume": 1}}}, 400, "invalid_request"),  # no reason
+        ({"reason": "x", "colour": "red"}, 400, "invalid_request"),
+    ):
+        refused = await api.post(url, json=body)
+        assert (refused.status_code, refused.json()["code"]) == (status, code), refused.text

@@ -44,6 +44,7 @@ from praxis_contracts.state import (
     GetSnapshot,
     ListSnapshots,
     RestoreSnapshot,
+    SetAssetState,
     SnapshotKind,
     WorkcellSnapshot,
     WorkcellStateRecorded,
@@ -460,3 +461,80 @@ async def test_a_failed_object_delete_is_retried_at_the_next_prune(
         await am.get(oldest.object_name)
     for event in events[1:]:
         assert (await am.get(event.object_name)).data  # the newest are never touched
+
+
+# -- an operator sets a labware's state ---------------------------------------------------------
+
+
+async def test_an_operator_sets_a_wells_volume_audited_and_announced_once(
+    am: AM, workcell: WorkcellLayout, tap: Any
+) -> None:
+    name = workcell.workcell.name
+    plate = by_name(workcell, "source_plate")
+    announced = await tap(WorkcellStateRestored, name)
+    cmd = SetAssetState(
+        accession_id=plate.accession_id,
+        state={"source_plate_well_A1": {"volume": 120}},
+        reason="refilled A1 by hand",
+        actor="ada",
+    )
+
+    info = await am.bus.request(cmd)
+    assert (info.kind, info.asset_names) == ("set", ["source_plate"])
+    event = await announced.next()
+    assert (event.restored, event.source_snapshot_id) == (info, None)
+    assert (event.reason, event.actor) == ("refilled A1 by hand", "ada")
+    await announced.assert_silent()
+
+    recorded_state = (await asset(am, workcell, "source_plate")).state
+    assert recorded_state is not None and recorded_state["source_plate_well_A1"]["volume"] == 120
+    assert recorded_state["source_plate_well_B1"]["volume"] == 200  # the rest as it was
+    body = await am.bus.request(GetSnapshot(workcell=name, snapshot_id=info.snapshot_id))
+    assert body.assets[0].state == recorded_state
+    assert (await listed(am, workcell))[0] == info.snapshot_id
+
+    again = await am.bus.request(cmd)  # the same request twice: the same state, a new record
+    assert again.snapshot_id != info.snapshot_id
+    assert (await asset(am, workcell, "source_plate")).state == recorded_state
+
+
+async def test_setting_a_state_pylabrobot_refuses_records_nothing(
+    am: AM, workcell: WorkcellLayout
+) -> None:
+    plate = by_name(workcell, "source_plate")
+    for state in (
+        {"source_plate_well_A1": {"volume": 5000}},  # past the well
+        {"no_such_well": {"volume": 1}},
+    ):
+        with pytest.raises(InvalidInput):
+            await am.bus.request(
+                SetAssetState(accession_id=plate.accession_id, state=state, reason="x")
+            )
+    with pytest.raises(NotFound):
+        await am.bus.request(SetAssetState(accession_id=uuid.uuid4(), tips={"*": True}, reason="x"))
+    assert await rows(am, workcell) == 0
+
+
+async def test_setting_state_is_refused_while_a_run_holds_the_labware(
+    am: AM, workcell: WorkcellLayout, tap: Any
+) -> None:
+    name, run_id = workcell.workcell.name, uuid.uuid4()
+    grants = await tap(AssetsReserved, str(run_id))
+    requirement = AssetRequirementSpec(name="plate", type_fqn=fqn(Plate), kind="resource")
+    await am.bus.publish(
+        ReserveAssets(
+            run_id=run_id, requirements=[requirement], workcell=name, pins={"plate": "dest_plate"}
+        )
+    )
+    await grants.next()
+    plate = by_name(workcell, "dest_plate")
+    with pytest.raises(Conflict):
+        await am.bus.request(
+            SetAssetState(
+                accession_id=plate.accession_id,
+                state={"dest_plate_well_A1": {"volume": 10}},
+                reason="x",
+            )
+        )
+    assert await rows(am, workcell) == 0
+    await am.bus.publish(ReleaseAssets(run_id=run_id))

@@ -99,6 +99,7 @@ from praxis_contracts.state import (
     GetSnapshot,
     ListSnapshots,
     RestoreSnapshot,
+    SetAssetState,
     WorkcellStateRecorded,
     WorkcellStateRestored,
 )
@@ -287,6 +288,7 @@ GATEWAY = Identity(
         ListSnapshots,
         GetSnapshot,
         RestoreSnapshot,
+        SetAssetState,
         SetWorkcellDrain,
     ),
     reads_events=True,
@@ -346,6 +348,7 @@ def asset_manager(workcells: Sequence[str]) -> Identity:
             ListSnapshots,
             GetSnapshot,
             RestoreSnapshot,
+            SetAssetState,
             SetWorkcellDrain,
         ),
         # Edge heartbeats (read only): a run is placed only where an orchestrator accepts it.

@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any, ClassVar, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from praxis_contracts.base import Event, Request
 from praxis_contracts.common import Page, SearchFilters
@@ -29,7 +29,10 @@ OnFailure = Literal["keep", "rollback"]
 """What a failed or cancelled run leaves in its assets' recorded state: what really happened
 (``keep``), or their state before the run (``rollback``)."""
 
-SnapshotKind = Literal["run_started", "checkpoint", "run_finished", "rolled_back", "restored"]
+SnapshotKind = Literal[
+    "run_started", "checkpoint", "run_finished", "rolled_back", "restored", "set"
+]
+"""``set``: an operator set a labware's state by hand (``SetAssetState``)."""
 
 
 class AssetState(BaseModel):
@@ -124,6 +127,36 @@ class RestoreSnapshot(Request[SnapshotInfo]):
     actor: str | None = Field(default=None, max_length=200)
 
 
+class SetAssetState(Request[SnapshotInfo]):
+    """An operator sets a labware's recorded state by hand (a plate refilled, a tip rack
+    replaced): checked by PyLabRobot, written as a snapshot of kind ``set``, loaded by the
+    workcell's orchestrator and audited like a restore (``WorkcellStateRestored`` with no
+    source). Refused (``conflict``) while a run holds the asset."""
+
+    subject: ClassVar[str] = "praxis.rpc.asset.set_state"
+    reply_type: ClassVar[type[BaseModel]] = SnapshotInfo
+
+    accession_id: UUID
+    state: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Part name -> fields of its PyLabRobot state to change, e.g. "
+        "{'plate_well_A1': {'volume': 150}} (volume alone also sets pending_volume).",
+    )
+    tips: dict[str, bool] = Field(
+        default_factory=dict,
+        description="A tip rack's spots ('A1') -> whether a tip is there; {'*': true} fills it, "
+        "{'*': false} empties it.",
+    )
+    reason: str = Field(min_length=1, max_length=2000)
+    actor: str | None = Field(default=None, max_length=200)
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> SetAssetState:
+        if not self.state and not self.tips:
+            raise ValueError("give state or tips")
+        return self
+
+
 class WorkcellStateRestored(Event):
     """An operator restored recorded state: the audit record, and the orchestrator's cue to load
     the states of ``restored`` (a snapshot of kind ``restored``, in the object store) into its
@@ -134,7 +167,9 @@ class WorkcellStateRestored(Event):
 
     workcell_name: str
     restored: SnapshotInfo
-    source_snapshot_id: UUID
+    source_snapshot_id: UUID | None = Field(
+        default=None, description="The snapshot restored; none when an operator set the state."
+    )
     reason: str
     actor: str | None = None
 
@@ -148,6 +183,7 @@ __all__ = [
     "ListSnapshots",
     "OnFailure",
     "RestoreSnapshot",
+    "SetAssetState",
     "SnapshotInfo",
     "SnapshotKind",
     "SnapshotPage",

@@ -36,7 +36,7 @@ from sqlalchemy import JSON, Table, bindparam, delete, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from praxis_asset_manager.inventory import Inventory
+from praxis_asset_manager.inventory import Inventory, asset_view
 from praxis_asset_manager.inventory_commands import _workcell
 from praxis_asset_manager.orm import AssetRow, SnapshotRow, WorkcellRow
 from praxis_asset_manager.status import BUSY
@@ -46,7 +46,9 @@ from praxis_contracts.state import (
     GetSnapshot,
     ListSnapshots,
     RestoreSnapshot,
+    SetAssetState,
     SnapshotInfo,
+    SnapshotKind,
     SnapshotPage,
     WorkcellSnapshot,
     WorkcellStateRecorded,
@@ -54,6 +56,7 @@ from praxis_contracts.state import (
     snapshot_object_name,
 )
 from praxis_contracts.topology import workcell_state
+from praxis_plr.edit import edited_state
 from praxis_runtime.bus import Handlers
 from praxis_runtime.db import Database
 from praxis_runtime.outbox import OutboxRelay, SqlUnitOfWork
@@ -272,13 +275,44 @@ class Snapshots:
         if not chosen:
             raise InvalidRequest("none of the snapshot's assets exist any more")
         self._refuse_if_held(chosen, existing)
+        return await self._write(
+            workcell, chosen, existing, "restored", source.snapshot_id, cmd.reason, cmd.actor
+        )
 
+    async def set_state(self, cmd: SetAssetState) -> SnapshotInfo:
+        """An operator's change to a labware's state (``praxis_plr.edit``), written like a
+        restore: a snapshot of kind ``set``, the asset's recorded state, the orchestrator's cue."""
+        async with self.db.transaction() as session:
+            row = await session.get(AssetRow, cmd.accession_id)
+            if row is None:
+                raise NotFound(f"asset {cmd.accession_id} not found")
+            workcell = await _workcell(session, str(row.workcell_id))
+            asset = asset_view(row)
+        state = edited_state(asset, cmd.state or None, cmd.tips or None)
+        chosen = [AssetState(asset_id=asset.accession_id, asset_name=asset.name, state=state)]
+        async with self.db.transaction() as session:
+            existing = await _statuses(session, workcell.accession_id, chosen)
+        self._refuse_if_held(chosen, existing)
+        return await self._write(workcell, chosen, existing, "set", None, cmd.reason, cmd.actor)
+
+    async def _write(
+        self,
+        workcell: WorkcellRow,
+        chosen: list[AssetState],
+        existing: dict[uuid.UUID, str],
+        kind: SnapshotKind,
+        source: uuid.UUID | None,
+        reason: str,
+        actor: str | None,
+    ) -> SnapshotInfo:
+        """Record ``chosen`` as a snapshot of ``kind`` and as its assets' state, and tell the
+        orchestrator (``WorkcellStateRestored``), unless a run took any of them meanwhile."""
         now = datetime.now(UTC)
         new_id = uuid.uuid4()
         draft = WorkcellSnapshot(
             snapshot_id=new_id,
             workcell_name=workcell.name,
-            kind="restored",
+            kind=kind,
             taken_at=now,
             asset_ids=[a.asset_id for a in chosen],
             asset_names=[a.asset_name for a in chosen],
@@ -311,9 +345,9 @@ class Snapshots:
                     WorkcellStateRestored(
                         workcell_name=workcell.name,
                         restored=info,
-                        source_snapshot_id=source.snapshot_id,
-                        reason=cmd.reason,
-                        actor=cmd.actor,
+                        source_snapshot_id=source,
+                        reason=reason,
+                        actor=actor,
                     ),
                     msg_id=f"state-restored:{new_id}",
                 )
@@ -333,7 +367,7 @@ class Snapshots:
         )
         if held:
             raise Conflict(
-                f"a run holds {', '.join(held)}: restore once it has released them", assets=held
+                f"a run holds {', '.join(held)}: try again once it has released them", assets=held
             )
 
     async def _body(self, object_name: str) -> WorkcellSnapshot | None:
@@ -494,3 +528,8 @@ async def get_snapshot(query: GetSnapshot, snapshots: Snapshots) -> WorkcellSnap
 @handlers.rpc(RestoreSnapshot)
 async def restore_snapshot(cmd: RestoreSnapshot, snapshots: Snapshots) -> SnapshotInfo:
     return await snapshots.restore(cmd)
+
+
+@handlers.rpc(SetAssetState)
+async def set_asset_state(cmd: SetAssetState, snapshots: Snapshots) -> SnapshotInfo:
+    return await snapshots.set_state(cmd)

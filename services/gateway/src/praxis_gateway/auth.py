@@ -82,6 +82,7 @@ OPERATE_ROUTES = frozenset(
         ("POST", "/api/v1/protocols/runs/{run_id}/actions"),
         ("POST", "/api/v1/workcells/{workcell}/drain"),
         ("POST", "/api/v1/workcells/{workcell}/resume"),
+        ("POST", "/api/v1/resources/{accession_id}/state"),
     }
 )
 """The writes ``operate`` may make; every other write needs ``admin``."""

@@ -29,6 +29,7 @@ from praxis_contracts.state import (
     GetSnapshot,
     ListSnapshots,
     RestoreSnapshot,
+    SetAssetState,
     SnapshotInfo,
     SnapshotPage,
     WorkcellSnapshot,
@@ -150,6 +151,42 @@ async def restore_snapshot(
             snapshot_id=body.snapshot_id,
             reason=body.reason,
             assets=body.assets,
+            actor=actor,
+        )
+    )
+
+
+class StateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    state: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Part name -> fields of its PyLabRobot state to change, e.g. "
+        '{"plate_well_A1": {"volume": 150}} (volume alone also sets pending_volume).',
+    )
+    tips: dict[str, bool] = Field(
+        default_factory=dict,
+        description='Tip spot ("A1") -> whether a tip is there; {"*": true} fills the rack, '
+        '{"*": false} empties it.',
+    )
+    reason: str = Field(min_length=1, max_length=2000, description="Why; kept in the audit event.")
+
+
+@router.post("/resources/{accession_id}/state")
+async def set_resource_state(
+    accession_id: UUID, body: StateIn, b: BusDep, actor: ActorDep
+) -> SnapshotInfo:
+    """Set a labware's recorded state by hand (a plate refilled, a tip rack replaced): checked
+    by PyLabRobot (422 naming a part the labware does not have, a volume below 0 or past the
+    well, a state it cannot load), recorded as a snapshot of kind ``set``, loaded by the
+    workcell's orchestrator and audited as ``WorkcellStateRestored`` (who and why, no source
+    snapshot). 409 while a run holds the labware. Replies with the ``set`` snapshot."""
+    return await b.request(
+        SetAssetState(
+            accession_id=accession_id,
+            state=body.state,
+            tips=body.tips,
+            reason=body.reason,
             actor=actor,
         )
     )
