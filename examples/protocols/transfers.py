@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from pylabrobot.liquid_handling import LiquidHandler
 from pylabrobot.resources import Plate, TipRack
 
 from praxis_sdk import PraxisState, protocol_function
+
+log = logging.getLogger(__name__)
 
 
 @protocol_function(version="1.0.0", top_level=False)
@@ -30,6 +33,7 @@ async def transfer(
     wells: list[str] | None = None,
 ) -> dict[str, float]:
     """Transfer ``volume`` uL per well from the source plate to the destination plate."""
+    log.info("transferring %s uL in %d well(s)", volume, len(wells or ["A1"]))
     moved: dict[str, float] = {}
     for well in wells or ["A1"]:
         await lh.pick_up_tips([tips.get_item(well)])

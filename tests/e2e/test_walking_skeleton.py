@@ -89,6 +89,25 @@ async def test_transfer_moves_liquid(api: httpx.AsyncClient) -> None:
     assert "orchestrator.run.started" in events
     assert events.count("orchestrator.call.recorded") == 4  # transfer + nested move_liquid
     assert events[-1] == "scheduler.run.status_changed"
+    assert "orchestrator.run.logged" in events  # its output, live
+
+    # Its output, with the run's id: the protocol's log line, then its instruments' output.
+    url = f"/api/v1/protocols/runs/{run['accession_id']}/logs"
+    lines = (await api.get(url, params={"limit": 1000})).json()["items"]
+    assert [line["seq"] for line in lines] == list(range(len(lines)))
+    protocol = [(x["level"], x["logger"], x["message"]) for x in lines if x["source"] == "protocol"]
+    assert any(
+        level == "INFO"
+        and (logger or "").endswith("transfers")
+        and text == "transferring 30.0 uL in 1 well(s)"
+        for level, logger, text in protocol
+    ), protocol
+    instrument = [x["message"] for x in lines if x["source"] == "instrument"]
+    assert any("Aspirating" in m for m in instrument), instrument
+    only = (await api.get(url, params={"source": "protocol", "level": "INFO"})).json()
+    assert only["items"] and all(x["source"] == "protocol" for x in only["items"])
+    assert (await api.get(url, params={"level": "ERROR"})).json()["items"] == []
+    assert (await api.get(url, params={"level": "LOUD"})).status_code == 400
 
 
 async def test_protocol_error_fails_the_run_and_releases_assets(api: httpx.AsyncClient) -> None:

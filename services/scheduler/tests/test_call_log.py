@@ -17,11 +17,18 @@ from praxis_contracts.protocols import (
     ProtocolFunctionSpec,
     ResolvedProtocol,
 )
-from praxis_contracts.runs import FunctionCallRecorded, ListRunCalls, SubmitRun
+from praxis_contracts.runs import (
+    FunctionCallRecorded,
+    ListRunCalls,
+    ListRunLogs,
+    LogLine,
+    RunLogged,
+    SubmitRun,
+)
 from praxis_devstack.pytest_plugin import MakeDatabase
 from praxis_runtime.db import Database
 from praxis_runtime.outbox import OutboxRelay
-from praxis_scheduler.calls import CallLog
+from praxis_scheduler.calls import CallLog, RunLogs
 from praxis_scheduler.orm import OUTBOX, Base
 from praxis_scheduler.repository import sql_units
 from praxis_scheduler.service import RunService
@@ -98,3 +105,59 @@ async def test_a_call_delivered_twice_or_late_is_recorded_once(database: Databas
         (call_id, "completed", {"mixed": [1.5, 2.0]})
     ]
     assert page.total == 1
+
+
+async def test_log_lines_delivered_twice_are_stored_once_and_read_in_order(
+    database: Database,
+) -> None:
+    relay = OutboxRelay(database, OUTBOX, lambda: None)  # type: ignore[arg-type, return-value]
+    runs = RunService(sql_units(database, relay))
+    spec = ProtocolFunctionSpec(name="mix", version="1.0.0", module="m", qualname="mix")
+    definition = ProtocolDefinition(
+        accession_id=uuid.uuid4(),
+        source_id=uuid.uuid4(),
+        source_name="s",
+        commit="0" * 40,
+        spec=spec,
+        code_bundle="b",
+        created_at=T0,
+    )
+    run = await runs.create(
+        SubmitRun(protocol_name="mix"), ResolvedProtocol(definition=definition, parameters={})
+    )
+    await runs.on_reserved(
+        AssetsReserved(
+            run_id=run.accession_id, workcell_id=uuid.uuid4(), workcell_name="wc-1", bindings=[]
+        )
+    )
+    await runs.on_progress(run.accession_id, RunStatus.RUNNING, T0, "wc-1", "edge-1")
+    logs = RunLogs(database)
+
+    def batch(first: int, n: int, edge: str = "edge-1") -> RunLogged:
+        lines = [
+            LogLine(
+                seq=first + i,
+                at=T0,
+                source="instrument" if i % 2 else "protocol",
+                level="WARNING" if i == 1 else "INFO",
+                logger=None,
+                message=f"line {first + i}",
+            )
+            for i in range(n)
+        ]
+        return RunLogged(
+            run_id=run.accession_id, workcell="wc-1", at=T0, edge_instance=edge, lines=lines
+        )
+
+    for event in (batch(3, 2), batch(0, 3), batch(0, 3), batch(3, 2)):  # late, twice
+        assert await logs.record(event) is None
+    why = await logs.record(batch(5, 1, edge="edge-2"))  # not the run's edge: refused
+    assert why is not None and "edge-2" in why
+
+    page = await logs.list(ListRunLogs(run_id=run.accession_id))
+    assert [x.message for x in page.items] == [f"line {i}" for i in range(5)]
+    assert page.total == 5
+    warnings = await logs.list(ListRunLogs(run_id=run.accession_id, level="WARNING"))
+    assert [x.seq for x in warnings.items] == [1, 4]
+    protocol = await logs.list(ListRunLogs(run_id=run.accession_id, source="protocol"))
+    assert [x.seq for x in protocol.items] == [0, 2, 3]

@@ -83,11 +83,13 @@ from praxis_contracts.runs import (
     FunctionCallRecorded,
     GetRun,
     ListRunCalls,
+    ListRunLogs,
     ListRuns,
     RunBlocked,
     RunEventRefused,
     RunFinished,
     RunHandedBack,
+    RunLogged,
     RunPaused,
     RunPreparing,
     RunResumed,
@@ -208,6 +210,7 @@ RUN_EVENTS: tuple[type[Event], ...] = (
     RunBlocked,
     RunHandedBack,
     FunctionCallRecorded,
+    RunLogged,
 )
 """Events an edge publishes about its runs, keyed ``<workcell>.<run id>``."""
 ORCHESTRATOR_EVENTS: tuple[type[Event], ...] = (*RUN_EVENTS, WorkcellStateRecorded)
@@ -228,6 +231,7 @@ SCHEDULER = Identity(
         Consumes(ReservationFailed, "scheduler-reservation-failed"),
         Consumes(LeaseExpired, "scheduler-lease-expired"),
         Consumes(FunctionCallRecorded, "scheduler-calls"),
+        Consumes(RunLogged, "scheduler-run-logged"),
         Consumes(RunFinished, "scheduler-run-finished"),
         Consumes(RunPreparing, "scheduler-run-preparing"),
         Consumes(RunStarted, "scheduler-run-started"),
@@ -237,7 +241,7 @@ SCHEDULER = Identity(
         Consumes(ReservationWaiting, "scheduler-reservation-waiting"),
     ),
     requests=(ResolveProtocol, CheckReservation),
-    responds=(SubmitRun, GetRun, ListRuns, ControlRun, ListRunCalls),
+    responds=(SubmitRun, GetRun, ListRuns, ControlRun, ListRunCalls, ListRunLogs),
     key_values=(Bucket(EDGES.bucket),),
     claims=True,
 )
@@ -265,6 +269,7 @@ GATEWAY = Identity(
         ListRuns,
         ControlRun,
         ListRunCalls,
+        ListRunLogs,
         RegisterProtocolSource,
         SyncProtocolSource,
         ListProtocolSources,

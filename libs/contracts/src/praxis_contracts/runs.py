@@ -390,6 +390,54 @@ class RunBlocked(_RunEvent):
     last_call: str | None = Field(default=None, description="The last protocol function called.")
 
 
+LOG_LINE_CHARS = 2000
+"""A log line's message is cut to this many characters."""
+LOG_BATCH_LINES = 200
+"""At most this many lines travel in one ``RunLogged``."""
+
+LogSource = Literal["protocol", "instrument"]
+
+
+class LogLine(BaseModel):
+    """One line of a run's output: the protocol's own (``print``, ``logging``) or its
+    instruments' (the backends' output and PyLabRobot's log while they execute its commands)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    seq: int = Field(ge=0, description="The line's place in the run's output (from 0).")
+    at: datetime
+    source: LogSource
+    level: str = Field(max_length=20, description="INFO, WARNING ...; print: INFO, stderr: ERROR.")
+    logger: str | None = Field(default=None, max_length=200)
+    message: str = Field(max_length=LOG_LINE_CHARS)
+
+
+class RunLogged(_RunEvent):
+    """Lines a run wrote (in order; ``lines[i].seq`` runs on from the last batch's)."""
+
+    subject: ClassVar[str] = "praxis.evt.orchestrator.run.logged"
+
+    lines: list[LogLine] = Field(min_length=1, max_length=LOG_BATCH_LINES)
+
+
+class RunLogPage(Page[LogLine]):
+    """A page of a run's output lines in order."""
+
+
+class ListRunLogs(Request[RunLogPage]):
+    """A run's output lines in order (``seq``), optionally one source or from one level up."""
+
+    subject: ClassVar[str] = "praxis.rpc.scheduler.list_logs"
+    reply_type: ClassVar[type[BaseModel]] = RunLogPage
+
+    run_id: UUID
+    filters: SearchFilters = Field(default_factory=SearchFilters)
+    source: LogSource | None = None
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] | None = Field(
+        default=None, description="This level and above."
+    )
+
+
 class RunPaused(_RunEvent):
     """The protocol is waiting at a checkpoint (a protocol-function boundary)."""
 

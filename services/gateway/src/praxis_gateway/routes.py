@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
@@ -48,9 +48,12 @@ from praxis_contracts.runs import (
     FunctionCallPage,
     GetRun,
     ListRunCalls,
+    ListRunLogs,
     ListRuns,
+    LogSource,
     ResolveOutcome,
     RunAction,
+    RunLogPage,
     RunMode,
     RunPage,
     RunStatusChanged,
@@ -289,6 +292,23 @@ async def run_calls(
 ) -> FunctionCallPage:
     """Every protocol-function call of the run in call order; nested calls name their parent."""
     return await b.request(ListRunCalls(run_id=run_id, filters=filters, function=function))
+
+
+@router.get("/protocols/runs/{run_id}/logs", tags=["runs"])
+async def run_logs(
+    run_id: UUID,
+    b: BusDep,
+    filters: Filters,
+    source: LogSource | None = None,
+    level: Annotated[
+        Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] | None, Query()
+    ] = None,
+) -> RunLogPage:
+    """The run's output lines in order (``seq``): what the protocol printed or logged
+    (``source=protocol``) and what its instruments' backends printed and PyLabRobot logged
+    while executing its commands (``source=instrument``); ``level`` keeps that level and above.
+    Live, they come as ``orchestrator.run.logged`` in ``/events``. Paged like every list."""
+    return await b.request(ListRunLogs(run_id=run_id, filters=filters, source=source, level=level))
 
 
 @router.get("/protocols/runs/{run_id}/events", tags=["runs"])

@@ -81,9 +81,11 @@ from praxis_contracts.runs import (
     EdgeRun,
     ExecuteRun,
     FunctionCallRecorded,
+    LogLine,
     RunBlocked,
     RunFinished,
     RunHandedBack,
+    RunLogged,
     RunOutcome,
     RunPaused,
     RunPreparing,
@@ -96,6 +98,7 @@ from praxis_orchestrator.code import CodeCache
 from praxis_orchestrator.isolation import RunnerLink, Zygote
 from praxis_orchestrator.keeper import ClaimedElsewhere, LeaseKeeper
 from praxis_orchestrator.outbox import Outbox
+from praxis_orchestrator.runlog import RunLog, capture
 from praxis_orchestrator.snapshots import StateRecorder
 from praxis_orchestrator.workcell import WorkcellHost
 from praxis_plr.guard import WorkcellView
@@ -175,6 +178,7 @@ class ActiveRun:
         self.blocked_reported = False
         self.before: dict[str, Any] | None = None  # its assets' state when the protocol began
         self.held: set[str] | None = None  # names whose leases it still holds as it ends
+        self.output: RunLog | None = None  # its output lines on their way out (``runlog``)
 
     @property
     def run_id(self) -> uuid.UUID:
@@ -213,6 +217,7 @@ class Executor:
         self.workcell = workcell
         self.reporter = {"workcell": workcell.name, "edge_instance": instance}
         """Who reports a run event: the workcell (its subject key) and this process."""
+        capture()  # instrument output goes to the run whose command it comes from (runlog)
         self.code = code
         self.leases = leases
         self.outbox = outbox
@@ -439,6 +444,8 @@ class Executor:
         link = run.link = await self.zygote.fork(cmd.run_id)
         link.attach(objects, view, self.machine_locks)
         link.on_call = lambda message: self._on_call(run, message)
+        link.output = run.output = RunLog(lambda lines: self._logged(run, lines))
+        link.on_log = lambda message: self._on_log(run, message)
         link.on_paused = lambda _: self._waiting(run, True)
         link.on_resumed = lambda _: self._waiting(run, False)
         answer = await link.prepare(
@@ -482,6 +489,29 @@ class Executor:
         self._emit(record)
         if record.status == "completed" and record.parent_call_id is not None and not run.given_up:
             self._record_state(run, "checkpoint", checkpoint=f"{record.function}#{record.sequence}")
+
+    def _on_log(self, run: ActiveRun, message: dict[str, Any]) -> None:
+        """Lines the protocol printed or logged in its runner (which may say anything: what
+        does not parse is dropped)."""
+        if run.output is None:
+            return
+        lines = message.get("lines")
+        for line in lines if isinstance(lines, list) else []:
+            if isinstance(line, dict) and isinstance(line.get("message"), str):
+                level, logger = line.get("level"), line.get("logger")
+                run.output.add(
+                    "protocol",
+                    level if isinstance(level, str) else "INFO",
+                    logger if isinstance(logger, str) else None,
+                    line["message"],
+                )
+        dropped = message.get("dropped")
+        if isinstance(dropped, int) and dropped > 0:
+            run.output.dropped += dropped
+
+    def _logged(self, run: ActiveRun, lines: list[LogLine]) -> None:
+        event = RunLogged(run_id=run.run_id, at=now(), **self.reporter, lines=lines)
+        self.outbox.emit(event, msg_id=f"logged:{run.run_id}:{lines[0].seq}:{self.instance}")
 
     def _waiting(self, run: ActiveRun, waiting: bool) -> None:
         run.waiting = waiting
@@ -702,6 +732,8 @@ class Executor:
         cleanup: list[str] | None = None,
     ) -> None:
         self._free_slot(run)
+        if run.output is not None:
+            run.output.close()  # its last lines go out before its end
         event = RunFinished(
             run_id=run.run_id,
             at=now(),

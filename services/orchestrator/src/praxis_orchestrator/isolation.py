@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from praxis_orchestrator.channel import Channel, ChannelClosed
+from praxis_orchestrator.runlog import RunLog, current_log
 from praxis_plr.guard import WorkcellView, current_view
 from praxis_plr.remote import CodecError, RunObjects, decode, encode, error_reply
 from praxis_runtime.confine import Confinement
@@ -230,6 +231,9 @@ class RunnerLink:
         self.view: WorkcellView | None = None
         self.locks: dict[str, asyncio.Lock] = {}
         self.on_call: Hook = lambda record: None
+        self.on_log: Hook = lambda message: None
+        self.output: RunLog | None = None
+        """Where the output of this run's instrument commands goes (``runlog``)."""
         self.on_paused: Hook = lambda message: None
         self.on_resumed: Hook = lambda message: None
         self.last_tick = asyncio.get_running_loop().time()
@@ -315,6 +319,8 @@ class RunnerLink:
             task.add_done_callback(self.commands.discard)
         elif op == "call":
             await _maybe(self.on_call(message))
+        elif op == "log":
+            await _maybe(self.on_log(message))
         elif op == "paused":
             await _maybe(self.on_paused(message))
         elif op == "resumed":
@@ -377,9 +383,11 @@ class RunnerLink:
             lock = self.locks.setdefault(machine, asyncio.Lock())
             async with lock:
                 token = current_view.set(view)
+                output = current_log.set(self.output)  # its prints and logs are this run's
                 try:
                     result = await method(*args, **kwargs)
                 finally:
+                    current_log.reset(output)
                     current_view.reset(token)
             reply["result"] = encode(result, result=True)
         except asyncio.CancelledError:

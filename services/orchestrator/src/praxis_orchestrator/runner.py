@@ -21,7 +21,9 @@ memory) stays here: the supervisor executes every instrument command and checks 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import io
 import itertools
 import json
 import logging
@@ -36,7 +38,9 @@ from typing import Any
 
 from praxis_contracts.assets import WorkcellLayout
 from praxis_contracts.errors import ErrorCode, LeaseLost, PraxisError
+from praxis_contracts.runs import LOG_LINE_CHARS
 from praxis_orchestrator.channel import Channel, ChannelClosed
+from praxis_orchestrator.runlog import MAX_LINES
 from praxis_plr.live import LiveWorkcell
 from praxis_plr.remote import apply, decode, encode, forward, raise_error, track_moves
 from praxis_plr.types import unwrap_optional
@@ -69,8 +73,10 @@ class Runner:
     async def serve(self) -> None:
         """Until the run ended (or the supervisor went away)."""
         reader = asyncio.create_task(self._read())
+        output = ProtocolOutput(self.channel)
         try:
             prepare = await self._prepare_message
+            output.install()  # what the protocol prints or logs, from its import on
             prepared = await self._prepare(prepare)
             if prepared is None:
                 return
@@ -79,6 +85,7 @@ class Runner:
             self.protocol = asyncio.create_task(self._call(*prepared))
             ended = await self.protocol
             ticker.cancel()
+            output.close()
             await self.channel.send({"op": "finished", **ended})
         finally:
             reader.cancel()
@@ -313,3 +320,78 @@ def run_child(fd: int) -> None:
     except BaseException:
         os._exit(1)
     os._exit(0)
+
+
+class ProtocolOutput:
+    """The protocol's output, sent line by line to the supervisor (``op: log``), which numbers,
+    bounds and publishes it (``praxis_orchestrator.runlog``): ``print`` (stdout as INFO, stderr
+    as ERROR) and every ``logging`` record from INFO up but the runner's own. At most
+    ``MAX_LINES`` are sent; how many more there were goes with the last message."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.sent = 0
+        self.dropped = 0
+        self._partial: dict[str, str] = {}
+
+    def install(self) -> None:
+        sys.stdout = _Stream(self, "stdout", "INFO")  # type: ignore[assignment]
+        sys.stderr = _Stream(self, "stderr", "ERROR")  # type: ignore[assignment]
+        root = logging.getLogger()
+        root.addHandler(_LogToChannel(self))
+        if root.level == logging.NOTSET or root.level > logging.INFO:
+            root.setLevel(logging.INFO)
+
+    def line(self, level: str, logger: str | None, message: str) -> None:
+        if self.sent >= MAX_LINES:
+            self.dropped += 1
+            return
+        self.sent += 1
+        record = {"level": level, "logger": logger, "message": message[:LOG_LINE_CHARS]}
+        with contextlib.suppress(Exception):  # the run's output never breaks the run
+            self.channel.send_nowait({"op": "log", "lines": [record]})
+
+    def write(self, stream: str, level: str, text: str) -> None:
+        text = self._partial.pop(stream, "") + text
+        complete, _, rest = text.rpartition("\n")
+        if rest:
+            self._partial[stream] = rest[: LOG_LINE_CHARS * 2]
+        for line in complete.splitlines() if complete else []:
+            self.line(level, None, line)
+
+    def close(self) -> None:
+        for stream, rest in list(self._partial.items()):
+            self.line("ERROR" if stream == "stderr" else "INFO", None, rest)
+        self._partial.clear()
+        if self.dropped:
+            with contextlib.suppress(Exception):
+                self.channel.send_nowait({"op": "log", "lines": [], "dropped": self.dropped})
+
+
+class _Stream(io.TextIOBase):
+    def __init__(self, output: ProtocolOutput, name: str, level: str) -> None:
+        self.output, self.name, self.level = output, name, level
+
+    def write(self, text: str) -> int:
+        self.output.write(self.name, self.level, text)
+        return len(text)
+
+    def writable(self) -> bool:
+        return True
+
+
+class _LogToChannel(logging.Handler):
+    def __init__(self, output: ProtocolOutput) -> None:
+        super().__init__(logging.INFO)
+        self.output = output
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name == "praxis.runner":
+            return  # the runner's own messages are the edge's, not the protocol's
+        try:
+            message = record.getMessage()
+            if record.exc_info:
+                message = f"{message}\n{logging.Formatter().formatException(record.exc_info)}"
+        except Exception:
+            return
+        self.output.line(record.levelname, record.name, message)

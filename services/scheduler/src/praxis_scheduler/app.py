@@ -13,7 +13,7 @@ from praxis_contracts.topology import EDGES
 from praxis_runtime.outbox import OutboxRelay
 from praxis_runtime.service import Migrations, Service, bus_for, database_for
 from praxis_runtime.settings import DatabaseSettings
-from praxis_scheduler.calls import CallLog
+from praxis_scheduler.calls import CallLog, RunLogs
 from praxis_scheduler.edges import EdgeBook
 from praxis_scheduler.handlers import Deps, handlers
 from praxis_scheduler.orm import OUTBOX, SCHEMA, Base
@@ -89,6 +89,7 @@ def build_app(settings: Settings) -> Service:
             runs=runs,
             queries=RunQueries(db),
             calls=CallLog(db),
+            logs=RunLogs(db),
             bus=bus,
             edges=book,
             cancels=cancels,

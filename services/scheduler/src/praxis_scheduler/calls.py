@@ -1,4 +1,6 @@
-"""The protocol-function call log of each run (recorded from orchestrator events)."""
+"""What an edge reports a run did, recorded from its events: the protocol-function call log
+(``FunctionCallRecorded``) and the run's output lines (``RunLogged``). Only the edge that runs
+the run is believed (``domain.refusal``)."""
 
 from __future__ import annotations
 
@@ -8,11 +10,20 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 
 from praxis_contracts.common import RunStatus
-from praxis_contracts.runs import FunctionCall, FunctionCallPage, FunctionCallRecorded, ListRunCalls
+from praxis_contracts.runs import (
+    FunctionCall,
+    FunctionCallPage,
+    FunctionCallRecorded,
+    ListRunCalls,
+    ListRunLogs,
+    LogLine,
+    RunLogged,
+    RunLogPage,
+)
 from praxis_runtime.db import Database
 from praxis_runtime.query import apply_filters, fetch_page, where_all
 from praxis_scheduler.domain import refusal
-from praxis_scheduler.orm import CallRow, RunRow
+from praxis_scheduler.orm import CallRow, LogRow, RunRow
 from praxis_scheduler.queries import within_budget
 
 _SORTABLE: dict[str, Any] = {"sequence": CallRow.sequence, "started_at": CallRow.started_at}
@@ -84,4 +95,73 @@ def _call(row: CallRow) -> FunctionCall:
         finished_at=row.finished_at,
         error=row.error,
         result=row.result,
+    )
+
+
+LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
+
+
+class RunLogs:
+    """Each run's output lines, in order; a batch delivered twice is stored once."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def record(self, event: RunLogged) -> str | None:
+        """Store the batch; why it is not believed (and not stored), or None."""
+        rows = [
+            {
+                "run_id": event.run_id,
+                "seq": line.seq,
+                "at": line.at,
+                "source": line.source,
+                "level": line.level,
+                "level_no": LEVELS.get(line.level.upper(), 20),
+                "logger": line.logger,
+                "message": line.message,
+            }
+            for line in event.lines
+        ]
+        async with self.db.transaction() as session:
+            run = await session.get(RunRow, event.run_id)
+            if run is None:
+                return None
+            why = refusal(
+                RunStatus(run.status),
+                run.workcell_name,
+                run.edge_instance,
+                event.workcell,
+                event.edge_instance,
+            )
+            if why is None:
+                await session.execute(insert(LogRow).values(rows).on_conflict_do_nothing())
+            return why
+
+    async def list(self, query: ListRunLogs) -> RunLogPage:
+        stmt = where_all(
+            select(LogRow).where(LogRow.run_id == query.run_id),
+            LogRow.source == query.source if query.source else None,
+            LogRow.level_no >= LEVELS[query.level] if query.level else None,
+        )
+        stmt = apply_filters(
+            stmt,
+            query.filters.model_copy(update={"sort_by": query.filters.sort_by or "seq"}),
+            created_at=LogRow.at,
+            sortable={"seq": LogRow.seq, "at": LogRow.at},
+        )
+        async with self.db.transaction() as session:
+            rows, total = await fetch_page(session, stmt, query.filters)
+            items = within_budget([_line(r) for r in rows])
+        f = query.filters
+        return RunLogPage(items=items, total=total, limit=f.limit, offset=f.offset)
+
+
+def _line(row: LogRow) -> LogLine:
+    return LogLine(
+        seq=row.seq,
+        at=row.at,
+        source=row.source,  # type: ignore[arg-type]
+        level=row.level,
+        logger=row.logger,
+        message=row.message,
     )

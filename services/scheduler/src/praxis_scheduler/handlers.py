@@ -22,9 +22,12 @@ from praxis_contracts.runs import (
     FunctionCallRecorded,
     GetRun,
     ListRunCalls,
+    ListRunLogs,
     ListRuns,
     RunFinished,
     RunHandedBack,
+    RunLogged,
+    RunLogPage,
     RunPage,
     RunPaused,
     RunPreparing,
@@ -35,7 +38,7 @@ from praxis_contracts.runs import (
 )
 from praxis_runtime.bus import Bus, Handlers
 from praxis_scheduler.admission import admit
-from praxis_scheduler.calls import CallLog
+from praxis_scheduler.calls import CallLog, RunLogs
 from praxis_scheduler.edges import EdgeBook
 from praxis_scheduler.queries import RunQueries
 from praxis_scheduler.recovery import CancelWatch
@@ -49,6 +52,7 @@ class Deps:
     runs: RunService
     queries: RunQueries
     calls: CallLog
+    logs: RunLogs
     bus: Bus
     edges: EdgeBook
     cancels: CancelWatch
@@ -109,6 +113,12 @@ async def list_calls(query: ListRunCalls, deps: Deps) -> FunctionCallPage:
     return await deps.calls.list(query)
 
 
+@handlers.rpc(ListRunLogs)
+async def list_logs(query: ListRunLogs, deps: Deps) -> RunLogPage:
+    await deps.runs.get(query.run_id)  # not_found for an unknown run
+    return await deps.logs.list(query)
+
+
 @handlers.consume(AssetsReserved, durable="scheduler-reserved", max_workers=WORKERS)
 async def assets_reserved(event: AssetsReserved, deps: Deps) -> None:
     await deps.runs.on_reserved(event)
@@ -144,7 +154,18 @@ async def lease_expired(event: LeaseExpired, deps: Deps) -> None:
 async def call_recorded(event: FunctionCallRecorded, deps: Deps) -> None:
     refused = await deps.calls.record(event)
     if refused is not None:
-        await deps.runs.refuse_call(event, refused)
+        await deps.runs.refuse_report(
+            event, "FunctionCallRecorded", f"{event.call_id}:{event.status}"
+        )
+
+
+@handlers.consume(RunLogged, durable="scheduler-run-logged", max_workers=WORKERS)
+async def run_logged(event: RunLogged, deps: Deps) -> None:
+    refused = await deps.logs.record(event)
+    if refused is not None:
+        await deps.runs.refuse_report(
+            event, "RunLogged", f"lines {event.lines[0].seq}-{event.lines[-1].seq}"
+        )
 
 
 @handlers.consume(RunFinished, durable="scheduler-run-finished", max_workers=WORKERS)

@@ -95,3 +95,21 @@ class CallRow(Base):
 
 
 OUTBOX = outbox_table(Base.metadata)
+
+
+class LogRow(Base):
+    """One line of a run's output (``RunLogged``); (run, seq) is its identity: a redelivered
+    batch inserts nothing."""
+
+    __tablename__ = "run_logs"
+
+    run_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey(f"{SCHEMA}.protocol_runs.accession_id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    source: Mapped[str] = mapped_column(String(20))
+    level: Mapped[str] = mapped_column(String(20))
+    level_no: Mapped[int] = mapped_column(Integer)
+    logger: Mapped[str | None] = mapped_column(String(200))
+    message: Mapped[str] = mapped_column(Text)

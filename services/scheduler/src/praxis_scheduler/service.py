@@ -35,6 +35,7 @@ from praxis_contracts.runs import (
     RunEventRefused,
     RunFinished,
     RunHandedBack,
+    RunLogged,
     RunStatusChanged,
     RunView,
     SubmitRun,
@@ -269,19 +270,15 @@ class RunService:
         )
         return False
 
-    async def refuse_call(self, event: FunctionCallRecorded, why: str) -> None:
-        """A call record the call log did not believe (see ``_believed``): the security event."""
+    async def refuse_report(
+        self, event: FunctionCallRecorded | RunLogged, kind: str, seen: str
+    ) -> None:
+        """A call record or log batch the scheduler did not believe (see ``_believed``): the
+        security event."""
         async with self.uow() as uow:
             row = await uow.runs.get(event.run_id)
             if row is not None:
-                self._believed(
-                    uow,
-                    row,
-                    "FunctionCallRecorded",
-                    event.workcell,
-                    event.edge_instance,
-                    seen=f"{event.call_id}:{event.status}",
-                )
+                self._believed(uow, row, kind, event.workcell, event.edge_instance, seen=seen)
 
     # -- operators ----------------------------------------------------------------------------
     async def control(self, cmd: ControlRun, edges: Edges) -> RunView:
