@@ -316,6 +316,11 @@ WRITES: dict[tuple[str, str], Case] = {
         {"snapshot_id": str(uuid.uuid4()), "reason": NUL},
         "body.reason",
     ),
+    ("POST", "/api/v1/resources/{accession_id}/state"): lambda i: (
+        f"/api/v1/resources/{i.asset_id}/state",
+        {"tips": {"*": True}, "reason": NUL},
+        "body.reason",
+    ),
     ("POST", "/api/v1/locks/{asset_id}/force-release"): lambda i: (
         f"/api/v1/locks/{i.asset_id}/force-release",
         {"reason": NUL},

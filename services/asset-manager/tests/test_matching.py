@@ -168,3 +168,86 @@ def test_bindings_keep_the_requirement_spec() -> None:
     req = need("plate")
     (binding,) = bind([req], [plate("p1")], {}, set()) or []
     assert binding.requirement == req
+
+
+# -- physical containment: two robots on one workcell ------------------------------------------
+
+LH = fqn(LiquidHandler)
+
+
+def on(child: Asset, parent: Asset) -> Asset:
+    return child.model_copy(update={"parent_id": parent.accession_id})
+
+
+def two_robots() -> dict[str, Asset]:
+    """Two liquid handlers, each with its deck, a tip rack and a plate; a plate in no machine."""
+    lh_a = asset("lh_a", type_ancestry(LiquidHandler), kind="machine")
+    lh_b = asset("lh_b", type_ancestry(LiquidHandler), kind="machine")
+    deck_a = on(asset("deck_a", type_ancestry(Resource), kind="deck"), lh_a)
+    deck_b = on(asset("deck_b", type_ancestry(Resource), kind="deck"), lh_b)
+    return {
+        a.name: a
+        for a in (
+            lh_a,
+            lh_b,
+            deck_a,
+            deck_b,
+            on(asset("tips_a", type_ancestry(TipRack)), deck_a),
+            on(asset("tips_b", type_ancestry(TipRack)), deck_b),
+            on(plate("plate_a"), deck_a),
+            on(plate("plate_b"), deck_b),
+            plate("plate_shelf"),
+        )
+    }
+
+
+def robot_run() -> list[AssetRequirementSpec]:
+    return [
+        AssetRequirementSpec(name="lh", type_fqn=LH, kind="machine"),
+        need("tips", TIP_RACK),
+        need("plate"),
+    ]
+
+
+def test_labware_is_bound_on_the_deck_of_the_robot_the_run_gets() -> None:
+    assets = two_robots()
+    pool = list(assets.values())
+    bindings = bind(robot_run(), pool, {}, set())
+    assert chosen(bindings) == {"lh": "lh_a", "tips": "tips_a", "plate": "plate_a"}
+    assert bindings is not None
+    reasons = {b.requirement.name: b.reason for b in bindings}
+    assert reasons["tips"] == "the first free TipRack by name, in 'lh_a'"
+
+    # lh_a busy: the run gets lh_b and, with it, what is on lh_b's deck (never tips_a).
+    busy = {assets["lh_a"].accession_id}
+    assert chosen(bind(robot_run(), pool, {}, busy)) == {
+        "lh": "lh_b",
+        "tips": "tips_b",
+        "plate": "plate_b",
+    }
+    # The rack on lh_b's deck busy too: lh_b cannot work without tips, the run waits.
+    busy |= {assets["tips_b"].accession_id}
+    assert bind(robot_run(), pool, {}, busy) is None
+
+
+def test_a_pin_decides_the_robot_and_a_pin_on_the_other_deck_is_refused() -> None:
+    pool = list(two_robots().values())
+    pinned = bind(robot_run(), pool, {"tips": "tips_b"}, set())
+    assert chosen(pinned) == {"lh": "lh_b", "tips": "tips_b", "plate": "plate_b"}
+    assert pinned is not None and {b.requirement.name: b.reason for b in pinned}["tips"] == (
+        "pinned, in 'lh_b'"
+    )
+
+    with pytest.raises(NoMatchingAssets) as refused:
+        bind(robot_run(), pool, {"lh": "lh_a", "tips": "tips_b"}, set())
+    message = refused.value.message
+    assert "'tips_b' (in 'lh_b')" in message and "'lh_a' (in no machine)" in message
+    with pytest.raises(NoMatchingAssets):
+        bind(robot_run(), pool, {"plate": "plate_shelf"}, set())  # on no robot's deck
+
+
+def test_a_run_without_machines_takes_labware_wherever_it_is() -> None:
+    pool = list(two_robots().values())
+    assert chosen(bind([need("plate")], pool, {"plate": "plate_shelf"}, set())) == {
+        "plate": "plate_shelf"
+    }

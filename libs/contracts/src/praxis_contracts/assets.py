@@ -168,6 +168,11 @@ class AssetBinding(BaseModel):
     fqn: str
     lease_key: str = Field(description="KV key of the lease in the lease bucket.")
     token: int = Field(description="Fencing token: the lease's KV revision at grant time.")
+    reason: str = Field(
+        default="",
+        description="Why this asset: pinned, named like the requirement or the first free one "
+        "by name; and inside which of the run's machines it is.",
+    )
 
 
 class Lease(BaseModel):

@@ -5,13 +5,20 @@ requirement matches any plate class). Two requirements never bind the same asset
 shareable. Pins name the asset a requirement must use; required properties must be present with
 equal values; otherwise an asset named like the requirement is preferred, then assets in name
 order.
+
+Physical containment: when a run binds machines or decks (its *containers*), each of its other
+assets (labware) is bound inside the tree of one of them (on the liquid handler's deck, in the
+reader), found through the assets' parents. A run with two robots on one workcell therefore gets
+the tip rack of the robot it was given, and a pinned rack on the other robot's deck is refused
+(``NoMatchingAssets`` naming where each candidate is). A run that binds no container (labware
+only) is not constrained. Each binding says why it was chosen (``reason``).
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from praxis_contracts.assets import Asset, AssetStatus
@@ -21,10 +28,16 @@ from praxis_contracts.protocols import AssetRequirementSpec
 UNUSABLE = frozenset({AssetStatus.MAINTENANCE, AssetStatus.ERROR})
 
 
+CONTAINERS = frozenset({"machine", "deck"})
+"""Requirement kinds whose assets hold the run's labware."""
+
+
 @dataclass(frozen=True)
 class Binding:
     requirement: AssetRequirementSpec
     asset: Asset
+    reason: str = ""
+    """Why this asset: pinned, inside which machine, named like the requirement, or first."""
 
 
 def candidates(
@@ -49,6 +62,9 @@ class Match:
 
     requirements: list[AssetRequirementSpec]
     options: dict[str, list[Asset]]
+    parents: Mapping[uuid.UUID, uuid.UUID | None] = field(default_factory=dict)
+    """Each asset's parent asset on the workcell (for containment)."""
+    pins: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def wanted(self) -> set[uuid.UUID]:
@@ -56,7 +72,8 @@ class Match:
 
     def now(self, is_busy: Callable[[uuid.UUID], bool]) -> list[Binding] | None:
         """Bindings using only assets that are not busy, or None if the run must wait."""
-        return _assign(self.requirements, self.options, is_busy)
+        found = _assign(self.requirements, self.options, is_busy, self.parents)
+        return None if found is None else explained(found, self.parents, self.pins)
 
 
 def match(
@@ -94,9 +111,54 @@ def match(
             requirements=[r.name for r in missing],
             problems=problems,
         )
-    found = Match(requirements, options)
+    parents = {a.accession_id: a.parent_id for a in assets}
+    found = Match(requirements, options, parents, pins)
     if found.now(lambda _: False) is None:
+        if _assign(requirements, options, lambda _: False, None) is not None:
+            raise _not_contained(requirements, options, assets, parents)
         raise NoMatchingAssets("the requirements cannot all be bound to distinct assets")
+    return found
+
+
+def _not_contained(
+    requirements: list[AssetRequirementSpec],
+    options: Mapping[str, list[Asset]],
+    assets: list[Asset],
+    parents: Mapping[uuid.UUID, uuid.UUID | None],
+) -> NoMatchingAssets:
+    """Why the requirements cannot be bound inside the machines that handle them: where each
+    requirement's candidates are."""
+    by_id = {a.accession_id: a for a in assets}
+
+    def where(asset: Asset) -> str:
+        for ancestor in _ancestors(asset.accession_id, parents):
+            holder = by_id.get(ancestor)
+            if holder is not None and holder.kind == "machine":
+                return f"in {holder.name!r}"
+        return "in no machine"
+
+    placed = {
+        r.name: [f"{a.name!r} ({where(a)})" for a in options[r.name]]
+        for r in requirements
+        if options[r.name]
+    }
+    said = "; ".join(f"{name}: {', '.join(found)}" for name, found in placed.items())
+    return NoMatchingAssets(
+        "the run's labware cannot all be bound inside the machines it binds (a pin on another "
+        f"machine's deck?): {said}",
+        placements=placed,
+    )
+
+
+def _ancestors(
+    asset_id: uuid.UUID, parents: Mapping[uuid.UUID, uuid.UUID | None]
+) -> list[uuid.UUID]:
+    """The asset's parent, its parent's parent ... (cycles cut)."""
+    found: list[uuid.UUID] = []
+    current = parents.get(asset_id)
+    while current is not None and current not in found:
+        found.append(current)
+        current = parents.get(current)
     return found
 
 
@@ -154,21 +216,82 @@ def _assign(
     requirements: list[AssetRequirementSpec],
     options: Mapping[str, list[Asset]],
     is_busy: Callable[[uuid.UUID], bool],
+    parents: Mapping[uuid.UUID, uuid.UUID | None] | None,
 ) -> list[Binding] | None:
-    order = sorted(requirements, key=lambda r: (r.optional, len(options[r.name])))
+    """A binding of every requirement (optional ones if possible) to distinct free assets, the
+    containers (machines, decks) first and the labware inside one of them; None if none exists
+    now. ``parents`` None: containment not required (to tell a containment conflict apart)."""
+    order = sorted(
+        requirements, key=lambda r: (r.kind not in CONTAINERS, r.optional, len(options[r.name]))
+    )
     chosen: list[Binding] = []
 
-    def search(i: int, used: set[uuid.UUID]) -> bool:
+    def search(i: int, used: set[uuid.UUID], containers: dict[uuid.UUID, str]) -> bool:
         if i == len(order):
             return True
         req = order[i]
         for asset in options[req.name]:
             if is_busy(asset.accession_id) or (asset.accession_id in used and not asset.shareable):
                 continue
+            if (
+                req.kind not in CONTAINERS
+                and containers
+                and parents is not None
+                and _holder(asset, containers, parents) is None
+            ):
+                continue  # not inside any machine or deck the run binds
             chosen.append(Binding(req, asset))
-            if search(i + 1, used | {asset.accession_id}):
+            inner = containers
+            if req.kind in CONTAINERS:
+                inner = containers | {asset.accession_id: asset.name}
+            if search(i + 1, used | {asset.accession_id}, inner):
                 return True
             chosen.pop()
-        return req.optional and search(i + 1, used)
+        return req.optional and search(i + 1, used, containers)
 
-    return chosen if search(0, set()) else None
+    return chosen if search(0, set(), {}) else None
+
+
+def explained(
+    bindings: list[Binding],
+    parents: Mapping[uuid.UUID, uuid.UUID | None],
+    pins: Mapping[str, str],
+) -> list[Binding]:
+    """The bindings, each with why it was chosen (the same words for the same grant: a
+    re-announced grant says what the first one said)."""
+    containers = {
+        b.asset.accession_id: b.asset.name for b in bindings if b.requirement.kind in CONTAINERS
+    }
+    return [
+        replace(
+            b,
+            reason=_why(
+                b.requirement,
+                b.asset,
+                None if b.requirement.kind in CONTAINERS else _holder(b.asset, containers, parents),
+                pins,
+            ),
+        )
+        for b in bindings
+    ]
+
+
+def _holder(
+    asset: Asset, containers: Mapping[uuid.UUID, str], parents: Mapping[uuid.UUID, uuid.UUID | None]
+) -> str | None:
+    """The name of the nearest of ``containers`` that ``asset`` is inside, if any."""
+    return next(
+        (containers[a] for a in _ancestors(asset.accession_id, parents) if a in containers), None
+    )
+
+
+def _why(
+    req: AssetRequirementSpec, asset: Asset, holder: str | None, pins: Mapping[str, str]
+) -> str:
+    if req.name in pins:
+        reason = "pinned"
+    elif asset.name == req.name:
+        reason = "named like the requirement"
+    else:
+        reason = f"the first free {req.type_fqn.rsplit('.', 1)[-1]} by name"
+    return f"{reason}, in {holder!r}" if holder is not None else reason

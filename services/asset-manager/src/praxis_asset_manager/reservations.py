@@ -35,7 +35,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from praxis_asset_manager.inventory import Inventory, Site
 from praxis_asset_manager.lease_index import Change, Deadlines, LeaseIndex
-from praxis_asset_manager.matching import Binding, Match, match
+from praxis_asset_manager.matching import Binding, Match, explained, match
 from praxis_asset_manager.orm import ReservationRow
 from praxis_asset_manager.waiters import Waiter, WaitQueue
 from praxis_contracts.assets import (
@@ -391,17 +391,19 @@ class Reservations:
         workcell_id = holders[0].workcell_id
         layout = await self.inventory.layout(str(workcell_id))
         assets = {a.accession_id: a for a in layout.assets}
-        bindings = _in_order(
-            cmd,
+        held_by = {h.asset_id: state for state in held.values() if (h := state.holder) is not None}
+        found = explained(
             [
-                _binding(
-                    layout.workcell.name,
-                    Binding(_requirement(cmd, h.requirement), assets[h.asset_id]),
-                    state,
-                )
+                Binding(_requirement(cmd, h.requirement), assets[h.asset_id])
                 for state in held.values()
                 if (h := state.holder) is not None
             ],
+            {a.accession_id: a.parent_id for a in layout.assets},
+            cmd.pins,
+        )
+        bindings = _in_order(
+            cmd,
+            [_binding(layout.workcell.name, b, held_by[b.asset.accession_id]) for b in found],
         )
         await self.publish(
             AssetsReserved(
@@ -930,4 +932,5 @@ def _binding(workcell: str, binding: Binding, state: KeyState) -> AssetBinding:
         fqn=asset.fqn,
         lease_key=lease_key(workcell, asset.accession_id),
         token=state.revision,
+        reason=binding.reason,
     )
