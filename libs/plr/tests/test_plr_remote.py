@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from pylabrobot.liquid_handling.standard import Mix
 from pylabrobot.resources import Coordinate
+from pylabrobot.resources.errors import TooLittleLiquidError
 from pylabrobot.resources.rotation import Rotation
 
 from praxis_contracts.errors import AssetNotLeased, InvalidRequest, LeaseLost
@@ -292,3 +293,22 @@ async def test_a_plate_moved_by_hand_moves_on_the_workcell_within_the_runs_asset
     for name in ("plate_reader", "dest_plate", "deck"):
         with pytest.raises(AssetNotLeased):
             supervisor.move(name, None, None)
+
+
+async def test_a_failed_multichannel_aspiration_leaves_no_phantom_volume(
+    live: LiveWorkcell,
+) -> None:
+    """PyLabRobot queues the trackers channel by channel: the second well's shortage left the
+    first well's removal queued (its state said 10 uL gone that never left). After a failed
+    command the supervisor rolls back what is still queued."""
+    run = objects(live, ["liquid_handler", "tip_rack", "source_plate", "dest_plate"])
+    lh, tips = live.get("liquid_handler"), live.get("tip_rack")
+    full, empty = live.get("source_plate").get_well("A1"), live.get("dest_plate").get_well("A1")
+    await lh.pick_up_tips([tips.get_item("A1"), tips.get_item("B1")], use_channels=[0, 1])
+    run.changes()
+    with pytest.raises(TooLittleLiquidError):
+        await lh.aspirate([full, empty], vols=[10, 10], use_channels=[0, 1])
+    assert full.tracker.get_used_volume() == 190  # PyLabRobot's own leftover: the phantom
+    run.undo_pending()
+    assert (full.tracker.get_used_volume(), full.tracker.volume) == (200, 200)
+    await lh.drop_tips([tips.get_item("A1"), tips.get_item("B1")], use_channels=[0, 1])

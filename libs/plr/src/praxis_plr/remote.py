@@ -479,6 +479,22 @@ class RunObjects:
         self._dirty.clear()
         return {"states": states, "placements": placements}
 
+    def undo_pending(self) -> None:
+        """After a command that failed: roll back the tracker operations it queued and never
+        committed, so the state says what is really there. PyLabRobot queues a multi-channel
+        aspiration's trackers channel by channel; when a later channel finds too little
+        liquid, the earlier channels' removals stay queued and the wells showed liquid taken
+        that never was. A command that ended commits or rolls back its own operations, so with
+        no other command of the run under way nothing else is pending."""
+        for obj in self.live.values():
+            for part in self._parts(obj):
+                _rollback(getattr(part, "tracker", None))
+            head = getattr(obj, "head", None)  # a liquid handler's channels and their tips
+            for channel in head.values() if isinstance(head, dict) else []:
+                _rollback(channel)
+                if channel.has_tip:
+                    _rollback(channel.get_tip().tracker)
+
     def move(self, child: str, parent: str | None, location: Any) -> None:
         """Make a move the runner made by hand (``track_moves``) on the live objects: only a
         labware asset the run leased moves, only onto a resource of an asset it leased (the
@@ -549,3 +565,9 @@ class RunObjects:
             with contextlib.suppress(ValueError):
                 part.deregister_state_update_callback(updated)
         self._watched.clear()
+
+
+def _rollback(tracker: Any) -> None:
+    rollback = getattr(tracker, "rollback", None)
+    if callable(rollback) and not getattr(tracker, "is_disabled", False):
+        rollback()

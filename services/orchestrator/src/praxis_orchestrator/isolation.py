@@ -394,6 +394,8 @@ class RunnerLink:
             raise
         except BaseException as exc:
             reply["error"] = error_reply(exc)
+            if len(self.commands) <= 1:  # no other command of the run has queued operations
+                objects.undo_pending()
         reply["changes"] = objects.changes()
         try:
             await self.channel.send(reply)
