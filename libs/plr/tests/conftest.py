@@ -7,12 +7,12 @@ from collections.abc import Callable
 import pytest
 
 from praxis_contracts.assets import AssetDraft, WorkcellLayout
-from praxis_devstack import testdata
+from praxis_plr import layout as plr_layout
 
 
 def _layout_from_drafts(drafts: list[AssetDraft], name: str = "demo") -> WorkcellLayout:
     """Resolve drafts into assets (ids, parents by name, ancestry); JSON round-trip the layout."""
-    layout = testdata.layout_from_drafts(drafts, name)
+    layout = plr_layout.layout_from_drafts(drafts, name)
     # Prove the wire format: everything the live side needs survives JSON.
     return WorkcellLayout.model_validate_json(layout.model_dump_json())
 

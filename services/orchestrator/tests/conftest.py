@@ -50,12 +50,12 @@ from praxis_contracts.runs import (
 from praxis_contracts.topology import ASSET_LEASES, COMMANDS, EDGES, PROTOCOL_CODE
 from praxis_devstack.pytest_plugin import NatsAccess, provide_workcell
 from praxis_devstack.servers import NatsServer, free_port, provision_blocking
-from praxis_devstack.testdata import layout_from_drafts
 from praxis_orchestrator.app import Orchestrator, Settings, build
 from praxis_orchestrator.edge import EdgeBeacon
 from praxis_orchestrator.executor import Executor
 from praxis_orchestrator.outbox import Outbox
 from praxis_plr import demo_workcell
+from praxis_plr.layout import layout_from_drafts
 from praxis_runtime.bus import Bus
 from praxis_runtime.leases import EXPECTED_LAST_SUBJECT_SEQ, Claim, LeaseStore, lease_key
 from praxis_runtime.natsauth import NatsAuth

@@ -33,7 +33,6 @@ from typing import Any
 from pylabrobot.resources import Plate, TipRack
 
 from praxis_devstack.stats import summary
-from praxis_devstack.testdata import layout_from_drafts
 from praxis_plr import (
     LiveWorkcell,
     WorkcellView,
@@ -43,6 +42,7 @@ from praxis_plr import (
     enable_tracking,
 )
 from praxis_plr.guard import guard_machine
+from praxis_plr.layout import layout_from_drafts
 
 PROTOCOLS = '''"""The isolation bench's protocols."""
 

@@ -7,12 +7,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from praxis_contracts.assets import (
-    Asset,
     AssetBinding,
-    AssetDraft,
     AssetsReserved,
-    Workcell,
-    WorkcellLayout,
 )
 from praxis_contracts.protocols import (
     AssetRequirementSpec,
@@ -191,48 +187,3 @@ def star_labware(stored_plates: int = 30, filled_carriers: int = 1) -> list[dict
             bodies.append({**plate, "parent": "deck", "slot": f"plate_car{c}-{s}"})
     bodies += [{"name": f"stored{i}", "fqn": COR_96} for i in range(stored_plates)]
     return bodies
-
-
-# -- layouts as the asset-manager hands them out ------------------------------------------------
-def type_mro_of(fqn: str) -> list[str]:
-    """Type ancestry of a class name, or of what a factory name builds (as the catalog does)."""
-    import importlib
-
-    from praxis_contracts.errors import UnknownAssetType
-    from praxis_plr.types import import_type, type_ancestry
-
-    try:
-        return type_ancestry(import_type(fqn))
-    except UnknownAssetType:
-        module, _, attr = fqn.rpartition(".")
-        factory = getattr(importlib.import_module(module), attr)
-        return type_ancestry(type(factory(name="probe")))
-
-
-def layout_from_drafts(drafts: list[AssetDraft], workcell: str = "demo") -> WorkcellLayout:
-    """Drafts resolved into a workcell layout: fresh ids (so lease keys are the caller's own),
-    parents by name, type ancestry, as the asset-manager would hand it out."""
-    now = datetime.now(UTC)
-    cell = Workcell(accession_id=uuid.uuid4(), name=workcell, created_at=now)
-    ids = {draft.name: uuid.uuid4() for draft in drafts}
-    assets = [
-        Asset(
-            accession_id=ids[d.name],
-            workcell_id=cell.accession_id,
-            kind=d.kind,
-            name=d.name,
-            fqn=d.fqn,
-            type_mro=type_mro_of(d.fqn),
-            definition=d.definition,
-            backend=d.backend,
-            state=d.state,
-            parent_id=ids[d.parent] if d.parent is not None else None,
-            slot=d.slot,
-            properties=d.properties,
-            shareable=d.shareable,
-            created_at=now,
-            updated_at=now,
-        )
-        for d in drafts
-    ]
-    return WorkcellLayout(workcell=cell, assets=assets)

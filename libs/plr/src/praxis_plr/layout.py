@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import uuid
 from collections.abc import Collection
+from datetime import UTC, datetime
 from typing import Any
 
 from pylabrobot.liquid_handling import LiquidHandler
@@ -28,11 +31,11 @@ from pylabrobot.resources import (
     hamilton_96_tiprack_1000uL,
 )
 
-from praxis_contracts.assets import AssetDraft
+from praxis_contracts.assets import Asset, AssetDraft, Workcell, WorkcellLayout
 from praxis_contracts.common import AssetKind
-from praxis_contracts.errors import UnknownAssetType
+from praxis_contracts.errors import InvalidRequest, UnknownAssetType
 from praxis_plr._state import state_to_json
-from praxis_plr.types import asset_kind, fqn
+from praxis_plr.types import asset_kind, fqn, import_type, type_ancestry
 
 # Labware a protocol may request: plates, tip racks, tube racks (itemized), troughs, tubes, petri
 # dishes (containers), lids. Trash is a container too, but it is a deck fixture.
@@ -220,3 +223,46 @@ def demo_workcell() -> list[AssetDraft]:
     200 uL in every well.
     """
     return [*drafts_for_tree(demo_liquid_handler()), *drafts_for_tree(demo_plate_reader())]
+
+
+# -- layouts as the asset-manager hands them out ------------------------------------------------
+def type_mro_of(fqn: str) -> list[str]:
+    """Type ancestry of a class name, or of what a factory name builds (as the catalog does)."""
+    try:
+        return type_ancestry(import_type(fqn))
+    except UnknownAssetType:
+        module, _, attr = fqn.rpartition(".")
+        factory = getattr(importlib.import_module(module), attr)
+        return type_ancestry(type(factory(name="probe")))
+
+
+def layout_from_drafts(drafts: list[AssetDraft], workcell: str = "demo") -> WorkcellLayout:
+    """Drafts resolved into a workcell layout as the asset-manager would hand it out: fresh ids
+    (so lease keys are the caller's own), parents by name, type ancestry (tests, simulations)."""
+    now = datetime.now(UTC)
+    cell = Workcell(accession_id=uuid.uuid4(), name=workcell, created_at=now)
+    ids = {draft.name: uuid.uuid4() for draft in drafts}
+    missing = sorted({d.parent for d in drafts if d.parent is not None and d.parent not in ids})
+    if missing:
+        raise InvalidRequest(f"parents not in the inventory: {missing}", parents=missing)
+    assets = [
+        Asset(
+            accession_id=ids[d.name],
+            workcell_id=cell.accession_id,
+            kind=d.kind,
+            name=d.name,
+            fqn=d.fqn,
+            type_mro=type_mro_of(d.fqn),
+            definition=d.definition,
+            backend=d.backend,
+            state=d.state,
+            parent_id=ids[d.parent] if d.parent is not None else None,
+            slot=d.slot,
+            properties=d.properties,
+            shareable=d.shareable,
+            created_at=now,
+            updated_at=now,
+        )
+        for d in drafts
+    ]
+    return WorkcellLayout(workcell=cell, assets=assets)

@@ -156,6 +156,24 @@ def validate_parameters(func: Callable[..., Any], values: dict[str, Any]) -> dic
     return dumped
 
 
+def call_arguments(
+    fn: Callable[..., Any], kwargs: dict[str, Any], ctx: RunContext
+) -> dict[str, Any]:
+    """The arguments a run calls ``fn`` with: ``kwargs`` (its validated parameters and bound
+    assets), its ``PraxisState`` and ``RunContext`` parameters injected, and None for an
+    optional asset left unbound (the edge's runner and ``praxis_sdk.testing`` alike)."""
+    for name, hint in typing.get_type_hints(fn).items():
+        inner, _ = unwrap_optional(hint)
+        if inner is PraxisState:
+            kwargs[name] = ctx.state
+        elif inner is RunContext:
+            kwargs[name] = ctx
+    for name, param in inspect.signature(fn).parameters.items():
+        if name not in kwargs and param.default is inspect.Parameter.empty:
+            kwargs[name] = None
+    return kwargs
+
+
 def _logged(
     func: Callable[P, Awaitable[T]], spec: ProtocolFunctionSpec
 ) -> Callable[P, Awaitable[T]]:

@@ -30,27 +30,24 @@ its own run (the harness turns tracking back on after each run, so never on the 
 from __future__ import annotations
 
 import asyncio
-import importlib
-import inspect
 import json
 import typing
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-from praxis_contracts.assets import Asset, AssetDraft, Workcell, WorkcellLayout
-from praxis_contracts.errors import InvalidRequest, UnknownAssetType
+from praxis_contracts.assets import Asset, AssetDraft, WorkcellLayout
+from praxis_contracts.errors import InvalidRequest
 from praxis_plr._state import state_to_json
 from praxis_plr.guard import current_view
+from praxis_plr.layout import layout_from_drafts
 from praxis_plr.live import LiveWorkcell, enable_tracking, own_state
 from praxis_plr.remote import run_assets
-from praxis_plr.types import import_type, type_ancestry, unwrap_optional
 from praxis_sdk.context import CallRecord, RunCancelled, RunContext, RunControl, current_run
-from praxis_sdk.decorators import spec_of, validate_parameters
+from praxis_sdk.decorators import call_arguments, spec_of, validate_parameters
 from praxis_sdk.state import PraxisState
 
 Status = Literal["completed", "failed", "cancelled"]
@@ -97,6 +94,7 @@ class SimulatedWorkcell:
 
     @classmethod
     def from_drafts(cls, drafts: Iterable[AssetDraft], name: str = "test") -> SimulatedWorkcell:
+        """From asset drafts (as ``POST /workcells`` takes them: parents by name)."""
         return cls(layout_from_drafts(list(drafts), name))
 
     @classmethod
@@ -155,15 +153,7 @@ class SimulatedWorkcell:
         )
         for requirement, name in bindings.items():
             kwargs[requirement] = live.get(name)
-        for name, hint in typing.get_type_hints(fn).items():
-            inner, _ = unwrap_optional(hint)
-            if inner is PraxisState:
-                kwargs[name] = ctx.state
-            elif inner is RunContext:
-                kwargs[name] = ctx
-        for name, param in inspect.signature(fn).parameters.items():
-            if name not in kwargs and param.default is inspect.Parameter.empty:
-                kwargs[name] = None  # an optional asset left unbound
+        kwargs = call_arguments(fn, kwargs, ctx)
         view = live.view(run_id, run_assets(self.layout, bindings.values()))
         run = TestRun(status="completed", bindings=bindings)
         enable_tracking()
@@ -214,48 +204,6 @@ def bind(requirements: Iterable[Any], assets: list[Asset], pins: dict[str, str])
         used.add(asset.name)
         chosen[req.name] = asset.name
     return chosen
-
-
-def layout_from_drafts(drafts: list[AssetDraft], workcell: str = "test") -> WorkcellLayout:
-    """Drafts resolved as the asset-manager would: ids, parents by name, type ancestry."""
-    now = datetime.now(UTC)
-    cell = Workcell(accession_id=uuid.uuid4(), name=workcell, created_at=now)
-    ids = {draft.name: uuid.uuid4() for draft in drafts}
-    missing = sorted({d.parent for d in drafts if d.parent is not None and d.parent not in ids})
-    if missing:
-        raise InvalidRequest(f"parents not in the inventory: {missing}")
-    return WorkcellLayout(
-        workcell=cell,
-        assets=[
-            Asset(
-                accession_id=ids[d.name],
-                workcell_id=cell.accession_id,
-                kind=d.kind,
-                name=d.name,
-                fqn=d.fqn,
-                type_mro=_type_mro(d.fqn),
-                definition=d.definition,
-                backend=d.backend,
-                state=d.state,
-                parent_id=ids[d.parent] if d.parent is not None else None,
-                slot=d.slot,
-                properties=d.properties,
-                shareable=d.shareable,
-                created_at=now,
-                updated_at=now,
-            )
-            for d in drafts
-        ],
-    )
-
-
-def _type_mro(fqn: str) -> list[str]:
-    try:
-        return type_ancestry(import_type(fqn))
-    except UnknownAssetType:  # a factory (e.g. a tip rack by catalog name): the type it makes
-        module, _, attr = fqn.rpartition(".")
-        factory = getattr(importlib.import_module(module), attr)
-        return type_ancestry(type(factory(name="probe")))
 
 
 # -- the pytest plugin ---------------------------------------------------------------------------

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import io
 import itertools
 import json
@@ -31,7 +30,6 @@ import os
 import socket
 import sys
 import traceback
-import typing
 import uuid
 from pathlib import Path
 from typing import Any
@@ -43,9 +41,8 @@ from praxis_orchestrator.channel import Channel, ChannelClosed
 from praxis_orchestrator.runlog import MAX_LINES
 from praxis_plr.live import LiveWorkcell
 from praxis_plr.remote import apply, decode, encode, forward, raise_error, track_moves
-from praxis_plr.types import unwrap_optional
 from praxis_sdk.context import CallRecord, RunCancelled, RunContext, RunControl, current_run
-from praxis_sdk.decorators import validate_parameters
+from praxis_sdk.decorators import call_arguments, validate_parameters
 from praxis_sdk.loader import SourceTree
 from praxis_sdk.state import PraxisState
 
@@ -148,15 +145,7 @@ class Runner:
         )
         for requirement, asset in message["bindings"].items():
             kwargs[requirement] = objects[asset]
-        for name, hint in typing.get_type_hints(fn).items():
-            inner, _ = unwrap_optional(hint)
-            if inner is PraxisState:
-                kwargs[name] = ctx.state
-            elif inner is RunContext:
-                kwargs[name] = ctx
-        for name, param in inspect.signature(fn).parameters.items():
-            if name not in kwargs and param.default is inspect.Parameter.empty:
-                kwargs[name] = None  # an optional asset left unbound
+        kwargs = call_arguments(fn, kwargs, ctx)
         self.ctx, self.objects = ctx, objects
         self.tick = float(message.get("tick", 1.0))
         await self.channel.send({"op": "ready"})
