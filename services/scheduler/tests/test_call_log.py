@@ -23,6 +23,7 @@ from praxis_contracts.runs import (
     ListRunLogs,
     LogLine,
     RunLogged,
+    RunView,
     SubmitRun,
 )
 from praxis_devstack.pytest_plugin import MakeDatabase
@@ -66,7 +67,8 @@ def call(
     )
 
 
-async def test_a_call_delivered_twice_or_late_is_recorded_once(database: Database) -> None:
+async def running_on_edge_1(database: Database) -> RunView:
+    """A run of workcell wc-1, running on its edge process ``edge-1``."""
     relay = OutboxRelay(database, OUTBOX, lambda: None)  # type: ignore[arg-type, return-value]
     runs = RunService(sql_units(database, relay))
     spec = ProtocolFunctionSpec(name="mix", version="1.0.0", module="m", qualname="mix")
@@ -88,6 +90,11 @@ async def test_a_call_delivered_twice_or_late_is_recorded_once(database: Databas
         )
     )
     await runs.on_progress(run.accession_id, RunStatus.RUNNING, T0, "wc-1", "edge-1")
+    return run
+
+
+async def test_a_call_delivered_twice_or_late_is_recorded_once(database: Database) -> None:
+    run = await running_on_edge_1(database)
     log, call_id = CallLog(database), uuid.uuid4()
 
     for status in ("running", "running", "completed", "completed", "running"):
@@ -110,27 +117,7 @@ async def test_a_call_delivered_twice_or_late_is_recorded_once(database: Databas
 async def test_log_lines_delivered_twice_are_stored_once_and_read_in_order(
     database: Database,
 ) -> None:
-    relay = OutboxRelay(database, OUTBOX, lambda: None)  # type: ignore[arg-type, return-value]
-    runs = RunService(sql_units(database, relay))
-    spec = ProtocolFunctionSpec(name="mix", version="1.0.0", module="m", qualname="mix")
-    definition = ProtocolDefinition(
-        accession_id=uuid.uuid4(),
-        source_id=uuid.uuid4(),
-        source_name="s",
-        commit="0" * 40,
-        spec=spec,
-        code_bundle="b",
-        created_at=T0,
-    )
-    run = await runs.create(
-        SubmitRun(protocol_name="mix"), ResolvedProtocol(definition=definition, parameters={})
-    )
-    await runs.on_reserved(
-        AssetsReserved(
-            run_id=run.accession_id, workcell_id=uuid.uuid4(), workcell_name="wc-1", bindings=[]
-        )
-    )
-    await runs.on_progress(run.accession_id, RunStatus.RUNNING, T0, "wc-1", "edge-1")
+    run = await running_on_edge_1(database)
     logs = RunLogs(database)
 
     def batch(first: int, n: int, edge: str = "edge-1") -> RunLogged:

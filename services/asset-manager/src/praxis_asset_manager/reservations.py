@@ -229,16 +229,7 @@ class Reservations:
         restart keeps the appointment."""
         assert cmd.not_before is not None
         if persist:
-            async with self.db.transaction() as session:
-                row = {
-                    "run_id": cmd.run_id,
-                    "request": cmd.model_dump(mode="json"),
-                    "status": "deferred",
-                    "priority": cmd.priority,
-                    "bindings": [],
-                    "created_at": since,
-                }
-                await session.execute(insert(ReservationRow).values(**row).on_conflict_do_nothing())
+            await self._store(cmd, since, "deferred")
         delay = max(0.0, (cmd.not_before - now()).total_seconds())
         run_id = cmd.run_id
         self._deferred[run_id] = asyncio.get_running_loop().call_later(
@@ -248,6 +239,19 @@ class Reservations:
             await self.publish(
                 ReservationWaiting(run_id=run_id, blocked_by=[], reason=WaitReason.NOT_BEFORE)
             )
+
+    async def _store(self, cmd: ReserveAssets, since: datetime, status: str) -> None:
+        """Keep the request in PostgreSQL (a restart reloads it, ``resume``); once only."""
+        async with self.db.transaction() as session:
+            row = {
+                "run_id": cmd.run_id,
+                "request": cmd.model_dump(mode="json"),
+                "status": status,
+                "priority": cmd.priority,
+                "bindings": [],
+                "created_at": since,
+            }
+            await session.execute(insert(ReservationRow).values(**row).on_conflict_do_nothing())
 
     async def _due(self, run_id: uuid.UUID, cmd: ReserveAssets) -> None:
         """A deferred request's ``not_before`` came: planned as if it arrived now."""
@@ -422,16 +426,7 @@ class Reservations:
         wanted = planned.wanted
         waiter = self.queue.add(cmd, since, wanted)
         if persist:
-            async with self.db.transaction() as session:
-                row = {
-                    "run_id": cmd.run_id,
-                    "request": cmd.model_dump(mode="json"),
-                    "status": "waiting",
-                    "priority": cmd.priority,
-                    "bindings": [],
-                    "created_at": since,
-                }
-                await session.execute(insert(ReservationRow).values(**row).on_conflict_do_nothing())
+            await self._store(cmd, since, "waiting")
         limits = []
         if cmd.wait_timeout_seconds is not None:
             limits.append(cmd.wait_timeout_seconds - (now() - since).total_seconds())

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Executable, select
 from sqlalchemy.dialects.postgresql import insert
 
 from praxis_contracts.common import RunStatus
@@ -48,20 +48,7 @@ class CallLog:
             },
             where=stmt.excluded.status != "running",
         )
-        async with self.db.transaction() as session:
-            run = await session.get(RunRow, event.run_id)
-            if run is None:
-                return None
-            why = refusal(
-                RunStatus(run.status),
-                run.workcell_name,
-                run.edge_instance,
-                event.workcell,
-                event.edge_instance,
-            )
-            if why is None:
-                await session.execute(stmt)
-            return why
+        return await _record_if_believed(self.db, event, stmt)
 
     async def list(self, query: ListRunCalls) -> FunctionCallPage:
         stmt = where_all(
@@ -79,6 +66,28 @@ class CallLog:
             items = within_budget([_call(r) for r in rows])
         f = query.filters
         return FunctionCallPage(items=items, total=total, limit=f.limit, offset=f.offset)
+
+
+async def _record_if_believed(
+    db: Database, event: FunctionCallRecorded | RunLogged, stmt: Executable
+) -> str | None:
+    """Execute ``stmt`` (the report's upsert) if the edge that sent ``event`` runs the run;
+    why not (``domain.refusal``) otherwise. A report of a run this scheduler does not know is
+    dropped."""
+    async with db.transaction() as session:
+        run = await session.get(RunRow, event.run_id)
+        if run is None:
+            return None
+        why = refusal(
+            RunStatus(run.status),
+            run.workcell_name,
+            run.edge_instance,
+            event.workcell,
+            event.edge_instance,
+        )
+        if why is None:
+            await session.execute(stmt)
+        return why
 
 
 def _call(row: CallRow) -> FunctionCall:
@@ -122,20 +131,9 @@ class RunLogs:
             }
             for line in event.lines
         ]
-        async with self.db.transaction() as session:
-            run = await session.get(RunRow, event.run_id)
-            if run is None:
-                return None
-            why = refusal(
-                RunStatus(run.status),
-                run.workcell_name,
-                run.edge_instance,
-                event.workcell,
-                event.edge_instance,
-            )
-            if why is None:
-                await session.execute(insert(LogRow).values(rows).on_conflict_do_nothing())
-            return why
+        return await _record_if_believed(
+            self.db, event, insert(LogRow).values(rows).on_conflict_do_nothing()
+        )
 
     async def list(self, query: ListRunLogs) -> RunLogPage:
         stmt = where_all(
