@@ -358,3 +358,15 @@ async def test_run_control_signals_cross_to_the_protocol_s_own_loop() -> None:
         worker.call_soon_threadsafe(worker.stop)
         await asyncio.to_thread(thread.join)
         worker.close()
+
+
+def test_moves_in_marks_labware_the_protocol_brings_in() -> None:
+    @protocol_function(moves_in=["plate"])
+    async def stack(lh: LiquidHandler, plate: Plate, tips: TipRack) -> None: ...
+
+    marked = {a.name: a.moves_in for a in spec_of(stack).assets}  # type: ignore[union-attr]
+    assert marked == {"lh": False, "plate": True, "tips": False}
+    with pytest.raises(TypeError, match="lh"):
+
+        @protocol_function(moves_in=["lh", "volume"])
+        async def wrong(lh: LiquidHandler, volume: float) -> None: ...

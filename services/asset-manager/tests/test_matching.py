@@ -251,3 +251,15 @@ def test_a_run_without_machines_takes_labware_wherever_it_is() -> None:
     assert chosen(bind([need("plate")], pool, {"plate": "plate_shelf"}, set())) == {
         "plate": "plate_shelf"
     }
+
+
+def test_labware_the_protocol_moves_in_is_bound_wherever_it_is() -> None:
+    pool = list(two_robots().values())
+    moved_in = AssetRequirementSpec(name="plate", type_fqn=PLATE, kind="resource", moves_in=True)
+    run = [*robot_run()[:2], moved_in]
+    bindings = bind(run, pool, {"plate": "plate_shelf"}, set())
+    assert chosen(bindings) == {"lh": "lh_a", "tips": "tips_a", "plate": "plate_shelf"}
+    assert bindings is not None
+    assert {b.requirement.name: b.reason for b in bindings}["plate"] == (
+        "pinned, moved in by the protocol"
+    )

@@ -35,6 +35,11 @@ class AssetRequirementSpec(BaseModel):
     kind: AssetKind
     optional: bool = False
     description: str = ""
+    moves_in: bool = Field(
+        default=False,
+        description="Labware the protocol moves in from wherever it is (storage, a hotel): "
+        "bound anywhere on the workcell, not only inside the machines the run binds.",
+    )
 
 
 class ProtocolFunctionSpec(BaseModel):

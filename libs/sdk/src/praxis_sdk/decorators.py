@@ -13,7 +13,7 @@ import inspect
 import json
 import typing
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar, overload
 
@@ -45,6 +45,7 @@ def protocol_function(
     version: str = "0.1.0",
     description: str | None = None,
     top_level: bool = True,
+    moves_in: Iterable[str] = (),
 ) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]: ...
 
 
@@ -56,13 +57,18 @@ def protocol_function(
     version: str = "0.1.0",
     description: str | None = None,
     top_level: bool = True,
+    moves_in: Iterable[str] = (),
 ) -> Any:
-    """Mark an async function as a protocol function (usable bare or with arguments)."""
+    """Mark an async function as a protocol function (usable bare or with arguments).
+
+    ``moves_in`` names labware parameters the protocol brings in from wherever they are (a
+    hotel, storage): those are bound anywhere on the workcell, the others inside the machines
+    the run binds (the liquid handler's deck, the reader)."""
 
     def decorate(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
         if not inspect.iscoroutinefunction(func):
             raise TypeError(f"protocol function {func.__qualname__} must be async")
-        spec = inspect_function(func, name, version, description, top_level)
+        spec = inspect_function(func, name, version, description, top_level, moves_in)
         wrapper = _logged(func, spec)
         setattr(wrapper, SPEC_ATTR, spec)
         return wrapper
@@ -81,8 +87,10 @@ def inspect_function(
     version: str = "0.1.0",
     description: str | None = None,
     top_level: bool = True,
+    moves_in: Iterable[str] = (),
 ) -> ProtocolFunctionSpec:
     """Build the spec of ``func`` from its signature and type hints."""
+    moved = set(moves_in)
     hints = typing.get_type_hints(func)
     parameters: list[ParameterSpec] = []
     assets: list[AssetRequirementSpec] = []
@@ -102,8 +110,11 @@ def inspect_function(
                     type_fqn=fqn(inner),  # type: ignore[arg-type]
                     kind=kind,
                     optional=optional or has_default,
+                    moves_in=param.name in moved and kind == "resource",
                 )
             )
+            if kind == "resource":
+                moved.discard(param.name)
             continue
         parameters.append(
             ParameterSpec(
@@ -113,6 +124,10 @@ def inspect_function(
                 optional=has_default,
                 default=_json_default(param.default) if has_default else None,
             )
+        )
+    if moved:
+        raise TypeError(
+            f"{func.__qualname__}: moves_in names {sorted(moved)}, which are not labware parameters"
         )
     return ProtocolFunctionSpec(
         name=name or func.__name__,

@@ -11,7 +11,9 @@ assets (labware) is bound inside the tree of one of them (on the liquid handler'
 reader), found through the assets' parents. A run with two robots on one workcell therefore gets
 the tip rack of the robot it was given, and a pinned rack on the other robot's deck is refused
 (``NoMatchingAssets`` naming where each candidate is). A run that binds no container (labware
-only) is not constrained. Each binding says why it was chosen (``reason``).
+only) is not constrained, nor is labware its protocol says it moves in from wherever it is
+(``@protocol_function(moves_in=["plate"])``: a hotel, storage). Each binding says why it was
+chosen (``reason``).
 """
 
 from __future__ import annotations
@@ -235,6 +237,7 @@ def _assign(
                 continue
             if (
                 req.kind not in CONTAINERS
+                and not req.moves_in
                 and containers
                 and parents is not None
                 and _holder(asset, containers, parents) is None
@@ -268,7 +271,9 @@ def explained(
             reason=_why(
                 b.requirement,
                 b.asset,
-                None if b.requirement.kind in CONTAINERS else _holder(b.asset, containers, parents),
+                None
+                if b.requirement.kind in CONTAINERS or b.requirement.moves_in
+                else _holder(b.asset, containers, parents),
                 pins,
             ),
         )
@@ -294,4 +299,6 @@ def _why(
         reason = "named like the requirement"
     else:
         reason = f"the first free {req.type_fqn.rsplit('.', 1)[-1]} by name"
+    if req.moves_in:
+        return f"{reason}, moved in by the protocol"
     return f"{reason}, in {holder!r}" if holder is not None else reason
