@@ -324,8 +324,8 @@ class ProtocolOutput:
         self._partial: dict[str, str] = {}
 
     def install(self) -> None:
-        sys.stdout = _Stream(self, "stdout", "INFO")  # type: ignore[assignment]
-        sys.stderr = _Stream(self, "stderr", "ERROR")  # type: ignore[assignment]
+        sys.stdout = _Stream(self, "stdout", "INFO", sys.stdout)  # type: ignore[assignment]
+        sys.stderr = _Stream(self, "stderr", "ERROR", sys.stderr)  # type: ignore[assignment]
         root = logging.getLogger()
         root.addHandler(_LogToChannel(self))
         if root.level == logging.NOTSET or root.level > logging.INFO:
@@ -358,8 +358,8 @@ class ProtocolOutput:
 
 
 class _Stream(io.TextIOBase):
-    def __init__(self, output: ProtocolOutput, name: str, level: str) -> None:
-        self.output, self.name, self.level = output, name, level
+    def __init__(self, output: ProtocolOutput, name: str, level: str, raw: Any) -> None:
+        self.output, self.name, self.level, self.raw = output, name, level, raw
 
     def write(self, text: str) -> int:
         self.output.write(self.name, self.level, text)
@@ -367,6 +367,9 @@ class _Stream(io.TextIOBase):
 
     def writable(self) -> bool:
         return True
+
+    def fileno(self) -> int:  # faulthandler and subprocesses still reach the real stream
+        return int(self.raw.fileno())
 
 
 class _LogToChannel(logging.Handler):
