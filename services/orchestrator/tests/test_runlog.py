@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from praxis_contracts.runs import LOG_BATCH_LINES, LOG_LINE_CHARS, LogLine
-from praxis_orchestrator.runlog import RunLog
+from praxis_orchestrator.runlog import LOG_BATCH_BYTES, RunLog
 
 
 class Batches:
@@ -67,3 +67,16 @@ async def test_past_the_limit_lines_are_counted_and_said_once_at_the_end() -> No
     log.close()
     assert [x.message for x in out.lines] == ["0", "1", "2", "12 more lines were not kept"]
     assert out.lines[-1].level == "WARNING"
+
+
+async def test_a_batch_stays_within_its_bytes_whatever_the_characters() -> None:
+    """200 lines of 2,000 four-byte characters would be 1.6 MB: past NATS's 1 MB."""
+    out = Batches()
+    log = RunLog(out, flush_seconds=60)
+    log.add(
+        "protocol", "INFO", None, "\n".join("😀" * LOG_LINE_CHARS for _ in range(LOG_BATCH_LINES))
+    )
+    log.flush()
+    assert len(out.sent) > 1 and len(out.lines) == LOG_BATCH_LINES
+    for batch in out.sent:
+        assert sum(len(x.model_dump_json().encode()) + 1 for x in batch) <= LOG_BATCH_BYTES

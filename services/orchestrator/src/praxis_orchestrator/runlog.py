@@ -14,7 +14,8 @@ Two sources:
 ``RunLog`` numbers a run's lines, cuts each to ``LOG_LINE_CHARS``, keeps at most ``MAX_LINES``
 (then one line says how many more were dropped) and hands them to ``emit`` in batches of at most
 ``LOG_BATCH_LINES``, at once when a batch is full, else after ``FLUSH_SECONDS``, and at the end
-(before the run's ``RunFinished``: the outbox keeps the order).
+(before the run's ``RunFinished``: the outbox keeps the order), each batch within
+``LOG_BATCH_BYTES``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,32 @@ MAX_LINES = 20_000
 """Lines kept per run; a protocol that prints in a loop does not flood the bus."""
 FLUSH_SECONDS = 0.25
 
+LOG_BATCH_BYTES = 256 * 1024
+"""And at most this much JSON in one ``RunLogged``: 200 lines of 2,000 characters can pass NATS's
+1 MB once non-ASCII text (up to 4 bytes a character) or escaped control characters are in it."""
+
 current_log: ContextVar[RunLog | None] = ContextVar("praxis_run_log", default=None)
+
+
+class Lines:
+    """Text written to streams in pieces, given back as whole lines (a partial line waits for
+    its end, or for ``rest``); each stream keeps the tag its first piece came with."""
+
+    def __init__(self) -> None:
+        self._partial: dict[str, tuple[str, Any]] = {}  # stream -> (text so far, its tag)
+
+    def feed(self, stream: str, text: str, tag: Any = None) -> list[str]:
+        held, held_tag = self._partial.pop(stream, ("", tag))
+        complete, _, rest = (held + text).rpartition("\n")
+        if rest:
+            self._partial[stream] = (rest[: LOG_LINE_CHARS * 2], held_tag)
+        return complete.splitlines() if complete else []
+
+    def rest(self) -> list[tuple[str, Any]]:
+        """The partial lines left (text, tag), once the writer is done."""
+        left = list(self._partial.values())
+        self._partial.clear()
+        return left
 
 
 class RunLog:
@@ -55,7 +81,7 @@ class RunLog:
         self.dropped = 0
         self.closed = False
         self._pending: list[LogLine] = []
-        self._partial: dict[str, str] = {}  # per stream: text written without its newline yet
+        self._lines = Lines()  # tagged with (source, level)
         self._timer: asyncio.TimerHandle | None = None
 
     def add(
@@ -76,33 +102,30 @@ class RunLog:
 
     def write(self, source: LogSource, level: str, stream: str, text: str) -> None:
         """Text written to a stream: whole lines go out, a partial one waits for its end."""
-        text = self._partial.pop(stream, "") + text
-        complete, _, rest = text.rpartition("\n")
-        if rest:
-            self._partial[stream] = rest[: LOG_LINE_CHARS * 2]
-        if complete:
-            self.add(source, level, None, complete)
+        lines = self._lines.feed(stream, text, (source, level))
+        if lines:
+            self.add(source, level, None, "\n".join(lines))
 
     def flush(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         while self._pending:
-            batch, self._pending = (
-                self._pending[:LOG_BATCH_LINES],
-                self._pending[LOG_BATCH_LINES:],
-            )
+            size, end = 0, 0
+            while end < min(len(self._pending), LOG_BATCH_LINES):
+                size += len(self._pending[end].model_dump_json().encode()) + 1
+                if size > LOG_BATCH_BYTES and end > 0:
+                    break
+                end += 1
+            batch, self._pending = self._pending[:end], self._pending[end:]
             self.emit(batch)
 
     def close(self) -> None:
         """The run ended: what is partial or pending goes out, and how many lines were dropped."""
         if self.closed:
             return
-        for stream, rest in list(self._partial.items()):
-            self.add(
-                "protocol" if stream.startswith("protocol") else "instrument", "INFO", None, rest
-            )
-        self._partial.clear()
+        for rest, (source, level) in self._lines.rest():
+            self.add(source, level, None, rest)
         if self.dropped:
             self._append(
                 "protocol", "WARNING", "praxis", f"{self.dropped} more lines were not kept", None
@@ -177,4 +200,4 @@ def capture() -> None:
     logging.getLogger("pylabrobot").addHandler(_InstrumentLog())
 
 
-__all__ = ["MAX_LINES", "RunLog", "capture", "current_log"]
+__all__ = ["LOG_BATCH_BYTES", "MAX_LINES", "Lines", "RunLog", "capture", "current_log"]

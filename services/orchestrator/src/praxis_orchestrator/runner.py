@@ -38,7 +38,7 @@ from praxis_contracts.assets import WorkcellLayout
 from praxis_contracts.errors import ErrorCode, LeaseLost, PraxisError
 from praxis_contracts.runs import LOG_LINE_CHARS
 from praxis_orchestrator.channel import Channel, ChannelClosed
-from praxis_orchestrator.runlog import MAX_LINES
+from praxis_orchestrator.runlog import MAX_LINES, Lines
 from praxis_plr.live import LiveWorkcell
 from praxis_plr.remote import apply, decode, encode, forward, raise_error, track_moves
 from praxis_sdk.context import CallRecord, RunCancelled, RunContext, RunControl, current_run
@@ -321,7 +321,7 @@ class ProtocolOutput:
         self.channel = channel
         self.sent = 0
         self.dropped = 0
-        self._partial: dict[str, str] = {}
+        self._lines = Lines()  # tagged with the stream's level
 
     def install(self) -> None:
         sys.stdout = _Stream(self, "stdout", "INFO", sys.stdout)  # type: ignore[assignment]
@@ -341,17 +341,12 @@ class ProtocolOutput:
             self.channel.send_nowait({"op": "log", "lines": [record]})
 
     def write(self, stream: str, level: str, text: str) -> None:
-        text = self._partial.pop(stream, "") + text
-        complete, _, rest = text.rpartition("\n")
-        if rest:
-            self._partial[stream] = rest[: LOG_LINE_CHARS * 2]
-        for line in complete.splitlines() if complete else []:
+        for line in self._lines.feed(stream, text, level):
             self.line(level, None, line)
 
     def close(self) -> None:
-        for stream, rest in list(self._partial.items()):
-            self.line("ERROR" if stream == "stderr" else "INFO", None, rest)
-        self._partial.clear()
+        for rest, level in self._lines.rest():
+            self.line(level, None, rest)
         if self.dropped:
             with contextlib.suppress(Exception):
                 self.channel.send_nowait({"op": "log", "lines": [], "dropped": self.dropped})
