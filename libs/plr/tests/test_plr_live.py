@@ -20,6 +20,7 @@ from pylabrobot.resources import (
 
 from praxis_contracts.assets import AssetDraft, WorkcellLayout
 from praxis_contracts.errors import InvalidRequest, UnknownAssetType
+from praxis_contracts.state import Placement
 from praxis_plr import (
     LiveWorkcell,
     demo_liquid_handler,
@@ -28,6 +29,7 @@ from praxis_plr import (
     drafts_for_tree,
 )
 from praxis_plr._state import state_to_json
+from praxis_plr.layout import placed_definition
 from praxis_plr.live import own_state
 
 LayoutFactory = Callable[[list[AssetDraft]], WorkcellLayout]
@@ -227,3 +229,54 @@ def test_own_state_of_labware_keeps_its_parts_and_skips_separate_assets() -> Non
     reader = demo_plate_reader()
     reader.assign_child_resource(cor_96_wellplate_360uL_Fb(name="in_reader"))
     assert set(own_state(reader)) == {"plate_reader"}  # the plate in it is not the reader's
+
+
+async def test_placements_follow_moves_and_a_layout_written_back_builds_the_deck_as_it_is(
+    layout_from_drafts: LayoutFactory,
+) -> None:
+    """A plate moved into the reader and one put at a deck position: ``placements`` says where
+    each is; the layout written back the way the asset-manager does builds them there."""
+    layout = layout_from_drafts(demo_workcell())
+    ids = {a.name: a.accession_id for a in layout.assets}
+    async with await LiveWorkcell.build(layout) as workcell:
+        names = ["source_plate", "dest_plate", "tip_rack", "liquid_handler"]
+        before = workcell.placements(names)
+        assert set(before) == {"source_plate", "dest_plate", "tip_rack"}  # labware only
+        assert before["source_plate"] == Placement(
+            parent_id=ids["deck"], parent="deck", slot="plate_carrier-0"
+        )
+        source, dest = workcell.get("source_plate"), workcell.get("dest_plate")
+        source.unassign()
+        workcell.get("plate_reader").assign_child_resource(source)
+        dest.unassign()
+        workcell.get("deck").assign_child_resource(dest, location=Coordinate(600, 120, 0))
+        tips = workcell.get("tip_rack")
+        tips.unassign()  # taken off the deck
+        after = workcell.placements(names)
+    assert after["source_plate"] == Placement(parent_id=ids["plate_reader"], parent="plate_reader")
+    assert after["dest_plate"] == Placement(
+        parent_id=ids["deck"], parent="deck", location=(600.0, 120.0, 0.0)
+    )
+    assert after["tip_rack"] == Placement()
+
+    def written_back(asset: Any) -> Any:
+        place = after.get(asset.name)
+        if place is None:
+            return asset
+        return asset.model_copy(
+            update={
+                "parent_id": place.parent_id,
+                "slot": place.slot,
+                "definition": placed_definition(asset.definition, place.parent, place.location),
+            }
+        )
+
+    moved = layout.model_copy(update={"assets": [written_back(a) for a in layout.assets]})
+    async with await LiveWorkcell.build(moved) as rebuilt:
+        assert rebuilt.get("source_plate").parent is rebuilt.get("plate_reader")
+        dest = rebuilt.get("dest_plate")
+        assert dest.parent is rebuilt.get("deck") and dest.location == Coordinate(600, 120, 0)
+        assert rebuilt.get("tip_rack").parent is None
+        assert rebuilt.placements(names) == after
+        # The plate moved with its liquid.
+        assert rebuilt.get("source_plate").get_well("A1").tracker.get_used_volume() == 200

@@ -37,11 +37,12 @@ from praxis_contracts.assets import (
 )
 from praxis_contracts.common import SearchFilters
 from praxis_contracts.errors import Conflict, InvalidInput, NotFound
-from praxis_contracts.inventory import AssetStatusChanged, DeleteAsset
+from praxis_contracts.inventory import AssetMoved, AssetStatusChanged, DeleteAsset
 from praxis_contracts.protocols import AssetRequirementSpec
 from praxis_contracts.state import (
     AssetState,
     GetSnapshot,
+    Placement,
     ListSnapshots,
     RestoreSnapshot,
     SetAssetState,
@@ -126,11 +127,17 @@ async def written(
     *,
     kind: SnapshotKind = "checkpoint",
     run_id: uuid.UUID | None = None,
+    placements: dict[str, Placement] | None = None,
 ) -> WorkcellStateRecorded:
     """What the orchestrator does: the body into the object store; returns the event to send."""
     name, snapshot_id = layout.workcell.name, uuid.uuid4()
     assets = [
-        AssetState(asset_id=by_name(layout, n).accession_id, asset_name=n, state=s)
+        AssetState(
+            asset_id=by_name(layout, n).accession_id,
+            asset_name=n,
+            state=s,
+            placement=(placements or {}).get(n),
+        )
         for n, s in states.items()
     ]
     body = WorkcellSnapshot(

@@ -217,6 +217,22 @@ async def read_by_hand(reader: PlateReader, plate: Plate) -> list[float | None]:
 
 
 @protocol_function(version="1.0.0")
+async def park_in_reader(reader: PlateReader, plate: Plate) -> str:
+    """Moves the plate into the reader by hand and leaves it there."""
+    plate.unassign()
+    reader.assign_child_resource(plate)
+    return plate.parent.name
+
+
+@protocol_function(version="1.0.0")
+async def put_on_site(lh: LiquidHandler, plate: Plate, site: str) -> str:
+    """Takes the plate from wherever it is and puts it on a site of the handler's deck."""
+    plate.unassign()
+    lh.deck.get_resource(site).assign_child_resource(plate)
+    return plate.parent.name
+
+
+@protocol_function(version="1.0.0")
 async def misplace(plate: Plate) -> str:
     """Moves its plate by hand onto a free site of the deck it did not lease."""
     carrier = plate.parent.parent

@@ -20,6 +20,7 @@ from nats.aio.subscription import Subscription
 from praxis_contracts.runs import ExecuteRun, RunFinished
 from praxis_contracts.state import (
     AssetState,
+    Placement,
     SnapshotInfo,
     WorkcellSnapshot,
     WorkcellStateRecorded,
@@ -190,6 +191,42 @@ async def test_asset_states_too_large_for_the_event_are_sent_as_a_reference(worl
         }
         body, _ = await states.body(final)
         assert volume(body_states(body), "dest_plate") == 20.0
+
+
+async def test_where_a_run_left_its_labware_is_recorded_with_its_state(world: Any) -> None:
+    """A plate parked in the reader, then put back on a site by a later run: each run's final
+    snapshot says where the plate is (for the inventory to follow); machines have no place."""
+    ids = {a.name: a.accession_id for a in world.layout.assets}
+    async with state_log(world) as states:
+        park = await world.command(
+            "park_in_reader", {"reader": "plate_reader", "plate": "source_plate"}
+        )
+        finished = await run(world, park)
+        assert (finished.outcome, finished.result) == ("completed", "plate_reader"), finished.error
+        await states.until(park.run_id, "run_finished")
+        body, _ = await states.body(states.of(park.run_id)[-1])
+        places = {a.asset_name: a.placement for a in body.assets}
+        assert places == {
+            "plate_reader": None,
+            "source_plate": Placement(parent_id=ids["plate_reader"], parent="plate_reader"),
+        }
+
+        back = await world.command(
+            "put_on_site",
+            {"lh": "liquid_handler", "plate": "source_plate"},
+            {"site": "plate_carrier-2"},
+        )
+        finished = await run(world, back)
+        assert (finished.outcome, finished.result) == ("completed", "plate_carrier-2"), (
+            finished.error
+        )
+        await states.until(back.run_id, "run_finished")
+        body, _ = await states.body(states.of(back.run_id)[-1])
+        (plate,) = [a for a in body.assets if a.asset_name == "source_plate"]
+        assert plate.placement == Placement(
+            parent_id=ids["deck"], parent="deck", slot="plate_carrier-2"
+        )
+        assert live_volume(world, "source_plate") == 200.0  # it moved with its liquid
 
 
 # -- rollback -------------------------------------------------------------------------------------

@@ -214,6 +214,32 @@ class AssetStatusChanged(Event):
         return str(self.asset_id)
 
 
+class AssetMoved(Event):
+    """A run moved a piece of labware (between carrier sites, into or out of a machine, off the
+    deck): the inventory now has it where the live workcell does (``parent``, ``slot``), so the
+    next run and the workcell's layout see the deck as it is. Read from the run's recorded
+    state (``snapshot_id``)."""
+
+    subject: ClassVar[str] = "praxis.evt.asset.asset.moved"
+    keyed: ClassVar[bool] = True
+
+    asset_id: UUID
+    workcell_id: UUID
+    name: str
+    parent_id: UUID | None = Field(description="The asset it is in now; none: off the deck.")
+    parent: str | None = None
+    slot: str | None = Field(default=None, description="The resource of the parent it is in.")
+    previous_parent_id: UUID | None = None
+    previous_parent: str | None = None
+    previous_slot: str | None = None
+    run_id: UUID | None = Field(default=None, description="The run that moved it.")
+    snapshot_id: UUID
+    at: datetime
+
+    def subject_key(self) -> str:
+        return str(self.asset_id)
+
+
 class AssetStatusHistoryEntry(BaseModel):
     """One recorded status change of an asset."""
 

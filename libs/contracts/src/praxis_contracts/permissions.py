@@ -57,6 +57,7 @@ from praxis_contracts.assets import (
 )
 from praxis_contracts.base import Event, Message, Request
 from praxis_contracts.inventory import (
+    AssetMoved,
     AssetStatusChanged,
     CreateAsset,
     CreateWorkcell,
@@ -323,6 +324,7 @@ def asset_manager(workcells: Sequence[str]) -> Identity:
             LeaseExpired,
             LeaseForceReleased,
             AssetStatusChanged,
+            AssetMoved,
             WorkcellStateRestored,
             WorkcellChanged,
         ),

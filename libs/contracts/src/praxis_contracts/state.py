@@ -35,15 +35,33 @@ SnapshotKind = Literal[
 """``set``: an operator set a labware's state by hand (``SetAssetState``)."""
 
 
+class Placement(BaseModel):
+    """Where a piece of labware physically is, as the live workcell has it: inside the asset
+    ``parent`` (the nearest asset above it: a deck, a machine, a plate under a lid; none when
+    it was taken off the deck), in the resource ``slot`` of that asset (a carrier site; none
+    when it sits in the asset itself), at ``location`` (millimetres from that resource's
+    origin; given only where the resource does not place what it holds by itself, e.g. a deck
+    position rather than a carrier site)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    parent_id: UUID | None = None
+    parent: str | None = None
+    slot: str | None = None
+    location: tuple[float, float, float] | None = None
+
+
 class AssetState(BaseModel):
     """One asset's own state (PyLabRobot ``serialize_all_state`` of it, its children but not
-    other assets on it), as strict JSON."""
+    other assets on it), as strict JSON, and for labware where it is (``placement``: a move a
+    run made is written back to the inventory)."""
 
     model_config = ConfigDict(frozen=True)
 
     asset_id: UUID
     asset_name: str
     state: dict[str, Any]
+    placement: Placement | None = None
 
 
 class SnapshotInfo(BaseModel):
@@ -182,6 +200,7 @@ __all__ = [
     "GetSnapshot",
     "ListSnapshots",
     "OnFailure",
+    "Placement",
     "RestoreSnapshot",
     "SetAssetState",
     "SnapshotInfo",

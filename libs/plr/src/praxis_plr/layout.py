@@ -130,6 +130,43 @@ def without_children(definition: dict[str, Any], separate: Collection[str]) -> d
     return {**definition, "children": kept}
 
 
+def embeds(definition: dict[str, Any], name: str) -> bool:
+    """Whether a resource named ``name`` is somewhere inside ``definition``'s children."""
+    stack = list(definition.get("children") or [])
+    while stack:
+        child = stack.pop()
+        if isinstance(child, dict):
+            if child.get("name") == name:
+                return True
+            stack.extend(child.get("children") or [])
+    return False
+
+
+def definition_location(definition: dict[str, Any]) -> tuple[float, float, float] | None:
+    """The location a definition records (``serialize()``'s Coordinate), if any."""
+    where = definition.get("location")
+    if not isinstance(where, dict):
+        return None
+    try:
+        return (float(where["x"]), float(where["y"]), float(where["z"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def placed_definition(
+    definition: dict[str, Any],
+    parent_name: str | None,
+    location: tuple[float, float, float] | None,
+) -> dict[str, Any]:
+    """A labware's definition after a move: its new holder's name and, where the holder does
+    not place it by itself, its location there (``serialize()``'s form)."""
+    placed = {**definition, "parent_name": parent_name}
+    if location is not None:
+        x, y, z = location
+        placed["location"] = {"x": x, "y": y, "z": z, "type": "Coordinate"}
+    return placed
+
+
 def _walk(
     node: Resource,
     owner: str,

@@ -30,6 +30,7 @@ from uuid import UUID
 from pylabrobot.machines.backend import MachineBackend
 from pylabrobot.machines.machine import Machine
 from pylabrobot.resources import (
+    Coordinate,
     Deck,
     Resource,
     ResourceHolder,
@@ -41,9 +42,13 @@ from pylabrobot.utils.object_parsing import find_subclass
 
 from praxis_contracts.assets import Asset, WorkcellLayout
 from praxis_contracts.errors import InvalidRequest, UnknownAssetType
+from praxis_contracts.state import Placement
 from praxis_plr._state import state_from_json, state_to_json
 from praxis_plr.guard import WorkcellView, guard_machine, install_navigation_guard
-from praxis_plr.layout import _LABWARE  # one definition of labware: what drafts store state for
+from praxis_plr.layout import (
+    _LABWARE,  # one definition of labware: what drafts store state for
+    definition_location,
+)
 from praxis_plr.types import import_type
 
 log = logging.getLogger(__name__)
@@ -348,6 +353,21 @@ class LiveWorkcell:
         separate = {id(obj) for obj in list(self._objects.values())}
         return {name: state_to_json(own_state(self.get(name), separate)) for name in names}
 
+    def placements(self, names: Iterable[str]) -> dict[str, Placement]:
+        """Where each named labware asset is now (``Placement``), for the inventory to follow
+        the moves runs make; machines and decks are not moved by runs and have none. A read
+        only, like ``snapshot(sole_writer=True)``: a run's worker may call it for the labware
+        its run holds."""
+        objects = dict(self._objects)  # one step (atomic under the GIL)
+        owners = {id(obj): name for name, obj in objects.items()}
+        assets = {asset.name: asset for asset in self._layout.assets}
+        found = {}
+        for name in names:
+            asset = assets.get(name)
+            if asset is not None and asset.kind == "resource" and name in objects:
+                found[name] = placement_of(objects[name], owners, assets)
+        return found
+
     def restore(self, snapshot: dict[str, Any]) -> None:
         """Load a :meth:`snapshot` back (e.g. to roll back a failed step).
 
@@ -402,6 +422,35 @@ def own_state(obj: Resource, separate: Collection[int] = ()) -> dict[str, dict[s
             if not isinstance(child, Machine | Deck) and id(child) not in separate:
                 state.update(own_state(child, separate))
     return state
+
+
+def placement_of(obj: Resource, owners: dict[int, str], assets: dict[str, Asset]) -> Placement:
+    """Where ``obj`` is: the nearest live asset above it (``owners``: ``id()`` of each asset's
+    object -> its name), the resource of that asset it sits in, and its location where that
+    resource does not place what it holds by itself (a ``ResourceHolder`` does)."""
+    holder = obj.parent
+    node = holder
+    while node is not None and id(node) not in owners:
+        node = node.parent
+    if holder is None or node is None:
+        return Placement()
+    parent = owners[id(node)]
+    where = obj.location
+    location = None
+    if not isinstance(holder, ResourceHolder) and where is not None:
+        location = (float(where.x), float(where.y), float(where.z))
+    parent_asset = assets.get(parent)
+    return Placement(
+        parent_id=parent_asset.accession_id if parent_asset is not None else None,
+        parent=parent,
+        slot=None if holder is node else holder.name,
+        location=location,
+    )
+
+
+def _location(definition: dict[str, Any]) -> Coordinate | None:
+    where = definition_location(definition)
+    return Coordinate(*where) if where is not None else None
 
 
 def _index(assets: list[Asset]) -> dict[UUID, Asset]:
@@ -531,11 +580,17 @@ def _attach(asset: Asset, parent: Resource) -> Resource:
 
 
 def _place(asset: Asset, obj: Resource, parent: Resource) -> Resource:
+    """Put ``obj`` in the resource ``asset.slot`` of ``parent`` (or in ``parent``): a holder
+    (a carrier site, a reader) places it itself; anything else at the location its definition
+    records (a deck position)."""
     try:
         holder = parent.get_resource(asset.slot) if asset.slot else parent
-        if isinstance(holder, ResourceHolder) and holder.resource is not None:
-            raise ValueError(f"it already holds {holder.resource.name!r}")
-        holder.assign_child_resource(obj)
+        if isinstance(holder, ResourceHolder):
+            if holder.resource is not None:
+                raise ValueError(f"it already holds {holder.resource.name!r}")
+            holder.assign_child_resource(obj)
+        else:
+            holder.assign_child_resource(obj, location=_location(asset.definition))
     except Exception as exc:
         raise InvalidRequest(
             f"Cannot place asset {asset.name!r} in {asset.slot or parent.name!r}: {exc}. "

@@ -41,6 +41,7 @@ from praxis_asset_manager.inventory_commands import _workcell
 from praxis_asset_manager.orm import AssetRow, SnapshotRow, WorkcellRow
 from praxis_asset_manager.status import BUSY
 from praxis_contracts.errors import Conflict, InvalidInput, InvalidRequest, NotFound
+from praxis_contracts.inventory import AssetMoved
 from praxis_contracts.state import (
     AssetState,
     GetSnapshot,
@@ -57,6 +58,7 @@ from praxis_contracts.state import (
 )
 from praxis_contracts.topology import workcell_state
 from praxis_plr.edit import edited_state
+from praxis_plr.layout import definition_location, embeds, placed_definition, without_children
 from praxis_runtime.bus import Handlers
 from praxis_runtime.db import Database
 from praxis_runtime.outbox import OutboxRelay, SqlUnitOfWork
@@ -142,7 +144,8 @@ class Snapshots:
                 f"{body.workcell_name!r}, not {event.snapshot_id} of {event.workcell_name!r}"
             )
         now = datetime.now(UTC)
-        async with self.db.transaction() as session:
+        async with SqlUnitOfWork(self.db, self.relay) as uow:
+            session = uow.session
             # The workcell's row locked: snapshots of one workcell are recorded one at a time,
             # so each retention pass sees the others' rows (two at once each kept the newest
             # ``kept`` it could see, and one too many survived: seen under load).
@@ -170,6 +173,12 @@ class Snapshots:
             changed = await _set_states(
                 session, workcell_id, body.assets, info, now, only_older=True
             )
+            # Where a run left its labware, for the assets whose state this snapshot is the
+            # newest of (an older snapshot arriving late moves nothing back).
+            for moved in await _set_placements(
+                session, workcell_id, [a for a in body.assets if a.asset_id in changed], info, now
+            ):
+                uow.emit(moved, msg_id=f"moved:{info.snapshot_id}:{moved.asset_id}")
             await self._mark_pruned(session, event.workcell_name, now)
         if changed:
             self.inventory.invalidate()
@@ -268,7 +277,10 @@ class Snapshots:
         body = await self._body(source.object_name)
         if body is None:
             raise NotFound(f"snapshot {cmd.snapshot_id} not found")
-        chosen = _chosen(body.assets, cmd.assets)
+        # A restore brings back liquid and tips, never a place: where labware is, is physical.
+        chosen = [
+            a.model_copy(update={"placement": None}) for a in _chosen(body.assets, cmd.assets)
+        ]
         async with self.db.transaction() as session:
             existing = await _statuses(session, workcell.accession_id, chosen)
         chosen = [a for a in chosen if a.asset_id in existing]  # deleted since: nothing to restore
@@ -432,9 +444,10 @@ async def _set_states(
     now: datetime,
     *,
     only_older: bool = False,
-) -> int:
+) -> set[uuid.UUID]:
     """Make ``assets``' states the recorded state of those still in the workcell (with
-    ``only_older``: of those whose recorded state is older than the snapshot). Returns how many."""
+    ``only_older``: of those whose recorded state is older than the snapshot); their rows stay
+    locked. Returns their ids."""
     stmt = (
         select(AssetRow.accession_id)
         .where(
@@ -465,7 +478,104 @@ async def _set_states(
     ]
     if params:
         await session.execute(_SET_STATE, params)
-    return len(params)
+    return {p["b_id"] for p in params}
+
+
+async def _set_placements(
+    session: AsyncSession,
+    workcell_id: uuid.UUID,
+    assets: Sequence[AssetState],
+    info: SnapshotInfo,
+    now: datetime,
+) -> list[AssetMoved]:
+    """Write where the live workcell has each labware (``placement``) into the inventory when
+    it is somewhere else there: parent, slot and the location in its definition, and out of an
+    old parent's definition that still held it (labware at a deck position is part of it).
+    The rows of ``assets`` are locked already (``_set_states``). Returns the moves."""
+    placed = {a.asset_id: a.placement for a in assets if a.placement is not None}
+    if not placed:
+        return []
+    rows = {
+        row.accession_id: row
+        for row in (
+            await session.scalars(
+                select(AssetRow).where(
+                    AssetRow.workcell_id == workcell_id,
+                    or_(
+                        AssetRow.accession_id.in_(placed),
+                        AssetRow.accession_id.in_(
+                            [p.parent_id for p in placed.values() if p.parent_id is not None]
+                        ),
+                    ),
+                )
+            )
+        ).all()
+    }
+    moves: list[AssetMoved] = []
+    for asset_id, place in placed.items():
+        row = rows.get(asset_id)
+        if row is None or row.kind != "resource":
+            continue
+        if place.parent_id is not None and place.parent_id not in rows:
+            log.warning(
+                "snapshot %s: %s is in %s, which is not an asset of its workcell; not moved",
+                info.snapshot_id,
+                row.name,
+                place.parent,
+            )
+            continue
+        previous = await _parent(session, row.parent_id, rows)
+        slot_now = None if previous is not None and row.slot == previous.name else row.slot
+        relocated = place.location is not None and definition_location(row.definition) not in (
+            None,
+            place.location,
+        )
+        if (row.parent_id, slot_now) == (place.parent_id, place.slot) and not relocated:
+            if place.location is not None and definition_location(row.definition) is None:
+                row.definition = placed_definition(
+                    row.definition, row.definition.get("parent_name"), place.location
+                )
+            continue
+        root = previous
+        while root is not None and root.parent_id is not None:
+            root = await _parent(session, root.parent_id, rows)
+        if root is not None and embeds(root.definition, row.name):
+            root.definition = without_children(root.definition, {row.name})
+        parent = rows.get(place.parent_id) if place.parent_id is not None else None
+        row.definition = placed_definition(
+            row.definition, place.slot or (parent.name if parent else None), place.location
+        )
+        moves.append(
+            AssetMoved(
+                asset_id=row.accession_id,
+                workcell_id=workcell_id,
+                name=row.name,
+                parent_id=place.parent_id,
+                parent=parent.name if parent is not None else None,
+                slot=place.slot,
+                previous_parent_id=row.parent_id,
+                previous_parent=previous.name if previous is not None else None,
+                previous_slot=row.slot,
+                run_id=info.run_id,
+                snapshot_id=info.snapshot_id,
+                at=info.taken_at,
+            )
+        )
+        row.parent_id, row.slot, row.updated_at = place.parent_id, place.slot, now
+    return moves
+
+
+async def _parent(
+    session: AsyncSession, parent_id: uuid.UUID | None, rows: dict[uuid.UUID, AssetRow]
+) -> AssetRow | None:
+    if parent_id is None:
+        return None
+    if parent_id not in rows:
+        found = await session.get(AssetRow, parent_id)
+        if found is None:
+            return None
+        rows[parent_id] = found
+    return rows[parent_id]
 
 
 def _row_values(info: SnapshotInfo, now: datetime) -> dict[str, Any]:

@@ -790,14 +790,19 @@ class Executor:
     ) -> tuple[dict[str, Any] | None, SnapshotInfo | None]:
         bindings = [b for b in run.cmd.bindings if run.held is None or b.asset_name in run.held]
         try:
-            states = self.workcell.snapshot(
-                [b.asset_name for b in bindings], sole_writer=sole_writer
-            )
+            names = [b.asset_name for b in bindings]
+            states = self.workcell.snapshot(names, sole_writer=sole_writer)
             if self.recorder is None:
                 return states, None
             ids = {b.asset_name: b.asset_id for b in bindings}
             info = self.recorder.record(
-                kind, states, ids, run_id=run.run_id, checkpoint=checkpoint, force=force
+                kind,
+                states,
+                ids,
+                run_id=run.run_id,
+                checkpoint=checkpoint,
+                force=force,
+                placements=self.workcell.placements(names),
             )
         except Exception:
             log.exception("could not record the %s state of run %s", kind, run.run_id)

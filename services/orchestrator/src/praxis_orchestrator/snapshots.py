@@ -38,6 +38,7 @@ from nats.js.errors import APIError
 from nats.js.object_store import ObjectStore
 
 from praxis_contracts.state import (
+    Placement,
     SnapshotInfo,
     SnapshotKind,
     WorkcellSnapshot,
@@ -78,10 +79,17 @@ class StateRecorder:
         run_id: uuid.UUID | None = None,
         checkpoint: str | None = None,
         force: bool = False,
+        placements: Mapping[str, Placement] | None = None,
     ) -> SnapshotInfo | None:
-        """Queue a snapshot of ``states`` (asset name -> state JSON); None if every asset's
-        state is the one last recorded (unless ``force``)."""
-        encoded = {name: json.dumps(state, separators=(",", ":")) for name, state in states.items()}
+        """Queue a snapshot of ``states`` (asset name -> state JSON) and, for labware, where it
+        is (``placements``); None if every asset's state and place are the ones last recorded
+        (unless ``force``)."""
+        places = placements or {}
+        encoded = {
+            name: json.dumps(state, separators=(",", ":"))
+            + (f',"placement":{places[name].model_dump_json()}' if name in places else "")
+            for name, state in states.items()
+        }
         if not encoded:
             return None
         with self._lock:
@@ -146,8 +154,9 @@ class StateRecorder:
 def snapshot_body(
     info: SnapshotInfo, encoded: Mapping[str, str], asset_ids: Mapping[str, uuid.UUID]
 ) -> bytes:
-    """``WorkcellSnapshot`` JSON, with ``size_bytes`` its own length, each asset's state spliced
-    in as already encoded (a large plate's state is encoded once, not once per use)."""
+    """``WorkcellSnapshot`` JSON, with ``size_bytes`` its own length, each asset's state (and
+    placement) spliced in as already encoded (a large plate's state is encoded once, not once
+    per use)."""
     assets = ",".join(
         f'{{"asset_id":"{asset_ids[name]}","asset_name":{json.dumps(name)},"state":{text}}}'
         for name, text in encoded.items()

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from praxis_contracts.assets import AssetBinding, GetWorkcellLayout, WorkcellLayout
+from praxis_contracts.state import Placement
 from praxis_plr.live import LiveWorkcell
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,13 @@ class WorkcellHost:
         return live_workcell.snapshot(
             [name for name in names if name in live], sole_writer=sole_writer
         )
+
+    def placements(self, names: list[str]) -> dict[str, Placement]:
+        """Where the named labware assets that are live are (``LiveWorkcell.placements``)."""
+        live_workcell = self.live
+        if live_workcell is None or not names:
+            return {}
+        return live_workcell.placements(names)
 
     async def stop(self) -> None:
         if self.live is not None:
