@@ -9,7 +9,7 @@ import pytest
 from pylabrobot.liquid_handling import LiquidHandler
 from pylabrobot.resources import Plate, Resource, TipRack
 
-from praxis_asset_manager.matching import Binding, bind
+from praxis_asset_manager.matching import Binding, bind, match
 from praxis_contracts.assets import Asset, AssetStatus
 from praxis_contracts.common import AssetKind
 from praxis_contracts.errors import NoMatchingAssets
@@ -244,6 +244,20 @@ def test_a_pin_decides_the_robot_and_a_pin_on_the_other_deck_is_refused() -> Non
     assert "'tips_b' (in 'lh_b')" in message and "'lh_a' (in no machine)" in message
     with pytest.raises(NoMatchingAssets):
         bind(robot_run(), pool, {"plate": "plate_shelf"}, set())  # on no robot's deck
+
+
+def test_a_pin_outside_the_robot_waits_while_another_run_holds_it() -> None:
+    """The shelf plate's run may be moving it onto lh_a's deck: not refused while it is held,
+    decided again (with where it is then) once released."""
+    assets = two_robots()
+    pool = list(assets.values())
+    shelf = assets["plate_shelf"].accession_id
+    pins = {"lh": "lh_a", "plate": "plate_shelf"}
+    found = match(robot_run(), pool, pins, held=lambda asset_id: asset_id == shelf)
+    assert found.now(lambda asset_id: asset_id == shelf) is None  # waits for it
+    assert found.now(lambda _: False) is None  # still outside lh_a once free: never bound
+    with pytest.raises(NoMatchingAssets):
+        match(robot_run(), pool, pins, held=lambda _: False)  # nobody holds it: refused now
 
 
 def test_a_run_without_machines_takes_labware_wherever_it_is() -> None:

@@ -42,8 +42,8 @@ from praxis_contracts.protocols import AssetRequirementSpec
 from praxis_contracts.state import (
     AssetState,
     GetSnapshot,
-    Placement,
     ListSnapshots,
+    Placement,
     RestoreSnapshot,
     SetAssetState,
     SnapshotKind,
@@ -52,7 +52,7 @@ from praxis_contracts.state import (
     WorkcellStateRestored,
     snapshot_object_name,
 )
-from praxis_contracts.topology import EVENTS, workcell_state
+from praxis_contracts.topology import COMMANDS, EVENTS, workcell_state
 from praxis_devstack.pytest_plugin import MakeDatabase, NatsIdentity, drained, provide_workcell
 from praxis_plr.layout import demo_workcell
 from praxis_plr.types import fqn
@@ -307,6 +307,94 @@ async def test_list_filters_and_pages(am: AM, workcell: WorkcellLayout) -> None:
         await am.bus.request(ListSnapshots(workcell="nowhere"))
     with pytest.raises(NotFound):  # another workcell's snapshot
         await am.bus.request(GetSnapshot(workcell=workcell.workcell.name, snapshot_id=uuid.uuid4()))
+
+
+async def test_a_run_that_moved_labware_moves_it_in_the_inventory_once(
+    am: AM, workcell: WorkcellLayout, tap: Any
+) -> None:
+    """The snapshot says the source plate is in the reader now: the inventory follows (parent,
+    slot, definition), announces the move once under redelivery, and an older snapshot still
+    placing it on its site, arriving late, does not move it back."""
+    name = workcell.workcell.name
+    reader, deck = by_name(workcell, "plate_reader"), by_name(workcell, "deck")
+    moves = await tap(AssetMoved, str(by_name(workcell, "source_plate").accession_id))
+    run_id = uuid.uuid4()
+    home = Placement(parent_id=deck.accession_id, parent="deck", slot="plate_carrier-0")
+    into_reader = Placement(parent_id=reader.accession_id, parent="plate_reader")
+    same = await written(
+        am, workcell, {"source_plate": well(9)}, T0, placements={"source_plate": home}
+    )
+    moved = await written(
+        am,
+        workcell,
+        {"source_plate": well(8)},
+        T0 + timedelta(minutes=1),
+        run_id=run_id,
+        placements={"source_plate": into_reader},
+    )
+    late = await written(
+        am, workcell, {"source_plate": well(7)}, T0, placements={"source_plate": home}
+    )
+    await recorded(am, same)
+    await moves.assert_silent()  # where the inventory has it already: no move
+    await recorded(am, moved, moved, late)
+
+    event = await moves.next()
+    assert (event.name, event.parent_id, event.parent, event.slot) == (
+        "source_plate",
+        reader.accession_id,
+        "plate_reader",
+        None,
+    )
+    assert (event.previous_parent, event.previous_slot) == ("deck", "plate_carrier-0")
+    assert (event.run_id, event.snapshot_id) == (run_id, moved.snapshot_id)
+    await moves.assert_silent()
+    plate = await asset(am, workcell, "source_plate")
+    assert (plate.parent_id, plate.slot) == (reader.accession_id, None)
+    assert plate.definition["parent_name"] == "plate_reader"
+    layout = await am.bus.request(GetWorkcellLayout(workcell=name))
+    assert by_name(layout, "source_plate").parent_id == reader.accession_id  # cache dropped
+
+    # Put at a deck position by a later run: parent, no slot, the location in its definition.
+    spot = Placement(parent_id=deck.accession_id, parent="deck", location=(600.0, 120.0, 0.0))
+    later = await written(
+        am,
+        workcell,
+        {"source_plate": well(8)},
+        T0 + timedelta(minutes=2),
+        placements={"source_plate": spot},
+    )
+    await recorded(am, later)
+    event = await moves.next()
+    assert (event.parent, event.slot, event.previous_parent) == ("deck", None, "plate_reader")
+    plate = await asset(am, workcell, "source_plate")
+    assert (plate.parent_id, plate.slot) == (deck.accession_id, None)
+    assert plate.definition["location"] == {"x": 600.0, "y": 120.0, "z": 0.0, "type": "Coordinate"}
+
+
+async def test_a_runs_final_snapshot_is_recorded_before_its_leases_go(
+    am: AM, workcell: WorkcellLayout
+) -> None:
+    """``ReleaseAssets`` naming the run's final snapshot records it first when its event has
+    not been consumed (here: never published); twice is once."""
+    reader = by_name(workcell, "plate_reader")
+    final = await written(
+        am,
+        workcell,
+        {"source_plate": well(3)},
+        T0,
+        kind="run_finished",
+        placements={"source_plate": Placement(parent_id=reader.accession_id)},
+    )
+    release = ReleaseAssets(
+        run_id=uuid.uuid4(), workcell=workcell.workcell.name, snapshot_id=final.snapshot_id
+    )
+    await am.bus.publish(release)
+    await am.bus.publish(release)
+    await drained(am.bus.js, COMMANDS.name, "asset-manager-release")
+    plate = await asset(am, workcell, "source_plate")
+    assert (plate.state, plate.parent_id) == (well(3), reader.accession_id)
+    assert await listed(am, workcell) == [final.snapshot_id]
 
 
 # -- restore --------------------------------------------------------------------------------------

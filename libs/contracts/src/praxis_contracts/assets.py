@@ -297,12 +297,16 @@ class CheckReservation(Request[ReservationCheck]):
 
 
 class ReleaseAssets(Command):
-    """Release every lease a run holds (idempotent)."""
+    """Release every lease a run holds (idempotent). ``snapshot_id``: the snapshot of the state
+    the run left its assets in (``RunFinished.snapshot_id``), recorded into the inventory
+    before the leases go, so the next run on them finds them where and as the run left them."""
 
     subject: ClassVar[str] = "praxis.cmd.asset.release"
 
     run_id: UUID
     reason: str = ""
+    workcell: str | None = None
+    snapshot_id: UUID | None = None
 
 
 class HoldAssets(Command):

@@ -320,6 +320,11 @@ class RunFinished(_RunEvent):
         description="What the edge did to leave the run's machines safe after it failed or was "
         "cancelled (e.g. tips returned), and what it could not do.",
     )
+    snapshot_id: UUID | None = Field(
+        default=None,
+        description="The snapshot of the state (and places) it left its assets in; recorded "
+        "into the inventory before its leases are released.",
+    )
 
 
 ExecutionAction = Literal["pause", "resume", "cancel"]

@@ -34,6 +34,7 @@ from pylabrobot.resources import (
 from praxis_contracts.assets import Asset, AssetDraft, Workcell, WorkcellLayout
 from praxis_contracts.common import AssetKind
 from praxis_contracts.errors import InvalidRequest, UnknownAssetType
+from praxis_contracts.state import Placement
 from praxis_plr._state import state_to_json
 from praxis_plr.types import asset_kind, fqn, import_type, type_ancestry
 
@@ -151,6 +152,24 @@ def definition_location(definition: dict[str, Any]) -> tuple[float, float, float
         return (float(where["x"]), float(where["y"]), float(where["z"]))
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def is_moved(
+    *,
+    parent_id: uuid.UUID | None,
+    parent_name: str | None,
+    slot: str | None,
+    definition: dict[str, Any],
+    placement: Placement,
+) -> bool:
+    """Whether ``placement`` (where the live workcell has a labware) is somewhere else than an
+    asset record says: another parent or slot (a slot naming the parent itself is no slot), or
+    another recorded location."""
+    slot_now = None if slot is not None and slot == parent_name else slot
+    if (parent_id, slot_now) != (placement.parent_id, placement.slot):
+        return True
+    recorded = definition_location(definition)
+    return placement.location is not None and recorded not in (None, placement.location)
 
 
 def placed_definition(

@@ -48,6 +48,8 @@ from praxis_plr.guard import WorkcellView, guard_machine, install_navigation_gua
 from praxis_plr.layout import (
     _LABWARE,  # one definition of labware: what drafts store state for
     definition_location,
+    is_moved,
+    placed_definition,
 )
 from praxis_plr.types import import_type
 
@@ -104,7 +106,8 @@ class LiveWorkcell:
         self, layout: WorkcellLayout, objects: dict[str, Resource], machines: list[str]
     ) -> None:
         """Wrap already-built objects; use :meth:`build` instead."""
-        self._layout = layout
+        self._layout = layout  # where things are (``follow_moves``)
+        self._fetched = layout  # what the inventory said when last asked (``extend``)
         self._objects = objects
         self._machines = machines
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -161,7 +164,9 @@ class LiveWorkcell:
         """
         self._check_owner()
         by_id = _index(layout.assets)
-        live = {asset.accession_id: asset for asset in self._layout.assets}
+        # Compared with what the inventory said before, not with where things are: a move a
+        # run made that the inventory has not recorded yet is not undone here.
+        live = {asset.accession_id: asset for asset in self._fetched.assets}
         # A machine or deck renamed in the inventory: the same live object, under its new name.
         for old in live.values():
             now = by_id.get(old.accession_id)
@@ -206,7 +211,7 @@ class LiveWorkcell:
             and not (asset.kind == "resource" and asset.accession_id in live_labware)
             and not (asset.kind != "resource" and asset.name in self._objects)
         ]
-        self._layout = layout
+        self._layout = self._fetched = layout
         await self._add(layout, [*new, *moved])
         return [asset.name for asset in [*new, *moved]]
 
@@ -367,6 +372,36 @@ class LiveWorkcell:
             if asset is not None and asset.kind == "resource" and name in objects:
                 found[name] = placement_of(objects[name], owners, assets)
         return found
+
+    def follow_moves(self) -> WorkcellLayout:
+        """The layout with each labware asset where it is now: runs move labware, and the
+        copies a run gets, its frame (``run_assets``) and what ``extend`` compares the
+        inventory with must say where it is, not where it was when the workcell was built."""
+        self._check_owner()
+        by_id = {asset.accession_id: asset for asset in self._layout.assets}
+        places = self.placements([a.name for a in self._layout.assets if a.kind == "resource"])
+        assets, changed = [], False
+        for asset in self._layout.assets:
+            place = places.get(asset.name)
+            parent = by_id.get(asset.parent_id) if asset.parent_id is not None else None
+            if place is None or not is_moved(
+                parent_id=asset.parent_id,
+                parent_name=parent.name if parent is not None else None,
+                slot=asset.slot,
+                definition=asset.definition,
+                placement=place,
+            ):
+                assets.append(asset)
+                continue
+            changed = True
+            definition = placed_definition(
+                asset.definition, place.slot or place.parent, place.location
+            )
+            update = {"parent_id": place.parent_id, "slot": place.slot, "definition": definition}
+            assets.append(asset.model_copy(update=update))
+        if changed:
+            self._layout = self._layout.model_copy(update={"assets": assets})
+        return self._layout
 
     def restore(self, snapshot: dict[str, Any]) -> None:
         """Load a :meth:`snapshot` back (e.g. to roll back a failed step).

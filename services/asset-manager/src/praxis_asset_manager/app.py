@@ -145,7 +145,9 @@ def build_app(settings: Settings) -> Service:
         held = {asset: h.run_id for asset, h in reservations.index.live().items()}
         await status.reconcile(held)
         log.info("resumed %d waiting reservations", await reservations.resume())
-        service.include(handlers, Deps(inventory=inventory, reservations=reservations))
+        service.include(
+            handlers, Deps(inventory=inventory, reservations=reservations, snapshots=snapshots)
+        )
 
     async def serve_resumed() -> None:
         await holder["r"].serve_all()

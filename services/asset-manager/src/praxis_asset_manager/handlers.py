@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from praxis_asset_manager.inventory import Inventory
 from praxis_asset_manager.reservations import Reservations
+from praxis_asset_manager.snapshots import Snapshots
 from praxis_contracts.assets import (
     Asset,
     AssetPage,
@@ -26,6 +28,7 @@ from praxis_contracts.assets import (
     WorkcellLayout,
     WorkcellPage,
 )
+from praxis_contracts.errors import PraxisError
 from praxis_contracts.runs import RunStarted
 from praxis_runtime.bus import Handlers
 
@@ -34,7 +37,10 @@ from praxis_runtime.bus import Handlers
 class Deps:
     inventory: Inventory
     reservations: Reservations
+    snapshots: Snapshots | None = None
 
+
+log = logging.getLogger(__name__)
 
 handlers: Handlers[Deps] = Handlers()
 
@@ -86,6 +92,11 @@ async def reserve(cmd: ReserveAssets, deps: Deps) -> None:
 
 @handlers.consume(ReleaseAssets, durable="asset-manager-release", max_workers=16)
 async def release(cmd: ReleaseAssets, deps: Deps) -> None:
+    if deps.snapshots is not None and cmd.workcell and cmd.snapshot_id:
+        try:
+            await deps.snapshots.record_final(cmd.workcell, cmd.snapshot_id)
+        except PraxisError as exc:  # a bad snapshot never keeps a run's leases
+            log.warning("run %s: its final snapshot was not recorded: %s", cmd.run_id, exc)
     await deps.reservations.release(cmd)
 
 

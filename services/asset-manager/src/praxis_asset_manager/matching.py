@@ -84,10 +84,14 @@ def match(
     pins: Mapping[str, str],
     properties: Mapping[str, Mapping[str, Any]] | None = None,
     by_ref: Mapping[str, Asset] | None = None,
+    held: Callable[[uuid.UUID], bool] | None = None,
 ) -> Match:
     """The options of every requirement; ``NoMatchingAssets`` if no assignment could ever exist.
 
     A pin names its asset by name or id; ``by_ref`` maps both to the asset (built if not given).
+    ``held``: whether another run holds an asset. Such a run may move it (into the reader the
+    request binds, say): containment that fails only while a candidate is held is decided when
+    it is released (the request waits), not refused now.
     """
     required = properties or {}
     if pins and by_ref is None:
@@ -117,9 +121,15 @@ def match(
     found = Match(requirements, options, parents, pins)
     if found.now(lambda _: False) is None:
         if _assign(requirements, options, lambda _: False, None) is not None:
+            if held is not None and any(held(a.accession_id) for a in _all(options)):
+                return found  # where a held asset will be is known once its run lets go
             raise _not_contained(requirements, options, assets, parents)
         raise NoMatchingAssets("the requirements cannot all be bound to distinct assets")
     return found
+
+
+def _all(options: Mapping[str, list[Asset]]) -> Iterable[Asset]:
+    return (asset for assets in options.values() for asset in assets)
 
 
 def _not_contained(

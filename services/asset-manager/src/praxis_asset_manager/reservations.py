@@ -304,7 +304,12 @@ class Reservations:
             layout = site.layout
             try:
                 found = match(
-                    cmd.requirements, layout.assets, cmd.pins, cmd.properties, site.by_ref
+                    cmd.requirements,
+                    layout.assets,
+                    cmd.pins,
+                    cmd.properties,
+                    site.by_ref,
+                    held=is_busy,
                 )
             except NoMatchingAssets as exc:
                 error = error and exc
@@ -342,6 +347,7 @@ class Reservations:
                     query.pins,
                     query.properties,
                     site.by_ref,
+                    held=lambda asset_id: self.index.holder(asset_id) is not None,
                 )
             except NoMatchingAssets as exc:
                 refusals[site.layout.workcell.name] = exc

@@ -58,7 +58,13 @@ from praxis_contracts.state import (
 )
 from praxis_contracts.topology import workcell_state
 from praxis_plr.edit import edited_state
-from praxis_plr.layout import definition_location, embeds, placed_definition, without_children
+from praxis_plr.layout import (
+    definition_location,
+    embeds,
+    is_moved,
+    placed_definition,
+    without_children,
+)
 from praxis_runtime.bus import Handlers
 from praxis_runtime.db import Database
 from praxis_runtime.outbox import OutboxRelay, SqlUnitOfWork
@@ -183,6 +189,20 @@ class Snapshots:
         if changed:
             self.inventory.invalidate()
         await self.prune(event.workcell_name)
+
+    async def record_final(self, workcell: str, snapshot_id: uuid.UUID) -> None:
+        """Record a run's final snapshot now if its ``WorkcellStateRecorded`` has not been
+        consumed yet: the run's leases are released only after, so the next run on its assets
+        finds them where and as it left them. A no-op once recorded."""
+        async with self.db.transaction() as session:
+            if await session.get(SnapshotRow, snapshot_id) is not None:
+                return
+        body = await self._body(snapshot_object_name(workcell, snapshot_id))
+        if body is None:  # pruned already, or never stored: its event says what happened
+            log.warning("final snapshot %s of %r is not in the store", snapshot_id, workcell)
+            return
+        info = SnapshotInfo.model_validate(body.model_dump(exclude={"assets"}))
+        await self.record(WorkcellStateRecorded(**info.model_dump()))
 
     # -- retention ----------------------------------------------------------------------------
     async def _mark_pruned(self, session: AsyncSession, workcell: str, now: datetime) -> None:
@@ -525,12 +545,13 @@ async def _set_placements(
             )
             continue
         previous = await _parent(session, row.parent_id, rows)
-        slot_now = None if previous is not None and row.slot == previous.name else row.slot
-        relocated = place.location is not None and definition_location(row.definition) not in (
-            None,
-            place.location,
-        )
-        if (row.parent_id, slot_now) == (place.parent_id, place.slot) and not relocated:
+        if not is_moved(
+            parent_id=row.parent_id,
+            parent_name=previous.name if previous is not None else None,
+            slot=row.slot,
+            definition=row.definition,
+            placement=place,
+        ):
             if place.location is not None and definition_location(row.definition) is None:
                 row.definition = placed_definition(
                     row.definition, row.definition.get("parent_name"), place.location

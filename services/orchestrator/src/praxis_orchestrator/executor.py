@@ -432,7 +432,8 @@ class Executor:
         root, identity = await self.code.folder(cmd.definition)
         leased = [b.asset_name for b in cmd.bindings]
         view = live.view(cmd.run_id, leased, keeper.check_now)
-        names = run_assets(live.layout, leased)  # and the decks they are on or own
+        layout = live.follow_moves()  # where earlier runs left the labware
+        names = run_assets(layout, leased)  # and the decks they are on or own
         objects = RunObjects(
             {name: live.get(name) for name in names},
             [b.asset_name for b in cmd.bindings if b.kind == "machine"],
@@ -457,7 +458,7 @@ class Executor:
                 "qualname": cmd.definition.spec.qualname,
                 "parameters": cmd.parameters,
                 "bindings": {b.requirement: b.asset_name for b in cmd.bindings},
-                "layout": copy_layout(live.layout, names).model_dump(mode="json"),
+                "layout": copy_layout(layout, names).model_dump(mode="json"),
                 "states": live.snapshot(names),
                 "initial_state": cmd.initial_state,
                 "tick": self._tick,
@@ -734,6 +735,7 @@ class Executor:
         self._free_slot(run)
         if run.output is not None:
             run.output.close()  # its last lines go out before its end
+        asset_states, snapshot = self._final_asset_states(run, outcome)
         event = RunFinished(
             run_id=run.run_id,
             at=now(),
@@ -742,8 +744,9 @@ class Executor:
             result=result,
             error=error,
             final_state=state,
-            asset_states=self._final_asset_states(run, outcome),
+            asset_states=asset_states,
             cleanup=cleanup or [],
+            snapshot_id=snapshot.snapshot_id if snapshot is not None else None,
         )
         # Through the same queue as the run's other events, so it is published after them. The
         # id is this process's: a second process handed the same run reports separately (the
@@ -809,11 +812,14 @@ class Executor:
             return None, None
         return states, info
 
-    def _final_asset_states(self, run: ActiveRun, outcome: RunOutcome) -> dict[str, Any]:
+    def _final_asset_states(
+        self, run: ActiveRun, outcome: RunOutcome
+    ) -> tuple[dict[str, Any], SnapshotInfo | None]:
         """The state of the run's assets as it ends (rolled back first if it asked for that),
-        recorded; a reference to the snapshot instead when too large for the event."""
+        recorded; a reference to the snapshot instead when too large for the event. And the
+        snapshot recorded (None if the protocol never started: nothing it did to record)."""
         if not run.started:
-            return self._asset_states(run)
+            return self._asset_states(run), None
         # Recorded even when unchanged: one per run, the state it left its assets in.
         states, info = self._record_snapshot(run, "run_finished", force=True)
         if (
@@ -824,17 +830,18 @@ class Executor:
             self._roll_back(run, run.before)
             states, info = self._record_snapshot(run, "rolled_back", force=True)
         if states is None:
-            return {}
+            return {}, info
         if len(json.dumps(states, separators=(",", ":"))) <= self.asset_states_inline_bytes:
-            return states
+            return states, info
         if info is None:
             log.error("run %s: its assets' state is too large to report", run.run_id)
-            return {}
-        return {
+            return {}, None
+        reference = {
             "snapshot_id": str(info.snapshot_id),
             "object_name": info.object_name,
             "size_bytes": info.size_bytes,
         }
+        return reference, info
 
     def _roll_back(self, run: ActiveRun, before: dict[str, Any]) -> None:
         """Put the run's labware back as it was when its protocol was called: the liquid. Not

@@ -233,7 +233,12 @@ class RunService:
                 return
             row.finished_at = event.at
             uow.emit(
-                ReleaseAssets(run_id=event.run_id, reason=f"run {status}"),
+                ReleaseAssets(
+                    run_id=event.run_id,
+                    reason=f"run {status}",
+                    workcell=event.workcell,
+                    snapshot_id=event.snapshot_id,
+                ),
                 msg_id=f"release:{event.run_id}",
             )
 
