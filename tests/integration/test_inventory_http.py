@@ -138,7 +138,10 @@ async def test_asset_lifecycle(api: httpx.AsyncClient, workcell: str, tap: Any) 
         ("resources", {"fqn": "cor_96_wellplate_360uL_Fx"}, 422, "unknown_asset_type"),
         ("resources", {"workcell": "nowhere"}, 404, "not_found"),
         ("resources", {"colour": "red"}, 400, "invalid_request"),
-        ("machines", {"fqn": "pylabrobot.liquid_handling.LiquidHandler"}, 400, "invalid_request"),
+        ("machines", {"fqn": "pylabrobot.liquid_handling.LiquidHandler"}, 422, "invalid_input"),
+        ("machines", {"fqn": "PlateReader", "backend": {"type": "Nope"}}, 422, "invalid_input"),
+        ("resources", {"arguments": {"colour": "red"}}, 422, "invalid_input"),
+        ("resources", {"location": {"x": 1, "y": 2}}, 400, "invalid_request"),
     ],
 )
 async def test_create_errors(

@@ -47,20 +47,24 @@ def test_instantiate_a_factory_and_a_factory_without_a_name() -> None:
         entries["pylabrobot.resources.corning.plates.cor_96_wellplate_360uL_Fb"], "p"
     )
     assert built.type_mro[0] == fqn(Plate) and built.type_mro[-1] == fqn(Resource)
-    assert built.definition["name"] == "p" and built.state is not None
+    assert built.root.definition["name"] == "p" and built.root.state is not None
 
     deck = discovery.instantiate(
         entries["pylabrobot.resources.hamilton.hamilton_decks.STARLetDeck"], "bench_deck"
     )
-    assert deck.kind == "deck" and deck.definition["name"] == "bench_deck"
-    assert deck.type_mro[0] == fqn(HamiltonSTARDeck) and deck.state is None
+    assert deck.root.kind == "deck" and deck.root.definition["name"] == "bench_deck"
+    assert deck.type_mro[0] == fqn(HamiltonSTARDeck) and deck.root.state is None
 
 
-def test_instantiate_refuses_types_that_need_more_than_a_name(walked: discovery.Walk) -> None:
+def test_instantiate_says_what_a_type_needs_beyond_a_name(walked: discovery.Walk) -> None:
     (entry,) = [e for e in walked.entries if e.fqn == fqn(LiquidHandler)]
-    with pytest.raises(InvalidRequest, match="needs a definition") as caught:
+    with pytest.raises(InvalidRequest, match="needs a backend") as caught:
         discovery.instantiate(entry, "lh")
-    assert set(caught.value.details["required"]) == {"backend", "deck"}
+    assert caught.value.details["field"] == "backend"
+    backend = {"type": "LiquidHandlerChatterboxBackend", "settings": {}}
+    with pytest.raises(InvalidRequest, match="needs deck") as caught:
+        discovery.instantiate(entry, "lh", backend=backend)
+    assert caught.value.details["missing"] == ["deck"]
 
 
 def test_canonical_fqn_follows_reexports() -> None:

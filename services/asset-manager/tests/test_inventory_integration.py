@@ -27,7 +27,13 @@ from praxis_asset_manager.orm import OUTBOX, Base, CatalogRow, StatusHistoryRow
 from praxis_asset_manager.status import StatusChange, StatusQueue, StatusRecorder
 from praxis_contracts.assets import Asset, AssetStatus, ListAssets, Workcell
 from praxis_contracts.common import SearchFilters
-from praxis_contracts.errors import Conflict, InvalidRequest, NotFound, UnknownAssetType
+from praxis_contracts.errors import (
+    Conflict,
+    InvalidInput,
+    InvalidRequest,
+    NotFound,
+    UnknownAssetType,
+)
 from praxis_contracts.inventory import (
     AssetStatusChanged,
     CreateAsset,
@@ -41,6 +47,7 @@ from praxis_contracts.inventory import (
 )
 from praxis_devstack.pytest_plugin import MakeDatabase
 from praxis_plr.layout import demo_liquid_handler
+from praxis_plr.live import LiveWorkcell
 from praxis_plr.types import fqn
 from praxis_runtime.db import Database
 from praxis_runtime.outbox import OutboxRelay
@@ -247,9 +254,9 @@ async def test_types_that_need_more_than_a_name_need_a_definition(
     stack: Stack, workcell: Workcell
 ) -> None:
     cmd = CreateAsset(workcell=workcell.name, kind="machine", name="lh", fqn=fqn(LiquidHandler))
-    with pytest.raises(InvalidRequest, match="needs a definition") as caught:
+    with pytest.raises(InvalidRequest, match="needs a backend") as caught:
         await stack.commands.create_asset(cmd)
-    assert "backend" in caught.value.details["required"]
+    assert caught.value.details["field"] == "backend"
 
     handler = demo_liquid_handler()
     with pytest.raises(InvalidRequest, match="needs a backend"):
@@ -261,6 +268,133 @@ async def test_types_that_need_more_than_a_name_need_a_definition(
         )
     )
     assert asset.type_mro[0] == fqn(LiquidHandler) and asset.kind == "machine"
+
+
+async def test_a_star_workcell_built_by_names_alone(stack: Stack, workcell: Workcell) -> None:
+    """No definition anywhere: a liquid handler with a STARLet deck and a chatterbox backend
+    with its settings, carriers on rails, plates and tips on their sites, a heater-shaker on a
+    module carrier's site, a reader, and a pump (a machine that is no resource). Each is built
+    by PyLabRobot and checked to fit where it goes; the result builds as an orchestrator
+    builds it."""
+    w = workcell.name
+
+    async def create(kind: str, name: str, fqn_: str, **fields: Any) -> Asset:
+        cmd = CreateAsset(workcell=w, kind=kind, name=name, fqn=fqn_, **fields)  # type: ignore[arg-type]
+        return await stack.commands.create_asset(cmd)
+
+    lh = await create(
+        "machine",
+        "lh",
+        "LiquidHandler",
+        backend={"type": "LiquidHandlerChatterboxBackend", "settings": {"num_channels": 8}},
+        arguments={"deck": "STARLetDeck"},
+    )
+    assert lh.backend == {"type": "LiquidHandlerChatterboxBackend", "num_channels": 8}
+    layout = await stack.inventory.layout(w)
+    (deck,) = [a for a in layout.assets if a.kind == "deck"]
+    assert (deck.name, deck.parent_id) == ("deck", lh.accession_id)  # an asset of its own
+
+    carrier = await create("resource", "plates", "PLT_CAR_L5AC_A00", parent="deck", rails=9)
+    assert carrier.parent_id == deck.accession_id and carrier.definition["location"]["x"] > 0
+    await create("resource", "tip_carrier", "TIP_CAR_480_A00", parent="deck", rails=1)
+    await create(
+        "resource", "tips", "hamilton_96_tiprack_1000uL", parent="tip_carrier", slot="tip_carrier-0"
+    )
+    await create("resource", "source", COR_96, parent="plates", slot="plates-0")
+    modules = await create(
+        "resource",
+        "modules",
+        "hamilton_mfx_carrier_L5_base",
+        parent="deck",
+        rails=15,
+        arguments={"modules": {"0": "MFX_DWP_module_flat"}},  # its site 0: "modules-0"
+    )
+    shaker = await create(
+        "machine",
+        "shaker",
+        "HeaterShaker",
+        backend={"type": "HeaterShakerChatterboxBackend", "settings": {}},
+        arguments={
+            "size_x": 146.2,
+            "size_y": 103.8,
+            "size_z": 74.11,
+            "child_location": {"x": 9.66, "y": 9.22, "z": 74.11},
+        },
+        parent="modules",
+        slot="modules-0",
+    )
+    assert shaker.parent_id == modules.accession_id
+    await create("resource", "shaken", COR_96, parent="shaker")
+    await create(
+        "machine",
+        "reader",
+        "PlateReader",
+        backend={"type": "PlateReaderChatterboxBackend", "settings": {}},
+        arguments={"size_x": 200, "size_y": 300, "size_z": 150},
+    )
+    pump = await create(
+        "machine", "pump", "Pump", backend={"type": "PumpChatterboxBackend", "settings": {}}
+    )
+    assert pump.definition == {} and "pylabrobot.machines.machine.Machine" in pump.type_mro
+
+    # Refused with the field at fault, and nothing stored.
+    with pytest.raises(InvalidInput, match="occupied|fit"):  # the plate carrier is on rail 9
+        await create("resource", "clash", "PLT_CAR_L5AC_A00", parent="deck", rails=10)
+    with pytest.raises(InvalidInput, match="takes no argument 'colour'"):
+        await create("resource", "odd", "PLT_CAR_L5AC_A00", arguments={"colour": "red"})
+    with pytest.raises(InvalidInput, match="needs size_x"):
+        await create(
+            "machine",
+            "r2",
+            "PlateReader",
+            backend={"type": "PlateReaderChatterboxBackend", "settings": {}},
+        )
+    with pytest.raises(InvalidInput, match="NoSuchBackend") as bad:
+        await create("machine", "r3", "Pump", backend={"type": "NoSuchBackend", "settings": {}})
+    assert bad.value.details["field"] == "backend"
+    with pytest.raises(InvalidInput, match="Coordinate"):
+        await create(
+            "machine",
+            "r4",
+            "PlateReader",
+            backend={"type": "PlateReaderChatterboxBackend", "settings": {}},
+            arguments={"size_x": 1, "size_y": 1, "size_z": 1, "child_location": [1, 2]},
+        )
+    with pytest.raises(InvalidRequest, match="sits in no parent"):
+        await create(
+            "machine", "p2", "Pump", backend={"type": "PumpChatterboxBackend"}, parent="deck"
+        )
+    with pytest.raises(InvalidInput, match="Hamilton deck"):
+        await create("resource", "c2", "PLT_CAR_L5AC_A00", parent="reader", rails=3)
+    names = {a.name for a in (await stack.inventory.layout(w)).assets}
+    assert names == {
+        "lh",
+        "deck",
+        "plates",
+        "tip_carrier",
+        "tips",
+        "source",
+        "modules",
+        "shaker",
+        "shaken",
+        "reader",
+        "pump",
+    }
+
+    layout = await stack.inventory.layout(w)
+    async with await LiveWorkcell.build(layout) as live:
+        built_shaker = live.get("shaker")
+        assert built_shaker.parent.name == "modules-0" and built_shaker.setup_finished
+        assert live.get("shaken").parent is built_shaker
+        assert live.get("source").parent.name == "plates-0"
+        assert live.get("plates").parent is live.get("deck")
+        assert live.get("lh").deck is live.get("deck")
+        assert live.get("pump").setup_finished
+        await live.get("pump").run_for_duration(speed=1, duration=0.01)
+        lh = live.get("lh")
+        await lh.pick_up_tips(live.get("tips")["A1"])
+        await lh.aspirate(live.get("source")["A1"], vols=[0])
+        await lh.return_tips()
 
 
 async def test_parents_and_slots(stack: Stack, workcell: Workcell) -> None:

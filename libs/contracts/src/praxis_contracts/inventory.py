@@ -113,11 +113,27 @@ class DeleteWorkcell(Request[Empty]):
 
 
 # -- assets -------------------------------------------------------------------------------------
-class CreateAsset(Request[Asset]):
-    """Add a machine, deck or piece of labware to a workcell by catalog type name.
+class Position(BaseModel):
+    """A point in millimetres (PyLabRobot's ``Coordinate``)."""
 
-    Without a ``definition`` the type is instantiated (a factory or a class that needs nothing
-    but a name) and its PyLabRobot ``serialize()`` output becomes the definition.
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    x: float
+    y: float
+    z: float
+
+
+class CreateAsset(Request[Asset]):
+    """Add a machine, deck, carrier or piece of labware to a workcell by catalog type name.
+
+    Without a ``definition`` the type is built by PyLabRobot from its name: a factory or class
+    that needs nothing but a name as it is, others with ``arguments`` (a machine's size, a
+    heater-shaker's ``child_location``, a liquid handler's ``deck`` by type name) and, for a
+    machine, ``backend`` by class name with its settings. What it builds is serialized into the
+    definition; a machine's deck becomes an asset of its own (named like PyLabRobot names it, or
+    as ``arguments.deck.name`` says), child of the machine. Placed in ``parent``: in the
+    resource ``slot`` of it (a carrier site, which places it by itself), or at ``location`` /
+    Hamilton ``rails`` (a carrier on a deck); the whole workcell is then built to check it fits.
     """
 
     subject: ClassVar[str] = "praxis.rpc.asset.create_asset"
@@ -130,14 +146,32 @@ class CreateAsset(Request[Asset]):
     definition: dict[str, Any] | None = Field(
         default=None, description="PyLabRobot serialize() output; built from the type if None."
     )
-    backend: dict[str, Any] | None = Field(default=None, description="Machines: backend.")
+    backend: dict[str, Any] | None = Field(
+        default=None,
+        description="Machines: the backend by class name and its settings, "
+        "{'type': 'LiquidHandlerChatterboxBackend', 'settings': {'num_channels': 8}}, "
+        "or PyLabRobot's own serialized form.",
+    )
+    arguments: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Constructor arguments when the type needs more than a name: numbers, "
+        "strings, {'x','y','z'} for a Coordinate, a type name (or {'type', 'name'}) for a deck.",
+    )
     state: dict[str, Any] | None = Field(
         default=None, description="PyLabRobot serialize_all_state() to load, e.g. well volumes."
     )
     parent: str | None = Field(
         default=None, description="Name or accession id of the parent asset in the workcell."
     )
-    slot: str | None = Field(default=None, description="Location within the parent.")
+    slot: str | None = Field(
+        default=None, description="The resource of the parent it sits in (a carrier site)."
+    )
+    location: Position | None = Field(
+        default=None, description="Where in the parent (or its slot), for what no site places."
+    )
+    rails: int | None = Field(
+        default=None, ge=-4, le=60, description="A Hamilton deck's rail to place a carrier on."
+    )
     properties: dict[str, Any] = Field(default_factory=dict)
     shareable: bool = False
     actor: str | None = Field(

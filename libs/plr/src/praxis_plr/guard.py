@@ -72,7 +72,7 @@ class WorkcellView:
             if isinstance(obj, Machine):
                 self.leased.update(
                     self.assets[id(child)]
-                    for child in obj.children
+                    for child in getattr(obj, "children", ())  # a pump has none
                     if isinstance(child, Deck) and id(child) in self.assets
                 )
         self.fence = fence

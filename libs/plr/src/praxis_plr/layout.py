@@ -52,6 +52,35 @@ _HOLDERS: tuple[type[Resource], ...] = (
 )
 
 
+_STRUCTURE = frozenset(fqn(holder) for holder in _HOLDERS)
+
+
+def is_structure(asset: Asset) -> bool:
+    """Decks, carriers and other holders: what labware sits on, not labware (an asset of its
+    own when created by name, e.g. a carrier placed on a deck by its rails)."""
+    return asset.kind == "deck" or (
+        asset.kind == "resource" and not _STRUCTURE.isdisjoint(asset.type_mro)
+    )
+
+
+def machine_frames(layout: WorkcellLayout, machines: Collection[str]) -> set[str]:
+    """The structure assets (``is_structure``) below the named machines, reached through
+    structure only: a liquid handler's deck and the carriers on it are the machine's."""
+    by_id = {asset.accession_id: asset for asset in layout.assets}
+    found = set()
+    for asset in layout.assets:
+        if not is_structure(asset):
+            continue
+        node = by_id.get(asset.parent_id) if asset.parent_id is not None else None
+        seen = 0
+        while node is not None and is_structure(node) and seen < len(by_id):
+            node = by_id.get(node.parent_id) if node.parent_id is not None else None
+            seen += 1
+        if node is not None and node.kind == "machine" and node.name in machines:
+            found.add(asset.name)
+    return found
+
+
 def drafts_for_tree(
     root: Resource,
     *,

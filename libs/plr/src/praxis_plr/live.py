@@ -49,6 +49,7 @@ from praxis_plr.layout import (
     _LABWARE,  # one definition of labware: what drafts store state for
     definition_location,
     is_moved,
+    machine_frames,
     placed_definition,
 )
 from praxis_plr.types import import_type
@@ -174,7 +175,7 @@ class LiveWorkcell:
                 continue
             if old.name in self._objects and now.name not in self._objects:
                 obj = self._objects.pop(old.name)
-                if obj.parent is None:
+                if getattr(obj, "parent", None) is None:  # a pump has no parent at all
                     obj.name = now.name
                 # else PyLabRobot refuses to rename an assigned resource (a deck in its
                 # handler): the live object keeps its name, the workcell knows it by the new one
@@ -308,7 +309,11 @@ class LiveWorkcell:
     ) -> WorkcellView:
         """What a run leasing the assets ``names`` may reach (set it as ``current_view`` in the
         task running its protocol)."""
-        leased = {name: self.get(name) for name in names}
+        names = list(names)
+        machines = [name for name in names if isinstance(self._objects.get(name), Machine)]
+        # A leased machine's deck and carriers are the machine's: its sites may be used.
+        frame = machine_frames(self._layout, machines)
+        leased = {name: self.get(name) for name in [*names, *sorted(frame)]}
         assets = {id(obj): name for name, obj in self._objects.items()}
         return WorkcellView(run_id, leased, assets, fence)
 
@@ -411,7 +416,8 @@ class LiveWorkcell:
         self._check_owner()
         targets = [(self.get(name), state_from_json(state)) for name, state in snapshot.items()]
         for target, state in targets:
-            target.load_all_state(state)
+            if isinstance(target, Resource):  # a machine that is no resource has no state
+                target.load_all_state(state)
 
     async def __aenter__(self) -> LiveWorkcell:
         return self
@@ -451,6 +457,8 @@ def own_state(obj: Resource, separate: Collection[int] = ()) -> dict[str, dict[s
     objects of other assets) are skipped with everything below them: they have their own entry.
     ``load_all_state`` accepts the result (it loads only the names it finds).
     """
+    if not isinstance(obj, Resource):  # a machine that is no resource (a pump) keeps none
+        return {}
     state = {obj.name: obj.serialize_state()}
     if isinstance(obj, _LABWARE):
         for child in obj.children:
@@ -566,7 +574,7 @@ def _deserialize_root(asset: Asset) -> Resource:
             f"Asset {asset.name!r} deserialized to {type(obj).__name__}, not {cls.__name__}.",
             asset=asset.name,
         )
-    if obj.name != asset.name:
+    if getattr(obj, "name", None) != asset.name:  # a pump has none: it gets the asset's
         obj.name = asset.name
     return obj
 

@@ -43,7 +43,7 @@ from praxis_contracts.errors import (
 )
 from praxis_plr._state import state_from_json, state_to_json
 from praxis_plr.guard import WorkcellView
-from praxis_plr.layout import _LABWARE
+from praxis_plr.layout import _LABWARE, is_structure, machine_frames
 
 log = logging.getLogger(__name__)
 
@@ -222,24 +222,25 @@ decoded result (or raise what it raised)."""
 
 
 def run_assets(layout: WorkcellLayout, leased: Iterable[str]) -> list[str]:
-    """The assets a run works with, in layout order: those it leased, the deck of each machine
-    it leased (a machine's own deck is the machine's, as in ``praxis_plr.guard``), and the deck
-    its leased labware sits on (a *frame*: its carriers and sites, so ``plate.parent`` is where
-    the plate is, and a plate moved away by hand can be put back; the guard still counts the
-    deck as its machine's)."""
+    """The assets a run works with, in layout order: those it leased, the deck and carriers of
+    each machine it leased (``machine_frames``: the machine's, as in ``praxis_plr.guard``), and
+    the deck and carriers its leased labware sits on (a *frame*, so ``plate.parent`` is where
+    the plate is, and a plate moved away by hand can be put back; the guard still counts them
+    as their machine's)."""
     names = set(leased)
     by_id = {a.accession_id: a for a in layout.assets}
-    machines = {a.accession_id for a in layout.assets if a.name in names and a.kind == "machine"}
-    wanted = set(names)
-    wanted |= {a.name for a in layout.assets if a.kind == "deck" and a.parent_id in machines}
+    machines = {a.name for a in layout.assets if a.name in names and a.kind == "machine"}
+    wanted = names | machine_frames(layout, machines)
     for asset in layout.assets:
         if asset.name not in names:
             continue
         parent = by_id.get(asset.parent_id) if asset.parent_id else None
-        while parent is not None:
-            if parent.kind == "deck":
+        seen = 0
+        while parent is not None and seen < len(by_id):
+            if is_structure(parent):
                 wanted.add(parent.name)
             parent = by_id.get(parent.parent_id) if parent.parent_id else None
+            seen += 1
     return [a.name for a in layout.assets if a.name in wanted]
 
 
@@ -314,6 +315,8 @@ def track_moves(copies: Mapping[str, Resource], report: Callable[[dict[str, Any]
         return None
 
     for obj in copies.values():
+        if not isinstance(obj, Resource):  # a pump: nothing sits on it
+            continue
         holder = id(obj)
 
         def will_unassign(child: Resource, holder: int = holder) -> None:
@@ -387,7 +390,7 @@ class RunObjects:
         self.run_id = run_id
         self.leased = set(leased) if leased is not None else set(self.live)
         self.view = view
-        self._homes = {name: obj.parent for name, obj in self.live.items()}
+        self._homes = {name: getattr(obj, "parent", None) for name, obj in self.live.items()}
         self._lifted: set[str] = set()  # labware the runner unassigned, not yet put down
         ours = {id(obj) for obj in self.live.values()}
         self._others = {id(obj) for obj in others} - ours
@@ -419,7 +422,8 @@ class RunObjects:
             while stack:
                 node = stack.pop()
                 index.setdefault(node.name, node)
-                stack.extend(c for c in node.children if id(c) not in self._others)
+                children = getattr(node, "children", ())  # a pump has none
+                stack.extend(c for c in children if id(c) not in self._others)
         self._index = index
 
     def _reached(self, resource: Resource) -> bool:
@@ -457,6 +461,8 @@ class RunObjects:
         states: dict[str, Any] = {}
         placements: dict[str, Any] = {}
         for name, obj in self.live.items():
+            if not isinstance(obj, Resource):  # a machine that is no resource: no state, no place
+                continue
             changed: dict[str, Any] = {}
             for part in self._parts(obj):
                 key = id(part)
@@ -540,6 +546,8 @@ class RunObjects:
 
     def _parts(self, obj: Resource) -> Iterator[Resource]:
         """``obj`` and the resources whose state it owns (as ``own_state`` walks them)."""
+        if not isinstance(obj, Resource):
+            return
         yield obj
         if not isinstance(obj, _LABWARE):
             return

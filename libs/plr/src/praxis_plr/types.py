@@ -27,10 +27,14 @@ def fqn(cls: type) -> str:
 def import_type(name: str) -> type[Resource]:
     """Import a PyLabRobot ``Resource`` subclass (machines included) from its fully-qualified name.
 
+    A ``Machine`` that is not a ``Resource`` (a pump, a sealer, a barcode scanner) is accepted
+    too: it is typed as a resource here because everything that builds assets deserializes it
+    the same way (``cls.deserialize``); what walks trees checks ``isinstance(obj, Resource)``.
+
     Raises:
         UnknownAssetType: if ``name`` is not under ``pylabrobot.``, cannot be imported, or is not
-            a ``pylabrobot.resources.Resource`` subclass (factory functions such as
-            ``STARLetDeck`` are rejected: use the class of the object they return).
+            a ``Resource`` or ``Machine`` subclass (factory functions such as ``STARLetDeck``
+            are rejected: use the class of the object they return).
     """
     if not name.startswith(_PLR_PREFIX):
         raise UnknownAssetType(
@@ -38,11 +42,12 @@ def import_type(name: str) -> type[Resource]:
             fqn=name,
         )
     obj = _import_object(name)
-    if not isinstance(obj, type) or not issubclass(obj, Resource):
+    if not isinstance(obj, type) or not issubclass(obj, Resource | Machine) or obj is Machine:
         raise UnknownAssetType(
-            f"Unknown asset type {name!r}: not a PyLabRobot Resource subclass.", fqn=name
+            f"Unknown asset type {name!r}: not a PyLabRobot Resource or Machine subclass.",
+            fqn=name,
         )
-    return obj
+    return obj  # a Machine that is no Resource passes as one: see above
 
 
 def _import_object(name: str) -> object:

@@ -12,7 +12,9 @@ import difflib
 import logging
 import time
 import zlib
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import delete, insert, or_, select, text
 
@@ -85,15 +87,21 @@ class Catalog:
             UnknownAssetType: no such type; ``details.suggestions`` lists close matches.
         """
         entries = await self.entries()
-        if name in entries:
-            return entries[name]
-        canonical = await asyncio.to_thread(discovery.canonical_fqn, name)
-        if canonical in entries:
-            return entries[canonical]
-        by_name = [entry for entry in entries.values() if entry.name == name]
-        if len(by_name) == 1:
-            return by_name[0]
-        raise _unknown(name, entries, ambiguous=[e.fqn for e in by_name])
+        return await asyncio.to_thread(lookup, entries, name)
+
+    async def factories(self) -> Callable[[str], Any]:
+        """Type name -> the class or factory it names (``resolve``'s rules), for building
+        what an argument takes (a liquid handler's deck) on a worker thread."""
+        entries = await self.entries()
+
+        def factory(name: str) -> Any:
+            entry = lookup(entries, name)
+            found = discovery.import_object(entry.fqn)
+            if not callable(found):
+                raise UnknownAssetType(f"{entry.fqn} cannot be imported.", fqn=entry.fqn)
+            return found
+
+        return factory
 
     async def list(self, query: ListCatalog) -> CatalogPage:
         stmt = where_all(
@@ -123,6 +131,20 @@ class Catalog:
         return CatalogPage(
             items=[_entry(row) for row in rows], total=total, limit=f.limit, offset=f.offset
         )
+
+
+def lookup(entries: dict[str, CatalogEntry], name: str) -> CatalogEntry:
+    """The entry of a type: its fqn, a re-exported path (imports it), or its bare name if
+    unique; ``UnknownAssetType`` with suggestions else."""
+    if name in entries:
+        return entries[name]
+    canonical = discovery.canonical_fqn(name)
+    if canonical in entries:
+        return entries[canonical]
+    by_name = [entry for entry in entries.values() if entry.name == name]
+    if len(by_name) == 1:
+        return by_name[0]
+    raise _unknown(name, entries, ambiguous=[e.fqn for e in by_name])
 
 
 def _unknown(name: str, entries: dict[str, CatalogEntry], ambiguous: list[str]) -> UnknownAssetType:

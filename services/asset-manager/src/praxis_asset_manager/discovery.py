@@ -12,17 +12,19 @@ import inspect
 import logging
 import pkgutil
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from types import ModuleType
 from typing import Any
 
+from pylabrobot.machines.machine import Machine
 from pylabrobot.resources import Resource
 
-from praxis_contracts.common import AssetKind
-from praxis_contracts.errors import InvalidRequest, UnknownAssetType
+from praxis_contracts.assets import AssetDraft
+from praxis_contracts.errors import InvalidInput, InvalidRequest, UnknownAssetType
 from praxis_contracts.inventory import CatalogEntry
+from praxis_plr.build import Resolve, backend_data, build
 from praxis_plr.layout import drafts_for_tree
 from praxis_plr.types import asset_kind, type_ancestry, unwrap_optional
 
@@ -125,8 +127,8 @@ def _entry(obj: object, plr_version: str) -> CatalogEntry | None:
     if "<" in qualname or any(part.startswith("_") for part in qualname.split(".")):
         return None  # local or private
     if isinstance(obj, type):
-        if not issubclass(obj, Resource) or inspect.isabstract(obj):
-            return None
+        if obj is Machine or not issubclass(obj, Resource | Machine) or inspect.isabstract(obj):
+            return None  # machines that are not resources too (pumps, sealers, scanners)
         produced, is_factory = obj, False
     elif inspect.isfunction(obj):
         returned = _return_type(obj)
@@ -218,53 +220,54 @@ def canonical_fqn(fqn: str) -> str | None:
 
 @dataclass(frozen=True)
 class Built:
-    """What instantiating a catalog type gives an asset."""
+    """What building a catalog type gives: the asset and the assets inside it that are assets
+    of their own (a machine's deck), root first."""
 
-    kind: AssetKind
-    definition: dict[str, Any]
-    backend: dict[str, Any] | None
-    state: dict[str, Any] | None
+    drafts: list[AssetDraft]
     type_mro: list[str]
 
+    @property
+    def root(self) -> AssetDraft:
+        return self.drafts[0]
 
-def instantiate(entry: CatalogEntry, name: str) -> Built:
-    """Call a factory, or a class, that needs nothing but a name, and serialize the result.
+
+def instantiate(
+    entry: CatalogEntry,
+    name: str,
+    arguments: Mapping[str, Any] | None = None,
+    backend: Mapping[str, Any] | None = None,
+    factories: Resolve | None = None,
+) -> Built:
+    """Build a catalog type by name (``praxis_plr.build``: arguments, a backend by class name
+    and its settings) and serialize what it built.
 
     Raises:
-        InvalidRequest: the type needs more than a name (a definition must be given), or
-            PyLabRobot refused to build it.
+        InvalidInput: an argument or the backend is wrong, or PyLabRobot refused to build it.
         UnknownAssetType: the type cannot be imported any more, or built no resource.
     """
     factory = import_object(entry.fqn)
     if not callable(factory):
         raise UnknownAssetType(f"{entry.fqn} cannot be imported.", fqn=entry.fqn)
-    required = _required_parameters(factory)
-    extra = [p for p in required or [] if p != "name"]
-    if required is None or extra:
-        raise InvalidRequest(
-            f"{entry.fqn} needs a definition: it cannot be built from a name alone "
-            f"(it requires {', '.join(extra) or 'arguments it does not declare'}).",
+    data = backend_data(backend) if backend is not None else None
+
+    def no_factories(type_name: str) -> Any:
+        raise InvalidInput(f"{type_name}: no catalog to build it from", field="arguments")
+
+    obj = build(factory, name, arguments or {}, data, factories or no_factories)
+    if not isinstance(obj, Resource):  # a machine that is not a resource: a pump, a sealer
+        assert isinstance(obj, Machine)
+        root = AssetDraft(
+            kind="machine",
+            name=name,
             fqn=entry.fqn,
-            required=extra,
+            definition={},
+            backend=data if data is not None else obj.backend.serialize(),
         )
-    takes_name = "name" in inspect.signature(factory).parameters
+        return Built([root], type_ancestry(type(obj)))
     try:
-        obj = factory(name=name) if takes_name else factory()
-    except Exception as exc:
-        raise InvalidRequest(
-            f"PyLabRobot could not build {entry.fqn}: {exc}", fqn=entry.fqn
-        ) from exc
-    if not isinstance(obj, Resource):
-        raise UnknownAssetType(f"{entry.fqn} did not build a PyLabRobot resource.", fqn=entry.fqn)
-    obj.name = name  # factories without a name parameter (decks) pick their own
-    try:
-        draft = drafts_for_tree(obj, root_kind=entry.kind)[0]
+        drafts = drafts_for_tree(obj, root_kind=entry.kind)
     except ValueError as exc:
         raise InvalidRequest(f"{entry.fqn} built an unusable tree: {exc}", fqn=entry.fqn) from exc
-    return Built(
-        kind=entry.kind,
-        definition=draft.definition,
-        backend=draft.backend,
-        state=draft.state,
-        type_mro=type_ancestry(type(obj)),
-    )
+    if data is not None:  # the settings as given: a backend's serialize() may leave some out
+        drafts[0] = drafts[0].model_copy(update={"backend": data})
+    return Built(drafts, type_ancestry(type(obj)))

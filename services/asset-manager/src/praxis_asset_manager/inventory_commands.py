@@ -26,12 +26,20 @@ from praxis_asset_manager.orm import AssetRow, StatusHistoryRow, WorkcellRow
 from praxis_asset_manager.status import BUSY, emit_status, history_values
 from praxis_contracts.assets import (
     Asset,
+    AssetDraft,
     AssetStatus,
     SetWorkcellDrain,
     Workcell,
     WorkcellChanged,
+    WorkcellLayout,
 )
-from praxis_contracts.errors import Conflict, InvalidRequest, NotFound
+from praxis_contracts.errors import (
+    Conflict,
+    InvalidInput,
+    InvalidRequest,
+    NotFound,
+    UnknownAssetType,
+)
 from praxis_contracts.inventory import (
     USER_SETTABLE_STATUSES,
     AssetStatusChanged,
@@ -43,6 +51,9 @@ from praxis_contracts.inventory import (
     UpdateAsset,
     UpdateWorkcell,
 )
+from praxis_plr.build import backend_data
+from praxis_plr.layout import placed_definition, type_mro_of
+from praxis_plr.live import LiveWorkcell, _deserialize_root
 from praxis_plr.validate import check_buildable
 from praxis_runtime.db import Database
 from praxis_runtime.outbox import OutboxRelay, SqlUnitOfWork
@@ -135,17 +146,35 @@ class InventoryCommands:
             raise InvalidRequest(
                 f"{entry.fqn} is a {entry.kind}, not a {cmd.kind}", fqn=entry.fqn, kind=entry.kind
             )
-        if cmd.slot is not None and cmd.parent is None:
-            raise InvalidRequest("a slot needs a parent", field="slot")
-        shape = await _shape(entry, cmd)
+        for field, given in (("slot", cmd.slot), ("location", cmd.location), ("rails", cmd.rails)):
+            if given is not None and cmd.parent is None:
+                raise InvalidRequest(f"a {field} needs a parent", field=field)
+        if cmd.location is not None and cmd.rails is not None:
+            raise InvalidRequest("give location or rails, not both", field="rails")
+        shape = await _shape(entry, cmd, await self.catalog.factories())
+        placed = cmd.location is not None or cmd.rails is not None
+        if not shape.definition and cmd.parent is not None:  # a pump, a sealer: no place
+            raise InvalidRequest(
+                f"{entry.name} is not a PyLabRobot resource: it sits in no parent",
+                field="parent",
+            )
         now = datetime.now(UTC)
         taken = Conflict(f"asset {cmd.name!r} already exists in workcell {cmd.workcell!r}")
         async with self._changing(taken), self._unit() as uow:
             session = uow.session
             workcell = await _workcell(session, cmd.workcell)
-            if await _asset_named(session, workcell.accession_id, cmd.name) is not None:
-                raise taken
+            for name in (cmd.name, *(child.name for child in shape.children)):
+                if await _asset_named(session, workcell.accession_id, name) is not None:
+                    raise Conflict(
+                        f"asset {name!r} already exists in workcell {cmd.workcell!r}"
+                        + ("" if name == cmd.name else f" (built inside {cmd.name!r})")
+                    )
             parent = await _parent(session, workcell.accession_id, cmd.parent)
+            definition = shape.definition
+            if placed:
+                assert parent is not None
+                where = await asyncio.to_thread(_location, parent, cmd)
+                definition = placed_definition(definition, cmd.slot or parent.name, where)
             row = AssetRow(
                 accession_id=uuid.uuid4(),
                 workcell_id=workcell.accession_id,
@@ -153,7 +182,7 @@ class InventoryCommands:
                 name=cmd.name,
                 fqn=entry.fqn,
                 type_mro=shape.type_mro,
-                definition=shape.definition,
+                definition=definition,
                 backend=shape.backend,
                 state=shape.state,
                 parent_id=parent.accession_id if parent else None,
@@ -164,9 +193,16 @@ class InventoryCommands:
                 created_at=now,
                 updated_at=now,
             )
-            session.add(row)
-            event = _status_event(row, AssetStatus.AVAILABLE, None, "created", now, cmd.actor)
-            await _record(uow, [event])
+            rows = [row, *_child_rows(row, shape.children, now)]
+            if parent is not None and (placed or entry.kind != "resource" or shape.children):
+                # Built where it goes, with everything else on the workcell: it fits there.
+                await _check_fits(session, workcell, rows)
+            session.add_all(rows)
+            events = [
+                _status_event(r, AssetStatus.AVAILABLE, None, "created", now, cmd.actor)
+                for r in rows
+            ]
+            await _record(uow, events)
         return asset_view(row)
 
     async def update_asset(self, cmd: UpdateAsset) -> Asset:
@@ -235,26 +271,36 @@ class _Shape:
     backend: dict[str, Any] | None
     state: dict[str, Any] | None
     type_mro: list[str]
+    children: list[AssetDraft]
+    """Assets built inside it that are assets of their own (a machine's deck)."""
 
 
-async def _shape(entry: CatalogEntry, cmd: CreateAsset) -> _Shape:
-    """The asset's definition: given, or built by instantiating the type (on a thread)."""
+async def _shape(entry: CatalogEntry, cmd: CreateAsset, factories: Callable[[str], Any]) -> _Shape:
+    """The asset's definition: given, or built by PyLabRobot from the type, its arguments and
+    its backend (on a thread)."""
+    backend = backend_data(cmd.backend) if cmd.backend is not None else None
     if cmd.definition is not None:
-        shape = _Shape(cmd.definition, cmd.backend, cmd.state, entry.bases)
+        if cmd.arguments:
+            raise InvalidRequest("give a definition or arguments, not both", field="arguments")
+        shape = _Shape(cmd.definition, backend, cmd.state, entry.bases, [])
     else:
-        built = await asyncio.to_thread(discovery.instantiate, entry, cmd.name)
+        built = await asyncio.to_thread(
+            discovery.instantiate, entry, cmd.name, cmd.arguments, backend, factories
+        )
+        root = built.root
         shape = _Shape(
-            built.definition,
-            cmd.backend if cmd.backend is not None else built.backend,
-            cmd.state if cmd.state is not None else built.state,
+            root.definition,
+            root.backend,
+            cmd.state if cmd.state is not None else root.state,
             built.type_mro,
+            built.drafts[1:],
         )
     has_backend = shape.backend is not None or isinstance(shape.definition.get("backend"), dict)
     if entry.kind == "machine" and not has_backend:
         raise InvalidRequest(f"machine {cmd.name!r} needs a backend", field="backend")
-    if cmd.definition is not None or cmd.state is not None or cmd.backend is not None:
-        # What the caller wrote must build, as the orchestrator will build it (what the type
-        # built by itself is known to).
+    if cmd.definition is not None or cmd.state is not None:
+        # What the caller wrote must build, as the orchestrator will build it (what PyLabRobot
+        # built from names is known to).
         await asyncio.to_thread(
             check_buildable,
             kind=entry.kind,
@@ -266,6 +312,68 @@ async def _shape(entry: CatalogEntry, cmd: CreateAsset) -> _Shape:
             state=shape.state,
         )
     return shape
+
+
+def _child_rows(root: AssetRow, drafts: list[AssetDraft], now: datetime) -> list[AssetRow]:
+    """Rows for the assets built inside ``root`` (parents by name among them and the root)."""
+    ids = {root.name: root.accession_id} | {d.name: uuid.uuid4() for d in drafts}
+    return [
+        AssetRow(
+            accession_id=ids[d.name],
+            workcell_id=root.workcell_id,
+            kind=d.kind,
+            name=d.name,
+            fqn=d.fqn,
+            type_mro=type_mro_of(d.fqn),
+            definition=d.definition,
+            backend=d.backend,
+            state=d.state,
+            parent_id=ids.get(d.parent or root.name, root.accession_id),
+            slot=d.slot,
+            properties={},
+            shareable=False,
+            status=AssetStatus.AVAILABLE.value,
+            created_at=now,
+            updated_at=now,
+        )
+        for d in drafts
+    ]
+
+
+def _location(parent: AssetRow, cmd: CreateAsset) -> tuple[float, float, float]:
+    """Where ``cmd`` places its asset in ``parent``: its ``location``, or the position of
+    Hamilton ``rails`` on the deck ``parent``."""
+    if cmd.location is not None:
+        return (cmd.location.x, cmd.location.y, cmd.location.z)
+    assert cmd.rails is not None
+    try:
+        deck = _deserialize_root(asset_view(parent))
+    except InvalidRequest as exc:
+        raise InvalidInput(f"rails: {exc.message}", field="rails") from exc
+    to_location = getattr(deck, "rails_to_location", None)
+    if not callable(to_location):
+        raise InvalidInput(
+            f"rails place carriers on a Hamilton deck; {parent.name!r} is a "
+            f"{type(deck).__name__}: give a location",
+            field="rails",
+        )
+    where = to_location(cmd.rails)
+    return (float(where.x), float(where.y), float(where.z))
+
+
+async def _check_fits(session: AsyncSession, workcell: WorkcellRow, new: list[AssetRow]) -> None:
+    """Build the workcell's PyLabRobot objects with ``new`` in it, as an orchestrator will
+    (copies: no machine is set up): a carrier on another, a site taken, a machine that
+    cannot sit there is a 422 now, not a failed run."""
+    rows = (
+        await session.scalars(select(AssetRow).where(AssetRow.workcell_id == workcell.accession_id))
+    ).all()
+    views = [asset_view(r) for r in [*rows, *new]]
+    layout = WorkcellLayout(workcell=workcell_view(workcell), assets=views)
+    try:
+        await asyncio.to_thread(LiveWorkcell.copies, layout)
+    except (InvalidRequest, UnknownAssetType) as exc:
+        raise InvalidInput(f"it does not fit there: {exc.message}", field="parent") from exc
 
 
 def _moves(row: AssetRow, cmd: UpdateAsset) -> list[str]:

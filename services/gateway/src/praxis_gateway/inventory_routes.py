@@ -22,6 +22,7 @@ from praxis_contracts.inventory import (
     DeleteWorkcell,
     ListAssetStatusHistory,
     ListCatalog,
+    Position,
     UpdateAsset,
     UpdateWorkcell,
 )
@@ -201,10 +202,20 @@ class AssetIn(BaseModel):
     name: str
     fqn: str = Field(description="Catalog type (class or factory), see GET /catalog.")
     definition: dict[str, Any] | None = None
-    backend: dict[str, Any] | None = None
+    backend: dict[str, Any] | None = Field(
+        default=None,
+        description="Machines: {'type': '<backend class>', 'settings': {...}}.",
+    )
+    arguments: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Constructor arguments when the type needs more than a name "
+        "({'x','y','z'} for a Coordinate, a deck's type name).",
+    )
     state: dict[str, Any] | None = None
     parent: str | None = Field(default=None, description="Parent asset name or id.")
-    slot: str | None = None
+    slot: str | None = Field(default=None, description="The parent's resource it sits in.")
+    location: Position | None = Field(default=None, description="Where in the parent.")
+    rails: int | None = Field(default=None, description="A Hamilton deck's rail (carriers).")
     properties: dict[str, Any] = Field(default_factory=dict)
     shareable: bool = False
 
