@@ -29,6 +29,17 @@ def test_a_well_volume_is_set_and_the_rest_kept(assets: dict[str, Asset]) -> Non
     assert set(state) == set(plate.state or {})
 
 
+def test_every_well_at_once_and_named_wells_over_it(assets: dict[str, Asset]) -> None:
+    state = edited_state(
+        assets["dest_plate"], {"*": {"volume": 100}, "dest_plate_well_H12": {"volume": 5}}
+    )
+    volumes = {name: fields["volume"] for name, fields in state.items() if "volume" in fields}
+    assert len(volumes) == 96 and volumes.pop("dest_plate_well_H12") == 5
+    assert set(volumes.values()) == {100}
+    with pytest.raises(InvalidInput, match="no wells"):
+        edited_state(assets["tip_rack"], {"*": {"volume": 1}})
+
+
 def test_a_volume_past_the_well_or_below_nothing_is_refused(assets: dict[str, Asset]) -> None:
     plate = assets["source_plate"]
     for bad in (-1, 10_000):

@@ -158,7 +158,8 @@ class SetAssetState(Request[SnapshotInfo]):
     state: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Part name -> fields of its PyLabRobot state to change, e.g. "
-        "{'plate_well_A1': {'volume': 150}} (volume alone also sets pending_volume).",
+        "{'plate_well_A1': {'volume': 150}}; '*' is every well (volume alone also sets "
+        "pending_volume).",
     )
     tips: dict[str, bool] = Field(
         default_factory=dict,

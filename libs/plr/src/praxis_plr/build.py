@@ -158,7 +158,7 @@ def _decoded(key: str, value: Any, hint: Any, resolve: Resolve, owner: str) -> A
     base, _ = unwrap_optional(hint)
     field = f"arguments.{key}"
     if typing.get_origin(base) is dict and isinstance(value, dict):  # a carrier's modules
-        key_type, item_type = (typing.get_args(base) + (Any, Any))[:2]
+        key_type, item_type = (*typing.get_args(base), Any, Any)[:2]
         if isinstance(item_type, type) and issubclass(item_type, Resource):
             try:
                 return {

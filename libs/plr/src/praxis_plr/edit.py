@@ -9,8 +9,9 @@ PyLabRobot cannot load it, or when a well would hold less than nothing or more t
 Two ways to say it, combinable:
 
 * ``state``: part name -> fields of its ``serialize_state()`` to change (the others are kept):
-  ``{"plate_well_A1": {"volume": 150}}``. Setting ``volume`` alone sets ``pending_volume`` to it
-  (nothing is in flight between runs).
+  ``{"plate_well_A1": {"volume": 150}}``; ``"*"`` is every well (``{"*": {"volume": 100}}``
+  fills the plate; named parts override it). Setting ``volume`` alone sets ``pending_volume`` to
+  it (nothing is in flight between runs).
 * ``tips``: for a tip rack, tip spot (``"A1"`` or its full name) -> whether a tip is there, as
   ``TipRack.set_tip_state`` takes it; ``{"*": true}`` fills every spot, ``{"*": false}`` empties
   the rack.
@@ -56,6 +57,15 @@ def edited_state(
 
 def _apply_fields(obj: Resource, changes: dict[str, dict[str, Any]]) -> None:
     current = own_state(obj)
+    if ALL_SPOTS in changes:  # every well (every part holding liquid), then the named ones
+        every = changes[ALL_SPOTS]
+        wells = [
+            name for name, fields in current.items() if "volume" in fields and name != obj.name
+        ]
+        if not wells:
+            raise InvalidInput(f"{obj.name!r} has no wells to set", asset=obj.name)
+        named = {name: fields for name, fields in changes.items() if name != ALL_SPOTS}
+        changes = {name: every for name in wells} | named
     unknown = sorted(name for name in changes if name not in current)
     if unknown:
         raise InvalidInput(
