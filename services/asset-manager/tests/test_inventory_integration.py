@@ -338,7 +338,7 @@ async def test_a_star_workcell_built_by_names_alone(stack: Stack, workcell: Work
     assert pump.definition == {} and "pylabrobot.machines.machine.Machine" in pump.type_mro
 
     # Refused with the field at fault, and nothing stored.
-    with pytest.raises(InvalidInput, match="occupied|fit"):  # the plate carrier is on rail 9
+    with pytest.raises(InvalidInput, match=r"occupied|fit"):  # the plate carrier is on rail 9
         await create("resource", "clash", "PLT_CAR_L5AC_A00", parent="deck", rails=10)
     with pytest.raises(InvalidInput, match="takes no argument 'colour'"):
         await create("resource", "odd", "PLT_CAR_L5AC_A00", arguments={"colour": "red"})

@@ -536,10 +536,12 @@ def _ensure_backend_class(backend: dict[str, Any]) -> None:
     if _find_backend_class(type_name) is not None:
         return
     for package in _MACHINE_PACKAGES:
-        try:
-            importlib.import_module(f"pylabrobot.{package}")
-        except Exception:  # an optional hardware dependency may be missing: not our backend
-            log.debug("Could not import pylabrobot.%s", package, exc_info=True)
+        # Some packages keep their simulators out of their namespace (pumps, fans).
+        for module in (f"pylabrobot.{package}", f"pylabrobot.{package}.chatterbox"):
+            try:
+                importlib.import_module(module)
+            except Exception:  # an optional hardware dependency missing, or no such module
+                log.debug("Could not import %s", module, exc_info=True)
     if _find_backend_class(type_name) is None:
         raise UnknownAssetType(
             f"Unknown machine backend {type_name!r}: no concrete PyLabRobot backend of that name.",

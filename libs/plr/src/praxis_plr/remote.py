@@ -290,7 +290,7 @@ def apply(copies: Mapping[str, Resource], changes: Mapping[str, Any]) -> None:
             _move(obj, place, copies)
         for name, state in (changes.get("states") or {}).items():
             obj = copies.get(name)
-            if obj is not None:
+            if isinstance(obj, Resource):  # a machine that is no resource has no state
                 obj.load_all_state(state_from_json(state))
     finally:
         _applying -= 1
