@@ -137,6 +137,18 @@ async def asset_id(api: httpx.AsyncClient, name: str) -> str:
     return str(item["accession_id"])
 
 
+async def available(api: httpx.AsyncClient, name: str) -> str:
+    """The asset's id once it is ``available``: a finished run's leases are released after its
+    status is recorded (once its final snapshot is in the inventory), and the asset's status
+    follows the lease; no event over HTTP says so, so it is read again until then (bounded)."""
+    asset = await asset_id(api, name)
+    async with asyncio.timeout(30):
+        while True:
+            if (await api.get(f"/api/v1/resources/{asset}")).json()["status"] == "available":
+                return asset
+            await asyncio.sleep(0.1)
+
+
 async def transfer(api: httpx.AsyncClient, source: str, dest: str, well: str) -> dict[str, Any]:
     response = await api.post(
         "/api/v1/protocols/runs",
@@ -161,9 +173,8 @@ async def test_the_live_workcell_follows_a_swapped_replaced_and_moved_plate(
     await transfer(api, "plate0_2", "plate5_3", "A1")  # the live workcell is built
 
     # Swap: delete a plate, put a new one on its site, run on it.
-    assert (
-        await api.delete(f"/api/v1/resources/{await asset_id(api, 'plate5_3')}")
-    ).status_code == 204
+    deleted = await api.delete(f"/api/v1/resources/{await available(api, 'plate5_3')}")
+    assert deleted.status_code == 204, deleted.text
     swap = {"workcell": WORKCELL, "fqn": COR_96, "parent": "deck", "slot": "plate_car5-3"}
     assert (await api.post("/api/v1/resources", json={**swap, "name": "fresh"})).status_code == 201
     run = await transfer(api, "plate0_2", "fresh", "B2")
@@ -171,7 +182,7 @@ async def test_the_live_workcell_follows_a_swapped_replaced_and_moved_plate(
 
     # Replace under the same name: a new plate (new id) starts empty, not with the old liquid.
     assert (
-        await api.delete(f"/api/v1/resources/{await asset_id(api, 'fresh')}")
+        await api.delete(f"/api/v1/resources/{await available(api, 'fresh')}")
     ).status_code == 204
     assert (await api.post("/api/v1/resources", json={**swap, "name": "fresh"})).status_code == 201
     run = await transfer(api, "plate0_2", "fresh", "B2")
@@ -179,10 +190,10 @@ async def test_the_live_workcell_follows_a_swapped_replaced_and_moved_plate(
 
     # Move: the plate keeps its live liquid in its new place (plate0_2 gave 3 x 25 uL so far).
     assert (
-        await api.delete(f"/api/v1/resources/{await asset_id(api, 'fresh')}")
+        await api.delete(f"/api/v1/resources/{await available(api, 'fresh')}")
     ).status_code == 204
     moved = await api.patch(
-        f"/api/v1/resources/{await asset_id(api, 'plate0_2')}",
+        f"/api/v1/resources/{await available(api, 'plate0_2')}",
         json={"parent": "deck", "slot": "plate_car5-3"},
     )
     assert moved.status_code == 200, moved.text
