@@ -268,6 +268,9 @@ async def test_types_that_need_more_than_a_name_need_a_definition(
         )
     )
     assert asset.type_mro[0] == fqn(LiquidHandler) and asset.kind == "machine"
+    # Its deck is an asset of its own, as when a liquid handler is built by name.
+    (deck,) = [a for a in (await stack.inventory.layout(workcell.name)).assets if a.kind == "deck"]
+    assert (deck.name, deck.parent_id) == ("deck", asset.accession_id)
 
 
 async def test_a_star_workcell_built_by_names_alone(stack: Stack, workcell: Workcell) -> None:

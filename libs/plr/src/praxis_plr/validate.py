@@ -15,10 +15,11 @@ from typing import Any
 
 from pylabrobot.resources import Container, Resource
 
-from praxis_contracts.assets import Asset
+from praxis_contracts.assets import Asset, AssetDraft
 from praxis_contracts.common import AssetKind
-from praxis_contracts.errors import InvalidInput, InvalidRequest
+from praxis_contracts.errors import InvalidInput, InvalidRequest, UnknownAssetType
 from praxis_plr._state import state_from_json
+from praxis_plr.layout import drafts_for_tree
 from praxis_plr.live import _deserialize_root, _ensure_backend_class
 from praxis_plr.types import import_type
 
@@ -63,6 +64,42 @@ def check_buildable(
         _check_state(obj, state)
 
 
+def decks_inside(
+    *,
+    name: str,
+    fqn: str,
+    type_mro: list[str],
+    definition: dict[str, Any],
+    backend: dict[str, Any] | None,
+) -> list[AssetDraft]:
+    """The decks a machine's definition holds, as drafts of assets of their own (children of
+    the machine, as a machine built by name gets them); they stay in its definition."""
+    now = datetime.now(UTC)
+    asset = Asset(
+        accession_id=uuid.uuid4(),
+        workcell_id=uuid.uuid4(),
+        kind="machine",
+        name=name,
+        fqn=fqn,
+        type_mro=type_mro,
+        definition=definition,
+        backend=backend,
+        created_at=now,
+        updated_at=now,
+    )
+    try:
+        obj = _deserialize_root(asset)
+    except (InvalidRequest, UnknownAssetType):
+        return []  # what check_buildable says about it is the answer
+    if not isinstance(obj, Resource):
+        return []
+    return [
+        draft
+        for draft in drafts_for_tree(obj, states=False)[1:]
+        if draft.kind == "deck" and draft.parent == name
+    ]
+
+
 def _check_state(obj: Resource, state: dict[str, Any]) -> None:
     """Every entry names a resource of this tree, and loads into it as PyLabRobot expects."""
     names = {obj.name, *(child.name for child in obj.get_all_children())}
@@ -105,4 +142,4 @@ def _check_volume(container: Container, where: str) -> None:
             )
 
 
-__all__ = ["check_buildable"]
+__all__ = ["check_buildable", "decks_inside"]

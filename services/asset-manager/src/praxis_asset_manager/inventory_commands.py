@@ -54,7 +54,7 @@ from praxis_contracts.inventory import (
 from praxis_plr.build import backend_data
 from praxis_plr.layout import placed_definition, type_mro_of
 from praxis_plr.live import LiveWorkcell, _deserialize_root
-from praxis_plr.validate import check_buildable
+from praxis_plr.validate import check_buildable, decks_inside
 from praxis_runtime.db import Database
 from praxis_runtime.outbox import OutboxRelay, SqlUnitOfWork
 
@@ -278,11 +278,21 @@ class _Shape:
 async def _shape(entry: CatalogEntry, cmd: CreateAsset, factories: Callable[[str], Any]) -> _Shape:
     """The asset's definition: given, or built by PyLabRobot from the type, its arguments and
     its backend (on a thread)."""
-    backend = backend_data(cmd.backend) if cmd.backend is not None else None
+    backend = None if cmd.backend is None else await asyncio.to_thread(backend_data, cmd.backend)
     if cmd.definition is not None:
         if cmd.arguments:
             raise InvalidRequest("give a definition or arguments, not both", field="arguments")
-        shape = _Shape(cmd.definition, backend, cmd.state, entry.bases, [])
+        decks: list[AssetDraft] = []
+        if entry.kind == "machine":  # its deck is an asset too, as when built by name
+            decks = await asyncio.to_thread(
+                decks_inside,
+                name=cmd.name,
+                fqn=entry.fqn,
+                type_mro=entry.bases,
+                definition=cmd.definition,
+                backend=backend,
+            )
+        shape = _Shape(cmd.definition, backend, cmd.state, entry.bases, decks)
     else:
         built = await asyncio.to_thread(
             discovery.instantiate, entry, cmd.name, cmd.arguments, backend, factories
