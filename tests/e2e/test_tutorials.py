@@ -81,6 +81,28 @@ async def read_plate(reader: PlateReader, plate: Plate) -> list:
     return [len(reading["data"]), len(reading["data"][0])]
 
 
+@protocol_function(version="1.0.0", top_level=False)
+async def spectrum(reader: PlateReader, wavelengths: list) -> list:
+    """Absorbance of the plate in the reader at each wavelength: a large return value."""
+    readings = []
+    for wavelength in wavelengths:
+        (reading,) = await reader.read_absorbance(wavelength=wavelength, use_new_return_type=True)
+        readings.append(reading["data"])
+    return readings
+
+
+@protocol_function(version="1.0.0", moves_in=["plate"])
+async def read_spectrum(reader: PlateReader, plate: Plate) -> int:
+    """A spectrum of the plate, 400 to 700 nm; the nested call's result is the readings."""
+    site, location = plate.parent, plate.location
+    plate.unassign()
+    reader.assign_child_resource(plate)
+    readings = await spectrum(reader, list(range(400, 701, 20)))
+    plate.unassign()
+    site.assign_child_resource(plate, location=location)
+    return len(readings)
+
+
 @protocol_function(version="1.0.0")
 async def heat_shake_and_cool(shaker: HeaterShaker, cooler: TemperatureController) -> list:
     """Shake at 37 C for a moment, keep the cooler at 4 C."""
@@ -273,6 +295,31 @@ async def test_the_96_head(workcell: dict[str, str], api: httpx.AsyncClient) -> 
 async def test_plate_reading(workcell: dict[str, str], api: httpx.AsyncClient) -> None:
     result = await completed(api, "read_plate", assets={"reader": "reader", "plate": "dilution"})
     assert result == [8, 12]
+
+
+async def test_a_large_nested_result_is_kept_whole_by_reference(
+    workcell: dict[str, str], api: httpx.AsyncClient
+) -> None:
+    done = await run(api, "read_spectrum", assets={"reader": "reader", "plate": "dilution"})
+    assert (done["status"], done["result"]) == ("completed", 16), done["error"]
+    url = f"/api/v1/protocols/runs/{done['accession_id']}/calls"
+    (call,) = [
+        c
+        for c in (await api.get(url, params={"function": "spectrum"})).json()["items"]
+        if c["status"] == "completed"
+    ]
+    marker = call["result"]
+    assert marker["truncated"] is True and marker["object_name"].endswith(f"/{call['sequence']}")
+    whole = await api.get(f"{url}/{call['sequence']}/result")
+    assert whole.status_code == 200, whole.text
+    readings = whole.json()["result"]
+    assert len(readings) == 16 and all(len(r) == 8 and len(r[0]) == 12 for r in readings)
+    assert len(json.dumps(readings)) == marker["size_bytes"]
+    # A small result comes back whole from the log; a call that is not there is 404.
+    (top,) = [c for c in (await api.get(url)).json()["items"] if c["function"] == "read_spectrum"]
+    small = (await api.get(f"{url}/{top['sequence']}/result")).json()
+    assert (small["result"], small["object_name"]) == (16, "")
+    assert (await api.get(f"{url}/999/result")).status_code == 404
 
 
 async def test_heater_shaker_and_temperature_controller(

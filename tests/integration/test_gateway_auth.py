@@ -60,6 +60,7 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("GET", "/api/v1/protocols/runs/{run_id}"): RD,
     ("POST", "/api/v1/protocols/runs/{run_id}/actions"): OP,
     ("GET", "/api/v1/protocols/runs/{run_id}/calls"): RD,
+    ("GET", "/api/v1/protocols/runs/{run_id}/calls/{sequence}/result"): RD,
     ("GET", "/api/v1/protocols/runs/{run_id}/logs"): RD,
     ("GET", "/api/v1/protocols/runs/{run_id}/events"): RD,
     ("POST", "/api/v1/workcells"): AD,

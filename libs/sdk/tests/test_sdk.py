@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,7 +15,7 @@ from pylabrobot.liquid_handling import LiquidHandler
 from pylabrobot.resources import Plate, TipRack
 
 from praxis_contracts.errors import InvalidParameters
-from praxis_contracts.runs import CALL_RESULT_BYTES
+from praxis_contracts.runs import CALL_RESULT_BYTES, CALL_RESULT_MAX_BYTES
 from praxis_plr.types import fqn
 from praxis_sdk import (
     CallRecord,
@@ -247,6 +248,18 @@ async def test_completed_calls_record_what_they_returned_bounded() -> None:
     assert marker["size_bytes"] > CALL_RESULT_BYTES and marker["preview"].startswith("[0, 1, 2")
     assert results[4] == "{1, 2}"
     assert all(c.result is None for c in sink.calls if c.status == "running")
+    # The whole of a large value goes with its marker, for the edge to keep by reference.
+    bodies = [c.result_body for c in sink.calls if c.status == "completed"]
+    assert bodies[:3] == [None, None, None] and bodies[4] is None
+    assert bodies[3] is not None and json.loads(bodies[3]) == big
+
+
+async def test_a_value_past_the_largest_kept_whole_keeps_only_its_marker() -> None:
+    ctx, sink = new_context()
+    async with running(ctx):
+        await returns("x" * (CALL_RESULT_MAX_BYTES + 1))
+    (done,) = [c for c in sink.calls if c.status == "completed"]
+    assert done.result["truncated"] is True and done.result_body is None
 
 
 async def test_sequence_keeps_increasing_across_top_level_calls() -> None:

@@ -8,6 +8,7 @@ acknowledged every delivery (the handler returned). One asset-manager runs for t
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from praxis_contracts.common import SearchFilters
 from praxis_contracts.errors import Conflict, InvalidInput, NotFound
 from praxis_contracts.inventory import AssetMoved, AssetStatusChanged, DeleteAsset
 from praxis_contracts.protocols import AssetRequirementSpec
+from praxis_contracts.runs import GetCallResult, call_result_object
 from praxis_contracts.state import (
     AssetState,
     GetSnapshot,
@@ -395,6 +397,42 @@ async def test_a_runs_final_snapshot_is_recorded_before_its_leases_go(
     plate = await asset(am, workcell, "source_plate")
     assert (plate.state, plate.parent_id) == (well(3), reader.accession_id)
     assert await listed(am, workcell) == [final.snapshot_id]
+
+
+async def test_a_large_call_result_is_read_by_reference_and_pruned_by_age(
+    am: AM, workcell: WorkcellLayout
+) -> None:
+    name, run_id = workcell.workcell.name, uuid.uuid4()
+    kept = call_result_object(name, run_id, 3)
+    await am.put(kept, json.dumps([[0.5] * 12] * 8).encode())
+    found = await am.bus.request(GetCallResult(run_id=run_id, object_name=kept))
+    assert (found.object_name, found.result) == (kept, [[0.5] * 12] * 8)
+    with pytest.raises(InvalidInput):  # another run's result is not this run's
+        await am.bus.request(GetCallResult(run_id=uuid.uuid4(), object_name=kept))
+    with pytest.raises(InvalidInput):  # a snapshot is not a result
+        await am.bus.request(GetCallResult(run_id=run_id, object_name=f"{name}/{run_id}"))
+    with pytest.raises(NotFound):
+        missing = call_result_object(name, run_id, 4)
+        await am.bus.request(GetCallResult(run_id=run_id, object_name=missing))
+
+    # Retention by age: a result older than CALL_RESULTS_KEPT_SECONDS goes, a snapshot stays.
+    snapshot = await written(am, workcell, {"source_plate": well(1)}, T0)
+    pruner = Snapshots(
+        am.db,
+        Inventory(am.db),
+        None,  # type: ignore[arg-type]  # pruning emits nothing
+        StateStores(lambda: am.bus.js),
+        KEPT,
+        lambda _: False,
+        results_kept_seconds=3600,
+    )
+    assert await pruner.prune_results(name, force=True) == 0  # young
+    pruner.results_kept_seconds = 0
+    assert await pruner.prune_results(name, force=True) == 1
+    assert await pruner.prune_results(name) == 0  # at most once an hour unless forced
+    with pytest.raises(ObjectNotFoundError):
+        await am.get(kept)
+    assert (await am.get(snapshot.object_name)).data
 
 
 # -- restore --------------------------------------------------------------------------------------

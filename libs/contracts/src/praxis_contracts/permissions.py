@@ -82,6 +82,7 @@ from praxis_contracts.runs import (
     ControlRunExecution,
     ExecuteRun,
     FunctionCallRecorded,
+    GetCallResult,
     GetRun,
     ListRunCalls,
     ListRunLogs,
@@ -271,6 +272,7 @@ GATEWAY = Identity(
         ControlRun,
         ListRunCalls,
         ListRunLogs,
+        GetCallResult,
         RegisterProtocolSource,
         SyncProtocolSource,
         ListProtocolSources,
@@ -357,6 +359,7 @@ def asset_manager(workcells: Sequence[str]) -> Identity:
             RestoreSnapshot,
             SetAssetState,
             SetWorkcellDrain,
+            GetCallResult,
         ),
         # Edge heartbeats (read only): a run is placed only where an orchestrator accepts it.
         key_values=(Bucket(ASSET_LEASES.bucket, write=True), Bucket(EDGES.bucket)),

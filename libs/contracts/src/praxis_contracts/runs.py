@@ -457,7 +457,16 @@ class RunResumed(_RunEvent):
 
 CALL_RESULT_BYTES = 4096
 """A nested call's return value is recorded inline up to this JSON size (a page of calls stays
-within one message); beyond, a marker with its size, type and the start of its text."""
+within one message); beyond, a marker with its size, type and the start of its text, and the
+whole value by reference (``object_name``) up to ``CALL_RESULT_MAX_BYTES``."""
+
+CALL_RESULT_MAX_BYTES = 8 * 1024 * 1024
+"""The largest return value kept whole (in the workcell's state store); past it, the marker."""
+
+
+def call_result_object(workcell: str, run_id: UUID, sequence: int) -> str:
+    """Where a call's large return value is kept, in the workcell's state store."""
+    return f"{workcell}/results/{run_id}/{sequence}"
 
 
 class FunctionCall(BaseModel):
@@ -479,7 +488,9 @@ class FunctionCall(BaseModel):
     result: Any = Field(
         default=None,
         description=f"What a completed call returned, as JSON (assets by name); past "
-        f"{CALL_RESULT_BYTES} bytes, {{'truncated': true, 'size_bytes', 'type', 'preview'}}.",
+        f"{CALL_RESULT_BYTES} bytes, {{'truncated': true, 'size_bytes', 'type', 'preview', "
+        "'object_name'}: the whole value is at GET /protocols/runs/{id}/calls/{sequence}/result "
+        f"(up to {CALL_RESULT_MAX_BYTES} bytes; past that, no object_name).",
     )
 
 
@@ -510,6 +521,28 @@ class ListRunCalls(Request[FunctionCallPage]):
     run_id: UUID
     filters: SearchFilters = Field(default_factory=SearchFilters)
     function: str | None = None
+    sequence: int | None = Field(default=None, ge=0, description="Only the call of that number.")
+
+
+class CallResult(BaseModel):
+    """A call's whole return value, read from where it is kept by reference."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: UUID
+    object_name: str
+    result: Any
+
+
+class GetCallResult(Request[CallResult]):
+    """A large call result by its ``object_name`` (``call_result_object``), from the workcell's
+    state store (the asset-manager reads them)."""
+
+    subject: ClassVar[str] = "praxis.rpc.asset.get_call_result"
+    reply_type: ClassVar[type[BaseModel]] = CallResult
+
+    run_id: UUID
+    object_name: str = Field(min_length=1, max_length=400)
 
 
 class EdgeRun(BaseModel):

@@ -33,6 +33,8 @@ class CallRecord:
     finished_at: datetime | None = None
     error: str | None = None
     result: Any = None
+    result_body: str | None = None
+    """The whole result's JSON when ``result`` is only its marker (the edge keeps it)."""
 
 
 class CallSink(Protocol):

@@ -22,7 +22,7 @@ from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from praxis_contracts.errors import InvalidParameters
 from praxis_contracts.protocols import AssetRequirementSpec, ParameterSpec, ProtocolFunctionSpec
-from praxis_contracts.runs import CALL_RESULT_BYTES
+from praxis_contracts.runs import CALL_RESULT_BYTES, CALL_RESULT_MAX_BYTES
 from praxis_plr.types import asset_kind, fqn, unwrap_optional
 from praxis_sdk.context import CallRecord, CallStatus, RunCancelled, RunContext, current_run
 from praxis_sdk.state import PraxisState
@@ -223,7 +223,7 @@ def _logged(
             raise
         finally:
             current_run.reset(token)
-        await _finish(ctx, call, "completed", None, _bounded(result))
+        await _finish(ctx, call, "completed", None, *_bounded(result))
         return result
 
     return wrapper
@@ -235,28 +235,36 @@ async def _record(ctx: RunContext, call: CallRecord) -> None:
 
 
 async def _finish(
-    ctx: RunContext, call: CallRecord, status: CallStatus, error: str | None, result: Any = None
+    ctx: RunContext,
+    call: CallRecord,
+    status: CallStatus,
+    error: str | None,
+    result: Any = None,
+    body: str | None = None,
 ) -> None:
     finished = {"status": status, "finished_at": datetime.now(UTC), "error": error}
-    await _record(ctx, CallRecord(**{**call.__dict__, **finished, "result": result}))
+    changes = {**finished, "result": result, "result_body": body}
+    await _record(ctx, CallRecord(**{**call.__dict__, **changes}))
 
 
-def _bounded(value: Any) -> Any:
+def _bounded(value: Any) -> tuple[Any, str | None]:
     """A call's return value as the call log keeps it: its JSON (live objects by name) when at
-    most ``CALL_RESULT_BYTES``, else a marker with its size, type and the start of its text."""
+    most ``CALL_RESULT_BYTES``; else a marker with its size, type and the start of its text,
+    and the whole JSON (up to ``CALL_RESULT_MAX_BYTES``) for the edge to keep by reference."""
     described = _describe(value) if not isinstance(value, list | tuple | dict) else value
     try:
         text = json.dumps(described, default=_by_name)
     except (TypeError, ValueError):
         text = json.dumps(repr(value)[:200])
     if len(text) <= CALL_RESULT_BYTES:
-        return json.loads(text)
-    return {
+        return json.loads(text), None
+    marker = {
         "truncated": True,
-        "size_bytes": len(text),
+        "size_bytes": len(text.encode()),
         "type": type(value).__name__,
         "preview": text[:200],
     }
+    return marker, text if len(text.encode()) <= CALL_RESULT_MAX_BYTES else None
 
 
 def _by_name(value: Any) -> Any:

@@ -49,6 +49,12 @@ class Settings(DatabaseSettings):
         description="SNAPSHOTS_KEPT_SECONDS: and every snapshot younger than this is kept too, "
         "however many there are",
     )
+    call_results_kept_seconds: float = Field(
+        default=30 * 86400.0,
+        ge=0,
+        description="CALL_RESULTS_KEPT_SECONDS: how long a protocol call's large return value "
+        "(kept by reference in its workcell's state store) is kept",
+    )
     edge_placement: bool = Field(
         default=True,
         description="EDGE_PLACEMENT: place a run only on a workcell whose orchestrator beats and "
@@ -111,6 +117,7 @@ def build_app(settings: Settings) -> Service:
         settings.snapshots_kept,
         leased,
         kept_seconds=settings.snapshots_kept_seconds,
+        results_kept_seconds=settings.call_results_kept_seconds,
     )
     service.include(snapshot_handlers, snapshots)
     tasks: list[asyncio.Task[None]] = []

@@ -22,14 +22,17 @@ The orchestrator writes each snapshot's body (``WorkcellSnapshot`` JSON) into th
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import re
+import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from nats.js import JetStreamContext
-from nats.js.errors import ObjectNotFoundError
+from nats.js.errors import NotFoundError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 from pydantic import ValidationError
 from sqlalchemy import JSON, Table, bindparam, delete, or_, select, update
@@ -42,6 +45,7 @@ from praxis_asset_manager.orm import AssetRow, SnapshotRow, WorkcellRow
 from praxis_asset_manager.status import BUSY
 from praxis_contracts.errors import Conflict, InvalidInput, InvalidRequest, NotFound
 from praxis_contracts.inventory import AssetMoved
+from praxis_contracts.runs import CallResult, GetCallResult, call_result_object
 from praxis_contracts.state import (
     AssetState,
     GetSnapshot,
@@ -106,6 +110,19 @@ class StateStores:
         return self._stores[workcell]
 
 
+RESULTS_PRUNE_EVERY_SECONDS = 3600.0
+
+
+def _mtime(text: str | None) -> datetime | None:
+    """An object's modification time as the server writes it (RFC 3339, nanoseconds)."""
+    found = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$", text or "")
+    if found is None:
+        return None
+    fraction = (found.group(2) or ".0")[:7]
+    zone = "+00:00" if found.group(3) == "Z" else found.group(3)
+    return datetime.fromisoformat(f"{found.group(1)}{fraction}{zone}")
+
+
 def _workcell_of(object_name: str) -> str:
     return object_name.split("/", 1)[0]
 
@@ -120,6 +137,7 @@ class Snapshots:
         kept: int,
         leased: Callable[[uuid.UUID], bool],
         kept_seconds: float = 0.0,
+        results_kept_seconds: float = 30 * 86400.0,
     ) -> None:
         self.db = db
         self.inventory = inventory
@@ -127,6 +145,8 @@ class Snapshots:
         self.stores = stores
         self.kept = kept
         self.kept_seconds = kept_seconds
+        self.results_kept_seconds = results_kept_seconds
+        self._results_pruned: dict[str, float] = {}  # workcell -> when (monotonic)
         self.leased = leased
 
     # -- recording ----------------------------------------------------------------------------
@@ -189,6 +209,7 @@ class Snapshots:
         if changed:
             self.inventory.invalidate()
         await self.prune(event.workcell_name)
+        await self.prune_results(event.workcell_name)
 
     async def record_final(self, workcell: str, snapshot_id: uuid.UUID) -> None:
         """Record a run's final snapshot now if its ``WorkcellStateRecorded`` has not been
@@ -250,6 +271,33 @@ class Snapshots:
                 await session.execute(delete(SnapshotRow).where(SnapshotRow.snapshot_id.in_(gone)))
         return len(gone)
 
+    async def prune_results(self, workcell: str, *, force: bool = False) -> int:
+        """Delete the workcell's call results (``<workcell>/results/…``) older than
+        ``results_kept_seconds``; at most once an hour a workcell (it lists the store) unless
+        ``force``. Never fails a recording: what fails is tried at the next pass."""
+        started = time.monotonic()
+        last = self._results_pruned.get(workcell)
+        if not force and last is not None and started - last < RESULTS_PRUNE_EVERY_SECONDS:
+            return 0
+        self._results_pruned[workcell] = started
+        cutoff = datetime.now(UTC) - timedelta(seconds=self.results_kept_seconds)
+        prefix = f"{workcell}/results/"
+        gone = 0
+        try:
+            store = await self.stores.of(workcell)
+            for info in await store.list(ignore_deletes=True):
+                written = _mtime(info.mtime)
+                if info.name.startswith(prefix) and written is not None and written < cutoff:
+                    await store.delete(info.name)
+                    gone += 1
+        except NotFoundError:
+            pass  # an empty store
+        except Exception as exc:
+            log.warning(
+                "pruning the call results of %r failed (tried again later): %s", workcell, exc
+            )
+        return gone
+
     # -- reads --------------------------------------------------------------------------------
     async def list(self, query: ListSnapshots) -> SnapshotPage:
         async with self.db.transaction() as session:
@@ -288,6 +336,28 @@ class Snapshots:
         if body is None:  # pruned since the row was read
             raise NotFound(f"snapshot {query.snapshot_id} not found")
         return WorkcellSnapshot(**info.model_dump(), assets=body.assets)
+
+    async def call_result(self, query: GetCallResult) -> CallResult:
+        """A protocol call's large return value, kept in its workcell's store by the edge."""
+        parts = query.object_name.split("/")
+        if (
+            len(parts) != 4
+            or not parts[3].isdigit()
+            or query.object_name != call_result_object(parts[0], query.run_id, int(parts[3]))
+        ):
+            raise InvalidInput(
+                f"{query.object_name!r} is not a result of run {query.run_id}",
+                field="object_name",
+            )
+        try:
+            found = await (await self.stores.of(parts[0])).get(query.object_name)
+        except ObjectNotFoundError:
+            raise NotFound(f"result {query.object_name!r} not found") from None
+        try:
+            result = json.loads(found.data or b"null")
+        except ValueError as exc:
+            raise InvalidInput(f"result {query.object_name!r} is not JSON") from exc
+        return CallResult(run_id=query.run_id, object_name=query.object_name, result=result)
 
     # -- restore ------------------------------------------------------------------------------
     async def restore(self, cmd: RestoreSnapshot) -> SnapshotInfo:
@@ -654,6 +724,11 @@ async def list_snapshots(query: ListSnapshots, snapshots: Snapshots) -> Snapshot
 @handlers.rpc(GetSnapshot)
 async def get_snapshot(query: GetSnapshot, snapshots: Snapshots) -> WorkcellSnapshot:
     return await snapshots.get(query)
+
+
+@handlers.rpc(GetCallResult)
+async def get_call_result(query: GetCallResult, snapshots: Snapshots) -> CallResult:
+    return await snapshots.call_result(query)
 
 
 @handlers.rpc(RestoreSnapshot)

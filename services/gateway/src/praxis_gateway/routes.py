@@ -44,8 +44,10 @@ from praxis_contracts.protocols import (
     SyncProtocolSource,
 )
 from praxis_contracts.runs import (
+    CallResult,
     ControlRun,
     FunctionCallPage,
+    GetCallResult,
     GetRun,
     ListRunCalls,
     ListRunLogs,
@@ -288,10 +290,35 @@ async def run_action(run_id: UUID, body: ActionIn, b: BusDep, actor: ActorDep) -
 
 @router.get("/protocols/runs/{run_id}/calls", tags=["runs"])
 async def run_calls(
-    run_id: UUID, b: BusDep, filters: Filters, function: str | None = None
+    run_id: UUID,
+    b: BusDep,
+    filters: Filters,
+    function: str | None = None,
+    sequence: Annotated[int | None, Query(ge=0)] = None,
 ) -> FunctionCallPage:
     """Every protocol-function call of the run in call order; nested calls name their parent."""
-    return await b.request(ListRunCalls(run_id=run_id, filters=filters, function=function))
+    query = ListRunCalls(run_id=run_id, filters=filters, function=function, sequence=sequence)
+    return await b.request(query)
+
+
+@router.get("/protocols/runs/{run_id}/calls/{sequence}/result", tags=["runs"])
+async def run_call_result(run_id: UUID, sequence: int, b: BusDep) -> CallResult:
+    """What the call numbered ``sequence`` returned, whole: inline in the call log when small,
+    else read from where the edge kept it (``object_name`` in the call's ``result`` marker).
+    404 for a call that does not exist, has not completed, or whose value was past
+    ``CALL_RESULT_MAX_BYTES`` (only its marker is kept)."""
+    if sequence < 0:
+        raise NotFound(f"run {run_id} has no call {sequence}")
+    page = await b.request(ListRunCalls(run_id=run_id, sequence=sequence))
+    if not page.items or page.items[0].status != "completed":
+        raise NotFound(f"run {run_id} has no completed call {sequence}")
+    result = page.items[0].result
+    if not (isinstance(result, dict) and result.get("truncated")):
+        return CallResult(run_id=run_id, object_name="", result=result)
+    name = result.get("object_name")
+    if not isinstance(name, str):
+        raise NotFound(f"call {sequence} of run {run_id} returned too much to keep whole")
+    return await b.request(GetCallResult(run_id=run_id, object_name=name), timeout=30)
 
 
 @router.get("/protocols/runs/{run_id}/logs", tags=["runs"])

@@ -77,6 +77,7 @@ from praxis_contracts.base import Event
 from praxis_contracts.common import ErrorInfo
 from praxis_contracts.errors import ErrorCode, LeaseLost, PraxisError, Unavailable
 from praxis_contracts.runs import (
+    CALL_RESULT_MAX_BYTES,
     ControlRunExecution,
     EdgeRun,
     ExecuteRun,
@@ -91,6 +92,7 @@ from praxis_contracts.runs import (
     RunPreparing,
     RunResumed,
     RunStarted,
+    call_result_object,
 )
 from praxis_contracts.state import SnapshotInfo, SnapshotKind, WorkcellStateRestored
 from praxis_orchestrator.cleanup import Cleanup, holds_tips, make_safe, tip_policy
@@ -477,9 +479,11 @@ class Executor:
         """A protocol-function call started or ended in the runner: published (stamped with
         this run, workcell and process whatever the runner said), noted for the heartbeat; a
         nested call that completed is a checkpoint: its assets' state is recorded."""
+        raw = dict(message.get("record") or {})
+        body = raw.pop("result_body", None)
         try:
             record = FunctionCallRecorded.model_validate(
-                {**message.get("record", {}), "run_id": str(run.run_id), **self.reporter}
+                {**raw, "run_id": str(run.run_id), **self.reporter}
             )
         except ValueError as exc:
             log.warning("run %s sent a malformed call record: %s", run.run_id, exc)
@@ -487,9 +491,28 @@ class Executor:
         if record.status == "running":
             run.last_call = record.function
         run.last_checkpoint_at = now()
-        self._emit(record)
+        self._emit_call(run, record, body)
         if record.status == "completed" and record.parent_call_id is not None and not run.given_up:
             self._record_state(run, "checkpoint", checkpoint=f"{record.function}#{record.sequence}")
+
+    def _emit_call(self, run: ActiveRun, record: FunctionCallRecorded, body: Any) -> None:
+        """Publish a call record; a large result (its marker, with the whole JSON beside it) is
+        kept in the workcell's state store first and the marker names it (``object_name``)."""
+        recorder = self.recorder
+        marker = record.result
+        if (
+            recorder is None
+            or not isinstance(body, str)
+            or not isinstance(marker, dict)
+            or not marker.get("truncated")
+            or len(body.encode()) > CALL_RESULT_MAX_BYTES
+        ):
+            self._emit(record)
+            return
+        name = call_result_object(self.workcell.name, run.run_id, record.sequence)
+        data = body.encode()
+        record = record.model_copy(update={"result": {**marker, "object_name": name}})
+        self.outbox.emit(record, before=lambda: recorder.keep(name, data))
 
     def _on_log(self, run: ActiveRun, message: dict[str, Any]) -> None:
         """Lines the protocol printed or logged in its runner (which may say anything: what

@@ -135,6 +135,11 @@ class StateRecorder:
         assert result.data is not None
         return WorkcellSnapshot.model_validate_json(result.data)
 
+    async def keep(self, name: str, body: bytes) -> None:
+        """Put another body in the workcell's store (a call's large result), as a snapshot's
+        is put (an outbox ``before`` step: retried while NATS is away)."""
+        await self._put(name, body)
+
     async def _put(self, name: str, body: bytes) -> None:
         try:
             await self._put_store().put(name, body)

@@ -54,6 +54,7 @@ class CallLog:
         stmt = where_all(
             select(CallRow).where(CallRow.run_id == query.run_id),
             CallRow.function == query.function if query.function else None,
+            CallRow.sequence == query.sequence if query.sequence is not None else None,
         )
         stmt = apply_filters(
             stmt,
