@@ -280,3 +280,22 @@ async def test_placements_follow_moves_and_a_layout_written_back_builds_the_deck
         assert rebuilt.placements(names) == after
         # The plate moved with its liquid.
         assert rebuilt.get("source_plate").get_well("A1").tracker.get_used_volume() == 200
+
+
+async def test_a_plate_put_in_the_trash_is_placed_there_again(
+    layout_from_drafts: LayoutFactory,
+) -> None:
+    """The trash is a fixture of the deck, not an asset: a plate in it is in the deck, in the
+    resource ``trash``, at its location there, and a workcell built from that has it there."""
+    layout = layout_from_drafts(demo_workcell())
+    async with await LiveWorkcell.build(layout) as workcell:
+        plate, deck = workcell.get("dest_plate"), workcell.get("deck")
+        trash = deck.get_trash_area()
+        plate.unassign()
+        trash.assign_child_resource(plate, location=Coordinate(5, 5, 0))
+        (place,) = workcell.placements(["dest_plate"]).values()
+        assert (place.parent, place.slot, place.location) == ("deck", trash.name, (5.0, 5.0, 0.0))
+        moved = workcell.follow_moves()
+    async with await LiveWorkcell.build(moved) as rebuilt:
+        placed = rebuilt.get("dest_plate")
+        assert placed.parent.name == trash.name and placed.location == Coordinate(5, 5, 0)
