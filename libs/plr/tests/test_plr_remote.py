@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from pylabrobot.liquid_handling.standard import Mix
-from pylabrobot.resources import Coordinate
+from pylabrobot.resources import Coordinate, cor_96_wellplate_360uL_Fb
 from pylabrobot.resources.errors import TooLittleLiquidError
 from pylabrobot.resources.rotation import Rotation
 
@@ -283,6 +283,11 @@ async def test_a_plate_moved_by_hand_moves_on_the_workcell_within_the_runs_asset
         supervisor.move(message["child"], message["parent"], message.get("location"))
     assert live.get("source_plate").parent.name == site.name
     assert live.get("source_plate").location == location
+
+    # Labware the protocol made up is not put among the copies: the deck has no such plate.
+    with pytest.raises(InvalidRequest, match="not in the workcell's inventory"):
+        reader.assign_child_resource(cor_96_wellplate_360uL_Fb(name="made_up"))
+    assert len(sent) == 4
 
     # Onto another carrier's site (the deck is the liquid handler's, not leased): refused.
     other_site = live.get("dest_plate").parent

@@ -338,6 +338,24 @@ def track_moves(copies: Mapping[str, Resource], report: Callable[[dict[str, Any]
 
         obj.register_will_unassign_resource_callback(will_unassign)
         obj.register_did_assign_resource_callback(did_assign)
+        obj.register_will_assign_resource_callback(_known_only(assets))
+
+
+def _known_only(assets: Mapping[int, str]) -> Callable[[Resource], None]:
+    """Refuse to put labware that is not in the inventory among the run's copies: the live
+    workcell would never have it (nothing is built from a runner's message), so the protocol
+    would go on with a deck that is not the real one."""
+
+    def will_assign(child: Resource) -> None:
+        if not _applying and id(child) not in assets and child.parent is None:
+            raise InvalidRequest(
+                f"{child.name!r} is not in the workcell's inventory: a protocol moves the "
+                "labware its run leased; new labware is added to the inventory "
+                "(POST /api/v1/resources) and leased like any other",
+                resource=child.name,
+            )
+
+    return will_assign
 
 
 def _move(obj: Resource, place: Mapping[str, Any], copies: Mapping[str, Resource]) -> None:
