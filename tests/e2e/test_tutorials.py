@@ -371,3 +371,21 @@ async def test_a_machine_that_is_no_resource(
     workcell: dict[str, str], api: httpx.AsyncClient
 ) -> None:
     assert await completed(api, "prime", assets={"pump": "pump"}) == "primed"
+
+
+async def test_setting_state_in_a_workcell_nobody_serves_says_why(
+    workcell: dict[str, str], api: httpx.AsyncClient
+) -> None:
+    """Its state store is provisioned when the workcell is served: until then a state set is
+    a prompt 503 that says so, not the gateway's time-out."""
+    created = await api.post("/api/v1/workcells", json={"name": "unserved"})
+    assert created.status_code == 201, created.text
+    plate = await api.post(
+        "/api/v1/resources",
+        json={"workcell": "unserved", "name": "p", "fqn": "cor_96_wellplate_360uL_Fb"},
+    )
+    assert plate.status_code == 201, plate.text
+    body = {"state": {"*": {"volume": 10}}, "reason": "test"}
+    answer = await api.post(f"/api/v1/resources/{plate.json()['accession_id']}/state", json=body)
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["code"] == "unavailable" and "provisioned" in answer.json()["message"]

@@ -21,6 +21,7 @@ The orchestrator writes each snapshot's body (``WorkcellSnapshot`` JSON) into th
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -43,7 +44,13 @@ from praxis_asset_manager.inventory import Inventory, asset_view
 from praxis_asset_manager.inventory_commands import _workcell
 from praxis_asset_manager.orm import AssetRow, SnapshotRow, WorkcellRow
 from praxis_asset_manager.status import BUSY
-from praxis_contracts.errors import Conflict, InvalidInput, InvalidRequest, NotFound
+from praxis_contracts.errors import (
+    Conflict,
+    InvalidInput,
+    InvalidRequest,
+    NotFound,
+    Unavailable,
+)
 from praxis_contracts.inventory import AssetMoved
 from praxis_contracts.runs import CallResult, GetCallResult, call_result_object
 from praxis_contracts.state import (
@@ -103,14 +110,24 @@ class StateStores:
         if workcell not in self._stores:
             spec = workcell_state(workcell)
             try:
-                await verify_store(self._js(), spec)
+                # A store this identity may not reach (a workcell never provisioned) is never
+                # answered: say so within a request's time, not with the caller's time-out.
+                await asyncio.wait_for(verify_store(self._js(), spec), STORE_CHECK_SECONDS)
             except TopologyMissing as exc:
                 raise InvalidInput(str(exc), workcell=workcell) from exc
+            except TimeoutError as exc:
+                raise Unavailable(
+                    f"the state store of workcell {workcell!r} cannot be reached: it is "
+                    "provisioned when the workcell is served (its orchestrator's identity and "
+                    "store), or NATS is electing a leader; try again",
+                    workcell=workcell,
+                ) from exc
             self._stores[workcell] = await self._js().object_store(spec.bucket)
         return self._stores[workcell]
 
 
 RESULTS_PRUNE_EVERY_SECONDS = 3600.0
+STORE_CHECK_SECONDS = 2.0
 
 
 def _mtime(text: str | None) -> datetime | None:
