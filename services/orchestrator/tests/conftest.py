@@ -33,6 +33,8 @@ from praxis_contracts.assets import (
     WorkcellLayout,
 )
 from praxis_contracts.base import Event
+from praxis_contracts.errors import Unavailable
+from praxis_contracts.headers import ERROR as ERROR_HEADER
 from praxis_contracts.protocols import ProtocolDefinition, ProtocolFunctionSpec
 from praxis_contracts.runs import (
     EdgeHeartbeat,
@@ -428,9 +430,14 @@ class LayoutService:
         self._open = asyncio.Event()
         self._open.set()
         self._answering: set[asyncio.Task[None]] = set()
+        self._failing = 0
 
     def hold(self) -> None:
         self._open.clear()
+
+    def fail_next(self, times: int) -> None:
+        """Answer the next ``times`` requests ``unavailable`` (the asset-manager restarting)."""
+        self._failing = times
 
     def release(self) -> None:
         self._open.set()
@@ -446,6 +453,11 @@ class LayoutService:
 
     async def _answer(self, msg: Msg) -> None:
         await self._open.wait()
+        if self._failing > 0:
+            self._failing -= 1
+            error = Unavailable("the asset-manager is restarting").to_reply()
+            await msg.respond(error.model_dump_json().encode(), headers={ERROR_HEADER: "1"})
+            return
         with contextlib.suppress(Exception):  # the requester may have given up
             await msg.respond(self.layout.model_dump_json().encode())
 

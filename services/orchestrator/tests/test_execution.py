@@ -87,6 +87,17 @@ async def test_a_redelivered_command_waits_for_the_first_and_the_run_executes_on
     assert [c.status for c in log.of(FunctionCallRecorded)] == ["running", "completed"]
 
 
+async def test_a_layout_that_cannot_be_fetched_for_now_is_asked_again(
+    world: Any, eventually: Any
+) -> None:
+    """The asset-manager (or NATS) away while a run prepares: the layout is asked again until
+    it comes, and the run completes (it used to fail with the request's error)."""
+    world.layouts.fail_next(2)
+    finished = await (await world.execute(await world.command("touch", TOUCH))).finished()
+    assert finished.outcome == "completed", finished.error
+    assert world.layouts.requests == 3
+
+
 async def test_a_cancel_while_preparing_aborts_the_preparation(world: Any, eventually: Any) -> None:
     cmd = await world.command("touch", TOUCH)
     world.layouts.hold()  # the layout fetch hangs: the run is stuck in preparing

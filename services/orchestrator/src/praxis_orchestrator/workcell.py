@@ -8,8 +8,10 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from praxis_contracts.assets import AssetBinding, GetWorkcellLayout, WorkcellLayout
+from praxis_contracts.errors import PraxisError
 from praxis_contracts.state import Placement
 from praxis_plr.live import LiveWorkcell
+from praxis_runtime.bus import INFRA_RETRY_CAP, is_infrastructure, retry_delay
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +39,31 @@ class WorkcellHost:
             return self.live
         async with self._lock:
             if self.live is None:
-                layout = await self._fetch(GetWorkcellLayout(workcell=self.name))
+                layout = await self._layout()
                 self.live = await LiveWorkcell.build(layout)
                 log.info("workcell %s live with %d assets", self.name, len(self.live.names()))
             elif not self.live.has(wanted):
-                layout = await self._fetch(GetWorkcellLayout(workcell=self.name))
+                layout = await self._layout()
                 changed = await self.live.extend(layout)
                 log.info("workcell %s: followed %s", self.name, ", ".join(changed) or "nothing")
         return self.live
+
+    async def _layout(self) -> WorkcellLayout:
+        """The layout from the asset-manager, asked again (backing off, at most a second
+        apart) while NATS or the asset-manager is away: a run preparing across an outage
+        waits for it (its leases renewed meanwhile), it does not fail. An operator's cancel
+        still ends the wait."""
+        attempt = 0
+        while True:
+            try:
+                return await self._fetch(GetWorkcellLayout(workcell=self.name))
+            except Exception as exc:
+                transient = isinstance(exc, PraxisError) and exc.retryable
+                if not (transient or is_infrastructure(exc)):
+                    raise
+                attempt += 1
+                log.warning("workcell %s: its layout could not be fetched (%r)", self.name, exc)
+            await asyncio.sleep(retry_delay(attempt, INFRA_RETRY_CAP))
 
     def snapshot(self, names: list[str], *, sole_writer: bool = False) -> dict[str, Any]:
         """The state of the named assets that are live (a run cancelled while the workcell was
