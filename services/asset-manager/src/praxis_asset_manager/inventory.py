@@ -65,6 +65,7 @@ class Inventory:
         self._sites: dict[uuid.UUID, Site] | None = None
         self._workcells: dict[str, uuid.UUID] = {}  # name and id -> id
         self._pending: dict[uuid.UUID, AssetStatusChanged] = {}
+        self._generation = 0  # moves on with each invalidate: a read begun before is not kept
 
     async def register(self, cmd: RegisterWorkcell) -> WorkcellLayout:
         """Create the workcell, or replace the layout of the one with that name."""
@@ -108,6 +109,7 @@ class Inventory:
         """Forget the cached layouts: workcells or assets were created, changed or deleted."""
         self._sites = None
         self._pending.clear()
+        self._generation += 1
 
     def apply_statuses(self, events: Iterable[AssetStatusChanged]) -> None:
         """Take in committed status changes (cheaper than reloading the layouts)."""
@@ -136,43 +138,52 @@ class Inventory:
 
     async def sites(self) -> list[Site]:
         """Every workcell as matching sees it, in name order."""
-        if self._sites is None:
-            self._pending.clear()  # the read sees them; changes committed from now on are kept
-            async with self.db.transaction() as session:
-                workcells = (
-                    await session.scalars(select(WorkcellRow).order_by(WorkcellRow.name))
-                ).all()
-                assets = (await session.scalars(select(AssetRow))).all()
-            self._sites = {
-                w.accession_id: Site.of(
-                    WorkcellLayout(
-                        workcell=workcell_view(w),
-                        assets=[asset_view(a) for a in assets if a.workcell_id == w.accession_id],
-                    )
+        return list((await self._current()).values())
+
+    async def _current(self) -> dict[uuid.UUID, Site]:
+        """The cached sites, read from the database when there are none."""
+        if self._sites is not None:
+            return self._sites
+        self._pending.clear()  # the read sees them; changes committed from now on are kept
+        generation = self._generation
+        async with self.db.transaction() as session:
+            workcells = (
+                await session.scalars(select(WorkcellRow).order_by(WorkcellRow.name))
+            ).all()
+            assets = (await session.scalars(select(AssetRow))).all()
+        sites = {
+            w.accession_id: Site.of(
+                WorkcellLayout(
+                    workcell=workcell_view(w),
+                    assets=[asset_view(a) for a in assets if a.workcell_id == w.accession_id],
                 )
-                for w in workcells
-            }
-            self._workcells = {w.name: w.accession_id for w in workcells}
-            self._workcells |= {str(w.accession_id): w.accession_id for w in workcells}
-        return list(self._sites.values())
+            )
+            for w in workcells
+        }
+        self._workcells = {w.name: w.accession_id for w in workcells}
+        self._workcells |= {str(w.accession_id): w.accession_id for w in workcells}
+        if generation == self._generation:
+            self._sites = sites
+        # else invalidated while the read was under way (a move recorded, say): what it read
+        # may predate that change, so it serves this call only; the next read takes new rows.
+        return sites
 
     async def site(self, ref: str) -> Site:
         """One workcell, by name or id, as matching sees it."""
-        await self.sites()
-        assert self._sites is not None
+        sites = await self._current()
         workcell_id = self._workcells.get(ref)
-        if workcell_id is None or workcell_id not in self._sites:
+        if workcell_id is None or workcell_id not in sites:
             raise NotFound(f"workcell {ref!r} not found", workcell=ref)
-        return self._sites[workcell_id]
+        return sites[workcell_id]
 
     async def layouts(self) -> list[WorkcellLayout]:
         """Every workcell with its assets and their current statuses."""
-        await self.sites()
+        await self._current()
         self._patch()
-        return [site.layout for site in await self.sites()]
+        return [site.layout for site in (await self._current()).values()]
 
     async def layout(self, ref: str) -> WorkcellLayout:
-        await self.sites()
+        await self._current()
         self._patch()
         return (await self.site(ref)).layout
 

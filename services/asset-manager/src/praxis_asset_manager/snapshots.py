@@ -232,15 +232,20 @@ class Snapshots:
         """Record a run's final snapshot now if its ``WorkcellStateRecorded`` has not been
         consumed yet: the run's leases are released only after, so the next run on its assets
         finds them where and as it left them. A no-op once recorded."""
-        async with self.db.transaction() as session:
-            if await session.get(SnapshotRow, snapshot_id) is not None:
+        try:
+            async with self.db.transaction() as session:
+                if await session.get(SnapshotRow, snapshot_id) is not None:
+                    return
+            body = await self._body(snapshot_object_name(workcell, snapshot_id))
+            if body is None:  # pruned already, or never stored: its event says what happened
+                log.warning("final snapshot %s of %r is not in the store", snapshot_id, workcell)
                 return
-        body = await self._body(snapshot_object_name(workcell, snapshot_id))
-        if body is None:  # pruned already, or never stored: its event says what happened
-            log.warning("final snapshot %s of %r is not in the store", snapshot_id, workcell)
-            return
-        info = SnapshotInfo.model_validate(body.model_dump(exclude={"assets"}))
-        await self.record(WorkcellStateRecorded(**info.model_dump()))
+            info = SnapshotInfo.model_validate(body.model_dump(exclude={"assets"}))
+            await self.record(WorkcellStateRecorded(**info.model_dump()))
+        finally:
+            # Recorded here or by the event's consumer, whose own invalidation may not have
+            # run yet (it committed, then yielded): the next placement reads the moves.
+            self.inventory.invalidate()
 
     # -- retention ----------------------------------------------------------------------------
     async def _mark_pruned(self, session: AsyncSession, workcell: str, now: datetime) -> None:
