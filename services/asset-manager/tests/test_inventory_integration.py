@@ -6,6 +6,8 @@ every test creates its own workcell under a unique name.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -622,6 +624,42 @@ async def test_layout_cache_follows_changes(stack: Stack, workcell: Workcell) ->
     assert layout.workcell.description == "bench 2"
     assert layout.workcell.properties == {"lab": 1}  # None leaves it as it was
     assert sorted(a.name for a in layout.assets) == ["cached", "cached_2"]
+
+
+class HeldReads:
+    """A database whose reads, once done, wait for ``release`` before their caller goes on
+    (a read that a change overtakes)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.read = asyncio.Event()
+        self.release = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Any]:
+        async with self.db.transaction() as session:
+            yield session
+        self.read.set()
+        await self.release.wait()
+
+
+async def test_a_layout_read_overtaken_by_a_change_is_not_kept(
+    stack: Stack, workcell: Workcell
+) -> None:
+    """A read begun before an invalidation (a move recorded meanwhile) is not cached: the
+    caller's own lookup and the next read see the change (before, the stale read was kept)."""
+    await plate(stack, workcell, "early")
+    held = HeldReads(stack.db)
+    inventory = Inventory(held)  # type: ignore[arg-type]
+    reading = asyncio.create_task(inventory.layout(workcell.name))
+    await held.read.wait()  # it has read, and waits to be let go
+    await plate(stack, workcell, "late")  # committed meanwhile
+    inventory.invalidate()  # as recording a move does
+    held.release.set()
+    # Not kept, what it read: the layout is read again for this caller too, and for the next.
+    assert sorted(a.name for a in (await reading).assets) == ["early", "late"]
+    later = await inventory.layout(workcell.name)
+    assert sorted(a.name for a in later.assets) == ["early", "late"]
 
 
 async def test_workcell_crud(stack: Stack, workcell: Workcell) -> None:
