@@ -141,6 +141,7 @@ async def test_asset_lifecycle(api: httpx.AsyncClient, workcell: str, tap: Any) 
         ("machines", {"fqn": "pylabrobot.liquid_handling.LiquidHandler"}, 422, "invalid_input"),
         ("machines", {"fqn": "PlateReader", "backend": {"type": "Nope"}}, 422, "invalid_input"),
         ("resources", {"arguments": {"colour": "red"}}, 422, "invalid_input"),
+        ("resources", {"backend": {"type": "PlateReaderChatterboxBackend"}}, 422, "invalid_input"),
         ("resources", {"location": {"x": 1, "y": 2}}, 400, "invalid_request"),
     ],
 )

@@ -95,6 +95,8 @@ def build(
     }
     if "name" in parameters:
         kwargs["name"] = name
+    if backend is not None and "backend" not in parameters:
+        raise InvalidInput(f"{_label(factory)} takes no backend: it is no machine", field="backend")
     if "backend" in parameters:
         if backend is None:
             if parameters["backend"].default is inspect.Parameter.empty:

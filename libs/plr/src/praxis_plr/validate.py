@@ -36,19 +36,7 @@ def check_buildable(
 ) -> None:
     """Build the asset's PyLabRobot object and load its state; ``InvalidInput`` (422) with
     ``field`` set to ``definition``, ``backend`` or ``state`` if that cannot be done."""
-    now = datetime.now(UTC)
-    asset = Asset(
-        accession_id=uuid.uuid4(),
-        workcell_id=uuid.uuid4(),
-        kind=kind,
-        name=name,
-        fqn=fqn,
-        type_mro=type_mro,
-        definition=definition,
-        backend=backend,
-        created_at=now,
-        updated_at=now,
-    )
+    asset = _probe(kind, name, fqn, type_mro, definition, backend)
     import_type(type_mro[0] if type_mro else fqn)
     for candidate, field in ((backend, "backend"), (definition.get("backend"), "definition")):
         if isinstance(candidate, dict):
@@ -74,19 +62,7 @@ def decks_inside(
 ) -> list[AssetDraft]:
     """The decks a machine's definition holds, as drafts of assets of their own (children of
     the machine, as a machine built by name gets them); they stay in its definition."""
-    now = datetime.now(UTC)
-    asset = Asset(
-        accession_id=uuid.uuid4(),
-        workcell_id=uuid.uuid4(),
-        kind="machine",
-        name=name,
-        fqn=fqn,
-        type_mro=type_mro,
-        definition=definition,
-        backend=backend,
-        created_at=now,
-        updated_at=now,
-    )
+    asset = _probe("machine", name, fqn, type_mro, definition, backend)
     try:
         obj = _deserialize_root(asset)
     except (InvalidRequest, UnknownAssetType):
@@ -98,6 +74,30 @@ def decks_inside(
         for draft in drafts_for_tree(obj, states=False)[1:]
         if draft.kind == "deck" and draft.parent == name
     ]
+
+
+def _probe(
+    kind: AssetKind,
+    name: str,
+    fqn: str,
+    type_mro: list[str],
+    definition: dict[str, Any],
+    backend: dict[str, Any] | None,
+) -> Asset:
+    """An asset of no workcell, to build as the orchestrator would build the real one."""
+    now = datetime.now(UTC)
+    return Asset(
+        accession_id=uuid.uuid4(),
+        workcell_id=uuid.uuid4(),
+        kind=kind,
+        name=name,
+        fqn=fqn,
+        type_mro=type_mro,
+        definition=definition,
+        backend=backend,
+        created_at=now,
+        updated_at=now,
+    )
 
 
 def _check_state(obj: Resource, state: dict[str, Any]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -14,6 +14,7 @@ from praxis_asset_manager.matching import UNUSABLE
 from praxis_asset_manager.orm import AssetRow, WorkcellRow
 from praxis_contracts.assets import (
     Asset,
+    AssetDraft,
     AssetPage,
     AssetStatus,
     ListAssets,
@@ -273,13 +274,23 @@ def _checked_rows(cmd: RegisterWorkcell) -> list[AssetRow]:
 
 
 def _asset_rows(cmd: RegisterWorkcell) -> list[AssetRow]:
-    ids = {draft.name: uuid.uuid4() for draft in cmd.assets}
-    if len(ids) != len(cmd.assets):
+    return draft_rows(cmd.assets)
+
+
+def draft_rows(
+    drafts: Sequence[AssetDraft], known: Mapping[str, uuid.UUID] | None = None
+) -> list[AssetRow]:
+    """Rows for ``drafts`` with fresh ids, each parent named among them or in ``known`` (name
+    -> id of an asset already there, e.g. the machine a deck was built inside); the caller
+    sets their workcell and times."""
+    ids = {draft.name: uuid.uuid4() for draft in drafts}
+    if len(ids) != len(drafts):
         raise InvalidRequest("asset names must be unique within a workcell")
+    parents = {**(known or {}), **ids}
     rows = []
-    for draft in cmd.assets:
+    for draft in drafts:
         cls = import_type(draft.fqn)
-        if draft.parent is not None and draft.parent not in ids:
+        if draft.parent is not None and draft.parent not in parents:
             raise InvalidRequest(f"asset {draft.name!r} names unknown parent {draft.parent!r}")
         rows.append(
             AssetRow(
@@ -291,7 +302,7 @@ def _asset_rows(cmd: RegisterWorkcell) -> list[AssetRow]:
                 definition=draft.definition,
                 backend=draft.backend,
                 state=draft.state,
-                parent_id=ids[draft.parent] if draft.parent else None,
+                parent_id=parents[draft.parent] if draft.parent else None,
                 slot=draft.slot,
                 properties=draft.properties,
                 shareable=draft.shareable,

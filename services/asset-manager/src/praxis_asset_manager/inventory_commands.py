@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from praxis_asset_manager import discovery
 from praxis_asset_manager.catalog import Catalog
-from praxis_asset_manager.inventory import Inventory, asset_view, workcell_view
+from praxis_asset_manager.inventory import Inventory, asset_view, draft_rows, workcell_view
 from praxis_asset_manager.orm import AssetRow, StatusHistoryRow, WorkcellRow
 from praxis_asset_manager.status import BUSY, emit_status, history_values
 from praxis_contracts.assets import (
@@ -52,7 +52,7 @@ from praxis_contracts.inventory import (
     UpdateWorkcell,
 )
 from praxis_plr.build import backend_data
-from praxis_plr.layout import placed_definition, type_mro_of
+from praxis_plr.layout import placed_definition
 from praxis_plr.live import LiveWorkcell, _deserialize_root
 from praxis_plr.validate import check_buildable, decks_inside
 from praxis_runtime.db import Database
@@ -325,29 +325,11 @@ async def _shape(entry: CatalogEntry, cmd: CreateAsset, factories: Callable[[str
 
 
 def _child_rows(root: AssetRow, drafts: list[AssetDraft], now: datetime) -> list[AssetRow]:
-    """Rows for the assets built inside ``root`` (parents by name among them and the root)."""
-    ids = {root.name: root.accession_id} | {d.name: uuid.uuid4() for d in drafts}
-    return [
-        AssetRow(
-            accession_id=ids[d.name],
-            workcell_id=root.workcell_id,
-            kind=d.kind,
-            name=d.name,
-            fqn=d.fqn,
-            type_mro=type_mro_of(d.fqn),
-            definition=d.definition,
-            backend=d.backend,
-            state=d.state,
-            parent_id=ids.get(d.parent or root.name, root.accession_id),
-            slot=d.slot,
-            properties={},
-            shareable=False,
-            status=AssetStatus.AVAILABLE.value,
-            created_at=now,
-            updated_at=now,
-        )
-        for d in drafts
-    ]
+    """Rows for the assets built inside ``root`` (a machine's deck), children of it."""
+    rows = draft_rows(drafts, {root.name: root.accession_id})
+    for row in rows:
+        row.workcell_id, row.created_at, row.updated_at = root.workcell_id, now, now
+    return rows
 
 
 def _location(parent: AssetRow, cmd: CreateAsset) -> tuple[float, float, float]:

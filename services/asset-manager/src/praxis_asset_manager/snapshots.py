@@ -164,6 +164,7 @@ class Snapshots:
         self.kept_seconds = kept_seconds
         self.results_kept_seconds = results_kept_seconds
         self._results_pruned: dict[str, float] = {}  # workcell -> when (monotonic)
+        self._settling: set[uuid.UUID] = set()  # snapshots committed, cache not yet dropped
         self.leased = leased
 
     # -- recording ----------------------------------------------------------------------------
@@ -223,8 +224,11 @@ class Snapshots:
             ):
                 uow.emit(moved, msg_id=f"moved:{info.snapshot_id}:{moved.asset_id}")
             await self._mark_pruned(session, event.workcell_name, now)
+            if changed:  # from its commit until the cache is dropped (``record_final``)
+                self._settling.add(info.snapshot_id)
         if changed:
             self.inventory.invalidate()
+            self._settling.discard(info.snapshot_id)
         await self.prune(event.workcell_name)
         await self.prune_results(event.workcell_name)
 
@@ -243,9 +247,11 @@ class Snapshots:
             info = SnapshotInfo.model_validate(body.model_dump(exclude={"assets"}))
             await self.record(WorkcellStateRecorded(**info.model_dump()))
         finally:
-            # Recorded here or by the event's consumer, whose own invalidation may not have
-            # run yet (it committed, then yielded): the next placement reads the moves.
-            self.inventory.invalidate()
+            # Recorded by the event's consumer, which committed and has not dropped the cached
+            # layouts yet (it yielded in between): dropped here, so the next placement reads
+            # the moves. Otherwise the cache is current: a release costs no reload.
+            if snapshot_id in self._settling:
+                self.inventory.invalidate()
 
     # -- retention ----------------------------------------------------------------------------
     async def _mark_pruned(self, session: AsyncSession, workcell: str, now: datetime) -> None:
