@@ -551,3 +551,110 @@ async def test_a_request_whose_deadline_has_passed_fails_at_once(
     await reserve(am, run, workcell, [plate()], pins={"plate": "dest_plate"}, deadline=_soon(-1))
     assert (await run.failed.next()).error.code == ErrorCode.DEADLINE_PASSED
     await run.granted.assert_silent(0.5)
+
+
+# -- a crash between a commit and its publish -----------------------------------------------------
+
+
+class Crash:
+    """What the outbox relay is handed after each commit is kept from it, as if the process died
+    right after committing: those rows stay in the outbox table, published only by the relay
+    of the next start. An event published directly, without a commit, is not held back."""
+
+    def __init__(self, relay: Any) -> None:
+        self.rows: list[Any] = []
+        self._more = asyncio.Event()
+        relay.committed = self._keep  # the instance's hook, for this process's life
+
+    def _keep(self, rows: Any) -> None:
+        self.rows.extend(message for _, message in rows)
+        self._more.set()
+
+    async def committed(self, event: type, run: Run, timeout: float = 10.0) -> None:
+        """Wait until ``event`` of ``run`` was committed (and held back)."""
+        subject = f"{event.subject}.{run.id}"  # type: ignore[attr-defined]
+        async with asyncio.timeout(timeout):
+            while not any(m.subject == subject for m in self.rows):
+                self._more.clear()
+                await self._more.wait()
+
+
+async def crashing(asset_manager: Any) -> Crash:
+    return Crash(asset_manager.service.outbox)
+
+
+async def test_a_waiter_failing_at_its_time_limit_commits_the_failure_with_its_row(
+    asset_manager: Any, am: Bus, workcell: WorkcellLayout, new_run: Any
+) -> None:
+    first, second = await new_run(), await new_run()
+    await granted(am, first, workcell, "source_plate")
+    crash = await crashing(asset_manager)
+    await reserve(
+        am, second, workcell, [plate()], pins={"plate": "source_plate"}, wait_timeout_seconds=1
+    )
+
+    await crash.committed(ReservationFailed, second)  # settled "failed" with its event
+    await second.failed.assert_silent(0.2)  # nothing went out of the process that died
+    await asset_manager.restart(within=STOP_TIMEOUT)
+
+    assert (await second.failed.next()).error.code == ErrorCode.TIMEOUT
+    await am.publish(ReleaseAssets(run_id=first.id))
+    await first.released.next()
+    await second.granted.assert_silent()  # its row said failed: the restart did not resume it
+
+
+async def test_a_waiter_granted_commits_the_grant_with_its_row(
+    asset_manager: Any, am: Bus, workcell: WorkcellLayout, new_run: Any
+) -> None:
+    first, second = await new_run(), await new_run()
+    await granted(am, first, workcell, "source_plate")
+    await reserve(am, second, workcell, [plate()], pins={"plate": "source_plate"})
+    await second.granted.assert_silent(0.2)
+    crash = await crashing(asset_manager)
+    await am.publish(ReleaseAssets(run_id=first.id))
+
+    await crash.committed(AssetsReserved, second)
+    await second.granted.assert_silent(0.2)
+    await asset_manager.restart(within=STOP_TIMEOUT)
+
+    grant = await second.granted.next()
+    assert grant.bindings[0].asset_name == "source_plate"
+    await second.granted.assert_silent()  # one grant: the restart found the row settled
+
+
+async def test_a_released_waiter_commits_its_release_with_its_row(
+    asset_manager: Any, am: Bus, workcell: WorkcellLayout, new_run: Any
+) -> None:
+    first, second = await new_run(), await new_run()
+    await granted(am, first, workcell, "source_plate")
+    await reserve(am, second, workcell, [plate()], pins={"plate": "source_plate"})
+    await second.granted.assert_silent(0.2)
+    crash = await crashing(asset_manager)
+    await am.publish(ReleaseAssets(run_id=second.id, reason="cancelled"))
+
+    await crash.committed(AssetsReleased, second)
+    await second.released.assert_silent(0.2)
+    await asset_manager.restart(within=STOP_TIMEOUT)
+
+    assert (await second.released.next()).reason == "cancelled"
+    await am.publish(ReleaseAssets(run_id=first.id))
+    await first.released.next()
+    await second.granted.assert_silent()  # withdrawn for good
+
+
+async def test_a_request_that_must_wait_is_stored_with_its_waiting_event(
+    asset_manager: Any, am: Bus, workcell: WorkcellLayout, new_run: Any, tap: Any
+) -> None:
+    first, second = await new_run(), await new_run()
+    await granted(am, first, workcell, "source_plate")
+    waiting = await tap(ReservationWaiting, str(second.id))
+    crash = await crashing(asset_manager)
+    await reserve(am, second, workcell, [plate()], pins={"plate": "source_plate"})
+
+    await crash.committed(ReservationWaiting, second)
+    await waiting.assert_silent(0.2)
+    await asset_manager.restart(within=STOP_TIMEOUT)
+
+    assert (await waiting.next()).blocked_by == [first.id]
+    await am.publish(ReleaseAssets(run_id=first.id))
+    await second.granted.next()

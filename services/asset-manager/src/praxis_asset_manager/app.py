@@ -26,7 +26,7 @@ from praxis_asset_manager.status import StatusChange, StatusQueue, StatusRecorde
 from praxis_contracts.permissions import asset_manager, needs
 from praxis_contracts.topology import ASSET_LEASES, EDGES
 from praxis_runtime.leases import LeaseStore
-from praxis_runtime.outbox import OutboxRelay
+from praxis_runtime.outbox import OutboxRelay, SqlUnitOfWork
 from praxis_runtime.service import Migrations, Service, bus_for, database_for
 from praxis_runtime.settings import DatabaseSettings, at_least
 
@@ -136,6 +136,7 @@ def build_app(settings: Settings) -> Service:
             leases,
             settings.asset_lock_timeout_seconds,
             bus.publish,
+            lambda: SqlUnitOfWork(db, relay),
             status=record_statuses,
             placement=edges if settings.edge_placement else None,
         )

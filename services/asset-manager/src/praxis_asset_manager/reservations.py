@@ -14,6 +14,12 @@ earlier revision). Both end in ``_expired``, once per lease. A lease an edge had
 is unknown, so the lease is written back held for an operator (``_lapsed``) and the mirror shows
 it busy throughout, so no grant can slip in between.
 
+Every change to a stored request commits together with the event it causes, through the unit
+of work (``_store``, ``_settle``): a crash between the two can lose neither. Events that change
+no row (a grant on the fast path, a refusal, the release of leases alone) are published
+directly: the command that caused them is acknowledged only after, so a crash before the publish
+redelivers it, and the redelivery finds the same state and says the same thing again.
+
 Commands for one run are handled one at a time (``_exclusive``): a run's reserve, release and
 hold reach different consumers, JetStream may deliver a command twice, and copies may be handled
 at the same time; the later command then finds the earlier one's outcome.
@@ -61,6 +67,7 @@ from praxis_contracts.assets import (
     WorkcellLayout,
     WorkcellMatch,
 )
+from praxis_contracts.base import Event
 from praxis_contracts.errors import (
     AssetsUnavailable,
     DeadlinePassed,
@@ -80,6 +87,7 @@ from praxis_runtime.leases import (
     decode_holder,
     lease_key,
 )
+from praxis_runtime.outbox import SqlUnitOfWork
 from praxis_runtime.recent import RecentIds
 
 log = logging.getLogger(__name__)
@@ -88,6 +96,7 @@ Publish = Callable[..., Awaitable[object]]
 StatusUpdate = tuple[uuid.UUID, AssetStatus, str, uuid.UUID | None]
 StatusSink = Callable[[list[StatusUpdate]], None]
 Plan = tuple[WorkcellLayout, list[Binding]]
+Unit = Callable[[], SqlUnitOfWork]
 
 
 def now() -> datetime:
@@ -127,6 +136,7 @@ class Reservations:
         leases: LeaseStore,
         default_ttl: int,
         publish: Publish,
+        unit: Unit,
         status: StatusSink | None = None,
         placement: Placement | None = None,
     ) -> None:
@@ -137,6 +147,9 @@ class Reservations:
         self.leases = leases
         self.default_ttl = default_ttl
         self.publish = publish
+        """Events that change no row (see the module's docstring)."""
+        self.unit = unit
+        """A stored request's changes and their events, committed together."""
         self.status: StatusSink = status or (lambda _: None)
         self.index = LeaseIndex()
         self.deadlines = Deadlines(self._deadline_passed)
@@ -178,35 +191,51 @@ class Reservations:
         async with self._exclusive(cmd.run_id):
             await self._request(cmd)
 
-    async def _request(self, cmd: ReserveAssets) -> None:
+    async def _request(self, cmd: ReserveAssets, *, stored: bool = False) -> None:
+        """``stored``: the request has a row (a deferred one come due); every outcome settles
+        it in the same commit as the event that announces it."""
         run_id = cmd.run_id
         if run_id in self.queue or run_id in self._deferred or run_id in self._released:
             return  # a redelivered command for a run that already waits, or already ended
         held = self.index.held_by(run_id)
-        if held and await self._reannounce(cmd, held):
+        if held and await self._reannounce(cmd, held, stored=stored):
             return  # a redelivered command for a granted run: the same answer again
         if held:  # a partial set left by an interrupted attempt: never hold while waiting
             await self._release_keys(run_id, held)
         if cmd.deadline is not None and now() >= cmd.deadline:
-            await self._fail(cmd, _deadline_passed(cmd))
+            await self._fail(cmd, _deadline_passed(cmd), stored=stored)
             return
         try:
             planned = await self._plan(cmd)  # a run that could never be placed fails now
         except PraxisError as exc:
-            await self._fail(cmd, exc)
+            await self._fail(cmd, exc, stored=stored)
             return
         if cmd.not_before is not None and now() < cmd.not_before:
             await self._defer(cmd, now(), persist=True)
             return
         ahead = self.queue.ahead_of((-cmd.priority, sys.maxsize), planned.wanted)  # after all
-        if planned.plan is not None and not ahead and await self._grant(cmd, planned.plan):
+        if (
+            planned.plan is not None
+            and not ahead
+            and await self._grant(cmd, planned.plan, stored=stored)
+        ):
             return
         if cmd.immediate:
-            await self._refuse(cmd, planned, ahead)
+            await self._refuse(cmd, planned, ahead, stored=stored)
             return
         await self._wait(cmd, planned, now(), persist=True)
 
-    async def _refuse(self, cmd: ReserveAssets, planned: Planned, ahead: list[uuid.UUID]) -> None:
+    async def _say(self, run_id: uuid.UUID, event: Event, settle: str | None) -> None:
+        """Announce ``event``; with ``settle``, commit it with the stored request's new status
+        (the unit of work's outbox publishes it), else publish it now."""
+        if settle is None:
+            await self.publish(event)
+        else:
+            await self._settle(run_id, settle, event)
+
+    async def _refuse(
+        self, cmd: ReserveAssets, planned: Planned, ahead: list[uuid.UUID], *, stored: bool
+    ) -> None:
         """An immediate run that cannot be placed now: failed, naming what stands in its way;
         it never waits (nothing is stored, nothing is held)."""
         holders = {h.run_id for a in planned.wanted if (h := self.index.holder(a)) is not None}
@@ -221,28 +250,30 @@ class Reservations:
         error = AssetsUnavailable(
             message, reason=str(planned.reason), blocked_by=blocked_by, workcells=closed
         )
-        await self.publish(ReservationFailed(run_id=cmd.run_id, error=error.to_reply()))
+        event = ReservationFailed(run_id=cmd.run_id, error=error.to_reply())
+        await self._say(cmd.run_id, event, "failed" if stored else None)
         self._released.add(cmd.run_id)  # a redelivered copy must not grant it after all
 
     async def _defer(self, cmd: ReserveAssets, since: datetime, *, persist: bool) -> None:
         """Hold the request, planning nothing, until its ``not_before``; stored so that a
         restart keeps the appointment."""
         assert cmd.not_before is not None
-        if persist:
-            await self._store(cmd, since, "deferred")
-        delay = max(0.0, (cmd.not_before - now()).total_seconds())
         run_id = cmd.run_id
+        if persist:
+            waiting = ReservationWaiting(run_id=run_id, blocked_by=[], reason=WaitReason.NOT_BEFORE)
+            await self._store(cmd, since, "deferred", waiting)
+        delay = max(0.0, (cmd.not_before - now()).total_seconds())
         self._deferred[run_id] = asyncio.get_running_loop().call_later(
             delay, lambda: self._spawn(self._due(run_id, cmd))
         )
-        if persist:
-            await self.publish(
-                ReservationWaiting(run_id=run_id, blocked_by=[], reason=WaitReason.NOT_BEFORE)
-            )
 
-    async def _store(self, cmd: ReserveAssets, since: datetime, status: str) -> None:
-        """Keep the request in PostgreSQL (a restart reloads it, ``resume``); once only."""
-        async with self.db.transaction() as session:
+    async def _store(
+        self, cmd: ReserveAssets, since: datetime, status: str, event: ReservationWaiting
+    ) -> None:
+        """Keep the request in PostgreSQL (a restart reloads it, ``resume``) and announce
+        ``event`` in the same commit. A row already there (the request was deferred) keeps its
+        time and takes the new status."""
+        async with self.unit() as uow:
             row = {
                 "run_id": cmd.run_id,
                 "request": cmd.model_dump(mode="json"),
@@ -251,26 +282,22 @@ class Reservations:
                 "bindings": [],
                 "created_at": since,
             }
-            await session.execute(insert(ReservationRow).values(**row).on_conflict_do_nothing())
+            stmt = insert(ReservationRow).values(**row)
+            await uow.session.execute(
+                stmt.on_conflict_do_update(index_elements=["run_id"], set_={"status": status})
+            )
+            uow.emit(event)
 
     async def _due(self, run_id: uuid.UUID, cmd: ReserveAssets) -> None:
         """A deferred request's ``not_before`` came: planned as if it arrived now."""
         async with self._exclusive(run_id):
             if self._deferred.pop(run_id, None) is None:
                 return  # released meanwhile
-            try:
-                await self._request(cmd.model_copy(update={"not_before": None}))
+            try:  # its outcome settles the row: a restart no longer defers it
+                await self._request(cmd.model_copy(update={"not_before": None}), stored=True)
             except Exception:
                 log.exception("planning run %s at its not_before failed; retried", run_id)
                 self._defer_again(run_id, cmd)
-                return
-            if run_id in self.queue:
-                outcome = "waiting"
-            elif self.index.held_by(run_id):
-                outcome = "granted"
-            else:
-                outcome = "failed"
-            await self._settle(run_id, outcome)  # a restart no longer defers it
 
     def _defer_again(self, run_id: uuid.UUID, cmd: ReserveAssets) -> None:
         self._deferred[run_id] = asyncio.get_running_loop().call_later(
@@ -357,7 +384,9 @@ class Reservations:
             raise _nowhere(refusals)
         return ReservationCheck(workcells=hosts)
 
-    async def _grant(self, cmd: ReserveAssets, plan: Plan) -> bool:
+    async def _grant(self, cmd: ReserveAssets, plan: Plan, *, stored: bool) -> bool:
+        """Lease the plan's assets all or none; announce the grant (settling a stored request
+        with it). False if another writer took one first."""
         layout, bindings = plan
         claims = [Claim(b.asset.accession_id, b.requirement.name) for b in bindings]
         try:
@@ -383,17 +412,18 @@ class Reservations:
         # assets of a running run were left "reserved").
         reason = f"reserved for run {cmd.run_id}"
         self.status([(b.asset_id, AssetStatus.RESERVED, reason, cmd.run_id) for b in granted])
-        await self.publish(
-            AssetsReserved(
-                run_id=cmd.run_id,
-                workcell_id=layout.workcell.accession_id,
-                workcell_name=layout.workcell.name,
-                bindings=granted,
-            )
+        event = AssetsReserved(
+            run_id=cmd.run_id,
+            workcell_id=layout.workcell.accession_id,
+            workcell_name=layout.workcell.name,
+            bindings=granted,
         )
+        await self._say(cmd.run_id, event, "granted" if stored else None)
         return True
 
-    async def _reannounce(self, cmd: ReserveAssets, held: dict[str, KeyState]) -> bool:
+    async def _reannounce(
+        self, cmd: ReserveAssets, held: dict[str, KeyState], *, stored: bool = False
+    ) -> bool:
         holders = [s.holder for s in held.values() if s.holder is not None]
         needed = {r.name for r in cmd.requirements if not r.optional}
         if not needed <= {h.requirement for h in holders} or not holders:
@@ -415,24 +445,28 @@ class Reservations:
             cmd,
             [_binding(layout.workcell.name, b, held_by[b.asset.accession_id]) for b in found],
         )
-        await self.publish(
-            AssetsReserved(
-                run_id=cmd.run_id,
-                workcell_id=layout.workcell.accession_id,
-                workcell_name=layout.workcell.name,
-                bindings=bindings,
-            )
+        event = AssetsReserved(
+            run_id=cmd.run_id,
+            workcell_id=layout.workcell.accession_id,
+            workcell_name=layout.workcell.name,
+            bindings=bindings,
         )
+        await self._say(cmd.run_id, event, "granted" if stored else None)
         return True
 
     # -- waiting ------------------------------------------------------------------------------
     async def _wait(
         self, cmd: ReserveAssets, planned: Planned, since: datetime, *, persist: bool
     ) -> Waiter:
-        wanted = planned.wanted
-        waiter = self.queue.add(cmd, since, wanted)
-        if persist:
-            await self._store(cmd, since, "waiting")
+        waiter = self.queue.add(cmd, since, planned.wanted)
+        if persist:  # stored with its first ReservationWaiting, or not queued at all
+            try:
+                await self._store(cmd, since, "waiting", self._waiting(waiter, planned))
+            except BaseException:
+                self.queue.remove(cmd.run_id)
+                raise
+        else:
+            await self._tell_waiting(waiter, planned)
         limits = []
         if cmd.wait_timeout_seconds is not None:
             limits.append(cmd.wait_timeout_seconds - (now() - since).total_seconds())
@@ -445,25 +479,25 @@ class Reservations:
             waiter.timer = loop.call_later(
                 max(0.0, left), lambda: self._spawn(self._time_out(run_id))
             )
-        await self._tell_waiting(waiter, planned)
         return waiter
 
     async def _tell_waiting(self, waiter: Waiter, planned: Planned) -> None:
         """``ReservationWaiting``, once per reason a run waits for (it says why)."""
-        if waiter.reason == planned.reason:
-            return
+        if waiter.reason != planned.reason:
+            await self.publish(self._waiting(waiter, planned))
+
+    def _waiting(self, waiter: Waiter, planned: Planned) -> ReservationWaiting:
+        """What ``waiter`` waits for now (and note it as said)."""
         waiter.reason = planned.reason
         wanted = waiter.wanted
         holders = {h.run_id for a in wanted if (h := self.index.holder(a)) is not None}
         blocked_by = sorted(holders | set(self.queue.ahead_of(waiter.order, wanted)), key=str)
         closed = [w.name for w in planned.hosts if not self._open(w)]
-        await self.publish(
-            ReservationWaiting(
-                run_id=waiter.cmd.run_id,
-                blocked_by=blocked_by,
-                reason=planned.reason,
-                workcells=closed if planned.reason != WaitReason.ASSETS_BUSY else [],
-            )
+        return ReservationWaiting(
+            run_id=waiter.cmd.run_id,
+            blocked_by=blocked_by,
+            reason=planned.reason,
+            workcells=closed if planned.reason != WaitReason.ASSETS_BUSY else [],
         )
 
     async def serve(self, freed: Iterable[uuid.UUID], attempt: int = 0) -> None:
@@ -497,16 +531,19 @@ class Reservations:
         async with self._serving:
             for waiter in self.queue.wanting(freed):
                 run_id = waiter.cmd.run_id
-                if run_id not in self.queue or self.queue.ahead_of(waiter.order, waiter.wanted):
+                if run_id not in self.queue or run_id in self._released:
+                    continue  # granted, failed or being released meanwhile
+                if self.queue.ahead_of(waiter.order, waiter.wanted):
                     continue
                 try:
                     planned = await self._plan(waiter.cmd)
                 except PraxisError as exc:
                     await self._fail(waiter.cmd, exc)
                     continue
-                if planned.plan is not None and await self._grant(waiter.cmd, planned.plan):
+                if planned.plan is not None and await self._grant(
+                    waiter.cmd, planned.plan, stored=True
+                ):
                     self.queue.remove(run_id)
-                    await self._settle(run_id, "granted")
                 else:
                     await self._tell_waiting(waiter, planned)
 
@@ -517,22 +554,33 @@ class Reservations:
                 return
             cmd = waiter.cmd
             if cmd.deadline is not None and now() >= cmd.deadline:
-                await self._fail(cmd, _deadline_passed(cmd))
+                error: PraxisError = _deadline_passed(cmd)
             else:
                 seconds = cmd.wait_timeout_seconds
-                await self._fail(cmd, Timeout(f"assets not available within {seconds} s"))
+                error = Timeout(f"assets not available within {seconds} s")
+            try:
+                await self._fail(cmd, error)
+            except Exception:  # PostgreSQL away: it still waits, and times out again shortly
+                log.exception("failing run %s at its time limit failed; retried", run_id)
+                waiter.timer = asyncio.get_running_loop().call_later(
+                    INFRA_RETRY_CAP, lambda: self._spawn(self._time_out(run_id))
+                )
 
-    async def _fail(self, cmd: ReserveAssets, error: PraxisError) -> None:
-        waiter = self.queue.remove(cmd.run_id)
-        if waiter is not None:
-            await self._settle(cmd.run_id, "failed")
+    async def _fail(self, cmd: ReserveAssets, error: PraxisError, *, stored: bool = False) -> None:
+        """Announce the failure; a stored request (waiting, or reloaded) is settled with it,
+        and only then leaves the queue (a failed commit leaves it waiting, to try again)."""
+        event = ReservationFailed(run_id=cmd.run_id, error=error.to_reply())
+        waiter = self.queue.get(cmd.run_id)
+        await self._say(cmd.run_id, event, "failed" if stored or waiter else None)
+        if waiter is not None and self.queue.remove(cmd.run_id) is not None:
             self._spawn(self.serve(waiter.wanted))  # whoever queued behind it may go now
-        await self.publish(ReservationFailed(run_id=cmd.run_id, error=error.to_reply()))
 
-    async def _settle(self, run_id: uuid.UUID, status: str) -> None:
-        async with self.db.transaction() as session:
+    async def _settle(self, run_id: uuid.UUID, status: str, event: Event) -> None:
+        """A stored request's new status and the event saying so, in one commit."""
+        async with self.unit() as uow:
             stmt = update(ReservationRow).where(ReservationRow.run_id == run_id)
-            await session.execute(stmt.values(status=status))
+            await uow.session.execute(stmt.values(status=status))
+            uow.emit(event)
 
     async def resume(self) -> int:
         """Reload stored waiters after a restart (call once the lease index is current)."""
@@ -551,7 +599,7 @@ class Reservations:
             try:
                 planned = await self._plan(cmd)
             except PraxisError as exc:
-                await self._fail(cmd, exc)
+                await self._fail(cmd, exc, stored=True)
                 continue
             await self._wait(cmd, planned, since, persist=False)
         return len(stored)
@@ -572,20 +620,29 @@ class Reservations:
             await self._release(cmd)
 
     async def _release(self, cmd: ReleaseAssets) -> None:
-        self._released.add(cmd.run_id)
-        waiter = self.queue.remove(cmd.run_id)
-        if (deferred := self._deferred.pop(cmd.run_id, None)) is not None:
-            deferred.cancel()
-        if waiter is not None or deferred is not None:
-            await self._settle(cmd.run_id, "cancelled")
-        released = await self._release_keys(cmd.run_id, self.index.held_by(cmd.run_id))
-        if not released and waiter is None and deferred is None:
+        """The leases go first, then a stored request is settled ``cancelled`` with the
+        ``AssetsReleased`` that says so, and only then leaves the queue: a commit that fails
+        leaves it queued (never served: it is released), so the redelivered command finds it
+        and settles it."""
+        run_id = cmd.run_id
+        self._released.add(run_id)  # no grant from now on (``_serve``, ``_request``)
+        waiter, deferred = self.queue.get(run_id), self._deferred.get(run_id)
+        released = await self._release_keys(run_id, self.index.held_by(run_id))
+        stored = waiter is not None or deferred is not None
+        if not released and not stored:
             return  # nothing held, nothing waiting: a duplicate release changes nothing
-        reason = cmd.reason or f"released by run {cmd.run_id}"
-        self.status([(a, AssetStatus.AVAILABLE, reason, cmd.run_id) for a in released])
+        reason = cmd.reason or f"released by run {run_id}"
+        event = AssetsReleased(run_id=run_id, asset_ids=released, reason=reason)
+        if stored:
+            await self._settle(run_id, "cancelled", event)
+            self.queue.remove(run_id)
+            if (timer := self._deferred.pop(run_id, None)) is not None:
+                timer.cancel()
+        self.status([(a, AssetStatus.AVAILABLE, reason, run_id) for a in released])
         # Waiters first: their grant should not queue behind our own announcement.
         await self.serve(set(released) | (waiter.wanted if waiter else set()))
-        await self.publish(AssetsReleased(run_id=cmd.run_id, asset_ids=released, reason=reason))
+        if not stored:
+            await self.publish(event)
 
     async def _release_keys(self, run_id: uuid.UUID, held: dict[str, KeyState]) -> list[uuid.UUID]:
         released = []
