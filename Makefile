@@ -14,12 +14,13 @@ SEED       ?= 1
 IMAGE      ?= praxis:dev
 DOCKER     ?= docker
 
-.PHONY: help install run demo test lint format bench chaos proof image clean
+.PHONY: help install run demo test test-unit lint format bench chaos proof image clean
 
 help:
 	@echo "make run    - the whole system on embedded NATS + PostgreSQL (Ctrl-C stops it)"
 	@echo "make demo   - run, submit the example transfer, check the liquid moved, stop"
 	@echo "make test   - the test suite against real servers"
+	@echo "make test-unit - the tests that need no server and start no process (under a minute)"
 	@echo "make lint   - ruff + mypy"
 	@echo "make bench  - latency/throughput benchmark (N=$(N) runs)"
 	@echo "make proof  - the production shape: 3-node NATS cluster, two workcells, a node killed, every service restarted"
@@ -45,10 +46,13 @@ demo: install
 test: install
 	$(RUN) pytest $(ARGS)
 
+test-unit: install
+	$(RUN) pytest -m "not integration and not e2e and not process" $(ARGS)
+
 lint: install
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
-	$(RUN) mypy libs/contracts/src libs/runtime/src libs/sdk/src libs/plr/src libs/devstack/src
+	$(RUN) mypy libs/*/src services/*/src
 
 format: install
 	$(RUN) ruff check --fix .

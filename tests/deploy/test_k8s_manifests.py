@@ -35,6 +35,8 @@ import yaml
 from praxis_contracts.permissions import identities, identity_for_service
 from praxis_runtime.natsauth import NATS_AUTH_SECRET, permissions
 
+pytestmark = pytest.mark.process  # starts processes: not in `make test-unit`
+
 REPO = Path(__file__).resolve().parents[2]
 K8S_DIR = REPO / "deploy" / "k8s"
 OVERLAYS = ("dev", "production")

@@ -3,7 +3,11 @@ in runner processes, and the commands really went through the supervisor's guard
 
 from __future__ import annotations
 
+import pytest
+
 from praxis_devstack.bench_isolation import measure_isolation
+
+pytestmark = pytest.mark.process  # starts runner processes: not in `make test-unit`
 
 
 async def test_the_isolation_bench_reports_cold_start_per_run_and_per_command_costs() -> None:

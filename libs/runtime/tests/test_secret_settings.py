@@ -28,6 +28,8 @@ from praxis_runtime.settings import (
     refuse_weak_secret,
 )
 
+pytestmark = pytest.mark.process  # starts processes: not in `make test-unit`
+
 SECRET_VARIABLES = (
     "NATS_URL",
     "NATS_USER",

@@ -11,6 +11,8 @@ import pytest
 
 from praxis_runtime.settings import EX_CONFIG
 
+pytestmark = pytest.mark.process  # starts processes: not in `make test-unit`
+
 
 @pytest.mark.parametrize(
     ("service", "setting", "value", "why"),

@@ -33,10 +33,13 @@ from praxis_runtime import landlock
 from praxis_runtime.confine import Confinement
 from praxis_runtime.spawner import RemoteSandbox, SpawnRefused
 
-pytestmark = pytest.mark.skipif(
-    landlock.abi_version() < 1 and os.environ.get("CI", "").lower() not in ("1", "true"),
-    reason="Landlock is not available on this kernel",
-)
+pytestmark = [
+    pytest.mark.process,
+    pytest.mark.skipif(
+        landlock.abi_version() < 1 and os.environ.get("CI", "").lower() not in ("1", "true"),
+        reason="Landlock is not available on this kernel",
+    ),
+]
 
 CHILD = "praxis_code_manager.discovery_child"
 MODULE_SECONDS = 2.0

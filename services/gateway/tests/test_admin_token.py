@@ -103,6 +103,7 @@ def test_no_token_no_bootstrap_admin() -> None:
     assert authenticator_for(settings).admin_token is None
 
 
+@pytest.mark.process
 def test_the_gateway_refuses_to_start_with_the_shipped_placeholder() -> None:
     """Before it connects to anything: NATS_URL names a port nothing listens on."""
     placeholder = "change-me-to-a-long-random-token"

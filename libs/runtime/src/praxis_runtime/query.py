@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,17 +13,19 @@ from praxis_contracts.common import SearchFilters
 from praxis_contracts.errors import InvalidRequest
 
 Column = InstrumentedAttribute[Any]
+S = TypeVar("S", bound="Select[*tuple[Any, ...]]")
+"""A select of any columns, given back as it came (with the conditions added)."""
 
 
 def apply_filters(
-    stmt: Select[Any],
+    stmt: S,
     filters: SearchFilters,
     *,
     created_at: Column,
     sortable: Mapping[str, Column],
     properties: Column | None = None,
     relations: Mapping[str, Column] | None = None,
-) -> Select[Any]:
+) -> S:
     """Date range, JSON property containment and relationship-id filters (no paging)."""
     if filters.date_range_start is not None:
         stmt = stmt.where(created_at >= filters.date_range_start)
@@ -68,7 +70,11 @@ def _ordering(sort_by: str | None, sortable: Mapping[str, Column], default: Colu
 
 
 async def fetch_page(
-    session: AsyncSession, stmt: Select[Any], filters: SearchFilters, *, scalars: bool = True
+    session: AsyncSession,
+    stmt: Select[*tuple[Any, ...]],
+    filters: SearchFilters,
+    *,
+    scalars: bool = True,
 ) -> tuple[Sequence[Any], int]:
     """One page (entities, or row tuples with ``scalars=False``) and the total matching."""
     total = await session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery()))
@@ -77,7 +83,7 @@ async def fetch_page(
     return rows, int(total or 0)
 
 
-def where_all(stmt: Select[Any], *conditions: ColumnElement[bool] | None) -> Select[Any]:
+def where_all(stmt: S, *conditions: ColumnElement[bool] | None) -> S:
     """Add the conditions that are not None."""
     for condition in conditions:
         if condition is not None:

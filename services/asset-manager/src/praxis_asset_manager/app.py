@@ -167,7 +167,7 @@ def build_app(settings: Settings) -> Service:
         # CPython 3.11's wait_for (inside nats-py requests) can swallow a cancellation.
         for watcher in watchers:
             with contextlib.suppress(Exception):
-                await watcher.stop()
+                await watcher.stop()  # type: ignore[no-untyped-call]
         for task in tasks:
             task.cancel()
         if tasks:

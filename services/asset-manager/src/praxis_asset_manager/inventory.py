@@ -334,7 +334,7 @@ def asset_view(row: AssetRow) -> Asset:
     return Asset(
         accession_id=row.accession_id,
         workcell_id=row.workcell_id,
-        kind=row.kind,  # type: ignore[arg-type]
+        kind=row.kind,
         name=row.name,
         fqn=row.fqn,
         type_mro=row.type_mro,

@@ -22,6 +22,7 @@ The orchestrator writes each snapshot's body (``WorkcellSnapshot`` JSON) into th
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import json
 import logging
@@ -428,7 +429,7 @@ class Snapshots:
     async def _write(
         self,
         workcell: WorkcellRow,
-        chosen: list[AssetState],
+        chosen: builtins.list[AssetState],  # this class has a method ``list``
         existing: dict[uuid.UUID, str],
         kind: SnapshotKind,
         source: uuid.UUID | None,

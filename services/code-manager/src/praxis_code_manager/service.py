@@ -375,11 +375,11 @@ def _source_view(row: SourceRow) -> ProtocolSource:
     return ProtocolSource(
         accession_id=row.accession_id,
         name=row.name,
-        kind=row.kind,  # type: ignore[arg-type]
+        kind=row.kind,
         url=row.url,
         ref=row.ref,
         commit=row.commit,
-        status=row.status,  # type: ignore[arg-type]
+        status=row.status,
         error=row.error,
         credentials_ref=row.credentials_ref,
         problems=[DiscoveryProblem.model_validate(p) for p in row.problems or []],

@@ -1027,9 +1027,10 @@ class PreparationFailed(Exception):
 def _ended(report: dict[str, Any]) -> Ended:
     """How the runner reports its protocol ended (``finished``), checked: the runner is not
     trusted to say more than an outcome, a JSON result, an error and its state."""
-    outcome = report.get("outcome")
-    if outcome not in ("completed", "failed", "cancelled"):
-        outcome = "failed"
+    said = report.get("outcome")
+    outcome: Literal["completed", "failed", "cancelled"] = (
+        said if said in ("completed", "cancelled") else "failed"
+    )
     error = None
     if report.get("error") is not None:
         try:

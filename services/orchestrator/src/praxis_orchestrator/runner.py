@@ -236,8 +236,8 @@ class _Sink:
     async def record(self, call: CallRecord) -> None:
         record = {k: (str(v) if isinstance(v, uuid.UUID) else v) for k, v in call.__dict__.items()}
         for key in ("started_at", "finished_at"):
-            if record.get(key) is not None:
-                record[key] = record[key].isoformat()
+            if (at := getattr(call, key)) is not None:
+                record[key] = at.isoformat()
         await self.channel.send({"op": "call", "record": _json_safe(record)})
 
 
@@ -324,8 +324,8 @@ class ProtocolOutput:
         self._lines = Lines()  # tagged with the stream's level
 
     def install(self) -> None:
-        sys.stdout = _Stream(self, "stdout", "INFO", sys.stdout)  # type: ignore[assignment]
-        sys.stderr = _Stream(self, "stderr", "ERROR", sys.stderr)  # type: ignore[assignment]
+        sys.stdout = _Stream(self, "stdout", "INFO", sys.stdout)
+        sys.stderr = _Stream(self, "stderr", "ERROR", sys.stderr)
         root = logging.getLogger()
         root.addHandler(_LogToChannel(self))
         if root.level == logging.NOTSET or root.level > logging.INFO:

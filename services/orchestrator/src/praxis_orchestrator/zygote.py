@@ -91,7 +91,7 @@ def serve(
                 os.close(fd)
             pid = request.get("pid")
             killed = isinstance(pid, int) and pid in runners
-            if killed:
+            if killed and isinstance(pid, int):
                 runners.discard(pid)
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)

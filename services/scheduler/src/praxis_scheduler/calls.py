@@ -100,7 +100,7 @@ def _call(row: CallRow) -> FunctionCall:
         function=row.function,
         version=row.version,
         arguments=row.arguments,
-        status=row.status,  # type: ignore[arg-type]
+        status=row.status,
         started_at=row.started_at,
         finished_at=row.finished_at,
         error=row.error,
@@ -159,7 +159,7 @@ def _line(row: LogRow) -> LogLine:
     return LogLine(
         seq=row.seq,
         at=row.at,
-        source=row.source,  # type: ignore[arg-type]
+        source=row.source,
         level=row.level,
         logger=row.logger,
         message=row.message,
