@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -29,10 +30,14 @@ from praxis_devstack.bench_isolation import measure_isolation
 from praxis_devstack.bench_reservations import measure_reservations
 from praxis_devstack.bench_scale import measure_scale
 from praxis_devstack.bench_snapshots import measure_snapshots
+from praxis_devstack.cost import Meter, per_run
 from praxis_devstack.stack import DEMO_WORKCELL, Stack
 from praxis_devstack.stats import summary
 
 T = TypeVar("T")
+
+STATEMENT_COUNTS = {"shared_preload_libraries": "pg_stat_statements"}
+"""The benchmark's PostgreSQL counts statements (``praxis_devstack.cost``)."""
 
 
 class RunWatcher:
@@ -94,7 +99,10 @@ async def measure(
     runs: int,
     concurrency: int,
     headers: dict[str, str] | None = None,
+    meter: Meter | None = None,
 ) -> dict[str, Any]:
+    """Latency one run at a time, then throughput with ``concurrency`` in flight; ``meter``
+    measures what the throughput phase cost each process per run (``praxis_devstack.cost``)."""
     nc = await nats.connect(nats_url)
     watcher = RunWatcher()
     await nc.subscribe("praxis.evt.orchestrator.run.finished.>", cb=watcher.on_finished)
@@ -125,11 +133,14 @@ async def measure(
                 ids.append(run_id)
                 await _within(watcher.run_finished(run_id))
 
+        before = await meter.sample() if meter is not None else None
         started = time.perf_counter()
         await asyncio.gather(*(one() for _ in range(runs)))
         statuses = await asyncio.gather(*(_within(watcher.run_completed(r)) for r in ids))
         elapsed = time.perf_counter() - started
+        after = await meter.sample() if meter is not None else None
     await nc.close()
+    cost = per_run(before, after, runs) if before is not None and after is not None else None
     return {
         "runs": runs,
         "concurrency": concurrency,
@@ -138,6 +149,7 @@ async def measure(
         "throughput_runs_per_s": round(runs / elapsed, 1),
         "throughput_elapsed_s": round(elapsed, 3),
         "throughput_failed": sum(1 for s in statuses if s != "completed"),
+        **({"per_run_cost": cost} if cost is not None else {}),
     }
 
 
@@ -171,18 +183,26 @@ async def measure_run_list(
 
 
 async def bench(args: argparse.Namespace) -> int:
-    stack = Stack(fast=True)
+    stack = Stack(fast=True, postgres_settings=STATEMENT_COUNTS)
     try:
         await stack.start()
         await stack.seed()
         assert stack.infra is not None
         auth = stack.auth_headers
         nats = stack.infra.nats_operator_url
-        report = await measure(stack.api, nats, args.runs, args.concurrency, auth)
+        meter = stack.meter()
+        await meter.start()
+        report = await measure(stack.api, nats, args.runs, args.concurrency, auth, meter)
         report["run_list"] = await measure_run_list(stack.api, headers=auth)  # needs the scheduler
         # The asset-manager alone: the scheduler would otherwise take every benchmark grant
-        # for a run it does not know and dead-letter it, on the same two cores.
+        # for a run it does not know and dead-letter it, on the same two cores. Restarted to
+        # place runs without an orchestrator (EDGE_PLACEMENT=false, as its own tests run it):
+        # the benchmark's workcell has none, and its runs would wait for one forever.
         await stack.stop_services(keep=("asset-manager",))
+        await stack.kill_service("asset-manager", signal.SIGTERM)
+        stack.service_env["EDGE_PLACEMENT"] = "false"
+        stack.start_service("asset-manager", "the reservation benchmark: no edge placement")
+        await stack.wait_ready("asset-manager")
         report["reservations"] = await measure_reservations(nats, args.runs)
         report["isolation"] = await measure_isolation()
         report["snapshots"] = await measure_snapshots()

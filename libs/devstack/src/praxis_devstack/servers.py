@@ -621,9 +621,11 @@ class LocalInfra:
         fast: bool = False,
         environ: Mapping[str, str] | None = None,
         workcells: Sequence[str] = (),
+        postgres_settings: Mapping[str, str] | None = None,
     ) -> None:
         self.base_dir = Path(base_dir).absolute() if base_dir else default_base_dir()
         self.fast = fast
+        self.postgres_settings = dict(postgres_settings or {})
         self.workcells = tuple(workcells)
         env = os.environ if environ is None else environ
         self.external_nats_url = env.get("NATS_URL") or None
@@ -673,7 +675,9 @@ class LocalInfra:
         if self.external_nats_url is None and self.nats is None:
             self.nats = NatsServer(self.base_dir / "nats", auth=NatsAuth(self.workcells))
         if self.external_database_url is None and self.postgres is None:
-            self.postgres = PostgresServer(self.base_dir / "postgres", fast=self.fast)
+            self.postgres = PostgresServer(
+                self.base_dir / "postgres", fast=self.fast, settings=self.postgres_settings
+            )
         servers = self._local_servers()
         if servers:
             self.base_dir.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ import httpx
 
 from praxis_contracts.assets import WorkcellChanged
 from praxis_contracts.permissions import identity_for_service
+from praxis_devstack.cost import Meter
 from praxis_devstack.servers import (
     LocalInfra,
     NatsServer,
@@ -114,6 +115,7 @@ class Stack:
     service_env: dict[str, str] = field(default_factory=dict)  # extra environment, every service
     workcell: str = DEMO_WORKCELL  # the workcell the orchestrator serves
     workcells: tuple[str, ...] = ()  # more workcells with an orchestrator each from the start
+    postgres_settings: dict[str, str] = field(default_factory=dict)  # the local server's
     infra: LocalInfra | None = None
     processes: list[ServiceProcess] = field(default_factory=list)
     api: str = ""
@@ -133,7 +135,11 @@ class Stack:
     async def start(self) -> None:
         self.base_dir.mkdir(parents=True, exist_ok=True)
         infra = LocalInfra(
-            self.base_dir, fast=self.fast, environ=self.environ, workcells=self.served
+            self.base_dir,
+            fast=self.fast,
+            environ=self.environ,
+            workcells=self.served,
+            postgres_settings=self.postgres_settings,
         )
         self.infra = await asyncio.to_thread(infra.start)
         gateway_port = int(os.environ.get("GATEWAY_PORT") or free_port())
@@ -326,6 +332,22 @@ class Stack:
                 )
             response.raise_for_status()
             return dict(response.json())
+
+    def meter(self) -> Meter:
+        """What the stack's processes cost (``praxis_devstack.cost``): each service with the
+        processes it started, and the local nats-server and PostgreSQL."""
+        assert self.infra is not None
+        roots = {s.name: s.process.pid for s in self.processes if s.process.poll() is None}
+        nats, postgres = self.infra.nats, self.infra.postgres
+        if nats is not None:
+            roots["nats-server"] = nats.pid
+        if postgres is not None:
+            roots["postgresql"] = postgres.pid
+        return Meter(
+            roots,
+            nats_monitor=nats.monitor_url if nats is not None else None,
+            postgres_dsn=postgres.dsn if postgres is not None else None,
+        )
 
     def dead(self) -> list[str]:
         return [p.name for p in self.processes if p.process.poll() is not None]
