@@ -30,6 +30,7 @@ from praxis_devstack.pytest_plugin import MakeDatabase
 from praxis_runtime.db import Database
 from praxis_runtime.outbox import OutboxRelay
 from praxis_scheduler.calls import CallLog, RunLogs
+from praxis_scheduler.domain import refusal
 from praxis_scheduler.orm import OUTBOX, Base
 from praxis_scheduler.repository import sql_units
 from praxis_scheduler.service import RunService
@@ -67,8 +68,9 @@ def call(
     )
 
 
-async def running_on_edge_1(database: Database) -> RunView:
-    """A run of workcell wc-1, running on its edge process ``edge-1``."""
+async def running_on_edge_1(database: Database, stage: str = "running") -> RunView:
+    """A run of workcell wc-1, running on its edge process ``edge-1`` (``stage``: or only
+    ``queued``, or ``pending`` on wc-1 with no process yet)."""
     relay = OutboxRelay(database, OUTBOX, lambda: None)  # type: ignore[arg-type, return-value]
     runs = RunService(sql_units(database, relay))
     spec = ProtocolFunctionSpec(name="mix", version="1.0.0", module="m", qualname="mix")
@@ -84,11 +86,15 @@ async def running_on_edge_1(database: Database) -> RunView:
     run = await runs.create(
         SubmitRun(protocol_name="mix"), ResolvedProtocol(definition=definition, parameters={})
     )
+    if stage == "queued":
+        return run
     await runs.on_reserved(
         AssetsReserved(
             run_id=run.accession_id, workcell_id=uuid.uuid4(), workcell_name="wc-1", bindings=[]
         )
     )
+    if stage == "pending":
+        return run
     await runs.on_progress(run.accession_id, RunStatus.RUNNING, T0, "wc-1", "edge-1")
     return run
 
@@ -148,3 +154,39 @@ async def test_log_lines_delivered_twice_are_stored_once_and_read_in_order(
     assert [x.seq for x in warnings.items] == [1, 4]
     protocol = await logs.list(ListRunLogs(run_id=run.accession_id, source="protocol"))
     assert [x.seq for x in protocol.items] == [0, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("stage", "workcell", "edge"),
+    [
+        ("queued", "wc-1", "edge-1"),  # dispatched to no workcell yet
+        ("pending", "wc-1", "edge-1"),  # its workcell, no process yet
+        ("pending", "wc-2", "edge-1"),
+        ("running", "wc-1", "edge-1"),  # its workcell and its process
+        ("running", "wc-1", "edge-2"),
+        ("running", "wc-2", "edge-1"),
+    ],
+)
+async def test_a_report_is_written_exactly_when_the_domain_believes_it(
+    database: Database, stage: str, workcell: str, edge: str
+) -> None:
+    """The statement's condition and ``domain.refusal`` are the same rule, written twice: a
+    report is recorded if and only if the reason it returns is None."""
+    run = await running_on_edge_1(database, stage)
+    log, logs = CallLog(database), RunLogs(database)
+    event = call(run.accession_id, uuid.uuid4(), "running", edge=edge)
+    event = event.model_copy(update={"workcell": workcell})
+    line = LogLine(seq=0, at=T0, source="protocol", level="INFO", logger=None, message="hi")
+    batch = RunLogged(
+        run_id=run.accession_id, workcell=workcell, at=T0, edge_instance=edge, lines=[line]
+    )
+    relay = OutboxRelay(database, OUTBOX, lambda: None)  # type: ignore[arg-type, return-value]
+    view = await RunService(sql_units(database, relay)).get(run.accession_id)
+    expected = refusal(view.status, view.workcell_name, view.edge_instance, workcell, edge)
+
+    why_call, why_lines = await log.record(event), await logs.record(batch)
+
+    assert why_call == why_lines == expected
+    calls = (await log.list(ListRunCalls(run_id=run.accession_id))).items
+    lines = (await logs.list(ListRunLogs(run_id=run.accession_id))).items
+    assert (len(calls), len(lines)) == ((1, 1) if expected is None else (0, 0))
