@@ -21,6 +21,7 @@ from praxis_devstack.stack import DEMO_WORKCELL, Stack
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 PLATES = {"source_plate": "source_plate", "dest_plate": "dest_plate"}
+KEEPALIVE = 0.5  # the gateway's SSE_KEEPALIVE_SECONDS here
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,13 @@ async def stack(
 ) -> AsyncIterator[Stack]:
     base: Path = tmp_path_factory.mktemp("stack")
     environ = {"DATABASE_URL": make_database("e2e")}
-    running = Stack(base_dir=base, fast=True, environ=environ, admin_token=admin_token)
+    running = Stack(
+        base_dir=base,
+        fast=True,
+        environ=environ,
+        admin_token=admin_token,
+        service_env={"SSE_KEEPALIVE_SECONDS": str(KEEPALIVE)},
+    )
     try:
         await running.start()
         await running.seed()
@@ -474,3 +481,72 @@ async def test_an_operator_sets_a_wells_volume_and_the_next_run_finds_it(
     ):
         refused = await api.post(url, json=body)
         assert (refused.status_code, refused.json()["code"]) == (status, code), refused.text
+
+
+async def sse(
+    api: httpx.AsyncClient, run_id: str, last_event_id: str | None = None
+) -> list[tuple[int, str]]:
+    """The run's event stream read to its end: (id, event name) of each event."""
+    headers = {"Last-Event-ID": last_event_id} if last_event_id is not None else {}
+    found: list[tuple[int, str]] = []
+    url = f"/api/v1/protocols/runs/{run_id}/events"
+    async with api.stream("GET", url, headers=headers) as events:
+        assert events.status_code == 200
+        assert events.headers["content-type"].startswith("text/event-stream")
+        event_id = None
+        async for line in events.aiter_lines():
+            if line.startswith("id: "):
+                event_id = int(line.removeprefix("id: "))
+            elif line.startswith("event: "):
+                assert event_id is not None, "an event without an id"
+                found.append((event_id, line.removeprefix("event: ")))
+                event_id = None
+    return found
+
+
+async def test_the_event_stream_numbers_its_events_and_resumes_after_the_last_one_seen(
+    api: httpx.AsyncClient,
+) -> None:
+    run = await submit(api, protocol_name="noop")
+    events = await sse(api, run["accession_id"])
+    ids = [event_id for event_id, _ in events]
+    assert ids == sorted(set(ids)) and len(ids) >= 5, events
+    assert events[-1][1] == "scheduler.run.status_changed"
+
+    # A client that saw the third event reconnects: it gets the rest, and the stream ends
+    # (the run has ended) instead of waiting for events that will not come.
+    assert await sse(api, run["accession_id"], last_event_id=str(ids[2])) == events[3:]
+    assert await sse(api, run["accession_id"], last_event_id=str(ids[-1])) == [
+        e for e in events if e[0] > ids[-1]
+    ]
+
+    url = f"/api/v1/protocols/runs/{run['accession_id']}/events"
+    refused = await api.get(url, headers={"Last-Event-ID": "yesterday"})
+    assert refused.status_code == 400
+    assert refused.json()["code"] == "invalid_request"
+
+    openapi = (await api.get("/openapi.json")).json()
+    documented = openapi["paths"]["/api/v1/protocols/runs/{run_id}/events"]["get"]
+    assert "text/event-stream" in documented["responses"]["200"]["content"]
+    assert "Last-Event-ID" in {p["name"] for p in documented["parameters"]}
+
+
+async def test_an_idle_event_stream_sends_keep_alives(api: httpx.AsyncClient) -> None:
+    """A run that waits sends nothing for a while: comment lines keep proxies from closing
+    the stream, and the stream still ends when the run does."""
+    later = (datetime.now(UTC) + timedelta(minutes=10)).isoformat()
+    run = await submit(api, protocol_name="noop", not_before=later)
+    url = f"/api/v1/protocols/runs/{run['accession_id']}/events"
+    keepalives = 0
+    async with api.stream("GET", url) as events:
+        async for line in events.aiter_lines():
+            if line == ": keep-alive":
+                keepalives += 1
+                if keepalives == 2:
+                    cancel = {"action": "cancel"}
+                    actions = f"/api/v1/protocols/runs/{run['accession_id']}/actions"
+                    assert (await api.post(actions, json=cancel)).status_code == 200
+    assert keepalives >= 2
+    assert (await api.get(f"/api/v1/protocols/runs/{run['accession_id']}")).json()[
+        "status"
+    ] == "cancelled"

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException
 
 from praxis_contracts.errors import PraxisError
 from praxis_contracts.permissions import GATEWAY, needs
+from praxis_gateway import openapi
 from praxis_gateway.errors import (
     on_http_error,
     on_payload_too_large,
@@ -30,7 +31,7 @@ from praxis_gateway.errors import (
 from praxis_gateway.guard import MAX_JSON_DEPTH, MAX_JSON_DEPTH_CEILING, InputGuard
 from praxis_gateway.inventory_routes import router as inventory_router
 from praxis_gateway.oidc import OidcVerifier
-from praxis_gateway.routes import router
+from praxis_gateway.routes import SSE_KEEPALIVE_SECONDS, router
 from praxis_gateway.security import Authenticate, Authenticator, authorize
 from praxis_gateway.token_routes import router as token_router
 from praxis_gateway.tokens import TokenStore
@@ -80,6 +81,13 @@ class Settings(ServiceSettings):
         default=None,
         description="PRAXIS_ADMIN_TOKEN_FILE: a mounted file holding the admin token (instead "
         "of PRAXIS_ADMIN_TOKEN; surrounding whitespace is ignored)",
+    )
+    sse_keepalive_seconds: float = Field(
+        default=SSE_KEEPALIVE_SECONDS,
+        gt=0,
+        le=300,
+        description="SSE_KEEPALIVE_SECONDS: an idle run event stream sends a comment line this "
+        "often, so proxies and load balancers do not close it during a long step",
     )
     oidc_issuer: str | None = Field(default=None, description="OIDC_ISSUER: the JWT's iss")
     oidc_jwks_url: str | None = Field(default=None, description="OIDC_JWKS_URL: its signing keys")
@@ -170,7 +178,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(router)
     app.include_router(inventory_router)
     app.include_router(token_router)
+    openapi.install(app)
     app.state.max_json_depth = settings.gateway_max_json_depth
+    app.state.sse_keepalive_seconds = settings.sse_keepalive_seconds
     app.add_exception_handler(PraxisError, on_praxis_error)
     app.add_exception_handler(HTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)

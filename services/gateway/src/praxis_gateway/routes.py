@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from nats.js import api
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
@@ -31,7 +31,14 @@ from praxis_contracts.assets import (
     WorkcellPage,
 )
 from praxis_contracts.common import AssetKind, RunStatus, SearchFilters
-from praxis_contracts.errors import ErrorCode, ErrorReply, NotFound, Unavailable, error_from_reply
+from praxis_contracts.errors import (
+    ErrorCode,
+    ErrorReply,
+    InvalidRequest,
+    NotFound,
+    Unavailable,
+    error_from_reply,
+)
 from praxis_contracts.protocols import (
     DeleteProtocolSource,
     ListProtocolDefinitions,
@@ -338,31 +345,101 @@ async def run_logs(
     return await b.request(ListRunLogs(run_id=run_id, filters=filters, source=source, level=level))
 
 
-@router.get("/protocols/runs/{run_id}/events", tags=["runs"])
-async def run_events(run_id: UUID, b: BusDep) -> StreamingResponse:
-    """Server-sent events: the run's history so far, then live events until it ends."""
-    await b.request(GetRun(run_id=run_id))  # 404 for an unknown run
-    return StreamingResponse(_event_stream(b, run_id), media_type="text/event-stream")
+SSE_KEEPALIVE_SECONDS = 15.0
+"""How often an idle event stream sends a comment line (the gateway's SSE_KEEPALIVE_SECONDS)."""
+
+SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "A stream of server-sent events (``text/event-stream``). Each event has "
+        "``id`` (its sequence in the event stream: send it back as ``Last-Event-ID`` to resume "
+        "after it), ``event`` (``context.aggregate.action``, e.g. "
+        "``scheduler.run.status_changed``) and ``data`` (the event's JSON, as in the event "
+        "catalogue). A comment line (``: keep-alive``) comes when nothing else has for "
+        "SSE_KEEPALIVE_SECONDS. The stream ends after the run's terminal status.",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
 
 
-async def _event_stream(b: Bus, run_id: UUID) -> AsyncIterator[bytes]:
+@router.get(
+    "/protocols/runs/{run_id}/events",
+    tags=["runs"],
+    response_class=StreamingResponse,
+    responses=SSE_RESPONSE,
+)
+async def run_events(
+    run_id: UUID,
+    b: BusDep,
+    request: Request,
+    last_event_id: Annotated[
+        str | None,
+        Header(
+            alias="Last-Event-ID",
+            description="Resume after this event (its ``id``): only later events are sent. "
+            "Browsers' EventSource sends it by itself when it reconnects.",
+        ),
+    ] = None,
+) -> StreamingResponse:
+    """Server-sent events: the run's history so far (after ``Last-Event-ID``, if given), then
+    live events until it ends. A run that had ended when asked ends the stream once the events
+    stored by then are sent."""
+    after = _event_id(last_event_id)
+    run = await b.request(GetRun(run_id=run_id))  # 404 for an unknown run
+    keepalive = getattr(request.app.state, "sse_keepalive_seconds", SSE_KEEPALIVE_SECONDS)
+    stream = _event_stream(b, run_id, after, run.status.is_terminal, keepalive)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering
+    return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+
+
+def _event_id(value: str | None) -> int | None:
+    """The stream sequence a client last saw (``Last-Event-ID``), or None."""
+    if value is None or value.strip() == "":
+        return None
+    if not value.strip().isdigit():
+        raise InvalidRequest(
+            "Last-Event-ID must be the id of an event of this stream (a whole number)",
+            field="Last-Event-ID",
+        )
+    return int(value)
+
+
+async def _event_stream(
+    b: Bus, run_id: UUID, after: int | None, ended: bool, keepalive: float
+) -> AsyncIterator[bytes]:
     queue: asyncio.Queue[Any] = asyncio.Queue()
     # A run's events end in its id: keyed by run (the scheduler's, the asset-manager's) or by
     # workcell and run (the edge's).
     keyed = [f"praxis.evt.*.*.*.{run_id}", f"praxis.evt.*.*.*.*.{run_id}"]
+    if after is None:
+        policy = api.DeliverPolicy.ALL
+        config = api.ConsumerConfig(filter_subjects=keyed)
+    else:
+        policy = api.DeliverPolicy.BY_START_SEQUENCE
+        config = api.ConsumerConfig(filter_subjects=keyed, opt_start_seq=after + 1)
     sub = await b.js.subscribe(
         keyed[0],
         stream=EVENTS.name,
         ordered_consumer=True,
-        deliver_policy=api.DeliverPolicy.ALL,
-        config=api.ConsumerConfig(filter_subjects=keyed),
+        deliver_policy=policy,
+        config=config,
         cb=queue.put,
     )
     try:
-        while True:
-            msg = await queue.get()
+        left: int | None = None
+        if ended:  # what is stored now is all it will get: delivered so far plus pending
+            info = await sub.consumer_info()
+            delivered = info.delivered.consumer_seq if info.delivered is not None else None
+            left = (info.num_pending or 0) + (delivered or 0)
+        while left is None or left > 0:
+            try:
+                msg = await asyncio.wait_for(queue.get(), keepalive)
+            except TimeoutError:
+                yield b": keep-alive\n\n"
+                continue
+            left = None if left is None else left - 1
             name = ".".join(msg.subject.split(".")[2:5])  # context.aggregate.action
-            yield f"event: {name}\ndata: {msg.data.decode()}\n\n".encode()
+            seq = msg.metadata.sequence.stream
+            yield f"id: {seq}\nevent: {name}\ndata: {msg.data.decode()}\n\n".encode()
             if (
                 name == "scheduler.run.status_changed"
                 and RunStatus(json.loads(msg.data)["status"]).is_terminal
