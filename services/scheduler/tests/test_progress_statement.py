@@ -1,0 +1,169 @@
+"""An edge's progress report applied in one statement (``repository.SqlProgress``) does what the
+general path through the unit of work does, in every case, against a real PostgreSQL.
+
+Each case builds two runs the same way, reports the same progress to both, one through the
+scheduler as it runs (the statement first) and one through the general path alone, and compares
+the runs, their new history and the messages committed for them.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+import praxis_scheduler
+from praxis_contracts.assets import AssetsReserved
+from praxis_contracts.common import ErrorInfo, RunStatus
+from praxis_contracts.protocols import ProtocolDefinition, ProtocolFunctionSpec, ResolvedProtocol
+from praxis_contracts.runs import SubmitRun
+from praxis_devstack.pytest_plugin import MakeDatabase
+from praxis_runtime.db import Database
+from praxis_runtime.outbox import OutboxRelay
+from praxis_scheduler.orm import OUTBOX, Base, RunRow, StatusHistoryRow
+from praxis_scheduler.repository import SqlProgress, sql_units
+from praxis_scheduler.service import RunService
+
+pytestmark = pytest.mark.integration
+
+S = RunStatus
+T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+
+
+class Relay(OutboxRelay):
+    """Keeps what each commit hands over (nothing is published)."""
+
+    def __init__(self, db: Database) -> None:
+        super().__init__(db, OUTBOX, lambda: None)  # type: ignore[arg-type, return-value]
+        self.handed: list[Any] = []
+
+    def committed(self, rows: Any) -> None:
+        self.handed.extend(message for _, message in rows)
+
+
+class Counting(SqlProgress):
+    def __init__(self, db: Database, relay: OutboxRelay) -> None:
+        super().__init__(db, relay)
+        self.applied = 0
+
+    async def advance(self, *args: Any) -> bool:
+        done = await super().advance(*args)
+        self.applied += done
+        return done
+
+
+@pytest.fixture(scope="module")
+async def database(make_database: MakeDatabase) -> AsyncIterator[Database]:
+    db = Database(make_database("sched_progress"), "scheduler")
+    await db.migrate(Path(praxis_scheduler.__file__).parent / "migrations", Base.metadata)
+    yield db
+    await db.dispose()
+
+
+async def a_run(runs: RunService, stage: str) -> uuid.UUID:
+    """A run brought to ``stage`` through the general path: queued, pending (on wc-1), preparing
+    or running (on its process edge-1), failed."""
+    spec = ProtocolFunctionSpec(name="mix", version="1.0.0", module="m", qualname="mix")
+    definition = ProtocolDefinition(
+        accession_id=uuid.uuid4(),
+        source_id=uuid.uuid4(),
+        source_name="s",
+        commit="0" * 40,
+        spec=spec,
+        code_bundle="b",
+        created_at=T0,
+    )
+    resolved = ResolvedProtocol(definition=definition, parameters={})
+    run_id = (await runs.create(SubmitRun(protocol_name="mix"), resolved)).accession_id
+    if stage == "queued":
+        return run_id
+    reserved = AssetsReserved(
+        run_id=run_id, workcell_id=uuid.uuid4(), workcell_name="wc-1", bindings=[]
+    )
+    await runs.on_reserved(reserved)
+    if stage == "failed":
+        await runs.on_failed_before_start(run_id, ErrorInfo(type="X", message="gone"))
+    for step in ("preparing", "running"):
+        if stage in (step, "running"):
+            await runs.on_progress(run_id, S(step), T0, "wc-1", "edge-1")
+        if stage == step:
+            break
+    return run_id
+
+
+async def outcome(db: Database, run_id: uuid.UUID, messages: list[Any]) -> dict[str, Any]:
+    async with db.transaction() as session:
+        run = await session.get(RunRow, run_id)
+        assert run is not None
+        history = (
+            await session.scalars(
+                select(StatusHistoryRow)
+                .where(StatusHistoryRow.run_id == run_id)
+                .order_by(StatusHistoryRow.id)
+            )
+        ).all()
+
+    def said(message: Any) -> dict[str, Any]:
+        body = json.loads(message.payload)
+        body.pop("at", None)
+        body.pop("run_id", None)
+        body.pop("seen", None)
+        return {"subject": message.subject.replace(str(run_id), "<run>"), **body}
+
+    return {
+        "run": (run.status, run.edge_instance, run.started_at is not None),
+        "history": [(h.status, h.previous, h.reason, h.actor) for h in history][-1:],
+        "messages": [said(m) for m in messages],
+    }
+
+
+CASES = [
+    # stage, reported, workcell, edge, applied by the statement
+    ("pending", S.PREPARING, "wc-1", "edge-1", True),
+    ("pending", S.RUNNING, "wc-1", "edge-2", True),
+    ("preparing", S.RUNNING, "wc-1", "edge-1", True),
+    ("preparing", S.RUNNING, "wc-1", "edge-2", True),  # a redelivered command, another process
+    ("running", S.PAUSED, "wc-1", "edge-1", True),
+    ("running", S.RUNNING, "wc-1", "edge-1", False),  # the same report again: ignored
+    ("running", S.PREPARING, "wc-1", "edge-1", False),  # late: ignored
+    ("running", S.PAUSED, "wc-1", "edge-2", False),  # not its process: refused
+    ("pending", S.PREPARING, "wc-2", "edge-1", False),  # not its workcell: refused
+    ("queued", S.PREPARING, "wc-1", "edge-1", False),  # dispatched to no workcell: refused
+    ("failed", S.RUNNING, "wc-1", "edge-1", False),  # ended: ignored
+]
+
+
+@pytest.mark.parametrize(("stage", "reported", "workcell", "edge", "fast"), CASES)
+async def test_a_progress_report_does_the_same_in_one_statement(
+    database: Database, stage: str, reported: RunStatus, workcell: str, edge: str, fast: bool
+) -> None:
+    general_relay, quick_relay = Relay(database), Relay(database)
+    general = RunService(sql_units(database, general_relay))
+    progress = Counting(database, quick_relay)
+    quick = RunService(sql_units(database, quick_relay), progress=progress)
+    one, other = await a_run(general, stage), await a_run(general, stage)
+    general_relay.handed.clear()
+
+    await quick.on_progress(one, reported, T0, workcell, edge)
+    await general.on_progress(other, reported, T0, workcell, edge)
+
+    assert progress.applied == int(fast)
+    done = await outcome(database, one, quick_relay.handed)
+    expected = await outcome(database, other, general_relay.handed)
+    assert done == expected
+    if fast:
+        assert [m["status"] for m in done["messages"]] == [reported]
+
+
+async def test_an_unknown_run_is_left_to_the_general_path(database: Database) -> None:
+    relay = Relay(database)
+    progress = Counting(database, relay)
+    runs = RunService(sql_units(database, relay), progress=progress)
+    await runs.on_progress(uuid.uuid4(), S.RUNNING, T0, "wc-1", "edge-1")
+    assert progress.applied == 0 and relay.handed == []
