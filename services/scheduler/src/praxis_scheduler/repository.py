@@ -26,7 +26,7 @@ from praxis_runtime.outbox import (
     UnitOfWork,
     encode,
 )
-from praxis_scheduler.domain import can_transition
+from praxis_scheduler.domain import can_transition, refusal
 from praxis_scheduler.orm import CallRow, RunRow, StatusHistoryRow
 
 _TERMINAL = [s.value for s in TERMINAL_STATUSES]
@@ -99,50 +99,61 @@ PROGRESS_REASON = "reported by orchestrator"
 
 ADVANCE = """
 WITH run AS (
-    SELECT accession_id, status, workcell_name, edge_instance FROM protocol_runs
-    WHERE accession_id = $1 FOR UPDATE
+    SELECT accession_id, status, workcell_name, edge_instance, started_at IS NULL AS unstarted
+    FROM protocol_runs WHERE accession_id = $1 FOR UPDATE
+), believed AS (
+    SELECT *, status = ANY($9::text[]) AS allowed FROM run
+    WHERE workcell_name = $4
+      AND (edge_instance IS NULL OR edge_instance = $5
+           OR ($6 AND status IN ('pending', 'preparing')))
 ), changed AS (
-    UPDATE protocol_runs r SET status = $2, updated_at = $3,
-        edge_instance = CASE WHEN run.status IN ('pending', 'preparing') THEN $5
+    UPDATE protocol_runs r SET
+        status = CASE WHEN b.allowed THEN $2 ELSE r.status END,
+        updated_at = CASE WHEN b.allowed THEN $3 ELSE r.updated_at END,
+        edge_instance = CASE WHEN b.status IN ('pending', 'preparing') THEN $5
                              ELSE r.edge_instance END,
         started_at = CASE WHEN $7 AND r.started_at IS NULL THEN $8 ELSE r.started_at END
-    FROM run
-    WHERE r.accession_id = run.accession_id AND run.status = ANY($9::text[])
-      AND run.workcell_name = $4
-      AND (run.edge_instance IS NULL OR run.edge_instance = $5
-           OR ($6 AND run.status IN ('pending', 'preparing')))
-    RETURNING run.status AS previous
+    FROM believed b
+    WHERE r.accession_id = b.accession_id
+      AND (b.allowed OR ($7 AND b.unstarted)
+           OR (b.status IN ('pending', 'preparing') AND b.edge_instance IS DISTINCT FROM $5))
+    RETURNING b.status AS previous, b.allowed
 ), history AS (
     INSERT INTO run_status_history (run_id, status, previous, reason, at, actor)
-    SELECT $1, $2, previous, $10, $3, NULL FROM changed
+    SELECT $1, $2, previous, $10, $3, NULL FROM changed WHERE allowed
 ), announced AS (
     INSERT INTO outbox (subject, payload, headers)
     SELECT $11, c.payload, c.headers::jsonb
     FROM changed JOIN unnest($9::text[], $12::bytea[], $13::text[])
         AS c(previous, payload, headers) ON c.previous = changed.previous
+    WHERE changed.allowed
     RETURNING id
 )
-SELECT (SELECT previous FROM changed) AS previous, (SELECT id FROM announced) AS outbox_id
+SELECT run.status, run.workcell_name, run.edge_instance,
+       (SELECT previous FROM changed WHERE allowed) AS previous,
+       (SELECT id FROM announced) AS outbox_id
+FROM run
 """
 
 
 class SqlProgress:
-    """An edge's progress report (preparing, running, paused, resumed) in one statement, for
-    the usual case: believed and moving the run forward. It is ``RunService.on_progress``'s
-    rule written as SQL, as a transaction through the ORM cost six round trips, the largest
-    share of the scheduler's CPU per run (py-spy under ``make bench``):
+    """An edge's progress report (preparing, running, paused, resumed) in one statement. It is
+    ``RunService.on_progress``'s rule written as SQL: as a transaction through the ORM it cost
+    six round trips, the largest share of the scheduler's CPU per run (py-spy under
+    ``make bench``). The run is locked and read, and if the report is believed (``BELIEVED``:
+    ``domain.refusal``, from the run's workcell and its edge process, any process of the
+    workcell before the run started):
 
-    - the run is locked and read; it changes only if ``domain.can_transition`` allows the
-      move from its status (``$9``: every status that may move to the reported one), and the
-      report comes from its workcell and its edge process (``domain.refusal``: any process of
-      the workcell before the run started);
-    - the process is recorded while the run is pending or preparing; ``started_at`` once;
-    - the history row and the ``RunStatusChanged`` (the one built for the status the run had:
-      one per possible status is sent, the statement keeps the match) are written with it.
+    - the move to the reported status is made if ``domain.can_transition`` allows it from the
+      run's status (``$9``: every status that may move there), with its history row and its
+      ``RunStatusChanged`` (one is built per possible status; the statement keeps the match);
+    - the process is recorded while the run is pending or preparing, and ``started_at`` once,
+      as the general path does whether or not the move is allowed (a ``RunStarted`` overtaken
+      by the run's end still records when it started);
+    - nothing else: a report the state machine ignores writes nothing.
 
-    Anything else (a report not believed, a move not allowed, an unknown run) changes nothing
-    here and is left to the general path, which refuses or ignores it.
-    ``test_scheduler_integration`` runs every case both ways and compares what they did."""
+    A report not believed is left to the general path (``False``), which records the refusal.
+    ``test_progress_statement`` runs every case both ways and compares what they did."""
 
     def __init__(self, db: Database, relay: OutboxRelay) -> None:
         self.relay = relay
@@ -157,7 +168,7 @@ class SqlProgress:
         edge: str,
         now: datetime,
     ) -> bool:
-        """Apply the report if believed and allowed; False if nothing was changed."""
+        """Apply the report if believed (True), else change nothing (False)."""
         sources = [s for s in RunStatus if can_transition(s, status)]
         announcements = {
             s: encode(
@@ -184,10 +195,14 @@ class SqlProgress:
             [m.payload for m in announcements.values()],
             [json.dumps(m.headers or {}) for m in announcements.values()],
         )
-        previous, outbox_id = rows[0]["previous"], rows[0]["outbox_id"]
-        if previous is None:
-            return False
-        self.relay.committed([(outbox_id, announcements[RunStatus(previous)])])
+        if not rows:
+            return True  # a run this scheduler does not know: nothing to do
+        run = rows[0]
+        current = RunStatus(run["status"])
+        if refusal(current, run["workcell_name"], run["edge_instance"], workcell, edge, status):
+            return False  # not believed: the general path records the refusal
+        if run["previous"] is not None:
+            self.relay.committed([(run["outbox_id"], announcements[RunStatus(run["previous"])])])
         return True
 
 
