@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 import praxis_scheduler
-from praxis_contracts.assets import AssetsReserved
+from praxis_contracts.assets import AssetsReserved, HoldAssets, ReleaseAssets
 from praxis_contracts.common import ErrorInfo, RunStatus
 from praxis_contracts.protocols import ProtocolDefinition, ProtocolFunctionSpec, ResolvedProtocol
-from praxis_contracts.runs import RunStatusChanged, SubmitRun
+from praxis_contracts.runs import RunFinished, RunStatusChanged, SubmitRun
 from praxis_devstack.pytest_plugin import MakeDatabase
 from praxis_runtime.db import Database
 from praxis_runtime.outbox import OutboxRelay
@@ -51,11 +51,16 @@ class Relay(OutboxRelay):
 class Counting(SqlProgress):
     def __init__(self, db: Database, relay: OutboxRelay) -> None:
         super().__init__(db, relay)
-        self.applied = 0
+        self.applied = self.finished = 0
 
     async def advance(self, *args: Any) -> bool:
         done = await super().advance(*args)
         self.applied += done
+        return done
+
+    async def finish(self, *args: Any) -> bool:
+        done = await super().finish(*args)
+        self.finished += done
         return done
 
 
@@ -98,10 +103,17 @@ async def a_run(runs: RunService, stage: str) -> uuid.UUID:
     return run_id
 
 
+RAW = text(
+    "SELECT status, edge_instance, started_at, finished_at = :t0, result::text, error::text, "
+    "final_state::text, asset_states::text FROM scheduler.protocol_runs WHERE accession_id = :id"
+)
+
+
 async def outcome(db: Database, run_id: uuid.UUID, messages: list[Any]) -> dict[str, Any]:
     async with db.transaction() as session:
         run = await session.get(RunRow, run_id)
         assert run is not None
+        raw = (await session.execute(RAW, {"id": run_id, "t0": T0})).one()
         history = (
             await session.scalars(
                 select(StatusHistoryRow)
@@ -115,10 +127,12 @@ async def outcome(db: Database, run_id: uuid.UUID, messages: list[Any]) -> dict[
         body.pop("at", None)
         body.pop("run_id", None)
         body.pop("seen", None)
+        body.pop("started_at", None)
         return {"subject": message.subject.replace(str(run_id), "<run>"), **body}
 
     return {
         "run": (run.status, run.edge_instance, run.started_at is not None),
+        "columns": tuple(raw),
         "history": [(h.status, h.previous, h.reason, h.actor) for h in history][-1:],
         "messages": [said(m) for m in messages],
     }
@@ -170,3 +184,63 @@ async def test_an_unknown_run_is_nothing_to_do(database: Database) -> None:
     runs = RunService(sql_units(database, relay), progress=progress)
     await runs.on_progress(uuid.uuid4(), S.RUNNING, T0, "wc-1", "edge-1")
     assert progress.applied == 1 and relay.handed == []  # decided: nothing to do
+
+
+FINISHES = [
+    # stage, outcome, workcell, edge, with an error and clean-up, decided by the statement
+    ("running", "completed", "wc-1", "edge-1", False, True),
+    ("running", "failed", "wc-1", "edge-1", True, True),
+    ("running", "cancelled", "wc-1", "edge-1", True, True),
+    ("running", "requires_intervention", "wc-1", "edge-1", True, True),  # held, not released
+    ("pending", "completed", "wc-1", "edge-1", False, True),  # no process recorded yet
+    ("failed", "completed", "wc-1", "edge-1", False, True),  # ended already: ignored
+    ("running", "completed", "wc-1", "edge-2", False, False),  # not its process: refused
+    ("running", "completed", "wc-2", "edge-1", False, False),  # not its workcell: refused
+    ("queued", "failed", "wc-1", "edge-1", True, False),  # dispatched to no workcell: refused
+]
+
+
+@pytest.mark.parametrize(("stage", "ended", "workcell", "edge", "failing", "fast"), FINISHES)
+async def test_a_runs_end_does_the_same_in_one_statement(
+    database: Database,
+    stage: str,
+    ended: str,
+    workcell: str,
+    edge: str,
+    failing: bool,
+    fast: bool,
+) -> None:
+    general_relay, quick_relay = Relay(database), Relay(database)
+    general = RunService(sql_units(database, general_relay))
+    progress = Counting(database, quick_relay)
+    quick = RunService(sql_units(database, quick_relay), progress=progress)
+    one, other = await a_run(general, stage), await a_run(general, stage)
+    general_relay.handed.clear()
+
+    def finished(run_id: uuid.UUID) -> RunFinished:
+        return RunFinished(
+            run_id=run_id,
+            workcell=workcell,
+            edge_instance=edge,
+            at=T0,
+            outcome=ended,  # type: ignore[arg-type]
+            result={"C3": 30.0} if not failing else None,
+            error=ErrorInfo(type="ValueError", message="too little liquid") if failing else None,
+            final_state={"transferred_ul": 30.0},
+            asset_states={"plate": {"A1": {"volume": 1.5}}},
+            cleanup=["tips returned"] if failing else [],
+            snapshot_id=uuid.UUID(int=7),
+        )
+
+    await quick.on_finished(finished(one))
+    await general.on_finished(finished(other))
+
+    assert progress.finished == int(fast)
+    done = await outcome(database, one, quick_relay.handed)
+    expected = await outcome(database, other, general_relay.handed)
+    assert done == expected
+    if fast and stage != "failed":
+        assert [m["subject"] for m in done["messages"]] == [
+            f"{STATUS_CHANGED}.<run>",
+            HoldAssets.subject if ended == "requires_intervention" else ReleaseAssets.subject,
+        ]

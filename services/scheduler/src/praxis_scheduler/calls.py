@@ -96,7 +96,7 @@ class CallLog:
             event.started_at,
             event.finished_at,
             event.error,
-            json.dumps(call["result"]),
+            None if call["result"] is None else json.dumps(call["result"]),  # as the ORM did
         )
         return _why_not(rows, event)
 

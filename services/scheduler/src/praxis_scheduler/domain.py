@@ -91,3 +91,12 @@ def refusal(
     if reported in (S.PREPARING, S.RUNNING) and run_status in (S.PENDING, S.PREPARING):
         return None  # a redelivered command taken by another process before it started
     return f"reported by edge process {edge}; the run is on {run_edge}"
+
+
+def finished_reason(outcome: RunStatus, error: str | None, cleanup: list[str]) -> str:
+    """What the history says of a run the edge reports ended: its error, or the outcome, and
+    what the edge did to leave the machines safe (at most 2,000 characters)."""
+    reason = error if error else f"{outcome} on the edge"
+    if cleanup:
+        reason = f"{reason}; clean-up: {'; '.join(cleanup)}"[:2000]
+    return reason

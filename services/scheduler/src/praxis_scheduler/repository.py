@@ -16,8 +16,9 @@ from typing import Protocol
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from praxis_contracts.assets import HoldAssets, ReleaseAssets
 from praxis_contracts.common import TERMINAL_STATUSES, RunStatus
-from praxis_contracts.runs import RunStatusChanged
+from praxis_contracts.runs import RunFinished, RunStatusChanged
 from praxis_runtime.db import Database
 from praxis_runtime.outbox import (
     InMemoryUnitOfWork,
@@ -26,7 +27,8 @@ from praxis_runtime.outbox import (
     UnitOfWork,
     encode,
 )
-from praxis_scheduler.domain import can_transition, refusal
+from praxis_runtime.publisher import Outgoing
+from praxis_scheduler.domain import can_transition, finished_reason, refusal
 from praxis_scheduler.orm import CallRow, RunRow, StatusHistoryRow
 
 _TERMINAL = [s.value for s in TERMINAL_STATUSES]
@@ -97,15 +99,18 @@ def sql_units(db: Database, relay: OutboxRelay) -> Callable[[], SchedulerUnitOfW
 
 PROGRESS_REASON = "reported by orchestrator"
 
-ADVANCE = """
+BELIEVED = """workcell_name = $4
+      AND (edge_instance IS NULL OR edge_instance = $5
+           OR ($6 AND status IN ('pending', 'preparing')))"""
+"""``domain.refusal(...) is None`` for a report from workcell $4, process $5 ($6: the report
+is of preparing or running, which any process of the workcell may make before the run started)."""
+
+ADVANCE = f"""
 WITH run AS (
     SELECT accession_id, status, workcell_name, edge_instance, started_at IS NULL AS unstarted
     FROM protocol_runs WHERE accession_id = $1 FOR UPDATE
 ), believed AS (
-    SELECT *, status = ANY($9::text[]) AS allowed FROM run
-    WHERE workcell_name = $4
-      AND (edge_instance IS NULL OR edge_instance = $5
-           OR ($6 AND status IN ('pending', 'preparing')))
+    SELECT *, status = ANY($9::text[]) AS allowed FROM run WHERE {BELIEVED}
 ), changed AS (
     UPDATE protocol_runs r SET
         status = CASE WHEN b.allowed THEN $2 ELSE r.status END,
@@ -137,7 +142,8 @@ FROM run
 
 
 class SqlProgress:
-    """An edge's progress report (preparing, running, paused, resumed) in one statement. It is
+    """An edge's reports on a run in one statement each: progress (``advance``) and the run's
+    end (``finish``). For progress (preparing, running, paused, resumed) it is
     ``RunService.on_progress``'s rule written as SQL: as a transaction through the ORM it cost
     six round trips, the largest share of the scheduler's CPU per run (py-spy under
     ``make bench``). The run is locked and read, and if the report is believed (``BELIEVED``:
@@ -153,7 +159,8 @@ class SqlProgress:
     - nothing else: a report the state machine ignores writes nothing.
 
     A report not believed is left to the general path (``False``), which records the refusal.
-    ``test_progress_statement`` runs every case both ways and compares what they did."""
+    ``finish`` is ``RunService.on_finished`` the same way. ``test_progress_statement`` runs every
+    case both ways and compares what they did, down to the columns' JSON."""
 
     def __init__(self, db: Database, relay: OutboxRelay) -> None:
         self.relay = relay
@@ -205,6 +212,80 @@ class SqlProgress:
             self.relay.committed([(run["outbox_id"], announcements[RunStatus(run["previous"])])])
         return True
 
+    async def finish(self, event: RunFinished, now: datetime) -> bool:
+        """The edge's ``RunFinished`` as ``RunService.on_finished`` applies it: if believed, the
+        run ends (when the state machine allows it) with its result, its history row, its
+        ``RunStatusChanged`` and ``ReleaseAssets`` (``HoldAssets`` for a run that needs an
+        operator), in one statement (True); a report not believed changes nothing (False)."""
+        status = RunStatus(event.outcome)
+        error = event.error.message if event.error else None
+        reason = finished_reason(status, error, event.cleanup)
+        held = status == RunStatus.REQUIRES_INTERVENTION
+        sources = [s for s in RunStatus if can_transition(s, status)]
+        announcements = {
+            s: encode(
+                RunStatusChanged(
+                    run_id=event.run_id, status=status, previous=s, reason=reason, at=now
+                )
+            )
+            for s in sources
+        }
+        if held:
+            command = encode(
+                HoldAssets(run_id=event.run_id, reason=reason), msg_id=f"hold:{event.run_id}"
+            )
+        else:
+            release = ReleaseAssets(
+                run_id=event.run_id,
+                reason=f"run {status}",
+                workcell=event.workcell,
+                snapshot_id=event.snapshot_id,
+            )
+            command = encode(release, msg_id=f"release:{event.run_id}")
+        messages: list[tuple[str | None, Outgoing]] = [
+            *((s.value, m) for s, m in announcements.items()),
+            (None, command),
+        ]
+        dumped = event.model_dump(mode="json")
+        rows = await self._conn.fetch(
+            FINISH,
+            event.run_id,
+            status.value,
+            now,
+            event.workcell,
+            event.edge_instance,
+            False,  # a run's end is not a report any process of the workcell may make
+            [s.value for s in sources],
+            _json(dumped["result"]),
+            _json(dumped["error"]),
+            _json(dumped["final_state"]),
+            _json(dumped["asset_states"]),
+            not held,
+            event.at,
+            reason,
+            [previous for previous, _ in messages],
+            [m.subject for _, m in messages],
+            [m.payload for _, m in messages],
+            [json.dumps(m.headers or {}) for _, m in messages],
+        )
+        if not rows:
+            return True  # a run this scheduler does not know: nothing to do
+        run = rows[0]
+        current = RunStatus(run["status"])
+        if refusal(
+            current,
+            run["workcell_name"],
+            run["edge_instance"],
+            event.workcell,
+            event.edge_instance,
+            status,
+        ):
+            return False  # not believed: the general path records the refusal
+        if run["previous"] is not None:
+            changed = announcements[RunStatus(run["previous"])]
+            self.relay.committed(list(zip(run["outbox_ids"], [changed, command], strict=True)))
+        return True
+
 
 class InMemoryRunRepository:
     """Runs in a dict; the history in a list. Changes are not rolled back on an exception."""
@@ -244,3 +325,41 @@ class InMemorySchedulerUnitOfWork(InMemoryUnitOfWork, SchedulerUnitOfWork):
 
     def __call__(self) -> InMemorySchedulerUnitOfWork:
         return self  # a factory of itself: what the service layer asks for
+
+
+FINISH = f"""
+WITH run AS (
+    SELECT accession_id, status, workcell_name, edge_instance
+    FROM protocol_runs WHERE accession_id = $1 FOR UPDATE
+), believed AS (
+    SELECT * FROM run WHERE {BELIEVED} AND status = ANY($7::text[])
+), changed AS (
+    UPDATE protocol_runs r SET status = $2, updated_at = $3, result = $8::jsonb,
+        error = $9::jsonb, final_state = $10::jsonb, asset_states = $11::jsonb,
+        finished_at = CASE WHEN $12 THEN $13 ELSE r.finished_at END
+    FROM believed b WHERE r.accession_id = b.accession_id
+    RETURNING b.status AS previous
+), history AS (
+    INSERT INTO run_status_history (run_id, status, previous, reason, at, actor)
+    SELECT $1, $2, previous, $14, $3, NULL FROM changed
+), announced AS (
+    INSERT INTO outbox (subject, payload, headers)
+    SELECT m.subject, m.payload, m.headers::jsonb
+    FROM changed, unnest($15::text[], $16::text[], $17::bytea[], $18::text[])
+        WITH ORDINALITY AS m(previous, subject, payload, headers, n)
+    WHERE m.previous = changed.previous OR m.previous IS NULL
+    ORDER BY m.n
+    RETURNING id
+)
+SELECT run.status, run.workcell_name, run.edge_instance,
+       (SELECT previous FROM changed) AS previous,
+       (SELECT array_agg(id ORDER BY id) FROM announced) AS outbox_ids
+FROM run
+"""
+"""A run's end in one statement: the run (if believed and allowed: ``changed``), its history row,
+its ``RunStatusChanged`` (the one for the status it had) and the command for its leases."""
+
+
+def _json(value: object) -> str | None:
+    """A JSON column's value as the ORM writes it: None is SQL NULL, not JSON ``null``."""
+    return None if value is None else json.dumps(value)

@@ -46,6 +46,7 @@ from praxis_scheduler.domain import (
     allowed,
     can_transition,
     cancel_target,
+    finished_reason,
     refusal,
 )
 from praxis_scheduler.edges import Lost
@@ -76,6 +77,8 @@ class Progress(Protocol):
         now: datetime,
     ) -> bool: ...
 
+    async def finish(self, event: RunFinished, now: datetime) -> bool: ...
+
 
 class RunService:
     def __init__(
@@ -87,8 +90,8 @@ class RunService:
         self.uow = uow
         self.clock = clock
         self.progress = progress
-        """Applies the usual progress report in one statement; what it leaves, the general
-        path decides (None: the general path for every report)."""
+        """Applies a believed progress or finish report in one statement; a refusal is left to
+        the general path (None: the general path for every report)."""
 
     # -- submission ---------------------------------------------------------------------------
     async def create(
@@ -225,6 +228,8 @@ class RunService:
 
     async def on_finished(self, event: RunFinished) -> None:
         status = S(event.outcome)
+        if self.progress is not None and await self.progress.finish(event, self.clock()):
+            return
         async with self.uow() as uow:
             row = await uow.runs.get(event.run_id, lock=True)
             if row is None or not self._believed(
@@ -237,9 +242,10 @@ class RunService:
                 seen=event.at.isoformat(),
             ):
                 return
-            reason = event.error.message if event.error else f"{status} on the edge"
-            if event.cleanup:  # what the edge did to leave the machines safe: in the history
-                reason = f"{reason}; clean-up: {'; '.join(event.cleanup)}"[:2000]
+            # What the edge did to leave the machines safe goes in the history too.
+            reason = finished_reason(
+                status, event.error.message if event.error else None, event.cleanup
+            )
             if not self._advance(uow, row, status, reason):
                 return
             row.result = event.result
