@@ -1,4 +1,4 @@
-"""An edge's progress report applied in one statement (``repository.SqlProgress``) does what the
+"""An edge's progress report applied in one statement (``repository.RunStatements``) does what the
 general path through the unit of work does, in every case, against a real PostgreSQL.
 
 Each case builds two runs the same way, reports the same progress to both, one through the
@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import select, text
 
 import praxis_scheduler
-from praxis_contracts.assets import AssetsReserved, HoldAssets, ReleaseAssets
+from praxis_contracts.assets import AssetBinding, AssetsReserved, HoldAssets, ReleaseAssets
 from praxis_contracts.common import ErrorInfo, RunStatus
 from praxis_contracts.protocols import ProtocolDefinition, ProtocolFunctionSpec, ResolvedProtocol
 from praxis_contracts.runs import RunFinished, RunStatusChanged, SubmitRun
@@ -27,7 +27,7 @@ from praxis_devstack.pytest_plugin import MakeDatabase
 from praxis_runtime.db import Database
 from praxis_runtime.outbox import OutboxRelay
 from praxis_scheduler.orm import OUTBOX, Base, RunRow, StatusHistoryRow
-from praxis_scheduler.repository import SqlProgress, sql_units
+from praxis_scheduler.repository import RunStatements, sql_units
 from praxis_scheduler.service import RunService
 
 pytestmark = pytest.mark.integration
@@ -35,6 +35,7 @@ pytestmark = pytest.mark.integration
 S = RunStatus
 STATUS_CHANGED = RunStatusChanged.subject
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+WORKCELL_ID = uuid.UUID(int=42)
 
 
 class Relay(OutboxRelay):
@@ -48,14 +49,19 @@ class Relay(OutboxRelay):
         self.handed.extend(message for _, message in rows)
 
 
-class Counting(SqlProgress):
+class Counting(RunStatements):
     def __init__(self, db: Database, relay: OutboxRelay) -> None:
         super().__init__(db, relay)
-        self.applied = self.finished = 0
+        self.applied = self.finished = self.reserved = 0
 
     async def advance(self, *args: Any) -> bool:
         done = await super().advance(*args)
         self.applied += done
+        return done
+
+    async def reserve(self, *args: Any) -> bool:
+        done = await super().reserve(*args)
+        self.reserved += done
         return done
 
     async def finish(self, *args: Any) -> bool:
@@ -76,9 +82,9 @@ async def a_run(runs: RunService, stage: str) -> uuid.UUID:
     """A run brought to ``stage`` through the general path: queued, pending (on wc-1), preparing
     or running (on its process edge-1), failed."""
     spec = ProtocolFunctionSpec(name="mix", version="1.0.0", module="m", qualname="mix")
-    definition = ProtocolDefinition(
-        accession_id=uuid.uuid4(),
-        source_id=uuid.uuid4(),
+    definition = ProtocolDefinition(  # the same for every run: their commands compare equal
+        accession_id=uuid.UUID(int=5),
+        source_id=uuid.UUID(int=6),
         source_name="s",
         commit="0" * 40,
         spec=spec,
@@ -90,7 +96,7 @@ async def a_run(runs: RunService, stage: str) -> uuid.UUID:
     if stage == "queued":
         return run_id
     reserved = AssetsReserved(
-        run_id=run_id, workcell_id=uuid.uuid4(), workcell_name="wc-1", bindings=[]
+        run_id=run_id, workcell_id=WORKCELL_ID, workcell_name="wc-1", bindings=[]
     )
     await runs.on_reserved(reserved)
     if stage == "failed":
@@ -105,7 +111,8 @@ async def a_run(runs: RunService, stage: str) -> uuid.UUID:
 
 RAW = text(
     "SELECT status, edge_instance, started_at, finished_at = :t0, result::text, error::text, "
-    "final_state::text, asset_states::text FROM scheduler.protocol_runs WHERE accession_id = :id"
+    "final_state::text, asset_states::text, bindings::text, workcell_id, workcell_name, "
+    "waiting_for FROM scheduler.protocol_runs WHERE accession_id = :id"
 )
 
 
@@ -163,7 +170,7 @@ async def test_a_progress_report_does_the_same_in_one_statement(
     general_relay, quick_relay = Relay(database), Relay(database)
     general = RunService(sql_units(database, general_relay))
     progress = Counting(database, quick_relay)
-    quick = RunService(sql_units(database, quick_relay), progress=progress)
+    quick = RunService(sql_units(database, quick_relay), statements=progress)
     one, other = await a_run(general, stage), await a_run(general, stage)
     general_relay.handed.clear()
 
@@ -181,7 +188,7 @@ async def test_a_progress_report_does_the_same_in_one_statement(
 async def test_an_unknown_run_is_nothing_to_do(database: Database) -> None:
     relay = Relay(database)
     progress = Counting(database, relay)
-    runs = RunService(sql_units(database, relay), progress=progress)
+    runs = RunService(sql_units(database, relay), statements=progress)
     await runs.on_progress(uuid.uuid4(), S.RUNNING, T0, "wc-1", "edge-1")
     assert progress.applied == 1 and relay.handed == []  # decided: nothing to do
 
@@ -213,7 +220,7 @@ async def test_a_runs_end_does_the_same_in_one_statement(
     general_relay, quick_relay = Relay(database), Relay(database)
     general = RunService(sql_units(database, general_relay))
     progress = Counting(database, quick_relay)
-    quick = RunService(sql_units(database, quick_relay), progress=progress)
+    quick = RunService(sql_units(database, quick_relay), statements=progress)
     one, other = await a_run(general, stage), await a_run(general, stage)
     general_relay.handed.clear()
 
@@ -244,3 +251,45 @@ async def test_a_runs_end_does_the_same_in_one_statement(
             f"{STATUS_CHANGED}.<run>",
             HoldAssets.subject if ended == "requires_intervention" else ReleaseAssets.subject,
         ]
+
+
+@pytest.mark.parametrize(
+    ("stage", "fast"), [("queued", True), ("pending", False), ("failed", False)]
+)
+async def test_a_grant_does_the_same_in_one_statement(
+    database: Database, stage: str, fast: bool
+) -> None:
+    """A queued run's grant is the statement's; a repeated grant (pending) and a grant for a
+    run that ended (given back) are the general path's."""
+    general_relay, quick_relay = Relay(database), Relay(database)
+    general = RunService(sql_units(database, general_relay))
+    statements = Counting(database, quick_relay)
+    quick = RunService(sql_units(database, quick_relay), statements=statements)
+    one, other = await a_run(general, stage), await a_run(general, stage)
+    general_relay.handed.clear()
+    workcell_id = WORKCELL_ID
+
+    def grant(run_id: uuid.UUID) -> AssetsReserved:
+        binding = AssetBinding(
+            requirement="plate",
+            asset_id=uuid.UUID(int=1),
+            asset_name="source_plate",
+            kind="resource",
+            fqn="pylabrobot.resources.plate.Plate",
+            lease_key="wc-1.00000000000000000000000000000001",
+            token=17,
+            reason="pinned",
+        )
+        return AssetsReserved(
+            run_id=run_id, workcell_id=workcell_id, workcell_name="wc-1", bindings=[binding]
+        )
+
+    await quick.on_reserved(grant(one))
+    await general.on_reserved(grant(other))
+
+    assert statements.reserved == int(fast)
+    done = await outcome(database, one, quick_relay.handed)
+    expected = await outcome(database, other, general_relay.handed)
+    assert done == expected
+    if fast:
+        assert [m["subject"].split(".")[1] for m in done["messages"]] == ["evt", "cmd"]

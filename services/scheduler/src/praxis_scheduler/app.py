@@ -19,7 +19,7 @@ from praxis_scheduler.handlers import Deps, handlers
 from praxis_scheduler.orm import OUTBOX, SCHEMA, Base
 from praxis_scheduler.queries import RunQueries
 from praxis_scheduler.recovery import CancelWatch, Recovery
-from praxis_scheduler.repository import SqlProgress, sql_units
+from praxis_scheduler.repository import RunStatements, sql_units
 from praxis_scheduler.service import RunService
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def build_app(settings: Settings) -> Service:
     bus = bus_for(settings)
     db = database_for(settings, SCHEMA)
     relay = OutboxRelay(db, OUTBOX, lambda: bus.publisher)
-    runs = RunService(sql_units(db, relay), progress=SqlProgress(db, relay))
+    runs = RunService(sql_units(db, relay), statements=RunStatements(db, relay))
     book = EdgeBook(settings.edge_grace_seconds)
     cancels = CancelWatch(runs, book, settings.cancel_timeout_seconds)
 

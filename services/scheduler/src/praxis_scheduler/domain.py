@@ -100,3 +100,7 @@ def finished_reason(outcome: RunStatus, error: str | None, cleanup: list[str]) -
     if cleanup:
         reason = f"{reason}; clean-up: {'; '.join(cleanup)}"[:2000]
     return reason
+
+
+RESERVED_REASON = "assets reserved"
+"""What the history says of a queued run whose assets were granted."""

@@ -16,9 +16,10 @@ from typing import Protocol
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from praxis_contracts.assets import HoldAssets, ReleaseAssets
+from praxis_contracts.assets import AssetsReserved, HoldAssets, ReleaseAssets
 from praxis_contracts.common import TERMINAL_STATUSES, RunStatus
-from praxis_contracts.runs import RunFinished, RunStatusChanged
+from praxis_contracts.protocols import ProtocolDefinition
+from praxis_contracts.runs import ExecuteRun, RunFinished, RunStatusChanged
 from praxis_runtime.db import Database
 from praxis_runtime.outbox import (
     InMemoryUnitOfWork,
@@ -28,7 +29,7 @@ from praxis_runtime.outbox import (
     encode,
 )
 from praxis_runtime.publisher import Outgoing
-from praxis_scheduler.domain import can_transition, finished_reason, refusal
+from praxis_scheduler.domain import RESERVED_REASON, can_transition, finished_reason, refusal
 from praxis_scheduler.orm import CallRow, RunRow, StatusHistoryRow
 
 _TERMINAL = [s.value for s in TERMINAL_STATUSES]
@@ -141,7 +142,7 @@ FROM run
 """
 
 
-class SqlProgress:
+class RunStatements:
     """An edge's reports on a run in one statement each: progress (``advance``) and the run's
     end (``finish``). For progress (preparing, running, paused, resumed) it is
     ``RunService.on_progress``'s rule written as SQL: as a transaction through the ORM it cost
@@ -210,6 +211,55 @@ class SqlProgress:
             return False  # not believed: the general path records the refusal
         if run["previous"] is not None:
             self.relay.committed([(run["outbox_id"], announcements[RunStatus(run["previous"])])])
+        return True
+
+    async def reserve(self, event: AssetsReserved, now: datetime) -> bool:
+        """A grant for a queued run, as ``RunService.on_reserved`` applies it, in two round
+        trips: what its ``ExecuteRun`` carries is read (it never changes after submission), then
+        the run moves to pending, if still queued, with its bindings, history row,
+        ``RunStatusChanged`` and ``ExecuteRun`` (True). Any other case (a repeated grant, a run
+        that ended or is not ours) is the general path's (False)."""
+        found = await self._conn.fetch(READ_QUEUED, event.run_id)
+        if not found or found[0]["status"] != RunStatus.QUEUED:
+            return False
+        run = found[0]
+        execute = ExecuteRun(
+            run_id=event.run_id,
+            workcell_id=event.workcell_id,
+            workcell_name=event.workcell_name,
+            definition=ProtocolDefinition.model_validate_json(run["definition"]),
+            parameters=json.loads(run["parameters"]),
+            bindings=event.bindings,
+            initial_state=json.loads(run["initial_state"]),
+            on_failure="rollback" if run["on_failure"] == "rollback" else "keep",
+        )
+        messages = [
+            encode(
+                RunStatusChanged(
+                    run_id=event.run_id,
+                    status=RunStatus.PENDING,
+                    previous=RunStatus.QUEUED,
+                    reason=RESERVED_REASON,
+                    at=now,
+                )
+            ),
+            encode(execute, msg_id=f"execute:{event.run_id}"),
+        ]
+        rows = await self._conn.fetch(
+            RESERVE,
+            event.run_id,
+            now,
+            event.workcell_id,
+            event.workcell_name,
+            json.dumps([b.model_dump(mode="json") for b in event.bindings]),
+            RESERVED_REASON,
+            [m.subject for m in messages],
+            [m.payload for m in messages],
+            [json.dumps(m.headers or {}) for m in messages],
+        )
+        if rows[0]["previous"] is None:
+            return False  # no longer queued: the general path decides
+        self.relay.committed(list(zip(rows[0]["outbox_ids"], messages, strict=True)))
         return True
 
     async def finish(self, event: RunFinished, now: datetime) -> bool:
@@ -363,3 +413,34 @@ its ``RunStatusChanged`` (the one for the status it had) and the command for its
 def _json(value: object) -> str | None:
     """A JSON column's value as the ORM writes it: None is SQL NULL, not JSON ``null``."""
     return None if value is None else json.dumps(value)
+
+
+READ_QUEUED = """
+SELECT definition::text, parameters::text, initial_state::text, on_failure, status
+FROM protocol_runs WHERE accession_id = $1
+"""
+"""What a run's ``ExecuteRun`` carries that never changes after its submission."""
+
+RESERVE = """
+WITH run AS (
+    SELECT accession_id, status FROM protocol_runs WHERE accession_id = $1 FOR UPDATE
+), changed AS (
+    UPDATE protocol_runs r SET status = 'pending', updated_at = $2, waiting_for = NULL,
+        waiting_since = NULL, workcell_id = $3, workcell_name = $4, bindings = $5::jsonb
+    FROM run WHERE r.accession_id = run.accession_id AND run.status = 'queued'
+    RETURNING run.status AS previous
+), history AS (
+    INSERT INTO run_status_history (run_id, status, previous, reason, at, actor)
+    SELECT $1, 'pending', previous, $6, $2, NULL FROM changed
+), announced AS (
+    INSERT INTO outbox (subject, payload, headers)
+    SELECT m.subject, m.payload, m.headers::jsonb
+    FROM changed, unnest($7::text[], $8::bytea[], $9::text[])
+        WITH ORDINALITY AS m(subject, payload, headers, n)
+    ORDER BY m.n
+    RETURNING id
+)
+SELECT (SELECT previous FROM changed) AS previous,
+       (SELECT array_agg(id ORDER BY id) FROM announced) AS outbox_ids
+"""
+"""A queued run's grant: pending, bound, its history, ``RunStatusChanged`` and ``ExecuteRun``."""

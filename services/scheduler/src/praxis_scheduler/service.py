@@ -43,6 +43,7 @@ from praxis_contracts.runs import (
 from praxis_contracts.state import OnFailure
 from praxis_scheduler.domain import (
     EXECUTING,
+    RESERVED_REASON,
     allowed,
     can_transition,
     cancel_target,
@@ -64,8 +65,11 @@ class Edges(Protocol):
     def is_live(self, instance: str | None) -> bool: ...
 
 
-class Progress(Protocol):
-    """A quicker way to apply an edge's progress report (``repository.SqlProgress``)."""
+class Statements(Protocol):
+    """The usual changes of a run in one statement each (``repository.RunStatements``); each
+    returns False where the general path must decide."""
+
+    async def reserve(self, event: AssetsReserved, now: datetime) -> bool: ...
 
     async def advance(
         self,
@@ -85,11 +89,11 @@ class RunService:
         self,
         uow: Callable[[], SchedulerUnitOfWork],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        progress: Progress | None = None,
+        statements: Statements | None = None,
     ) -> None:
         self.uow = uow
         self.clock = clock
-        self.progress = progress
+        self.statements = statements
         """Applies a believed progress or finish report in one statement; a refusal is left to
         the general path (None: the general path for every report)."""
 
@@ -143,6 +147,8 @@ class RunService:
         """A grant. Repeated for a run that already has it: nothing to do. For a run that has
         ended: given back. For a run this scheduler does not know (another client's hold):
         not ours to touch."""
+        if self.statements is not None and await self.statements.reserve(event, self.clock()):
+            return
         async with self.uow() as uow:
             row = await uow.runs.get(event.run_id, lock=True)
             if row is None:
@@ -156,7 +162,7 @@ class RunService:
                 if _assets(row.bindings) != {b.asset_id for b in event.bindings}:
                     log.warning("run %s: a second, different grant ignored", row.accession_id)
                 return  # the same grant again (a redelivery or a re-announcement)
-            self._advance(uow, row, S.PENDING, "assets reserved")
+            self._advance(uow, row, S.PENDING, RESERVED_REASON)
             row.waiting_for = row.waiting_since = None
             row.workcell_id = event.workcell_id
             row.workcell_name = event.workcell_name
@@ -198,7 +204,7 @@ class RunService:
         self, run_id: uuid.UUID, status: RunStatus, at: datetime, workcell: str, edge: str
     ) -> None:
         """The edge reports preparing, running, paused or resumed."""
-        if self.progress is not None and await self.progress.advance(
+        if self.statements is not None and await self.statements.advance(
             run_id, status, at, workcell, edge, self.clock()
         ):
             return
@@ -228,7 +234,7 @@ class RunService:
 
     async def on_finished(self, event: RunFinished) -> None:
         status = S(event.outcome)
-        if self.progress is not None and await self.progress.finish(event, self.clock()):
+        if self.statements is not None and await self.statements.finish(event, self.clock()):
             return
         async with self.uow() as uow:
             row = await uow.runs.get(event.run_id, lock=True)
