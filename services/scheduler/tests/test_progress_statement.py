@@ -293,3 +293,70 @@ async def test_a_grant_does_the_same_in_one_statement(
     assert done == expected
     if fast:
         assert [m["subject"].split(".")[1] for m in done["messages"]] == ["evt", "cmd"]
+
+
+@pytest.mark.parametrize("full", [False, True, "immediate"])
+async def test_a_submission_does_the_same_in_one_statement(
+    database: Database, full: bool | str
+) -> None:
+    """Every column of the new run, its history and its messages, both ways (a fixed clock)."""
+    general_relay, quick_relay = Relay(database), Relay(database)
+
+    def clock() -> datetime:
+        return T0
+
+    general = RunService(sql_units(database, general_relay), clock=clock)
+    quick = RunService(
+        sql_units(database, quick_relay),
+        clock=clock,
+        statements=RunStatements(database, quick_relay),
+    )
+    spec = ProtocolFunctionSpec(name="mix", version="1.0.0", module="m", qualname="mix")
+    definition = ProtocolDefinition(
+        accession_id=uuid.UUID(int=5),
+        source_id=uuid.UUID(int=6),
+        source_name="s",
+        commit="0" * 40,
+        spec=spec,
+        code_bundle="b",
+        created_at=T0,
+    )
+    resolved = ResolvedProtocol(definition=definition, parameters={"volume": 30} if full else {})
+    fields: dict[str, Any] = {}
+    if full:
+        fields = {
+            "workcell": "wc-1",
+            "assets": {"plate": "source_plate"},
+            "asset_properties": {"plate": {"sterile": True}},
+            "priority": 5,
+            "on_failure": "rollback",
+            "not_before": T0,
+            "deadline": datetime(2031, 1, 1, tzinfo=UTC),
+            "initial_state": {"tips_used": 3},
+            "actor": "alice",
+        }
+    if full == "immediate":
+        fields = {"mode": "immediate", "workcell": "wc-1"}
+    cmd = SubmitRun(protocol_name="mix", **fields)
+
+    one = (await quick.create(cmd, resolved)).accession_id
+    other = (await general.create(cmd, resolved)).accession_id
+
+    def row_of(run_id: uuid.UUID) -> Any:
+        return text(
+            "SELECT to_jsonb(r) - 'accession_id' FROM scheduler.protocol_runs r "
+            "WHERE accession_id = :id"
+        ).bindparams(id=run_id)
+
+    async with database.transaction() as session:
+        done_row = (await session.execute(row_of(one))).scalar_one()
+        expected_row = (await session.execute(row_of(other))).scalar_one()
+    assert done_row == expected_row
+    done = await outcome(database, one, quick_relay.handed)
+    expected = await outcome(database, other, general_relay.handed)
+    done["messages"] = [json.dumps(m).replace(str(one), "<run>") for m in done["messages"]]
+    expected["messages"] = [
+        json.dumps(m).replace(str(other), "<run>") for m in expected["messages"]
+    ]
+    assert done == expected
+    assert len(done["messages"]) == 2

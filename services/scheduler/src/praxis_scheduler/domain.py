@@ -104,3 +104,6 @@ def finished_reason(outcome: RunStatus, error: str | None, cleanup: list[str]) -
 
 RESERVED_REASON = "assets reserved"
 """What the history says of a queued run whose assets were granted."""
+
+SUBMITTED_REASON = "submitted"
+"""What the history says of a new run."""

@@ -11,12 +11,13 @@ import json
 import uuid
 from collections.abc import Callable
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import Column, select
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from praxis_contracts.assets import AssetsReserved, HoldAssets, ReleaseAssets
+from praxis_contracts.assets import AssetsReserved, HoldAssets, ReleaseAssets, ReserveAssets
 from praxis_contracts.common import TERMINAL_STATUSES, RunStatus
 from praxis_contracts.protocols import ProtocolDefinition
 from praxis_contracts.runs import ExecuteRun, RunFinished, RunStatusChanged
@@ -262,6 +263,36 @@ class RunStatements:
         self.relay.committed(list(zip(rows[0]["outbox_ids"], messages, strict=True)))
         return True
 
+    async def create(
+        self, row: RunRow, reason: str, actor: str | None, now: datetime, reserve: ReserveAssets
+    ) -> None:
+        """A new run (not a retry) as ``RunService.create`` writes it: its row, its history row,
+        its ``RunStatusChanged`` and ``ReserveAssets``, in one statement."""
+        messages = [
+            encode(
+                RunStatusChanged(
+                    run_id=row.accession_id,
+                    status=RunStatus.QUEUED,
+                    previous=None,
+                    reason=reason,
+                    at=now,
+                    actor=actor,
+                )
+            ),
+            encode(reserve, msg_id=f"reserve:{row.accession_id}"),
+        ]
+        rows = await self._conn.fetch(
+            CREATE,
+            *(_column_value(row, column) for column in RUN_COLUMNS),
+            reason,
+            now,
+            actor,
+            [m.subject for m in messages],
+            [m.payload for m in messages],
+            [json.dumps(m.headers or {}) for m in messages],
+        )
+        self.relay.committed(list(zip(rows[0]["outbox_ids"], messages, strict=True)))
+
     async def finish(self, event: RunFinished, now: datetime) -> bool:
         """The edge's ``RunFinished`` as ``RunService.on_finished`` applies it: if believed, the
         run ends (when the state machine allows it) with its result, its history row, its
@@ -444,3 +475,49 @@ SELECT (SELECT previous FROM changed) AS previous,
        (SELECT array_agg(id ORDER BY id) FROM announced) AS outbox_ids
 """
 """A queued run's grant: pending, bound, its history, ``RunStatusChanged`` and ``ExecuteRun``."""
+
+
+def _insert_run() -> tuple[str, list[Column[Any]]]:
+    """``CREATE``: a run's row (every column of ``RunRow``), its history row and its messages,
+    in one statement; and the columns in the order of their parameters."""
+    columns = [c for c in RunRow.__table__.columns if isinstance(c, Column)]
+    names = ", ".join(c.name for c in columns)
+    values = ", ".join(
+        f"${i}::jsonb" if isinstance(c.type, JSONB) else f"${i}"
+        for i, c in enumerate(columns, start=1)
+    )
+    n = len(columns)
+    statement = f"""
+WITH created AS (
+    INSERT INTO protocol_runs ({names}) VALUES ({values}) RETURNING accession_id
+), history AS (
+    INSERT INTO run_status_history (run_id, status, previous, reason, at, actor)
+    SELECT accession_id, 'queued', NULL, ${n + 1}, ${n + 2}, ${n + 3} FROM created
+), announced AS (
+    INSERT INTO outbox (subject, payload, headers)
+    SELECT m.subject, m.payload, m.headers::jsonb
+    FROM created, unnest(${n + 4}::text[], ${n + 5}::bytea[], ${n + 6}::text[])
+        WITH ORDINALITY AS m(subject, payload, headers, n)
+    ORDER BY m.n
+    RETURNING id
+)
+SELECT array_agg(id ORDER BY id) AS outbox_ids FROM announced
+"""
+    return statement, columns
+
+
+CREATE, RUN_COLUMNS = _insert_run()
+
+
+def _column_value(row: RunRow, column: Column[Any]) -> Any:
+    """A column's value as the ORM would write it: its Python default when unset, JSON as text
+    (None as SQL NULL)."""
+    value = getattr(row, column.key)
+    default = column.default
+    if value is None and default is not None and getattr(default, "is_scalar", False):
+        value = default.arg  # type: ignore[attr-defined]
+    elif value is None and default is not None and getattr(default, "is_callable", False):
+        value = default.arg(None)  # type: ignore[attr-defined]
+    if isinstance(column.type, JSONB):
+        return _json(value)
+    return value

@@ -44,6 +44,7 @@ from praxis_contracts.state import OnFailure
 from praxis_scheduler.domain import (
     EXECUTING,
     RESERVED_REASON,
+    SUBMITTED_REASON,
     allowed,
     can_transition,
     cancel_target,
@@ -70,6 +71,10 @@ class Statements(Protocol):
     returns False where the general path must decide."""
 
     async def reserve(self, event: AssetsReserved, now: datetime) -> bool: ...
+
+    async def create(
+        self, row: RunRow, reason: str, actor: str | None, now: datetime, reserve: ReserveAssets
+    ) -> None: ...
 
     async def advance(
         self,
@@ -131,15 +136,19 @@ class RunService:
             created_at=now,
             updated_at=now,
         )
+        reserve = _reserve_command(row)
+        if retry_of is None and self.statements is not None:
+            await self.statements.create(row, SUBMITTED_REASON, cmd.actor, now, reserve)
+            return run_view(row)
         async with self.uow() as uow:
             uow.runs.add(row)
-            reason = f"retry of run {retry_of}" if retry_of else "submitted"
+            reason = f"retry of run {retry_of}" if retry_of else SUBMITTED_REASON
             self._history(uow, row, S.QUEUED, None, reason, cmd.actor)
             if retry_of is not None:
                 original = await uow.runs.get(retry_of, lock=True)
                 if original is not None:
                     original.retried_by = row.accession_id
-            uow.emit(_reserve_command(row), msg_id=f"reserve:{row.accession_id}")
+            uow.emit(reserve, msg_id=f"reserve:{row.accession_id}")
         return run_view(row)
 
     # -- events -------------------------------------------------------------------------------
