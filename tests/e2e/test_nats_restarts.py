@@ -89,6 +89,9 @@ class Events:
     def __init__(self) -> None:
         self.nc: Any = None
         self.waiting: list[tuple[str, Trigger, asyncio.Future[None]]] = []
+        self.seen: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        """Each run's events so far: one may come before its id is known (the submission's
+        reply can come after its grant)."""
 
     async def open(self, url: str) -> Events:
         self.nc = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
@@ -97,6 +100,7 @@ class Events:
 
     async def _on_event(self, msg: Msg) -> None:
         event = json.loads(msg.data)
+        self.seen.setdefault(str(event.get("run_id")), []).append((msg.subject, event))
         for run_id, trigger, seen in list(self.waiting):
             matches = str(event.get("run_id")) == run_id and trigger(msg.subject, event)
             if matches and not seen.done():
@@ -104,6 +108,8 @@ class Events:
 
     def when(self, run_id: str, trigger: Trigger) -> asyncio.Future[None]:
         seen: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if any(trigger(subject, event) for subject, event in self.seen.get(run_id, [])):
+            seen.set_result(None)
         self.waiting.append((run_id, trigger, seen))
         return seen
 

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from praxis_devstack.pytest_plugin import MakeDatabase
+from praxis_devstack.pytest_plugin import MakeDatabase, eventually
 from praxis_devstack.stack import DEMO_WORKCELL, Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -98,9 +98,17 @@ async def test_transfer_moves_liquid(api: httpx.AsyncClient) -> None:
     assert events[-1] == "scheduler.run.status_changed"
     assert "orchestrator.run.logged" in events  # its output, live
 
-    # Its output, with the run's id: the protocol's log line, then its instruments' output.
+    # Its output, with the run's id: the protocol's log line, then its instruments' output. The
+    # scheduler records output batches as they come, on a consumer of their own: the last may
+    # land just after the run's end is recorded (nothing announces that it was stored).
     url = f"/api/v1/protocols/runs/{run['accession_id']}/logs"
-    lines = (await api.get(url, params={"limit": 1000})).json()["items"]
+
+    async def logged() -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = (await api.get(url, params={"limit": 1000})).json()["items"]
+        sources = {x["source"] for x in items}
+        return items if {"protocol", "instrument"} <= sources else []
+
+    lines = await eventually(logged, "the protocol's output recorded", timeout=10)
     assert [line["seq"] for line in lines] == list(range(len(lines)))
     protocol = [(x["level"], x["logger"], x["message"]) for x in lines if x["source"] == "protocol"]
     assert any(

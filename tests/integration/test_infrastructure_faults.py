@@ -81,12 +81,14 @@ async def test_a_database_restart_loses_no_run_result(
     try:
         run = await runs.create(SubmitRun(protocol_name="mix", workcell=WORKCELL), plate_protocol())
         run_id = run.accession_id
+        pending = await tap(RunStatusChanged, str(run_id), where=lambda e: e.status == "pending")
         running = await tap(RunStatusChanged, str(run_id), where=lambda e: e.status == "running")
         completed = await tap(
             RunStatusChanged, str(run_id), where=lambda e: e.status == "completed"
         )
         released = await tap(ReleaseAssets, where=lambda c: c.run_id == run_id)
         await client.publish(plate_grant(run_id, WORKCELL))
+        await pending.next()  # as an edge does: it prepares a run once it was dispatched to it
         await client.publish(
             RunPreparing(run_id=run_id, at=_now(), workcell=WORKCELL, edge_instance=EDGE)
         )

@@ -78,11 +78,10 @@ async def database(make_database: MakeDatabase) -> AsyncIterator[Database]:
     await db.dispose()
 
 
-async def a_run(runs: RunService, stage: str) -> uuid.UUID:
-    """A run brought to ``stage`` through the general path: queued, pending (on wc-1), preparing
-    or running (on its process edge-1), failed."""
+def resolved(parameters: dict[str, Any] | None = None) -> ResolvedProtocol:
+    """The same definition for every run, so that their commands compare equal."""
     spec = ProtocolFunctionSpec(name="mix", version="1.0.0", module="m", qualname="mix")
-    definition = ProtocolDefinition(  # the same for every run: their commands compare equal
+    definition = ProtocolDefinition(
         accession_id=uuid.UUID(int=5),
         source_id=uuid.UUID(int=6),
         source_name="s",
@@ -91,8 +90,13 @@ async def a_run(runs: RunService, stage: str) -> uuid.UUID:
         code_bundle="b",
         created_at=T0,
     )
-    resolved = ResolvedProtocol(definition=definition, parameters={})
-    run_id = (await runs.create(SubmitRun(protocol_name="mix"), resolved)).accession_id
+    return ResolvedProtocol(definition=definition, parameters=parameters or {})
+
+
+async def a_run(runs: RunService, stage: str) -> uuid.UUID:
+    """A run brought to ``stage`` through the general path: queued, pending (on wc-1), preparing
+    or running (on its process edge-1), failed."""
+    run_id = (await runs.create(SubmitRun(protocol_name="mix"), resolved())).accession_id
     if stage == "queued":
         return run_id
     reserved = AssetsReserved(
@@ -311,17 +315,6 @@ async def test_a_submission_does_the_same_in_one_statement(
         clock=clock,
         statements=RunStatements(database, quick_relay),
     )
-    spec = ProtocolFunctionSpec(name="mix", version="1.0.0", module="m", qualname="mix")
-    definition = ProtocolDefinition(
-        accession_id=uuid.UUID(int=5),
-        source_id=uuid.UUID(int=6),
-        source_name="s",
-        commit="0" * 40,
-        spec=spec,
-        code_bundle="b",
-        created_at=T0,
-    )
-    resolved = ResolvedProtocol(definition=definition, parameters={"volume": 30} if full else {})
     fields: dict[str, Any] = {}
     if full:
         fields = {
@@ -339,8 +332,9 @@ async def test_a_submission_does_the_same_in_one_statement(
         fields = {"mode": "immediate", "workcell": "wc-1"}
     cmd = SubmitRun(protocol_name="mix", **fields)
 
-    one = (await quick.create(cmd, resolved)).accession_id
-    other = (await general.create(cmd, resolved)).accession_id
+    given = resolved({"volume": 30} if full else {})
+    one = (await quick.create(cmd, given)).accession_id
+    other = (await general.create(cmd, given)).accession_id
 
     def row_of(run_id: uuid.UUID) -> Any:
         return text(

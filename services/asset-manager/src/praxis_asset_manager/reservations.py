@@ -412,14 +412,25 @@ class Reservations:
         # assets of a running run were left "reserved").
         reason = f"reserved for run {cmd.run_id}"
         self.status([(b.asset_id, AssetStatus.RESERVED, reason, cmd.run_id) for b in granted])
+        await self._announce_grant(cmd, layout, granted, stored=stored)
+        return True
+
+    async def _announce_grant(
+        self,
+        cmd: ReserveAssets,
+        layout: WorkcellLayout,
+        bindings: list[AssetBinding],
+        *,
+        stored: bool,
+    ) -> None:
+        """``AssetsReserved``; a stored request is settled ``granted`` with it."""
         event = AssetsReserved(
             run_id=cmd.run_id,
             workcell_id=layout.workcell.accession_id,
             workcell_name=layout.workcell.name,
-            bindings=granted,
+            bindings=bindings,
         )
         await self._say(cmd.run_id, event, "granted" if stored else None)
-        return True
 
     async def _reannounce(
         self, cmd: ReserveAssets, held: dict[str, KeyState], *, stored: bool = False
@@ -445,13 +456,7 @@ class Reservations:
             cmd,
             [_binding(layout.workcell.name, b, held_by[b.asset.accession_id]) for b in found],
         )
-        event = AssetsReserved(
-            run_id=cmd.run_id,
-            workcell_id=layout.workcell.accession_id,
-            workcell_name=layout.workcell.name,
-            bindings=bindings,
-        )
-        await self._say(cmd.run_id, event, "granted" if stored else None)
+        await self._announce_grant(cmd, layout, bindings, stored=stored)
         return True
 
     # -- waiting ------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ run and writes the report only if the run's workcell and edge process are the re
 (``BELIEVED``, the SQL form of ``domain.refusal`` for a report), in one snapshot; the run it
 read is returned, and ``refusal`` says why a report was not believed. Every call of every run
 comes this way (two events a call), and as a transaction (begin, read, write, commit) through
-the ORM it was a tenth of the scheduler's CPU under load (py-spy, ``make bench``);
+the ORM it was a large share of the scheduler's CPU under load (the README's benchmarks);
 ``test_call_log`` checks that the two forms of the rule agree on every case.
 """
 

@@ -144,11 +144,11 @@ FROM run
 
 
 class RunStatements:
-    """An edge's reports on a run in one statement each: progress (``advance``) and the run's
-    end (``finish``). For progress (preparing, running, paused, resumed) it is
-    ``RunService.on_progress``'s rule written as SQL: as a transaction through the ORM it cost
-    six round trips, the largest share of the scheduler's CPU per run (py-spy under
-    ``make bench``). The run is locked and read, and if the report is believed (``BELIEVED``:
+    """The run's usual changes in one statement each (the README's "The run's usual changes in
+    one statement", with their cost): a submission (``create``), a grant (``reserve``), the
+    edge's progress (``advance``) and the run's end (``finish``). For progress (preparing,
+    running, paused, resumed) it is ``RunService.on_progress``'s rule written as SQL. The run
+    is locked and read, and if the report is believed (``BELIEVED``:
     ``domain.refusal``, from the run's workcell and its edge process, any process of the
     workcell before the run started):
 
