@@ -21,7 +21,7 @@ import git
 import httpx
 import pytest
 
-from praxis_devstack.pytest_plugin import MakeDatabase
+from praxis_devstack.pytest_plugin import MakeDatabase, eventually
 from praxis_devstack.stack import Stack, repo_root
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -303,11 +303,12 @@ async def test_a_large_nested_result_is_kept_whole_by_reference(
     done = await run(api, "read_spectrum", assets={"reader": "reader", "plate": "dilution"})
     assert (done["status"], done["result"]) == ("completed", 16), done["error"]
     url = f"/api/v1/protocols/runs/{done['accession_id']}/calls"
-    (call,) = [
-        c
-        for c in (await api.get(url, params={"function": "spectrum"})).json()["items"]
-        if c["status"] == "completed"
-    ]
+
+    async def spectrum_recorded() -> list[dict[str, Any]]:  # calls land on their own consumer
+        items = (await api.get(url, params={"function": "spectrum"})).json()["items"]
+        return [c for c in items if c["status"] == "completed"]
+
+    (call,) = await eventually(spectrum_recorded, "the spectrum call recorded", timeout=10)
     marker = call["result"]
     assert marker["truncated"] is True and marker["object_name"].endswith(f"/{call['sequence']}")
     whole = await api.get(f"{url}/{call['sequence']}/result")
@@ -328,9 +329,14 @@ async def test_heater_shaker_and_temperature_controller(
     done = await run(api, "heat_shake_and_cool", assets={"shaker": "shaker", "cooler": "cooler"})
     assert done["status"] == "completed", done["error"]
     assert len(done["result"]) == 2
-    lines = (await api.get(f"/api/v1/protocols/runs/{done['accession_id']}/logs")).json()
-    printed = " ".join(x["message"] for x in lines["items"] if x["source"] == "instrument")
-    assert "37" in printed and "800" in printed  # the chatterboxes said what they would do
+    url = f"/api/v1/protocols/runs/{done['accession_id']}/logs"
+
+    async def printed() -> str:  # output batches land on a consumer of their own
+        lines = (await api.get(url)).json()["items"]
+        said = " ".join(x["message"] for x in lines if x["source"] == "instrument")
+        return said if "37" in said and "800" in said else ""
+
+    await eventually(printed, "the chatterboxes said what they would do", timeout=10)
 
 
 async def test_trackers(workcell: dict[str, str], api: httpx.AsyncClient) -> None:

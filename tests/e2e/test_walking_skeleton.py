@@ -273,7 +273,15 @@ async def test_pause_resume_cancel_and_the_call_log(api: httpx.AsyncClient) -> N
     done = (await api.get(f"/api/v1/protocols/runs/{run_id}")).json()
     assert 0 < done["final_state"]["completed_steps"] < 400
 
-    calls = (await api.get(f"/api/v1/protocols/runs/{run_id}/calls", params={"limit": 1000})).json()
+    async def recorded() -> dict[str, Any]:  # calls land on a consumer of their own
+        page: dict[str, Any] = (
+            await api.get(f"/api/v1/protocols/runs/{run_id}/calls", params={"limit": 1000})
+        ).json()
+        steps = [c for c in page["items"][1:] if c["status"] == "completed"]
+        finished = page["items"] and page["items"][0]["status"] == "cancelled"
+        return page if finished and len(steps) == done["final_state"]["completed_steps"] else {}
+
+    calls = await eventually(recorded, "every call of the run recorded", timeout=10)
     top = calls["items"][0]
     assert top["function"] == "incubate" and top["parent_call_id"] is None
     assert top["status"] == "cancelled"
