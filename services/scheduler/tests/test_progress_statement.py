@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,36 @@ RAW = text(
 )
 
 
+@dataclass
+class Both:
+    """Two runs brought to one stage; ``quick`` applies reports with the statements first,
+    ``general`` through the unit of work alone."""
+
+    database: Database
+    general: RunService
+    quick: RunService
+    statements: Counting
+    general_relay: Relay
+    quick_relay: Relay
+    one: uuid.UUID
+    other: uuid.UUID
+
+    @classmethod
+    async def at(cls, database: Database, stage: str) -> Both:
+        general_relay, quick_relay = Relay(database), Relay(database)
+        general = RunService(sql_units(database, general_relay))
+        statements = Counting(database, quick_relay)
+        quick = RunService(sql_units(database, quick_relay), statements=statements)
+        one, other = await a_run(general, stage), await a_run(general, stage)
+        general_relay.handed.clear()
+        return cls(database, general, quick, statements, general_relay, quick_relay, one, other)
+
+    async def outcomes(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """What happened to the first run (statements) and to the second (unit of work)."""
+        done = await outcome(self.database, self.one, self.quick_relay.handed)
+        return done, await outcome(self.database, self.other, self.general_relay.handed)
+
+
 async def outcome(db: Database, run_id: uuid.UUID, messages: list[Any]) -> dict[str, Any]:
     async with db.transaction() as session:
         run = await session.get(RunRow, run_id)
@@ -171,19 +202,15 @@ CASES = [
 async def test_a_progress_report_does_the_same_in_one_statement(
     database: Database, stage: str, reported: RunStatus, workcell: str, edge: str, fast: bool
 ) -> None:
-    general_relay, quick_relay = Relay(database), Relay(database)
-    general = RunService(sql_units(database, general_relay))
-    progress = Counting(database, quick_relay)
-    quick = RunService(sql_units(database, quick_relay), statements=progress)
-    one, other = await a_run(general, stage), await a_run(general, stage)
-    general_relay.handed.clear()
+    both = await Both.at(database, stage)
+    general, quick, progress = both.general, both.quick, both.statements
+    one, other = both.one, both.other
 
     await quick.on_progress(one, reported, T0, workcell, edge)
     await general.on_progress(other, reported, T0, workcell, edge)
 
     assert progress.applied == int(fast)
-    done = await outcome(database, one, quick_relay.handed)
-    expected = await outcome(database, other, general_relay.handed)
+    done, expected = await both.outcomes()
     assert done == expected
     moved = [m for m in done["messages"] if m["subject"].startswith(STATUS_CHANGED)]
     assert all(m["status"] == reported for m in moved)
@@ -221,12 +248,9 @@ async def test_a_runs_end_does_the_same_in_one_statement(
     failing: bool,
     fast: bool,
 ) -> None:
-    general_relay, quick_relay = Relay(database), Relay(database)
-    general = RunService(sql_units(database, general_relay))
-    progress = Counting(database, quick_relay)
-    quick = RunService(sql_units(database, quick_relay), statements=progress)
-    one, other = await a_run(general, stage), await a_run(general, stage)
-    general_relay.handed.clear()
+    both = await Both.at(database, stage)
+    general, quick, progress = both.general, both.quick, both.statements
+    one, other = both.one, both.other
 
     def finished(run_id: uuid.UUID) -> RunFinished:
         return RunFinished(
@@ -247,8 +271,7 @@ async def test_a_runs_end_does_the_same_in_one_statement(
     await general.on_finished(finished(other))
 
     assert progress.finished == int(fast)
-    done = await outcome(database, one, quick_relay.handed)
-    expected = await outcome(database, other, general_relay.handed)
+    done, expected = await both.outcomes()
     assert done == expected
     if fast and stage != "failed":
         assert [m["subject"] for m in done["messages"]] == [
@@ -265,12 +288,9 @@ async def test_a_grant_does_the_same_in_one_statement(
 ) -> None:
     """A queued run's grant is the statement's; a repeated grant (pending) and a grant for a
     run that ended (given back) are the general path's."""
-    general_relay, quick_relay = Relay(database), Relay(database)
-    general = RunService(sql_units(database, general_relay))
-    statements = Counting(database, quick_relay)
-    quick = RunService(sql_units(database, quick_relay), statements=statements)
-    one, other = await a_run(general, stage), await a_run(general, stage)
-    general_relay.handed.clear()
+    both = await Both.at(database, stage)
+    general, quick, statements = both.general, both.quick, both.statements
+    one, other = both.one, both.other
     workcell_id = WORKCELL_ID
 
     def grant(run_id: uuid.UUID) -> AssetsReserved:
@@ -292,8 +312,7 @@ async def test_a_grant_does_the_same_in_one_statement(
     await general.on_reserved(grant(other))
 
     assert statements.reserved == int(fast)
-    done = await outcome(database, one, quick_relay.handed)
-    expected = await outcome(database, other, general_relay.handed)
+    done, expected = await both.outcomes()
     assert done == expected
     if fast:
         assert [m["subject"].split(".")[1] for m in done["messages"]] == ["evt", "cmd"]
