@@ -25,6 +25,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 from nats.aio.msg import Msg
 
+from praxis_contracts import asyncapi
 from praxis_contracts import headers as h
 from praxis_contracts.errors import NotFound
 from praxis_contracts.runs import SubmitRun
@@ -44,6 +45,7 @@ ERROR_SHAPE = {"code", "message", "retryable", "details", "correlation_id"}
 RD, OP, AD = "read", "operate", "admin"
 EXPECTED: dict[tuple[str, str], str | None] = {
     ("GET", "/openapi.json"): None,
+    ("GET", "/asyncapi.json"): None,
     ("GET", "/docs"): None,
     ("GET", "/docs/oauth2-redirect"): None,
     ("GET", "/redoc"): None,
@@ -299,6 +301,13 @@ async def test_every_status_a_route_answers_is_documented(
     assert undocumented == []
     error = document["components"]["schemas"]["Error"]
     assert set(error["properties"]) == ERROR_SHAPE
+
+
+async def test_the_bus_is_documented_for_subscribers_without_a_token(gateway: Gateway) -> None:
+    async with gateway.http() as http:
+        response = await http.get("/asyncapi.json")
+    assert response.status_code == 200
+    assert response.json() == json.loads(json.dumps(asyncapi.document()))
 
 
 async def test_openapi_declares_the_bearer_scheme_on_protected_routes(gateway: Gateway) -> None:

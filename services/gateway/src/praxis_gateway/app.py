@@ -13,11 +13,12 @@ import nats.errors
 import uvicorn
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from starlette.exceptions import HTTPException
 
+from praxis_contracts.asyncapi import document as bus_document
 from praxis_contracts.errors import PraxisError
 from praxis_contracts.permissions import GATEWAY, needs
 from praxis_gateway import openapi
@@ -48,6 +49,9 @@ from praxis_runtime.topology import verify
 
 REQUESTS = Counter("praxis_http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram("praxis_http_request_seconds", "HTTP latency", ["method", "route"])
+
+BUS_DOCUMENT = bus_document()
+"""The AsyncAPI document, built once (it changes only with the contracts)."""
 
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -249,6 +253,11 @@ def _add_probes(app: FastAPI) -> None:
         return PlainTextResponse(
             "ok" if ready else "nats: failing", status_code=200 if ready else 503
         )
+
+    @app.get("/asyncapi.json", include_in_schema=False)
+    async def asyncapi_document() -> JSONResponse:
+        """The bus's AsyncAPI 3 document, for event subscribers (``praxis_contracts.asyncapi``)."""
+        return JSONResponse(BUS_DOCUMENT)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

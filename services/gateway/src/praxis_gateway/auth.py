@@ -72,9 +72,18 @@ def require(principal: Principal, needed: Scope) -> None:
 
 # -- the route table -----------------------------------------------------------------------------
 PUBLIC_PATHS = frozenset(
-    {"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+    {
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/docs",
+        "/docs/oauth2-redirect",
+        "/redoc",
+        "/openapi.json",
+        "/asyncapi.json",
+    }
 )
-"""Open to anyone: probes, metrics and the API documentation."""
+"""Open to anyone: probes, metrics and the documentation of the API and of the bus."""
 
 OPERATE_ROUTES = frozenset(
     {
