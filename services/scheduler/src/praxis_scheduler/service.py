@@ -99,8 +99,9 @@ class RunService:
         self.uow = uow
         self.clock = clock
         self.statements = statements
-        """Applies a believed progress or finish report in one statement; a refusal is left to
-        the general path (None: the general path for every report)."""
+        """Makes a submission, a grant, a progress report or a run's end in one statement where
+        it can decide; what it leaves (a refusal, a repeated grant, a retry) goes through the
+        unit of work (None: the unit of work for everything)."""
 
     # -- submission ---------------------------------------------------------------------------
     async def create(
