@@ -1,4 +1,4 @@
-"""An edge's progress report applied in one statement (``repository.RunStatements``) does what the
+"""An edge's progress report applied in one statement (``statements.RunStatements``) does what the
 general path through the unit of work does, in every case, against a real PostgreSQL.
 
 Each case builds two runs the same way, reports the same progress to both, one through the
@@ -28,8 +28,9 @@ from praxis_devstack.pytest_plugin import MakeDatabase
 from praxis_runtime.db import Database
 from praxis_runtime.outbox import OutboxRelay
 from praxis_scheduler.orm import OUTBOX, Base, RunRow, StatusHistoryRow
-from praxis_scheduler.repository import RunStatements, sql_units
+from praxis_scheduler.repository import sql_units
 from praxis_scheduler.service import RunService
+from praxis_scheduler.statements import RunStatements
 
 pytestmark = pytest.mark.integration
 

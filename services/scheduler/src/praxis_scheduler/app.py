@@ -19,8 +19,9 @@ from praxis_scheduler.handlers import Deps, handlers
 from praxis_scheduler.orm import OUTBOX, SCHEMA, Base
 from praxis_scheduler.queries import RunQueries
 from praxis_scheduler.recovery import CancelWatch, Recovery
-from praxis_scheduler.repository import RunStatements, sql_units
+from praxis_scheduler.repository import sql_units
 from praxis_scheduler.service import RunService
+from praxis_scheduler.statements import RunStatements
 
 log = logging.getLogger(__name__)
 

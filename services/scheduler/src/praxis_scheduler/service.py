@@ -67,7 +67,7 @@ class Edges(Protocol):
 
 
 class Statements(Protocol):
-    """The usual changes of a run in one statement each (``repository.RunStatements``); each
+    """The usual changes of a run in one statement each (``statements.RunStatements``); each
     returns False where the general path must decide."""
 
     async def reserve(self, event: AssetsReserved, now: datetime) -> bool: ...
