@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import nats.errors
 import uvicorn
@@ -50,8 +52,12 @@ from praxis_runtime.topology import verify
 REQUESTS = Counter("praxis_http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram("praxis_http_request_seconds", "HTTP latency", ["method", "route"])
 
-BUS_DOCUMENT = bus_document()
-"""The AsyncAPI document, built once (it changes only with the contracts)."""
+
+@functools.cache
+def _bus_document() -> dict[str, Any]:
+    """The AsyncAPI document, built on its first request (it changes only with the contracts,
+    and most gateways are never asked for it)."""
+    return bus_document()
 
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -257,7 +263,7 @@ def _add_probes(app: FastAPI) -> None:
     @app.get("/asyncapi.json", include_in_schema=False)
     async def asyncapi_document() -> JSONResponse:
         """The bus's AsyncAPI 3 document, for event subscribers (``praxis_contracts.asyncapi``)."""
-        return JSONResponse(BUS_DOCUMENT)
+        return JSONResponse(_bus_document())
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
