@@ -17,7 +17,7 @@ from pylabrobot.resources import Container, Resource
 
 from praxis_contracts.assets import Asset, AssetDraft
 from praxis_contracts.common import AssetKind
-from praxis_contracts.errors import InvalidInput, InvalidRequest, UnknownAssetType
+from praxis_contracts.errors import InvalidInput, InvalidRequest
 from praxis_plr._state import state_from_json
 from praxis_plr.layout import drafts_for_tree
 from praxis_plr.live import _deserialize_root, _ensure_backend_class
@@ -33,9 +33,11 @@ def check_buildable(
     definition: dict[str, Any],
     backend: dict[str, Any] | None,
     state: dict[str, Any] | None,
-) -> None:
+) -> list[AssetDraft]:
     """Build the asset's PyLabRobot object and load its state; ``InvalidInput`` (422) with
-    ``field`` set to ``definition``, ``backend`` or ``state`` if that cannot be done."""
+    ``field`` set to ``definition``, ``backend`` or ``state`` if that cannot be done. Returns
+    the decks a machine's definition holds, as drafts of assets of their own (children of the
+    machine, as a machine built by name gets them; they stay in its definition)."""
     asset = _probe(kind, name, fqn, type_mro, definition, backend)
     import_type(type_mro[0] if type_mro else fqn)
     for candidate, field in ((backend, "backend"), (definition.get("backend"), "definition")):
@@ -50,24 +52,7 @@ def check_buildable(
         raise InvalidInput(exc.message, field="definition", asset=name) from exc
     if state is not None:
         _check_state(obj, state)
-
-
-def decks_inside(
-    *,
-    name: str,
-    fqn: str,
-    type_mro: list[str],
-    definition: dict[str, Any],
-    backend: dict[str, Any] | None,
-) -> list[AssetDraft]:
-    """The decks a machine's definition holds, as drafts of assets of their own (children of
-    the machine, as a machine built by name gets them); they stay in its definition."""
-    asset = _probe("machine", name, fqn, type_mro, definition, backend)
-    try:
-        obj = _deserialize_root(asset)
-    except (InvalidRequest, UnknownAssetType):
-        return []  # what check_buildable says about it is the answer
-    if not isinstance(obj, Resource):
+    if kind != "machine" or not isinstance(obj, Resource):
         return []
     return [
         draft
@@ -142,4 +127,4 @@ def _check_volume(container: Container, where: str) -> None:
             )
 
 
-__all__ = ["check_buildable", "decks_inside"]
+__all__ = ["check_buildable"]

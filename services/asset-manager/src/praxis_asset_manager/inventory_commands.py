@@ -11,7 +11,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,7 +54,7 @@ from praxis_contracts.inventory import (
 from praxis_plr.build import backend_data
 from praxis_plr.layout import placed_definition
 from praxis_plr.live import LiveWorkcell, _deserialize_root
-from praxis_plr.validate import check_buildable, decks_inside
+from praxis_plr.validate import check_buildable
 from praxis_runtime.db import Database
 from praxis_runtime.outbox import OutboxRelay, SqlUnitOfWork
 
@@ -282,17 +282,7 @@ async def _shape(entry: CatalogEntry, cmd: CreateAsset, factories: Callable[[str
     if cmd.definition is not None:
         if cmd.arguments:
             raise InvalidRequest("give a definition or arguments, not both", field="arguments")
-        decks: list[AssetDraft] = []
-        if entry.kind == "machine":  # its deck is an asset too, as when built by name
-            decks = await asyncio.to_thread(
-                decks_inside,
-                name=cmd.name,
-                fqn=entry.fqn,
-                type_mro=entry.bases,
-                definition=cmd.definition,
-                backend=backend,
-            )
-        shape = _Shape(cmd.definition, backend, cmd.state, entry.bases, decks)
+        shape = _Shape(cmd.definition, backend, cmd.state, entry.bases, [])
     else:
         built = await asyncio.to_thread(
             discovery.instantiate, entry, cmd.name, cmd.arguments, backend, factories
@@ -310,8 +300,8 @@ async def _shape(entry: CatalogEntry, cmd: CreateAsset, factories: Callable[[str
         raise InvalidRequest(f"machine {cmd.name!r} needs a backend", field="backend")
     if cmd.definition is not None or cmd.state is not None:
         # What the caller wrote must build, as the orchestrator will build it (what PyLabRobot
-        # built from names is known to).
-        await asyncio.to_thread(
+        # built from names is known to). A machine's deck is an asset too, as when built by name.
+        decks = await asyncio.to_thread(
             check_buildable,
             kind=entry.kind,
             name=cmd.name,
@@ -321,6 +311,8 @@ async def _shape(entry: CatalogEntry, cmd: CreateAsset, factories: Callable[[str
             backend=shape.backend,
             state=shape.state,
         )
+        if cmd.definition is not None:
+            shape = replace(shape, children=decks)
     return shape
 
 
