@@ -579,8 +579,13 @@ class Crash:
                 await self._more.wait()
 
 
-async def crashing(asset_manager: Any) -> Crash:
-    return Crash(asset_manager.service.outbox)
+async def waiting_behind(am: Bus, workcell: WorkcellLayout, new_run: Any) -> tuple[Run, Run]:
+    """Two runs: the first holds the source plate, the second waits for it."""
+    first, second = await new_run(), await new_run()
+    await granted(am, first, workcell, "source_plate")
+    await reserve(am, second, workcell, [plate()], pins={"plate": "source_plate"})
+    await second.granted.assert_silent(0.2)
+    return first, second
 
 
 async def test_a_waiter_failing_at_its_time_limit_commits_the_failure_with_its_row(
@@ -588,7 +593,7 @@ async def test_a_waiter_failing_at_its_time_limit_commits_the_failure_with_its_r
 ) -> None:
     first, second = await new_run(), await new_run()
     await granted(am, first, workcell, "source_plate")
-    crash = await crashing(asset_manager)
+    crash = Crash(asset_manager.service.outbox)
     await reserve(
         am, second, workcell, [plate()], pins={"plate": "source_plate"}, wait_timeout_seconds=1
     )
@@ -606,11 +611,8 @@ async def test_a_waiter_failing_at_its_time_limit_commits_the_failure_with_its_r
 async def test_a_waiter_granted_commits_the_grant_with_its_row(
     asset_manager: Any, am: Bus, workcell: WorkcellLayout, new_run: Any
 ) -> None:
-    first, second = await new_run(), await new_run()
-    await granted(am, first, workcell, "source_plate")
-    await reserve(am, second, workcell, [plate()], pins={"plate": "source_plate"})
-    await second.granted.assert_silent(0.2)
-    crash = await crashing(asset_manager)
+    first, second = await waiting_behind(am, workcell, new_run)
+    crash = Crash(asset_manager.service.outbox)
     await am.publish(ReleaseAssets(run_id=first.id))
 
     await crash.committed(AssetsReserved, second)
@@ -625,11 +627,8 @@ async def test_a_waiter_granted_commits_the_grant_with_its_row(
 async def test_a_released_waiter_commits_its_release_with_its_row(
     asset_manager: Any, am: Bus, workcell: WorkcellLayout, new_run: Any
 ) -> None:
-    first, second = await new_run(), await new_run()
-    await granted(am, first, workcell, "source_plate")
-    await reserve(am, second, workcell, [plate()], pins={"plate": "source_plate"})
-    await second.granted.assert_silent(0.2)
-    crash = await crashing(asset_manager)
+    first, second = await waiting_behind(am, workcell, new_run)
+    crash = Crash(asset_manager.service.outbox)
     await am.publish(ReleaseAssets(run_id=second.id, reason="cancelled"))
 
     await crash.committed(AssetsReleased, second)
@@ -648,7 +647,7 @@ async def test_a_request_that_must_wait_is_stored_with_its_waiting_event(
     first, second = await new_run(), await new_run()
     await granted(am, first, workcell, "source_plate")
     waiting = await tap(ReservationWaiting, str(second.id))
-    crash = await crashing(asset_manager)
+    crash = Crash(asset_manager.service.outbox)
     await reserve(am, second, workcell, [plate()], pins={"plate": "source_plate"})
 
     await crash.committed(ReservationWaiting, second)
