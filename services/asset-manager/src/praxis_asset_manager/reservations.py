@@ -99,6 +99,10 @@ Plan = tuple[WorkcellLayout, list[Binding]]
 Unit = Callable[[], SqlUnitOfWork]
 
 
+DECIDING_RECHECK = 0.05
+"""A waiter's time limit that falls while its grant commits is looked at again this soon."""
+
+
 def now() -> datetime:
     return datetime.now(UTC)
 
@@ -163,6 +167,10 @@ class Reservations:
         # redelivery) must not lease again. After a restart the scheduler covers the gap: it
         # releases any grant to a run that is no longer queued.
         self._released = RecentIds()
+        # Waiters whose outcome (a grant from the queue, a failure) is being committed: the
+        # commit is awaited with the waiter still queued, and nothing else may decide it
+        # meanwhile (a waiter failing at its time limit was also granted, and held its leases).
+        self._deciding: set[uuid.UUID] = set()
         # Runs submitted to start later (``not_before``): not waiters (they must not hold back
         # runs queued behind them), each with the timer that plans it when due.
         self._deferred: dict[uuid.UUID, asyncio.TimerHandle] = {}
@@ -536,26 +544,37 @@ class Reservations:
         async with self._serving:
             for waiter in self.queue.wanting(freed):
                 run_id = waiter.cmd.run_id
-                if run_id not in self.queue or run_id in self._released:
-                    continue  # granted, failed or being released meanwhile
+                if run_id not in self.queue or run_id in self._released or run_id in self._deciding:
+                    continue  # granted, failed or being released or failed meanwhile
                 if self.queue.ahead_of(waiter.order, waiter.wanted):
                     continue
+                self._deciding.add(run_id)  # its time limit waits for the outcome
                 try:
-                    planned = await self._plan(waiter.cmd)
-                except PraxisError as exc:
-                    await self._fail(waiter.cmd, exc)
-                    continue
-                if planned.plan is not None and await self._grant(
-                    waiter.cmd, planned.plan, stored=True
-                ):
-                    self.queue.remove(run_id)
-                else:
-                    await self._tell_waiting(waiter, planned)
+                    await self._serve_one(waiter)
+                finally:
+                    self._deciding.discard(run_id)
+
+    async def _serve_one(self, waiter: Waiter) -> None:
+        run_id = waiter.cmd.run_id
+        try:
+            planned = await self._plan(waiter.cmd)
+        except PraxisError as exc:
+            await self._fail(waiter.cmd, exc)
+            return
+        if planned.plan is not None and await self._grant(waiter.cmd, planned.plan, stored=True):
+            self.queue.remove(run_id)
+        else:
+            await self._tell_waiting(waiter, planned)
 
     async def _time_out(self, run_id: uuid.UUID) -> None:
         async with self._exclusive(run_id):
             waiter = self.queue.get(run_id)
             if waiter is None:
+                return
+            if run_id in self._deciding:  # being granted or failed now: look again after
+                waiter.timer = asyncio.get_running_loop().call_later(
+                    DECIDING_RECHECK, lambda: self._spawn(self._time_out(run_id))
+                )
                 return
             cmd = waiter.cmd
             if cmd.deadline is not None and now() >= cmd.deadline:
@@ -576,7 +595,11 @@ class Reservations:
         and only then leaves the queue (a failed commit leaves it waiting, to try again)."""
         event = ReservationFailed(run_id=cmd.run_id, error=error.to_reply())
         waiter = self.queue.get(cmd.run_id)
-        await self._say(cmd.run_id, event, "failed" if stored or waiter else None)
+        self._deciding.add(cmd.run_id)  # not granted while its failure commits
+        try:
+            await self._say(cmd.run_id, event, "failed" if stored or waiter else None)
+        finally:
+            self._deciding.discard(cmd.run_id)
         if waiter is not None and self.queue.remove(cmd.run_id) is not None:
             self._spawn(self.serve(waiter.wanted))  # whoever queued behind it may go now
 
