@@ -25,20 +25,13 @@ import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import Any
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from praxis_contracts.errors import Forbidden, Unauthenticated
-
-
-class Scope(StrEnum):
-    READ = "read"
-    OPERATE = "operate"
-    ADMIN = "admin"
-
+from praxis_contracts.tokens import Scope
 
 _RANK = {Scope.READ: 0, Scope.OPERATE: 1, Scope.ADMIN: 2}
 

@@ -4,7 +4,6 @@ move clients to it, revoke the old one."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 from uuid import UUID
 
@@ -12,7 +11,8 @@ from fastapi import APIRouter, Depends, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from praxis_contracts.errors import Unavailable
-from praxis_gateway.auth import Scope, TokenRecord
+from praxis_contracts.tokens import Scope, TokenCreated, TokenInfo, TokenList
+from praxis_gateway.auth import TokenRecord
 from praxis_gateway.security import ActorDep
 from praxis_gateway.tokens import TokenStore
 
@@ -41,30 +41,8 @@ class TokenIn(BaseModel):
     )
 
 
-class TokenInfo(BaseModel):
-    """A token as listed: everything but the secret and its hash."""
-
-    id: UUID
-    name: str
-    scopes: list[Scope]
-    created_at: datetime
-    created_by: str
-    expires_at: datetime | None = None
-    revoked_at: datetime | None = None
-    last_used_at: datetime | None = None
-
-    @classmethod
-    def of(cls, record: TokenRecord) -> TokenInfo:
-        return cls.model_validate(record.model_dump(exclude={"hash"}))
-
-
-class TokenCreated(TokenInfo):
-    token: str = Field(description="The bearer token. Shown this once: it is not stored.")
-
-
-class TokenList(BaseModel):
-    items: list[TokenInfo]
-    total: int
+def info(record: TokenRecord) -> TokenInfo:
+    return TokenInfo.model_validate(record.model_dump(exclude={"hash"}))
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
@@ -75,16 +53,16 @@ async def create_token(body: TokenIn, store: StoreDep, actor: ActorDep) -> Token
         created_by=actor,
         expires_in_seconds=body.expires_in_seconds,
     )
-    return TokenCreated(**TokenInfo.of(record).model_dump(), token=token)
+    return TokenCreated(**info(record).model_dump(), token=token)
 
 
 @router.get("")
 async def list_tokens(store: StoreDep) -> TokenList:
-    items = [TokenInfo.of(r) for r in store.list()]
+    items = [info(r) for r in store.list()]
     return TokenList(items=items, total=len(items))
 
 
 @router.delete("/{token_id}")
 async def revoke_token(token_id: UUID, store: StoreDep) -> TokenInfo:
     """Revoke now, on every gateway; the token stays listed with ``revoked_at``."""
-    return TokenInfo.of(await store.revoke(token_id))
+    return info(await store.revoke(token_id))
