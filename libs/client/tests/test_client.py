@@ -12,7 +12,7 @@ from uuid import uuid4
 import httpx
 import pytest
 
-from praxis_client import AsyncClient, Client, ConnectionFailed, calls
+from praxis_client import AsyncClient, Client, ConnectionFailed, calls, correlation_of, status_of
 from praxis_client.calls import Call
 from praxis_client.events import SseDecoder, StreamEvent
 from praxis_contracts.errors import (
@@ -102,8 +102,8 @@ def test_an_error_reply_raises_its_contract_error_with_status_and_correlation() 
         with pytest.raises(NotFound) as missing:
             praxis.get_run(RUN_ID)
     assert held.value.details == {"blocked_by": ["r1"]}
-    assert (held.value.status, held.value.correlation_id) == (409, "c-1")  # type: ignore[attr-defined]
-    assert (missing.value.status, missing.value.correlation_id) == (404, "c-2")  # type: ignore[attr-defined]
+    assert (status_of(held.value), correlation_of(held.value)) == (409, "c-1")
+    assert (status_of(missing.value), correlation_of(missing.value)) == (404, "c-2")
     assert missing.value.message == "no such run"
 
 
@@ -132,6 +132,14 @@ def test_no_answer_raises_connection_failed_a_retryable_error() -> None:
     with sync_client(handler) as praxis, pytest.raises(ConnectionFailed) as failed:
         praxis.get_run(RUN_ID)
     assert isinstance(failed.value, PraxisError) and failed.value.retryable
+    assert not failed.value.maybe_done and status_of(failed.value) is None
+
+    def handler2(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("no reply", request=request)
+
+    with sync_client(handler2) as praxis, pytest.raises(ConnectionFailed) as lost:
+        praxis.submit_run("noop")
+    assert lost.value.maybe_done
 
 
 def run_page(offset: int, limit: int, total: int, cut: int | None = None) -> dict[str, Any]:

@@ -15,8 +15,17 @@ after a broken connection from the last event it saw.
 
 from praxis_client import calls
 from praxis_client.aio import AsyncClient
-from praxis_client.errors import ApiError, ConnectionFailed
+from praxis_client.errors import ApiError, ConnectionFailed, correlation_of, status_of
 from praxis_client.events import StreamEvent
 from praxis_client.sync import Client
 
-__all__ = ["ApiError", "AsyncClient", "Client", "ConnectionFailed", "StreamEvent", "calls"]
+__all__ = [
+    "ApiError",
+    "AsyncClient",
+    "Client",
+    "ConnectionFailed",
+    "StreamEvent",
+    "calls",
+    "correlation_of",
+    "status_of",
+]

@@ -52,6 +52,7 @@ from praxis_contracts.state import OnFailure, SnapshotInfo, SnapshotPage, Workce
 from praxis_contracts.tokens import Scope, TokenCreated, TokenInfo, TokenList
 
 T = TypeVar("T")
+R_co = TypeVar("R_co", covariant=True)
 ItemT = TypeVar("ItemT", bound=BaseModel)
 
 API = "/api/v1"
@@ -63,24 +64,24 @@ Level = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
 @dataclass(frozen=True)
-class Call(Generic[T]):
+class Call(Generic[R_co]):
     """One HTTP request and the type of its reply (``None``: the reply has no content)."""
 
     method: str
     path: str
-    reply: type[T] | None
+    reply: type[R_co] | None
     params: tuple[tuple[str, str], ...] = ()
     body: Mapping[str, Any] | None = None
     timeout: float | None = field(default=None, compare=False)
     """Seconds; ``None``: the client's. Syncing a source or building an asset takes longer."""
 
-    def decode(self, content: bytes) -> T:
+    def decode(self, content: bytes) -> R_co:
         """The reply's body as ``reply`` (``None`` for a reply without content)."""
         if self.reply is None:
             return None  # type: ignore[return-value]
         return TypeAdapter(self.reply).validate_json(content)
 
-    def at_offset(self, offset: int) -> Call[T]:
+    def at_offset(self, offset: int) -> Call[R_co]:
         """The same list call, for the page starting at ``offset``."""
         params = tuple((k, v) for k, v in self.params if k != "offset")
         return replace(self, params=(*params, ("offset", str(offset))))

@@ -25,15 +25,32 @@ from praxis_contracts.errors import (
     error_from_reply,
 )
 
-__all__ = ["ApiError", "ConnectionFailed", "error_of"]
+__all__ = ["ApiError", "ConnectionFailed", "correlation_of", "error_of", "status_of"]
 
 ApiError = PraxisError
 """What every failed call raises: catch it, or one of its subclasses by code."""
 
 
 class ConnectionFailed(Unavailable):
-    """The API did not answer (refused, reset, timed out): the request may or may not have
-    been carried out. Retryable."""
+    """The API did not answer (refused, reset, timed out). Retryable. ``maybe_done``: the
+    request may have been carried out (it was sent, the reply never came); False when the
+    connection itself was refused."""
+
+    @property
+    def maybe_done(self) -> bool:
+        return bool(self.details.get("maybe_done", True))
+
+
+def status_of(error: BaseException) -> int | None:
+    """The HTTP status of an error a call raised (None: no reply came)."""
+    status = getattr(error, "status", None)
+    return status if isinstance(status, int) else None
+
+
+def correlation_of(error: BaseException) -> str | None:
+    """The request's correlation id (``X-Correlation-Id``), to find it in the services' logs."""
+    value = getattr(error, "correlation_id", None)
+    return value if isinstance(value, str) else None
 
 
 _BY_STATUS: dict[int, type[PraxisError]] = {502: Unavailable, 503: Unavailable, 504: Timeout}

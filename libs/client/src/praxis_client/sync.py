@@ -78,7 +78,10 @@ class Client(Session):
                 timeout=call.timeout or self.timeout,
             )
         except httpx.TransportError as exc:
-            raise ConnectionFailed(f"{call.method} {call.path}: {exc!r}") from exc
+            refused = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+            raise ConnectionFailed(
+                f"{call.method} {call.path}: {exc!r}", maybe_done=not refused
+            ) from exc
         if response.is_error:
             raise error_of(
                 response.status_code, response.content, response.headers.get("X-Correlation-Id")

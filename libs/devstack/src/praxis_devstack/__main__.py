@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import re
 import signal
@@ -16,8 +15,9 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-import httpx
-
+from praxis_client import StreamEvent
+from praxis_contracts.common import RunStatus
+from praxis_contracts.runs import RunView
 from praxis_devstack.bench import bench
 from praxis_devstack.chaos import ChaosOptions, chaos
 from praxis_devstack.proof import proof
@@ -49,7 +49,7 @@ async def run(_: argparse.Namespace) -> int:
             f"  logs         {stack.base_dir}/logs/\n"
             f"  workcell     {DEMO_WORKCELL}: liquid handler, deck, tip rack, 2 plates, reader\n"
             f"               (each workcell registered gets an orchestrator of its own)\n"
-            f"  protocols    {source['name']} @ {source['commit'][:12]} (git: {source['url']})\n\n"
+            f"  protocols    {source.name} @ {(source.commit or '')[:12]} (git: {source.url})\n\n"
             f"  admin token  {stack.admin_token}\n"
             f"               ({_token_origin()}; send it as 'Authorization: Bearer <token>')\n\n"
             f"Try: curl -s -XPOST {stack.api}/api/v1/protocols/runs "
@@ -99,48 +99,39 @@ async def _demo(args: argparse.Namespace, stack: Stack) -> int:
         print("starting the stack ...", flush=True)
         await stack.start()
         await stack.seed()
-        async with httpx.AsyncClient(
-            base_url=stack.api, timeout=60.0, headers=stack.auth_headers
-        ) as client:
-            body = {
-                "protocol_name": "transfer",
-                "workcell": DEMO_WORKCELL,
-                "parameters": {"volume": args.volume, "wells": ["A1", "B1"]},
-                "assets": {"source_plate": "source_plate", "dest_plate": "dest_plate"},
-            }
-            response = await client.post("/api/v1/protocols/runs", json=body)
-            response.raise_for_status()
-            run_id = response.json()["accession_id"]
-            print(
-                f"submitted run {run_id}: transfer {args.volume} uL per well, A1 and B1, "
-                "source_plate -> dest_plate"
+        async with stack.client() as praxis:
+            run = await praxis.submit_run(
+                "transfer",
+                workcell=DEMO_WORKCELL,
+                parameters={"volume": args.volume, "wells": ["A1", "B1"]},
+                assets={"source_plate": "source_plate", "dest_plate": "dest_plate"},
             )
-            async with client.stream("GET", f"/api/v1/protocols/runs/{run_id}/events") as events:
-                async for line in events.aiter_lines():
-                    _print_event(line)
-            run = (await client.get(f"/api/v1/protocols/runs/{run_id}")).json()
+            print(
+                f"submitted run {run.accession_id}: transfer {args.volume} uL per well, A1 and "
+                "B1, source_plate -> dest_plate"
+            )
+            async for event in praxis.events(run.accession_id):
+                _print_event(event)
+            run = await praxis.get_run(run.accession_id)
         return _verdict(run, args.volume)
     finally:
         await stack.stop()
 
 
-def _print_event(line: str) -> None:
-    if line.startswith("event: "):
-        print(f"  {line[7:]:<40}", end="", flush=True)
-    elif line.startswith("data: "):
-        data = json.loads(line[6:])
-        detail = data.get("status") or data.get("outcome") or data.get("function") or ""
-        if "function" in data:
-            detail = f"{data['function']} {data['status']}"
-        print(detail, flush=True)
+def _print_event(event: StreamEvent) -> None:
+    data = event.data
+    detail = data.get("status") or data.get("outcome") or data.get("function") or ""
+    if "function" in data:
+        detail = f"{data['function']} {data['status']}"
+    print(f"  {event.type:<40}{detail}", flush=True)
 
 
-def _verdict(run: dict[str, Any], volume: float) -> int:
-    print(f"\nrun {run['accession_id']}: {run['status']}; result {run['result']}")
-    if run["status"] != "completed":
-        print(f"FAILED: {run.get('error')}")
+def _verdict(run: RunView, volume: float) -> int:
+    print(f"\nrun {run.accession_id}: {run.status}; result {run.result}")
+    if run.status != RunStatus.COMPLETED:
+        print(f"FAILED: {run.error}")
         return 1
-    states = run.get("asset_states") or {}
+    states = run.asset_states or {}
     ok = True
     for well in ("A1", "B1"):
         src = states["source_plate"][f"source_plate_well_{well}"]["volume"]

@@ -23,9 +23,9 @@ import uuid
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpx
 import nats
 
+from praxis_client import AsyncClient
 from praxis_devstack.bench_isolation import measure_isolation
 from praxis_devstack.bench_reservations import measure_reservations
 from praxis_devstack.bench_scale import measure_scale
@@ -82,24 +82,15 @@ async def _within(future: asyncio.Future[T], seconds: float = 60.0) -> T:
     return await asyncio.wait_for(future, seconds)
 
 
-async def _submit(client: httpx.AsyncClient) -> tuple[str, int, float]:
+async def _submit(praxis: AsyncClient) -> tuple[str, int, float]:
     t0 = time.time_ns()
-    response = await client.post(
-        "/api/v1/protocols/runs", json={"protocol_name": "noop", "workcell": DEMO_WORKCELL}
-    )
+    run = await praxis.submit_run("noop", workcell=DEMO_WORKCELL)
     http_ms = (time.time_ns() - t0) / 1e6
-    response.raise_for_status()
-    run_id = response.json()["accession_id"]
-    return run_id, t0, http_ms
+    return str(run.accession_id), t0, http_ms
 
 
 async def measure(
-    api: str,
-    nats_url: str,
-    runs: int,
-    concurrency: int,
-    headers: dict[str, str] | None = None,
-    meter: Meter | None = None,
+    stack: Stack, nats_url: str, runs: int, concurrency: int, meter: Meter | None = None
 ) -> dict[str, Any]:
     """Latency one run at a time, then throughput with ``concurrency`` in flight; ``meter``
     measures what the throughput phase cost each process per run (``praxis_devstack.cost``)."""
@@ -107,10 +98,7 @@ async def measure(
     watcher = RunWatcher()
     await nc.subscribe("praxis.evt.orchestrator.run.finished.>", cb=watcher.on_finished)
     await nc.subscribe("praxis.evt.scheduler.run.status_changed.*", cb=watcher.on_status)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(
-        base_url=api, timeout=60.0, limits=limits, headers=headers
-    ) as client:
+    async with stack.client(max_connections=concurrency) as client:
         for _ in range(5):  # warm-up: code cache, connections
             run_id, _, _ = await _submit(client)
             await _within(watcher.run_completed(run_id))
@@ -153,30 +141,24 @@ async def measure(
     }
 
 
-async def measure_run_list(
-    api: str, repeats: int = 5, headers: dict[str, str] | None = None
-) -> dict[str, Any]:
+async def measure_run_list(stack: Stack, repeats: int = 5) -> dict[str, Any]:
     """``GET /protocols/runs`` at the default page (50) and the largest (1,000): time and bytes.
 
     The runs the phases before left behind are listed; every page must be a 200 (a page too
     large for one NATS message was once a 504 after 5 s).
     """
     figures: dict[str, Any] = {}
-    async with httpx.AsyncClient(base_url=api, timeout=30.0, headers=headers) as client:
+    async with stack.client(timeout=30.0) as praxis:
         for limit in (50, 1000):
             ms: list[float] = []
-            size = 0
             for _ in range(repeats):
                 t0 = time.perf_counter()
-                response = await client.get("/api/v1/protocols/runs", params={"limit": limit})
+                page = await praxis.list_runs(limit=limit)  # decoded: the client's whole cost
                 ms.append((time.perf_counter() - t0) * 1000)
-                response.raise_for_status()
-                size = len(response.content)
-            page = response.json()
             figures[f"limit_{limit}"] = {
-                "items": len(page["items"]),
-                "total": page["total"],
-                "bytes": size,
+                "items": len(page.items),
+                "total": page.total,
+                "bytes": len(page.model_dump_json()),
                 "ms": summary(ms),
             }
     return figures
@@ -188,12 +170,11 @@ async def bench(args: argparse.Namespace) -> int:
         await stack.start()
         await stack.seed()
         assert stack.infra is not None
-        auth = stack.auth_headers
         nats = stack.infra.nats_operator_url
         meter = stack.meter()
         await meter.start()
-        report = await measure(stack.api, nats, args.runs, args.concurrency, auth, meter)
-        report["run_list"] = await measure_run_list(stack.api, headers=auth)  # needs the scheduler
+        report = await measure(stack, nats, args.runs, args.concurrency, meter)
+        report["run_list"] = await measure_run_list(stack)  # needs the scheduler
         # The asset-manager alone: the scheduler would otherwise take every benchmark grant
         # for a run it does not know and dead-letter it, on the same two cores. Restarted to
         # place runs without an orchestrator (EDGE_PLACEMENT=false, as its own tests run it):

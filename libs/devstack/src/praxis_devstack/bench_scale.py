@@ -20,13 +20,17 @@ import asyncio
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import httpx
 from sqlalchemy import text
 
+from praxis_client import AsyncClient
+from praxis_contracts.assets import AssetDraft
+from praxis_contracts.common import RunStatus, SearchFilters
+from praxis_contracts.runs import RunPage
 from praxis_devstack.stack import Stack
 from praxis_devstack.stats import summary
 from praxis_devstack.testdata import bulk_runs_sql, star_labware, star_with_empty_carriers
@@ -34,33 +38,29 @@ from praxis_runtime.db import Database
 
 WORKCELL = "star"
 HISTORY = 10_000
+T = TypeVar("T")
 PAIRS = [(f"plate0_{i}", f"plate{1 + i}_{i}", f"tips{i % 2}_{i}") for i in range(5)]
 
 
-async def _timed(call: Any) -> tuple[float, httpx.Response]:
+async def _timed(call: Awaitable[T]) -> tuple[float, T]:
     t0 = time.perf_counter()
-    response = await call
-    return (time.perf_counter() - t0) * 1000, response
+    reply = await call
+    return (time.perf_counter() - t0) * 1000, reply
 
 
-async def _workcell(api: httpx.AsyncClient) -> dict[str, Any]:
+async def _workcell(praxis: AsyncClient) -> dict[str, Any]:
     t0 = time.perf_counter()
-    created = await api.post(
-        "/api/v1/workcells", json={"name": WORKCELL, "assets": star_with_empty_carriers(WORKCELL)}
-    )
-    created.raise_for_status()
+    drafts = [AssetDraft.model_validate(d) for d in star_with_empty_carriers(WORKCELL)]
+    await praxis.register_workcell(WORKCELL, assets=drafts)
     labware = star_labware()
     for body in labware:
-        (
-            await api.post("/api/v1/resources", json={"workcell": WORKCELL, **body})
-        ).raise_for_status()
+        await praxis.create_asset("resource", WORKCELL, **body)
     create_s = time.perf_counter() - t0
     ms, size = [], 0
     for _ in range(5):
-        elapsed, response = await _timed(api.get(f"/api/v1/workcells/{WORKCELL}"))
-        response.raise_for_status()
+        elapsed, layout = await _timed(praxis.get_workcell(WORKCELL))
         ms.append(elapsed)
-        size = len(response.content)
+        size = len(layout.model_dump_json())
     return {
         "labware": len(labware),
         "create_all_s": round(create_s, 2),
@@ -69,35 +69,24 @@ async def _workcell(api: httpx.AsyncClient) -> dict[str, Any]:
     }
 
 
-async def _finished(api: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
-    async with api.stream("GET", f"/api/v1/protocols/runs/{run_id}/events") as events:
-        async for _ in events.aiter_lines():
-            pass
-    return dict((await api.get(f"/api/v1/protocols/runs/{run_id}")).json())
-
-
-async def _runs(api: httpx.AsyncClient) -> dict[str, Any]:
+async def _runs(praxis: AsyncClient) -> dict[str, Any]:
     ms: list[float] = []
     for source, dest, tips in PAIRS:
         t0 = time.perf_counter()
-        response = await api.post(
-            "/api/v1/protocols/runs",
-            json={
-                "protocol_name": "transfer",
-                "workcell": WORKCELL,
-                "parameters": {"volume": 10, "wells": ["A1"]},
-                "assets": {"source_plate": source, "dest_plate": dest, "tips": tips},
-            },
+        submitted = await praxis.submit_run(
+            "transfer",
+            workcell=WORKCELL,
+            parameters={"volume": 10, "wells": ["A1"]},
+            assets={"source_plate": source, "dest_plate": dest, "tips": tips},
         )
-        response.raise_for_status()
-        run = await _finished(api, response.json()["accession_id"])
-        if run["status"] != "completed":
-            raise RuntimeError(f"a transfer on the STAR deck ended {run['status']}: {run['error']}")
+        run = await praxis.wait(submitted.accession_id)
+        if run.status != RunStatus.COMPLETED:
+            raise RuntimeError(f"a transfer on the STAR deck ended {run.status}: {run.error}")
         ms.append((time.perf_counter() - t0) * 1000)
     return {"first_run_ms": round(ms[0], 1), "later_runs_ms": summary(ms[1:])}
 
 
-async def _history(api: httpx.AsyncClient, database_url: str) -> dict[str, Any]:
+async def _history(praxis: AsyncClient, database_url: str) -> dict[str, Any]:
     workcells, machines = [uuid.uuid4() for _ in range(3)], [uuid.uuid4() for _ in range(2)]
     plates = [uuid.uuid4() for _ in range(50)]
     db = Database(database_url, "scheduler")
@@ -115,21 +104,25 @@ async def _history(api: httpx.AsyncClient, database_url: str) -> dict[str, Any]:
             await session.execute(text("ANALYZE scheduler.protocol_runs"))
     finally:
         await db.dispose()
-    queries: dict[str, dict[str, Any]] = {
-        "limit_50": {"limit": 50},
-        "limit_1000": {"limit": 1000},
-        "failed_limit_50": {"limit": 50, "status": "failed"},
-        "by_plate_limit_50": {"limit": 50, "resource_accession_id": str(plates[7])},
+    by_plate = SearchFilters(resource_accession_id=plates[7])
+    queries: dict[str, Callable[[int], Awaitable[RunPage]]] = {
+        "limit_50": lambda offset: praxis.list_runs(limit=50, offset=offset),
+        "limit_1000": lambda offset: praxis.list_runs(limit=1000, offset=offset),
+        "failed_limit_50": lambda offset: praxis.list_runs(
+            status=[RunStatus.FAILED], limit=50, offset=offset
+        ),
+        "by_plate_limit_50": lambda offset: praxis.list_runs(
+            filters=by_plate, limit=50, offset=offset
+        ),
     }
     figures: dict[str, Any] = {"runs": HISTORY}
-    for label, params in queries.items():
+    for label, query in queries.items():
         ms, size, total = [], 0, HISTORY
+        limit = 1000 if label == "limit_1000" else 50
         for page in range(10):  # ten pages in, wrapping at the end (total: from the first)
-            query = {**params, "offset": page * int(params["limit"]) % max(total, 1)}
-            elapsed, response = await _timed(api.get("/api/v1/protocols/runs", params=query))
-            response.raise_for_status()
+            elapsed, runs = await _timed(query(page * limit % max(total, 1)))
             ms.append(elapsed)
-            size, total = len(response.content), response.json()["total"]
+            size, total = len(runs.model_dump_json()), runs.total
         figures[label] = {"total": total, "bytes": size, "ms": summary(ms)}
     return figures
 
@@ -142,11 +135,9 @@ async def measure_scale() -> dict[str, Any]:
             await stack.start()
             await stack.seed()
             assert stack.infra is not None
-            async with httpx.AsyncClient(
-                base_url=stack.api, timeout=120.0, headers=stack.auth_headers
-            ) as api:
-                report = {"workcell": await _workcell(api), "runs": await _runs(api)}
-                report["history"] = await _history(api, stack.infra.database_url)
+            async with stack.client(timeout=120.0) as praxis:
+                report = {"workcell": await _workcell(praxis), "runs": await _runs(praxis)}
+                report["history"] = await _history(praxis, stack.infra.database_url)
             return report
         finally:
             await stack.stop()

@@ -46,16 +46,19 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import nats
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
+from pydantic import BaseModel
 
+from praxis_client import AsyncClient, ConnectionFailed, calls, status_of
+from praxis_contracts.common import SearchFilters
+from praxis_contracts.errors import NotFound, PayloadTooLarge, PraxisError, Timeout
 from praxis_devstack.stack import DEMO_WORKCELL, SERVICES, Stack
 
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
@@ -131,7 +134,7 @@ HOLD_SHARE = 0.35
 REFRESH_EVERY = 2.0
 """Seconds between reads of the API while waiting (a backstop: events push every change)."""
 
-RESOLVE_BODY = {"action": "resolve", "outcome": "failed", "reason": "chaos: operator resolved"}
+RESOLVE_REASON = "chaos: operator resolved"
 
 
 @dataclass(frozen=True)
@@ -393,6 +396,11 @@ def blocked_behind_interventions(runs: Iterable[Run], held: set[str]) -> set[str
     return blocked
 
 
+def _json(model: BaseModel) -> dict[str, Any]:
+    """A reply as the harness keeps it: its JSON form."""
+    return model.model_dump(mode="json")
+
+
 def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
 
@@ -421,8 +429,8 @@ class Observer:
     """The harness's view of the system: run statuses pushed by the scheduler's events (and read
     from the API as a backstop), and the lease bucket's whole history."""
 
-    def __init__(self, api: httpx.AsyncClient, planned: list[Planned]) -> None:
-        self.api = api
+    def __init__(self, planned: list[Planned]) -> None:
+        self.api: AsyncClient
         self.by_tag = {p.tag: p for p in planned}
         self.runs: dict[str, Run] = {}
         self.leases: list[LeaseRecord] = []
@@ -683,10 +691,9 @@ class Observer:
                     if run.status not in TERMINAL and run_id not in listed
                 ]
                 for run_id in gone[:50]:
-                    response = await self.api.get(f"/api/v1/protocols/runs/{run_id}")
-                    if response.status_code == 200:
-                        self.note_view(response.json())
-            except (httpx.HTTPError, ValueError, KeyError) as exc:
+                    with contextlib.suppress(NotFound):
+                        self.note_view(_json(await self.api.get_run(run_id)))
+            except (PraxisError, ValueError, KeyError) as exc:
                 self.api_errors[type(exc).__name__] += 1
             finally:
                 self._last_refresh = loop.time()
@@ -695,34 +702,29 @@ class Observer:
         """Every run with one of ``statuses``, page by page; raises on an HTTP failure.
 
         A finished run's view carries its assets' PyLabRobot state (about 0.5 MB for an assay),
-        and a page over NATS's 1 MB payload limit is a 504: pages start small and halve on a
-        504. The harness lists only unfinished runs (their views are small)."""
+        and a page over NATS's 1 MB payload limit is refused (507): pages start small and
+        halve on it. The harness lists only unfinished runs (their views are small)."""
         items: list[dict[str, Any]] = []
-        offset, limit = 0, 25
-        while True:
-            params: list[tuple[str, str | int | float | bool | None]] = [
-                ("limit", limit),
-                ("offset", offset),
-                ("sort_by", "created_at"),
-            ]
-            params += [("status", s) for s in statuses]
-            response = await self.api.get("/api/v1/protocols/runs", params=params)
-            if response.status_code == 504 and limit > 1:
+        offset: int | None = 0
+        limit = 25
+        oldest_first = SearchFilters(sort_by="created_at")
+        while offset is not None:
+            try:
+                page = await self.api.list_runs(
+                    status=statuses, filters=oldest_first, limit=limit, offset=offset
+                )
+            except (PayloadTooLarge, Timeout):
+                if limit == 1:
+                    raise
                 limit //= 2
                 continue
-            response.raise_for_status()
-            page = response.json()
-            items.extend(page["items"])
-            offset += len(page["items"])
-            if not page["items"] or offset >= page["total"]:
-                return items
+            items.extend(_json(run) for run in page.items)
+            offset = calls.next_offset(page, offset)
+        return items
 
     async def count_runs(self, status: str) -> int:
         """How many runs the API has with ``status`` (the page's total)."""
-        params: dict[str, str | int] = {"status": status, "limit": 1}
-        response = await self.api.get("/api/v1/protocols/runs", params=params)
-        response.raise_for_status()
-        return int(response.json()["total"])
+        return (await self.api.list_runs(status=[status], limit=1)).total
 
 
 # ------------------------------------------------------------------------------------- harness
@@ -740,8 +742,9 @@ class Chaos:
             environ={},  # always embedded servers: the harness stops and starts them
             service_env={**SERVICE_ENV, **options.env},
         )
-        self.api = httpx.AsyncClient(timeout=15.0, headers=self.stack.auth_headers)
-        self.observer = Observer(self.api, self.planned)
+        self.api = self.stack.client(timeout=15.0)  # its address is the stack's once started
+        self.observer = Observer(self.planned)
+        self.observer.api = self.api
         self.began = time.time()
         self.started = time.time()
         self.kills: list[dict[str, Any]] = []
@@ -807,16 +810,15 @@ class Chaos:
     async def _start(self) -> None:
         await self.stack.start()
         await self.stack.seed()
-        self.api.base_url = httpx.URL(self.stack.api)
+        await self.api.aclose()
+        self.api = self.observer.api = self.stack.client(timeout=15.0)
         self.observer.supervise = self._supervise
-        layout = (await self.api.get(f"/api/v1/workcells/{DEMO_WORKCELL}")).json()
+        layout = await self.api.get_workcell(DEMO_WORKCELL)
         self.observer.names = {
-            f"asset.{DEMO_WORKCELL}.{asset['accession_id']}": asset["name"]
-            for asset in layout["assets"]
+            f"asset.{DEMO_WORKCELL}.{asset.accession_id}": asset.name for asset in layout.assets
         }
         for protocol in {p.protocol for p in self.planned}:
-            found = await self.api.get("/api/v1/protocols/definitions", params={"name": protocol})
-            if not found.json().get("items"):
+            if not (await self.api.list_definitions(name=protocol)).items:
                 raise RuntimeError(f"protocol {protocol} was not discovered in examples/protocols")
         assert self.stack.infra is not None
         await self.observer.connect(self.stack.infra.nats_operator_url)
@@ -855,13 +857,14 @@ class Chaos:
         }
 
     async def _register(self, url: str, name: str) -> dict[str, Any]:
-        body = {"name": name, "kind": "git", "url": url}
+        call = replace(calls.register_source(name, url, kind="git"), timeout=600.0)
         try:
-            response = await self.api.post("/api/v1/protocols/sources", json=body, timeout=600)
-        except httpx.HTTPError as exc:
-            return {"status": type(exc).__name__}
-        data = response.json()
-        return {"http": response.status_code, "status": data.get("status") or data.get("code")}
+            source = await self.api.send(call)
+        except ConnectionFailed as exc:
+            return {"status": type(exc.__cause__).__name__}
+        except PraxisError as exc:
+            return {"http": status_of(exc), "status": str(exc.code)}
+        return {"http": 201, "status": source.status}
 
     # -- workload -------------------------------------------------------------------------
     async def _submit_all(self) -> None:
@@ -894,26 +897,21 @@ class Chaos:
         while True:
             uncertain = False
             try:
-                response = await self.api.post("/api/v1/protocols/runs", json=planned.body())
-                if response.status_code == 201:
-                    view = response.json()
-                    self.submitted.append(str(view["accession_id"]))
-                    self.observer.note_view(view, planned)
+                view = await self.api.submit_run(**planned.body())
+                self.submitted.append(str(view.accession_id))
+                self.observer.note_view(_json(view), planned)
+                return
+            except ConnectionFailed as exc:
+                uncertain = exc.maybe_done
+                problem = type(exc.__cause__).__name__
+            except PraxisError as exc:
+                status = status_of(exc) or 500
+                if status < 500:
+                    rejected = {"index": planned.index, "status": status, "body": exc.message}
+                    self.rejected.append(rejected)
                     return
-                if response.status_code < 500:
-                    self.rejected.append(
-                        {
-                            "index": planned.index,
-                            "status": response.status_code,
-                            "body": response.text[:500],
-                        }
-                    )
-                    return
-                uncertain = response.status_code in (500, 504)
-                problem = f"HTTP {response.status_code}"
-            except httpx.TransportError as exc:
-                uncertain = not isinstance(exc, httpx.ConnectError)
-                problem = type(exc).__name__
+                uncertain = status in (500, 504)
+                problem = f"HTTP {status}"
             self.uncertain_submissions += int(uncertain)
             if loop.time() + delay > deadline:
                 self.rejected.append({"index": planned.index, "status": None, "body": problem})
@@ -1197,27 +1195,25 @@ class Chaos:
             try:
                 views = await self.observer.list_runs(sorted(ACTIVE | {INTERVENTION}))
                 counts = {s: await self.observer.count_runs(s) for s in STATUSES}
-                locks = (await self.api.get("/api/v1/locks")).raise_for_status().json()
+                locks = [_json(lease) for lease in (await self.api.list_locks()).items]
                 for view in views:
                     self.observer.note_view(view)
                 runs = {str(v["accession_id"]): v for v in views}
                 statuses = {run_id: str(v["status"]) for run_id, v in runs.items()}
-                for lock in locks.get("items", []):
+                for lock in locks:
                     holder = str(lock.get("run_id"))
                     if holder not in statuses:
-                        response = await self.api.get(f"/api/v1/protocols/runs/{holder}")
-                        statuses[holder] = (
-                            response.json()["status"]
-                            if response.status_code == 200
-                            else f"HTTP {response.status_code}"
-                        )
+                        try:
+                            statuses[holder] = str((await self.api.get_run(holder)).status)
+                        except NotFound as exc:
+                            statuses[holder] = f"HTTP {status_of(exc)}"
                 return {
                     "runs": runs,
                     "counts": {s: n for s, n in counts.items() if n},
-                    "locks": locks.get("items", []),
+                    "locks": locks,
                     "statuses": statuses,
                 }
-            except (httpx.HTTPError, ValueError, KeyError) as exc:
+            except (PraxisError, ValueError, KeyError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 await asyncio.sleep(1.0)  # retry back-off while the API is down
         return {"runs": {}, "counts": {}, "locks": [], "statuses": {}, "error": error}
@@ -1285,13 +1281,11 @@ class Chaos:
                 "after_fault": self._fault_before(run.at),
             }
             self.interventions[run.run_id] = record
-            with contextlib.suppress(httpx.HTTPError, ValueError):
-                response = await self.api.get(f"/api/v1/protocols/runs/{run.run_id}")
-                if response.status_code == 200:
-                    view = response.json()
-                    record["tag"] = (view.get("parameters") or {}).get("tag")
-                    record["edge_instance"] = view.get("edge_instance")
-                    record["error"] = view.get("error")
+            with contextlib.suppress(PraxisError, ValueError):
+                view = _json(await self.api.get_run(run.run_id))
+                record["tag"] = (view.get("parameters") or {}).get("tag")
+                record["edge_instance"] = view.get("edge_instance")
+                record["error"] = view.get("error")
             outcome = await self._resolve(run.run_id)
             record["resolved"] = outcome is None or "ended_without_operator" in outcome
             record.update(outcome or {})
@@ -1345,22 +1339,22 @@ class Chaos:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.recover_timeout
         delay = 0.2
-        path = f"/api/v1/protocols/runs/{run_id}/actions"
         while True:
             try:
-                response = await self.api.post(path, json=RESOLVE_BODY)
-                if response.status_code < 300:
-                    self.observer.note_view(response.json())
-                    return None
-                if response.status_code == 409:  # it may have ended on its own meanwhile
+                view = await self.api.resolve_run(run_id, "failed", reason=RESOLVE_REASON)
+                self.observer.note_view(_json(view))
+                return None
+            except ConnectionFailed as exc:
+                if loop.time() + delay > deadline:
+                    return {"http_status": None, "body": type(exc.__cause__).__name__}
+            except PraxisError as exc:
+                code = status_of(exc) or 500
+                if code == 409:  # it may have ended on its own meanwhile
                     status = await self._status(run_id)
                     if status in TERMINAL:
                         return {"ended_without_operator": status}
-                if response.status_code < 500 or loop.time() + delay > deadline:
-                    return {"http_status": response.status_code, "body": response.text[:500]}
-            except httpx.TransportError as exc:
-                if loop.time() + delay > deadline:
-                    return {"http_status": None, "body": type(exc).__name__}
+                if code < 500 or loop.time() + delay > deadline:
+                    return {"http_status": code, "body": exc.message[:500]}
             await asyncio.sleep(delay)  # retry back-off while the gateway is down
             delay = min(delay * 2, 2.0)
 
@@ -1379,10 +1373,8 @@ class Chaos:
     async def _status(self, run_id: str) -> str | None:
         """One run's status from the API (None if it cannot be read)."""
         try:
-            response = await self.api.get(f"/api/v1/protocols/runs/{run_id}")
-            response.raise_for_status()
-            return str(response.json()["status"])
-        except (httpx.HTTPError, ValueError, KeyError):
+            return str((await self.api.get_run(run_id)).status)
+        except PraxisError:
             return None
 
     async def _dead_letters(self) -> dict[str, Any]:

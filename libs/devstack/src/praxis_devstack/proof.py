@@ -37,9 +37,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
-import httpx
 from nats.js.api import DeliverPolicy
 
+from praxis_client import ConnectionFailed, status_of
+from praxis_contracts.errors import NotFound, PraxisError
 from praxis_devstack.chaos import (
     ACTIVE,
     INTERVENTION,
@@ -205,8 +206,9 @@ class Proof:
         }
         everything = [p for ps in self.planned.values() for p in ps]
         self.tag_workcell = {p.tag: w for w, ps in self.planned.items() for p in ps}
-        self.api = httpx.AsyncClient(timeout=30.0, headers=self.stack.auth_headers)
-        self.observer = Observer(self.api, everything)
+        self.api = self.stack.client(timeout=30.0)  # its address is the stack's once started
+        self.observer = Observer(everything)
+        self.observer.api = self.api
         self.progress = Progress()
         self.submitted: dict[str, str] = {}  # run id -> workcell
         self.long_runs: dict[str, str] = {}  # run id -> edge
@@ -261,22 +263,17 @@ class Proof:
 
     async def _start(self) -> None:
         await self.stack.start()
-        self.api.base_url = httpx.URL(self.stack.api)
+        await self.api.aclose()
+        self.api = self.observer.api = self.stack.client(timeout=30.0)
         await self.stack.seed()
         for workcell in self.options.workcells:
-            known = await self.api.get(f"/api/v1/workcells/{workcell}")
-            if known.status_code == 404:
-                drafts = [d.model_dump(mode="json") for d in demo_workcell()]
-                response = await self.api.post(
-                    "/api/v1/workcells", json={"name": workcell, "assets": drafts}
-                )
-                response.raise_for_status()
+            try:
+                await self.api.get_workcell(workcell)
+            except NotFound:
+                await self.api.register_workcell(workcell, assets=demo_workcell())
         for protocol in ("chaos_assay", "chaos_hold", LONG_PROTOCOL):
             for _ in range(120):
-                found = await self.api.get(
-                    "/api/v1/protocols/definitions", params={"name": protocol}
-                )
-                if found.json().get("items"):
+                if (await self.api.list_definitions(name=protocol)).items:
                     break
                 await asyncio.sleep(0.5)
             else:
@@ -334,20 +331,20 @@ class Proof:
         delay, deadline = 0.2, time.monotonic() + 90.0
         while True:
             try:
-                response = await self.api.post("/api/v1/protocols/runs", json=body)
-                if response.status_code == 201:
-                    view = response.json()
-                    run_id = str(view["accession_id"])
-                    self.submitted[run_id] = workcell
-                    self.progress.run_workcell[run_id] = workcell
-                    self.observer.note_view(view, planned)
-                    return run_id
-                problem = f"HTTP {response.status_code}: {response.text[:300]}"
-                if response.status_code < 500:
+                view = await self.api.submit_run(**body)
+                run_id = str(view.accession_id)
+                self.submitted[run_id] = workcell
+                self.progress.run_workcell[run_id] = workcell
+                self.observer.note_view(view.model_dump(mode="json"), planned)
+                return run_id
+            except ConnectionFailed as exc:
+                problem = type(exc.__cause__).__name__
+            except PraxisError as exc:
+                status = status_of(exc) or 500
+                problem = f"HTTP {status}: {exc.message[:300]}"
+                if status < 500:
                     self.rejected.append({"body": body, "problem": problem})
                     return None
-            except httpx.TransportError as exc:
-                problem = type(exc).__name__
             if time.monotonic() > deadline:
                 self.rejected.append({"body": body, "problem": problem})
                 return None
@@ -512,8 +509,10 @@ class Proof:
         final: dict[str, str] = {}
         not_completed: dict[str, Any] = {}
         for run_id, workcell in self.submitted.items():
-            response = await self.api.get(f"/api/v1/protocols/runs/{run_id}")
-            view = response.json() if response.is_success else {}
+            try:
+                view = (await self.api.get_run(run_id)).model_dump(mode="json")
+            except PraxisError:
+                view = {}
             final[run_id] = str(view.get("status", "?"))
             if final[run_id] != "completed":
                 not_completed[run_id] = {

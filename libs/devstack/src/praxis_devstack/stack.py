@@ -17,8 +17,11 @@ from typing import IO, Any
 
 import httpx
 
+from praxis_client import AsyncClient, calls
 from praxis_contracts.assets import WorkcellChanged
+from praxis_contracts.errors import NotFound
 from praxis_contracts.permissions import identity_for_service
+from praxis_contracts.protocols import ProtocolSource
 from praxis_devstack.cost import Meter
 from praxis_devstack.servers import (
     LocalInfra,
@@ -216,18 +219,14 @@ class Stack:
             await nc.close()
 
     async def _registered_workcells(self) -> list[str]:
-        names: list[str] = []
-        async with httpx.AsyncClient(
-            base_url=self.api, timeout=30.0, headers=self.auth_headers
-        ) as client:
-            offset = 0
-            while True:
-                params = {"limit": 500, "offset": offset}
-                page = (await client.get("/api/v1/workcells", params=params)).json()
-                names += [w["name"] for w in page["items"]]
-                if len(page["items"]) < 500:
-                    return names
-                offset += 500
+        async with self.client() as praxis:
+            return [w.name async for w in praxis.paginate(calls.list_workcells(limit=500))]
+
+    def client(self, timeout: float = 60.0, max_connections: int = 10) -> AsyncClient:
+        """A typed client of this stack's API, as its admin (``praxis_client``)."""
+        return AsyncClient(
+            self.api, self.admin_token, timeout=timeout, max_connections=max_connections
+        )
 
     def _env(self, name: str, health_port: int, gateway_port: int) -> dict[str, str]:
         """``name``'s environment: this one's settings, without anybody's secrets, plus its
@@ -303,35 +302,20 @@ class Stack:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.5)
 
-    async def seed(self) -> dict[str, Any]:
+    async def seed(self) -> ProtocolSource:
         """Register the demo workcell and the bundled example protocols (a real git repo)."""
-        async with httpx.AsyncClient(
-            base_url=self.api, timeout=300.0, headers=self.auth_headers
-        ) as client:
+        async with self.client(timeout=300.0) as praxis:
             # Registered once: a restart keeps the workcell and the state runs left in it.
-            known = await client.get(f"/api/v1/workcells/{DEMO_WORKCELL}")
-            if known.status_code == 404:
-                drafts = [d.model_dump(mode="json") for d in demo_workcell()]
-                response = await client.post(
-                    "/api/v1/workcells", json={"name": DEMO_WORKCELL, "assets": drafts}
-                )
-                response.raise_for_status()
-            else:
-                known.raise_for_status()
-            existing = (await client.get("/api/v1/protocols/sources", params={"limit": 100})).json()
-            source = next((s for s in existing["items"] if s["name"] == EXAMPLES_SOURCE), None)
+            try:
+                await praxis.get_workcell(DEMO_WORKCELL)
+            except NotFound:
+                await praxis.register_workcell(DEMO_WORKCELL, assets=demo_workcell())
+            existing = [s async for s in praxis.paginate(calls.list_sources(limit=100))]
+            source = next((s for s in existing if s.name == EXAMPLES_SOURCE), None)
             repo = await asyncio.to_thread(make_example_repo, self.base_dir / "example-protocols")
             if source is None:
-                response = await client.post(
-                    "/api/v1/protocols/sources",
-                    json={"name": EXAMPLES_SOURCE, "kind": "git", "url": str(repo)},
-                )
-            else:
-                response = await client.post(
-                    f"/api/v1/protocols/sources/{source['accession_id']}/sync"
-                )
-            response.raise_for_status()
-            return dict(response.json())
+                return await praxis.register_source(EXAMPLES_SOURCE, str(repo), kind="git")
+            return await praxis.sync_source(source.accession_id)
 
     def meter(self) -> Meter:
         """What the stack's processes cost (``praxis_devstack.cost``): each service with the
