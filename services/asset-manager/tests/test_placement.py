@@ -84,7 +84,10 @@ async def register(client: Bus) -> WorkcellLayout:
     return await client.request(RegisterWorkcell(name=name, assets=demo_workcell()), timeout=30)
 
 
-def reserve(workcell: str | None) -> ReserveAssets:
+def reserve(workcell: str | None, *, assets: bool = True) -> ReserveAssets:
+    """A run wanting the workcell's source plate (or, ``assets=False``, only the workcell)."""
+    if not assets:
+        return ReserveAssets(run_id=uuid.uuid4(), requirements=[], workcell=workcell)
     plate = AssetRequirementSpec(name="plate", type_fqn=fqn(Plate), kind="resource")
     return ReserveAssets(
         run_id=uuid.uuid4(), requirements=[plate], workcell=workcell, pins={"plate": "source_plate"}
@@ -154,9 +157,12 @@ async def test_a_run_naming_no_workcell_is_placed_where_an_edge_is_live(
     await edge.leave()
 
 
+@pytest.mark.parametrize("assets", [True, False], ids=["wanting_a_plate", "wanting_no_asset"])
 async def test_a_drained_workcell_takes_no_new_run_until_it_is_resumed(
-    asset_manager: Any, client: Bus, tap: Any
+    asset_manager: Any, client: Bus, tap: Any, assets: bool
 ) -> None:
+    """Also a run that wants no asset: no freed asset wakes it, the resume must (it waited
+    until some other run's request came, found by the CLI's tests)."""
     layout = await register(client)
     name = layout.workcell.name
     edge = Edge(client, name)
@@ -171,7 +177,7 @@ async def test_a_drained_workcell_takes_no_new_run_until_it_is_resumed(
     assert (change.change, change.drained, change.reason) == ("drained", True, "PM")
     await changes.assert_silent()  # the second drain changed nothing
 
-    cmd = reserve(name)
+    cmd = reserve(name, assets=assets)
     granted = await tap(AssetsReserved, str(cmd.run_id))
     waiting = await tap(ReservationWaiting, str(cmd.run_id))
     await client.publish(cmd)

@@ -513,23 +513,26 @@ class Reservations:
             workcells=closed if planned.reason != WaitReason.ASSETS_BUSY else [],
         )
 
-    async def serve(self, freed: Iterable[uuid.UUID], attempt: int = 0) -> None:
-        """Try the waiters that want any of ``freed``, in service order. If NATS fails under it
+    async def serve(self, freed: Iterable[uuid.UUID] | None, attempt: int = 0) -> None:
+        """Try the waiters that want any of ``freed`` (every waiter: None), in service order.
+        If NATS fails under it
         (a cluster electing a lease bucket's leader: seconds), it is tried again with backoff
         until it gets through: nothing else would wake these waiters (a workcell stalled a
         minute until an unrelated lease changed)."""
-        freed = frozenset(freed)
+        chosen = None if freed is None else frozenset(freed)
         try:
-            await self._serve(freed)
+            await self._serve(chosen)
         except Exception as exc:
             if not is_infrastructure(exc):
                 raise
             attempt += 1
             delay = retry_delay(attempt, INFRA_RETRY_CAP)
             log.warning("serving the waiters failed (%r); again in %.1f s", exc, delay)
-            self._retry_later(delay, freed, attempt)
+            self._retry_later(delay, chosen, attempt)
 
-    def _retry_later(self, delay: float, freed: frozenset[uuid.UUID], attempt: int) -> None:
+    def _retry_later(
+        self, delay: float, freed: frozenset[uuid.UUID] | None, attempt: int
+    ) -> None:
         """``serve`` again after ``delay``; the timer is forgotten once it fired (``close``
         cancels those still pending)."""
 
@@ -540,9 +543,10 @@ class Reservations:
         timer = asyncio.get_running_loop().call_later(delay, fire)
         self._retries.add(timer)
 
-    async def _serve(self, freed: frozenset[uuid.UUID]) -> None:
+    async def _serve(self, freed: frozenset[uuid.UUID] | None) -> None:
         async with self._serving:
-            for waiter in self.queue.wanting(freed):
+            waiters = self.queue.all() if freed is None else self.queue.wanting(freed)
+            for waiter in waiters:
                 run_id = waiter.cmd.run_id
                 if run_id not in self.queue or run_id in self._released or run_id in self._deciding:
                     continue  # granted, failed or being released or failed meanwhile
@@ -633,7 +637,9 @@ class Reservations:
         return len(stored)
 
     async def serve_all(self) -> None:
-        await self.serve({a for w in self.queue.all() for a in w.wanted})
+        """Try every waiter: also those that want no asset (a run waiting only for its
+        workcell's edge, or for the workcell to be resumed), which no freed asset wakes."""
+        await self.serve(None)
 
     def workcells_opened(self, workcells: Iterable[str]) -> None:
         """An orchestrator of each of ``workcells`` accepts runs again, or one was resumed:
