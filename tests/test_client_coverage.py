@@ -24,7 +24,7 @@ ARGUMENTS: dict[str, Any] = {
 def client_operations() -> dict[tuple[str, str], str]:
     """``{(method, path template): reply type name}`` of every call builder (each asset kind)."""
     found: dict[tuple[str, str], str] = {}
-    for name, builder in vars(calls).items():
+    for builder in vars(calls).values():
         if not inspect.isfunction(builder) or not str(
             inspect.signature(builder).return_annotation
         ).startswith("Call["):

@@ -1,21 +1,31 @@
-"""The typed client (``praxis_client``) against the whole stack: replies as contract models,
-errors as the contract's exceptions, lists paged, the live stream resumed after the gateway is
-killed mid-run."""
+"""The typed client (``praxis_client``) and the ``praxis`` CLI against the whole stack: replies
+as contract models, errors as the contract's exceptions (and the CLI's exit codes), lists paged,
+the live stream resumed after the gateway is killed mid-run."""
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 import pytest
+from click.testing import Result
+from typer.testing import CliRunner
 
+from praxis_cli.main import app as cli_app
 from praxis_client import AsyncClient, Client, StreamEvent, calls, correlation_of, status_of
 from praxis_contracts.common import RunStatus
 from praxis_contracts.errors import NotFound, Unauthenticated
 from praxis_contracts.runs import FunctionCallRecorded, RunStatusChanged
 from praxis_devstack.pytest_plugin import MakeDatabase
-from praxis_devstack.stack import DEMO_WORKCELL, Stack
+from praxis_devstack.stack import DEMO_WORKCELL, Stack, repo_root
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -122,3 +132,182 @@ async def test_the_stream_resumes_across_a_gateway_killed_mid_run(
     await stack.wait_ready("gateway")
     whole = [e async for e in praxis.events(run.accession_id)]
     assert seen == whole
+
+
+# -- the praxis CLI -------------------------------------------------------------------------------
+def cli(stack: Stack, *args: str, token: str | None = None) -> Result:
+    """``praxis <args>`` in this process, against the stack."""
+    env = {
+        "PRAXIS_URL": stack.api,
+        "PRAXIS_TOKEN": token or stack.admin_token,
+        "PRAXIS_PROFILE": "",
+        "COLUMNS": "250",
+    }
+    return CliRunner().invoke(cli_app, list(args), env=env)
+
+
+def json_lines(output: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in output.splitlines() if line.strip()]
+
+
+@pytest.fixture(autouse=True)
+def no_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PRAXIS_CONFIG", str(tmp_path / "praxis.json"))
+
+
+def test_cli_submit_watch_then_read_the_run_back(stack: Stack) -> None:
+    submitted = cli(
+        stack,
+        "--json",
+        "submit",
+        "transfer",
+        "-p",
+        "volume=10",
+        "-p",
+        'wells=["A1"]',
+        "-a",
+        "source_plate=source_plate",
+        "-a",
+        "dest_plate=dest_plate",
+        "--workcell",
+        DEMO_WORKCELL,
+        "--watch",
+    )
+    assert submitted.exit_code == 0, submitted.output
+    events = json_lines(submitted.output)
+    assert events[-1]["type"] == "scheduler.run.status_changed"
+    assert events[-1]["data"]["status"] == "completed"
+    run_id = events[-1]["data"]["run_id"]
+
+    listed = cli(stack, "--json", "runs", "list", "--status", "completed", "--all")
+    assert listed.exit_code == 0, listed.output
+    assert run_id in {r["accession_id"] for r in json.loads(listed.output)}
+    shown = cli(stack, "runs", "show", run_id)
+    assert shown.exit_code == 0 and "completed" in shown.output and "transfer" in shown.output
+    tree = cli(stack, "runs", "calls", run_id)
+    assert tree.exit_code == 0
+    assert "transfer completed" in tree.output and "move_liquid completed" in tree.output
+    assert cli(stack, "runs", "logs", run_id).exit_code == 0
+
+    # A finished run cannot be cancelled (409: exit 4); an unknown one is not found (exit 3).
+    refused = cli(stack, "runs", "cancel", run_id)
+    assert refused.exit_code == 4, refused.output
+    assert "invalid_transition" in refused.output and "correlation id" in refused.output
+    assert cli(stack, "runs", "show", str(uuid4())).exit_code == 3
+
+    deck = cli(stack, "workcells", "show", DEMO_WORKCELL, "--wells", "dest_plate")
+    assert deck.exit_code == 0, deck.output
+    assert "dest_plate" in deck.output and "wells filled" in deck.output
+    assert "dest_plate (uL)" in deck.output
+
+
+def test_cli_queue_says_why_runs_wait_and_watch_ends_with_their_outcome(stack: Stack) -> None:
+    drained = cli(stack, "workcells", "drain", DEMO_WORKCELL, "--reason", "cli test")
+    assert drained.exit_code == 0, drained.output
+    try:
+        queued = cli(stack, "--json", "submit", "noop", "--workcell", DEMO_WORKCELL)
+        assert queued.exit_code == 0, queued.output
+        run_id = json.loads(queued.output)["accession_id"]
+        waiting = cli(stack, "--json", "queue", "--workcell", DEMO_WORKCELL)
+        assert waiting.exit_code == 0, waiting.output
+        (mine,) = [
+            r for r in json.loads(waiting.output)[DEMO_WORKCELL] if r["accession_id"] == run_id
+        ]
+        assert mine["waiting_for"] == "workcell_drained" and mine["waiting_since"]
+        table = cli(stack, "queue")
+        assert "workcell_drained" in table.output and f"{DEMO_WORKCELL}: " in table.output
+    finally:
+        assert cli(stack, "workcells", "undrain", DEMO_WORKCELL).exit_code == 0
+    assert cli(stack, "runs", "watch", run_id).exit_code == 0
+
+    long = cli(
+        stack, "--json", "submit", "incubate", "--workcell", DEMO_WORKCELL, "-p", "steps=100"
+    )
+    long_id = json.loads(long.output)["accession_id"]
+    assert cli(stack, "runs", "cancel", long_id, "--reason", "cli test").exit_code == 0
+    watched = cli(stack, "runs", "watch", long_id)
+    assert watched.exit_code == 7, watched.output
+    assert "cancelled" in watched.output
+
+
+def test_cli_tokens_scopes_and_leases(stack: Stack) -> None:
+    created = cli(stack, "--json", "tokens", "create", "cli-reader", "--scope", "read")
+    assert created.exit_code == 0, created.output
+    reader = json.loads(created.output)
+    assert cli(stack, "runs", "list", token=reader["token"]).exit_code == 0
+    forbidden = cli(stack, "runs", "cancel", str(uuid4()), token=reader["token"])
+    assert forbidden.exit_code == 5, forbidden.output
+    assert cli(stack, "tokens", "revoke", reader["id"]).exit_code == 0
+    assert cli(stack, "runs", "list", token=reader["token"]).exit_code == 5
+    leases = cli(stack, "--json", "locks", "list")
+    assert leases.exit_code == 0 and "items" in json.loads(leases.output)
+
+
+def test_the_installed_praxis_logs_in_and_checks_the_stack(stack: Stack, tmp_path: Path) -> None:
+    praxis = Path(sys.executable).parent / "praxis"
+    env = {**os.environ, "PRAXIS_CONFIG": str(tmp_path / "cfg.json"), "COLUMNS": "200"}
+    for name in ("PRAXIS_URL", "PRAXIS_TOKEN", "PRAXIS_PROFILE"):
+        env.pop(name, None)
+    login = subprocess.run(
+        [str(praxis), "login", stack.api, "--token", stack.admin_token, "--name", "lab"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert login.returncode == 0, login.stderr
+    doctor = subprocess.run(
+        [str(praxis), "--json", "doctor"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    checks = json.loads(doctor.stdout)
+    assert checks["profile"] == "lab" and checks["ready"] is True
+    assert checks["token"] == "accepted" and checks["server_version"]
+    assert abs(checks["clock_skew_s"]) < 2
+    bad = subprocess.run(
+        [str(praxis), "login", stack.api, "--token", "wrong", "--name", "bad"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert bad.returncode == 5 and "refused the token" in bad.stderr
+
+
+def readme_block(marker: str, language: str) -> str:
+    text = (repo_root() / "README.md").read_text()
+    start = text.index(f"<!-- {marker}:start -->")
+    end = text.index(f"<!-- {marker}:end -->")
+    (block,) = re.findall(rf"```{language}\n(.*?)```", text[start:end], flags=re.S)
+    return str(block)
+
+
+def test_the_readme_client_example_runs(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    code = readme_block("client-example", "python").replace("http://127.0.0.1:8000", stack.api)
+    exec(compile(code, "README.md", "exec"), {"token": stack.admin_token})
+    printed = capsys.readouterr().out
+    assert "scheduler.run.status_changed" in printed and "completed" in printed
+
+
+def test_the_readme_cli_example_runs(stack: Stack, tmp_path: Path) -> None:
+    """Each ``praxis`` line of the README's example (before any pipe), in order, with only
+    what ``login`` stored: no URL or token in the environment."""
+    env = {"PRAXIS_CONFIG": str(tmp_path / "cfg.json"), "COLUMNS": "200"}
+    env |= {"PRAXIS_URL": "", "PRAXIS_TOKEN": "", "PRAXIS_PROFILE": ""}
+    lines = [
+        line.split(" #")[0].split(" | ")[0].strip()
+        for line in readme_block("cli-example", "sh").splitlines()
+    ]
+    assert len(lines) >= 8 and all(line.startswith("praxis ") for line in lines)
+    for line in lines:
+        words = shlex.split(line.replace("http://127.0.0.1:8000", stack.api))[1:]
+        args = [a.replace("$TOKEN", stack.admin_token) for a in words]
+        result = CliRunner().invoke(cli_app, args, env=env)
+        assert result.exit_code == 0, f"{line}: {result.output}"

@@ -2,9 +2,54 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
+
 import httpx
 
 RECONNECT_MAX_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What the API's public endpoints say of it (``praxis doctor``): whether it answers and is
+    ready (connected to NATS), its version, its clock, and how long an answer took."""
+
+    reachable: bool
+    ready: bool = False
+    version: str | None = None
+    server_time: datetime | None = None
+    round_trip_ms: float | None = None
+    problem: str | None = None
+
+    def clock_skew_seconds(self, sent_at: datetime) -> float | None:
+        """The server's clock minus this machine's (``sent_at``: when the probe was sent),
+        allowing for half the round trip. The Date header is cut to the second: the server's
+        time was within the second after it, taken at its middle (±0.5 s)."""
+        if self.server_time is None or self.round_trip_ms is None:
+            return None
+        local = sent_at + timedelta(milliseconds=self.round_trip_ms / 2)
+        return (self.server_time + timedelta(seconds=0.5) - local).total_seconds()
+
+
+def probe_of(
+    ready: httpx.Response | None, document: httpx.Response | None, took_ms: float
+) -> Probe:
+    if ready is None:
+        return Probe(reachable=False, problem="no answer")
+    version = None
+    if document is not None and document.status_code == 200:
+        version = str(document.json().get("info", {}).get("version"))
+    date = ready.headers.get("Date")
+    return Probe(
+        reachable=True,
+        ready=ready.status_code == 200,
+        version=version,
+        server_time=parsedate_to_datetime(date) if date else None,
+        round_trip_ms=took_ms,
+        problem=None if ready.status_code == 200 else ready.text[:200],
+    )
 
 
 class Session:

@@ -13,7 +13,7 @@ from praxis_client import calls
 from praxis_client.calls import Call, Id
 from praxis_client.errors import ConnectionFailed, error_of
 from praxis_client.events import SseDecoder, StreamEvent
-from praxis_client.session import Session
+from praxis_client.session import Probe, Session, probe_of
 from praxis_contracts.common import Page
 from praxis_contracts.runs import RunView
 
@@ -95,6 +95,20 @@ class Client(Session):
             page = self.send(call.at_offset(offset))
             yield from page.items
             offset = calls.next_offset(page, offset)
+
+    def probe(self) -> Probe:
+        """Whether the API answers and is ready, its version and clock (public endpoints)."""
+        started = time.perf_counter()
+        try:
+            ready = self.http.get("/readyz", timeout=5.0)
+        except httpx.TransportError as exc:
+            return Probe(reachable=False, problem=repr(exc))
+        took_ms = (time.perf_counter() - started) * 1000
+        try:
+            document = self.http.get("/openapi.json", timeout=5.0)
+        except httpx.TransportError:
+            document = None
+        return probe_of(ready, document, took_ms)
 
     def ready(self) -> bool:
         """Whether the gateway is up and connected to NATS (``/readyz``)."""

@@ -97,10 +97,12 @@ class RunSummary(BaseModel):
     protocol_version: str
     status: RunStatus
     priority: int = 0
+    workcell: str | None = Field(default=None, description="Requested workcell (name or id).")
     workcell_name: str | None = Field(default=None, description="Workcell the run was bound to.")
     waiting_for: str | None = Field(
         default=None, description="Why a queued run is not placed yet (see RunView)."
     )
+    waiting_since: datetime | None = Field(default=None, description="Since when it waits so.")
     not_before: datetime | None = None
     deadline: datetime | None = None
     assets: dict[str, str] = Field(
