@@ -39,8 +39,9 @@ def client_operations() -> dict[tuple[str, str], str]:
             call: Call[Any] = builder(**arguments)
             template = re.sub(r"/(X|0)(?=/|$)", "/{}", call.path)
             found[(call.method, template)] = call.reply.__name__ if call.reply else "None"
-    # The live stream is not a Call (its reply is text/event-stream): the clients' ``events``.
+    # The live streams are not Calls (its reply is text/event-stream): the clients' ``events``.
     found[("GET", calls.run_events_path("{}"))] = "None"
+    found[("GET", calls.LIVE_EVENTS_PATH)] = "None"
     return found
 
 

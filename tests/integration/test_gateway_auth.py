@@ -65,6 +65,7 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("GET", "/api/v1/protocols/runs/{run_id}/calls/{sequence}/result"): RD,
     ("GET", "/api/v1/protocols/runs/{run_id}/logs"): RD,
     ("GET", "/api/v1/protocols/runs/{run_id}/events"): RD,
+    ("GET", "/api/v1/events/live"): RD,
     ("POST", "/api/v1/workcells"): AD,
     ("GET", "/api/v1/workcells"): RD,
     ("GET", "/api/v1/workcells/{workcell}"): RD,
@@ -233,7 +234,7 @@ async def test_every_route_is_guarded_by_its_scope(gateway: Gateway, admin_token
         for held, token in callers.items():
             async with gateway.http(token) as http:
                 body = {} if method in ("POST", "PATCH") else None
-                response = await http.request(method, concrete(path), json=body)
+                response = await ask(http, method, concrete(path), json=body)
             status = response.status_code
             where = f"{method} {path} as {held}: {status} {response.text[:120]}"
             if needed is None:
@@ -248,6 +249,15 @@ async def test_every_route_is_guarded_by_its_scope(gateway: Gateway, admin_token
             if not ok:
                 outcomes.append(where)
     assert outcomes == []
+
+
+async def ask(http: httpx.AsyncClient, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    """The response, its body read unless it is an event stream (a live one never ends)."""
+    async with http.stream(method, url, **kwargs) as response:
+        if response.headers.get("content-type", "").startswith("text/event-stream"):
+            return httpx.Response(response.status_code, headers=response.headers)
+        await response.aread()
+        return response
 
 
 def malformed(path: str) -> str:
@@ -283,10 +293,10 @@ async def test_every_status_a_route_answers_is_documented(
         for token, url, body in probes:
             async with gateway.http(token) as http:
                 if isinstance(body, bytes):
-                    response = await http.request(method, url, content=body)
+                    response = await ask(http, method, url, content=body)
                 else:
-                    response = await http.request(
-                        method, url, json=body if method in ("POST", "PATCH") else None
+                    response = await ask(
+                        http, method, url, json=body if method in ("POST", "PATCH") else None
                     )
             status = response.status_code
             if status not in documented:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import httpx
@@ -132,12 +132,39 @@ class AsyncClient(Session):
         connection is opened again with ``Last-Event-ID``, so no event is lost or repeated;
         after ``reconnects`` failures in a row it raises ``ConnectionFailed``."""
         path = calls.run_events_path(run_id)
+        async for event in self._stream(path, (), last_event_id, reconnects, until_end=True):
+            yield event
+
+    async def live(
+        self,
+        types: Sequence[str] = (),
+        *,
+        last_event_id: int | None = None,
+        reconnects: int = 10,
+    ) -> AsyncIterator[StreamEvent]:
+        """Every event from now on (after ``last_event_id`` if given), or those of ``types``
+        (``context.aggregate.action``); it never ends by itself. Reconnects as ``events``."""
+        params = tuple(("type", t) for t in types)
+        async for event in self._stream(
+            calls.LIVE_EVENTS_PATH, params, last_event_id, reconnects, until_end=False
+        ):
+            yield event
+
+    async def _stream(
+        self,
+        path: str,
+        params: tuple[tuple[str, str], ...],
+        last_event_id: int | None,
+        reconnects: int,
+        *,
+        until_end: bool,
+    ) -> AsyncIterator[StreamEvent]:
         failures = 0
         while True:
             headers = self.resume_headers(last_event_id)
             try:
                 async with self.http.stream(
-                    "GET", path, headers=headers, timeout=self.stream_timeout
+                    "GET", path, params=params, headers=headers, timeout=self.stream_timeout
                 ) as response:
                     if response.is_error:
                         content = await response.aread()
@@ -155,16 +182,16 @@ class AsyncClient(Session):
                         if event.id is not None:
                             last_event_id = event.id
                         yield event
-                        if event.ends_run:
+                        if until_end and event.ends_run:
                             return
             except httpx.TransportError as exc:
                 failures += 1
                 if failures > reconnects:
-                    raise ConnectionFailed(f"event stream of run {run_id}: {exc!r}") from exc
+                    raise ConnectionFailed(f"event stream {path}: {exc!r}") from exc
             else:  # closed before the run ended (a gateway restarting): open it again
                 failures += 1
                 if failures > reconnects:
-                    raise ConnectionFailed(f"event stream of run {run_id} kept closing")
+                    raise ConnectionFailed(f"event stream {path} kept closing")
             await asyncio.sleep(self.backoff(failures))
 
     async def wait(self, run_id: Id) -> RunView:

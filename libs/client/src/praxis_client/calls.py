@@ -571,3 +571,6 @@ def asyncapi() -> Call[dict[str, Any]]:
 
 def run_events_path(run_id: Id) -> str:
     return f"{API}/protocols/runs/{run_id}/events"
+
+
+LIVE_EVENTS_PATH = f"{API}/events/live"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Concatenate, ParamSpec, TypeVar
 
 import httpx
@@ -128,12 +128,37 @@ class Client(Session):
         connection is opened again with ``Last-Event-ID``, so no event is lost or repeated;
         after ``reconnects`` failures in a row it raises ``ConnectionFailed``."""
         path = calls.run_events_path(run_id)
+        yield from self._stream(path, (), last_event_id, reconnects, until_end=True)
+
+    def live(
+        self,
+        types: Sequence[str] = (),
+        *,
+        last_event_id: int | None = None,
+        reconnects: int = 10,
+    ) -> Iterator[StreamEvent]:
+        """Every event from now on (after ``last_event_id`` if given), or those of ``types``
+        (``context.aggregate.action``); it never ends by itself. Reconnects as ``events``."""
+        params = tuple(("type", t) for t in types)
+        yield from self._stream(
+            calls.LIVE_EVENTS_PATH, params, last_event_id, reconnects, until_end=False
+        )
+
+    def _stream(
+        self,
+        path: str,
+        params: tuple[tuple[str, str], ...],
+        last_event_id: int | None,
+        reconnects: int,
+        *,
+        until_end: bool,
+    ) -> Iterator[StreamEvent]:
         failures = 0
         while True:
             headers = self.resume_headers(last_event_id)
             try:
                 with self.http.stream(
-                    "GET", path, headers=headers, timeout=self.stream_timeout
+                    "GET", path, params=params, headers=headers, timeout=self.stream_timeout
                 ) as response:
                     if response.is_error:
                         content = response.read()
@@ -151,16 +176,16 @@ class Client(Session):
                         if event.id is not None:
                             last_event_id = event.id
                         yield event
-                        if event.ends_run:
+                        if until_end and event.ends_run:
                             return
             except httpx.TransportError as exc:
                 failures += 1
                 if failures > reconnects:
-                    raise ConnectionFailed(f"event stream of run {run_id}: {exc!r}") from exc
+                    raise ConnectionFailed(f"event stream {path}: {exc!r}") from exc
             else:  # closed before the run ended (a gateway restarting): open it again
                 failures += 1
                 if failures > reconnects:
-                    raise ConnectionFailed(f"event stream of run {run_id} kept closing")
+                    raise ConnectionFailed(f"event stream {path} kept closing")
             time.sleep(self.backoff(failures))
 
     def wait(self, run_id: Id) -> RunView:

@@ -24,6 +24,7 @@ from praxis_contracts.asyncapi import document as bus_document
 from praxis_contracts.errors import PraxisError
 from praxis_contracts.permissions import GATEWAY, needs
 from praxis_gateway import openapi
+from praxis_gateway.auth import UI_PATH
 from praxis_gateway.errors import (
     on_http_error,
     on_payload_too_large,
@@ -38,6 +39,7 @@ from praxis_gateway.routes import SSE_KEEPALIVE_SECONDS, router
 from praxis_gateway.security import Authenticate, Authenticator, authorize
 from praxis_gateway.token_routes import router as token_router
 from praxis_gateway.tokens import TokenStore
+from praxis_gateway.ui import Dashboard
 from praxis_runtime.logging import configure_logging, correlation_id_var
 from praxis_runtime.sandbox import harden
 from praxis_runtime.service import bus_for
@@ -207,6 +209,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(Authenticate, authenticator=authenticator)
     app.middleware("http")(_correlate)
     _add_probes(app)
+    app.mount(UI_PATH, Dashboard(), name="ui")
     return app
 
 

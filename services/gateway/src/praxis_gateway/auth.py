@@ -78,6 +78,15 @@ PUBLIC_PATHS = frozenset(
 )
 """Open to anyone: probes, metrics and the documentation of the API and of the bus."""
 
+UI_PATH = "/ui"
+"""The dashboard's static files (HTML, script, style): open, like the docs; everything they show
+comes from the API with the bearer the user signs in with."""
+
+
+def is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path == UI_PATH or path.startswith(f"{UI_PATH}/")
+
+
 OPERATE_ROUTES = frozenset(
     {
         ("POST", "/api/v1/protocols/runs"),
@@ -97,7 +106,7 @@ def required_scope(method: str, path: str) -> Scope | None:
     """The scope a route (its path template, e.g. ``/api/v1/protocols/runs/{run_id}``) needs;
     None for public routes. Writes default to ``admin``, so a new write route is closed until
     it is listed here."""
-    if path in PUBLIC_PATHS:
+    if is_public(path):
         return None
     method = method.upper()
     if method in ("GET", "HEAD", "OPTIONS"):

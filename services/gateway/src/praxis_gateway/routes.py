@@ -30,6 +30,7 @@ from praxis_contracts.assets import (
     WorkcellLayout,
     WorkcellPage,
 )
+from praxis_contracts.base import Event, all_message_types
 from praxis_contracts.common import AssetKind, RunStatus, SearchFilters
 from praxis_contracts.errors import (
     ErrorCode,
@@ -386,9 +387,87 @@ async def run_events(
     after = _event_id(last_event_id)
     run = await b.request(GetRun(run_id=run_id))  # 404 for an unknown run
     keepalive = getattr(request.app.state, "sse_keepalive_seconds", SSE_KEEPALIVE_SECONDS)
-    stream = _event_stream(b, run_id, after, run.status.is_terminal, keepalive)
+    # A run's events end in its id: keyed by run (the scheduler's, the asset-manager's) or by
+    # workcell and run (the edge's).
+    keyed = [f"praxis.evt.*.*.*.{run_id}", f"praxis.evt.*.*.*.*.{run_id}"]
+    ended = run.status.is_terminal
+    stream = _event_stream(b, keyed, after, keepalive, replay=True, ended=ended, until_end=True)
+    return _sse_response(stream)
+
+
+def _sse_response(stream: AsyncIterator[bytes]) -> StreamingResponse:
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering
     return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+
+
+MAX_LIVE_TYPES = 20
+
+LIVE_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Server-sent events as in ``/protocols/runs/{run_id}/events``, from now "
+        "on (or after ``Last-Event-ID``); the stream does not end by itself.",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+
+
+@router.get(
+    "/events/live",
+    tags=["events"],
+    response_class=StreamingResponse,
+    responses=LIVE_RESPONSE,
+)
+async def live_events(
+    b: BusDep,
+    request: Request,
+    type_: Annotated[
+        list[str] | None,
+        Query(
+            alias="type",
+            description="Event types to send (``context.aggregate.action``, e.g. "
+            "``scheduler.run.status_changed``; repeatable); every event if omitted.",
+        ),
+    ] = None,
+    last_event_id: Annotated[
+        str | None,
+        Header(alias="Last-Event-ID", description="Resume after this event (its ``id``)."),
+    ] = None,
+) -> StreamingResponse:
+    """Every event as it happens (the dashboard's live views), optionally of some types only.
+    Resumes after ``Last-Event-ID``; keep-alives as the run stream's."""
+    after = _event_id(last_event_id)
+    subjects = _live_subjects(type_ or [])
+    keepalive = getattr(request.app.state, "sse_keepalive_seconds", SSE_KEEPALIVE_SECONDS)
+    return _sse_response(_event_stream(b, subjects, after, keepalive, replay=False))
+
+
+def _live_subjects(types: list[str]) -> list[str]:
+    """The subjects of ``types`` (keyed or not), or every event's; 400 for a type no event
+    has."""
+    if not types:
+        return ["praxis.evt.>"]
+    if len(types) > MAX_LIVE_TYPES:
+        raise InvalidRequest(f"at most {MAX_LIVE_TYPES} event types", field="type")
+    known = event_types()
+    unknown = sorted(set(types) - set(known))
+    if unknown:
+        raise InvalidRequest(f"no event type {', '.join(unknown)}", field="type")
+    subjects: list[str] = []
+    for name in dict.fromkeys(types):
+        subjects.append(f"praxis.evt.{name}")
+        if known[name].keyed:
+            subjects.append(f"praxis.evt.{name}.>")
+    return subjects
+
+
+def event_types() -> dict[str, type[Event]]:
+    """``context.aggregate.action`` -> its event class, for every event type."""
+    prefix = "praxis.evt."
+    return {
+        cls.subject.removeprefix(prefix): cls
+        for cls in all_message_types()
+        if issubclass(cls, Event) and cls.subject.startswith(prefix)
+    }
 
 
 def _event_id(value: str | None) -> int | None:
@@ -404,20 +483,27 @@ def _event_id(value: str | None) -> int | None:
 
 
 async def _event_stream(
-    b: Bus, run_id: UUID, after: int | None, ended: bool, keepalive: float
+    b: Bus,
+    subjects: list[str],
+    after: int | None,
+    keepalive: float,
+    *,
+    replay: bool,
+    ended: bool = False,
+    until_end: bool = False,
 ) -> AsyncIterator[bytes]:
+    """The events on ``subjects`` as server-sent events: after the stream sequence ``after``,
+    else from the first (``replay``) or from now. ``ended``: only what is stored now is sent.
+    ``until_end``: the stream ends after a run's terminal status."""
     queue: asyncio.Queue[Any] = asyncio.Queue()
-    # A run's events end in its id: keyed by run (the scheduler's, the asset-manager's) or by
-    # workcell and run (the edge's).
-    keyed = [f"praxis.evt.*.*.*.{run_id}", f"praxis.evt.*.*.*.*.{run_id}"]
-    if after is None:
-        policy = api.DeliverPolicy.ALL
-        config = api.ConsumerConfig(filter_subjects=keyed)
-    else:
+    if after is not None:
         policy = api.DeliverPolicy.BY_START_SEQUENCE
-        config = api.ConsumerConfig(filter_subjects=keyed, opt_start_seq=after + 1)
+        config = api.ConsumerConfig(filter_subjects=subjects, opt_start_seq=after + 1)
+    else:
+        policy = api.DeliverPolicy.ALL if replay else api.DeliverPolicy.NEW
+        config = api.ConsumerConfig(filter_subjects=subjects)
     sub = await b.js.subscribe(
-        keyed[0],
+        subjects[0],
         stream=EVENTS.name,
         ordered_consumer=True,
         deliver_policy=policy,
@@ -441,7 +527,8 @@ async def _event_stream(
             seq = msg.metadata.sequence.stream
             yield f"id: {seq}\nevent: {name}\ndata: {msg.data.decode()}\n\n".encode()
             if (
-                name == "scheduler.run.status_changed"
+                until_end
+                and name == "scheduler.run.status_changed"
                 and RunStatus(json.loads(msg.data)["status"]).is_terminal
             ):
                 return

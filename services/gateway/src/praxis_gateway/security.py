@@ -22,10 +22,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from praxis_contracts.errors import PraxisError, Unauthenticated
 from praxis_gateway.auth import (
     BOOTSTRAP_ADMIN,
-    PUBLIC_PATHS,
     Principal,
     bearer,
     is_bootstrap_admin,
+    is_public,
     looks_like_jwt,
     require,
     required_scope,
@@ -67,7 +67,7 @@ class Authenticate:
         self.authenticator = authenticator
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") in PUBLIC_PATHS:
+        if scope["type"] != "http" or is_public(str(scope.get("path", ""))):
             await self.app(scope, receive, send)
             return
         try:
