@@ -44,6 +44,7 @@ demo: install
 	$(RUN) python -m praxis_devstack demo $(ARGS)
 
 test: install
+	$(RUN) python -m praxis_devstack.browser
 	$(RUN) pytest $(ARGS)
 
 test-unit: install

@@ -530,9 +530,7 @@ class Reservations:
             log.warning("serving the waiters failed (%r); again in %.1f s", exc, delay)
             self._retry_later(delay, chosen, attempt)
 
-    def _retry_later(
-        self, delay: float, freed: frozenset[uuid.UUID] | None, attempt: int
-    ) -> None:
+    def _retry_later(self, delay: float, freed: frozenset[uuid.UUID] | None, attempt: int) -> None:
         """``serve`` again after ``delay``; the timer is forgotten once it fired (``close``
         cancels those still pending)."""
 

@@ -57,7 +57,7 @@ function token() {
   return sessionStorage.getItem(TOKEN_KEY);
 }
 
-async function api(path, { method = "GET", body, signal } = {}) {
+async function api(path, { method = "GET", body, signal, signingIn = false } = {}) {
   const headers = { Authorization: `Bearer ${token()}` };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const response = await fetch(`/api/v1${path}`, {
@@ -69,7 +69,7 @@ async function api(path, { method = "GET", body, signal } = {}) {
   if (response.status === 204) return null;
   const data = await response.json().catch(() => ({}));
   if (!response.ok) {
-    if (response.status === 401) signOut();
+    if (response.status === 401 && !signingIn) signOut(); // revoked or expired meanwhile
     throw new ApiError(response.status, data);
   }
   return data;
@@ -153,8 +153,9 @@ function signIn(main) {
     event.preventDefault();
     sessionStorage.setItem(TOKEN_KEY, input.value.trim());
     try {
-      await api("/protocols/runs?limit=1");
-      location.hash = "#/runs";
+      await api("/protocols/runs?limit=1", { signingIn: true });
+      if (location.hash === "#/runs") route();
+      else location.hash = "#/runs";
     } catch (error) {
       sessionStorage.removeItem(TOKEN_KEY);
       showError(`sign-in refused: ${error.message}`);
@@ -253,7 +254,7 @@ async function runPage(main, signal, runId) {
   draw();
   await follow(`/protocols/runs/${runId}/events`, async (event) => {
     const data = event.data;
-    const detail = data.status || data.function || data.reason || "";
+    const detail = data.function ? `${data.function} ${data.status}` : data.status || data.reason || "";
     timeline.append(h("li", {}, `${when(data.at || data.started_at || data.occurred_at)} ${event.type} ${detail}`));
     if (event.type === "orchestrator.call.recorded") {
       const known = calls.get(data.call_id);
@@ -343,6 +344,22 @@ function contents(asset) {
   return "";
 }
 
+// A plate's wells as a grid of volumes (uL), rows A.. by columns 1.., folded until opened.
+function wellGrid(asset) {
+  const volumes = new Map();
+  for (const [name, part] of Object.entries(asset.state || {})) {
+    const found = name.match(/_well_([A-Z]+)(\d+)$/);
+    if (found) volumes.set(`${found[1]}${found[2]}`, Number(part.volume || 0));
+  }
+  if (!volumes.size) return null;
+  const rows = [...new Set([...volumes.keys()].map((k) => k.match(/^[A-Z]+/)[0]))].sort();
+  const columns = [...new Set([...volumes.keys()].map((k) => Number(k.match(/\d+$/)[0])))].sort((a, b) => a - b);
+  return h("details", { testid: `wells-${asset.name}` }, h("summary", {}, "wells (uL)"),
+    h("table", {}, h("thead", {}, h("tr", {}, h("th", {}), columns.map((c) => h("th", {}, c)))),
+      h("tbody", {}, rows.map((row) => h("tr", {}, h("th", {}, row),
+        columns.map((c) => h("td", { testid: `well-${asset.name}-${row}${c}` }, volumes.get(`${row}${c}`) ?? "")))))));
+}
+
 async function workcells(main, signal) {
   const page = await api("/workcells?limit=500", { signal });
   main.append(h("h2", {}, "Workcells"), h("table", { testid: "workcells" },
@@ -382,6 +399,7 @@ async function workcellPage(main, signal, name) {
         h("span", { class: "muted" }, `${asset.fqn.split(".").pop()}${asset.slot ? ` @${asset.slot}` : ""}`),
         asset.status !== "available" ? ` [${asset.status}]` : "",
         contents(asset) ? h("span", { testid: `contents-${asset.name}` }, ` ${contents(asset)}`) : null,
+        wellGrid(asset),
         branch(asset.accession_id))));
     holder.replaceChildren(branch(""));
   }
