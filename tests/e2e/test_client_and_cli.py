@@ -239,6 +239,11 @@ def test_cli_tokens_scopes_and_leases(stack: Stack) -> None:
     assert forbidden.exit_code == 5, forbidden.output
     assert cli(stack, "tokens", "revoke", reader["id"]).exit_code == 0
     assert cli(stack, "runs", "list", token=reader["token"]).exit_code == 5
+    edges = cli(stack, "--json", "edges", "--workcell", DEMO_WORKCELL)
+    assert edges.exit_code == 0, edges.output
+    (edge,) = json.loads(edges.output)["items"]
+    assert (edge["workcell"], edge["live"], edge["accepting"]) == (DEMO_WORKCELL, True, True)
+    assert "live" in cli(stack, "edges").output
     leases = cli(stack, "--json", "locks", "list")
     assert leases.exit_code == 0 and "items" in json.loads(leases.output)
 

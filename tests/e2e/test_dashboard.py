@@ -169,6 +169,11 @@ async def test_the_queue_says_why_and_the_deck_shows_volumes(
     assert (await praxis.wait(run.accession_id)).status == RunStatus.COMPLETED
 
 
+async def test_the_edges_page_shows_the_workcells_orchestrator(page: Page) -> None:
+    await page.goto("/ui/#/edges")
+    await expect(page.get_by_test_id(f"edge-state-{DEMO_WORKCELL}")).to_have_text("live")
+
+
 async def test_an_intervention_is_resolved_from_the_inbox(
     page: Page, praxis: AsyncClient, stack: Stack
 ) -> None:

@@ -78,6 +78,7 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("POST", "/api/v1/resources/{accession_id}/state"): OP,
     ("POST", "/api/v1/workcells/{workcell}/resume"): OP,
     ("GET", "/api/v1/locks"): RD,
+    ("GET", "/api/v1/edges"): RD,
     ("POST", "/api/v1/locks/{asset_id}/force-release"): AD,
     ("GET", "/api/v1/catalog"): RD,
     ("POST", "/api/v1/tokens"): AD,

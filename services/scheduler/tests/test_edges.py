@@ -154,3 +154,23 @@ async def test_a_live_edge_the_watcher_lost_sight_of_is_not_declared_gone() -> N
         assert [g.instance for g in lost] == ["a"]
     finally:
         await monitor.stop()
+
+
+def test_the_book_lists_each_edge_live_or_gone_with_its_runs() -> None:
+    book = EdgeBook(grace_seconds=5)
+    run = uuid.uuid4()
+    book.beat(beat("b", 6, run, workcell="two"), now=0.0)
+    book.beat(beat("a", 6, workcell="one"), now=0.0)
+    stopping = beat("c", 6, workcell="one").model_copy(update={"accepting": False})
+    book.beat(stopping, now=1.0)
+    book.suspect("never-beat", now=0.0)  # no heartbeat: nothing to show
+    book.left("b", now=2.0)
+    shown = {(e.workcell, e.instance): e for e in book.edges()}
+    assert list(shown) == [("one", "a"), ("one", "c"), ("two", "b")]
+    assert shown[("one", "a")].live and shown[("one", "a")].accepting
+    assert shown[("one", "c")].live and not shown[("one", "c")].accepting
+    gone = shown[("two", "b")]
+    assert not gone.live and not gone.accepting and [r.run_id for r in gone.runs] == [run]
+    assert [e.instance for e in book.edges("two")] == ["b"]
+    book.expire("b", now=7.0)
+    assert [e.instance for e in book.edges("two")] == []

@@ -488,6 +488,19 @@ def locks_release(
     st.show(lease, f"released {lease.asset_name} (held by run {lease.run_id})")
 
 
+# -- edges --------------------------------------------------------------------------------------
+@app.command()
+def edges(
+    ctx: typer.Context,
+    workcell: Annotated[str | None, typer.Option(help="One workcell's.")] = None,
+) -> None:
+    """The orchestrator processes: live or gone, taking runs or stopping, the runs they hold."""
+    st = state(ctx)
+    with client(ctx) as praxis:
+        found = praxis.list_edges(workcell=workcell)
+    st.show(found, render.edges_table(found.items))
+
+
 # -- workcells ----------------------------------------------------------------------------------
 @workcells_app.command("list")
 def workcells_list(ctx: typer.Context) -> None:

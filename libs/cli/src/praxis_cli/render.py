@@ -20,7 +20,7 @@ from rich.tree import Tree
 from praxis_contracts.assets import Asset, Lease, Workcell, WorkcellLayout
 from praxis_contracts.common import RunStatus
 from praxis_contracts.protocols import ProtocolSource
-from praxis_contracts.runs import FunctionCall, LogLine, RunSummary, RunView
+from praxis_contracts.runs import EdgeView, FunctionCall, LogLine, RunSummary, RunView
 from praxis_contracts.state import SnapshotInfo
 from praxis_contracts.tokens import TokenInfo
 
@@ -175,6 +175,29 @@ def leases_table(leases: Sequence[Lease]) -> Table:
             str(lease.token),
             when(lease.acquired_at),
             expires,
+        )
+    return table
+
+
+def edges_table(edges: Sequence[EdgeView], now: datetime | None = None) -> Table:
+    table = Table("workcell", "instance", "version", "state", "last beat", "runs", "up")
+    for edge in edges:
+        state = (
+            Text("live", style="green")
+            if edge.live and edge.accepting
+            else Text("stopping", style="yellow")
+            if edge.live
+            else Text("gone", style="red")
+        )
+        runs = ", ".join(f"{str(r.run_id)[:8]} {r.phase}" for r in edge.runs)
+        table.add_row(
+            edge.workcell,
+            edge.instance,
+            edge.version,
+            state,
+            f"{ago(edge.last_beat_at, now)} ago",
+            runs,
+            ago(edge.started_at, now),
         )
     return table
 

@@ -13,6 +13,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import cache
 from typing import Any, Generic, Literal, TypeVar
 from uuid import UUID
 
@@ -39,6 +40,7 @@ from praxis_contracts.protocols import (
 )
 from praxis_contracts.runs import (
     CallResult,
+    EdgeList,
     FunctionCallPage,
     LogSource,
     ResolveOutcome,
@@ -79,7 +81,10 @@ class Call(Generic[R_co]):
         """The reply's body as ``reply`` (``None`` for a reply without content)."""
         if self.reply is None:
             return None  # type: ignore[return-value]
-        return TypeAdapter(self.reply).validate_json(content)
+        if issubclass(self.reply, BaseModel):
+            return self.reply.model_validate_json(content)
+        adapter: TypeAdapter[R_co] = _adapter(self.reply)  # type: ignore[arg-type]
+        return adapter.validate_json(content)
 
     def at_offset(self, offset: int) -> Call[R_co]:
         """The same list call, for the page starting at ``offset``."""
@@ -89,6 +94,11 @@ class Call(Generic[R_co]):
     @property
     def offset(self) -> int:
         return next((int(v) for k, v in self.params if k == "offset"), 0)
+
+
+@cache
+def _adapter(reply: type[Any]) -> TypeAdapter[Any]:
+    return TypeAdapter(reply)
 
 
 def next_offset(page: Page[Any], offset: int) -> int | None:
@@ -544,6 +554,12 @@ def force_release_lock(asset_id: Id, *, reason: str) -> Call[Lease]:
     """Release an asset's lease whoever holds it (audited; the holder is fenced)."""
     body = _body(reason=reason)
     return Call("POST", f"{API}/locks/{asset_id}/force-release", Lease, body=body)
+
+
+def list_edges(*, workcell: str | None = None) -> Call[EdgeList]:
+    """The orchestrator processes and their heartbeats: live, accepting, the runs they hold."""
+    params = _query(None, None, None, workcell=workcell)
+    return Call("GET", f"{API}/edges", EdgeList, params=params)
 
 
 # -- tokens -------------------------------------------------------------------------------------

@@ -230,6 +230,7 @@ class Client(Session):
     list_asset_status_history = _op(calls.list_asset_status_history)
     list_catalog = _op(calls.list_catalog)
     list_locks = _op(calls.list_locks)
+    list_edges = _op(calls.list_edges)
     force_release_lock = _op(calls.force_release_lock)
     create_token = _op(calls.create_token)
     list_tokens = _op(calls.list_tokens)

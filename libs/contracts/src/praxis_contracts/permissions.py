@@ -84,6 +84,7 @@ from praxis_contracts.runs import (
     FunctionCallRecorded,
     GetCallResult,
     GetRun,
+    ListEdges,
     ListRunCalls,
     ListRunLogs,
     ListRuns,
@@ -243,7 +244,7 @@ SCHEDULER = Identity(
         Consumes(ReservationWaiting, "scheduler-reservation-waiting"),
     ),
     requests=(ResolveProtocol, CheckReservation),
-    responds=(SubmitRun, GetRun, ListRuns, ControlRun, ListRunCalls, ListRunLogs),
+    responds=(SubmitRun, GetRun, ListRuns, ControlRun, ListRunCalls, ListRunLogs, ListEdges),
     key_values=(Bucket(EDGES.bucket),),
     claims=True,
 )
@@ -298,6 +299,7 @@ GATEWAY = Identity(
         RestoreSnapshot,
         SetAssetState,
         SetWorkcellDrain,
+        ListEdges,
     ),
     reads_events=True,
     # API tokens: each gateway watches the bucket and writes tokens, revocations, last use.

@@ -588,3 +588,39 @@ class EdgeHeartbeat(BaseModel):
 def edge_key(workcell: str, instance: str) -> str:
     """The heartbeat key of one orchestrator process."""
     return f"edge.{workcell}.{instance}"
+
+
+class EdgeView(BaseModel):
+    """An orchestrator process as the scheduler knows it from its heartbeats."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    workcell: str
+    instance: str = Field(description="Unique per process start.")
+    version: str
+    started_at: datetime
+    last_beat_at: datetime = Field(description="When it last wrote its heartbeat.")
+    ttl_seconds: int = Field(description="Its heartbeat expires this long after the last.")
+    live: bool = Field(
+        description="Its heartbeat key is in the bucket. False: it stopped beating (its runs "
+        "are handed to an operator once the grace period passes)."
+    )
+    accepting: bool = Field(description="It takes new runs (False while it stops).")
+    runs: list[EdgeRun] = Field(default_factory=list)
+
+
+class EdgeList(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    items: list[EdgeView]
+
+
+class ListEdges(Request[EdgeList]):
+    """The orchestrator processes the scheduler knows: live, or gone and within their grace
+    period; one workcell's, or every one's. Bounded by the deployment (a process per workcell,
+    two during a rolling restart)."""
+
+    subject: ClassVar[str] = "praxis.rpc.scheduler.list_edges"
+    reply_type: ClassVar[type[BaseModel]] = EdgeList
+
+    workcell: str | None = None

@@ -54,9 +54,11 @@ from praxis_contracts.protocols import (
 from praxis_contracts.runs import (
     CallResult,
     ControlRun,
+    EdgeList,
     FunctionCallPage,
     GetCallResult,
     GetRun,
+    ListEdges,
     ListRunCalls,
     ListRunLogs,
     ListRuns,
@@ -559,6 +561,14 @@ async def list_workcells(b: BusDep, filters: Filters, name: str | None = None) -
 @router.get("/workcells/{workcell}", tags=["inventory"])
 async def get_workcell(workcell: str, b: BusDep) -> WorkcellLayout:
     return await b.request(GetWorkcellLayout(workcell=workcell))
+
+
+@router.get("/edges", tags=["inventory"])
+async def list_edges(b: BusDep, workcell: str | None = None) -> EdgeList:
+    """The orchestrator processes (edges) the scheduler knows from their heartbeats: workcell,
+    instance, version, last beat, whether it is live and takes new runs, and the runs it
+    reports executing."""
+    return await b.request(ListEdges(workcell=workcell))
 
 
 @router.get("/locks", tags=["inventory"])

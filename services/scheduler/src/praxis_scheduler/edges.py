@@ -21,7 +21,7 @@ from typing import Any
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from praxis_contracts.runs import EdgeHeartbeat, EdgeRun
+from praxis_contracts.runs import EdgeHeartbeat, EdgeRun, EdgeView
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,26 @@ class EdgeBook:
             for e in self._edges.values()
             if e.present and e.heartbeat is not None and e.heartbeat.workcell == workcell
         }
+
+    def edges(self, workcell: str | None = None) -> list[EdgeView]:
+        """The processes known with a heartbeat (live, or gone within their grace period),
+        by workcell then start."""
+        found = [
+            EdgeView(
+                workcell=e.heartbeat.workcell,
+                instance=e.instance,
+                version=e.heartbeat.version,
+                started_at=e.heartbeat.started_at,
+                last_beat_at=e.heartbeat.at,
+                ttl_seconds=e.heartbeat.ttl_seconds,
+                live=e.present,
+                accepting=e.heartbeat.accepting and e.present,
+                runs=e.heartbeat.runs,
+            )
+            for e in self._edges.values()
+            if e.heartbeat is not None and workcell in (None, e.heartbeat.workcell)
+        ]
+        return sorted(found, key=lambda v: (v.workcell, v.started_at))
 
     def heartbeat(self, instance: str) -> EdgeHeartbeat | None:
         edge = self._edges.get(instance)

@@ -18,9 +18,11 @@ from praxis_contracts.common import ErrorInfo, RunStatus
 from praxis_contracts.protocols import ResolveProtocol
 from praxis_contracts.runs import (
     ControlRun,
+    EdgeList,
     FunctionCallPage,
     FunctionCallRecorded,
     GetRun,
+    ListEdges,
     ListRunCalls,
     ListRunLogs,
     ListRuns,
@@ -78,6 +80,11 @@ async def submit_run(cmd: SubmitRun, deps: Deps) -> RunView:
 @handlers.rpc(GetRun)
 async def get_run(query: GetRun, deps: Deps) -> RunView:
     return await deps.runs.get(query.run_id)
+
+
+@handlers.rpc(ListEdges)
+async def list_edges(query: ListEdges, deps: Deps) -> EdgeList:
+    return EdgeList(items=deps.edges.edges(query.workcell))
 
 
 @handlers.rpc(ListRuns)

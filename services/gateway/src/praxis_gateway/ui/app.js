@@ -422,6 +422,25 @@ async function leases(main, signal) {
     "asset.lease.force_released", "asset.reservation.held"], load, signal);
 }
 
+// Edges: the scheduler's view from their heartbeats (KV, not events): reloaded at each run's
+// status change and on demand.
+async function edges(main, signal) {
+  const body = h("tbody");
+  main.append(h("h2", {}, "Edges"),
+    h("div", { class: "actions" }, h("button", { testid: "edges-reload", onclick: () => load().catch((e) => showError(e.message)) }, "reload")),
+    h("table", { testid: "edges" },
+      h("thead", {}, h("tr", {}, ["workcell", "instance", "version", "state", "last beat", "runs"].map((c) => h("th", {}, c)))), body));
+  const load = async () => {
+    const list = await api("/edges", { signal });
+    body.replaceChildren(...list.items.map((edge) => h("tr", { testid: `edge-${edge.workcell}` },
+      h("td", {}, edge.workcell), h("td", {}, edge.instance), h("td", {}, edge.version),
+      h("td", { testid: `edge-state-${edge.workcell}` }, !edge.live ? "gone" : edge.accepting ? "live" : "stopping"),
+      h("td", {}, when(edge.last_beat_at)),
+      h("td", {}, edge.runs.map((r) => `${r.run_id.slice(0, 8)} ${r.phase}`).join(", ")))));
+  };
+  await liveReload(["scheduler.run.status_changed"], load, signal);
+}
+
 // -- routing -------------------------------------------------------------------------------------
 const ROUTES = [
   [/^#\/runs\/([0-9a-f-]{36})$/, runPage],
@@ -431,6 +450,7 @@ const ROUTES = [
   [/^#\/workcells\/(.+)$/, (main, signal, name) => workcellPage(main, signal, decodeURIComponent(name))],
   [/^#\/workcells$/, workcells],
   [/^#\/leases$/, leases],
+  [/^#\/edges$/, edges],
 ];
 
 async function route() {
