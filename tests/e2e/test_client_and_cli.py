@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from praxis_cli.main import app as cli_app
 from praxis_client import AsyncClient, Client, StreamEvent, calls, correlation_of, status_of
+from praxis_contracts.assets import ReserveAssets
 from praxis_contracts.common import RunStatus
 from praxis_contracts.errors import NotFound, Unauthenticated
 from praxis_contracts.runs import FunctionCallRecorded, RunStatusChanged
@@ -316,3 +317,26 @@ def test_the_readme_cli_example_runs(stack: Stack, tmp_path: Path) -> None:
         args = [a.replace("$TOKEN", stack.admin_token) for a in words]
         result = CliRunner().invoke(cli_app, args, env=env)
         assert result.exit_code == 0, f"{line}: {result.output}"
+
+
+async def test_dead_letters_are_listed_and_shown_to_admins(
+    stack: Stack, praxis: AsyncClient, tmp_path: Path
+) -> None:
+    seq = await stack.dead_letter(ReserveAssets.subject, b'{"run_id": "not-a-run"}')
+    page = await praxis.list_dead_letters(limit=5)
+    assert page.total >= 1 and page.items[0].seq == seq
+    letter = page.items[0]
+    assert letter.original_subject == ReserveAssets.subject
+    assert letter.message_type == "ReserveAssets" and "malformed" in letter.reason
+    shown = await praxis.get_dead_letter(seq)
+    assert shown.payload == {"run_id": "not-a-run"} and shown.reason == letter.reason
+    with pytest.raises(NotFound):
+        await praxis.get_dead_letter(seq + 1000)
+
+    listed = cli(stack, "--json", "dead-letters", "list", "--limit", "1")
+    assert listed.exit_code == 0, listed.output
+    assert json.loads(listed.output)["items"][0]["seq"] == seq
+    assert "ReserveAssets" in cli(stack, "dead-letters", "show", str(seq)).output
+    reader = await praxis.create_token("dead-letter-reader", ["read", "operate"])
+    refused = cli(stack, "dead-letters", "list", token=reader.token)
+    assert refused.exit_code == 5 and "admin" in refused.output

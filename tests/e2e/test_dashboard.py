@@ -15,6 +15,7 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from praxis_client import AsyncClient
+from praxis_contracts.assets import ReserveAssets
 from praxis_contracts.common import RunStatus
 from praxis_devstack.browser import LAUNCH_ARGS, chromium
 from praxis_devstack.pytest_plugin import MakeDatabase, server_unavailable
@@ -172,6 +173,16 @@ async def test_the_queue_says_why_and_the_deck_shows_volumes(
 async def test_the_edges_page_shows_the_workcells_orchestrator(page: Page) -> None:
     await page.goto("/ui/#/edges")
     await expect(page.get_by_test_id(f"edge-state-{DEMO_WORKCELL}")).to_have_text("live")
+
+
+async def test_a_dead_letter_is_shown_with_its_body(page: Page, stack: Stack) -> None:
+    seq = await stack.dead_letter(ReserveAssets.subject, b'{"run_id": "dashboard"}')
+    await page.goto("/ui/#/dead-letters")
+    row = page.get_by_test_id(f"dead-letter-{seq}")
+    await expect(row).to_contain_text("ReserveAssets")
+    await row.get_by_role("link").click()
+    await expect(page.get_by_test_id("dead-body")).to_contain_text('"run_id": "dashboard"')
+    await expect(page.get_by_test_id("dead-reason")).to_contain_text("malformed")
 
 
 async def test_an_intervention_is_resolved_from_the_inbox(

@@ -84,6 +84,8 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("POST", "/api/v1/tokens"): AD,
     ("GET", "/api/v1/tokens"): AD,
     ("DELETE", "/api/v1/tokens/{token_id}"): AD,
+    ("GET", "/api/v1/dead-letters"): AD,
+    ("GET", "/api/v1/dead-letters/{seq}"): AD,
 }
 for _kind in ("machines", "resources", "decks"):
     EXPECTED |= {

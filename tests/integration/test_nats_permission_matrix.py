@@ -74,6 +74,7 @@ from praxis_contracts.permissions import (
 )
 from praxis_contracts.runs import RunFinished
 from praxis_contracts.topology import (
+    DEAD_LETTERS,
     EVENTS,
     claims,
     dead_letter_subject,
@@ -174,6 +175,10 @@ def reads_stream(identity: Identity, stream: str) -> bool:
     return False
 
 
+def reads_dead_letters(identity: Identity, stream: str) -> bool:
+    return stream == DEAD_LETTERS.name and identity.reads_dead_letters
+
+
 def uses_bus(identity: Identity) -> bool:
     return bool(identity.publishes or identity.consumes or identity.requests or identity.responds)
 
@@ -211,12 +216,15 @@ def may_js(
     if identity.provisions:
         return verb in PROVISIONING
     if verb == "STREAM.INFO":
-        return binds(identity, stream)
+        return binds(identity, stream) or reads_dead_letters(identity, stream)
     if verb == "STREAM.NAMES":  # nats-py finds an object's stream by subject to read it
         return reads_any_store(identity)
     if verb in ("STREAM.MSG.GET", "DIRECT.GET.SUBJECT"):
         # Bucket and store reads, never the bus's streams; in the forms the clients send: a
         # message get, a direct get naming the subject (not by sequence: nobody reads so).
+        # Dead letters are read one by one (a message get by sequence) by who may read them.
+        if verb == "STREAM.MSG.GET" and reads_dead_letters(identity, stream):
+            return True
         return stream not in MAIN_STREAMS and reads_stream(identity, stream)
     if verb == "STREAM.PURGE":
         # Deleting or replacing an object purges its chunks' subject (a filter in the request

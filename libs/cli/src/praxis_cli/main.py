@@ -55,11 +55,13 @@ locks_app = typer.Typer(help="Asset leases.", no_args_is_help=True)
 workcells_app = typer.Typer(help="Workcells: deck, snapshots, drain.", no_args_is_help=True)
 sources_app = typer.Typer(help="Protocol sources (git repositories).", no_args_is_help=True)
 tokens_app = typer.Typer(help="API tokens (admin).", no_args_is_help=True)
+dead_app = typer.Typer(help="Dead letters: messages no consumer could process (admin).")
 app.add_typer(runs_app, name="runs")
 app.add_typer(locks_app, name="locks")
 app.add_typer(workcells_app, name="workcells")
 app.add_typer(sources_app, name="sources")
 app.add_typer(tokens_app, name="tokens")
+app.add_typer(dead_app, name="dead-letters")
 
 
 @dataclass
@@ -499,6 +501,33 @@ def edges(
     with client(ctx) as praxis:
         found = praxis.list_edges(workcell=workcell)
     st.show(found, render.edges_table(found.items))
+
+
+# -- dead letters -------------------------------------------------------------------------------
+@dead_app.command("list")
+def dead_letters_list(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option(min=1, max=200)] = 50,
+    before: Annotated[int | None, typer.Option(min=1, help="Older than this (paging).")] = None,
+) -> None:
+    """Dead letters, newest first: where each was published and why it was not processed."""
+    st = state(ctx)
+    with client(ctx) as praxis:
+        page = praxis.list_dead_letters(limit=limit, before=before)
+    st.show(page, render.dead_letters_table(page.items, page.total))
+
+
+@dead_app.command("show")
+def dead_letters_show(ctx: typer.Context, seq: int) -> None:
+    """One dead letter with its headers and body."""
+    st = state(ctx)
+    with client(ctx) as praxis:
+        letter = praxis.get_dead_letter(seq)
+    rows = letter.model_dump(exclude={"payload", "headers"}) | {
+        "headers": json.dumps(letter.headers, indent=1),
+        "payload": json.dumps(letter.payload, indent=1),
+    }
+    st.show(letter, render.kv_table(rows))
 
 
 # -- workcells ----------------------------------------------------------------------------------

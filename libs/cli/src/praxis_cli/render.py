@@ -19,6 +19,7 @@ from rich.tree import Tree
 
 from praxis_contracts.assets import Asset, Lease, Workcell, WorkcellLayout
 from praxis_contracts.common import RunStatus
+from praxis_contracts.deadletters import DeadLetterInfo
 from praxis_contracts.protocols import ProtocolSource
 from praxis_contracts.runs import EdgeView, FunctionCall, LogLine, RunSummary, RunView
 from praxis_contracts.state import SnapshotInfo
@@ -198,6 +199,21 @@ def edges_table(edges: Sequence[EdgeView], now: datetime | None = None) -> Table
             f"{ago(edge.last_beat_at, now)} ago",
             runs,
             ago(edge.started_at, now),
+        )
+    return table
+
+
+def dead_letters_table(letters: Sequence[DeadLetterInfo], total: int) -> Table:
+    table = Table("seq", "type", "published on", "reason", "when", "bytes")
+    table.title = f"{len(letters)} of {total} dead letters"
+    for letter in letters:
+        table.add_row(
+            str(letter.seq),
+            letter.message_type or "",
+            letter.original_subject,
+            Text(short(letter.reason, 160)),
+            when(letter.stored_at),
+            str(letter.size_bytes),
         )
     return table
 

@@ -31,6 +31,7 @@ from praxis_contracts.assets import (
     WorkcellPage,
 )
 from praxis_contracts.common import AssetKind, Page, RunStatus, SearchFilters
+from praxis_contracts.deadletters import DeadLetter, DeadLetterPage
 from praxis_contracts.inventory import AssetStatusHistoryPage, CatalogPage, Position
 from praxis_contracts.protocols import (
     ProtocolDefinitionPage,
@@ -560,6 +561,19 @@ def list_edges(*, workcell: str | None = None) -> Call[EdgeList]:
     """The orchestrator processes and their heartbeats: live, accepting, the runs they hold."""
     params = _query(None, None, None, workcell=workcell)
     return Call("GET", f"{API}/edges", EdgeList, params=params)
+
+
+def list_dead_letters(
+    *, limit: int | None = None, before: int | None = None
+) -> Call[DeadLetterPage]:
+    """Dead letters, newest first (admin); page with ``before`` = the last ``next_before``."""
+    params = _query(None, limit, None, before=before)
+    return Call("GET", f"{API}/dead-letters", DeadLetterPage, params=params)
+
+
+def get_dead_letter(seq: int) -> Call[DeadLetter]:
+    """One dead letter with its headers and body (admin)."""
+    return Call("GET", f"{API}/dead-letters/{seq}", DeadLetter)
 
 
 # -- tokens -------------------------------------------------------------------------------------

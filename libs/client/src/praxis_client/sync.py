@@ -231,6 +231,8 @@ class Client(Session):
     list_catalog = _op(calls.list_catalog)
     list_locks = _op(calls.list_locks)
     list_edges = _op(calls.list_edges)
+    list_dead_letters = _op(calls.list_dead_letters)
+    get_dead_letter = _op(calls.get_dead_letter)
     force_release_lock = _op(calls.force_release_lock)
     create_token = _op(calls.create_token)
     list_tokens = _op(calls.list_tokens)

@@ -12,6 +12,8 @@ integration test tries every identity against every JetStream verb, store and su
   key (the filter subject). Only the orchestrator of workcell X consumes ``...execute.X``.
 - ``requests`` / ``responds``: core request/reply (``praxis.rpc...``).
 - ``reads_events``: may open ephemeral (ordered) consumers on the events stream (live streams).
+- ``reads_dead_letters``: may read the dead-letter stream, one message at a time (the
+  operators' view over HTTP); nobody but the consumers writes it.
 - ``key_values`` / ``object_stores``: buckets, read-only or writable; ``keys`` narrows writes.
 - ``claims``: it has a claims store of its own (it sends requests or replies over the inline
   threshold); whoever requests or responds reads every claims store.
@@ -183,6 +185,7 @@ class Identity:
     requests: tuple[type[Request[Any]], ...] = ()
     responds: tuple[type[Request[Any]], ...] = ()
     reads_events: bool = False
+    reads_dead_letters: bool = False
     key_values: tuple[Bucket, ...] = ()
     object_stores: tuple[Bucket, ...] = ()
     claims: bool = False
@@ -302,6 +305,8 @@ GATEWAY = Identity(
         ListEdges,
     ),
     reads_events=True,
+    # Dead letters for operators over HTTP (admins): read, never written or deleted.
+    reads_dead_letters=True,
     # API tokens: each gateway watches the bucket and writes tokens, revocations, last use.
     key_values=(Bucket(API_TOKENS.bucket, write=True),),
     claims=True,

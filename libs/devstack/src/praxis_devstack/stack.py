@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
+import nats
 
 from praxis_client import AsyncClient, calls
 from praxis_contracts.assets import WorkcellChanged
 from praxis_contracts.errors import NotFound
 from praxis_contracts.permissions import identity_for_service
 from praxis_contracts.protocols import ProtocolSource
+from praxis_contracts.topology import DEAD_LETTERS, dead_letter_subject
 from praxis_devstack.cost import Meter
 from praxis_devstack.servers import (
     LocalInfra,
@@ -316,6 +318,21 @@ class Stack:
             if source is None:
                 return await praxis.register_source(EXAMPLES_SOURCE, str(repo), kind="git")
             return await praxis.sync_source(source.accession_id)
+
+    async def dead_letter(self, subject: str, data: bytes, timeout: float = 30.0) -> int:
+        """Publish ``data`` on ``subject`` as the NATS operator and wait (pushed) until its
+        consumer dead-letters it: a malformed message for the tests of the operators' view.
+        Returns its sequence in the dead-letter stream."""
+        assert self.infra is not None
+        nc = await nats.connect(self.infra.nats_operator_url)
+        try:
+            arrived = await nc.subscribe(dead_letter_subject(subject))
+            await nc.jetstream().publish(subject, data)
+            msg = await arrived.next_msg(timeout=timeout)
+            stored = await nc.jetstream().stream_info(DEAD_LETTERS.name)
+            return int(stored.state.last_seq) if msg is not None else 0
+        finally:
+            await nc.close()
 
     def meter(self) -> Meter:
         """What the stack's processes cost (``praxis_devstack.cost``): each service with the

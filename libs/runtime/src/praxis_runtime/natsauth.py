@@ -158,6 +158,9 @@ def permissions(identity: Identity) -> dict[str, Any]:
         publish.append(f"{API}.STREAM.INFO.{DEAD_LETTERS.name}")
     if identity.reads_events:
         publish += _ephemeral_reader(EVENTS.name)
+    if identity.reads_dead_letters:  # its state, then one message by sequence
+        dead = DEAD_LETTERS.name
+        publish += [f"{API}.STREAM.INFO.{dead}", f"{API}.STREAM.MSG.GET.{dead}"]
     for kv in identity.key_values:
         publish += _key_value(kv)
     for store in identity.object_stores:

@@ -25,6 +25,7 @@ from praxis_contracts.errors import PraxisError
 from praxis_contracts.permissions import GATEWAY, needs
 from praxis_gateway import openapi
 from praxis_gateway.auth import UI_PATH
+from praxis_gateway.dead_letters import router as dead_letter_router
 from praxis_gateway.errors import (
     on_http_error,
     on_payload_too_large,
@@ -190,6 +191,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(router)
     app.include_router(inventory_router)
     app.include_router(token_router)
+    app.include_router(dead_letter_router)
     openapi.install(app)
     app.state.max_json_depth = settings.gateway_max_json_depth
     app.state.sse_keepalive_seconds = settings.sse_keepalive_seconds

@@ -98,8 +98,9 @@ OPERATE_ROUTES = frozenset(
 )
 """The writes ``operate`` may make; every other write needs ``admin``."""
 
-ADMIN_READS = frozenset({"/api/v1/tokens"})
-"""Reads that need ``admin``: the token list is the credential inventory."""
+ADMIN_READS = frozenset({"/api/v1/tokens", "/api/v1/dead-letters", "/api/v1/dead-letters/{seq}"})
+"""Reads that need ``admin``: the token list is the credential inventory; dead letters carry
+whole messages of every service."""
 
 
 def required_scope(method: str, path: str) -> Scope | None:

@@ -441,6 +441,28 @@ async function edges(main, signal) {
   await liveReload(["scheduler.run.status_changed"], load, signal);
 }
 
+// Dead letters (admin tokens only): newest first, each opened to its headers and body.
+async function deadLetters(main, signal) {
+  const page = await api("/dead-letters?limit=100", { signal });
+  main.append(h("h2", {}, `Dead letters (${page.total})`), h("table", { testid: "dead-letters" },
+    h("thead", {}, h("tr", {}, ["seq", "type", "published on", "reason", "when"].map((c) => h("th", {}, c)))),
+    h("tbody", {}, page.items.map((letter) => h("tr", { testid: `dead-letter-${letter.seq}` },
+      h("td", {}, h("a", { href: `#/dead-letters/${letter.seq}` }, letter.seq)),
+      h("td", {}, letter.message_type || ""), h("td", {}, letter.original_subject),
+      h("td", {}, letter.reason), h("td", {}, when(letter.stored_at)))))));
+}
+
+async function deadLetter(main, signal, seq) {
+  const letter = await api(`/dead-letters/${seq}`, { signal });
+  main.append(h("h2", {}, `Dead letter ${seq}`),
+    h("dl", { class: "panel", testid: "dead-letter" },
+      [["type", letter.message_type], ["published on", letter.original_subject],
+        ["reason", letter.reason], ["when", when(letter.stored_at)],
+        ["headers", JSON.stringify(letter.headers, null, 1)],
+        ["body", JSON.stringify(letter.payload, null, 1)]]
+        .flatMap(([k, v]) => [h("dt", {}, k), h("dd", { testid: `dead-${k.replace(" ", "-")}` }, v ?? "")])));
+}
+
 // -- routing -------------------------------------------------------------------------------------
 const ROUTES = [
   [/^#\/runs\/([0-9a-f-]{36})$/, runPage],
@@ -451,6 +473,8 @@ const ROUTES = [
   [/^#\/workcells$/, workcells],
   [/^#\/leases$/, leases],
   [/^#\/edges$/, edges],
+  [/^#\/dead-letters\/(\d+)$/, deadLetter],
+  [/^#\/dead-letters$/, deadLetters],
 ];
 
 async function route() {
