@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
+import httpx
 import pytest
 from click.testing import Result
+from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from praxis_cli.main import app as cli_app
@@ -340,3 +342,54 @@ async def test_dead_letters_are_listed_and_shown_to_admins(
     reader = await praxis.create_token("dead-letter-reader", ["read", "operate"])
     refused = cli(stack, "dead-letters", "list", token=reader.token)
     assert refused.exit_code == 5 and "admin" in refused.output
+
+
+async def scrape(
+    stack: Stack, service: str
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """``{(sample name, labels): value}`` of the service's ``/metrics``."""
+    url = stack.service(service).health_url.replace("/readyz", "/metrics")
+    async with httpx.AsyncClient(timeout=10.0) as http:
+        text = (await http.get(url)).text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def test_domain_metrics_answer_an_operators_questions(
+    stack: Stack, praxis: AsyncClient
+) -> None:
+    done = await praxis.wait((await praxis.submit_run("noop", workcell=DEMO_WORKCELL)).accession_id)
+    assert done.status == RunStatus.COMPLETED
+    await stack.dead_letter(ReserveAssets.subject, b'{"run_id": "metrics"}')
+    await praxis.drain_workcell(DEMO_WORKCELL, reason="metrics test")
+    try:
+        queued = await praxis.submit_run("noop", workcell=DEMO_WORKCELL)
+        async for event in praxis.events(queued.accession_id):
+            if event.type == "asset.reservation.waiting":
+                break
+        waiting = await scrape(stack, "asset-manager")
+        assert waiting[("praxis_reservation_queue", (("workcell", DEMO_WORKCELL),))] == 1
+        oldest = ("praxis_reservation_oldest_wait_seconds", (("workcell", DEMO_WORKCELL),))
+        assert waiting[oldest] >= 0
+    finally:
+        await praxis.undrain_workcell(DEMO_WORKCELL)
+    assert (await praxis.wait(queued.accession_id)).status == RunStatus.COMPLETED
+
+    assets = await scrape(stack, "asset-manager")
+    assert assets[("praxis_reservation_queue", (("workcell", DEMO_WORKCELL),))] == 0
+    assert assets[("praxis_lease_grants_total", (("path", "fast"),))] >= 1
+    assert assets[("praxis_lease_grants_total", (("path", "queued"),))] >= 1
+    assert assets[("praxis_reservation_wait_seconds_count", ())] >= 1
+    dead = (("service", "asset-manager"), ("subject", ReserveAssets.subject))
+    assert assets[("praxis_dead_letters_total", dead)] >= 1
+    assert ("praxis_outbox_backlog", (("service", "asset-manager"),)) in assets
+
+    runs = await scrape(stack, "scheduler")
+    assert runs[("praxis_runs_ended_total", (("status", "completed"),))] >= 2
+    assert runs[("praxis_runs", (("status", "queued"),))] == 0
+    assert runs[("praxis_edges_live", (("workcell", DEMO_WORKCELL),))] == 1
+    assert runs[("praxis_outbox_backlog", (("service", "scheduler"),))] >= 0
+    assert runs[("praxis_db_connections", (("service", "scheduler"), ("state", "idle")))] >= 0

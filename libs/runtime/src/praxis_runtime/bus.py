@@ -63,6 +63,7 @@ from praxis_contracts.topology import COMMANDS, EVENTS, dead_letter_subject
 from praxis_runtime.claims import Claims
 from praxis_runtime.dberrors import as_domain_error
 from praxis_runtime.logging import correlation_id_var, log_context
+from praxis_runtime.metrics import DEAD_LETTERS
 from praxis_runtime.publisher import Outgoing, Publisher
 from praxis_runtime.settings import nats_servers
 
@@ -775,6 +776,7 @@ class Bus:
         headers[h.DEAD_LETTER_REASON] = reason[:2000]
         headers[h.DEAD_LETTER_SUBJECT] = raw.subject
         await self.publisher.publish(dead_letter_subject(raw.subject), raw.data, headers)
+        DEAD_LETTERS.labels(self.service, raw.subject).inc()
         await msg.reject()
         log.error("dead-lettered %s: %s", raw.subject, reason)
 

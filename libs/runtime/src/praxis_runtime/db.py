@@ -45,6 +45,15 @@ class Database:
         async with self.sessions() as session, session.begin():
             yield session
 
+    def pool_use(self) -> tuple[int, int]:
+        """Connections of the pool in use and idle (``praxis_db_connections``)."""
+        pool: Any = self.engine.pool
+        checked_out = getattr(pool, "checkedout", None)
+        checked_in = getattr(pool, "checkedin", None)
+        if checked_out is None or checked_in is None:  # a pool that does not keep connections
+            return 0, 0
+        return int(checked_out()), int(checked_in())
+
     async def ping(self) -> bool:
         try:
             async with self.engine.connect() as conn:

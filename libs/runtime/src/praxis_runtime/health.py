@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from praxis_runtime.metrics import ScrapeHook
 
 log = logging.getLogger(__name__)
 
@@ -18,10 +20,17 @@ ReadinessCheck = Callable[[], Awaitable[bool]]
 
 
 class HealthServer:
-    def __init__(self, host: str, port: int, checks: dict[str, ReadinessCheck]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        checks: dict[str, ReadinessCheck],
+        on_scrape: Sequence[ScrapeHook] = (),
+    ) -> None:
         self.host = host
         self.port = port
         self.checks = checks
+        self.on_scrape = list(on_scrape)
         self._server: asyncio.Server | None = None
 
     async def start(self) -> int:
@@ -65,5 +74,16 @@ class HealthServer:
             status = "200 OK" if all(results.values()) else "503 Service Unavailable"
             return status, "text/plain", text.encode()
         if path == "/metrics":
+            await scrape(self.on_scrape)
             return "200 OK", CONTENT_TYPE_LATEST, generate_latest()
         return "404 Not Found", "text/plain", b"not found"
+
+
+async def scrape(hooks: Sequence[ScrapeHook]) -> None:
+    """Refresh the gauges before a scrape; one that fails leaves its last values (and says so
+    in the log), the scrape still answers."""
+    for hook in hooks:
+        try:
+            await hook()
+        except Exception as exc:
+            log.warning("metrics: %s failed: %r", getattr(hook, "__name__", hook), exc)

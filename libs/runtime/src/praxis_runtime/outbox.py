@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -245,6 +246,9 @@ class OutboxRelay:
         self._sweep: asyncio.TimerHandle | None = None
         self._sweeping: asyncio.Task[None] | None = None
         self.published = 0
+        self.observers: list[Callable[[Sequence[Outgoing]], None]] = []
+        """Told what each commit handed over (metrics derived from what was committed)."""
+        self._waiting_since: float | None = None  # monotonic: since when something waits
         self.insert_sql = (
             f'INSERT INTO "{db.schema}".{OUTBOX} (subject, payload, headers) '
             "SELECT subject, payload, headers FROM unnest($1::text[], $2::bytea[], $3::jsonb[]) "
@@ -253,9 +257,24 @@ class OutboxRelay:
 
     def committed(self, rows: Sequence[tuple[int, Outgoing]]) -> None:
         """The commit hook: rows a unit of work just committed, in commit order."""
+        if self._waiting_since is None:
+            self._waiting_since = time.monotonic()
         self._handed.extend(rows)
+        for observe in self.observers:
+            try:
+                observe([message for _, message in rows])
+            except Exception:  # an observer never stands in the way of publishing
+                log.exception("outbox observer failed")
         self._idle.clear()
         self._wakeup.set()
+
+    def backlog(self) -> tuple[int, float]:
+        """Messages handed and not yet published, and how long the relay has had some waiting
+        (seconds; 0 when idle). Rows only in the table (another process's, or after a failure)
+        count once read back."""
+        if self._idle.is_set() or self._waiting_since is None:
+            return 0, 0.0
+        return len(self._handed), time.monotonic() - self._waiting_since
 
     def wake(self) -> None:
         """Read the table on the next pass (e.g. another process may have left rows)."""
@@ -315,6 +334,7 @@ class OutboxRelay:
             failures = 0
             if not self._handed and not self._wakeup.is_set():
                 self._idle.set()
+                self._waiting_since = None
 
     async def _pass(self) -> bool:
         """Publish one batch; True if there may be more."""

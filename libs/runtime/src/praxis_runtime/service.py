@@ -15,6 +15,12 @@ from praxis_contracts.permissions import Topology
 from praxis_runtime.bus import Bus, Handlers
 from praxis_runtime.health import HealthServer, ReadinessCheck
 from praxis_runtime.logging import configure_logging
+from praxis_runtime.metrics import (
+    DB_CONNECTIONS,
+    OUTBOX_BACKLOG,
+    OUTBOX_OLDEST_SECONDS,
+    ScrapeHook,
+)
 from praxis_runtime.sandbox import harden
 from praxis_runtime.settings import (
     DatabaseSettings,
@@ -63,6 +69,8 @@ class Service:
     here, for as long as its grace period allows)."""
     on_stop: list[Hook] = field(default_factory=list)
     checks: dict[str, ReadinessCheck] = field(default_factory=dict)
+    on_scrape: list[ScrapeHook] = field(default_factory=list)
+    """Set the service's gauges when ``/metrics`` is scraped (``praxis_runtime.metrics``)."""
     health: HealthServer | None = None
     stopping: bool = False
     topology: Topology | None = None
@@ -101,9 +109,25 @@ class Service:
         }
         if self.database is not None:
             checks["database"] = self.database.ping
-        self.health = HealthServer(self.settings.health_host, self.settings.health_port, checks)
+        self.health = HealthServer(
+            self.settings.health_host,
+            self.settings.health_port,
+            checks,
+            [self._plumbing_gauges, *self.on_scrape],
+        )
         port = await self.health.start()
         log.info("health endpoints on port %d", port)
+
+    async def _plumbing_gauges(self) -> None:
+        """The outbox's backlog and the connection pool, for every service that has them."""
+        if self.outbox is not None:
+            backlog, oldest = self.outbox.backlog()
+            OUTBOX_BACKLOG.labels(self.name).set(backlog)
+            OUTBOX_OLDEST_SECONDS.labels(self.name).set(oldest)
+        if self.database is not None:
+            in_use, idle = self.database.pool_use()
+            DB_CONNECTIONS.labels(self.name, "checked_out").set(in_use)
+            DB_CONNECTIONS.labels(self.name, "idle").set(idle)
 
     async def _nats_ready(self) -> bool:
         return self.bus.connected

@@ -177,6 +177,11 @@ def build_app(settings: Settings) -> Service:
         if "r" in holder:
             holder["r"].close()  # no expiry deadline fires into a stopped service
 
+    async def queue_gauges() -> None:
+        if "r" in holder:
+            holder["r"].queue_gauges()
+
+    service.on_scrape.append(queue_gauges)
     service.on_start.append(start_reservations)
     service.on_started.append(serve_resumed)
     service.on_stop.append(stop_watch)

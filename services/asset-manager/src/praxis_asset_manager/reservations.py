@@ -87,6 +87,12 @@ from praxis_runtime.leases import (
     decode_holder,
     lease_key,
 )
+from praxis_runtime.metrics import (
+    LEASE_GRANTS,
+    RESERVATION_OLDEST_SECONDS,
+    RESERVATION_QUEUE,
+    RESERVATION_WAIT_SECONDS,
+)
 from praxis_runtime.outbox import SqlUnitOfWork
 from praxis_runtime.recent import RecentIds
 
@@ -171,6 +177,7 @@ class Reservations:
         # commit is awaited with the waiter still queued, and nothing else may decide it
         # meanwhile (a waiter failing at its time limit was also granted, and held its leases).
         self._deciding: set[uuid.UUID] = set()
+        self._gauged: set[str] = set()  # workcells whose queue gauges were set
         # Runs submitted to start later (``not_before``): not waiters (they must not hold back
         # runs queued behind them), each with the timer that plans it when due.
         self._deferred: dict[uuid.UUID, asyncio.TimerHandle] = {}
@@ -421,6 +428,7 @@ class Reservations:
         reason = f"reserved for run {cmd.run_id}"
         self.status([(b.asset_id, AssetStatus.RESERVED, reason, cmd.run_id) for b in granted])
         await self._announce_grant(cmd, layout, granted, stored=stored)
+        LEASE_GRANTS.labels("queued" if stored else "fast").inc()
         return True
 
     async def _announce_grant(
@@ -565,6 +573,7 @@ class Reservations:
             return
         if planned.plan is not None and await self._grant(waiter.cmd, planned.plan, stored=True):
             self.queue.remove(run_id)
+            RESERVATION_WAIT_SECONDS.observe((now() - waiter.since).total_seconds())
         else:
             await self._tell_waiting(waiter, planned)
 
@@ -633,6 +642,22 @@ class Reservations:
                 continue
             await self._wait(cmd, planned, since, persist=False)
         return len(stored)
+
+    def queue_gauges(self) -> None:
+        """``praxis_reservation_queue`` and its oldest wait, by requested workcell (at a
+        scrape)."""
+        depth: dict[str, int] = {}
+        oldest: dict[str, float] = {}
+        moment = now()
+        for waiter in self.queue.all():
+            workcell = waiter.cmd.workcell or "any"
+            depth[workcell] = depth.get(workcell, 0) + 1
+            waited = (moment - waiter.since).total_seconds()
+            oldest[workcell] = max(oldest.get(workcell, 0.0), waited)
+        for workcell in self._gauged | set(depth):  # an emptied queue shows 0
+            RESERVATION_QUEUE.labels(workcell).set(depth.get(workcell, 0))
+            RESERVATION_OLDEST_SECONDS.labels(workcell).set(oldest.get(workcell, 0.0))
+        self._gauged |= set(depth)
 
     async def serve_all(self) -> None:
         """Try every waiter: also those that want no asset (a run waiting only for its
