@@ -4,13 +4,14 @@ the live stream resumed after the gateway is killed mid-run."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import shlex
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -27,6 +28,7 @@ from praxis_contracts.assets import ReserveAssets
 from praxis_contracts.common import RunStatus
 from praxis_contracts.errors import NotFound, Unauthenticated
 from praxis_contracts.runs import FunctionCallRecorded, RunStatusChanged
+from praxis_devstack.otlp import ReceivedSpan, TraceReceiver
 from praxis_devstack.pytest_plugin import MakeDatabase
 from praxis_devstack.stack import DEMO_WORKCELL, Stack, repo_root
 
@@ -36,8 +38,18 @@ PLATES = {"source_plate": "source_plate", "dest_plate": "dest_plate"}
 
 
 @pytest.fixture(scope="module")
+def traces() -> Iterator[TraceReceiver]:
+    receiver = TraceReceiver().start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture(scope="module")
 async def stack(
-    tmp_path_factory: pytest.TempPathFactory, make_database: MakeDatabase, admin_token: str
+    tmp_path_factory: pytest.TempPathFactory,
+    make_database: MakeDatabase,
+    admin_token: str,
+    traces: TraceReceiver,
 ) -> AsyncIterator[Stack]:
     base: Path = tmp_path_factory.mktemp("client-stack")
     running = Stack(
@@ -45,6 +57,11 @@ async def stack(
         fast=True,
         environ={"DATABASE_URL": make_database("client")},
         admin_token=admin_token,
+        # Traces on for this module's stack: every test here runs with them.
+        service_env={
+            "OTEL_EXPORTER_OTLP_ENDPOINT": traces.endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+        },
     )
     try:
         await running.start()
@@ -393,3 +410,46 @@ async def test_domain_metrics_answer_an_operators_questions(
     assert runs[("praxis_edges_live", (("workcell", DEMO_WORKCELL),))] == 1
     assert runs[("praxis_outbox_backlog", (("service", "scheduler"),))] >= 0
     assert runs[("praxis_db_connections", (("service", "scheduler"), ("state", "idle")))] >= 0
+
+
+SERVICES = {"gateway", "scheduler", "code-manager", "asset-manager", "orchestrator"}
+
+
+async def test_one_submission_is_one_trace_across_every_service(
+    praxis: AsyncClient, traces: TraceReceiver
+) -> None:
+    """The gateway's span of ``POST /protocols/runs`` is the root of a trace that every
+    service continues: the request to the scheduler, the code-manager's resolve, the
+    asset-manager's reservation (through the scheduler's outbox), the edge's execution."""
+    run = await praxis.submit_run("noop", workcell=DEMO_WORKCELL)
+    await praxis.wait(run.accession_id)
+
+    def root(spans: list[ReceivedSpan]) -> ReceivedSpan | None:
+        return next(
+            (
+                s
+                for s in spans
+                if s.service == "gateway"
+                and s.name == "POST /api/v1/protocols/runs"
+                and s.trace_id in {t.trace_id for t in spans if t.name == "orchestrator ExecuteRun"}
+            ),
+            None,
+        )
+
+    def complete(spans: list[ReceivedSpan]) -> bool:
+        found = root(spans)
+        return (
+            found is not None
+            and {s.service for s in spans if s.trace_id == found.trace_id} >= SERVICES
+        )
+
+    spans = await asyncio.to_thread(traces.wait_for, complete, 60.0)
+    found = root(spans)
+    assert found is not None and found.parent_id == ""  # the gateway started it
+    trace = [s for s in spans if s.trace_id == found.trace_id]
+    names = {(s.service, s.name) for s in trace}
+    assert ("scheduler", "scheduler SubmitRun") in names
+    assert ("code-manager", "code-manager ResolveProtocol") in names
+    assert ("asset-manager", "asset-manager ReserveAssets") in names
+    ids = {s.span_id for s in trace}
+    assert all(s.parent_id in ids for s in trace if s is not found)  # one tree, no orphans

@@ -60,6 +60,7 @@ from praxis_contracts.errors import (
 )
 from praxis_contracts.permissions import OPERATOR
 from praxis_contracts.topology import COMMANDS, EVENTS, dead_letter_subject
+from praxis_runtime import tracing
 from praxis_runtime.claims import Claims
 from praxis_runtime.dberrors import as_domain_error
 from praxis_runtime.logging import correlation_id_var, log_context
@@ -476,6 +477,7 @@ class Bus:
         headers = {h.CORRELATION_ID: correlation}
         if msg_id is not None:
             headers[h.MSG_ID] = msg_id
+        tracing.inject(headers)  # the receiver's span continues this trace
         return headers
 
     async def publish(self, message: Command | Event, *, msg_id: str | None = None) -> int:
@@ -506,6 +508,10 @@ class Bus:
 
         A request or reply body over the claims threshold travels through the object store
         (``praxis_runtime.claims``); callers see only the typed objects."""
+        with tracing.span(f"request {type(request).__name__}", tracing.SpanKind.CLIENT):
+            return await self._request(request, timeout)
+
+    async def _request(self, request: Request[R], timeout: float | None) -> R:
         body = request.model_dump_json().encode()
         if len(body) > self.claims.limit:
             raise PayloadTooLarge(
@@ -561,7 +567,11 @@ class Bus:
             started = time.perf_counter()
             correlation = (msg.headers or {}).get(h.CORRELATION_ID) or uuid.uuid4().hex
             headers = {h.CORRELATION_ID: correlation, h.ERROR: "1"}  # the larger set
-            with log_context(correlation_id=correlation):
+            name = f"{self.service} {route.request_type.__name__}"
+            with (
+                log_context(correlation_id=correlation),
+                tracing.span(name, tracing.SpanKind.SERVER, msg.headers or {}),
+            ):
                 if not msg.reply_to.startswith(INBOX):
                     body, error = _not_a_request(route, msg.reply_to), True
                 else:
@@ -651,8 +661,12 @@ class Bus:
         async def handle(msg: NatsMessage) -> None:
             started = time.perf_counter()
             correlation = (msg.headers or {}).get(h.CORRELATION_ID) or uuid.uuid4().hex
+            name = f"{self.service} {route.message_type.__name__}"
             try:
-                with log_context(correlation_id=correlation):
+                with (
+                    log_context(correlation_id=correlation),
+                    tracing.span(name, tracing.SpanKind.CONSUMER, msg.headers or {}),
+                ):
                     outcome = await self._process(route, deps, msg)
             finally:
                 if slots is not None:

@@ -50,6 +50,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from praxis_contracts import headers as h
 from praxis_contracts.base import Command, Event
 from praxis_contracts.topology import dead_letter_subject
+from praxis_runtime import tracing
 from praxis_runtime.db import Database, KeptConnection
 from praxis_runtime.logging import correlation_id_var
 from praxis_runtime.publisher import Outgoing, Publisher
@@ -106,6 +107,7 @@ def encode(message: Command | Event, msg_id: str | None = None) -> Outgoing:
         h.MSG_ID: msg_id or uuid.uuid4().hex,
         h.CORRELATION_ID: correlation_id_var.get() or uuid.uuid4().hex,
     }
+    tracing.inject(headers)  # published later by the relay, in this trace
     return Outgoing(message.routing_subject(), message.model_dump_json().encode(), headers)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from praxis_contracts.permissions import Topology
+from praxis_runtime import tracing
 from praxis_runtime.bus import Bus, Handlers
 from praxis_runtime.health import HealthServer, ReadinessCheck
 from praxis_runtime.logging import configure_logging
@@ -182,6 +183,7 @@ async def serve(service: Service) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    tracing.configure(service.name)  # only where an OTLP endpoint is configured
     await service.start()
     # What start-up built (modules, PyLabRobot's classes, the catalog, mappings) lives as long as
     # the process: out of the collector's sight, a full collection stops scanning it. Measured
@@ -193,6 +195,7 @@ async def serve(service: Service) -> None:
     finally:
         log.info("%s shutting down", service.name)
         await service.stop()
+        tracing.shutdown()  # the last spans are exported
 
 
 def run(build: Callable[[Any], Service], settings: ServiceSettings) -> None:

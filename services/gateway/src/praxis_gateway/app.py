@@ -41,6 +41,7 @@ from praxis_gateway.security import Authenticate, Authenticator, authorize
 from praxis_gateway.token_routes import router as token_router
 from praxis_gateway.tokens import TokenStore
 from praxis_gateway.ui import Dashboard
+from praxis_runtime import tracing
 from praxis_runtime.logging import configure_logging, correlation_id_var
 from praxis_runtime.sandbox import harden
 from praxis_runtime.service import bus_for
@@ -51,6 +52,7 @@ from praxis_runtime.settings import (
     refuse_weak_secret,
 )
 from praxis_runtime.topology import verify
+from praxis_runtime.tracing import SpanKind
 
 REQUESTS = Counter("praxis_http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram("praxis_http_request_seconds", "HTTP latency", ["method", "route"])
@@ -239,13 +241,18 @@ async def _correlate(
     correlation = correlation_id(request.headers.get("x-correlation-id"))
     token = correlation_id_var.set(correlation)
     started = time.perf_counter()
-    try:
-        response = await call_next(request)
-    except Exception as exc:
-        response = await on_unexpected_error(request, exc)
-    finally:
-        correlation_id_var.reset(token)
-    route = getattr(request.scope.get("route"), "path", "unmatched")
+    # A caller's ``traceparent`` makes the request part of its trace.
+    with tracing.span(f"HTTP {request.method}", SpanKind.SERVER, request.headers) as span:
+        try:
+            response = await call_next(request)
+        except Exception as exc:
+            response = await on_unexpected_error(request, exc)
+        finally:
+            correlation_id_var.reset(token)
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        if span is not None:
+            span.update_name(f"{request.method} {route}")
+            span.set_attribute("http.response.status_code", response.status_code)
     REQUESTS.labels(request.method, route, response.status_code).inc()
     LATENCY.labels(request.method, route).observe(time.perf_counter() - started)
     response.headers["X-Correlation-Id"] = correlation
@@ -278,6 +285,7 @@ def _add_probes(app: FastAPI) -> None:
 def serve(settings: Settings) -> None:
     harden()  # it holds the admin token: not readable by processes of its own user
     configure_logging(settings.service_name, settings.log_level, settings.log_format)
+    tracing.configure(settings.service_name)  # only where an OTLP endpoint is configured
     uvicorn.run(
         create_app(settings),
         host=settings.gateway_host,
@@ -286,6 +294,7 @@ def serve(settings: Settings) -> None:
         access_log=False,
         timeout_graceful_shutdown=int(settings.graceful_timeout_seconds),
     )
+    tracing.shutdown()
 
 
 __all__ = ["MAX_BODY_BYTES", "MAX_JSON_DEPTH", "Settings", "create_app", "serve"]
