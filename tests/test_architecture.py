@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import importlib
 import pkgutil
+import re
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -206,3 +207,17 @@ def test_the_edge_loads_no_database_client() -> None:
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_measured_figures_live_in_the_readme_not_in_source_comments() -> None:
+    """A figure measured once ages in a comment; the README's Design measurements table and
+    ``make bench`` carry them. A source line saying it measured something holds no number."""
+    figure = re.compile(r"measured.*\d|\d.*measured", re.IGNORECASE)
+    found = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for base in (ROOT / "libs", ROOT / "services")
+        for path in sorted(base.glob("*/src/**/*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if figure.search(line)
+    ]
+    assert found == []

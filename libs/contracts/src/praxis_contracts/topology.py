@@ -62,8 +62,8 @@ DEAD_LETTERS = StreamSpec(
     max_age_seconds=30 * DAY,
     description="Messages a consumer could not process, with the reason in headers.",
 )
-# nats-server raises every per-message TTL to at least the marker TTL (measured: a 1 s lease TTL
-# is stored as 60 s under a 60 s marker TTL), so the marker TTL is the shortest lease possible.
+# nats-server raises every per-message TTL to at least the marker TTL (README, Design
+# measurements), so the marker TTL is the shortest lease possible.
 ASSET_LEASES = KeyValueSpec(
     bucket="praxis_asset_leases",
     history=64,

@@ -5,12 +5,10 @@ All-or-nothing without hold-and-wait: a run's keys are written with per-key comp
 wrote is rolled back (compare-and-set delete on our own revision) before the request waits. A run
 therefore never holds part of its set while waiting for the rest, so no deadlock can form.
 
-Why not ADR-50 atomic batches: on file storage each batch commit is synced to disk (3-5 ms) and
-commits serialise per stream (~200-400/s, 16 concurrent batches p50 57-70 ms; shared notes),
-which caps the whole bucket below the 500 reservations/s we need. Per-key CAS writes of one
-request go out together and are awaited under one deadline (``Publisher.publish_all``): measured
-here, a 4-key round takes 0.43 ms against 0.24 ms for one key, and the asset-manager grants 4-asset
-sets at 500-550/s with 16 requesters. A key the caller's mirror shows held fails the request
+Why not ADR-50 atomic batches: on file storage each batch commit is synced to disk and commits
+serialise per stream, which caps the whole bucket below the reservation rate we need (README,
+Design measurements). Per-key CAS writes of one request go out together and are awaited under
+one deadline (``Publisher.publish_all``). A key the caller's mirror shows held fails the request
 before anything is written.
 The price is that a competing reader can briefly see keys of a set that is then rolled back; it
 never sees an asset with two live holders, which is the guarantee that matters (and the one the
@@ -95,8 +93,9 @@ class Holder:
         return self.renewed_at + timedelta(seconds=self.ttl_seconds)
 
     def encode(self) -> bytes:
-        # Written by hand: four of these per grant, and json.dumps of the dict cost 5 % of the
-        # asset-manager's CPU. Only the requirement name needs escaping.
+        # Written by hand: four of these per grant, and json.dumps of the dict was a visible
+        # share of the asset-manager's CPU (README, Design measurements). Only the requirement
+        # name needs escaping.
         acquired = self.acquired_at.isoformat()
         renewed = acquired if self.renewed_at == self.acquired_at else self.renewed_at.isoformat()
         workcell = f'"{self.workcell_id}"' if self.workcell_id else "null"

@@ -21,7 +21,7 @@ from praxis_runtime.leases import Holder, KeyState, asset_of
 
 EXPIRY_MARGIN = 0.25
 """Seconds after a lease's deadline before its key is read: the server stores a write a moment
-after its writer read the clock (measured: a 1 s TTL is gone after 1.02 s)."""
+after its writer read the clock (README, Design measurements)."""
 
 RECHECK_FIRST, RECHECK_MAX = 0.5, 10.0
 """A key still live past its deadline (the server's clock is behind the writer's) is read again

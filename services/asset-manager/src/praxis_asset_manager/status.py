@@ -312,9 +312,9 @@ before each; a change to the status it already has is no change), set final stat
 history row and an outbox row (the ``AssetStatusChanged`` event, its message id as
 ``status_msg_id`` makes it) per real change, and return those changes with their outbox rows
 (handed to the relay, which then needs no read back). One round trip on a kept connection.
-Measured under load: done as an ORM transaction of four statements (a ``CASE`` compiled anew
-for every batch) this took 15-20 % of the asset-manager's CPU; as one statement through the
-SQLAlchemy pool, 6 %, most of it the pool checkout (see ``KeptConnection``)."""
+Done as an ORM transaction of four statements (a ``CASE`` compiled anew for every batch) it was
+a large share of the asset-manager's CPU; one statement on a kept connection is a small one
+(README, Design measurements)."""
 
 
 class Applied(NamedTuple):

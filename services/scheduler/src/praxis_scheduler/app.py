@@ -32,8 +32,9 @@ class Settings(DatabaseSettings):
     the defaults (the orchestrator's ``EDGE_HEARTBEAT_TTL_SECONDS`` 6, beating every 2 s, and a
     grace of 6 s) at most 12 s after it died. The TTL spans three beats, so one or two late
     beats (a pause, a slow write) do not expire the key; the grace covers a key that expired
-    while its edge was alive but could not write, e.g. through a NATS leader election (3.75-7.1
-    s measured on a 3-node cluster): the edge beats again at most one interval after the stall.
+    while its edge was alive but could not write, e.g. through a NATS leader election (seconds
+    on a 3-node cluster: README, Design measurements): the edge beats again at most one
+    interval after the stall.
     An outage of NATS itself restarts every edge's period (``EdgeBook.outage_over``). Whatever
     these settings, an asset of a run whose edge stopped answering is never handed on: its
     claimed leases are held when they run out (``LeaseExpired.held``)."""
