@@ -30,7 +30,7 @@ from praxis_contracts.errors import NotFound, Unauthenticated
 from praxis_contracts.runs import FunctionCallRecorded, RunStatusChanged
 from praxis_devstack.otlp import ReceivedSpan, TraceReceiver
 from praxis_devstack.pytest_plugin import MakeDatabase
-from praxis_devstack.stack import DEMO_WORKCELL, Stack, repo_root
+from praxis_devstack.stack import DEMO_WORKCELL, Stack, make_example_repo, repo_root
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -453,3 +453,79 @@ async def test_one_submission_is_one_trace_across_every_service(
     assert ("asset-manager", "asset-manager ReserveAssets") in names
     ids = {s.span_id for s in trace}
     assert all(s.parent_id in ids for s in trace if s is not found)  # one tree, no orphans
+
+
+async def test_cli_steers_a_run_and_follows_its_events(stack: Stack, praxis: AsyncClient) -> None:
+    long = cli(
+        stack, "--json", "submit", "incubate", "--workcell", DEMO_WORKCELL, "-p", "steps=300"
+    )
+    run_id = json.loads(long.output)["accession_id"]
+    first = None
+    async for event in praxis.events(run_id):
+        first = first or event.id
+        if event.type == "scheduler.run.status_changed" and event.data["status"] == "running":
+            break
+    assert cli(stack, "runs", "pause", run_id, "--reason", "cli").exit_code == 0
+    await until(praxis, run_id, "paused")
+    assert cli(stack, "runs", "resume", run_id).exit_code == 0
+    await until(praxis, run_id, "running")
+    assert cli(stack, "runs", "cancel", run_id).exit_code == 0
+    await until(praxis, run_id, "cancelled")
+    retried = cli(stack, "--json", "runs", "retry", run_id)
+    assert retried.exit_code == 0, retried.output
+    retry = json.loads(retried.output)
+    assert retry["retry_of"] == run_id and retry["accession_id"] != run_id
+    assert cli(stack, "runs", "cancel", retry["accession_id"]).exit_code == 0
+
+    # The statuses of the first run, from the event before its first one (a follow resumes).
+    followed = cli(
+        stack,
+        "--json",
+        "events",
+        "follow",
+        "--type",
+        "scheduler.run.status_changed",
+        "--after",
+        str(first - 1),
+        "--count",
+        "8",
+    )
+    assert followed.exit_code == 0, followed.output
+    statuses = [
+        e["data"]["status"] for e in json_lines(followed.output) if e["data"]["run_id"] == run_id
+    ]
+    assert statuses[:1] == ["queued"] and "paused" in statuses and "resuming" in statuses
+
+
+async def until(praxis: AsyncClient, run_id: str, status: str) -> None:
+    async for event in praxis.events(run_id):
+        if event.type == "scheduler.run.status_changed" and event.data["status"] == status:
+            return
+    raise AssertionError(f"run {run_id} ended before {status}")
+
+
+def test_cli_sources_and_snapshots(stack: Stack) -> None:
+    repo = make_example_repo(stack.base_dir / "cli-source")
+    added = cli(stack, "--json", "sources", "add", "cli-source", str(repo))
+    assert added.exit_code == 0, added.output
+    source = json.loads(added.output)
+    assert source["status"] == "synced" and source["commit"]
+    assert cli(stack, "sources", "sync", source["accession_id"]).exit_code == 0
+    assert "cli-source" in cli(stack, "sources", "list").output
+    assert cli(stack, "sources", "delete", source["accession_id"]).exit_code == 0
+    assert "cli-source" not in cli(stack, "sources", "list").output
+
+    snapshots = cli(stack, "--json", "workcells", "snapshots", DEMO_WORKCELL, "--limit", "5")
+    assert snapshots.exit_code == 0, snapshots.output
+    newest = json.loads(snapshots.output)["items"][0]
+    restored = cli(
+        stack,
+        "workcells",
+        "restore",
+        DEMO_WORKCELL,
+        newest["snapshot_id"],
+        "--reason",
+        "cli test",
+    )
+    assert restored.exit_code == 0, restored.output
+    assert "restored" in restored.output

@@ -56,12 +56,14 @@ workcells_app = typer.Typer(help="Workcells: deck, snapshots, drain.", no_args_i
 sources_app = typer.Typer(help="Protocol sources (git repositories).", no_args_is_help=True)
 tokens_app = typer.Typer(help="API tokens (admin).", no_args_is_help=True)
 dead_app = typer.Typer(help="Dead letters: messages no consumer could process (admin).")
+events_app = typer.Typer(help="Events as they happen.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 app.add_typer(locks_app, name="locks")
 app.add_typer(workcells_app, name="workcells")
 app.add_typer(sources_app, name="sources")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(dead_app, name="dead-letters")
+app.add_typer(events_app, name="events")
 
 
 @dataclass
@@ -501,6 +503,31 @@ def edges(
     with client(ctx) as praxis:
         found = praxis.list_edges(workcell=workcell)
     st.show(found, render.edges_table(found.items))
+
+
+# -- events ---------------------------------------------------------------------------------------
+@events_app.command("follow")
+def events_follow(
+    ctx: typer.Context,
+    type_: Annotated[
+        list[str] | None,
+        typer.Option("--type", "-t", help="Only this event type (context.aggregate.action)."),
+    ] = None,
+    after: Annotated[int | None, typer.Option(help="Resume after this event id.")] = None,
+    count: Annotated[int | None, typer.Option(min=1, help="Stop after this many.")] = None,
+) -> None:
+    """Every event (or those of --type) from now on, until Ctrl-C (or --count)."""
+    st = state(ctx)
+    seen = 0
+    with client(ctx) as praxis:
+        for event in praxis.live(type_ or (), last_event_id=after):
+            if st.as_json:
+                typer.echo(_json({"id": event.id, "type": event.type, "data": event.data}))
+            else:
+                st.console.print(render.event_line(event.id, event.type, event.data))
+            seen += 1
+            if count is not None and seen >= count:
+                return
 
 
 # -- dead letters -------------------------------------------------------------------------------

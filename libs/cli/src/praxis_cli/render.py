@@ -158,6 +158,19 @@ class CallTree:
         return tree
 
 
+def event_line(ident: int | None, kind: str, data: Mapping[str, Any]) -> Text:
+    """One event as a line: its id, type, the run or workcell it is about and what it says."""
+    about = data.get("run_id") or data.get("workcell") or data.get("asset_id") or ""
+    said = data.get("status") or data.get("outcome") or data.get("reason") or ""
+    if "function" in data:
+        said = f"{data['function']} {data.get('status', '')}"
+    line = Text(f"{ident or '':>8} ", style="dim")
+    line.append(f"{kind:<36}", style="bold")
+    line.append(f" {str(about)[:36]:<36} ")
+    line.append(short(said, 120))
+    return line
+
+
 def logs_table(lines: Sequence[LogLine]) -> Table:
     table = Table("seq", "time", "source", "level", "message")
     for line in lines:

@@ -75,16 +75,17 @@ async function api(path, { method = "GET", body, signal, signingIn = false } = {
   return data;
 }
 
-// Server-sent events over fetch: onEvent({id, type, data}) for each; returns when the server ends
-// the stream (a run's ended) or `signal` aborts. A broken connection is opened again after the
-// last event seen, with a growing pause (0.2 s up to 5 s).
-async function follow(path, onEvent, signal) {
-  let last = null;
+// Server-sent events over fetch: onEvent({id, type, data}) for each; returns after the event
+// `last(event)` says is the last (a run's terminal status), or when `signal` aborts. A broken or
+// closed connection (a gateway restarting) is opened again after the last event seen, with a
+// growing pause (0.2 s up to 5 s).
+async function follow(path, onEvent, signal, last = () => false) {
+  let lastId = null;
   let failures = 0;
   while (!signal.aborted) {
     try {
       const headers = { Authorization: `Bearer ${token()}`, Accept: "text/event-stream" };
-      if (last !== null) headers["Last-Event-ID"] = String(last);
+      if (lastId !== null) headers["Last-Event-ID"] = String(lastId);
       const response = await fetch(`/api/v1${path}`, { headers, signal });
       if (!response.ok) {
         throw new ApiError(response.status, await response.json().catch(() => ({})));
@@ -94,7 +95,7 @@ async function follow(path, onEvent, signal) {
       let event = { id: null, type: "message", data: [] };
       for (;;) {
         const { value, done } = await reader.read();
-        if (done) return;
+        if (done) throw new Error("the stream closed"); // not after its last event: again
         buffer += value;
         let end;
         while ((end = buffer.indexOf("\n")) >= 0) {
@@ -103,8 +104,10 @@ async function follow(path, onEvent, signal) {
           if (line === "") {
             if (event.data.length) {
               failures = 0;
-              if (event.id !== null) last = event.id;
-              onEvent({ id: event.id, type: event.type, data: JSON.parse(event.data.join("\n")) });
+              if (event.id !== null) lastId = event.id;
+              const parsed = { id: event.id, type: event.type, data: JSON.parse(event.data.join("\n")) };
+              await onEvent(parsed);
+              if (last(parsed)) return;
             }
             event = { id: null, type: "message", data: [] };
           } else if (!line.startsWith(":")) {
@@ -267,7 +270,7 @@ async function runPage(main, signal, runId) {
       }
       draw();
     }
-  }, signal);
+  }, signal, (event) => event.type === "scheduler.run.status_changed" && TERMINAL.has(event.data.status));
 }
 
 // -- queue and interventions -------------------------------------------------------------------
