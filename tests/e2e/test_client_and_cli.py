@@ -408,6 +408,9 @@ async def test_domain_metrics_answer_an_operators_questions(
     assert runs[("praxis_runs_ended_total", (("status", "completed"),))] >= 2
     assert runs[("praxis_runs", (("status", "queued"),))] == 0
     assert runs[("praxis_edges_live", (("workcell", DEMO_WORKCELL),))] == 1
+    assert runs[("praxis_run_seconds_count", (("status", "completed"),))] >= 2
+    assert runs[("praxis_run_phase_seconds_count", (("phase", "queued"),))] >= 2
+    assert runs[("praxis_run_phase_seconds_count", (("phase", "running"),))] >= 2
     assert runs[("praxis_outbox_backlog", (("service", "scheduler"),))] >= 0
     assert runs[("praxis_db_connections", (("service", "scheduler"), ("state", "idle")))] >= 0
 

@@ -24,6 +24,19 @@ RUNS = Gauge(
 RUNS_ENDED = Counter(
     "praxis_runs_ended_total", "Runs that ended, by final status (as published).", ["status"]
 )
+RUN_SECONDS = Histogram(
+    "praxis_run_seconds",
+    "How long ended runs took from submission to their end, by final status.",
+    ["status"],
+    buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600),
+)
+RUN_PHASE_SECONDS = Histogram(
+    "praxis_run_phase_seconds",
+    "How long runs stayed in a status before the next (queued: the wait for assets and an "
+    "edge; preparing; running ...).",
+    ["phase"],
+    buckets=(0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600),
+)
 EDGES_LIVE = Gauge(
     "praxis_edges_live", "Orchestrator processes beating, by workcell.", ["workcell"]
 )

@@ -16,7 +16,7 @@ from praxis_runtime.settings import DatabaseSettings
 from praxis_scheduler.calls import CallLog, RunLogs
 from praxis_scheduler.edges import EdgeBook
 from praxis_scheduler.handlers import Deps, handlers
-from praxis_scheduler.metrics import Gauges, count_ended
+from praxis_scheduler.metrics import Durations, Gauges
 from praxis_scheduler.orm import OUTBOX, SCHEMA, Base
 from praxis_scheduler.queries import RunQueries
 from praxis_scheduler.recovery import CancelWatch, Recovery
@@ -84,7 +84,7 @@ def build_app(settings: Settings) -> Service:
         await recovery.monitor.stop()
         await cancels.stop()
 
-    relay.observers.append(count_ended)
+    relay.observers.append(Durations())
     service.on_scrape.append(Gauges(db, book).scrape)
     service.on_started.append(start_recovery)
     service.on_stop.append(stop)

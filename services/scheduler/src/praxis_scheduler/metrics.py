@@ -1,18 +1,24 @@
 """The scheduler's metrics (``praxis_runtime.metrics``): runs not yet ended by status and the
-edges beating (set at each scrape), and runs ended (counted from what each commit hands the
-outbox, so a run counts once it is recorded as ended)."""
+edges beating (set at each scrape); runs ended and how long runs and their phases took (from
+the status changes each commit hands the outbox, so a change counts once it is recorded)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
+from datetime import datetime
 
 from sqlalchemy import func, select
 
 from praxis_contracts.common import TERMINAL_STATUSES, RunStatus
 from praxis_contracts.runs import RunStatusChanged
 from praxis_runtime.db import Database
-from praxis_runtime.metrics import EDGES_LIVE, RUNS, RUNS_ENDED
+from praxis_runtime.metrics import (
+    EDGES_LIVE,
+    RUN_PHASE_SECONDS,
+    RUN_SECONDS,
+    RUNS,
+    RUNS_ENDED,
+)
 from praxis_runtime.publisher import Outgoing
 from praxis_scheduler.edges import EdgeBook
 from praxis_scheduler.orm import RunRow
@@ -20,14 +26,38 @@ from praxis_scheduler.orm import RunRow
 OPEN_STATUSES = [s for s in RunStatus if s not in TERMINAL_STATUSES]
 
 
-def count_ended(messages: Sequence[Outgoing]) -> None:
-    """An outbox observer: each terminal ``RunStatusChanged`` committed counts once."""
-    for message in messages:
-        if not message.subject.startswith(f"{RunStatusChanged.subject}."):
-            continue
-        status = RunStatus(json.loads(message.payload)["status"])
-        if status.is_terminal:
-            RUNS_ENDED.labels(status.value).inc()
+class Durations:
+    """An outbox observer of committed ``RunStatusChanged``: each terminal one counts a run
+    ended; each change closes the phase the run was in (``praxis_run_phase_seconds``) and an
+    end its whole time (``praxis_run_seconds``), timed from the changes this process saw. A
+    phase that began before this process started is not timed (nor a run submitted before)."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, tuple[datetime, datetime]] = {}  # run -> (submitted, phase began)
+
+    def __call__(self, messages: Sequence[Outgoing]) -> None:
+        for message in messages:
+            if message.subject.startswith(f"{RunStatusChanged.subject}."):
+                self.observe(RunStatusChanged.model_validate_json(message.payload))
+
+    def observe(self, change: RunStatusChanged) -> None:
+        run = str(change.run_id)
+        known = self._open.pop(run, None)
+        if known is not None and change.previous is not None:
+            began = known[1]
+            RUN_PHASE_SECONDS.labels(change.previous.value).observe(
+                max((change.at - began).total_seconds(), 0.0)
+            )
+        elif change.previous is None:  # submitted now
+            known = (change.at, change.at)
+        if change.status.is_terminal:
+            RUNS_ENDED.labels(change.status.value).inc()
+            if known is not None:
+                RUN_SECONDS.labels(change.status.value).observe(
+                    max((change.at - known[0]).total_seconds(), 0.0)
+                )
+        elif known is not None:
+            self._open[run] = (known[0], change.at)
 
 
 class Gauges:
