@@ -157,6 +157,9 @@ def test_profiles_are_kept_for_their_owner_and_overridden_by_the_environment(
     assert config.resolve("lab", "http://x", None) == config.Profile("lab", "http://x", "from-env")
     with pytest.raises(config.ConfigError, match="no profile 'nope'"):
         config.resolve("nope", None, None)
+    monkeypatch.setenv("PRAXIS_PROFILE", "gone")
+    with pytest.raises(config.ConfigError, match="no profile 'gone'"):
+        config.resolve(None, None, None)
     listed = CliRunner().invoke(app, ["--json", "profiles"], env={"COLUMNS": "200"})
     assert listed.exit_code == 0, listed.output
     assert "s3cret-token" not in listed.output and '"name":"lab"' in listed.output.replace(" ", "")

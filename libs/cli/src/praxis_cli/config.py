@@ -65,10 +65,11 @@ def save(data: dict[str, Any], path: Path | None = None) -> Path:
 def resolve(profile: str | None, url: str | None, token: str | None) -> Profile:
     """The profile a command uses, with the overrides given."""
     data = load()
-    name = profile or os.environ.get("PRAXIS_PROFILE") or data.get("current")
+    asked = profile or os.environ.get("PRAXIS_PROFILE") or None
+    name = asked or data.get("current")
     stored: dict[str, Any] = {}
     if name is not None:
-        if name not in data["profiles"] and profile is not None:
+        if name not in data["profiles"] and asked is not None:
             known = ", ".join(sorted(data["profiles"])) or "none (praxis login adds one)"
             raise ConfigError(f"no profile {name!r}; profiles: {known}")
         stored = data["profiles"].get(name, {})
