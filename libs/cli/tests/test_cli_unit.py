@@ -160,6 +160,8 @@ def test_profiles_are_kept_for_their_owner_and_overridden_by_the_environment(
     monkeypatch.setenv("PRAXIS_PROFILE", "gone")
     with pytest.raises(config.ConfigError, match="no profile 'gone'"):
         config.resolve(None, None, None)
+    refused = CliRunner().invoke(app, ["runs", "list"])
+    assert refused.exit_code == 2 and "no profile 'gone'" in refused.output
     listed = CliRunner().invoke(app, ["--json", "profiles"], env={"COLUMNS": "200"})
     assert listed.exit_code == 0, listed.output
     assert "s3cret-token" not in listed.output and '"name":"lab"' in listed.output.replace(" ", "")

@@ -68,10 +68,18 @@ app.add_typer(events_app, name="events")
 
 @dataclass
 class State:
-    profile: Profile
+    chosen: Profile | ConfigError
     as_json: bool
     console: Console
     errors: Console
+
+    @property
+    def profile(self) -> Profile:
+        """The profile the command talks to; a configuration that cannot say is a usage error
+        here, when a command needs the API (``login`` and ``profiles`` do not)."""
+        if isinstance(self.chosen, ConfigError):
+            self.fail(str(self.chosen), EXIT_USAGE)
+        return self.chosen
 
     def show(self, reply: Any, renderable: Any = None) -> None:
         """``reply`` as JSON (``--json``), else ``renderable`` (or the reply) for people."""
@@ -116,13 +124,11 @@ def _options(
     token: Annotated[str | None, typer.Option(help="Bearer token; $PRAXIS_TOKEN.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Output JSON for scripts.")] = False,
 ) -> None:
-    errors = Console(stderr=True)
     try:
-        chosen = resolve(profile, url, token)
+        chosen: Profile | ConfigError = resolve(profile, url, token)
     except ConfigError as exc:
-        errors.print(f"error: {exc}", style="red")
-        raise typer.Exit(EXIT_USAGE) from exc
-    ctx.obj = State(chosen, as_json, Console(), errors)
+        chosen = exc
+    ctx.obj = State(chosen, as_json, Console(), Console(stderr=True))
 
 
 def state(ctx: typer.Context) -> State:
@@ -160,7 +166,10 @@ def login(
             praxis.list_runs(limit=1)
         except PraxisError as exc:
             st.fail(f"{url} refused the token: {exc.code}: {exc.message}", exit_code(exc))
-    path = remember(profile, url, token)
+    try:
+        path = remember(profile, url, token)
+    except ConfigError as exc:
+        st.fail(str(exc), EXIT_USAGE)
     st.show({"profile": profile, "url": url, "config": str(path)}, f"signed in: {profile} -> {url}")
 
 
@@ -168,7 +177,10 @@ def login(
 def profiles(ctx: typer.Context) -> None:
     """The stored profiles (tokens masked) and which is current."""
     st = state(ctx)
-    data = load()
+    try:
+        data = load()
+    except ConfigError as exc:
+        st.fail(str(exc), EXIT_USAGE)
     rows = [
         {
             "name": name,
