@@ -11,6 +11,7 @@ from typing import Any
 from nats.js.errors import KeyNotFoundError
 
 from praxis_contracts.runs import EdgeHeartbeat, EdgeRun
+from praxis_runtime.testing import InMemoryKeyValue
 from praxis_scheduler.edges import EdgeBook, EdgeMonitor, Lost
 
 
@@ -174,3 +175,34 @@ def test_the_book_lists_each_edge_live_or_gone_with_its_runs() -> None:
     assert [e.instance for e in book.edges("two")] == ["b"]
     book.expire("b", now=7.0)
     assert [e.instance for e in book.edges("two")] == []
+
+
+async def test_the_monitor_follows_edges_coming_and_going_in_memory() -> None:
+    """The edge monitor on ``InMemoryKeyValue`` (held to the real bucket's behaviour by
+    ``praxis_runtime``'s contract test): a heartbeat makes an edge known, its key expiring
+    (the orchestrator's heartbeat TTL) makes it gone once the grace period passes."""
+    kv = InMemoryKeyValue("praxis_edges")
+    seen: asyncio.Queue[str] = asyncio.Queue()
+    lost: asyncio.Queue[Lost] = asyncio.Queue()
+
+    async def on_new(heartbeat: EdgeHeartbeat) -> None:
+        await seen.put(heartbeat.instance)
+
+    async def get_bucket() -> Any:
+        return kv
+
+    first = beat("a", 1, workcell="wc")
+    await kv.put(first.key, first.model_dump_json().encode())  # beating before the monitor
+    monitor = EdgeMonitor(EdgeBook(grace_seconds=0.1), get_bucket, lost.put, on_new)
+    await monitor.start()
+    try:
+        assert await asyncio.wait_for(seen.get(), 5) == "a"
+        late = beat("b", 1, workcell="wc")
+        await kv.create(late.key, late.model_dump_json().encode(), msg_ttl=0.2)  # then stops
+        assert await asyncio.wait_for(seen.get(), 5) == "b"
+        assert monitor.book.is_live("b")
+        gone = await asyncio.wait_for(lost.get(), 5)
+        assert (gone.instance, gone.workcell) == ("b", "wc")
+        assert monitor.book.is_live("a") and not monitor.book.is_live("b")
+    finally:
+        await monitor.stop()
