@@ -12,7 +12,7 @@ import nats
 import pytest
 from nats.js import api
 
-from praxis_runtime.testing import InMemoryKeyValue
+from praxis_runtime.testing import InMemoryKeyValue, InMemoryObjectStore
 
 pytestmark = pytest.mark.integration
 
@@ -76,3 +76,49 @@ async def test_in_memory_key_value_behaves_as_the_server(nats_url: str) -> None:
     for n, (a, b) in enumerate(zip(got, expected, strict=True)):
         assert a == b, (n, a, b)
     assert ("watch", "edge.t.1", b"", 7, "PURGE") in expected  # the scenario saw the expiry
+
+
+def described(info: Any) -> tuple[Any, ...]:
+    """What an object's info says that does not change from one run to the next (not its
+    random ``nuid`` nor its ``mtime``)."""
+    return (info.name, info.bucket, info.size, info.chunks, info.digest, bool(info.deleted))
+
+
+async def store_scenario(store: Any) -> list[tuple[Any, ...]]:
+    seen: list[tuple[Any, ...]] = []
+    big = bytes(range(256)) * 1200  # 300 KiB: more than one chunk
+    seen.append(("put", described(await store.put("claims/a", b"small body"))))
+    seen.append(("put big", described(await store.put("state/big", big))))
+    got = await store.get("state/big")
+    seen.append(("get big", got.data == big, described(got.info)))
+    seen.append(("get missing", await outcome(store.get("nothing"))))
+    seen.append(("replace", described(await store.put("claims/a", b"another"))))
+    seen.append(("get replaced", (await store.get("claims/a")).data))
+    seen.append(("list", sorted(described(i) for i in await store.list())))
+    await store.delete("claims/a")
+    seen.append(("get deleted", await outcome(store.get("claims/a"))))
+    seen.append(("info deleted", await outcome(store.get_info("claims/a"))))
+    shown = await store.get_info("claims/a", show_deleted=True)
+    seen.append(("info deleted, shown", described(shown)))
+    seen.append(
+        ("list without deleted", sorted(i.name for i in await store.list(ignore_deletes=True)))
+    )
+    seen.append(("put after delete", described(await store.put("claims/a", b"again"))))
+    return seen
+
+
+async def test_in_memory_object_store_behaves_as_the_server(nats_url: str) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        bucket = f"contract_{uuid.uuid4().hex[:8]}"
+        real = await js.create_object_store(bucket)
+        try:
+            expected = await store_scenario(real)
+        finally:
+            await js.delete_object_store(bucket)
+    finally:
+        await nc.close()
+    got = await store_scenario(InMemoryObjectStore(bucket))
+    for n, (a, b) in enumerate(zip(got, expected, strict=True)):
+        assert a == b, (n, a, b)

@@ -14,17 +14,28 @@ latest entry of each key, then ``None``, then every change.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
+from nats.js import api
 from nats.js.errors import (
     BadRequestError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
     NoKeysError,
+    NotFoundError,
+    ObjectNotFoundError,
 )
 from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
-__all__ = ["InMemoryKeyValue"]
+__all__ = ["InMemoryKeyValue", "InMemoryObjectStore"]
+
+CHUNK_SIZE = 128 * 1024
+"""nats-py's object chunk size."""
 
 
 class _Watcher(KeyValue.KeyWatcher):
@@ -170,3 +181,58 @@ class InMemoryKeyValue:
 
     async def watchall(self, **kwargs: Any) -> KeyValue.KeyWatcher:
         return await self.watch(">", **kwargs)
+
+
+class InMemoryObjectStore:
+    """A NATS object store as nats-py's ``ObjectStore`` shows it, for what the services use:
+    ``put`` (replacing), ``get``, ``get_info``, ``delete``, ``list``. Infos carry the same
+    size, chunk count and digest as the server's; a deleted object is kept as deleted."""
+
+    def __init__(self, bucket: str = "test") -> None:
+        self.bucket = bucket
+        self._objects: dict[str, tuple[api.ObjectInfo, bytes]] = {}
+
+    def _info(self, name: str, data: bytes, deleted: bool = False) -> api.ObjectInfo:
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()
+        chunks = 0 if deleted else -(-len(data) // CHUNK_SIZE)
+        return api.ObjectInfo(
+            name=name,
+            bucket=self.bucket,
+            nuid=uuid.uuid4().hex,
+            size=0 if deleted else len(data),
+            mtime=datetime.now(UTC).isoformat(),
+            chunks=chunks,
+            digest="" if deleted else f"SHA-256={digest}",
+            deleted=deleted or None,
+        )
+
+    async def put(self, name: str, data: bytes | str, meta: Any = None) -> api.ObjectInfo:
+        body = data.encode() if isinstance(data, str) else bytes(data)
+        info = self._info(name, body)
+        self._objects[name] = (info, body)
+        return info
+
+    async def get_info(self, name: str, show_deleted: bool = False) -> api.ObjectInfo:
+        found = self._objects.get(name)
+        if found is None:
+            raise ObjectNotFoundError
+        if found[0].deleted and not show_deleted:
+            raise ObjectNotFoundError  # what nats-py raises for a deleted object, too
+        return found[0]
+
+    async def get(self, name: str, show_deleted: bool = False) -> ObjectStore.ObjectResult:
+        info = await self.get_info(name, show_deleted)
+        return ObjectStore.ObjectResult(info=info, data=self._objects[name][1])
+
+    async def delete(self, name: str) -> ObjectStore.ObjectResult:
+        info = await self.get_info(name)
+        self._objects[name] = (self._info(name, b"", deleted=True), b"")
+        return ObjectStore.ObjectResult(info=info)
+
+    async def list(self, ignore_deletes: bool = False) -> list[api.ObjectInfo]:
+        infos = [info for info, _ in self._objects.values()]
+        if ignore_deletes:
+            infos = [i for i in infos if not i.deleted]
+        if not infos:
+            raise NotFoundError
+        return infos
