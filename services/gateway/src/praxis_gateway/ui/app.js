@@ -173,7 +173,7 @@ async function runs(main, signal) {
   const table = h("table", { testid: "runs" },
     h("thead", {}, h("tr", {}, ["run", "protocol", "status", "workcell", "created"].map((c) => h("th", {}, c)))),
     body);
-  main.append(h("h2", {}, "Runs"), table);
+  main.append(h("h2", {}, "Runs"), submitForm(), table);
   const load = async () => {
     const page = await api("/protocols/runs?limit=100", { signal });
     body.replaceChildren(...page.items.map((run) => h("tr", { testid: `run-row-${run.accession_id}` },
@@ -184,6 +184,40 @@ async function runs(main, signal) {
       h("td", {}, when(run.created_at)))));
   };
   await liveReload(["scheduler.run.status_changed"], load, signal);
+}
+
+// Submit a run: protocol, workcell, parameters and asset pins as JSON objects.
+function submitForm() {
+  const protocol = h("input", { placeholder: "protocol", testid: "submit-protocol", required: true });
+  const workcell = h("input", { placeholder: "workcell (any)", testid: "submit-workcell" });
+  const parameters = h("input", { placeholder: '{"volume": 25}', testid: "submit-parameters" });
+  const assets = h("input", { placeholder: '{"source_plate": "plate_1"}', testid: "submit-assets" });
+  const form = h("form", { class: "actions", testid: "submit" }, protocol, workcell, parameters, assets,
+    h("button", { type: "submit" }, "Submit"));
+  const object = (input, what) => {
+    if (!input.value.trim()) return {};
+    const value = JSON.parse(input.value);
+    if (value === null || typeof value !== "object" || Array.isArray(value)) throw new Error(`${what} must be a JSON object`);
+    return value;
+  };
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    try {
+      const run = await api("/protocols/runs", {
+        method: "POST",
+        body: {
+          protocol_name: protocol.value.trim(),
+          workcell: workcell.value.trim() || null,
+          parameters: object(parameters, "parameters"),
+          assets: object(assets, "assets"),
+        },
+      });
+      location.hash = `#/runs/${run.accession_id}`;
+    } catch (error) {
+      showError(error.message);
+    }
+  });
+  return form;
 }
 
 function callTree(calls) {
