@@ -19,6 +19,7 @@ from sqlalchemy.orm import registry
 
 from praxis_contracts.runs import RunStatusChanged
 from praxis_contracts.topology import EVENTS
+from praxis_runtime import testing
 from praxis_runtime.bus import Bus
 from praxis_runtime.db import Database
 from praxis_runtime.outbox import (
@@ -244,3 +245,39 @@ async def test_the_in_memory_unit_keeps_only_what_committed() -> None:
             raise ValueError
     assert [m.headers["Nats-Msg-Id"] for m in uow.published if m.headers] == ["a"]
     assert (uow.commits, uow.rollbacks) == (1, 1)
+
+
+async def unit_scenario(unit: Any, run_id: uuid.UUID) -> None:
+    """Committed units publish what they emitted, in order; a unit that raises, nothing;
+    re-entering starts afresh."""
+    async with unit() as uow:
+        uow.emit(changed(run_id, 0), msg_id=f"{run_id}:0")
+        uow.emit(changed(run_id, 1), msg_id=f"{run_id}:1")
+    with pytest.raises(ValueError):
+        async with unit() as uow:
+            uow.emit(changed(run_id, 2), msg_id=f"{run_id}:2")
+            raise ValueError("discarded with its rows")
+    async with unit() as uow:
+        pass  # nothing emitted, nothing published
+    async with unit() as uow:
+        uow.emit(changed(run_id, 3), msg_id=f"{run_id}:3")
+
+
+async def test_the_in_memory_unit_of_work_publishes_as_the_outbox_does(world: World) -> None:
+    """One scenario through ``SqlUnitOfWork`` (PostgreSQL, the relay, JetStream) and through
+    ``InMemoryUnitOfWork``: the same messages, in the same order."""
+    run_id = uuid.uuid4()
+    relay = world.relay()
+    relay.start()
+    try:
+        await unit_scenario(lambda: SqlUnitOfWork(world.db, relay), run_id)
+        assert await relay.flush(20)
+    finally:
+        await relay.stop()
+    real = await received(world.bus, run_id, 3)
+
+    memory = testing.InMemoryUnitOfWork()
+    await unit_scenario(lambda: memory, run_id)
+    published = [RunStatusChanged.model_validate_json(m.payload) for m in memory.published]
+    assert [event.reason for event in published] == real
+    assert real == ["step 0", "step 1", "step 3"]

@@ -1,6 +1,9 @@
 """In-memory stand-ins for service-layer tests, each held to the real server's behaviour by one
 shared contract test (``libs/runtime/tests/test_testing_contracts.py`` runs the same scenario on
-both and compares every observation).
+both and compares every observation; the unit of work's is in ``test_outbox.py``).
+
+``InMemoryUnitOfWork`` (from ``praxis_runtime.outbox``): what a unit commits lands in
+``published``, in order; what a failed unit emitted, nowhere.
 
 ``InMemoryKeyValue``: a NATS key-value bucket as nats-py's ``KeyValue`` shows it, for what the
 services use: ``get``, ``put``, ``create`` (with a per-key TTL), ``update`` and ``delete``
@@ -32,7 +35,9 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
-__all__ = ["InMemoryKeyValue", "InMemoryObjectStore"]
+from praxis_runtime.outbox import InMemoryUnitOfWork
+
+__all__ = ["InMemoryKeyValue", "InMemoryObjectStore", "InMemoryUnitOfWork"]
 
 CHUNK_SIZE = 128 * 1024
 """nats-py's object chunk size."""
