@@ -56,7 +56,6 @@ from praxis_contracts.tokens import Scope, TokenCreated, TokenInfo, TokenList
 
 T = TypeVar("T")
 R_co = TypeVar("R_co", covariant=True)
-ItemT = TypeVar("ItemT", bound=BaseModel)
 
 API = "/api/v1"
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-from praxis_contracts.base import SUBJECT_ROOT, Event, all_message_types
+from praxis_contracts.base import Event
+from praxis_contracts.base import event_types as contract_event_types
 from praxis_contracts.common import RunStatus
 
 STATUS_CHANGED = "scheduler.run.status_changed"
@@ -42,13 +43,8 @@ class StreamEvent:
 
 @cache
 def event_types() -> dict[str, type[Event]]:
-    """``context.aggregate.action`` -> its event class."""
-    prefix = f"{SUBJECT_ROOT}.evt."
-    return {
-        cls.subject.removeprefix(prefix): cls
-        for cls in all_message_types()
-        if issubclass(cls, Event) and cls.subject.startswith(prefix)
-    }
+    """``context.aggregate.action`` -> its event class (``praxis_contracts``), computed once."""
+    return contract_event_types()
 
 
 @dataclass

@@ -95,3 +95,14 @@ def all_message_types() -> list[type[Message]]:
             if "subject" in sub.__dict__ and sub.__module__.startswith("praxis_contracts"):
                 found[f"{sub.__module__}.{sub.__qualname__}"] = sub
     return [found[k] for k in sorted(found)]
+
+
+def event_types() -> dict[str, type[Event]]:
+    """Every event type by its name on the wire and in the live streams,
+    ``context.aggregate.action`` (its subject without ``praxis.evt.``)."""
+    prefix = f"{SUBJECT_ROOT}.evt."
+    return {
+        cls.subject.removeprefix(prefix): cls
+        for cls in all_message_types()
+        if issubclass(cls, Event) and cls.subject.startswith(prefix)
+    }

@@ -30,7 +30,7 @@ from praxis_contracts.assets import (
     WorkcellLayout,
     WorkcellPage,
 )
-from praxis_contracts.base import Event, all_message_types
+from praxis_contracts.base import event_types
 from praxis_contracts.common import AssetKind, RunStatus, SearchFilters
 from praxis_contracts.errors import (
     ErrorCode,
@@ -460,16 +460,6 @@ def _live_subjects(types: list[str]) -> list[str]:
         if known[name].keyed:
             subjects.append(f"praxis.evt.{name}.>")
     return subjects
-
-
-def event_types() -> dict[str, type[Event]]:
-    """``context.aggregate.action`` -> its event class, for every event type."""
-    prefix = "praxis.evt."
-    return {
-        cls.subject.removeprefix(prefix): cls
-        for cls in all_message_types()
-        if issubclass(cls, Event) and cls.subject.startswith(prefix)
-    }
 
 
 def _event_id(value: str | None) -> int | None:
