@@ -8,7 +8,38 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
+from praxis_client.errors import ConnectionFailed
+from praxis_client.events import StreamEvent
+
 RECONNECT_MAX_SECONDS = 5.0
+
+
+@dataclass
+class Followed:
+    """Where a followed event stream is, for both clients' loops: the last event id seen (sent
+    back as ``Last-Event-ID`` on reconnecting) and the failures in a row."""
+
+    path: str
+    reconnects: int
+    last_event_id: int | None
+    failures: int = 0
+
+    def headers(self) -> dict[str, str]:
+        return {"Last-Event-ID": str(self.last_event_id)} if self.last_event_id is not None else {}
+
+    def seen(self, event: StreamEvent) -> None:
+        self.failures = 0
+        if event.id is not None:
+            self.last_event_id = event.id
+
+    def failed(self, cause: BaseException | None) -> int:
+        """One more failure in a row (``cause``: the transport's, or None for a stream closed
+        before its end); ``ConnectionFailed`` past ``reconnects``."""
+        self.failures += 1
+        if self.failures > self.reconnects:
+            what = repr(cause) if cause is not None else "kept closing"
+            raise ConnectionFailed(f"event stream {self.path}: {what}") from cause
+        return self.failures
 
 
 @dataclass(frozen=True)
@@ -60,10 +91,6 @@ class Session:
         # An idle run sends a keep-alive every 15 s (the gateway's SSE_KEEPALIVE_SECONDS): a
         # stream's read waits four of them before taking the connection for dead.
         self.stream_timeout = httpx.Timeout(timeout, read=max(timeout, 60.0))
-
-    @staticmethod
-    def resume_headers(last_event_id: int | None) -> dict[str, str]:
-        return {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
 
     @staticmethod
     def backoff(failures: int) -> float:

@@ -13,7 +13,7 @@ from praxis_client import calls
 from praxis_client.calls import Call, Id
 from praxis_client.errors import ConnectionFailed, error_of
 from praxis_client.events import SseDecoder, StreamEvent
-from praxis_client.session import Probe, Session, probe_of
+from praxis_client.session import Followed, Probe, Session, probe_of
 from praxis_contracts.common import Page
 from praxis_contracts.runs import RunView
 
@@ -153,12 +153,15 @@ class Client(Session):
         *,
         until_end: bool,
     ) -> Iterator[StreamEvent]:
-        failures = 0
+        followed = Followed(path, reconnects, last_event_id)
         while True:
-            headers = self.resume_headers(last_event_id)
             try:
                 with self.http.stream(
-                    "GET", path, params=params, headers=headers, timeout=self.stream_timeout
+                    "GET",
+                    path,
+                    params=params,
+                    headers=followed.headers(),
+                    timeout=self.stream_timeout,
                 ) as response:
                     if response.is_error:
                         content = response.read()
@@ -172,20 +175,14 @@ class Client(Session):
                         event = decoder.feed(line)
                         if event is None:
                             continue
-                        failures = 0
-                        if event.id is not None:
-                            last_event_id = event.id
+                        followed.seen(event)
                         yield event
                         if until_end and event.ends_run:
                             return
             except httpx.TransportError as exc:
-                failures += 1
-                if failures > reconnects:
-                    raise ConnectionFailed(f"event stream {path}: {exc!r}") from exc
+                failures = followed.failed(exc)
             else:  # closed before the run ended (a gateway restarting): open it again
-                failures += 1
-                if failures > reconnects:
-                    raise ConnectionFailed(f"event stream {path} kept closing")
+                failures = followed.failed(None)
             time.sleep(self.backoff(failures))
 
     def wait(self, run_id: Id) -> RunView:
