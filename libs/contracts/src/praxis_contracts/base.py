@@ -84,7 +84,14 @@ class Empty(BaseModel):
 
 def all_message_types() -> list[type[Message]]:
     """Every concrete message class defined under ``praxis_contracts`` (for snapshots/guards)."""
-    for module in ("assets", "inventory", "protocols", "runs", "state"):  # at call time: no cycle
+    for module in (
+        "assets",
+        "audit",
+        "inventory",
+        "protocols",
+        "runs",
+        "state",
+    ):  # at call time: no cycle
         importlib.import_module(f"praxis_contracts.{module}")
     found: dict[str, type[Message]] = {}
     stack: list[type[Any]] = [Command, Event, Request]

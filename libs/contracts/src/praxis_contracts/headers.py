@@ -2,6 +2,8 @@
 
 CORRELATION_ID = "Praxis-Correlation-Id"
 CAUSATION_ID = "Praxis-Causation-Id"
+ACTOR = "Praxis-Actor"
+"""Who set the chain going (the HTTP principal); absent when the system did."""
 ERROR = "Praxis-Error"
 DEAD_LETTER_REASON = "Praxis-Dead-Letter-Reason"
 DEAD_LETTER_SUBJECT = "Praxis-Dead-Letter-Subject"

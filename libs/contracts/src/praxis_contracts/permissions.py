@@ -25,8 +25,8 @@ No service identity creates, updates, seals, purges or deletes a stream, bucket 
 (``praxis_runtime.provision``), and deletes or purges nothing; the services only bind to what
 exists. One exception cannot be narrowed: deleting or replacing an object purges its chunks'
 subject, a filter in the purge request's body, so a store's writers may purge that store.
-``audit`` reads events and nothing else. The ``operator`` identity (tooling, tests, the chaos
-harness) may do everything.
+``audit`` reads events, and answers the audit trail's queries. The ``operator`` identity
+(tooling, tests, the chaos harness) may do everything.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ from praxis_contracts.assets import (
     SetWorkcellDrain,
     WorkcellChanged,
 )
+from praxis_contracts.audit import ListAuditEvents
 from praxis_contracts.base import Event, Message, Request
 from praxis_contracts.inventory import (
     AssetMoved,
@@ -303,6 +304,7 @@ GATEWAY = Identity(
         SetAssetState,
         SetWorkcellDrain,
         ListEdges,
+        ListAuditEvents,
     ),
     reads_events=True,
     # Dead letters for operators over HTTP (admins): read, never written or deleted.
@@ -312,8 +314,9 @@ GATEWAY = Identity(
     claims=True,
 )
 
-AUDIT_IDENTITY = Identity(name=AUDIT, reads_events=True)
-"""Event subscribers (audit trails, metrics): they read the events stream, nothing else."""
+AUDIT_IDENTITY = Identity(name=AUDIT, reads_events=True, responds=(ListAuditEvents,), claims=True)
+"""The audit service: it reads the events stream (from where its trail ends) and answers the
+trail's queries; it publishes nothing and consumes no command."""
 PROVISIONER_IDENTITY = Identity(name=PROVISIONER, provisions=True)
 """Creates and updates the streams, buckets and stores, once at deploy or start-up."""
 OPERATOR_IDENTITY = Identity(name=OPERATOR, admin=True)
@@ -416,7 +419,7 @@ def orchestrator(workcell: str) -> Identity:
 
 def services(workcells: Sequence[str]) -> dict[str, Identity]:
     """The service identities of a deployment (the orchestrators' depend on their workcells)."""
-    fixed = (SCHEDULER, asset_manager(workcells), CODE_MANAGER, GATEWAY)
+    fixed = (SCHEDULER, asset_manager(workcells), CODE_MANAGER, GATEWAY, AUDIT_IDENTITY)
     return {i.name: i for i in fixed}
 
 
@@ -425,7 +428,6 @@ def identities(workcells: Sequence[str]) -> list[Identity]:
     return [
         *services(workcells).values(),
         *(orchestrator(w) for w in dict.fromkeys(workcells)),
-        AUDIT_IDENTITY,
         PROVISIONER_IDENTITY,
         OPERATOR_IDENTITY,
     ]

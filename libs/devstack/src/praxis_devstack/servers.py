@@ -600,6 +600,7 @@ SERVICE_SCHEMAS = {
     "scheduler": "scheduler",
     "code-manager": "code_manager",
     "asset-manager": "asset_manager",
+    "audit": "audit",
 }
 """The services with a database, and the schema each owns (``Database(url, schema)``)."""
 

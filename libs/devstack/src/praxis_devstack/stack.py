@@ -34,7 +34,7 @@ from praxis_devstack.servers import (
 )
 from praxis_plr.layout import demo_workcell
 
-SERVICES = ("scheduler", "code-manager", "asset-manager", "orchestrator", "gateway")
+SERVICES = ("scheduler", "code-manager", "asset-manager", "audit", "orchestrator", "gateway")
 DEMO_WORKCELL = "demo"
 EXAMPLES_SOURCE = "examples"
 

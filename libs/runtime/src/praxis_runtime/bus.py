@@ -26,7 +26,6 @@ import socket
 import ssl
 import sys
 import time
-import uuid
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
@@ -63,7 +62,7 @@ from praxis_contracts.topology import COMMANDS, EVENTS, dead_letter_subject
 from praxis_runtime import tracing
 from praxis_runtime.claims import Claims
 from praxis_runtime.dberrors import as_domain_error
-from praxis_runtime.logging import correlation_id_var, log_context
+from praxis_runtime.logging import context_headers, message_context
 from praxis_runtime.metrics import DEAD_LETTERS
 from praxis_runtime.publisher import Outgoing, Publisher
 from praxis_runtime.settings import nats_servers
@@ -472,8 +471,7 @@ class Bus:
 
     # -- outgoing -----------------------------------------------------------------------------
     def _headers(self, msg_id: str | None, correlation: str | None = None) -> dict[str, str]:
-        correlation = correlation or correlation_id_var.get() or uuid.uuid4().hex
-        headers = {h.CORRELATION_ID: correlation}
+        headers = context_headers(correlation)
         if msg_id is not None:
             headers[h.MSG_ID] = msg_id
         tracing.inject(headers)  # the receiver's span continues this trace
@@ -490,7 +488,7 @@ class Bus:
     async def publish_all(self, messages: Sequence[tuple[Event, str | None]]) -> None:
         """Publish events (each with its ``msg_id`` or None) in order, confirmed together by
         the last one's ack (``Publisher.publish_in_order``); raises if that fails."""
-        correlation = correlation_id_var.get() or uuid.uuid4().hex  # one for the lot
+        correlation = context_headers()[h.CORRELATION_ID]  # one for the lot
         await self.publisher.publish_in_order(
             [
                 Outgoing(
@@ -564,13 +562,12 @@ class Bus:
 
         async def serve(msg: NatsMessage) -> NatsResponse:
             started = time.perf_counter()
-            correlation = (msg.headers or {}).get(h.CORRELATION_ID) or uuid.uuid4().hex
-            headers = {h.CORRELATION_ID: correlation, h.ERROR: "1"}  # the larger set
             name = f"{self.service} {route.request_type.__name__}"
             with (
-                log_context(correlation_id=correlation),
+                message_context(msg.headers) as correlation,
                 tracing.span(name, tracing.SpanKind.SERVER, msg.headers or {}),
             ):
+                headers = {h.CORRELATION_ID: correlation, h.ERROR: "1"}  # the larger set
                 if not msg.reply_to.startswith(INBOX):
                     body, error = _not_a_request(route, msg.reply_to), True
                 else:
@@ -659,11 +656,10 @@ class Bus:
 
         async def handle(msg: NatsMessage) -> None:
             started = time.perf_counter()
-            correlation = (msg.headers or {}).get(h.CORRELATION_ID) or uuid.uuid4().hex
             name = f"{self.service} {route.message_type.__name__}"
             try:
                 with (
-                    log_context(correlation_id=correlation),
+                    message_context(msg.headers),
                     tracing.span(name, tracing.SpanKind.CONSUMER, msg.headers or {}),
                 ):
                     outcome = await self._process(route, deps, msg)

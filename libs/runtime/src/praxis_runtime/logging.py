@@ -1,18 +1,25 @@
-"""Structured logs carrying run and correlation ids from context variables."""
+"""Structured logs carrying run and correlation ids from context variables, and the context a
+message carries on: its correlation id and its actor (who set the chain going)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
+from praxis_contracts import headers as h
+
 run_id_var: ContextVar[str | None] = ContextVar("praxis_run_id", default=None)
 correlation_id_var: ContextVar[str | None] = ContextVar("praxis_correlation_id", default=None)
+actor_var: ContextVar[str | None] = ContextVar("praxis_actor", default=None)
+"""Who set the current chain going: the HTTP principal the gateway authenticated, carried on
+in the ``Praxis-Actor`` header of every message the chain causes (None: the system itself)."""
 
 _SERVICE = {"name": "praxis"}
 
@@ -70,16 +77,43 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> N
 
 @contextmanager
 def log_context(
-    *, run_id: object | None = None, correlation_id: str | None = None
+    *, run_id: object | None = None, correlation_id: str | None = None, actor: str | None = None
 ) -> Iterator[None]:
-    """Bind ids to every log line written inside the block."""
-    tokens = []
+    """Bind ids to every log line written inside the block (and the actor to every message
+    published inside it, ``context_headers``)."""
+    tokens: list[tuple[ContextVar[str | None], Any]] = []
     if run_id is not None:
         tokens.append((run_id_var, run_id_var.set(str(run_id))))
     if correlation_id is not None:
         tokens.append((correlation_id_var, correlation_id_var.set(correlation_id)))
+    if actor is not None:
+        tokens.append((actor_var, actor_var.set(actor)))
     try:
         yield
     finally:
         for var, token in reversed(tokens):
             var.reset(token)
+
+
+def context_headers(correlation: str | None = None) -> dict[str, str]:
+    """The headers every outgoing message carries from the current context: the correlation id
+    (``correlation``, the context's, or a new one) and the actor when there is one."""
+    headers = {h.CORRELATION_ID: correlation or correlation_id_var.get() or uuid.uuid4().hex}
+    if (actor := actor_var.get()) is not None:
+        headers[h.ACTOR] = actor
+    return headers
+
+
+@contextmanager
+def message_context(headers: Mapping[str, str] | None) -> Iterator[str]:
+    """Handle a received message in its context: its correlation id (a new one if it has
+    none, yielded) and its actor, carried on to what the handler publishes."""
+    received = headers or {}
+    correlation = received.get(h.CORRELATION_ID) or uuid.uuid4().hex
+    actor = received.get(h.ACTOR) or None
+    token = actor_var.set(actor)  # reset to the sender's, even to none
+    try:
+        with log_context(correlation_id=correlation):
+            yield correlation
+    finally:
+        actor_var.reset(token)

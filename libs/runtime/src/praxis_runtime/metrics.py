@@ -63,6 +63,17 @@ RESERVATION_WAIT_SECONDS = Histogram(
     buckets=(0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600),
 )
 
+# -- the audit trail ------------------------------------------------------------------------------
+AUDIT_STORED = Counter("praxis_audit_events_stored_total", "Events the audit trail stored.")
+AUDIT_LAG = Gauge(
+    "praxis_audit_lag_events",
+    "Events in the stream the audit trail has not stored yet (as of its last batch).",
+)
+AUDIT_GAP = Counter(
+    "praxis_audit_gap_events_total",
+    "Events that left the stream (age limit) before the audit trail could store them.",
+)
+
 # -- plumbing (every service) ----------------------------------------------------------------------
 DEAD_LETTERS = Counter(
     "praxis_dead_letters_total",

@@ -52,7 +52,7 @@ from praxis_contracts.base import Command, Event
 from praxis_contracts.topology import dead_letter_subject
 from praxis_runtime import tracing
 from praxis_runtime.db import Database, KeptConnection
-from praxis_runtime.logging import correlation_id_var
+from praxis_runtime.logging import context_headers
 from praxis_runtime.publisher import Outgoing, Publisher
 
 log = logging.getLogger(__name__)
@@ -102,11 +102,8 @@ def create_outbox(op: Any, schema: str) -> None:
 
 
 def encode(message: Command | Event, msg_id: str | None = None) -> Outgoing:
-    """A message as it will be published: subject, JSON body, id and correlation headers."""
-    headers = {
-        h.MSG_ID: msg_id or uuid.uuid4().hex,
-        h.CORRELATION_ID: correlation_id_var.get() or uuid.uuid4().hex,
-    }
+    """A message as it will be published: subject, JSON body, id and context headers."""
+    headers = {h.MSG_ID: msg_id or uuid.uuid4().hex, **context_headers()}
     tracing.inject(headers)  # published later by the relay, in this trace
     return Outgoing(message.routing_subject(), message.model_dump_json().encode(), headers)
 

@@ -67,6 +67,7 @@ DATABASE_SCHEMAS = {
     "scheduler": "scheduler",
     "code-manager": "code_manager",
     "asset-manager": "asset_manager",
+    "audit": "audit",
 }
 """The services with a database and the schema each owns (as ``praxis_devstack`` sets them up:
 ``SERVICE_SCHEMAS`` there, checked equal by the tests)."""

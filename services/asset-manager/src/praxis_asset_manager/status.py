@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -31,7 +32,7 @@ from praxis_contracts.inventory import (
     ListAssetStatusHistory,
 )
 from praxis_runtime.db import Database, KeptConnection
-from praxis_runtime.logging import correlation_id_var
+from praxis_runtime.logging import context_headers
 from praxis_runtime.outbox import OutboxRelay, SqlUnitOfWork, UnitOfWork
 from praxis_runtime.publisher import Outgoing
 from praxis_runtime.query import apply_filters, fetch_page, where_all
@@ -298,7 +299,7 @@ _APPLY_SEQUENCE = f"""
                    'asset_id', asset_id, 'workcell_id', workcell_id, 'name', name,
                    'status', status, 'previous', previous, 'reason', reason,
                    'run_id', run_id, 'at', at)::text, 'UTF8'),
-               jsonb_build_object('Nats-Msg-Id', msg_id, 'Praxis-Correlation-Id', $6::text)
+               jsonb_build_object('Nats-Msg-Id', msg_id) || $6::text::jsonb
         FROM real ORDER BY ord
         RETURNING id, subject, payload, headers ->> 'Nats-Msg-Id' AS msg_id
     )
@@ -326,7 +327,7 @@ async def apply_sequence(conn: KeptConnection, changes: Sequence[StatusChange]) 
     """Apply changes in order; an event for every real transition (an asset reserved and
     released within one batch records both), and its committed outbox row. Unknown assets
     (deleted meanwhile) are skipped."""
-    correlation = correlation_id_var.get() or uuid.uuid4().hex
+    context = context_headers()  # the correlation id and actor, the same on every row
     rows = await conn.fetch(
         _APPLY_SEQUENCE,
         [c.asset_id for c in changes],
@@ -334,7 +335,7 @@ async def apply_sequence(conn: KeptConnection, changes: Sequence[StatusChange]) 
         [c.reason for c in changes],
         [c.run_id for c in changes],
         datetime.now(UTC),
-        correlation,
+        json.dumps(context),
     )
     # Built without re-validation: every field comes typed from our own columns.
     events = [
@@ -356,7 +357,7 @@ async def apply_sequence(conn: KeptConnection, changes: Sequence[StatusChange]) 
             Outgoing(
                 r["subject"],
                 bytes(r["payload"]),
-                {h.MSG_ID: r["msg_id"], h.CORRELATION_ID: correlation},
+                {h.MSG_ID: r["msg_id"], **context},
             ),
         )
         for r in rows

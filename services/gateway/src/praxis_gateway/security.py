@@ -34,6 +34,7 @@ from praxis_gateway.auth import Scope as AuthScope
 from praxis_gateway.errors import error_response
 from praxis_gateway.oidc import OidcVerifier
 from praxis_gateway.tokens import TokenStore
+from praxis_runtime.logging import log_context
 
 ADMIN = Principal(BOOTSTRAP_ADMIN, frozenset(AuthScope))
 
@@ -76,7 +77,8 @@ class Authenticate:
             await error_response(exc.to_reply())(scope, receive, send)
             return
         scope.setdefault("state", {})["principal"] = principal
-        await self.app(scope, receive, send)
+        with log_context(actor=principal.name):  # carried on by every message it causes
+            await self.app(scope, receive, send)
 
 
 def _authorization(scope: Scope) -> str | None:

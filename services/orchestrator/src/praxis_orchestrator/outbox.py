@@ -36,7 +36,7 @@ from nats.js.errors import APIError
 from praxis_contracts import headers as h
 from praxis_contracts.base import Event
 from praxis_runtime.bus import INFRA_RETRY_CAP, retry_delay
-from praxis_runtime.logging import correlation_id_var
+from praxis_runtime.logging import context_headers
 from praxis_runtime.publisher import Publisher
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ class Outbox:
         Safe from any thread (protocols run on threads of their own): the sequence and the
         queue move together under a lock, and the relay is woken on its own loop."""
         headers = {
-            h.CORRELATION_ID: correlation_id_var.get() or uuid.uuid4().hex,
+            **context_headers(),
             h.MSG_ID: msg_id or f"edge-event:{uuid.uuid4().hex}",
         }
         payload = event.model_dump_json().encode()

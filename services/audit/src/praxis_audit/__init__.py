@@ -1,0 +1,1 @@
+"""The audit service: the events stream, kept for years and queryable."""

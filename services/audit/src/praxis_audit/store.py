@@ -1,0 +1,180 @@
+"""The trail in PostgreSQL (schema ``audit``): append a batch with the position it reaches in
+one transaction, page through it newest first, prune past the retention."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Text, bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY
+
+from praxis_audit.domain import Entry, Position
+from praxis_audit.orm import SCHEMA
+from praxis_contracts.audit import AuditEvent, AuditEventPage, ListAuditEvents
+from praxis_runtime.db import Database
+
+PAGE_BYTES = 4 * 1024 * 1024
+"""A page stops growing past this many bytes of bodies (it holds one event at least): a page of
+the largest events stays a bounded reply."""
+PRUNE_BATCH = 10_000
+
+_INSERT = text(
+    f"""
+    INSERT INTO {SCHEMA}.events (epoch, stream_seq, type, subject, occurred_at, actor, publisher,
+                                 correlation_id, run_id, workcell, asset_ids, payload)
+    SELECT :epoch, r.stream_seq, r.type, r.subject, r.occurred_at, r.actor, r.publisher,
+           r.correlation_id, r.run_id, r.workcell, r.asset_ids, r.payload
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
+        stream_seq bigint, type text, subject text, occurred_at timestamptz, actor text,
+        publisher text, correlation_id text, run_id uuid, workcell text, asset_ids uuid[],
+        payload jsonb)
+    ORDER BY r.stream_seq
+    ON CONFLICT (epoch, stream_seq) DO NOTHING
+    """
+)
+"""One statement for a batch (one round trip), in stream order: ids follow sequences."""
+_ADVANCE = text(
+    f"""
+    INSERT INTO {SCHEMA}.positions (epoch, last_seq) VALUES (:epoch, :last_seq)
+    ON CONFLICT (epoch) DO UPDATE
+    SET last_seq = GREATEST({SCHEMA}.positions.last_seq, EXCLUDED.last_seq)
+    """
+)
+_COLUMNS = (
+    "id, stream_seq, type, subject, occurred_at, actor, publisher, correlation_id, run_id, "
+    "workcell, asset_ids, payload::text AS payload"
+)
+
+
+class Trail:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def position(self, epoch: str) -> Position:
+        async with self.db.engine.connect() as conn:
+            last = await conn.scalar(
+                text(f"SELECT last_seq FROM {SCHEMA}.positions WHERE epoch = :e"), {"e": epoch}
+            )
+        return Position(epoch, int(last or 0))
+
+    async def append(self, epoch: str, entries: Sequence[Entry]) -> int:
+        """Store ``entries`` (stream order) and the position they reach, together; an entry
+        already stored (a redelivery) is skipped. Returns how many were new."""
+        if not entries:
+            return 0
+        rows = "[" + ",".join(map(_row, entries)) + "]"
+        async with self.db.engine.begin() as conn:
+            result = await conn.execute(_INSERT, {"epoch": epoch, "rows": rows})
+            await conn.execute(
+                _ADVANCE, {"epoch": epoch, "last_seq": max(e.stream_seq for e in entries)}
+            )
+        return int(result.rowcount or 0)
+
+    async def page(self, query: ListAuditEvents) -> AuditEventPage:
+        where, params = _where(query)
+        sql = text(
+            f"SELECT {_COLUMNS} FROM {SCHEMA}.events {where} ORDER BY id DESC LIMIT :limit"
+        ).bindparams(*(bindparam(k, type_=t) for k, t in _TYPED.items() if k in params))
+        params["limit"] = query.limit + 1
+        async with self.db.engine.connect() as conn:
+            rows = (await conn.execute(sql, params)).mappings().all()
+        items: list[AuditEvent] = []
+        size = 0
+        for row in rows[: query.limit]:
+            if items and size + len(row["payload"]) > PAGE_BYTES:
+                break
+            size += len(row["payload"])
+            items.append(_event(row))
+        more = len(items) < len(rows)
+        return AuditEventPage(items=items, next_before=items[-1].id if more and items else None)
+
+    async def prune(self, before: datetime) -> int:
+        """Delete what was stored before ``before``, a batch per transaction (no long lock)."""
+        deleted = 0
+        while True:
+            async with self.db.engine.begin() as conn:
+                result = await conn.execute(
+                    text(
+                        f"DELETE FROM {SCHEMA}.events WHERE id IN (SELECT id FROM {SCHEMA}.events"
+                        " WHERE occurred_at < :before ORDER BY id LIMIT :n)"
+                    ),
+                    {"before": before, "n": PRUNE_BATCH},
+                )
+            deleted += int(result.rowcount or 0)
+            if (result.rowcount or 0) < PRUNE_BATCH:
+                return deleted
+
+    async def count(self) -> int:
+        async with self.db.engine.connect() as conn:
+            return int(await conn.scalar(text(f"SELECT count(*) FROM {SCHEMA}.events")) or 0)
+
+
+_TYPED: dict[str, Any] = {"types": ARRAY(Text())}
+
+
+def _row(e: Entry) -> str:
+    """One entry as a JSON object, its body spliced in as it is (already JSON text)."""
+    fields = {
+        "stream_seq": e.stream_seq,
+        "type": e.type,
+        "subject": e.subject,
+        "occurred_at": e.occurred_at.isoformat(),
+        "actor": e.actor,
+        "publisher": e.publisher,
+        "correlation_id": e.correlation_id,
+        "run_id": str(e.run_id) if e.run_id else None,
+        "workcell": e.workcell,
+        "asset_ids": [str(a) for a in e.asset_ids],
+    }
+    return f'{json.dumps(fields)[:-1]},"payload":{e.payload}}}'
+
+
+def _where(query: ListAuditEvents) -> tuple[str, dict[str, Any]]:
+    f = query.filters
+    clauses: list[str] = []
+    params: dict[str, Any] = {}
+    if f.types:
+        clauses.append("type = ANY(:types)")
+        params["types"] = list(f.types)
+    for column, value in (
+        ("run_id", f.run_id),
+        ("workcell", f.workcell),
+        ("actor", f.actor),
+        ("correlation_id", f.correlation_id),
+    ):
+        if value is not None:
+            clauses.append(f"{column} = :{column}")
+            params[column] = value
+    if f.asset_id is not None:
+        clauses.append("asset_ids @> ARRAY[CAST(:asset_id AS uuid)]")
+        params["asset_id"] = str(f.asset_id)
+    if f.since is not None:
+        clauses.append("occurred_at >= :since")
+        params["since"] = f.since
+    if f.until is not None:
+        clauses.append("occurred_at < :until")
+        params["until"] = f.until
+    if query.before is not None:
+        clauses.append("id < :before")
+        params["before"] = query.before
+    return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def _event(row: Any) -> AuditEvent:
+    return AuditEvent(
+        id=row["id"],
+        stream_seq=row["stream_seq"],
+        type=row["type"],
+        subject=row["subject"],
+        occurred_at=row["occurred_at"],
+        actor=row["actor"],
+        publisher=row["publisher"],
+        correlation_id=row["correlation_id"],
+        run_id=row["run_id"],
+        workcell=row["workcell"],
+        asset_ids=list(row["asset_ids"] or []),
+        payload=json.loads(row["payload"]),
+    )

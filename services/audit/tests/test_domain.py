@@ -1,0 +1,91 @@
+"""The trail's pure core: what an event becomes in the trail, who published it, gaps."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+
+from praxis_audit.domain import Position, entry_of, event_name, publisher_of
+from praxis_contracts import headers as h
+from praxis_contracts.assets import AssetsReleased, AssetStatus
+from praxis_contracts.common import RunStatus
+from praxis_contracts.inventory import AssetStatusChanged
+from praxis_contracts.runs import RunFinished, RunStatusChanged
+
+AT = datetime(2026, 12, 8, tzinfo=UTC)
+
+
+def test_an_event_names_its_run_workcell_assets_actor_and_correlation() -> None:
+    run, asset = uuid.uuid4(), uuid.uuid4()
+    event = AssetStatusChanged(
+        asset_id=asset,
+        workcell_id=uuid.uuid4(),
+        name="plate",
+        status=AssetStatus.IN_USE,
+        previous=AssetStatus.AVAILABLE,
+        run_id=run,
+        at=AT,
+    )
+    headers = {h.ACTOR: "alice", h.CORRELATION_ID: "c-1"}
+    entry = entry_of(7, event.routing_subject(), event.model_dump_json().encode(), headers, AT)
+    assert (entry.stream_seq, entry.occurred_at) == (7, AT)
+    assert entry.type == "asset.asset.status_changed"
+    assert (entry.actor, entry.correlation_id, entry.run_id) == ("alice", "c-1", run)
+    assert entry.asset_ids == (asset,)
+    assert entry.publisher == "asset-manager"
+    assert json.loads(entry.payload) == event.model_dump(mode="json")
+
+
+def test_asset_lists_and_the_workcells_name_are_found() -> None:
+    run, assets = uuid.uuid4(), [uuid.uuid4(), uuid.uuid4()]
+    released = AssetsReleased(run_id=run, asset_ids=assets)
+    entry = entry_of(1, released.routing_subject(), released.model_dump_json().encode(), {}, AT)
+    assert entry.asset_ids == tuple(assets)
+    assert entry.actor is None  # the system did it
+    finished = _finished(run, "wc-1")
+    entry = entry_of(2, finished.routing_subject(), finished.model_dump_json().encode(), {}, AT)
+    assert (entry.workcell, entry.run_id) == ("wc-1", run)
+
+
+def test_the_actor_in_the_body_counts_when_no_header_names_one() -> None:
+    changed = RunStatusChanged(
+        run_id=uuid.uuid4(), status=RunStatus.CANCELLED, previous=None, at=AT, actor="bob"
+    )
+    body = changed.model_dump_json().encode()
+    assert entry_of(1, changed.routing_subject(), body, None, AT).actor == "bob"
+    assert entry_of(1, changed.routing_subject(), body, {h.ACTOR: "carol"}, AT).actor == "carol"
+
+
+def test_an_edges_events_are_published_by_its_workcells_orchestrator() -> None:
+    run = uuid.uuid4()
+    finished = _finished(run, "wc-9")
+    assert publisher_of(finished.routing_subject()) == "orchestrator-wc-9"
+    assert publisher_of(f"{RunStatusChanged.subject}.{run}") == "scheduler"
+    assert publisher_of("praxis.evt.somebody.else") is None
+
+
+def test_a_body_that_is_not_json_is_kept_as_text_and_nul_cannot_break_the_store() -> None:
+    entry = entry_of(3, "praxis.evt.lab.door.opened", b"\x00not json\xff", {}, AT)
+    assert entry.type == "lab.door.opened"
+    text = json.loads(entry.payload)
+    assert isinstance(text, str) and "not json" in text and "\x00" not in text
+    nul = entry_of(4, "praxis.evt.x.y.z", json.dumps({"note": "a\u0000b"}).encode(), {}, AT)
+    assert "\\u0000" not in nul.payload
+
+
+def test_event_names_are_those_of_the_live_streams() -> None:
+    assert event_name(f"{RunFinished.subject}.wc.{uuid.uuid4()}") == "orchestrator.run.finished"
+
+
+def test_the_position_says_where_to_start_and_what_was_missed() -> None:
+    position = Position("epoch", 10)
+    assert position.start_at() == 11
+    assert position.gap_before(11) == 0
+    assert position.gap_before(15) == 4
+
+
+def _finished(run: uuid.UUID, workcell: str) -> RunFinished:
+    return RunFinished(
+        run_id=run, workcell=workcell, at=AT, edge_instance="edge-1", outcome="completed"
+    )
