@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # The one Praxis image: every service, picked by the container's command
-# (python -m praxis_scheduler | praxis_code_manager | praxis_asset_manager | praxis_gateway |
+# (python -m praxis_scheduler | praxis_code_manager | praxis_asset_manager | praxis_audit |
+# praxis_gateway |
 # praxis_orchestrator; praxis_orchestrator.zygote, praxis_runtime.spawner and
 # praxis_runtime.provision for the sandboxes and the provisioning Job: deploy/k8s).
 #

@@ -24,7 +24,7 @@ SERVICES = ROOT / "services"
 def service_packages() -> dict[str, Path]:
     """``{package name: package dir}`` for every ``services/<name>/src/<package>``."""
     found = {pkg.name: pkg for pkg in SERVICES.glob("*/src/*") if (pkg / "__init__.py").is_file()}
-    assert len(found) == 5, found
+    assert len(found) == 6, found
     return found
 
 
@@ -145,7 +145,12 @@ def handler_groups() -> dict[str, Handlers[Any]]:
 
     groups: dict[str, Handlers[Any]] = {
         name: importlib.import_module(f"{name}.handlers").handlers
-        for name in ("praxis_scheduler", "praxis_code_manager", "praxis_asset_manager")
+        for name in (
+            "praxis_scheduler",
+            "praxis_code_manager",
+            "praxis_asset_manager",
+            "praxis_audit",
+        )
     }
     groups["praxis_orchestrator"] = handlers_for("demo")
     groups["praxis_asset_manager.inventory"] = importlib.import_module(

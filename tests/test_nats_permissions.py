@@ -43,6 +43,7 @@ CONTEXT_OWNER = {
     "code": "code-manager",
     "scheduler": "scheduler",
     "orchestrator": "orchestrator",
+    "audit": "audit",
 }
 """Who owns each ``<context>`` token of ``praxis.<kind>.<context>...``."""
 

@@ -52,10 +52,11 @@ SERVICES = {
     "scheduler": "praxis_scheduler",
     "code-manager": "praxis_code_manager",
     "asset-manager": "praxis_asset_manager",
+    "audit": "praxis_audit",
     "gateway": "praxis_gateway",
 }
 ORCHESTRATOR = "orchestrator"
-DB_SERVICES = ("scheduler", "code-manager", "asset-manager")
+DB_SERVICES = ("scheduler", "code-manager", "asset-manager", "audit")
 CONFIG_MAP = "praxis-config"
 NATS_CONFIG_MAP = "nats-config"
 NATS_TLS_SECRET = "praxis-nats-tls"
@@ -363,6 +364,7 @@ def settings_fields(settings: type) -> set[str]:
 
 def service_settings() -> dict[str, type]:
     from praxis_asset_manager.app import Settings as AssetManager
+    from praxis_audit.app import Settings as Audit
     from praxis_code_manager.app import Settings as CodeManager
     from praxis_gateway.app import Settings as Gateway
     from praxis_orchestrator.app import Settings as Orchestrator
@@ -373,6 +375,7 @@ def service_settings() -> dict[str, type]:
         "scheduler": Scheduler,
         "code-manager": CodeManager,
         "asset-manager": AssetManager,
+        "audit": Audit,
         "gateway": Gateway,
         ORCHESTRATOR: Orchestrator,
         JOB: Provision,
@@ -1229,7 +1232,7 @@ PORTS = (
     (8222, "TCP"),
     (9999, "TCP"),
 )
-NATS_CLIENTS = ("scheduler", "code-manager", "asset-manager", "gateway", JOB)
+NATS_CLIENTS = ("scheduler", "code-manager", "asset-manager", "audit", "gateway", JOB)
 
 
 def expected_flows(workcells: list[str]) -> set[tuple[str, str, int, str]]:
@@ -1246,7 +1249,7 @@ def expected_flows(workcells: list[str]) -> set[tuple[str, str, int, str]]:
         flows.add((service, "postgresql", 5432, "TCP"))
     flows |= {("code-manager", "git-host", 443, "TCP"), ("code-manager", "git-host", 22, "TCP")}
     flows.add(("ingress-controller", "gateway", 8000, "TCP"))
-    for pod in ("scheduler", "code-manager", "asset-manager", *orchestrators):
+    for pod in ("scheduler", "code-manager", "asset-manager", "audit", *orchestrators):
         flows.add(("monitoring", pod, 8080, "TCP"))
     flows |= {("monitoring", "gateway", 8000, "TCP"), ("monitoring", "nats", 8222, "TCP")}
     return flows

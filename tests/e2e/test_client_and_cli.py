@@ -532,3 +532,56 @@ def test_cli_sources_and_snapshots(stack: Stack) -> None:
     )
     assert restored.exit_code == 0, restored.output
     assert "restored" in restored.output
+
+
+async def test_the_audit_trail_names_who_set_each_event_going(
+    stack: Stack, praxis: AsyncClient
+) -> None:
+    """A run submitted by one token and cancelled by another: every event of it is in the
+    trail (the edge's too, carried on from the request through every message), with the actor
+    that caused it; filters and the CLI read it back."""
+    name = f"alice-{uuid4().hex[:6]}"
+    alice = await praxis.create_token(name, ["operate"])
+    async with AsyncClient(stack.api, alice.token) as as_alice:
+        run = await as_alice.submit_run(
+            "incubate", workcell=DEMO_WORKCELL, parameters={"steps": 300}
+        )
+        async for event in as_alice.events(run.accession_id):
+            if event.type == "orchestrator.run.started":
+                break
+    await praxis.cancel_run(run.accession_id, reason="audit test")
+    last = 0
+    async for event in praxis.events(run.accession_id):
+        last = event.id or last
+    page = await praxis.list_events(run_id=run.accession_id, stored_through=last, limit=500)
+    trail = list(reversed(page.items))
+    assert page.next_before is None and trail[-1].stream_seq == last
+    actors = {e.type: e.actor for e in trail if e.type != "scheduler.run.status_changed"}
+    assert actors["orchestrator.run.started"] == f"token:{name}"  # carried to the edge
+    assert actors["asset.reservation.granted"] == f"token:{name}"
+    statuses = [(e.payload["status"], e.actor) for e in trail if e.type.endswith("changed")]
+    assert statuses[0] == ("queued", f"token:{name}")
+    # The cancel is the admin's act; the edge's report that ends the run is of alice's chain.
+    assert ("canceling", "bootstrap-admin") in statuses and statuses[-1][0] == "cancelled"
+    started = next(e for e in trail if e.type == "orchestrator.run.started")
+    assert started.publisher == f"orchestrator-{DEMO_WORKCELL}"
+    assert started.workcell == DEMO_WORKCELL and started.correlation_id
+
+    by_alice = await praxis.list_events(actor=f"token:{name}", stored_through=last, limit=500)
+    assert {e.run_id for e in by_alice.items} == {run.accession_id}
+    listed = cli(stack, "--json", "events", "list", "--run", str(run.accession_id), "--limit", "3")
+    assert listed.exit_code == 0, listed.output
+    first = json.loads(listed.output)
+    assert [e["id"] for e in first["items"]] == [e.id for e in page.items[:3]]
+    older = cli(
+        stack,
+        "events",
+        "list",
+        "--run",
+        str(run.accession_id),
+        "--before",
+        str(first["next_before"]),
+    )
+    assert older.exit_code == 0 and "newest first" in older.output
+    refused = cli(stack, "events", "list", "--since", "yesterday")
+    assert refused.exit_code != 0

@@ -66,6 +66,7 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("GET", "/api/v1/protocols/runs/{run_id}/logs"): RD,
     ("GET", "/api/v1/protocols/runs/{run_id}/events"): RD,
     ("GET", "/api/v1/events/live"): RD,
+    ("GET", "/api/v1/events"): RD,
     ("POST", "/api/v1/workcells"): AD,
     ("GET", "/api/v1/workcells"): RD,
     ("GET", "/api/v1/workcells/{workcell}"): RD,

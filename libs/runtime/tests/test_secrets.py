@@ -94,6 +94,7 @@ def test_every_secret_of_two_workcells(tmp_path: Path) -> None:
         "praxis-database-scheduler",
         "praxis-database-code-manager",
         "praxis-database-asset-manager",
+        "praxis-database-audit",
         "praxis-database-roles",
     }
     keys = {name: set(doc["stringData"]) for name, doc in found.items()}
@@ -129,7 +130,7 @@ def test_values_are_random_distinct_and_accepted_by_the_services(tmp_path: Path)
     first = passwords_of(run(tmp_path / "a", "w1", "w2"))
     second = passwords_of(run(tmp_path / "b", "w1", "w2"))
     values = [*first.values(), *second.values()]
-    assert len(set(values)) == len(values) == 2 * (9 + 1 + 3)
+    assert len(set(values)) == len(values) == 2 * (9 + 1 + 4)
     for name, value in first.items():
         minimum = MIN_ADMIN_TOKEN_LENGTH if name == GATEWAY_SECRET else MIN_PASSWORD_LENGTH
         assert refuse_weak_secret(value, name, minimum) == value

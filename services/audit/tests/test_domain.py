@@ -48,13 +48,15 @@ def test_asset_lists_and_the_workcells_name_are_found() -> None:
     assert (entry.workcell, entry.run_id) == ("wc-1", run)
 
 
-def test_the_actor_in_the_body_counts_when_no_header_names_one() -> None:
+def test_the_actor_in_the_body_is_the_nearer_one_the_header_names_the_chains() -> None:
     changed = RunStatusChanged(
         run_id=uuid.uuid4(), status=RunStatus.CANCELLED, previous=None, at=AT, actor="bob"
     )
     body = changed.model_dump_json().encode()
     assert entry_of(1, changed.routing_subject(), body, None, AT).actor == "bob"
-    assert entry_of(1, changed.routing_subject(), body, {h.ACTOR: "carol"}, AT).actor == "carol"
+    assert entry_of(1, changed.routing_subject(), body, {h.ACTOR: "carol"}, AT).actor == "bob"
+    system = changed.model_copy(update={"actor": None}).model_dump_json().encode()
+    assert entry_of(1, changed.routing_subject(), system, {h.ACTOR: "carol"}, AT).actor == "carol"
 
 
 def test_an_edges_events_are_published_by_its_workcells_orchestrator() -> None:

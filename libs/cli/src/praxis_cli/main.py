@@ -56,7 +56,9 @@ workcells_app = typer.Typer(help="Workcells: deck, snapshots, drain.", no_args_i
 sources_app = typer.Typer(help="Protocol sources (git repositories).", no_args_is_help=True)
 tokens_app = typer.Typer(help="API tokens (admin).", no_args_is_help=True)
 dead_app = typer.Typer(help="Dead letters: messages no consumer could process (admin).")
-events_app = typer.Typer(help="Events as they happen.", no_args_is_help=True)
+events_app = typer.Typer(
+    help="The audit trail (list) and events as they happen (follow).", no_args_is_help=True
+)
 app.add_typer(runs_app, name="runs")
 app.add_typer(locks_app, name="locks")
 app.add_typer(workcells_app, name="workcells")
@@ -540,6 +542,50 @@ def events_follow(
             seen += 1
             if count is not None and seen >= count:
                 return
+
+
+@events_app.command("list")
+def events_list(
+    ctx: typer.Context,
+    type_: Annotated[
+        list[str] | None,
+        typer.Option("--type", "-t", help="Only this event type (repeatable: any of them)."),
+    ] = None,
+    run: Annotated[UUID | None, typer.Option(help="One run's.")] = None,
+    workcell: Annotated[str | None, typer.Option(help="One workcell's (its name).")] = None,
+    asset: Annotated[UUID | None, typer.Option(help="Naming this asset.")] = None,
+    actor: Annotated[str | None, typer.Option(help="Set going by this principal.")] = None,
+    correlation: Annotated[str | None, typer.Option(help="With this correlation id.")] = None,
+    since: Annotated[
+        datetime | None, typer.Option(help="Stored at or after (UTC if naive).")
+    ] = None,
+    until: Annotated[datetime | None, typer.Option(help="Stored before (UTC if naive).")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
+    before: Annotated[int | None, typer.Option(min=1, help="Older than this id (paging).")] = None,
+) -> None:
+    """The audit trail: stored events with who set them going, newest first."""
+    st = state(ctx)
+    with client(ctx) as praxis:
+        page = praxis.list_events(
+            types=type_ or (),
+            run_id=run,
+            workcell=workcell,
+            asset_id=asset,
+            actor=actor,
+            correlation_id=correlation,
+            since=_utc(since),
+            until=_utc(until),
+            limit=limit,
+            before=before,
+        )
+    st.show(page, render.audit_table(page.items, page.next_before))
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """A moment typed without a zone is UTC (the trail's times are)."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
 
 
 # -- dead letters -------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from praxis_contracts.assets import Asset, Lease, Workcell, WorkcellLayout
+from praxis_contracts.audit import AuditEvent
 from praxis_contracts.common import RunStatus
 from praxis_contracts.deadletters import DeadLetterInfo
 from praxis_contracts.protocols import ProtocolSource
@@ -227,6 +228,24 @@ def dead_letters_table(letters: Sequence[DeadLetterInfo], total: int) -> Table:
             Text(short(letter.reason, 160)),
             when(letter.stored_at),
             str(letter.size_bytes),
+        )
+    return table
+
+
+def audit_table(events: Sequence[AuditEvent], next_before: int | None) -> Table:
+    table = Table("id", "when", "type", "actor", "run", "workcell", "publisher", "body")
+    more = f"; older: --before {next_before}" if next_before is not None else ""
+    table.title = f"{len(events)} events, newest first{more}"
+    for event in events:
+        table.add_row(
+            str(event.id),
+            when(event.occurred_at),
+            event.type,
+            event.actor or "",
+            str(event.run_id)[:8] if event.run_id else "",
+            event.workcell or "",
+            event.publisher or "",
+            Text(short(event.payload, 80)),
         )
     return table
 

@@ -30,6 +30,7 @@ from praxis_contracts.assets import (
     WorkcellLayout,
     WorkcellPage,
 )
+from praxis_contracts.audit import AuditEventPage
 from praxis_contracts.common import AssetKind, Page, RunStatus, SearchFilters
 from praxis_contracts.deadletters import DeadLetter, DeadLetterPage
 from praxis_contracts.inventory import AssetStatusHistoryPage, CatalogPage, Position
@@ -573,6 +574,42 @@ def list_dead_letters(
 def get_dead_letter(seq: int) -> Call[DeadLetter]:
     """One dead letter with its headers and body (admin)."""
     return Call("GET", f"{API}/dead-letters/{seq}", DeadLetter)
+
+
+# -- the audit trail ----------------------------------------------------------------------------
+def list_events(
+    *,
+    types: Sequence[str] = (),
+    run_id: Id | None = None,
+    workcell: str | None = None,
+    asset_id: Id | None = None,
+    actor: str | None = None,
+    correlation_id: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int | None = None,
+    before: int | None = None,
+    stored_through: int | None = None,
+) -> Call[AuditEventPage]:
+    """The audit trail, newest first, filtered; page with ``before`` = the last
+    ``next_before``. ``stored_through``: once the trail holds the stream that far (an event id
+    of a live stream)."""
+    params = _query(
+        None,
+        limit,
+        None,
+        type=list(types),
+        run_id=run_id,
+        workcell=workcell,
+        asset_id=asset_id,
+        actor=actor,
+        correlation_id=correlation_id,
+        since=since,
+        until=until,
+        before=before,
+        stored_through=stored_through,
+    )
+    return Call("GET", f"{API}/events", AuditEventPage, params=params)
 
 
 # -- tokens -------------------------------------------------------------------------------------

@@ -52,7 +52,9 @@ def entry_of(
         type=name,
         subject=subject,
         occurred_at=at,
-        actor=received.get(h.ACTOR) or _text(fields.get("actor")),
+        # The body's actor (whose request made this change) is the nearer; the header names
+        # whose request set the chain going (a run's events carry its submitter's).
+        actor=_text(fields.get("actor")) or received.get(h.ACTOR) or None,
         publisher=publisher_of(subject),
         correlation_id=received.get(h.CORRELATION_ID) or None,
         run_id=_uuid(fields.get("run_id")),

@@ -30,6 +30,7 @@ from praxis_contracts.assets import (
     WorkcellLayout,
     WorkcellPage,
 )
+from praxis_contracts.audit import MAX_AUDIT_PAGE, AuditEventPage, AuditFilters, ListAuditEvents
 from praxis_contracts.base import event_types
 from praxis_contracts.common import AssetKind, RunStatus, SearchFilters
 from praxis_contracts.errors import (
@@ -403,6 +404,8 @@ def _sse_response(stream: AsyncIterator[bytes]) -> StreamingResponse:
 
 
 MAX_LIVE_TYPES = 20
+AUDIT_TIMEOUT = 10.0
+"""Longer than the trail's wait for ``stored_through`` (5 s), so that wait ends in its 503."""
 
 LIVE_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
@@ -441,6 +444,58 @@ async def live_events(
     subjects = _live_subjects(type_ or [])
     keepalive = getattr(request.app.state, "sse_keepalive_seconds", SSE_KEEPALIVE_SECONDS)
     return _sse_response(_event_stream(b, subjects, after, keepalive, replay=False))
+
+
+@router.get("/events", tags=["events"])
+async def list_events(
+    b: BusDep,
+    type_: Annotated[
+        list[str] | None,
+        Query(
+            alias="type",
+            max_length=MAX_LIVE_TYPES,
+            description="Event names (``context.aggregate.action``; repeatable): any of them.",
+        ),
+    ] = None,
+    run_id: UUID | None = None,
+    workcell: Annotated[str | None, Query(description="A workcell's name.")] = None,
+    asset_id: UUID | None = None,
+    actor: Annotated[
+        str | None, Query(description="Who set it going (a principal's name).")
+    ] = None,
+    correlation_id: str | None = None,
+    since: Annotated[AwareDatetime | None, Query(description="Stored at or after.")] = None,
+    until: Annotated[AwareDatetime | None, Query(description="Stored before.")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_AUDIT_PAGE)] = 50,
+    before: Annotated[
+        int | None,
+        Query(ge=1, description="Only older than this id (the previous page's ``next_before``)."),
+    ] = None,
+    stored_through: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            description="Answer once the trail holds the events stream up to this event id "
+            "(a live stream's ``id``); 503 if it does not within 5 s.",
+        ),
+    ] = None,
+) -> AuditEventPage:
+    """The audit trail: every event, kept for years with who set it going (``actor``), its
+    correlation id and when; filtered, newest first, paged with ``before``."""
+    filters = AuditFilters(
+        types=type_ or [],
+        run_id=run_id,
+        workcell=workcell,
+        asset_id=asset_id,
+        actor=actor,
+        correlation_id=correlation_id,
+        since=since,
+        until=until,
+    )
+    query = ListAuditEvents(
+        filters=filters, limit=limit, before=before, stored_through=stored_through
+    )
+    return await b.request(query, timeout=AUDIT_TIMEOUT)
 
 
 def _live_subjects(types: list[str]) -> list[str]:
