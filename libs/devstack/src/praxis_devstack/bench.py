@@ -4,7 +4,8 @@ Latency: the client notes the wall clock just before ``POST /protocols/runs``; t
 protocol returns the wall clock of its first line (same machine, same clock). Throughput: N runs
 submitted with bounded concurrency; the clock stops when the scheduler has recorded every one as
 completed. Completion is pushed to the benchmark by NATS subscriptions, never polled.
-The run list is then read at pages of 50 and 1,000 (time and bytes). Then the other services
+The run list is then read at pages of 50 and 1,000 (time and bytes), and the audit trail with a
+million events stored (``bench_audit``). Then the other services
 stop and the reservation figures are taken against the asset-manager
 alone (``bench_reservations``). Last, in-process, what isolating protocols costs: the zygote's
 cold start, a runner process per run, the lease guard and the round trip per instrument command
@@ -26,6 +27,7 @@ from typing import Any, TypeVar
 import nats
 
 from praxis_client import AsyncClient
+from praxis_devstack.bench_audit import measure_audit
 from praxis_devstack.bench_isolation import measure_isolation
 from praxis_devstack.bench_reservations import measure_reservations
 from praxis_devstack.bench_scale import measure_scale
@@ -175,6 +177,7 @@ async def bench(args: argparse.Namespace) -> int:
         await meter.start()
         report = await measure(stack, nats, args.runs, args.concurrency, meter)
         report["run_list"] = await measure_run_list(stack)  # needs the scheduler
+        report["audit"] = await measure_audit(stack)  # a million events in the trail
         # The asset-manager alone: the scheduler would otherwise take every benchmark grant
         # for a run it does not know and dead-letter it, on the same two cores. Restarted to
         # place runs without an orchestrator (EDGE_PLACEMENT=false, as its own tests run it):
