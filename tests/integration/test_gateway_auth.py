@@ -87,6 +87,7 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("DELETE", "/api/v1/tokens/{token_id}"): AD,
     ("GET", "/api/v1/dead-letters"): AD,
     ("GET", "/api/v1/dead-letters/{seq}"): AD,
+    ("POST", "/api/v1/dead-letters/{seq}/replay"): AD,
 }
 for _kind in ("machines", "resources", "decks"):
     EXPECTED |= {

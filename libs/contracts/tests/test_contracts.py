@@ -70,6 +70,8 @@ def sample_key_instance(cls: type[Message]) -> Message:
         workcell_name="wc-key",
         workcell="wc-key",
         asset_id=uuid.UUID(int=7),
+        identity="scheduler",
+        consumer="scheduler-reserved",
     )
 
 
@@ -188,8 +190,9 @@ def test_keyed_subjects() -> None:
         assert t.subscription_subject("k1") == f"{t.subject}.k1"
         instance = sample_key_instance(t)
         key = instance.subject_key()
-        # Entity ids; an edge's run events carry their workcell first (its permissions).
-        assert key in {run, "wc-key", f"wc-key.{run}"}
+        # Entity ids; an edge's run events carry their workcell first (its permissions); a
+        # dead letter's replay names the identity and the durable consumer.
+        assert key in {run, "wc-key", f"wc-key.{run}", "scheduler.scheduler-reserved"}
         assert instance.routing_subject() == f"{t.subject}.{key}"
         assert nats_match(t.subscription_subject(), instance.routing_subject())
 

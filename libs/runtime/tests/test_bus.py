@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from praxis_contracts import headers as h
 from praxis_contracts.base import Request
 from praxis_contracts.common import RunStatus
+from praxis_contracts.deadletters import DeadLetterReplayed, ReplayDeadLetter
 from praxis_contracts.errors import (
     ErrorCode,
     ErrorReply,
@@ -39,8 +40,9 @@ from praxis_contracts.errors import (
 )
 from praxis_contracts.protocols import ProtocolDefinition, ProtocolFunctionSpec
 from praxis_contracts.runs import ExecuteRun, GetRun, RunView
-from praxis_contracts.topology import COMMANDS, claims, dead_letter_subject
+from praxis_contracts.topology import COMMANDS, DEAD_LETTERS, claims, dead_letter_subject
 from praxis_runtime.bus import Bus, Handlers, acknowledge, is_infrastructure
+from praxis_runtime.logging import log_context
 
 pytestmark = pytest.mark.integration
 
@@ -472,6 +474,57 @@ async def test_a_malformed_command_is_dead_lettered_and_processing_goes_on(
     done = harness.rec.expect(run_id)
     await harness.bus.publish(execute_run(run_id))
     assert await asyncio.wait_for(done, WAIT) == 1
+
+
+async def test_a_dead_letter_is_replayed_by_its_own_consumer_and_the_replay_announced(
+    harness: Harness,
+) -> None:
+    """Dead-lettered for a cause since fixed: replayed on request, the consumer's handler
+    takes it; a replay that fails again answers the handler's error. Each replay is announced
+    (``DeadLetterReplayed``) with who asked and why; a replay asked of the wrong consumer, or
+    of no dead letter, is refused without touching anything."""
+    bad = uuid.uuid4()
+    harness.rec.expect(bad, "invalid")
+    await harness.bus.publish(execute_run(bad))
+    letter = await harness.rec.dead_letter(str(bad).encode())
+    assert letter.headers is not None
+    assert letter.headers[h.DEAD_LETTER_CONSUMER] == DURABLE
+    assert letter.headers[h.DEAD_LETTER_IDENTITY] == harness.bus.identity
+    stored = await harness.bus.js.get_last_msg(DEAD_LETTERS.name, letter.subject)
+    assert stored.data == letter.data
+    announced: asyncio.Queue[Msg] = asyncio.Queue()
+    sub = await harness.bus.nc.subscribe(
+        DeadLetterReplayed.subscription_subject(), cb=announced.put
+    )
+    ask = ReplayDeadLetter(
+        seq=stored.seq, identity=harness.bus.identity, consumer=DURABLE, reason="fixed"
+    )
+    try:
+        with pytest.raises(InvalidRequest, match="no such workcell"):  # still failing
+            await harness.bus.request(ask)
+        failed = DeadLetterReplayed.model_validate_json((await announced.get()).data)
+        assert (failed.outcome, failed.seq, failed.reason) == ("failed", stored.seq, "fixed")
+        assert failed.error == "invalid_request: no such workcell"
+
+        done = harness.rec.expect(bad)  # the cause is fixed
+        with log_context(actor="ops-alice"):
+            replayed = await harness.bus.request(ask)
+        assert (replayed.seq, replayed.consumer, replayed.message_type) == (
+            stored.seq,
+            DURABLE,
+            "ExecuteRun",
+        )
+        assert await asyncio.wait_for(done, WAIT) == 3  # the delivery, the two replays
+        processed = DeadLetterReplayed.model_validate_json((await announced.get()).data)
+        assert (processed.outcome, processed.actor) == ("processed", "ops-alice")
+
+        with pytest.raises(NotFound, match="has no consumer"):
+            await harness.bus.request(ask.model_copy(update={"consumer": "somebody-else"}))
+        with pytest.raises(NotFound, match="no dead letter"):
+            await harness.bus.request(ask.model_copy(update={"seq": 10**9}))
+        assert announced.empty()
+    finally:
+        await sub.unsubscribe()
 
 
 # -- shutdown --------------------------------------------------------------------------------

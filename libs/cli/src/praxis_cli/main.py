@@ -615,6 +615,19 @@ def dead_letters_show(ctx: typer.Context, seq: int) -> None:
     st.show(letter, render.kv_table(rows))
 
 
+@dead_app.command("replay")
+def dead_letters_replay(
+    ctx: typer.Context,
+    seq: int,
+    reason: Annotated[str, typer.Option(help="Why (kept in the audit trail).")] = "",
+) -> None:
+    """Hand a dead letter to its consumer again, once its cause is fixed (audited)."""
+    st = state(ctx)
+    with client(ctx) as praxis:
+        done = praxis.replay_dead_letter(seq, reason=reason)
+    st.show(done, f"dead letter {seq} handled by {done.identity}/{done.consumer}")
+
+
 # -- workcells ----------------------------------------------------------------------------------
 @workcells_app.command("list")
 def workcells_list(ctx: typer.Context) -> None:

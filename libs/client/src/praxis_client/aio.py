@@ -235,6 +235,7 @@ class AsyncClient(Session):
     list_locks = _op(calls.list_locks)
     list_edges = _op(calls.list_edges)
     list_dead_letters = _op(calls.list_dead_letters)
+    replay_dead_letter = _op(calls.replay_dead_letter)
     list_events = _op(calls.list_events)
     get_dead_letter = _op(calls.get_dead_letter)
     force_release_lock = _op(calls.force_release_lock)

@@ -32,7 +32,7 @@ from praxis_contracts.assets import (
 )
 from praxis_contracts.audit import AuditEventPage
 from praxis_contracts.common import AssetKind, Page, RunStatus, SearchFilters
-from praxis_contracts.deadletters import DeadLetter, DeadLetterPage
+from praxis_contracts.deadletters import DeadLetter, DeadLetterPage, DeadLetterReplay
 from praxis_contracts.inventory import AssetStatusHistoryPage, CatalogPage, Position
 from praxis_contracts.protocols import (
     ProtocolDefinitionPage,
@@ -574,6 +574,12 @@ def list_dead_letters(
 def get_dead_letter(seq: int) -> Call[DeadLetter]:
     """One dead letter with its headers and body (admin)."""
     return Call("GET", f"{API}/dead-letters/{seq}", DeadLetter)
+
+
+def replay_dead_letter(seq: int, *, reason: str = "") -> Call[DeadLetterReplay]:
+    """Hand a dead letter to its consumer again (admin; audited); its error if it fails."""
+    body = _body(reason=reason)
+    return Call("POST", f"{API}/dead-letters/{seq}/replay", DeadLetterReplay, body=body)
 
 
 # -- the audit trail ----------------------------------------------------------------------------

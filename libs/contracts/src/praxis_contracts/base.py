@@ -87,6 +87,7 @@ def all_message_types() -> list[type[Message]]:
     for module in (
         "assets",
         "audit",
+        "deadletters",
         "inventory",
         "protocols",
         "runs",

@@ -18,7 +18,9 @@ integration test tries every identity against every JetStream verb, store and su
 - ``claims``: it has a claims store of its own (it sends requests or replies over the inline
   threshold); whoever requests or responds reads every claims store.
 - Consumers dead-letter what they cannot process: a consumer of ``S`` may publish
-  ``praxis.dlq.<S minus praxis.>`` (``dead_letter_subject``).
+  ``praxis.dlq.<S minus praxis.>`` (``dead_letter_subject``). An identity with consumers answers
+  the replays of its dead letters (``ReplayDeadLetter`` keyed ``<identity>.<durable>``: it reads
+  one dead letter by sequence and announces ``DeadLetterReplayed`` under the same key).
 
 No service identity creates, updates, seals, purges or deletes a stream, bucket or store:
 ``provisioner`` creates and updates them, once at deploy or start-up
@@ -59,6 +61,7 @@ from praxis_contracts.assets import (
 )
 from praxis_contracts.audit import ListAuditEvents
 from praxis_contracts.base import Event, Message, Request
+from praxis_contracts.deadletters import ReplayDeadLetter
 from praxis_contracts.inventory import (
     AssetMoved,
     AssetStatusChanged,
@@ -305,6 +308,7 @@ GATEWAY = Identity(
         SetWorkcellDrain,
         ListEdges,
         ListAuditEvents,
+        ReplayDeadLetter,
     ),
     reads_events=True,
     # Dead letters for operators over HTTP (admins): read, never written or deleted.

@@ -26,6 +26,7 @@ import socket
 import ssl
 import sys
 import time
+import uuid
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
@@ -46,6 +47,7 @@ from pydantic import BaseModel, ValidationError
 
 from praxis_contracts import headers as h
 from praxis_contracts.base import Command, Event, Message, Request
+from praxis_contracts.deadletters import ReplayDeadLetter
 from praxis_contracts.errors import (
     ErrorReply,
     InternalError,
@@ -65,6 +67,7 @@ from praxis_runtime.dberrors import as_domain_error
 from praxis_runtime.logging import context_headers, message_context
 from praxis_runtime.metrics import DEAD_LETTERS
 from praxis_runtime.publisher import Outgoing, Publisher
+from praxis_runtime.replay import Replayer
 from praxis_runtime.settings import nats_servers
 
 log = logging.getLogger(__name__)
@@ -95,6 +98,8 @@ ConsumeFn = Callable[[Any, DepsT], Awaitable[None]]
 class RpcRoute(Generic[DepsT]):
     request_type: type[Request[Any]]
     fn: RpcFn[DepsT]
+    key: str | None = None
+    """For a keyed request type: the keys (a pattern) this route answers."""
 
 
 @dataclass(frozen=True)
@@ -340,6 +345,10 @@ class Bus:
         self._claims: Claims | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         self._consumers: dict[type[Message], Any] = {}  # the subscriber of each consumed type
+        self.replayer = Replayer(
+            self.identity, lambda: self.js, lambda e: self.publish(e, msg_id=uuid.uuid4().hex)
+        )
+        """Hands a dead letter back to the consumer that dead-lettered it (``replay``)."""
         self._refusing: set[type[Message]] = set()  # stopping: handed straight back
         self._refuse_all = False
         self.graceful_timeout = graceful_timeout
@@ -396,6 +405,13 @@ class Bus:
         (README, Design measurements).
         """
         await self._adopt_consumers()
+        if self._durables:  # an operator may replay what its consumers dead-lettered
+            route: RpcRoute[None] = RpcRoute(
+                ReplayDeadLetter,
+                lambda request, _: self.replayer.replay(request),
+                key=f"{self.identity}.*",
+            )
+            self._subscribe_rpc(route, None)
         await self.broker.start()
         await self.nc.flush()
         await self.nc.flush()
@@ -517,17 +533,18 @@ class Bus:
                 max_payload=self.claims.limit,
             )
         headers = self._headers(None)
+        subject = request.routing_subject()
         body = await self._claimed(self.claims.check_in(body, headers))
         try:
             response = await self.nc.request(
-                request.subject, body, timeout=timeout or self.request_timeout, headers=headers
+                subject, body, timeout=timeout or self.request_timeout, headers=headers
             )
         except nats.errors.NoRespondersError as exc:
             self._unclaim(headers)
-            raise Unavailable(f"no service answers {request.subject}") from exc
+            raise Unavailable(f"no service answers {subject}") from exc
         except nats.errors.TimeoutError as exc:
             self._unclaim(headers)
-            raise Timeout(f"{request.subject} did not answer in time") from exc
+            raise Timeout(f"{subject} did not answer in time") from exc
         data = await self._claimed(self.claims.check_out(response.data, response.headers))
         if response.headers and response.headers.get(h.ERROR):
             raise error_from_reply(ErrorReply.model_validate_json(data))
@@ -558,7 +575,7 @@ class Bus:
             self._subscribe_consumer(route, deps)
 
     def _subscribe_rpc(self, route: RpcRoute[DepsT], deps: DepsT) -> None:
-        subject = route.request_type.subject
+        subject = route.request_type.subscription_subject(route.key)
 
         async def serve(msg: NatsMessage) -> NatsResponse:
             started = time.perf_counter()
@@ -652,6 +669,7 @@ class Bus:
         """
         subject = route.message_type.subscription_subject(route.key)
         self._durables.append((_stream_for(route.message_type), route.durable))
+        self.replayer.add(route.durable, route.message_type, subject, lambda m: route.fn(m, deps))
         slots = asyncio.Semaphore(route.max_workers) if route.max_workers > 1 else None
 
         async def handle(msg: NatsMessage) -> None:
@@ -713,19 +731,23 @@ class Bus:
             # Stored from a JetStream reply sent to this subject (a direct get whose reply
             # subject was set to an event's): its body is whatever was stored elsewhere, by
             # whoever may write there. The server cannot refuse it; no handler takes it.
-            await self._dead_letter(msg, f"{name} stored from a JetStream reply ({echoed[0]})")
+            await self._dead_letter(
+                route, msg, f"{name} stored from a JetStream reply ({echoed[0]})"
+            )
             log.warning("%s refused: stored from a JetStream reply, not published", name)
             return "dead_lettered"
         try:
             message = route.message_type.model_validate_json(msg.body)
         except ValidationError as exc:
-            await self._dead_letter(msg, f"malformed {name}: {_errors(exc)}")
+            await self._dead_letter(route, msg, f"malformed {name}: {_errors(exc)}")
             return "dead_lettered"
         subject = msg.raw_message.subject
         if subject != message.routing_subject():
             # The server let the sender publish on ``subject`` (permissions narrow by key, e.g.
             # a workcell): a body claiming another key is a forgery, never handled.
-            await self._dead_letter(msg, f"{name} on {subject} names {message.routing_subject()}")
+            await self._dead_letter(
+                route, msg, f"{name} on {subject} names {message.routing_subject()}"
+            )
             log.warning("%s refused: its body does not match its subject %s", name, subject)
             return "dead_lettered"
         delivery = _Delivery(msg, route.ack_wait_seconds)
@@ -734,27 +756,29 @@ class Bus:
             await route.fn(message, deps)
         except PraxisError as exc:
             if is_infrastructure(exc):
-                return await self._wait_out(msg, delivery, f"{exc.code}: {exc.message}")
+                return await self._wait_out(route, msg, delivery, f"{exc.code}: {exc.message}")
             if exc.retryable:
-                return await self._retry_or_dead_letter(msg, f"{exc.code}: {exc.message}")
+                return await self._retry_or_dead_letter(route, msg, f"{exc.code}: {exc.message}")
             log.warning("%s rejected: %s", name, exc.message)
-            await self._dead_letter(msg, f"{exc.code}: {exc.message}")
+            await self._dead_letter(route, msg, f"{exc.code}: {exc.message}")
             return "dead_lettered"
         except Exception as exc:
             if (known := as_domain_error(exc)) is not None:  # it can never be stored
-                await self._dead_letter(msg, f"{known.code}: {known.message}")
+                await self._dead_letter(route, msg, f"{known.code}: {known.message}")
                 return "dead_lettered"
             if is_infrastructure(exc):
-                return await self._wait_out(msg, delivery, f"{type(exc).__name__}: {exc}")
+                return await self._wait_out(route, msg, delivery, f"{type(exc).__name__}: {exc}")
             log.exception("unhandled error in %s", name)
-            return await self._retry_or_dead_letter(msg, f"{type(exc).__name__}: {exc}")
+            return await self._retry_or_dead_letter(route, msg, f"{type(exc).__name__}: {exc}")
         finally:
             _delivery.reset(token)
         if not delivery.acked:
             await msg.ack()
         return "ok"
 
-    async def _wait_out(self, msg: Any, delivery: _Delivery, reason: str) -> str:
+    async def _wait_out(
+        self, route: ConsumeRoute[DepsT], msg: Any, delivery: _Delivery, reason: str
+    ) -> str:
         """A dependency is down: redeliver until it is back, up to ``infra_retry_seconds``
         after the message was stored; only then is it a dead letter."""
         if delivery.acked:
@@ -763,27 +787,29 @@ class Bus:
         metadata = msg.raw_message.metadata
         age = (datetime.now(UTC) - metadata.timestamp).total_seconds()
         if age >= self.infra_retry_seconds:
-            await self._dead_letter(msg, f"dependency unavailable for {age:.0f} s: {reason}")
+            await self._dead_letter(route, msg, f"dependency unavailable for {age:.0f} s: {reason}")
             return "dead_lettered"
         attempt = int(metadata.num_delivered)
         log.warning("dependency unavailable (attempt %d), will retry: %s", attempt, reason)
         await _quietly(msg.nack(delay=retry_delay(attempt, INFRA_RETRY_CAP)))
         return "waiting"
 
-    async def _retry_or_dead_letter(self, msg: Any, reason: str) -> str:
+    async def _retry_or_dead_letter(self, route: ConsumeRoute[DepsT], msg: Any, reason: str) -> str:
         attempt = int(msg.raw_message.metadata.num_delivered)
         if attempt >= self.max_deliver:
-            await self._dead_letter(msg, f"gave up after {attempt} attempts: {reason}")
+            await self._dead_letter(route, msg, f"gave up after {attempt} attempts: {reason}")
             return "dead_lettered"
         await msg.nack(delay=retry_delay(attempt))
         return "retried"
 
-    async def _dead_letter(self, msg: Any, reason: str) -> None:
+    async def _dead_letter(self, route: ConsumeRoute[DepsT], msg: Any, reason: str) -> None:
         raw = msg.raw_message
         headers = dict(raw.headers or {})
         headers.pop(h.MSG_ID, None)
         headers[h.DEAD_LETTER_REASON] = reason[:2000]
         headers[h.DEAD_LETTER_SUBJECT] = raw.subject
+        headers[h.DEAD_LETTER_IDENTITY] = self.identity  # where a replay is asked for
+        headers[h.DEAD_LETTER_CONSUMER] = route.durable
         await self.publisher.publish(dead_letter_subject(raw.subject), raw.data, headers)
         DEAD_LETTERS.labels(self.service, raw.subject).inc()
         await msg.reject()

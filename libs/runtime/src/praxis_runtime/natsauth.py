@@ -45,6 +45,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import bcrypt
 
 from praxis_contracts.base import Command, Message
+from praxis_contracts.deadletters import DeadLetterReplayed, ReplayDeadLetter
 from praxis_contracts.permissions import (
     ANY_WORKCELL,
     OPERATOR,
@@ -143,7 +144,7 @@ def permissions(identity: Identity) -> dict[str, Any]:
     if identity.admin:
         return {"publish": {"allow": [">"]}, "subscribe": {"allow": [">"]}}
     publish = [p.subject for p in identity.publishes]
-    publish += [r.subject for r in identity.requests]
+    publish += [r.subscription_subject() for r in identity.requests]
     publish += _provisioning() if identity.provisions else _bound(identity)
     for consumer in identity.consumes:
         stream = _stream_of(consumer.message_type)
@@ -155,7 +156,12 @@ def permissions(identity: Identity) -> dict[str, Any]:
             consumer.dead_letter_subject,
         ]
     if identity.consumes:
-        publish.append(f"{API}.STREAM.INFO.{DEAD_LETTERS.name}")
+        # Its dead letters' replays (``praxis_runtime.replay``): read one, announce the replay.
+        publish += [
+            f"{API}.STREAM.INFO.{DEAD_LETTERS.name}",
+            f"{API}.STREAM.MSG.GET.{DEAD_LETTERS.name}",
+            DeadLetterReplayed.subscription_subject(f"{identity.name}.*"),
+        ]
     if identity.reads_events:
         publish += _ephemeral_reader(EVENTS.name)
     if identity.reads_dead_letters:  # its state, then one message by sequence
@@ -172,11 +178,13 @@ def permissions(identity: Identity) -> dict[str, Any]:
             if writer.claims and writer.name != identity.name:
                 publish += _object_store(Bucket(claims(writer.name).bucket))
     subscribe = [f"{identity.inbox_prefix}.>", *(r.subject for r in identity.responds)]
+    if identity.consumes:
+        subscribe.append(ReplayDeadLetter.subscription_subject(f"{identity.name}.*"))
     result: dict[str, Any] = {
         "publish": {"allow": _unique(publish)},
         "subscribe": {"allow": _unique(subscribe)},
     }
-    if identity.responds:
+    if identity.responds or identity.consumes:
         # A responder publishes its reply to the requester's inbox, which it may not publish to
         # otherwise: one reply per request received.
         result["allow_responses"] = {"max": 1}

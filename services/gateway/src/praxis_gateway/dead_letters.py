@@ -1,6 +1,8 @@
-"""HTTP routes for dead letters (admin only, see ``auth.ADMIN_READS``): list, newest first, and
-show one with its body. Read from the dead-letter stream one message at a time, by sequence:
-the gateway may read that stream and nothing lets it write or delete there."""
+"""HTTP routes for dead letters (admin only, see ``auth.ADMIN_READS``): list, newest first, show
+one with its body, replay one. Read from the dead-letter stream one message at a time, by
+sequence: the gateway may read that stream and nothing lets it write or delete there. A replay
+is asked of the service whose consumer dead-lettered it (``praxis_runtime.replay``): the
+gateway itself publishes nothing."""
 
 from __future__ import annotations
 
@@ -10,13 +12,21 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 from nats.js.errors import NotFoundError
+from pydantic import BaseModel, ConfigDict, Field
 
 from praxis_contracts import headers as h
 from praxis_contracts.base import all_message_types
-from praxis_contracts.deadletters import DeadLetter, DeadLetterInfo, DeadLetterPage
-from praxis_contracts.errors import NotFound
+from praxis_contracts.deadletters import (
+    DeadLetter,
+    DeadLetterInfo,
+    DeadLetterPage,
+    DeadLetterReplay,
+    ReplayDeadLetter,
+)
+from praxis_contracts.errors import Conflict, NotFound
 from praxis_contracts.topology import DEAD_LETTERS
 from praxis_gateway.routes import BusDep
+from praxis_gateway.security import ActorDep
 from praxis_runtime.bus import Bus
 
 router = APIRouter(prefix="/api/v1/dead-letters", tags=["operations"])
@@ -58,6 +68,42 @@ async def get_dead_letter(seq: Annotated[int, Path(ge=1)], b: BusDep) -> DeadLet
     if found is None:
         raise NotFound(f"no dead letter {seq}")
     return found
+
+
+class ReplayIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(default="", max_length=2000, description="Why (kept in the audit trail).")
+
+
+REPLAY_TIMEOUT = 60.0
+"""A consumer's handler may take a while (a run's preparation)."""
+
+
+@router.post("/{seq}/replay")
+async def replay_dead_letter(
+    seq: Annotated[int, Path(ge=1)], b: BusDep, actor: ActorDep, body: ReplayIn | None = None
+) -> DeadLetterReplay:
+    """Hand the dead letter to the consumer that dead-lettered it, in its own service, to be
+    handled again (after the cause was fixed). Handlers are idempotent: replaying one that was
+    in fact handled changes nothing. Every replay, handled or not, is in the audit trail
+    (``deadletters.letter.replayed``, with who and why); the dead letter stays listed. A
+    failure answers with the handler's error."""
+    found = await _get(b, seq)
+    if found is None:
+        raise NotFound(f"no dead letter {seq}")
+    identity = found.headers.get(h.DEAD_LETTER_IDENTITY)
+    consumer = found.headers.get(h.DEAD_LETTER_CONSUMER)
+    if not identity or not consumer:
+        raise Conflict(
+            f"dead letter {seq} does not say which consumer dead-lettered it (it was stored "
+            "before replays were possible): publish it again by hand if it must be handled"
+        )
+    reason = body.reason if body else ""
+    request = ReplayDeadLetter(
+        seq=seq, identity=identity, consumer=consumer, reason=reason, actor=actor
+    )
+    return await b.request(request, timeout=REPLAY_TIMEOUT)
 
 
 async def _get(b: Bus, seq: int) -> DeadLetter | None:
