@@ -17,6 +17,7 @@ from typing import Any
 from uuid import uuid4
 
 import httpx
+import nats
 import pytest
 from click.testing import Result
 from prometheus_client.parser import text_string_to_metric_families
@@ -26,7 +27,7 @@ from praxis_cli.main import app as cli_app
 from praxis_client import AsyncClient, Client, StreamEvent, calls, correlation_of, status_of
 from praxis_contracts.assets import ReserveAssets
 from praxis_contracts.common import RunStatus
-from praxis_contracts.errors import NotFound, Unauthenticated
+from praxis_contracts.errors import Conflict, InvalidRequest, NotFound, Unauthenticated
 from praxis_contracts.runs import FunctionCallRecorded, RunStatusChanged
 from praxis_devstack.otlp import ReceivedSpan, TraceReceiver
 from praxis_devstack.pytest_plugin import MakeDatabase
@@ -359,6 +360,32 @@ async def test_dead_letters_are_listed_and_shown_to_admins(
     reader = await praxis.create_token("dead-letter-reader", ["read", "operate"])
     refused = cli(stack, "dead-letters", "list", token=reader.token)
     assert refused.exit_code == 5 and "admin" in refused.output
+
+    # A replay goes to the asset-manager's consumer, which finds it as malformed as before.
+    assert shown.headers["Praxis-Dead-Letter-Identity"] == "asset-manager"
+    with pytest.raises(InvalidRequest, match="malformed ReserveAssets"):
+        await praxis.replay_dead_letter(seq, reason="retry after the fix")
+    replayed = cli(stack, "dead-letters", "replay", str(seq), "--reason", "again")
+    assert replayed.exit_code != 0 and "malformed" in replayed.output
+    assert cli(stack, "dead-letters", "replay", str(seq), token=reader.token).exit_code == 5
+    assert stack.infra is not None
+    nc = await nats.connect(stack.infra.nats_operator_url)
+    try:  # the replays were announced before they answered: the stream holds them now
+        last = (await nc.jetstream().stream_info("PRAXIS_EVENTS")).state.last_seq
+        # A dead letter that names no consumer (stored by hand, or before replays) is refused.
+        ack = await nc.jetstream().publish("praxis.dlq.cmd.asset.reserve", b"{}")
+    finally:
+        await nc.close()
+    trail = await praxis.list_events(
+        types=["deadletters.letter.replayed"], limit=10, stored_through=last
+    )
+    mine = [e for e in trail.items if e.payload["seq"] == seq]
+    assert [e.payload["reason"] for e in mine][-1] == "retry after the fix"
+    assert {(e.actor, e.payload["outcome"], e.publisher) for e in mine} == {
+        ("bootstrap-admin", "failed", "asset-manager")
+    }
+    with pytest.raises(Conflict, match="does not say which consumer"):
+        await praxis.replay_dead_letter(ack.seq)
 
 
 async def scrape(

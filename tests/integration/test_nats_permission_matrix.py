@@ -64,6 +64,7 @@ from nats.js.object_store import ObjectStore
 from praxis_contracts import headers as h
 from praxis_contracts.assets import ForceReleaseLease, Lease
 from praxis_contracts.base import Command, Message, Request, all_message_types
+from praxis_contracts.deadletters import REPLAY_TYPES, DeadLetterReplayed, ReplayDeadLetter
 from praxis_contracts.permissions import (
     OPERATOR,
     PROVISIONER,
@@ -176,7 +177,14 @@ def reads_stream(identity: Identity, stream: str) -> bool:
 
 
 def reads_dead_letters(identity: Identity, stream: str) -> bool:
-    return stream == DEAD_LETTERS.name and identity.reads_dead_letters
+    """The operators' view (the gateway), and every consumer: it reads one of its own dead
+    letters to replay it (``praxis_runtime.replay``)."""
+    return stream == DEAD_LETTERS.name and (identity.reads_dead_letters or bool(identity.consumes))
+
+
+def replays(identity: Identity, key: str) -> bool:
+    """A consumer answers and announces the replays of its dead letters, under its name."""
+    return bool(identity.consumes) and key.split(".", maxsplit=1)[0] == identity.name
 
 
 def uses_bus(identity: Identity) -> bool:
@@ -253,6 +261,8 @@ def may_js(
 def may_publish(identity: Identity, message_type: type[Message], key: str | None) -> bool:
     if identity.admin:
         return True
+    if message_type is DeadLetterReplayed:
+        return key is not None and replays(identity, key)
     for allowed in identity.publishes:
         if allowed.message_type is not message_type:
             continue
@@ -297,6 +307,8 @@ def may_subscribe(identity: Identity, subject: str) -> bool:
         return True
     if matches(f"_INBOX.{identity.name}.>", subject):
         return True
+    if subject.startswith(f"{ReplayDeadLetter.subject}."):
+        return replays(identity, subject.removeprefix(f"{ReplayDeadLetter.subject}."))
     return any(r.subject == subject for r in identity.responds)
 
 
@@ -614,9 +626,12 @@ def deletion_probes(identity: Identity) -> list[Probe]:
 
 
 def keys_of(message_type: type[Message]) -> list[str | None]:
-    """Keys to try: under either workcell, none of a workcell, and no key at all."""
+    """Keys to try: under either workcell, none of a workcell, and no key at all; a replay's
+    under each identity (``<identity>.<durable>``)."""
     if not message_type.keyed:
         return [None]
+    if message_type in REPLAY_TYPES:
+        return [None, *(f"{i.name}.matrix-durable" for i in DECLARED)]
     return [None, f"wc-x.{ID}", f"wc-y.{ID}", ID, "wc-x", "wc-y"]
 
 
@@ -626,13 +641,16 @@ def subject_probes(identity: Identity) -> list[Probe]:
     probes = []
     for message_type in all_message_types():
         if issubclass(message_type, Request):
-            subject = message_type.subject
-            may_ask = identity.admin or message_type in identity.requests
-            probes.append(Probe("request", f"request {subject}", subject, may_ask, b"{}"))
-            may_answer = may_subscribe(identity, subject)
-            probes.append(
-                Probe("subscribe", f"subscribe {subject}", subject, may_answer, subscribe=True)
-            )
+            for key in keys_of(message_type):
+                subject = message_type.subject if key is None else f"{message_type.subject}.{key}"
+                may_ask = identity.admin or (
+                    message_type in identity.requests and (key is None) != message_type.keyed
+                )
+                probes.append(Probe("request", f"request {subject}", subject, may_ask, b"{}"))
+                may_answer = may_subscribe(identity, subject)
+                probes.append(
+                    Probe("subscribe", f"subscribe {subject}", subject, may_answer, subscribe=True)
+                )
             continue
         kind = "command" if issubclass(message_type, Command) else "event"
         for key in keys_of(message_type):
@@ -929,7 +947,7 @@ async def respond(server: NatsServer) -> list[Prober]:
     """Each request type's declared responder, answering every request."""
     responders = []
     for identity in DECLARED:
-        if identity.admin or not identity.responds:
+        if identity.admin or not (identity.responds or identity.consumes):
             continue
         prober = await connect(server, identity)
 
@@ -938,6 +956,9 @@ async def respond(server: NatsServer) -> list[Prober]:
 
         for request in identity.responds:
             await prober.nc.subscribe(request.subject, cb=answer)
+        if identity.consumes:  # the replays of its dead letters
+            replays = ReplayDeadLetter.subscription_subject(f"{identity.name}.*")
+            await prober.nc.subscribe(replays, cb=answer)
         await prober.nc.flush()
         responders.append(prober)
     return responders

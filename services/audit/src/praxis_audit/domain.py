@@ -13,6 +13,7 @@ from typing import Any
 
 from praxis_contracts import headers as h
 from praxis_contracts.base import SUBJECT_ROOT, Event, event_types
+from praxis_contracts.deadletters import DeadLetterReplayed
 from praxis_contracts.permissions import RUN_EVENTS, identities, orchestrator_identity_name
 
 EVENT_PREFIX = f"{SUBJECT_ROOT}.evt."
@@ -76,6 +77,8 @@ def event_name(subject: str) -> str:
 def publisher_of(subject: str) -> str | None:
     """The identity the server lets publish on ``subject`` (``permissions``): one per event
     type, but for an edge's run events, whose publisher is that workcell's orchestrator."""
+    if subject.startswith(f"{DeadLetterReplayed.subject}."):  # keyed <identity>.<durable>
+        return subject.removeprefix(f"{DeadLetterReplayed.subject}.").split(".", 1)[0]
     for cls, who in _publishers():
         if subject == cls.subject or subject.startswith(f"{cls.subject}."):
             if who == orchestrator_identity_name("*") or cls in RUN_EVENTS:
