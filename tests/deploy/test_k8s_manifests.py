@@ -762,7 +762,7 @@ def test_secrets_are_mounted_files_never_env(rendered: Rendered) -> None:
 
 def test_each_pod_mounts_only_its_own_secrets(rendered: Rendered) -> None:
     """A pod's Secret volumes are its identity's, nothing else: its NATS password, its
-    database URL (the three services with a database), the gateway its admin token, NATS its
+    database URL (the four services with a database), the gateway its admin token, NATS its
     authorization (and, in production, the TLS key pair; every NATS client its CA only)."""
     tls = rendered.overlay == "production"
     ca_only = {(NATS_TLS_SECRET, ("ca.crt",))} if tls else set()

@@ -232,7 +232,7 @@ class Stack:
 
     def _env(self, name: str, health_port: int, gateway_port: int) -> dict[str, str]:
         """``name``'s environment: this one's settings, without anybody's secrets, plus its
-        own: its NATS login, its database role (the three services with a database), the admin
+        own: its NATS login, its database role (the four services with a database), the admin
         bearer (the gateway), source secrets (the code-manager)."""
         assert self.infra is not None
         service, workcell = service_of(name, self.workcell)
