@@ -130,7 +130,7 @@ def test_values_are_random_distinct_and_accepted_by_the_services(tmp_path: Path)
     first = passwords_of(run(tmp_path / "a", "w1", "w2"))
     second = passwords_of(run(tmp_path / "b", "w1", "w2"))
     values = [*first.values(), *second.values()]
-    assert len(set(values)) == len(values) == 2 * (9 + 1 + 4)
+    assert len(set(values)) == len(values) == 2 * (10 + 1 + 4)
     for name, value in first.items():
         minimum = MIN_ADMIN_TOKEN_LENGTH if name == GATEWAY_SECRET else MIN_PASSWORD_LENGTH
         assert refuse_weak_secret(value, name, minimum) == value

@@ -27,7 +27,8 @@ No service identity creates, updates, seals, purges or deletes a stream, bucket 
 (``praxis_runtime.provision``), and deletes or purges nothing; the services only bind to what
 exists. One exception cannot be narrowed: deleting or replacing an object purges its chunks'
 subject, a filter in the purge request's body, so a store's writers may purge that store.
-``audit`` reads events, and answers the audit trail's queries. The ``operator`` identity
+``audit`` reads events, and answers the audit trail's queries; ``subscriber`` only reads events
+(for subscribers outside Praxis). The ``operator`` identity
 (tooling, tests, the chaos harness) may do everything.
 """
 
@@ -135,6 +136,7 @@ from praxis_contracts.topology import (
 OPERATOR = "operator"
 PROVISIONER = "provisioner"
 AUDIT = "audit"
+SUBSCRIBER = "subscriber"
 ANY_WORKCELL = "*"
 
 
@@ -321,6 +323,9 @@ GATEWAY = Identity(
 AUDIT_IDENTITY = Identity(name=AUDIT, reads_events=True, responds=(ListAuditEvents,), claims=True)
 """The audit service: it reads the events stream (from where its trail ends) and answers the
 trail's queries; it publishes nothing and consumes no command."""
+SUBSCRIBER_IDENTITY = Identity(name=SUBSCRIBER, reads_events=True)
+"""Event subscribers outside Praxis (metrics, a lab's own audit): they read the events stream
+and nothing else; unlike ``audit`` they answer nothing, so none can pose as the trail."""
 PROVISIONER_IDENTITY = Identity(name=PROVISIONER, provisions=True)
 """Creates and updates the streams, buckets and stores, once at deploy or start-up."""
 OPERATOR_IDENTITY = Identity(name=OPERATOR, admin=True)
@@ -432,6 +437,7 @@ def identities(workcells: Sequence[str]) -> list[Identity]:
     return [
         *services(workcells).values(),
         *(orchestrator(w) for w in dict.fromkeys(workcells)),
+        SUBSCRIBER_IDENTITY,
         PROVISIONER_IDENTITY,
         OPERATOR_IDENTITY,
     ]
