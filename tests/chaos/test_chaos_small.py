@@ -49,6 +49,7 @@ async def test_every_run_ends_and_no_asset_is_held_twice_under_chaos(tmp_path: P
         "scheduler",
         "code-manager",
         "asset-manager",
+        "audit",
         "orchestrator",
         "gateway",
         *(f"nats-server@{phase}" for phase in NATS_PHASES),
@@ -66,6 +67,7 @@ async def test_every_run_ends_and_no_asset_is_held_twice_under_chaos(tmp_path: P
     assert violations["crashed"] == [], text
     assert violations["interventions_on_live_edge"] == [], text
     assert violations["submission"] == [], text
+    assert violations["audit_trail"] == [], text  # every event once, through every kill
     assert report["interventions"]["failed"] == [], text
     assert set(report["by_status"]) <= {"completed", "failed", "cancelled"}, text
     assert report["runs_seen"] >= report["runs_submitted"] == options.runs, text

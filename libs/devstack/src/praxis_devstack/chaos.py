@@ -51,6 +51,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import nats
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
@@ -1129,6 +1130,7 @@ class Chaos:
                 "interventions_on_live_edge": live_edge,
                 "submission": self._submission_problems(),
                 "api_unreadable": [s for s in (before, after) if s.get("error")],
+                "audit_trail": await self._audit_problems(),
             },
             "lease_history": {
                 "messages": len(observer.leases),
@@ -1376,6 +1378,32 @@ class Chaos:
             return str((await self.api.get_run(run_id)).status)
         except PraxisError:
             return None
+
+    async def _audit_problems(self) -> list[dict[str, Any]]:
+        """The audit trail (killed with the rest) holds every event of the stream once: every
+        sequence up to the stream's last, none twice."""
+        try:
+            info = await self.observer.nc.jetstream().stream_info("PRAXIS_EVENTS")
+            last, messages = info.state.last_seq, info.state.messages
+            await self.api.list_events(limit=1, stored_through=last)  # caught up, or 503
+            assert self.stack.infra is not None
+            url = self.stack.infra.database_url_for("audit")
+            assert url is not None
+            conn = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+            try:
+                row = await conn.fetchrow(
+                    "SELECT count(*) AS stored, count(DISTINCT (epoch, stream_seq)) AS distinct_"
+                    " FROM audit.events WHERE stream_seq <= $1",
+                    last,
+                )
+            finally:
+                await conn.close()
+        except Exception as exc:
+            return [{"error": f"{type(exc).__name__}: {exc}"}]
+        assert row is not None
+        if row["stored"] == row["distinct_"] == messages:
+            return []
+        return [{"stream": messages, "stored": row["stored"], "distinct": row["distinct_"]}]
 
     async def _dead_letters(self) -> dict[str, Any]:
         """How many messages were dead-lettered, with the first few subjects and reasons."""
