@@ -378,7 +378,7 @@ async def test_each_service_process_holds_only_its_own_secrets(stack: Stack) -> 
     for name, env in seen.items():
         assert env["NATS_USER"].startswith(name.split("-")[0]), name
         assert ("PRAXIS_ADMIN_TOKEN" in env) == (name == "gateway"), name
-        has_db = name in ("scheduler", "code-manager", "asset-manager")
+        has_db = name in ("scheduler", "code-manager", "asset-manager", "audit")
         assert ("DATABASE_URL" in env) == has_db, name
         others = [p for n, e in seen.items() if n != name for p in [e["NATS_PASSWORD"]]]
         assert not any(password in env.values() for password in others), name

@@ -326,6 +326,11 @@ WRITES: dict[tuple[str, str], Case] = {
         {"reason": NUL},
         "body.reason",
     ),
+    ("POST", "/api/v1/dead-letters/{seq}/replay"): lambda i: (
+        "/api/v1/dead-letters/1/replay",
+        {"reason": NUL},
+        "body.reason",
+    ),
     ("POST", "/api/v1/tokens"): lambda i: (
         "/api/v1/tokens",
         {"name": NUL, "scopes": ["read"]},
