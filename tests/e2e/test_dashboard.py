@@ -204,6 +204,18 @@ async def test_a_dead_letter_is_shown_with_its_body(page: Page, stack: Stack) ->
     await expect(page.get_by_test_id("dead-body")).to_contain_text('"run_id": "dashboard"')
     await expect(page.get_by_test_id("dead-reason")).to_contain_text("malformed")
 
+    # Replayed from the page: the consumer finds it as malformed as before, and says so.
+    await page.get_by_test_id("replay-reason").fill("dashboard replay")
+    await page.get_by_test_id("replay").click()
+    await expect(page.get_by_test_id("error")).to_contain_text("malformed ReserveAssets")
+    # The audit trail has the replay, with who asked.
+    await page.goto("/ui/#/audit")
+    await page.get_by_test_id("audit-type").fill("deadletters.letter.replayed")
+    await page.get_by_test_id("audit-search").click()
+    row = page.get_by_test_id("audit").locator("tbody tr").filter(has_text=f'"seq":{seq},')
+    await expect(row).to_contain_text("bootstrap-admin")
+    await expect(row).to_contain_text("asset-manager")
+
 
 async def test_an_intervention_is_resolved_from_the_inbox(
     page: Page, praxis: AsyncClient, stack: Stack

@@ -491,13 +491,59 @@ async function deadLetters(main, signal) {
 
 async function deadLetter(main, signal, seq) {
   const letter = await api(`/dead-letters/${seq}`, { signal });
+  const reason = h("input", { placeholder: "reason (kept in the audit trail)", testid: "replay-reason" });
+  const outcome = h("p", { testid: "replay-outcome" });
+  const replay = async () => {
+    try {
+      const done = await api(`/dead-letters/${seq}/replay`, { method: "POST", body: { reason: reason.value } });
+      showError("");
+      outcome.textContent = `handled again by ${done.identity}/${done.consumer}`;
+    } catch (error) {
+      outcome.textContent = "";
+      showError(error.message);
+    }
+  };
   main.append(h("h2", {}, `Dead letter ${seq}`),
+    h("div", { class: "actions" }, reason, h("button", { testid: "replay", onclick: replay }, "replay")),
+    outcome,
     h("dl", { class: "panel", testid: "dead-letter" },
       [["type", letter.message_type], ["published on", letter.original_subject],
         ["reason", letter.reason], ["when", when(letter.stored_at)],
         ["headers", JSON.stringify(letter.headers, null, 1)],
         ["body", JSON.stringify(letter.payload, null, 1)]]
         .flatMap(([k, v]) => [h("dt", {}, k), h("dd", { testid: `dead-${k.replace(" ", "-")}` }, v ?? "")])));
+}
+
+// The audit trail: every stored event with who set it going, newest first, filtered and paged.
+async function audit(main, signal) {
+  const fields = ["type", "run_id", "workcell", "actor"];
+  const inputs = Object.fromEntries(fields.map((f) => [f, h("input", { placeholder: f.replace("_", " "), testid: `audit-${f}` })]));
+  const body = h("tbody");
+  const older = h("button", { testid: "audit-older", hidden: true }, "older");
+  let before = null;
+  const load = async (more) => {
+    const query = new URLSearchParams({ limit: "100" });
+    for (const f of fields) if (inputs[f].value.trim()) query.set(f, inputs[f].value.trim());
+    if (more && before) query.set("before", before);
+    const page = await api(`/events?${query}`, { signal });
+    const rows = page.items.map((e) => h("tr", { testid: `audit-${e.id}` },
+      h("td", {}, when(e.occurred_at)), h("td", {}, e.type), h("td", { testid: `audit-actor-${e.id}` }, e.actor || ""),
+      h("td", {}, e.run_id ? h("a", { href: `#/runs/${e.run_id}` }, e.run_id.slice(0, 8)) : ""),
+      h("td", {}, e.workcell || ""), h("td", {}, e.publisher || ""),
+      h("td", { class: "body" }, JSON.stringify(e.payload).slice(0, 160))));
+    if (more) body.append(...rows); else body.replaceChildren(...rows);
+    before = page.next_before;
+    older.hidden = before === null;
+  };
+  const run = (more) => load(more).then(() => showError(""), (e) => showError(e.message));
+  older.onclick = () => run(true);
+  main.append(h("h2", {}, "Audit trail"),
+    h("form", { class: "actions", testid: "audit-filters", onsubmit: (e) => { e.preventDefault(); run(false); } },
+      ...fields.map((f) => inputs[f]), h("button", { testid: "audit-search", type: "submit" }, "search")),
+    h("table", { testid: "audit" },
+      h("thead", {}, h("tr", {}, ["when", "type", "actor", "run", "workcell", "publisher", "body"].map((c) => h("th", {}, c)))), body),
+    older);
+  await load(false);
 }
 
 // -- routing -------------------------------------------------------------------------------------
@@ -512,6 +558,7 @@ const ROUTES = [
   [/^#\/edges$/, edges],
   [/^#\/dead-letters\/(\d+)$/, deadLetter],
   [/^#\/dead-letters$/, deadLetters],
+  [/^#\/audit$/, audit],
 ];
 
 async function route() {
