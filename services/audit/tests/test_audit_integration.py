@@ -127,6 +127,21 @@ async def test_a_body_that_is_not_json_is_kept_and_the_service_goes_on(
     assert len(await trail(client, after, run_id=run)) == 1
 
 
+async def test_a_body_jsonb_cannot_hold_is_kept_as_text_and_the_trail_goes_on(
+    audit: Any, client: Bus
+) -> None:
+    """Valid JSON that PostgreSQL's JSONB refuses (an escaped lone surrogate) in the middle of
+    a batch: the others are stored as they are, it is kept as text, nothing stops."""
+    run = uuid.uuid4()
+    before = await publish(client, changed(run))
+    odd = await client.js.publish("praxis.evt.lab.odd.thing", b'{"name": "\\ud800"}')
+    after = await publish(client, changed(run))
+    assert len(await trail(client, after, run_id=run)) == 2
+    (kept,) = [i for i in await trail(client, after, types=["lab.odd.thing"])]
+    assert kept.stream_seq == odd.seq and kept.payload == '{"name": "\\ud800"}'
+    assert before < odd.seq < after
+
+
 async def test_pages_newest_first_and_time_bounds(audit: Any, client: Bus) -> None:
     run = uuid.uuid4()
     seqs = [await publish(client, changed(run)) for _ in range(7)]

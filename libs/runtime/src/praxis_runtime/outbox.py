@@ -54,6 +54,7 @@ from praxis_runtime import tracing
 from praxis_runtime.db import Database, KeptConnection
 from praxis_runtime.logging import context_headers
 from praxis_runtime.publisher import Outgoing, Publisher
+from praxis_runtime.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +315,7 @@ class OutboxRelay:
             log.warning("outbox of %s: published rows not deleted: %s", self.db.schema, exc)
 
     async def _run(self) -> None:
-        failures = 0
+        backoff = Backoff(first=0.1, cap=RETRY_CAP)
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
@@ -322,15 +323,14 @@ class OutboxRelay:
                 while await self._pass():
                     pass
             except Exception as exc:
-                failures += 1
                 self._scan = True  # the handed rows are in the table: read them back in order
                 self._handed.clear()
-                delay = min(RETRY_CAP, 0.05 * 2 ** min(failures, 6))
+                delay = backoff.failed()
                 log.warning("outbox relay: %s; retrying in %.2f s", exc, delay)
                 await asyncio.sleep(delay)  # backoff after a failure, then the same work again
                 self._wakeup.set()
                 continue
-            failures = 0
+            backoff.succeeded()
             if not self._handed and not self._wakeup.is_set():
                 self._idle.set()
                 self._waiting_since = None

@@ -105,13 +105,15 @@ def _publishers() -> tuple[tuple[type[Event], str], ...]:
 
 
 def _decoded(data: bytes) -> tuple[Any, str]:
+    """The body, and the JSON text to store: the body's own text when it is JSON already (no
+    second encoding), else the body as a JSON string."""
     text = data.decode(errors="replace")
     try:
         body = json.loads(text)
     except ValueError:
-        body = text
+        body, text = text, json.dumps(text)
     # PostgreSQL's JSONB holds no NUL character: replaced, as an undecodable byte is.
-    return body, json.dumps(body, separators=(",", ":")).replace("\\u0000", "\\ufffd")
+    return body, text.replace("\\u0000", "\\ufffd")
 
 
 def _text(value: Any) -> str | None:

@@ -26,6 +26,7 @@ from praxis_audit.domain import Entry, Position, entry_of
 from praxis_audit.store import Trail
 from praxis_contracts.topology import EVENTS
 from praxis_runtime.metrics import AUDIT_GAP, AUDIT_LAG, AUDIT_STORED
+from praxis_runtime.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class Follower:
         self._moved = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self.stream_last = 0
+        self._backoff = Backoff(RETRY_FIRST, RETRY_MAX)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="audit-follower")
@@ -67,18 +69,13 @@ class Follower:
         return True
 
     async def _run(self) -> None:
-        delay = RETRY_FIRST
-        while True:
+        while True:  # ``_follow`` only ever ends by failing
             try:
                 await self._follow()
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:
+                delay = self._backoff.failed()
                 log.warning("following the events stream stopped (%r); again in %.1f s", exc, delay)
                 await asyncio.sleep(delay)  # backoff after a failure, then from the position
-                delay = min(delay * 2, RETRY_MAX)
-            else:
-                delay = RETRY_FIRST
 
     async def _follow(self) -> None:
         js = self._js()
@@ -117,6 +114,7 @@ class Follower:
                 position = Position(epoch, entries[-1].stream_seq)
                 AUDIT_LAG.set(batch[-1].metadata.num_pending or 0)
                 await self._moved_to(position)
+                self._backoff.succeeded()
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()

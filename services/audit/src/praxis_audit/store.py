@@ -4,7 +4,9 @@ one transaction, page through it newest first, prune past the retention."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -15,6 +17,9 @@ from praxis_audit.domain import Entry, Position
 from praxis_audit.orm import SCHEMA
 from praxis_contracts.audit import AuditEvent, AuditEventPage, ListAuditEvents
 from praxis_runtime.db import Database
+from praxis_runtime.dberrors import as_domain_error
+
+log = logging.getLogger(__name__)
 
 PAGE_BYTES = 4 * 1024 * 1024
 """A page stops growing past this many bytes of bodies (it holds one event at least): a page of
@@ -62,9 +67,32 @@ class Trail:
 
     async def append(self, epoch: str, entries: Sequence[Entry]) -> int:
         """Store ``entries`` (stream order) and the position they reach, together; an entry
-        already stored (a redelivery) is skipped. Returns how many were new."""
+        already stored (a redelivery) is skipped. Returns how many were new.
+
+        A body PostgreSQL refuses (JSON it cannot hold in JSONB: an escaped lone surrogate)
+        must not stop the trail: the batch is stored one by one, and such a body kept as a
+        JSON string of its text. PostgreSQL or the network failing is raised (the follower
+        starts again from the position)."""
         if not entries:
             return 0
+        try:
+            return await self._append(epoch, entries)
+        except Exception as exc:
+            if as_domain_error(exc) is None:
+                raise
+        stored = 0
+        for entry in entries:
+            try:
+                stored += await self._append(epoch, [entry])
+            except Exception as exc:
+                if as_domain_error(exc) is None:
+                    raise
+                log.warning("event %d kept as text: %s", entry.stream_seq, exc)
+                as_text = replace(entry, payload=json.dumps(entry.payload))
+                stored += await self._append(epoch, [as_text])
+        return stored
+
+    async def _append(self, epoch: str, entries: Sequence[Entry]) -> int:
         rows = "[" + ",".join(map(_row, entries)) + "]"
         async with self.db.engine.begin() as conn:
             result = await conn.execute(_INSERT, {"epoch": epoch, "rows": rows})

@@ -22,6 +22,7 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from praxis_contracts.runs import EdgeHeartbeat, EdgeRun, EdgeView
+from praxis_runtime.retry import until_done
 
 log = logging.getLogger(__name__)
 
@@ -289,15 +290,7 @@ class EdgeMonitor:
 
     async def _report(self, lost: Lost) -> None:
         """Report until it is recorded: a database outage delays it, never loses it."""
-        delay = 0.1
-        while True:
-            try:
-                await self._on_lost(lost)
-                return
-            except Exception as exc:
-                log.warning("recording lost edge %s failed, retrying: %s", lost.instance, exc)
-                await asyncio.sleep(delay)  # backoff after a failure
-                delay = min(delay * 2, 2.0)
+        await until_done(lambda: self._on_lost(lost), f"recording lost edge {lost.instance}")
 
     def _spawn(self, coroutine: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coroutine)
