@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from praxis_audit import store
 from praxis_audit.app import Settings, build_app
 from praxis_audit.domain import entry_of
 from praxis_audit.handlers import Deps
@@ -142,7 +143,9 @@ async def test_a_body_jsonb_cannot_hold_is_kept_as_text_and_the_trail_goes_on(
     assert before < odd.seq < after
 
 
-async def test_pages_newest_first_and_time_bounds(audit: Any, client: Bus) -> None:
+async def test_pages_newest_first_and_time_bounds(
+    audit: Any, client: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
     run = uuid.uuid4()
     seqs = [await publish(client, changed(run)) for _ in range(7)]
     seen: list[int] = []
@@ -159,8 +162,14 @@ async def test_pages_newest_first_and_time_bounds(audit: Any, client: Bus) -> No
         before = page.next_before
     assert seen == sorted(seqs, reverse=True)
     now = datetime.now(UTC)
-    assert len(await trail(client, seqs[-1], run_id=run, since=now - timedelta(hours=1))) == 7
-    assert await trail(client, seqs[-1], run_id=run, until=now - timedelta(hours=1)) == []
+    hour_ago = now - timedelta(hours=1)
+    within = await trail(client, seqs[-1], run_id=run, since=hour_ago)
+    assert [i.stream_seq for i in within] == sorted(seqs, reverse=True)
+    assert await trail(client, seqs[-1], run_id=run, until=hour_ago) == []
+    # A wide window is read as any filter is (the index ending in id): the same answer.
+    monkeypatch.setattr(store, "NARROW_WINDOW", 0)
+    assert await trail(client, seqs[-1], run_id=run, since=hour_ago) == within
+    assert await trail(client, seqs[-1], run_id=run, until=hour_ago) == []
 
 
 async def test_reading_past_what_the_stream_holds_is_unavailable_not_wrong(

@@ -66,8 +66,11 @@ async def fill(url: str, events: int) -> dict[str, Any]:
     step = 365 * 86400 / events
     conn = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
     try:
-        # A stack whose data outlives it (.praxis/) keeps the last benchmark's: replaced.
-        await conn.execute("DELETE FROM audit.events WHERE epoch = $1", EPOCH)
+        # A stack whose data outlives it (.praxis/) keeps the last benchmark's: replaced, and
+        # the space it held reclaimed (a trail that grew by deletions is not a lab's).
+        deleted = await conn.execute("DELETE FROM audit.events WHERE epoch = $1", EPOCH)
+        if deleted != "DELETE 0":
+            await conn.execute("VACUUM audit.events")
         t0 = time.perf_counter()
         for low in range(1, events + 1, 100_000):
             high = min(events, low + 99_999)
@@ -75,7 +78,7 @@ async def fill(url: str, events: int) -> dict[str, Any]:
                 _FILL, EPOCH, types, start, step, ACTORS, WORKCELLS, ASSETS, low, high
             )
         filled = time.perf_counter() - t0
-        await conn.execute("ANALYZE audit.events")
+        await conn.execute("VACUUM ANALYZE audit.events")
         stored = await conn.fetchval("SELECT count(*) FROM audit.events")
         size = await conn.fetchval("SELECT pg_total_relation_size('audit.events')")
         oldest = await conn.fetchval("SELECT min(id) FROM audit.events WHERE epoch = $1", EPOCH)
