@@ -9,7 +9,7 @@ import sys
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import Context, ContextVar, copy_context
 from datetime import UTC, datetime
 from typing import Any
 
@@ -117,3 +117,12 @@ def message_context(headers: Mapping[str, str] | None) -> Iterator[str]:
             yield correlation
     finally:
         actor_var.reset(token)
+
+
+def system_context() -> Context:
+    """The current context acting for nobody: for work a message sets going that is not its
+    sender's (serving other runs' reservations a release made possible, timers), so what it
+    publishes names no actor rather than the wrong one."""
+    context = copy_context()
+    context.run(actor_var.set, None)
+    return context

@@ -87,6 +87,7 @@ from praxis_runtime.leases import (
     decode_holder,
     lease_key,
 )
+from praxis_runtime.logging import system_context
 from praxis_runtime.metrics import (
     LEASE_GRANTS,
     RESERVATION_OLDEST_SECONDS,
@@ -935,7 +936,9 @@ class Reservations:
             timer.cancel()
 
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)
+        """Background work (serving the queue, timers) is the system's, whoever's message
+        started it: a grant a release made possible does not name the releaser."""
+        task = asyncio.get_running_loop().create_task(coroutine, context=system_context())
         self._tasks.add(task)
         task.add_done_callback(self._done)
 

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 from nats.js.errors import NotFoundError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from praxis_contracts import headers as h
 from praxis_contracts.base import all_message_types
@@ -100,9 +100,12 @@ async def replay_dead_letter(
             "before replays were possible): publish it again by hand if it must be handled"
         )
     reason = body.reason if body else ""
-    request = ReplayDeadLetter(
-        seq=seq, identity=identity, consumer=consumer, reason=reason, actor=actor
-    )
+    try:
+        request = ReplayDeadLetter(
+            seq=seq, identity=identity, consumer=consumer, reason=reason, actor=actor
+        )
+    except ValidationError:  # stored by hand, with headers no consumer of ours writes
+        raise Conflict(f"dead letter {seq} names no consumer of this deployment") from None
     return await b.request(request, timeout=REPLAY_TIMEOUT)
 
 
