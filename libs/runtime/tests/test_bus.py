@@ -29,6 +29,7 @@ from praxis_contracts.base import Request
 from praxis_contracts.common import RunStatus
 from praxis_contracts.deadletters import DeadLetterReplayed, ReplayDeadLetter
 from praxis_contracts.errors import (
+    Conflict,
     ErrorCode,
     ErrorReply,
     InternalError,
@@ -518,10 +519,16 @@ async def test_a_dead_letter_is_replayed_by_its_own_consumer_and_the_replay_anno
         processed = DeadLetterReplayed.model_validate_json((await announced.get()).data)
         assert (processed.outcome, processed.actor) == ("processed", "ops-alice")
 
-        with pytest.raises(NotFound, match="has no consumer"):
+        with pytest.raises(Unavailable, match="no service answers"):  # nobody has that one
             await harness.bus.request(ask.model_copy(update={"consumer": "somebody-else"}))
         with pytest.raises(NotFound, match="no dead letter"):
             await harness.bus.request(ask.model_copy(update={"seq": 10**9}))
+        # Stored by hand elsewhere, with headers naming this consumer: not its dead letter.
+        forged = await harness.bus.js.publish(
+            "praxis.dlq.matrix.forged", stored.data, headers=dict(stored.headers or {})
+        )
+        with pytest.raises(Conflict, match=r"is stored on praxis\.dlq\.matrix\.forged"):
+            await harness.bus.request(ask.model_copy(update={"seq": forged.seq}))
         assert announced.empty()
     finally:
         await sub.unsubscribe()

@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
 
 from praxis_audit.domain import Position, entry_of, event_name, publisher_of
+from praxis_audit.ingest import Follower
 from praxis_contracts import headers as h
 from praxis_contracts.assets import AssetsReleased, AssetStatus
 from praxis_contracts.common import RunStatus
 from praxis_contracts.inventory import AssetStatusChanged
 from praxis_contracts.runs import RunFinished, RunStatusChanged
+from praxis_runtime.metrics import AUDIT_GAP
 
 AT = datetime(2026, 12, 8, tzinfo=UTC)
 
@@ -80,11 +84,52 @@ def test_event_names_are_those_of_the_live_streams() -> None:
     assert event_name(f"{RunFinished.subject}.wc.{uuid.uuid4()}") == "orchestrator.run.finished"
 
 
-def test_the_position_says_where_to_start_and_what_was_missed() -> None:
-    position = Position("epoch", 10)
-    assert position.start_at() == 11
-    assert position.gap_before(11) == 0
-    assert position.gap_before(15) == 4
+def test_the_position_says_where_to_start() -> None:
+    assert Position("epoch", 10).start_at() == 11
+
+
+def test_what_a_sender_put_in_is_made_storable_and_nothing_raises() -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000  # past what the JSON parser takes
+    entry = entry_of(5, "praxis.evt.x.y.z", deep, {}, AT)
+    assert entry.payload.startswith('"[[[')  # kept as text
+    body = json.dumps({"actor": "a\u0000b\ud800", "workcell": "w" * 5000}).encode()
+    entry = entry_of(6, "praxis.evt.x.y.z", body, {h.CORRELATION_ID: "c" * 1000}, AT)
+    assert entry.actor is not None and "\x00" not in entry.actor
+    entry.actor.encode()  # no lone surrogate left
+    assert entry.workcell == "w" * 200 and entry.correlation_id == "c" * 200
+
+
+class Stream:
+    """``stream_info`` of a stream whose oldest event is ``first``."""
+
+    def __init__(self, first: int) -> None:
+        self.first = first
+
+    async def stream_info(self, name: str) -> Any:
+        return SimpleNamespace(state=SimpleNamespace(first_seq=self.first))
+
+
+def entries(*seqs: int) -> list[Any]:
+    return [entry_of(s, "praxis.evt.x.y.z", b"{}", {}, AT) for s in seqs]
+
+
+async def test_what_arrived_is_stored_up_to_the_first_break_then_read_again() -> None:
+    at = Position("e", 10)
+    kept, again = await Follower._contiguous(Stream(1), at, entries(9, 10, 11, 12))
+    assert [e.stream_seq for e in kept] == [11, 12] and not again  # 9, 10: stored already
+    kept, again = await Follower._contiguous(Stream(1), at, entries(11, 13, 14))
+    assert [e.stream_seq for e in kept] == [11] and again  # 12 did not arrive: read again
+    kept, again = await Follower._contiguous(Stream(1), at, entries(13))
+    assert kept == [] and again
+
+
+async def test_what_left_the_stream_is_counted_and_stepped_over() -> None:
+    lost = AUDIT_GAP._value.get()
+    kept, again = await Follower._contiguous(Stream(20), Position("e", 10), entries(20, 21))
+    assert [e.stream_seq for e in kept] == [20, 21] and not again
+    assert AUDIT_GAP._value.get() == lost + 9  # 11 to 19
+    kept, again = await Follower._contiguous(Stream(20), Position("e", 10), entries(22))
+    assert kept == [] and again  # 20 and 21 are still there
 
 
 def _finished(run: uuid.UUID, workcell: str) -> RunFinished:

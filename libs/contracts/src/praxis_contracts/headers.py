@@ -16,3 +16,6 @@ CLAIM = "Praxis-Claim"
 """Names the object in the claims store that holds a body too large to travel inline."""
 CLAIM_SHA256 = "Praxis-Claim-Sha256"
 """SHA-256 (hex) of the claimed body: the receiver refuses a body that does not match."""
+JETSTREAM_REPLY = frozenset({"Nats-Stream", "Nats-Subject", "Nats-Sequence"})
+"""Headers nats-server puts on a direct get's reply, never on a publish of ours: a message
+stored with them was stored from a reply (by whoever may write there), not published."""

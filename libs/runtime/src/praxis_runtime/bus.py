@@ -346,7 +346,10 @@ class Bus:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._consumers: dict[type[Message], Any] = {}  # the subscriber of each consumed type
         self.replayer = Replayer(
-            self.identity, lambda: self.js, lambda e: self.publish(e, msg_id=uuid.uuid4().hex)
+            self.identity,
+            lambda: self.js,
+            lambda e: self.publish(e, msg_id=uuid.uuid4().hex),
+            lambda t: not (self._refuse_all or t in self._refusing),
         )
         """Hands a dead letter back to the consumer that dead-lettered it (``replay``)."""
         self._refusing: set[type[Message]] = set()  # stopping: handed straight back
@@ -405,13 +408,15 @@ class Bus:
         (README, Design measurements).
         """
         await self._adopt_consumers()
-        if self._durables:  # an operator may replay what its consumers dead-lettered
+        # An operator may replay what its consumers dead-lettered: asked of each durable by
+        # name (services sharing one identity, the operator's, each answer only their own).
+        for _, durable in self._durables:
             route: RpcRoute[None] = RpcRoute(
                 ReplayDeadLetter,
                 lambda request, _: self.replayer.replay(request),
-                key=f"{self.identity}.*",
+                key=f"{self.identity}.{durable}",
             )
-            self._subscribe_rpc(route, None)
+            self._subscribe_rpc(route, None, workers=1)
         await self.broker.start()
         await self.nc.flush()
         await self.nc.flush()
@@ -574,7 +579,9 @@ class Bus:
         for route in handlers.consumers:
             self._subscribe_consumer(route, deps)
 
-    def _subscribe_rpc(self, route: RpcRoute[DepsT], deps: DepsT) -> None:
+    def _subscribe_rpc(
+        self, route: RpcRoute[DepsT], deps: DepsT, *, workers: int = RPC_WORKERS
+    ) -> None:
         subject = route.request_type.subscription_subject(route.key)
 
         async def serve(msg: NatsMessage) -> NatsResponse:
@@ -599,7 +606,7 @@ class Bus:
             return NatsResponse(body, headers=headers)
 
         # Requests are answered concurrently: one slow query must not hold up the rest.
-        self.broker.subscriber(subject, queue=self.service, decoder=_raw, max_workers=RPC_WORKERS)(
+        self.broker.subscriber(subject, queue=self.service, decoder=_raw, max_workers=workers)(
             serve
         )
 
@@ -726,7 +733,7 @@ class Bus:
 
     async def _process(self, route: ConsumeRoute[DepsT], deps: DepsT, msg: Any) -> str:
         name = route.message_type.__name__
-        echoed = [k for k in (msg.headers or {}) if k in JETSTREAM_REPLY_HEADERS]
+        echoed = [k for k in (msg.headers or {}) if k in h.JETSTREAM_REPLY]
         if echoed:
             # Stored from a JetStream reply sent to this subject (a direct get whose reply
             # subject was set to an event's): its body is whatever was stored elsewhere, by
@@ -843,8 +850,6 @@ async def _raw(msg: NatsMessage) -> NatsMessage:
 
 
 INBOX = "_INBOX."
-JETSTREAM_REPLY_HEADERS = frozenset({"Nats-Stream", "Nats-Subject", "Nats-Sequence"})
-"""Headers nats-server puts on a direct get's reply, never on a publish of ours."""
 
 
 def _not_a_request(route: RpcRoute[Any], reply_to: str) -> bytes:

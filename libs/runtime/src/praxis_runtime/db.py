@@ -105,7 +105,9 @@ class KeptConnection:
         self._conn: asyncpg.Connection | None = None
         self._lock = asyncio.Lock()
 
-    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+    async def fetch(
+        self, query: str, *args: Any, timeout: float | None = None
+    ) -> list[asyncpg.Record]:
         async with self._lock:
             if self._conn is None or self._conn.is_closed():
                 self._conn = await asyncpg.connect(
@@ -113,7 +115,7 @@ class KeptConnection:
                 )
             conn = self._conn
             try:
-                return list(await conn.fetch(query, *args))
+                return list(await conn.fetch(query, *args, timeout=timeout))
             except asyncpg.PostgresError:
                 if conn.is_closed():  # e.g. the server shut the session down
                     self._conn = None

@@ -2,10 +2,17 @@
 own process, when an operator asks (``POST /api/v1/dead-letters/{seq}/replay``).
 
 Every service with durable consumers answers ``ReplayDeadLetter`` on
-``praxis.rpc.deadletters.replay.<its identity>.*`` (the bus registers it). The request names
-the dead letter by its sequence and the consumer by its durable; the dead letter is read from
-its stream, checked (it was dead-lettered by that consumer, from a subject that consumer takes,
-its body names its own subject), and handed to the consumer's handler as a delivery would be.
+``praxis.rpc.deadletters.replay.<its identity>.<durable>`` for each of its durables (the bus
+registers them). The request names the dead letter by its sequence; the dead letter is read from
+its stream and checked before the consumer's handler gets it as a delivery would:
+
+- it was dead-lettered by this identity's consumer (its headers say so) and stored on the
+  dead-letter subject of the subject it came from (which only that subject's consumers may
+  write: a dead letter another identity stored by hand cannot pose as this consumer's);
+- that subject is one the consumer takes, and the message names it;
+- it was published, not stored from a JetStream reply.
+
+The consumer is stopping (its service draining): refused as unavailable, to be asked again.
 
 - The handler's own rules apply: handlers are idempotent, so a replay of a message that was in
   fact handled changes nothing, and a second replay is harmless.
@@ -35,8 +42,9 @@ from praxis_contracts.errors import (
     InvalidRequest,
     NotFound,
     PraxisError,
+    Unavailable,
 )
-from praxis_contracts.topology import DEAD_LETTERS
+from praxis_contracts.topology import DEAD_LETTERS, dead_letter_subject
 from praxis_runtime.dberrors import as_domain_error
 from praxis_runtime.logging import actor_var
 
@@ -65,38 +73,45 @@ class Replayer:
         identity: str,
         js: Callable[[], JetStreamContext],
         announce: Callable[[DeadLetterReplayed], Awaitable[Any]],
+        accepting: Callable[[type[Any]], bool] = lambda _: True,
     ) -> None:
         self.identity = identity
         self._js = js
         self._announce = announce
+        self._accepting = accepting
         self._consumers: dict[str, tuple[type[Any], str, Handle]] = {}
 
     def add(self, durable: str, message_type: type[Any], filter_subject: str, fn: Handle) -> None:
         self._consumers[durable] = (message_type, filter_subject, fn)
-
-    @property
-    def subject(self) -> str:
-        """Where this bus's replays are asked for."""
-        return ReplayDeadLetter.subscription_subject(f"{self.identity}.*")
 
     async def replay(self, request: ReplayDeadLetter) -> DeadLetterReplay:
         found = self._consumers.get(request.consumer)
         if request.identity != self.identity or found is None:
             raise NotFound(f"{self.identity} has no consumer {request.consumer}")
         message_type, filter_subject, fn = found
+        if not self._accepting(message_type):
+            raise Unavailable(f"{request.consumer} is stopping: ask again")
         try:
             stored = await self._js().get_msg(DEAD_LETTERS.name, request.seq)
         except NotFoundError:
             raise NotFound(f"no dead letter {request.seq}") from None
         headers = stored.headers or {}
         original = headers.get(h.DEAD_LETTER_SUBJECT, "")
-        consumer = headers.get(h.DEAD_LETTER_CONSUMER)
-        if consumer is not None and consumer != request.consumer:
+        by = (headers.get(h.DEAD_LETTER_IDENTITY), headers.get(h.DEAD_LETTER_CONSUMER))
+        if by != (self.identity, request.consumer):
             raise Conflict(
-                f"dead letter {request.seq} was dead-lettered by {consumer}, "
-                f"not {request.consumer}",
-                consumer=consumer,
+                f"dead letter {request.seq} was not dead-lettered by "
+                f"{self.identity}/{request.consumer}",
+                identity=by[0],
+                consumer=by[1],
             )
+        if stored.subject != dead_letter_subject(original):
+            raise Conflict(
+                f"dead letter {request.seq} is stored on {stored.subject}, not where "
+                f"{original or 'its subject'} is dead-lettered"
+            )
+        if echoed := sorted(h.JETSTREAM_REPLY & set(headers)):
+            raise Conflict(f"dead letter {request.seq} was stored from a reply ({echoed[0]})")
         if not matches(original, filter_subject):
             raise Conflict(
                 f"dead letter {request.seq} came from {original or 'nowhere known'}, which "

@@ -39,6 +39,7 @@ def build_app(settings: Settings) -> Service:
     db = database_for(settings, SCHEMA)
     trail = Trail(db)
     follower = Follower(lambda: bus.js, trail)
+    bus.on_reconnected.append(follower.resync)  # the stream may be another one now
     retention = timedelta(days=settings.audit_retention_days)
     pruning: list[asyncio.Task[None]] = []
 

@@ -47,19 +47,18 @@ def entry_of(
     received = headers or {}
     body, payload = _decoded(data)
     fields = body if isinstance(body, dict) else {}
-    name = event_name(subject)
     return Entry(
         stream_seq=seq,
-        type=name,
-        subject=subject,
+        type=_cleaned(event_name(subject)),
+        subject=_cleaned(subject),
         occurred_at=at,
         # The body's actor (whose request made this change) is the nearer; the header names
         # whose request set the chain going (a run's events carry its submitter's).
-        actor=_text(fields.get("actor")) or received.get(h.ACTOR) or None,
+        actor=_clean(_text(fields.get("actor")) or received.get(h.ACTOR) or None),
         publisher=publisher_of(subject),
-        correlation_id=received.get(h.CORRELATION_ID) or None,
+        correlation_id=_clean(received.get(h.CORRELATION_ID) or None),
         run_id=_uuid(fields.get("run_id")),
-        workcell=next((w for f in WORKCELL_FIELDS if (w := _text(fields.get(f)))), None),
+        workcell=_clean(next((w for f in WORKCELL_FIELDS if (w := _text(fields.get(f)))), None)),
         asset_ids=tuple(dict.fromkeys(_uuids(fields.get(f) for f in ASSET_FIELDS))),
         payload=payload,
     )
@@ -110,10 +109,24 @@ def _decoded(data: bytes) -> tuple[Any, str]:
     text = data.decode(errors="replace")
     try:
         body = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past what the parser takes
         body, text = text, json.dumps(text)
     # PostgreSQL's JSONB holds no NUL character: replaced, as an undecodable byte is.
     return body, text.replace("\\u0000", "\\ufffd")
+
+
+TEXT_LIMIT = 200
+"""The indexed text columns keep this much (an index row has a size limit)."""
+
+
+def _cleaned(value: str) -> str:
+    """Text PostgreSQL can store and index: no NUL, no lone surrogate, at most
+    ``TEXT_LIMIT`` characters (what a sender put in a header or a body is not trusted)."""
+    return value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode()[:TEXT_LIMIT]
+
+
+def _clean(value: str | None) -> str | None:
+    return None if value is None else _cleaned(value)
 
 
 def _text(value: Any) -> str | None:
@@ -148,7 +161,3 @@ class Position:
     def start_at(self) -> int:
         """The first sequence to read."""
         return self.last_seq + 1
-
-    def gap_before(self, seq: int) -> int:
-        """Events the stream no longer had when ``seq`` came next (aged out, deleted)."""
-        return max(0, seq - self.start_at())

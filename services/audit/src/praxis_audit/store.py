@@ -26,6 +26,8 @@ PAGE_BYTES = 4 * 1024 * 1024
 the largest events stays a bounded reply."""
 PRUNE_BATCH = 10_000
 NARROW_WINDOW = 5_000
+STATEMENT_SECONDS = 30.0
+"""A batch that takes longer (a hung connection) fails, and the follower starts again."""
 
 _APPEND = f"""
 WITH stored AS (
@@ -84,20 +86,46 @@ class Trail:
                 raise
         stored = 0
         for entry in entries:
+            stored += await self._one(epoch, entry)
+        return stored
+
+    async def _one(self, epoch: str, entry: Entry) -> int:
+        """One entry: as it is, else its body as text, else what the stream says of it alone
+        (its sequence, subject and time). Only PostgreSQL or the network failing raises."""
+        fallbacks = (
+            replace(entry, payload=json.dumps(entry.payload)),
+            replace(
+                entry,
+                subject=entry.subject.encode("ascii", "replace").decode(),
+                type="unstorable",
+                actor=None,
+                correlation_id=None,
+                workcell=None,
+                asset_ids=(),
+                payload=json.dumps("the store refused this event's body"),
+            ),
+        )
+        try:
+            return await self._append(epoch, [entry])
+        except Exception as exc:
+            if as_domain_error(exc) is None:
+                raise
+            refused = exc
+        for fallback in fallbacks:
             try:
-                stored += await self._append(epoch, [entry])
+                stored = await self._append(epoch, [fallback])
             except Exception as exc:
                 if as_domain_error(exc) is None:
                     raise
-                log.warning("event %d kept as text: %s", entry.stream_seq, exc)
-                as_text = replace(entry, payload=json.dumps(entry.payload))
-                stored += await self._append(epoch, [as_text])
-        return stored
+                continue
+            log.warning("event %d stored as %s: %s", entry.stream_seq, fallback.type, refused)
+            return stored
+        raise refused
 
     async def _append(self, epoch: str, entries: Sequence[Entry]) -> int:
         rows = "[" + ",".join(map(_row, entries)) + "]"
         last = max(e.stream_seq for e in entries)
-        (row,) = await self._kept.fetch(_APPEND, epoch, rows, last)
+        (row,) = await self._kept.fetch(_APPEND, epoch, rows, last, timeout=STATEMENT_SECONDS)
         return int(row["stored"])
 
     async def page(self, query: ListAuditEvents) -> AuditEventPage:
