@@ -1,7 +1,7 @@
 """The one Praxis image (Dockerfile), checked without a container engine.
 
 * The Dockerfile installs exactly the runtime set: what ``deploy/image/requirements.sh``
-  prints (``uv export`` of the five services from uv.lock, no dev group, no praxis-devstack),
+  prints (``uv export`` of the six services from uv.lock, no dev group, no praxis-devstack),
   on python:3.11-slim, as UID 10001, with git, ssh and the USB/serial libraries; ``make image``
   builds it and says plainly when no engine is reachable.
 * ``test_every_container_starts_from_the_image_set`` (integration, ~15 s; longer the first

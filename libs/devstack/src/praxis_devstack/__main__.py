@@ -31,7 +31,7 @@ async def run(_: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    print("starting NATS (JetStream), PostgreSQL and the five services ...", flush=True)
+    print("starting NATS (JetStream), PostgreSQL and the six services ...", flush=True)
     try:
         await stack.start()
         source = await stack.seed()
