@@ -17,6 +17,7 @@ from typing import IO, Any
 
 import httpx
 import nats
+from nats.js.api import DeliverPolicy
 
 from praxis_client import AsyncClient, calls
 from praxis_contracts.assets import WorkcellChanged
@@ -326,11 +327,19 @@ class Stack:
         assert self.infra is not None
         nc = await nats.connect(self.infra.nats_operator_url)
         try:
-            arrived = await nc.subscribe(dead_letter_subject(subject))
-            await nc.jetstream().publish(subject, data)
+            js = nc.jetstream()
+            # Read from the dead-letter stream itself (an ordered consumer from now on): what
+            # arrives is stored, with its sequence (a plain subscription can see the message
+            # before the stream has stored it).
+            arrived = await js.subscribe(
+                dead_letter_subject(subject),
+                stream=DEAD_LETTERS.name,
+                ordered_consumer=True,
+                deliver_policy=DeliverPolicy.NEW,
+            )
+            await js.publish(subject, data)
             msg = await arrived.next_msg(timeout=timeout)
-            stored = await nc.jetstream().stream_info(DEAD_LETTERS.name)
-            return int(stored.state.last_seq) if msg is not None else 0
+            return int(msg.metadata.sequence.stream)
         finally:
             await nc.close()
 

@@ -18,8 +18,9 @@ ScrapeHook = Callable[[], Awaitable[None]]
 # -- runs (scheduler) ------------------------------------------------------------------------------
 RUNS = Gauge(
     "praxis_runs",
-    "Runs not yet ended, by status (queued, running, paused, requires_intervention ...).",
-    ["status"],
+    "Runs not yet ended, by status (queued, running, paused, requires_intervention ...) and "
+    "protocol.",
+    ["status", "protocol"],
 )
 RUNS_ENDED = Counter(
     "praxis_runs_ended_total", "Runs that ended, by final status (as published).", ["status"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from praxis_contracts.common import TERMINAL_STATUSES, RunStatus
 from praxis_contracts.runs import RunStatusChanged
@@ -21,9 +21,23 @@ from praxis_runtime.metrics import (
 )
 from praxis_runtime.publisher import Outgoing
 from praxis_scheduler.edges import EdgeBook
-from praxis_scheduler.orm import RunRow
+from praxis_scheduler.orm import SCHEMA, RunRow
 
 OPEN_STATUSES = [s for s in RunStatus if s not in TERMINAL_STATUSES]
+_RUNS = f"{SCHEMA}.{RunRow.__tablename__}"
+_PROTOCOLS = text(
+    f"""
+    WITH RECURSIVE p(name) AS (
+        SELECT min(protocol_name) FROM {_RUNS}
+        UNION ALL
+        SELECT (SELECT min(protocol_name) FROM {_RUNS} WHERE protocol_name > p.name)
+        FROM p WHERE p.name IS NOT NULL
+    )
+    SELECT name FROM p WHERE name IS NOT NULL
+    """
+)
+"""Every protocol any run was of, a step along the protocol index each (not a scan of the
+runs): each has a series for every open status, 0 when none."""
 
 
 class Durations:
@@ -67,16 +81,20 @@ class Gauges:
         self._workcells: set[str] = set()
 
     async def scrape(self) -> None:
-        """Runs by open status (one query on the status index) and live edges by workcell."""
+        """Runs by open status and protocol (one query on the status index) and live edges by
+        workcell. Every open status has a series for each protocol seen (0 when none)."""
         stmt = (
-            select(RunRow.status, func.count())
+            select(RunRow.status, RunRow.protocol_name, func.count())
             .where(RunRow.status.in_([s.value for s in OPEN_STATUSES]))
-            .group_by(RunRow.status)
+            .group_by(RunRow.status, RunRow.protocol_name)
         )
         async with self.db.transaction() as session:
-            counts = dict((await session.execute(stmt)).tuples().all())
+            rows = (await session.execute(stmt)).tuples().all()
+            protocols = (await session.execute(_PROTOCOLS)).scalars().all()
+        counts = {(status, protocol): n for status, protocol, n in rows}
         for status in OPEN_STATUSES:
-            RUNS.labels(status.value).set(counts.get(status.value, 0))
+            for protocol in {*protocols, *(p for _, p in counts)}:
+                RUNS.labels(status.value, protocol).set(counts.get((status.value, protocol), 0))
         live: dict[str, int] = {}
         for edge in self.edges.edges():
             live[edge.workcell] = live.get(edge.workcell, 0) + int(edge.live)
