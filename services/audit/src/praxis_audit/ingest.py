@@ -46,7 +46,6 @@ class Follower:
         self.position: Position | None = None
         self._moved = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
-        self.stream_last = 0
         self._backoff = Backoff(RETRY_FIRST, RETRY_MAX)
         self._resync = asyncio.Event()
 
@@ -102,7 +101,6 @@ class Follower:
         epoch = info.created.isoformat() if info.created is not None else "unknown"
         position = await self.trail.position(epoch)
         await self._moved_to(position)
-        self.stream_last = info.state.last_seq
         queue: asyncio.Queue[Msg] = asyncio.Queue(QUEUED)
         sub = await js.subscribe(
             EVENTS.subjects[0],

@@ -10,14 +10,14 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Text, bindparam, text
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import ColumnElement, Text, cast, func, select, text
 
 from praxis_audit.domain import Entry, Position
-from praxis_audit.orm import SCHEMA
+from praxis_audit.orm import SCHEMA, EventRow
 from praxis_contracts.audit import AuditEvent, AuditEventPage, ListAuditEvents
 from praxis_runtime.db import Database
 from praxis_runtime.dberrors import as_domain_error
+from praxis_runtime.query import where_all
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,8 @@ SELECT count(*) AS stored FROM stored
 """
 """A batch and the position it reaches in one statement (atomic on its own, one round trip on
 a kept connection), in stream order: ids follow sequences."""
-_COLUMNS = (
-    "id, stream_seq, type, subject, occurred_at, actor, publisher, correlation_id, run_id, "
-    "workcell, asset_ids, payload::text AS payload"
-)
+_COLUMNS = [getattr(EventRow, name) for name in AuditEvent.model_fields]
+"""What a page reads: the fields of ``AuditEvent``, by the same names."""
 
 
 class Trail:
@@ -133,45 +131,36 @@ class Trail:
         window holding few events (``NARROW_WINDOW``) is read through the time index instead:
         left to the planner, a window far in the past was read by walking every newer event
         (ids and times rise together, which its estimates do not know; 170 ms at a million)."""
-        where, params = _where(query)
-        params["limit"] = query.limit + 1
+        f, e = query.filters, EventRow
+        window = (
+            e.occurred_at >= f.since if f.since is not None else None,
+            e.occurred_at < f.until if f.until is not None else None,
+        )
+        stmt = where_all(
+            select(*_COLUMNS, func.octet_length(cast(e.payload, Text)).label("size")),
+            e.type.in_(f.types) if f.types else None,
+            e.run_id == f.run_id if f.run_id is not None else None,
+            e.workcell == f.workcell if f.workcell is not None else None,
+            e.actor == f.actor if f.actor is not None else None,
+            e.correlation_id == f.correlation_id if f.correlation_id is not None else None,
+            e.asset_ids.contains([f.asset_id]) if f.asset_id is not None else None,
+            *window,
+            e.id < query.before if query.before is not None else None,
+        )
         async with self.db.engine.connect() as conn:
-            source = f"{SCHEMA}.events"
-            if await self._narrow(conn, query):
-                window = _window(query)
-                source = (
-                    f"(SELECT * FROM {SCHEMA}.events WHERE id IN "
-                    f"(SELECT id FROM {SCHEMA}.events WHERE {window} OFFSET 0)) AS events"
-                )
-            sql = text(
-                f"SELECT {_COLUMNS} FROM {source} {where} ORDER BY id DESC LIMIT :limit"
-            ).bindparams(*(bindparam(k, type_=t) for k, t in _TYPED.items() if k in params))
-            rows = (await conn.execute(sql, params)).mappings().all()
+            if any(c is not None for c in window) and await _narrow(conn, window):
+                # OFFSET 0: the window's ids are found first, through the time index.
+                stmt = stmt.where(e.id.in_(where_all(select(e.id), *window).offset(0)))
+            rows = (await conn.execute(stmt.order_by(e.id.desc()).limit(query.limit + 1))).all()
         items: list[AuditEvent] = []
         size = 0
         for row in rows[: query.limit]:
-            if items and size + len(row["payload"]) > PAGE_BYTES:
+            if items and size + row.size > PAGE_BYTES:
                 break
-            size += len(row["payload"])
-            items.append(_event(row))
+            size += row.size
+            items.append(AuditEvent.model_validate(row._mapping))
         more = len(items) < len(rows)
         return AuditEventPage(items=items, next_before=items[-1].id if more and items else None)
-
-    @staticmethod
-    async def _narrow(conn: Any, query: ListAuditEvents) -> bool:
-        """Whether the query's time window holds at most ``NARROW_WINDOW`` events (counted
-        through the time index, stopping there)."""
-        f = query.filters
-        if f.since is None and f.until is None:
-            return False
-        counted = await conn.scalar(
-            text(
-                f"SELECT count(*) FROM (SELECT 1 FROM {SCHEMA}.events WHERE {_window(query)}"
-                " LIMIT :most) AS w"
-            ),
-            {"since": f.since, "until": f.until, "most": NARROW_WINDOW + 1},
-        )
-        return int(counted or 0) <= NARROW_WINDOW
 
     async def prune(self, before: datetime) -> int:
         """Delete what was stored before ``before``, a batch per transaction (no long lock)."""
@@ -188,13 +177,6 @@ class Trail:
             deleted += int(result.rowcount or 0)
             if (result.rowcount or 0) < PRUNE_BATCH:
                 return deleted
-
-    async def count(self) -> int:
-        async with self.db.engine.connect() as conn:
-            return int(await conn.scalar(text(f"SELECT count(*) FROM {SCHEMA}.events")) or 0)
-
-
-_TYPED: dict[str, Any] = {"types": ARRAY(Text())}
 
 
 def _row(e: Entry) -> str:
@@ -214,58 +196,8 @@ def _row(e: Entry) -> str:
     return f'{json.dumps(fields)[:-1]},"payload":{e.payload}}}'
 
 
-def _window(query: ListAuditEvents) -> str:
-    f = query.filters
-    bounds = [
-        *(["occurred_at >= :since"] if f.since is not None else []),
-        *(["occurred_at < :until"] if f.until is not None else []),
-    ]
-    return " AND ".join(bounds)
-
-
-def _where(query: ListAuditEvents) -> tuple[str, dict[str, Any]]:
-    f = query.filters
-    clauses: list[str] = []
-    params: dict[str, Any] = {}
-    if f.types:
-        clauses.append("type = ANY(:types)")
-        params["types"] = list(f.types)
-    for column, value in (
-        ("run_id", f.run_id),
-        ("workcell", f.workcell),
-        ("actor", f.actor),
-        ("correlation_id", f.correlation_id),
-    ):
-        if value is not None:
-            clauses.append(f"{column} = :{column}")
-            params[column] = value
-    if f.asset_id is not None:
-        clauses.append("asset_ids @> ARRAY[CAST(:asset_id AS uuid)]")
-        params["asset_id"] = str(f.asset_id)
-    if f.since is not None:
-        clauses.append("occurred_at >= :since")
-        params["since"] = f.since
-    if f.until is not None:
-        clauses.append("occurred_at < :until")
-        params["until"] = f.until
-    if query.before is not None:
-        clauses.append("id < :before")
-        params["before"] = query.before
-    return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
-
-
-def _event(row: Any) -> AuditEvent:
-    return AuditEvent(
-        id=row["id"],
-        stream_seq=row["stream_seq"],
-        type=row["type"],
-        subject=row["subject"],
-        occurred_at=row["occurred_at"],
-        actor=row["actor"],
-        publisher=row["publisher"],
-        correlation_id=row["correlation_id"],
-        run_id=row["run_id"],
-        workcell=row["workcell"],
-        asset_ids=list(row["asset_ids"] or []),
-        payload=json.loads(row["payload"]),
-    )
+async def _narrow(conn: Any, window: Sequence[ColumnElement[bool] | None]) -> bool:
+    """Whether the time window holds at most ``NARROW_WINDOW`` events (counted through the
+    time index, stopping there)."""
+    few = where_all(select(EventRow.id), *window).limit(NARROW_WINDOW + 1).subquery()
+    return int(await conn.scalar(select(func.count()).select_from(few)) or 0) <= NARROW_WINDOW
